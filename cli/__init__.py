@@ -1,0 +1,1 @@
+"""The `fdn-index` command line."""

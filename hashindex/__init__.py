@@ -1,0 +1,1 @@
+"""Binary hashing of codebooks and exact/approximate volume-wise search over code grids."""
