@@ -1,0 +1,97 @@
+"""The one configuration of the feature decomposing network (FDN) and its training.
+
+Every hyperparameter lives in `FDNConfig`; a checkpoint stores `asdict(config)`, so a model
+directory always says how it was built and trained. `PRESETS` holds the paper's four
+configurations (Section 4.3.1, Appendix C: 256² input, D = 64, K = 512) and smaller CPU
+configurations built by the same code with a width multiplier.
+"""
+
+import math
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class FDNConfig:
+    # --- architecture (Appendix C) ---
+    image_size: int = 256  # H = W of the input slice
+    latent_size: int = 8  # H' = W' of the code grids
+    in_channels: int = 4  # T1, T1Gd, T2, FLAIR
+    num_classes: int = 4  # S: background, NET, ED, ET
+    code_dim: int = 64  # D
+    codebook_size: int = 512  # K
+    width: float = 1.0  # multiplier on every filter count of Tables C.1-C.3
+    spade_hidden: int = 128  # hidden channels of each SPADE module (Park et al. 2019)
+    # --- vector quantization (eq. 1-4, EMA codebooks of Kaiser et al. 2018) ---
+    beta: float = 0.25  # commitment weight of eq. 3 (VQ-VAE's value; the paper gives none)
+    ema_decay: float = 0.99
+    ema_eps: float = 1e-5  # Laplace smoothing of the cluster sizes
+    # --- losses (eq. 5-12) and Algorithm 1 (Section 4.3.1) ---
+    lambda_lat: float = 0.25  # λ1
+    lambda_seg: float = 5.0  # λ2
+    lambda_rec: float = 5.0  # λ3
+    lambda_reg: float = 1e-4  # λ4
+    lambda_critic: float = 1e-4  # λ5
+    lambda_gp: float = 10.0
+    critic_steps: int = 5  # m
+    focal_gamma: float = 2.0  # γ
+    ssim_data_range: float = 8.0  # L of SSIM's constants, for z-scored intensities
+    distribution_matching: bool = True
+    # --- optimisation ---
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    batch_size: int = 112
+    epochs: int = 400
+    rotation_degrees: float = 10.0  # augmentation: uniform rotation in ±this, plus h-flip
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "latent_size", "code_dim", "codebook_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"FDNConfig.{name} must be >= 1, got {getattr(self, name)}")
+        ratio = self.image_size / self.latent_size
+        if ratio < 1 or ratio != 2 ** round(math.log2(ratio)):
+            raise ValueError(
+                f"FDNConfig: image_size / latent_size must be a power of two >= 1, got "
+                f"{self.image_size} / {self.latent_size}"
+            )
+        if self.latent_size & (self.latent_size - 1):
+            raise ValueError(
+                f"FDNConfig.latent_size must be a power of two, got {self.latent_size}"
+            )
+        if self.batch_size < 2:
+            raise ValueError("FDNConfig.batch_size must be >= 2 (half healthy, half diseased)")
+        if self.width <= 0:
+            raise ValueError(f"FDNConfig.width must be > 0, got {self.width}")
+
+    @property
+    def num_downsamplings(self) -> int:
+        """Strided convolutions from the input to the code grid: log2(H / H')."""
+        return round(math.log2(self.image_size // self.latent_size))
+
+    def channels(self, base: int) -> int:
+        """Filter count `base` of the paper's tables scaled by `width` (at least 4)."""
+        return max(4, int(round(base * self.width)))
+
+
+_PAPER = FDNConfig()
+
+PRESETS: dict[str, FDNConfig] = {
+    # The paper's configurations (4.3.1): λ4 = λ5 = 1e-4 for 4x4/8x8, 5e-4 for 16x16/32x32.
+    "fdn-4x4": replace(_PAPER, latent_size=4),
+    "fdn-8x8": replace(_PAPER, latent_size=8),
+    "fdn-16x16": replace(_PAPER, latent_size=16, lambda_reg=5e-4, lambda_critic=5e-4),
+    "fdn-32x32": replace(_PAPER, latent_size=32, lambda_reg=5e-4, lambda_critic=5e-4),
+    # CPU presets: same code, narrower, smaller codebooks, a faster learning rate.
+    "cpu-64": replace(
+        _PAPER, image_size=64, latent_size=8, width=0.25, code_dim=32, codebook_size=128,
+        spade_hidden=32, lr=1e-3, batch_size=16, epochs=20,
+    ),
+    "cpu-128": replace(
+        _PAPER, image_size=128, latent_size=8, width=0.25, code_dim=32, codebook_size=256,
+        spade_hidden=32, lr=1e-3, batch_size=16, epochs=20,
+    ),
+    # For tests only: 32² input, 4x4 latent, very narrow.
+    "tiny": replace(
+        _PAPER, image_size=32, latent_size=4, width=0.125, code_dim=8, codebook_size=16,
+        spade_hidden=8, lr=1e-3, batch_size=4, epochs=1,
+    ),
+}
