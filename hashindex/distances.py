@@ -1,0 +1,116 @@
+"""Per-position K × K tables and the image-level distances built from them.
+
+Every image distance is a sum over the P = h·w grid positions of a per-position quantity
+between two code indices, so one query needs only P rows of a table (see DESIGN.md):
+
+- D_H (Hamming) = Σ_p T_H[q_p, r_p], T_H[a, b] = popcount(b*_a xor b*_b) on the optimized bits.
+  It equals the Hamming distance of the concatenated packed bits (see `hashindex.packing`).
+- D_E (Euclidean) = sqrt(Σ_p ‖e_{q_p} − e_{r_p}‖²): the Euclidean distance between the two
+  quantized latent grids flattened to vectors (the square root is taken, in every engine).
+- D_A (angular) = arccos(⟨q, r⟩ / (‖q‖·‖r‖)) / π ∈ [0, 1] between the flattened grids, with
+  ⟨q, r⟩ = Σ_p ⟨e_{q_p}, e_{r_p}⟩ and ‖r‖² = Σ_p ‖e_{r_p}‖². For all-zero grids: two all-zero
+  grids are at distance 0, an all-zero grid and a non-zero one at 0.5 (orthogonal).
+
+Tables are indexed by *representative* (identical code vectors share one id), so grids of
+codebooks with ≤ 256 distinct vectors are stored as uint8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hashindex.binarize import hyperplane_bits, representatives, squared_distances
+from hashindex.optimize import hamming_table
+
+DISTANCES = ("hamming", "euclidean", "angular")
+
+
+@dataclass
+class CodebookTables:
+    """Everything search needs about one codebook.
+
+    vectors: (K, D) float32 rounded codebook; pairs: (E*, 2) kept hyperplanes; packed: (K, nbytes)
+    uint8 optimized bits of every code; reps (R,), rep_of (K,); hamming (R, R) int32;
+    sqeuclid (R, R) float64; gram (R, R) float64; sqnorm (R,) float64.
+    """
+
+    vectors: np.ndarray
+    pairs: np.ndarray
+    packed: np.ndarray
+    reps: np.ndarray
+    rep_of: np.ndarray
+    hamming: np.ndarray
+    sqeuclid: np.ndarray
+    gram: np.ndarray
+    sqnorm: np.ndarray
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, pairs: np.ndarray, sqdist: np.ndarray | None = None):
+        sq = squared_distances(vectors) if sqdist is None else sqdist
+        reps, rep_of = representatives(vectors)
+        packed = hyperplane_bits(sq, pairs[:, 0], pairs[:, 1])
+        v = vectors.astype(np.float64)[reps]
+        return cls(
+            vectors=vectors, pairs=pairs, packed=packed, reps=reps, rep_of=rep_of,
+            hamming=hamming_table(packed[reps]), sqeuclid=sq[np.ix_(reps, reps)],
+            gram=v @ v.T, sqnorm=np.einsum("rd,rd->r", v, v),
+        )
+
+    @property
+    def K(self) -> int:
+        return self.vectors.shape[0]
+
+    @property
+    def n_reps(self) -> int:
+        return self.reps.size
+
+    @property
+    def live(self) -> np.ndarray:
+        """(R,) bool: representatives that are not the zero vector."""
+        return self.sqnorm > 0
+
+    @property
+    def code_dtype(self):
+        return np.uint8 if self.n_reps <= 256 else np.uint16
+
+    def to_reps(self, codes: np.ndarray) -> np.ndarray:
+        """(N, h, w) uint16 code indices → (N, P) representative ids (uint8 when R ≤ 256)."""
+        return np.ascontiguousarray(self.rep_of[codes.reshape(codes.shape[0], -1)]
+                                    .astype(self.code_dtype))
+
+    def row_sqnorms(self, rep_codes: np.ndarray) -> np.ndarray:
+        """(N,) float64 ‖r‖² of every grid, summed in position order."""
+        acc = np.zeros(rep_codes.shape[0])
+        for p in range(rep_codes.shape[1]):
+            acc += self.sqnorm[rep_codes[:, p]]
+        return acc
+
+    def query_table(self, q_reps: np.ndarray, distance: str) -> np.ndarray:
+        """(P, R) per-position table of one query grid q_reps (P,): int32 or float64."""
+        if distance == "hamming":
+            return np.ascontiguousarray(self.hamming[q_reps])
+        if distance == "euclidean":
+            return np.ascontiguousarray(self.sqeuclid[q_reps])
+        if distance == "angular":
+            return np.ascontiguousarray(self.gram[q_reps])
+        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+
+
+def finish(distance: str, acc: np.ndarray, q_sqnorm: float = 0.0,
+           r_sqnorm: np.ndarray | None = None) -> np.ndarray:
+    """Turn per-row accumulated table sums (N,) into distances (N,) float64.
+
+    Shared by every engine so that all of them produce bit-identical numbers.
+    """
+    if distance == "hamming":
+        return acc.astype(np.float64)
+    if distance == "euclidean":
+        return np.sqrt(np.maximum(acc, 0.0))
+    denom = np.sqrt(q_sqnorm * r_sqnorm)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.clip(np.where(denom > 0, acc / denom, 0.0), -1.0, 1.0)
+    out = np.arccos(cos) / np.pi
+    out[(q_sqnorm == 0) & (r_sqnorm == 0)] = 0.0
+    return out

@@ -1,0 +1,113 @@
+"""Search engines behind one interface.
+
+- ``lut``: exact, compiled (Numba) scan of the (N, P) representative-id grids summing
+  per-position table entries; cost independent of E*.
+- ``numpy``: the same sums written in plain numpy (reference, slow but obvious).
+- ``faiss-flat``: exact Hamming on packed bits with ``faiss.IndexBinaryFlat`` (on the GPU with
+  ``GpuIndexBinaryFlat`` when faiss sees one; k > 2048 then falls back to the CPU copy).
+- ``faiss-ivf``: approximate Hamming with ``faiss.IndexBinaryIVF`` (nlist, nprobe).
+
+The two scans return raw per-row sums; `hashindex.distances.finish` turns them into distances
+for every engine, so lut and numpy agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import faiss
+import numpy as np
+
+from hashindex.kernels import KERNELS
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("lut", "faiss-flat", "faiss-ivf", "numpy")
+GPU_K_LIMIT = 2048
+
+
+def scan_lut(rep_codes: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """(N,) sums Σ_p table[p, rep_codes[n, p]] with the Numba kernel (int64 or float64)."""
+    if table.dtype == np.int32:
+        out = np.empty(rep_codes.shape[0], np.int64)
+        KERNELS["lut_scan_int"](rep_codes, table, out)
+    else:
+        out = np.empty(rep_codes.shape[0], np.float64)
+        KERNELS["lut_scan"](rep_codes, table, out)
+    return out
+
+
+def scan_numpy(rep_codes: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """(N,) sums Σ_p table[p, rep_codes[n, p]] in plain numpy, in position order."""
+    acc = np.zeros(rep_codes.shape[0], np.int64 if table.dtype == np.int32 else np.float64)
+    for p in range(rep_codes.shape[1]):
+        acc += table[p][rep_codes[:, p]]
+    return acc
+
+
+SCANS = {"lut": scan_lut, "numpy": scan_numpy}
+
+
+def gpu_available() -> bool:
+    """True when this faiss build sees at least one GPU."""
+    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+
+
+class FaissHamming:
+    """A FAISS binary index over packed image codes of ``nbytes`` bytes (d = 8·nbytes bits)."""
+
+    def __init__(self, nbytes: int, nlist: int | None = None, index=None):
+        self.nbytes = nbytes
+        self.nlist = nlist
+        if index is not None:
+            self.cpu = index
+        elif nlist is None:
+            self.cpu = faiss.IndexBinaryFlat(8 * nbytes)
+        else:
+            self.quantizer = faiss.IndexBinaryFlat(8 * nbytes)
+            self.cpu = faiss.IndexBinaryIVF(self.quantizer, 8 * nbytes, nlist)
+            self.cpu.own_fields = False
+        self._gpu = None
+        self._gpu_res = None
+
+    @property
+    def is_ivf(self) -> bool:
+        return isinstance(self.cpu, faiss.IndexBinaryIVF)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.cpu.ntotal)
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.cpu.is_trained)
+
+    def train(self, x: np.ndarray) -> None:
+        self.cpu.train(x)
+
+    def add(self, x: np.ndarray) -> None:
+        """Append packed codes x (n, nbytes) uint8."""
+        self.cpu.add(np.ascontiguousarray(x))
+
+    def _gpu_index(self):
+        if self.is_ivf or not gpu_available():
+            return None
+        if self._gpu is None or self._gpu.ntotal != self.cpu.ntotal:
+            self._gpu_res = faiss.StandardGpuResources()
+            self._gpu = faiss.GpuIndexBinaryFlat(self._gpu_res, self.cpu)
+        return self._gpu
+
+    def search(self, x: np.ndarray, k: int, nprobe: int | None = None):
+        """(D (n, k) int32, I (n, k) int64) for packed queries x (n, nbytes) uint8."""
+        if self.is_ivf:
+            self.cpu.nprobe = int(nprobe) if nprobe is not None else min(8, self.nlist)
+        gpu = self._gpu_index()
+        index = gpu if (gpu is not None and k <= GPU_K_LIMIT) else self.cpu
+        # hamming_batch_size rows of the database are scanned per block; with long codes the
+        # default 65,536 blows the cache (DESIGN.md), so keep a block near 8 MB.
+        old = faiss.cvar.hamming_batch_size
+        faiss.cvar.hamming_batch_size = int(max(256, min(65536, (8 << 20) // self.nbytes)))
+        try:
+            return index.search(np.ascontiguousarray(x), k)
+        finally:
+            faiss.cvar.hamming_batch_size = old

@@ -1,0 +1,209 @@
+"""Numba kernels of `hashindex`: popcount, greedy bit removal, look-up-table scans.
+
+Kernels are plain module-level functions (arrays in, preallocated arrays out) selected by name
+from `KERNELS`. They are compiled with ``cache=True`` so the ≈1 s first compile happens once
+per machine, and with ``nogil=True`` so callers may run them from threads.
+
+Bit sets are packed little-endian into uint64 words: item ``b`` lives in word ``b >> 6``,
+bit ``b & 63`` (``np.packbits(..., bitorder="little")`` viewed as ``<u8``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+_ONE = np.uint64(1)
+
+
+@intrinsic
+def _popcount64(typingctx, x):
+    """LLVM ``ctpop`` on a uint64 (compiles to ``vpopcntq``/``popcnt``)."""
+    sig = types.uint64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        fn = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(64)])
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def hamming_matrix(words, out):
+    """All-pairs Hamming distances between packed bit rows.
+
+    Parameters
+    ----------
+    words : (R, W) uint64
+        Packed bits of R codes.
+    out : (R, R) int32
+        ``out[a, b] = popcount(words[a] ^ words[b])``.
+    """
+    R, W = words.shape
+    for a in prange(R):
+        for b in range(R):
+            acc = 0
+            for w in range(W):
+                acc += int(_popcount64(words[a, w] ^ words[b, w]))
+            out[a, b] = acc
+
+
+@njit(cache=True, nogil=True)
+def _bit(cols, e, k):
+    return int((cols[e, k >> 6] >> np.uint64(k & 63)) & _ONE)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def greedy_bit_removal(cols, dist, near, runner, mins, has_dups, keep):
+    """Algorithm A.1: remove every bit whose removal keeps all nearest-neighbour sets.
+
+    The greedy visits the kept bits in order and removes a bit when, for every code k, the set
+    of nearest other codes by Hamming distance (ties included) is the same before and after.
+    Passes repeat until one removes nothing. Removing bit e changes ``dist[k, j]`` by
+    ``-(c_k xor c_j)``; with N_k the nearest set at distance m_k and A_k the codes at m_k + 1,
+    the set survives iff c is constant on N_k and, when N_k's distance does not drop, every
+    j in A_k agrees with c_k. A code with duplicates (``has_dups``) has its duplicates as
+    nearest set at distance 0, so it only requires that no other code reaches distance 0.
+
+    Parameters
+    ----------
+    cols : (E, W) uint64
+        Column bit sets: bit k of ``cols[e]`` is bit e of code k (R codes, W = ceil(R/64)).
+    dist : (R, R) int32
+        Current Hamming distances over the kept bits; updated in place.
+    near, runner : (R, W) uint64
+        N_k and A_k as bit sets; ``runner`` is updated in place (``near`` never changes).
+    mins : (R,) int32
+        m_k (0 for codes with duplicates); updated in place.
+    has_dups : (R,) bool
+        Code k stands for several identical code vectors.
+    keep : (E,) bool
+        In: candidate bits. Out: bits that survive.
+
+    Returns
+    -------
+    int
+        Number of bits removed.
+    """
+    E, W = cols.shape
+    R = dist.shape[0]
+    delta = np.zeros(R, np.int32)
+    total = 0
+    while True:
+        removed = 0
+        for e in range(E):
+            if not keep[e]:
+                continue
+            ok = True
+            for k in range(R):
+                ck = _bit(cols, e, k)
+                dk = 0
+                if not has_dups[k]:
+                    any1 = False
+                    any0 = False
+                    for w in range(W):
+                        if near[k, w] & cols[e, w]:
+                            any1 = True
+                        if near[k, w] & ~cols[e, w]:
+                            any0 = True
+                    if any1 and any0:
+                        ok = False
+                        break
+                    dk = ck ^ (1 if any1 else 0)
+                if dk == 0:
+                    flip = ~np.uint64(0) if ck == 1 else np.uint64(0)
+                    for w in range(W):
+                        if runner[k, w] & (cols[e, w] ^ flip):
+                            ok = False
+                            break
+                    if not ok:
+                        break
+                delta[k] = dk
+            if not ok:
+                continue
+            keep[e] = False
+            removed += 1
+            for a in prange(R):
+                ca = _bit(cols, e, a)
+                mins[a] -= delta[a]
+                target = mins[a] + 1
+                for w in range(W):
+                    runner[a, w] = 0
+                for b in range(R):
+                    v = dist[a, b] - (ca ^ _bit(cols, e, b))
+                    dist[a, b] = v
+                    if v == target and b != a:
+                        runner[a, b >> 6] |= _ONE << np.uint64(b & 63)
+        total += removed
+        if removed == 0:
+            break
+    return total
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def lut_scan(codes, table, out):
+    """Sum per-position table entries over the rows of a code grid.
+
+    Parameters
+    ----------
+    codes : (N, P) uint8 or uint16
+        Database code indices (representative ids), row-major so one row is one cache line.
+    table : (P, R) int32 or float64
+        ``table[p, c]`` = distance-like quantity between the query's code at p and code c.
+    out : (N,) int64 or float64
+        ``out[n] = sum_p table[p, codes[n, p]]``, summed in position order p = 0..P-1 so float
+        results are bit-identical to the numpy engine.
+    """
+    N, P = codes.shape
+    for n in prange(N):
+        acc = table[0, codes[n, 0]]
+        for p in range(1, P):
+            acc += table[p, codes[n, p]]
+        out[n] = acc
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def lut_scan_int(codes, table, out):
+    """`lut_scan` for int32 tables, accumulating in int64 (no overflow at any E*)."""
+    N, P = codes.shape
+    for n in prange(N):
+        acc = 0
+        for p in range(P):
+            acc += table[p, codes[n, p]]
+        out[n] = acc
+
+
+@njit(cache=True, nogil=True)
+def volume_best(dist, volume_index, n_volumes, best_dist, best_row):
+    """Closest row of every volume (smaller row id first on equal distances).
+
+    Parameters
+    ----------
+    dist : (N,) float64
+        Distance of every row to the query.
+    volume_index : (N,) int64
+        Dense volume number 0..n_volumes-1 of every row.
+    best_dist : (n_volumes,) float64
+        Out: smallest distance of the volume (inf when the volume has no row).
+    best_row : (n_volumes,) int64
+        Out: smallest row id reaching it (-1 when none).
+    """
+    for v in range(n_volumes):
+        best_dist[v] = np.inf
+        best_row[v] = -1
+    for n in range(dist.shape[0]):
+        v = volume_index[n]
+        if dist[n] < best_dist[v]:
+            best_dist[v] = dist[n]
+            best_row[v] = n
+
+
+KERNELS = {
+    "hamming_matrix": hamming_matrix,
+    "greedy_bit_removal": greedy_bit_removal,
+    "lut_scan": lut_scan,
+    "lut_scan_int": lut_scan_int,
+    "volume_best": volume_best,
+}
