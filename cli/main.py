@@ -24,3 +24,9 @@ def main(verbose: bool) -> None:
 
 
 # Commands register themselves below, one module each (cli/<command>.py).
+from cli.synth import synth  # noqa: E402
+
+main.add_command(synth)
+from cli.show import show  # noqa: E402
+
+main.add_command(show)

@@ -1,0 +1,137 @@
+"""An archive of cases in the BraTS layout: discovery, validation and lazy iteration.
+
+Layout (DESIGN.md): one folder per case, ``CASE/CASE_t1.nii.gz``, ``_t1ce``, ``_t2``,
+``_flair``; optional ``_seg``, ``_anat``, ``_pseudohealthy``. ``.nii`` files are accepted too.
+Nothing is read at construction; every method that reads holds at most one case in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+from fdn.data.case import CaseError, Slice, Volume, load_case_files, read_case, volume_slices
+from fdn.data.labels import OPTIONAL_FILES, SEQUENCES
+from fdn.errors import ArchiveError
+
+logger = logging.getLogger(__name__)
+
+FILE_KEYS = SEQUENCES + OPTIONAL_FILES
+EXTENSIONS = (".nii.gz", ".nii")
+
+
+class BadCase(NamedTuple):
+    """A case left out: its id, the faulty file (None when no single file), the fault."""
+
+    case: str
+    file: Path | None
+    fault: str
+
+
+def case_files_in(folder: Path, case_id: str) -> dict[str, Path]:
+    """The files of a case folder that follow the BraTS names, keyed by sequence / label."""
+    found = {}
+    for key in FILE_KEYS:
+        for extension in EXTENSIONS:
+            path = folder / f"{case_id}_{key}{extension}"
+            if path.is_file():
+                found[key] = path
+                break
+    return found
+
+
+class Archive:
+    """The cases under `root`, one folder each, sorted by id.
+
+    Raises ArchiveError if `root` is missing or holds no case folder.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ArchiveError(f"archive folder {self.root} does not exist or is not a folder; "
+                               "pass the folder that holds one sub-folder per case")
+        self._files = {}
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            files = case_files_in(folder, folder.name)
+            if files:
+                self._files[folder.name] = files
+        if not self._files:
+            raise ArchiveError(
+                f"archive folder {self.root} holds no case: expected sub-folders CASE/ with "
+                "CASE_t1.nii.gz, CASE_t1ce.nii.gz, CASE_t2.nii.gz, CASE_flair.nii.gz")
+        self.bad: list[BadCase] = []
+
+    def __repr__(self) -> str:
+        return f"Archive({str(self.root)!r}, {len(self._files)} cases)"
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    @property
+    def case_ids(self) -> list[str]:
+        """Case ids, sorted."""
+        return list(self._files)
+
+    def case_files(self, case_id: str) -> dict[str, Path]:
+        """Files of a case: keys are the sequences present plus seg/anat/pseudohealthy."""
+        if case_id not in self._files:
+            raise ArchiveError(f"case {case_id!r} is not in archive {self.root}")
+        return dict(self._files[case_id])
+
+    def _checked_files(self, case_id: str) -> dict[str, Path]:
+        files = self.case_files(case_id)
+        for key in SEQUENCES:
+            if key not in files:
+                expected = self.root / case_id / f"{case_id}_{key}.nii.gz"
+                raise CaseError(case_id, expected,
+                                f"missing the {key} sequence; add it or run with --skip-bad")
+        return files
+
+    def load(self, case_id: str, size: int) -> Volume:
+        """Validate and preprocess one case; raises ArchiveError naming case, file and fault."""
+        return load_case_files(self._checked_files(case_id), size, case_id)
+
+    def _record(self, error: CaseError) -> None:
+        bad = BadCase(error.case, error.file, error.fault)
+        logger.warning("skipping bad case: %s", error)
+        if all(b.case != bad.case for b in self.bad):
+            self.bad.append(bad)
+
+    def validate(self, skip_bad: bool = False) -> list[BadCase]:
+        """Read every case once (one at a time) and check it.
+
+        skip_bad=False raises on the first bad case; True returns the bad cases (also kept in
+        `self.bad`).
+        """
+        found = []
+        for case_id in self.case_ids:
+            try:
+                read_case(self._checked_files(case_id), case_id)
+            except CaseError as error:
+                if not skip_bad:
+                    raise
+                self._record(error)
+                found.append(BadCase(error.case, error.file, error.fault))
+        return found
+
+    def iter_volumes(self, size: int, skip_bad: bool = False) -> Iterator[Volume]:
+        """Preprocessed volumes, one case at a time (lazy). Bad cases raise, or with
+        skip_bad are logged, appended to `self.bad` and left out."""
+        for case_id in self.case_ids:
+            try:
+                volume = self.load(case_id, size)
+            except CaseError as error:
+                if not skip_bad:
+                    raise
+                self._record(error)
+                continue
+            yield volume
+
+    def iter_slices(self, size: int, skip_bad: bool = False) -> Iterator[Slice]:
+        """Axial slices of every case in order (case by case, slice by slice)."""
+        for volume in self.iter_volumes(size, skip_bad=skip_bad):
+            yield from volume_slices(volume)

@@ -1,0 +1,13 @@
+"""Semi-synthetic archive generator (real MNI152 anatomy, synthetic contrasts and lesions)."""
+
+from fdn.synth.generator import (
+    SynthCase,
+    SynthConfig,
+    case_id,
+    healthy_cases,
+    synthesize_archive,
+    synthesize_case,
+)
+
+__all__ = ["SynthCase", "SynthConfig", "case_id", "healthy_cases", "synthesize_archive",
+           "synthesize_case"]

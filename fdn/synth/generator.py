@@ -1,0 +1,453 @@
+"""Semi-synthetic BraTS-like cases built from real anatomy (the MNI152 template).
+
+Each case is a new "patient": the template is warped by a random small affine (rotation,
+anisotropic scale, translation, so the axial position of anatomy varies) and a random smooth
+deformation, then four contrasts are rendered from the warped tissue maps with per-case
+intensity jitter, a bias field and noise. A diseased case also gets a lesion — necrotic core (1),
+enhancing rim (4), peritumoral edema (2) — of random size, shape and location in the cerebrum,
+and its mass effect pushes the surrounding anatomy outward.
+
+Ground truth written beside the images:
+
+* ``_seg``: the lesion labels (all zero for a healthy case).
+* ``_anat``: the six normal-anatomy labels of the warped anatomy *including* the mass effect;
+  inside the lesion it keeps the label the tissue there would have had without the lesion
+  (counterfactual).
+* ``_pseudohealthy``: (H, W, Z, 4) the same case rendered without its lesion: the same warp
+  (mass effect included, so it matches ``_anat`` voxel for voxel), the same bias field, noise
+  and intensity scale; outside the lesion and its edema it is identical to the images.
+
+Geometry: an ``--size H`` archive has H × H × Z voxels with Z = round(155 · H / 240), i.e. the
+BraTS field of view (240 × 240 × 155 mm) sampled at 240/H mm in-plane and 155/Z mm axially.
+Volumes are int16 "scanner units" (BraTS ships int16 too); labels are uint8.
+
+Determinism: case i of seed s draws from ``numpy.random.default_rng([s, i])``, so the same seed
+gives byte-identical volumes whatever the number of cases, and the healthy cases are a
+seed-determined subset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from fdn.data.labels import ANAT_LABELS, SEQUENCES
+from fdn.synth.anatomy import Template, load_template
+
+logger = logging.getLogger(__name__)
+
+GENERATOR_VERSION = 1
+MANIFEST = "synth.json"
+FOV_MM = (240.0, 240.0, 155.0)
+# The field of view is centred here (MNI mm): the middle of the template's brain mask in x/y,
+# slightly above it in z so that, when the FOV is too short, the lower brain stem is cut first.
+FOV_CENTRE_MM = np.array([0.0, -17.0, 7.0])
+COARSE_STEP_MM = 4.0  # the warp is smooth: evaluate it on a 4 mm grid, interpolate linearly
+
+# Mean tissue intensities per contrast (arbitrary units, WM of T1 = 1). Relative orders follow
+# the issue: T1 WM > GM > CSF; T1Gd like T1 with a bright enhancing rim; T2 CSF > GM > WM with
+# lesion and edema bright; FLAIR CSF dark, edema bright.
+_TISSUES = ("wm", "gm", "csf", "necrosis", "enhancing", "edema")
+_INTENSITY = {
+    "t1": (1.00, 0.68, 0.25, 0.30, 0.55, 0.55),
+    "t1ce": (1.00, 0.70, 0.27, 0.30, 1.65, 0.58),
+    "t2": (0.42, 0.68, 1.60, 1.45, 0.95, 1.20),
+    "flair": (0.55, 0.78, 0.12, 0.65, 1.05, 1.45),
+}
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Knobs of the generator (defaults are what `fdn-index synth` uses).
+
+    Lengths are in mm, fractions relative, angles in degrees.
+    """
+
+    size: int = 240
+    rotation_deg: float = 6.0           # max |angle| per axis of the random affine
+    scale_range: tuple[float, float] = (0.92, 1.08)  # output brain size / template brain size
+    translation_mm: tuple[float, float, float] = (4.0, 6.0, 7.0)  # max |shift| per axis
+    deformation_mm: float = 3.5         # std of the smooth random displacement
+    deformation_grid: int = 5           # control points per axis of that displacement
+    intensity_jitter: float = 0.07      # relative std of each tissue intensity per case
+    bias_amplitude: float = 0.15        # max log-amplitude of the multiplicative bias field
+    noise_std: float = 0.03             # Gaussian noise std relative to the WM intensity
+    lesion_radius_mm: tuple[float, float] = (8.0, 22.0)     # enhancing lesion radius
+    edema_factor: tuple[float, float] = (1.25, 1.9)          # edema radius / lesion radius
+    core_fraction: tuple[float, float] = (0.3, 0.75)        # necrotic core radius / lesion radius
+    shape_irregularity: float = 0.3     # relative radius variation of the blobs
+    mass_effect: tuple[float, float] = (0.25, 0.5)          # max push / lesion radius
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(H, W, Z) of every volume: Z = round(155 · H / 240)."""
+        return (self.size, self.size, max(1, round(FOV_MM[2] * self.size / FOV_MM[0])))
+
+    @property
+    def affine(self) -> np.ndarray:
+        """(4, 4) voxel -> mm affine shared by every case (the FOV centred on the brain)."""
+        shape = np.array(self.shape, dtype=float)
+        spacing = np.array(FOV_MM) / shape
+        affine = np.diag([*spacing, 1.0])
+        affine[:3, 3] = FOV_CENTRE_MM - spacing * (shape - 1) / 2
+        return affine
+
+
+class SynthCase(NamedTuple):
+    """One rendered case. Arrays are (H, W, Z) unless noted."""
+
+    images: np.ndarray          # (H, W, Z, 4) int16, channel order SEQUENCES
+    pseudohealthy: np.ndarray   # (H, W, Z, 4) int16
+    seg: np.ndarray             # uint8 in {0, 1, 2, 4}
+    anat: np.ndarray            # uint8 in 0..6
+    affine: np.ndarray          # (4, 4)
+    healthy: bool
+    lesion_centre_mm: tuple[float, float, float] | None
+
+
+def _rotation(angles_deg: np.ndarray) -> np.ndarray:
+    ax, ay, az = np.deg2rad(angles_deg)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _smooth_field(rng: np.random.Generator, grid: int, shape: tuple[int, ...]) -> np.ndarray:
+    """A smooth random field: (grid,)*3 standard normals, cubic-upsampled to `shape`."""
+    control = rng.standard_normal((grid, grid, grid))
+    return ndimage.zoom(control, np.array(shape) / grid, order=3, mode="nearest", grid_mode=True)
+
+
+def _upsample(coarse: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Linear interpolation of a field sampled at both ends of every axis onto `shape`."""
+    if coarse.shape == shape:
+        return coarse
+    return ndimage.zoom(coarse, np.array(shape) / np.array(coarse.shape), order=1,
+                        grid_mode=False, mode="nearest", output=np.float32)
+
+
+class _Lesion(NamedTuple):
+    centre: np.ndarray        # (3,) output-space mm
+    radius: float             # enhancing boundary, mm
+    core: float               # necrotic core radius / radius
+    edema: float              # edema radius / radius
+    push: float               # max outward displacement, mm
+    shape_seed: int
+
+
+def _choose_lesion(rng: np.random.Generator, config: SynthConfig, template: Template,
+                   to_template: np.ndarray, to_template_offset: np.ndarray) -> _Lesion:
+    """Pick a lesion in the cerebrum of a random hemisphere, deep enough to stay in the brain."""
+    radius = rng.uniform(*config.lesion_radius_mm)
+    hemisphere = rng.integers(1, 3)  # anat 1 = left, 2 = right cerebrum
+    candidates = np.flatnonzero(
+        (template.anat.ravel() == hemisphere)
+        & (template.depth.ravel() >= radius + 4.0)
+        & (template.wm.ravel() > 0.3)
+    )
+    if candidates.size == 0:  # very large radius: fall back to the deepest cerebrum voxels
+        candidates = np.flatnonzero(template.anat.ravel() == hemisphere)
+    voxel = np.array(np.unravel_index(rng.choice(candidates), template.anat.shape), float)
+    centre_template = template.affine[:3, :3] @ voxel + template.affine[:3, 3]
+    # Template -> output space through the inverse affine (the smooth warp is a few mm and
+    # the lesion is re-masked to the warped brain afterwards).
+    centre = np.linalg.solve(to_template, centre_template - to_template_offset)
+    return _Lesion(
+        centre=centre,
+        radius=radius,
+        core=rng.uniform(*config.core_fraction),
+        edema=rng.uniform(*config.edema_factor),
+        push=radius * rng.uniform(*config.mass_effect),
+        shape_seed=int(rng.integers(2**31)),
+    )
+
+
+def _mass_effect(points: np.ndarray, lesion: _Lesion) -> np.ndarray:
+    """Backward radial warp of output points (3, ...) mm: where each one's tissue came from.
+
+    Tissue is pushed outward by u(ρ) = push · (ρ/σ) · exp(½ − ρ²/2σ²) (maximal, = push, at
+    ρ = σ; σ = the edema radius). Since push ≤ 0.5 radius < 0.6 σ, ρ − u(ρ) is increasing,
+    so the warp folds nothing.
+    """
+    offset = points - lesion.centre.reshape(3, *([1] * (points.ndim - 1)))
+    rho = np.sqrt((offset**2).sum(0))
+    sigma = lesion.radius * lesion.edema
+    u = lesion.push * (rho / sigma) * np.exp(0.5 - rho**2 / (2 * sigma**2))
+    scale = np.where(rho > 1e-6, (rho - u) / np.maximum(rho, 1e-6), 1.0)
+    return lesion.centre.reshape(offset.shape[:1] + (1,) * (offset.ndim - 1)) + offset * scale
+
+
+def _lesion_labels(lesion: _Lesion, config: SynthConfig, brain: np.ndarray,
+                   tissue_ok: np.ndarray) -> np.ndarray:
+    """(H, W, Z) uint8 seg in {0, 1, 2, 4}: irregular core/rim blob and edema around it."""
+    shape = config.shape
+    affine = config.affine
+    spacing = np.diag(affine)[:3]
+    reach = lesion.radius * lesion.edema * (1 + config.shape_irregularity) + 2 * spacing.max()
+    centre_vox = (lesion.centre - affine[:3, 3]) / spacing
+    lo = np.maximum(np.floor(centre_vox - reach / spacing).astype(int), 0)
+    hi = np.minimum(np.ceil(centre_vox + reach / spacing).astype(int) + 1, shape)
+    seg = np.zeros(shape, np.uint8)
+    if np.any(hi <= lo):
+        return seg
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    grid = np.meshgrid(*[np.arange(a, b, dtype=np.float32) for a, b in zip(lo, hi, strict=True)],
+                       indexing="ij")
+    offset = np.stack([(g * s + o) - c for g, s, o, c in
+                       zip(grid, spacing, affine[:3, 3], lesion.centre, strict=True)])
+    rho = np.sqrt((offset**2).sum(0))
+    shape_rng = np.random.default_rng(lesion.shape_seed)
+    box_shape = rho.shape
+    # Two independent smooth fields in [-1, 1] make the tumour and its edema irregular.
+    tumour_noise = np.tanh(_smooth_field(shape_rng, 4, box_shape))
+    edema_noise = np.tanh(_smooth_field(shape_rng, 5, box_shape))
+    irregular = config.shape_irregularity
+    r_tumour = rho / (lesion.radius * (1 + irregular * tumour_noise))
+    r_edema = rho / (lesion.radius * lesion.edema * (1 + irregular * edema_noise))
+    labels = np.zeros(box_shape, np.uint8)
+    labels[(r_edema < 1) & tissue_ok[box]] = 2
+    labels[r_tumour < 1] = 4
+    labels[r_tumour < lesion.core] = 1
+    labels[~brain[box]] = 0
+    seg[box] = labels
+    return seg
+
+
+def _padded_box(mask: np.ndarray, pad: int) -> tuple[slice, ...] | None:
+    """The bounding box of `mask`, grown by `pad` voxels; None when the mask is empty."""
+    if not mask.any():
+        return None
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(int(hit[0]) - pad, 0), min(int(hit[-1]) + pad + 1, mask.shape[axis])))
+    return tuple(box)
+
+
+def _render_lesion(healthy: np.ndarray, masks: list[np.ndarray], means: np.ndarray,
+                   box: tuple[slice, ...] | None, texture: np.ndarray | None) -> np.ndarray:
+    """Paint the lesion (necrosis, enhancing rim, edema) into a copy of a healthy image.
+
+    The tumour replaces tissue; edema is mostly fluid added to the tissue that is still there,
+    so it is a 70/30 blend with the healthy intensity. A smooth texture (±10 %) keeps the
+    compartments from being flat, and a slight blur softens their boundaries (partial volume).
+    """
+    image = healthy.copy()
+    if box is None:
+        return image
+    local = healthy[box]
+    weight = np.zeros(local.shape, np.float32)
+    target = np.zeros(local.shape, np.float32)
+    blends = (1.0, 1.0, 0.7)  # necrosis, enhancing, edema
+    for mask, mean, blend in zip(masks, means, blends, strict=True):
+        m = mask[box]
+        weight[m] = blend
+        target[m] = blend * mean * (1 + 0.1 * texture[m])
+    weight = ndimage.gaussian_filter(weight, 0.6)
+    target = ndimage.gaussian_filter(target, 0.6)
+    image[box] = local * (1 - weight) + target
+    return image
+
+
+def synthesize_case(seed: int, case_index: int, healthy: bool,
+                    config: SynthConfig | None = None) -> SynthCase:
+    """Render one case; the same (seed, case_index, healthy, config) gives identical arrays."""
+    config = config or SynthConfig()
+    template = load_template()
+    rng = np.random.default_rng([seed, case_index])
+    shape = config.shape
+    affine = config.affine
+
+    # Output mm -> template mm: q = M (p − c) + c + t + smooth displacement.
+    scale = rng.uniform(*config.scale_range, size=3) * rng.uniform(0.97, 1.03)
+    rotation = _rotation(rng.uniform(-1, 1, 3) * config.rotation_deg)
+    to_template = rotation @ np.diag(1.0 / scale)
+    translation = rng.uniform(-1, 1, 3) * np.array(config.translation_mm)
+    to_template_offset = FOV_CENTRE_MM + translation - to_template @ FOV_CENTRE_MM
+
+    # The warp is evaluated on a coarse grid (both FOV ends included) and interpolated.
+    coarse_shape = tuple(int(min(n, np.ceil(f / COARSE_STEP_MM) + 1))
+                         for n, f in zip(shape, FOV_MM, strict=True))
+    axes = [np.linspace(0, n - 1, c) for n, c in zip(shape, coarse_shape, strict=True)]
+    ijk = np.stack(np.meshgrid(*axes, indexing="ij"))
+    points = np.tensordot(affine[:3, :3], ijk, axes=1) + affine[:3, 3].reshape(3, 1, 1, 1)
+    displacement = np.stack([_smooth_field(rng, config.deformation_grid, coarse_shape)
+                             for _ in range(3)]) * config.deformation_mm
+
+    lesion = None
+    if not healthy:
+        lesion = _choose_lesion(rng, config, template, to_template, to_template_offset)
+        points = _mass_effect(points, lesion)
+    source = (np.tensordot(to_template, points, axes=1)
+              + to_template_offset.reshape(3, 1, 1, 1) + displacement)
+    to_voxel = np.linalg.inv(template.affine)
+    source_vox = (np.tensordot(to_voxel[:3, :3], source, axes=1)
+                  + to_voxel[:3, 3].reshape(3, 1, 1, 1))
+    coords = np.stack([_upsample(c.astype(np.float32), shape) for c in source_vox])
+
+    def sample(volume: np.ndarray, order: int) -> np.ndarray:
+        return ndimage.map_coordinates(volume, coords, order=order, mode="constant", cval=0.0)
+
+    wm, gm, csf = sample(template.wm, 1), sample(template.gm, 1), sample(template.csf, 1)
+    brain = sample(template.brain, 1) > 0.5
+    anat = sample(template.anat, 0) * brain
+    tissue = np.stack([wm, gm, csf]) * brain
+
+    seg = np.zeros(shape, np.uint8)
+    if lesion is not None:
+        seg = _lesion_labels(lesion, config, brain, tissue_ok=(wm + gm) > 0.5)
+
+    lesion_box = _padded_box(seg > 0, pad=3)
+    lesion_texture = None
+    if lesion_box is not None:
+        box_shape = tuple(s.stop - s.start for s in lesion_box)
+        lesion_texture = np.tanh(_smooth_field(rng, 6, box_shape)).astype(np.float32)
+
+    # Per-case contrast: jittered tissue intensities, a separable bias field, noise.
+    axes_unit = [np.linspace(-1, 1, n, dtype=np.float32) for n in shape]
+    lesion_masks = [(seg == 1), (seg == 4), (seg == 2)]
+    images = np.empty((*shape, 4), np.int16)
+    pseudo = np.empty((*shape, 4), np.int16)
+    for channel, sequence in enumerate(SEQUENCES):
+        means = np.array(_INTENSITY[sequence]) * (1 + config.intensity_jitter
+                                                  * rng.standard_normal(len(_TISSUES)))
+        gain = rng.uniform(300, 900)
+        log_bias = sum(
+            (rng.uniform(-1, 1) * a + rng.uniform(-1, 1) * a**2 * 0.5).reshape(
+                [-1 if d == axis else 1 for d in range(3)])
+            for axis, a in enumerate(axes_unit)
+        ) * (config.bias_amplitude / 1.5)
+        bias = np.exp(log_bias).astype(np.float32)
+        noise = rng.standard_normal(shape, dtype=np.float32) * np.float32(config.noise_std)
+        healthy_image = np.tensordot(means[:3].astype(np.float32), tissue, axes=1)
+        diseased = _render_lesion(healthy_image, lesion_masks, means[3:], lesion_box,
+                                  lesion_texture)
+        for out, clean in ((pseudo, healthy_image), (images, diseased)):
+            value = (clean * bias + noise * means[0]) * gain
+            value = np.where(brain, np.clip(value, 1, 32767), 0)
+            out[..., channel] = np.rint(value).astype(np.int16)
+
+    return SynthCase(
+        images=images, pseudohealthy=pseudo, seg=seg, anat=anat.astype(np.uint8),
+        affine=affine, healthy=healthy,
+        lesion_centre_mm=None if lesion is None else tuple(float(v) for v in lesion.centre),
+    )
+
+
+def healthy_cases(n_cases: int, healthy_fraction: float, seed: int) -> np.ndarray:
+    """(n_cases,) bool: which cases are healthy; round(n · fraction) of them, chosen by seed."""
+    n_healthy = int(round(n_cases * healthy_fraction))
+    order = np.random.default_rng([seed, 2**32 - 1]).permutation(n_cases)
+    healthy = np.zeros(n_cases, bool)
+    healthy[order[:n_healthy]] = True
+    return healthy
+
+
+def case_id(index: int) -> str:
+    """The id of case `index`: SYN_000, SYN_001, …"""
+    return f"SYN_{index:03d}"
+
+
+def _write_case(case_dir: Path, cid: str, case: SynthCase) -> None:
+    case_dir.mkdir(parents=True)
+
+    def save(array: np.ndarray, suffix: str) -> None:
+        image = nib.Nifti1Image(array, case.affine)
+        image.header.set_xyzt_units("mm")
+        nib.save(image, case_dir / f"{cid}_{suffix}.nii.gz")
+
+    for channel, sequence in enumerate(SEQUENCES):
+        save(np.ascontiguousarray(case.images[..., channel]), sequence)
+    save(case.seg, "seg")
+    save(case.anat, "anat")
+    save(case.pseudohealthy, "pseudohealthy")
+
+
+def _manifest(n_cases: int, healthy_fraction: float, seed: int, size: int) -> dict:
+    return {"generator_version": GENERATOR_VERSION, "cases": n_cases,
+            "healthy_fraction": healthy_fraction, "seed": seed, "size": size}
+
+
+def synthesize_archive(out_dir: str | os.PathLike, n_cases: int, healthy_fraction: float,
+                       seed: int, size: int = 240, progress: bool = False,
+                       overwrite: bool = False) -> list[str]:
+    """Write a BraTS-layout archive of `n_cases` synthetic cases; return the case ids.
+
+    The archive is built in a temporary sibling folder and moved into place at the end, so an
+    interrupted run leaves nothing half-written at `out_dir`. If `out_dir` already holds an
+    archive made with the same parameters it is left as it is (the output would be identical).
+
+    Raises
+    ------
+    ValueError
+        Bad parameters.
+    FileExistsError
+        `out_dir` exists, is not empty and is not the same synthetic archive (and not
+        `overwrite`).
+    """
+    if not isinstance(n_cases, int | np.integer) or n_cases < 1:
+        raise ValueError(f"n_cases must be a positive integer, got {n_cases!r}")
+    if not 0.0 <= healthy_fraction <= 1.0:
+        raise ValueError(f"healthy_fraction must lie in [0, 1], got {healthy_fraction!r}")
+    if not isinstance(size, int | np.integer) or size < 8:
+        raise ValueError(f"size must be an integer >= 8, got {size!r}")
+    out = Path(out_dir)
+    manifest = _manifest(int(n_cases), float(healthy_fraction), int(seed), int(size))
+    ids = [case_id(i) for i in range(n_cases)]
+    if out.exists():
+        if not out.is_dir():
+            raise FileExistsError(f"{out} exists and is not a folder; choose another output path")
+        previous = out / MANIFEST
+        if previous.is_file() and not overwrite:
+            try:
+                same = {k: v for k, v in json.loads(previous.read_text()).items()
+                        if k in manifest} == manifest
+            except (OSError, json.JSONDecodeError):
+                same = False
+            if same and all((out / cid).is_dir() for cid in ids):
+                logger.info("%s already holds this archive; nothing to do", out)
+                return ids
+        if any(out.iterdir()) and not overwrite:
+            raise FileExistsError(
+                f"{out} already exists and holds other files; delete it, choose another output "
+                "folder, or pass overwrite=True (--overwrite)"
+            )
+    config = SynthConfig(size=int(size))
+    healthy = healthy_cases(n_cases, healthy_fraction, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the archive is an ordinary folder
+    try:
+        iterator = range(n_cases)
+        if progress:
+            from tqdm import tqdm
+            iterator = tqdm(iterator, desc="synth", unit="case")
+        cases = []
+        for index in iterator:
+            case = synthesize_case(seed, index, bool(healthy[index]), config)
+            _write_case(staging / ids[index], ids[index], case)
+            cases.append({"case": ids[index], "healthy": case.healthy,
+                          "lesion_centre_mm": case.lesion_centre_mm,
+                          "lesion_voxels": int((case.seg > 0).sum())})
+        manifest["shape"] = list(config.shape)
+        manifest["anat_labels"] = ANAT_LABELS
+        manifest["case_list"] = cases
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ids
