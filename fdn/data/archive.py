@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -21,6 +22,10 @@ logger = logging.getLogger(__name__)
 
 FILE_KEYS = SEQUENCES + OPTIONAL_FILES
 EXTENSIONS = (".nii.gz", ".nii")
+
+
+_FILE_NAME = re.compile(
+    r"^(?P<case>.+)_(?P<key>" + "|".join(FILE_KEYS) + r")(?:\.nii\.gz|\.nii)$")
 
 
 class BadCase(NamedTuple):
@@ -41,6 +46,45 @@ def case_files_in(folder: Path, case_id: str) -> dict[str, Path]:
                 found[key] = path
                 break
     return found
+
+
+def case_files_from_paths(paths: list[Path]) -> tuple[str, dict[str, Path]]:
+    """The case id and files of an external case given as one folder or as loose NIfTI files.
+
+    A folder is read like an archive case folder (CASE/CASE_t1.nii.gz, …); when its name is
+    not the files' prefix, the one prefix its BraTS-named files share is the case id. Loose
+    files must be named PREFIX_<t1|t1ce|t2|flair|seg|anat|pseudohealthy>.nii[.gz] with one
+    shared PREFIX. Missing sequences are reported later, by `read_case`.
+
+    Raises ArchiveError when no file is recognised, names clash, or prefixes differ.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ArchiveError("no input given: pass a case folder or its NIfTI files")
+    if len(paths) == 1 and paths[0].is_dir():
+        folder = paths[0]
+        files = case_files_in(folder, folder.name)
+        if files:
+            return folder.name, files
+        paths = sorted(p for p in folder.iterdir() if p.is_file() and _FILE_NAME.match(p.name))
+        if not paths:
+            raise ArchiveError(f"{folder} holds no NIfTI file named CASE_t1.nii.gz, "
+                               "CASE_t1ce.nii.gz, CASE_t2.nii.gz, CASE_flair.nii.gz")
+    cases, files = set(), {}
+    for path in paths:
+        match = _FILE_NAME.match(path.name)
+        if match is None or not path.is_file():
+            raise ArchiveError(f"{path} is not a NIfTI file named CASE_<sequence>.nii.gz "
+                               f"(sequence one of {', '.join(FILE_KEYS)}); rename it")
+        key = match["key"]
+        if key in files:
+            raise ArchiveError(f"two {key} files given: {files[key]} and {path}; pass one")
+        cases.add(match["case"])
+        files[key] = path
+    if len(cases) > 1:
+        raise ArchiveError(f"the files belong to different cases {sorted(cases)}; "
+                           "pass the files of one case")
+    return cases.pop(), files
 
 
 class Archive:

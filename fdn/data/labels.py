@@ -21,11 +21,12 @@ _SEG_TO_CLASS[[0, 1, 2, 4]] = [0, 1, 2, 3]
 def seg_to_classes(seg: np.ndarray) -> np.ndarray:
     """BraTS labels {0, 1, 2, 4} -> class indices {0, 1, 2, 3} (int64; class 3 = ET).
 
-    seg: (...) integer array. Raises ValueError on any other label.
+    seg: (...) array of labels (integer, or float holding whole numbers).
+    Raises ValueError on any other value.
     """
     seg = np.asarray(seg)
-    if seg.size and (not np.issubdtype(seg.dtype, np.integer) or seg.min() < 0 or seg.max() > 4
-                     or np.any(seg == 3)):
-        found = sorted(set(np.unique(seg).tolist()) - set(SEG_LABELS))
-        raise ValueError(f"seg labels must be in {SEG_LABELS}, found {found}")
-    return _SEG_TO_CLASS[seg]
+    values = np.unique(seg)
+    bad = [v for v in values.tolist() if v not in SEG_LABELS]
+    if bad:
+        raise ValueError(f"seg labels must be in {SEG_LABELS}, found {bad[:8]}")
+    return _SEG_TO_CLASS[seg.astype(np.int64)]
