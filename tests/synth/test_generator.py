@@ -153,10 +153,10 @@ def test_healthy_fraction_is_rounded_and_seeded():
 
 
 def test_archive_files_are_byte_identical_for_the_same_seed(small_archive, tmp_path):
-    from conftest import SMALL_ARCHIVE
-
+    recorded = json.loads((small_archive / "synth.json").read_text())
     again = tmp_path / "again"
-    ids = synthesize_archive(again, **SMALL_ARCHIVE)
+    ids = synthesize_archive(again, recorded["cases"], recorded["healthy_fraction"],
+                             recorded["seed"], size=recorded["size"])
     assert ids == ["SYN_000", "SYN_001", "SYN_002"]
     for case in ids:
         names = sorted(p.name for p in (small_archive / case).iterdir())
