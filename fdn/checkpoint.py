@@ -12,6 +12,7 @@ interrupted write never leaves a half-written checkpoint.
 """
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -39,6 +40,13 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    """torch.save into memory: the bytes do not depend on the (temporary) file name."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
 
 
 def config_to_dict(config: FDNConfig, preset: str | None) -> dict[str, Any]:
@@ -71,8 +79,10 @@ def save_checkpoint(model_dir: str | Path, state: dict[str, Any]) -> None:
     cfg = {**state["config"], "preset": state["preset"], "fdn_version": __version__}
     _atomic_write(model_dir / CONFIG_FILE,
                   lambda p: Path(p).write_text(json.dumps(cfg, indent=2) + "\n"))
-    _atomic_write(model_dir / WEIGHTS_FILE, lambda p: torch.save(state["model"], p))
-    _atomic_write(model_dir / CHECKPOINT_FILE, lambda p: torch.save(state, p))
+    weights = _torch_bytes(state["model"])
+    _atomic_write(model_dir / WEIGHTS_FILE, lambda p: Path(p).write_bytes(weights))
+    everything = _torch_bytes(state)
+    _atomic_write(model_dir / CHECKPOINT_FILE, lambda p: Path(p).write_bytes(everything))
 
 
 def load_checkpoint(model_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -111,7 +121,8 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu"
     except Exception as e:
         raise ModelError(f"{w_path}: cannot load the weights ({e}); the file is corrupt or "
                          "belongs to another config; retrain or restore it") from e
-    model.to(device).eval()
+    # channels_last, as in training: the same memory format gives bit-identical outputs
+    model.to(device).to(memory_format=torch.channels_last).eval()
     return model, config
 
 
