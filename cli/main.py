@@ -30,3 +30,9 @@ main.add_command(synth)
 from cli.show import show  # noqa: E402
 
 main.add_command(show)
+from cli.build import build  # noqa: E402
+
+main.add_command(build)
+from cli.query import query  # noqa: E402
+
+main.add_command(query)

@@ -1,0 +1,115 @@
+"""Retrieval montages like the paper's Fig. 11: the query slice, then its top-Q hits, one row per mode.
+
+Each cell shows FLAIR with the six normal-anatomy labels as thin contours and the lesion labels
+filled (NET red, ED green, ET yellow), so one can see at a glance whether S_normal hits share
+the query's anatomy and S_abnormal hits share its lesion.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+
+from fdn.data import SEQUENCES, Archive, load_case_files  # noqa: E402
+
+FLAIR = SEQUENCES.index("flair")
+# BraTS label -> RGBA: NET red, ED green, ET yellow.
+LESION_COLOURS = {1: (0.9, 0.1, 0.1, 0.55), 2: (0.1, 0.8, 0.2, 0.45), 4: (1.0, 0.9, 0.0, 0.6)}
+ANAT_CMAP = ListedColormap(["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#e377c2"])
+MODE_TITLES = {
+    "normal": "S_normal (anatomy)",
+    "abnormal": "S_abnormal (lesion)",
+    "sum": "S_sum (both)",
+}
+
+
+def draw_labelled_slice(
+    ax, image: np.ndarray, seg: np.ndarray | None, anat: np.ndarray | None, title: str = ""
+) -> None:
+    """Draw one slice: image (4, H, W) float32 as FLAIR, anat (H, W) as contours, seg (H, W) filled."""
+    flair = image[FLAIR]
+    lo, hi = np.percentile(flair, [1, 99.5])
+    ax.imshow(flair.T[::-1], cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+    if anat is not None and anat.any():
+        ax.contour(anat.T[::-1], levels=np.arange(1.5, 6.5), cmap=ANAT_CMAP, linewidths=0.6)
+    if seg is not None and seg.any():
+        rgba = np.zeros((*seg.shape, 4))
+        for label, colour in LESION_COLOURS.items():
+            rgba[seg == label] = colour
+        ax.imshow(rgba.transpose(1, 0, 2)[::-1])
+    ax.set_title(title, fontsize=7)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+class SliceLoader:
+    """Loads the preprocessed slices of hits from their source case folders, one volume per case."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._volumes = {}
+
+    def load(self, case: str, source: str, slice_index: int):
+        if case not in self._volumes:
+            source_dir = Path(source)
+            files = Archive(source_dir.parent).case_files(case)
+            self._volumes[case] = load_case_files(files, self.size, case)
+        volume = self._volumes[case]
+        seg = None if volume.seg is None else volume.seg[slice_index]
+        anat = None if volume.anat is None else volume.anat[slice_index]
+        return volume.image[slice_index], seg, anat
+
+
+def draw_retrieval_montage(
+    out_path: Path,
+    index,
+    query_name: str,
+    results: dict,
+    *,
+    query_case: str | None,
+    query_slice: int,
+    query_source: str | None,
+    query_image: np.ndarray | None = None,
+    query_labels: tuple | None = None,
+) -> Path:
+    """Write a PNG: one row per mode in `results` ({mode: [Hit, ...]}), query first in each row."""
+    loader = SliceLoader(index.manifest.input_size)
+    if query_image is None:
+        query_image, seg, anat = loader.load(query_case, query_source, query_slice)
+    else:
+        seg, anat = query_labels or (None, None)
+    n_cols = 1 + max(len(hits) for hits in results.values())
+    fig, axes = plt.subplots(
+        len(results), n_cols, figsize=(1.6 * n_cols, 1.8 * len(results)), squeeze=False
+    )
+    for r, (mode, hits) in enumerate(results.items()):
+        draw_labelled_slice(axes[r, 0], query_image, seg, anat, f"query\n{query_name}")
+        axes[r, 0].set_ylabel(MODE_TITLES.get(mode, mode), fontsize=8)
+        for c in range(1, n_cols):
+            ax = axes[r, c]
+            if c - 1 >= len(hits):
+                ax.axis("off")
+                continue
+            hit = hits[c - 1]
+            image, hit_seg, hit_anat = loader.load(hit.case, hit.source, hit.slice)
+            draw_labelled_slice(
+                ax,
+                image,
+                hit_seg,
+                hit_anat,
+                f"#{hit.rank} {hit.case}:{hit.slice}\nd={hit.distance:.3g}",
+            )
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
+    fig.savefig(tmp, dpi=130)
+    plt.close(fig)
+    tmp.replace(out_path)
+    return out_path

@@ -1,0 +1,208 @@
+"""`fdn-index build`: the index directory matches a direct encoding, resumes exactly, refuses mixes."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import zarr
+
+from fdn.build import build_index
+from fdn.checkpoint import load_model
+from fdn.data import Archive
+from fdn.errors import IndexDirError
+from fdn.indexdir import ENCODED_DIR, MANIFEST
+from fdn.model import PRESETS
+from fdn.retrieval import open_index
+
+SIZE = PRESETS["tiny"].image_size
+
+
+def without_timings(obj):
+    """A JSON document minus the wall-clock figures, which differ from run to run."""
+    if isinstance(obj, dict):
+        return {
+            k: without_timings(v)
+            for k, v in obj.items()
+            if not any(word in k for word in ("seconds", "time", "elapsed", "written"))
+        }
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj
+
+
+def comparable(path):
+    """A file of the hash index as something `==` can compare (npz members, JSON minus timings)."""
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k].tobytes() for k in sorted(data.files)}
+    if path.suffix == ".json":
+        return without_timings(json.loads(path.read_text()))
+    return path.read_bytes()
+
+
+def index_contents(index_dir):
+    """Everything a reader of the index sees, as comparable Python objects."""
+    group = zarr.open_group(index_dir / "codes.zarr", mode="r")
+    table = pq.read_table(index_dir / "slices.parquet").to_pydict()
+    manifest = json.loads((index_dir / MANIFEST).read_text())
+    hashed = {
+        p.name: comparable(p)
+        for p in sorted(index_dir.iterdir())
+        if p.is_file() and p.name not in (MANIFEST, "slices.parquet", "build_plan.json")
+    }
+    return group["normal"][:], group["abnormal"][:], table, manifest, hashed
+
+
+def test_codes_equal_a_direct_encoding(built_index, pipeline_archive, model_dir):
+    model, config = load_model(model_dir)
+    archive = Archive(pipeline_archive)
+    normal, abnormal, table, manifest, _ = index_contents(built_index)
+    assert manifest["status"] == "complete"
+    assert manifest["n_cases"] == len(archive.case_ids) == 4
+    row = 0
+    for volume_id, case in enumerate(archive.case_ids):
+        volume = archive.load(case, SIZE)
+        x = np.ascontiguousarray(volume.image)
+        import torch
+
+        with torch.no_grad():
+            expect_n, expect_a = model.encode(torch.from_numpy(x))
+        n = len(x)
+        np.testing.assert_array_equal(normal[row : row + n], expect_n.numpy())
+        np.testing.assert_array_equal(abnormal[row : row + n], expect_a.numpy())
+        assert table["case"][row : row + n] == [case] * n
+        assert table["slice"][row : row + n] == list(range(n))
+        assert table["volume"][row : row + n] == [volume_id] * n
+        if volume.seg is not None:
+            areas = (volume.seg > 0).reshape(n, -1).sum(1).tolist()
+            assert table["lesion_area"][row : row + n] == areas
+        row += n
+    assert row == normal.shape[0] == manifest["n_slices"] == len(table["row"])
+    assert normal.dtype == np.uint16 and normal.shape[1:] == (4, 4)
+
+
+def test_rebuild_of_a_complete_index_changes_nothing(built_index, pipeline_archive, model_dir):
+    before = index_contents(built_index)
+    report = build_index(pipeline_archive, model_dir, built_index)
+    assert report.encoded_now == [] and len(report.reused) == 4
+    after = index_contents(built_index)
+    for a, b in zip(before[:2], after[:2]):
+        np.testing.assert_array_equal(a, b)
+    assert before[2] == after[2] and before[4] == after[4]
+
+
+BUILD_SCRIPT = "import sys; from cli.main import main; sys.exit(main())"
+
+
+def run_build(archive, model, index, **popen):
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            BUILD_SCRIPT,
+            "build",
+            str(archive),
+            "--model",
+            str(model),
+            "--index",
+            str(index),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        **popen,
+    )
+
+
+def kill_when(process, condition, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        if condition():
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return True
+        time.sleep(0.01)
+    process.kill()
+    raise AssertionError("the condition to kill the build never came true")
+
+
+@pytest.mark.parametrize("stage", ["encoding", "assembling"])
+def test_sigkilled_build_resumes_to_the_uninterrupted_result(
+    stage, tmp_path, built_index, pipeline_archive, model_dir
+):
+    index = tmp_path / "index"
+    encoded = index / ENCODED_DIR
+
+    def n_encoded():
+        return len(list(encoded.glob("*.npz"))) if encoded.is_dir() else 0
+
+    if stage == "encoding":
+        condition = lambda: n_encoded() >= 1  # noqa: E731
+    else:
+        condition = lambda: n_encoded() == 4 or (index / "codes.zarr").exists()  # noqa: E731
+    killed = kill_when(run_build(pipeline_archive, model_dir, index), condition)
+    if killed:
+        with pytest.raises(IndexDirError):
+            open_index(index)
+    finished = run_build(pipeline_archive, model_dir, index)
+    output = finished.communicate(timeout=300)[0].decode()
+    assert finished.returncode == 0, output
+    expected, got = index_contents(built_index), index_contents(index)
+    for a, b in zip(expected[:2], got[:2]):
+        np.testing.assert_array_equal(a, b)
+    assert expected[2] == got[2]
+    assert expected[4] == got[4]  # codebooks, bit tables, FAISS files: byte for byte
+    assert open_index(index).ntotal == expected[0].shape[0]
+
+
+def test_add_appends_new_cases_and_keeps_old_rows(
+    tmp_path, built_index, extra_archive, pipeline_archive, model_dir
+):
+    index = tmp_path / "index"
+    shutil.copytree(built_index, index)
+    old_normal, _, old_table, _, _ = index_contents(index)
+    report = build_index(extra_archive, model_dir, index, add=True)
+    assert sorted(report.encoded_now) == sorted(Archive(extra_archive).case_ids)
+    normal, _, table, manifest, _ = index_contents(index)
+    n_old = old_normal.shape[0]
+    np.testing.assert_array_equal(normal[:n_old], old_normal)
+    assert table["case"][:n_old] == old_table["case"]
+    assert manifest["n_cases"] == 6
+    assert set(table["volume"][n_old:]) == {4, 5}
+    assert open_index(index).ntotal == normal.shape[0]
+
+
+def test_another_model_is_refused(tmp_path, built_index, pipeline_archive, other_model_dir):
+    index = tmp_path / "index"
+    shutil.copytree(built_index, index)
+    with pytest.raises(IndexDirError, match="another model"):
+        build_index(pipeline_archive, other_model_dir, index)
+
+
+def test_another_format_version_is_refused(tmp_path, built_index, pipeline_archive, model_dir):
+    index = tmp_path / "index"
+    shutil.copytree(built_index, index)
+    manifest = json.loads((index / MANIFEST).read_text())
+    manifest["format_version"] = 999
+    (index / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(IndexDirError, match="version 999"):
+        open_index(index)
+    with pytest.raises(IndexDirError, match="version 999"):
+        build_index(pipeline_archive, model_dir, index)
+
+
+def test_a_foreign_directory_is_not_overwritten(tmp_path, pipeline_archive, model_dir):
+    target = tmp_path / "photos"
+    target.mkdir()
+    (target / "holiday.jpg").write_bytes(b"not an index")
+    with pytest.raises(IndexDirError, match="not an fdn-index directory"):
+        build_index(pipeline_archive, model_dir, target)
+    assert os.listdir(target) == ["holiday.jpg"]

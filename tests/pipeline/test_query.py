@@ -1,0 +1,205 @@
+"""`fdn-index query` and the library API: hits checked against a numpy brute force, bad input refused."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from cli.main import main
+from fdn.checkpoint import load_model
+from fdn.data import Archive
+from fdn.retrieval import open_index
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def brute_force_volume_topq(codebook, codes, volumes, query_codes, exclude_volume, topq):
+    """Euclidean distance between quantized grids, closest slice per volume, ties by row."""
+    quantized = codebook[codes.astype(np.int64)].reshape(len(codes), -1)
+    query = codebook[query_codes.astype(np.int64)].reshape(-1)
+    distances = np.sqrt(((quantized - query) ** 2).sum(axis=1))
+    best = {}
+    for row in np.lexsort((np.arange(len(codes)), distances)):
+        volume = int(volumes[row])
+        if volume != exclude_volume and volume not in best:
+            best[volume] = int(row)
+    return list(best.values())[:topq]
+
+
+def lesion_query(index):
+    """The largest-lesion slice of the first diseased case in the index."""
+    areas = np.array([-1 if a is None else a for a in index.table["lesion_area"]], dtype=float)
+    row = int(np.nanargmax(areas))
+    return str(index.table["case"][row]), int(index.table["slice"][row])
+
+
+@pytest.mark.parametrize("mode", ["normal", "abnormal"])
+def test_cli_hits_equal_a_numpy_brute_force(built_index, mode):
+    index = open_index(built_index)
+    case, z = lesion_query(index)
+    result = run(
+        "query",
+        "--index",
+        built_index,
+        "--case",
+        case,
+        "--slice",
+        z,
+        "--mode",
+        mode,
+        "--distance",
+        "euclidean",
+        "--topq",
+        2,
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.output)["results"][mode]["hits"]
+    codebook = np.load(built_index / f"codebook_{mode}.npy")
+    codes = index.codes_normal if mode == "normal" else index.codes_abnormal
+    row = index.row_of(case, z)
+    expected = brute_force_volume_topq(
+        codebook,
+        codes,
+        index.table["volume"],
+        codes[row],
+        exclude_volume=int(index.table["volume"][row]),
+        topq=2,
+    )
+    assert [h["row"] for h in hits] == expected
+    assert case not in {h["case"] for h in hits}
+    assert len({h["case"] for h in hits}) == len(hits) == 2
+    assert [h["rank"] for h in hits] == [1, 2]
+
+
+def test_include_same_volume_finds_the_query_itself(built_index):
+    index = open_index(built_index)
+    case, z = lesion_query(index)
+    hits = index.query_slice(
+        case, z, mode="sum", distance="hamming", topq=1, include_same_volume=True
+    )
+    row = index.row_of(case, z)
+    assert hits[0].distance == 0.0  # the query itself, or a slice with the very same codes
+    np.testing.assert_array_equal(index.codes_normal[hits[0].row], index.codes_normal[row])
+    np.testing.assert_array_equal(index.codes_abnormal[hits[0].row], index.codes_abnormal[row])
+
+
+def test_all_modes_with_montage_and_readable_table(built_index, tmp_path):
+    index = open_index(built_index)
+    case, z = lesion_query(index)
+    png = tmp_path / "montage.png"
+    result = run(
+        "query",
+        "--index",
+        built_index,
+        "--case",
+        case,
+        "--slice",
+        z,
+        "--mode",
+        "all",
+        "--topq",
+        3,
+        "--montage",
+        png,
+    )
+    assert result.exit_code == 0, result.output
+    for mode in ("normal", "abnormal", "sum"):
+        assert f"mode {mode}" in result.output
+    assert "rank" in result.output and " ms" in result.output
+    assert png.stat().st_size > 10_000
+
+
+def test_external_case_folder_gives_the_same_hits(built_index, pipeline_archive):
+    index = open_index(built_index)
+    case, z = lesion_query(index)
+    case_dir = Archive(pipeline_archive).case_files(case)["t1"].parent
+    inside = run("query", "--index", built_index, "--case", case, "--slice", z, "--json")
+    outside = run("query", "--index", built_index, "--input", case_dir, "--slice", z, "--json")
+    assert inside.exit_code == 0 and outside.exit_code == 0, inside.output + outside.output
+    rows = lambda r: [h["row"] for h in json.loads(r.output)["results"]["sum"]["hits"]]  # noqa: E731
+    assert rows(inside) == rows(outside)
+
+
+def test_library_encode_matches_the_index(built_index, pipeline_archive, model_dir):
+    index = open_index(built_index)
+    case = index.cases[0]
+    volume = Archive(pipeline_archive).load(case, index.manifest.input_size)
+    normal, abnormal = index.encode(volume.image[3])
+    row = index.row_of(case, 3)
+    np.testing.assert_array_equal(normal, index.codes_normal[row])
+    np.testing.assert_array_equal(abnormal, index.codes_abnormal[row])
+    model, _ = load_model(model_dir)
+    assert index.model().config == model.config
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--case", "NO_SUCH_CASE", "--slice", 0], "no case 'NO_SUCH_CASE'"),
+        (["--case", "{case}", "--slice", 999], "out of range"),
+        (["--slice", 0], "either --case"),
+    ],
+)
+def test_bad_queries_fail_clearly_and_write_nothing(built_index, tmp_path, args, message):
+    case = open_index(built_index).cases[0]
+    png = tmp_path / "m.png"
+    args = [a.format(case=case) if isinstance(a, str) else a for a in args]
+    result = run("query", "--index", built_index, *args, "--montage", png)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert not png.exists()
+
+
+def test_missing_index_fails_clearly(tmp_path):
+    result = run("query", "--index", tmp_path / "nowhere", "--case", "X", "--slice", 0)
+    assert result.exit_code != 0
+    assert "no index directory" in result.output
+
+
+def corrupt_zarr(index):
+    chunk = next(
+        p
+        for p in (index / "codes.zarr" / "normal").rglob("*")
+        if p.is_file() and p.name != "zarr.json"
+    )
+    chunk.write_bytes(b"\x00garbage")
+
+
+def corrupt_parquet(index):
+    data = (index / "slices.parquet").read_bytes()
+    (index / "slices.parquet").write_bytes(data[: len(data) // 2])
+
+
+def incomplete_build(index):
+    manifest = json.loads((index / "manifest.json").read_text())
+    manifest["status"] = "building"
+    (index / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (corrupt_zarr, "codes.zarr"),
+        (corrupt_parquet, "slices.parquet"),
+        (incomplete_build, "did not finish"),
+    ],
+)
+def test_damaged_index_is_refused(built_index, tmp_path, damage, message):
+    index = tmp_path / "index"
+    shutil.copytree(built_index, index)
+    damage(index)
+    case = open_index(built_index).cases[0]
+    result = run("query", "--index", index, "--case", case, "--slice", 0)
+    assert result.exit_code != 0
+    assert message in result.output
+
+
+def test_zarr_arrays_are_chunked_along_slices(built_index):
+    normal = zarr.open_group(built_index / "codes.zarr", mode="r")["normal"]
+    assert normal.chunks[1:] == normal.shape[1:]
