@@ -36,3 +36,9 @@ main.add_command(build)
 from cli.query import query  # noqa: E402
 
 main.add_command(query)
+from cli.train import train  # noqa: E402
+
+main.add_command(train)
+from cli.evaluate_model import evaluate_model  # noqa: E402
+
+main.add_command(evaluate_model)

@@ -1,0 +1,70 @@
+"""`fdn-index evaluate-model`: reconstruction, segmentation, compactness and leakiness."""
+
+import json
+from pathlib import Path
+
+import click
+
+from fdn.errors import FdnError
+
+
+def _fmt(v, digits: int = 4) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+@click.command("evaluate-model")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("archive", type=click.Path(exists=True, file_okay=False))
+@click.option("--histogram", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="PNG of the codebook norm histogram [default: MODEL_DIR/codebook_norms.png].")
+@click.option("--skip-bad", is_flag=True,
+              help="Skip unreadable or inconsistent cases instead of failing.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="auto: CUDA when present, else CPU.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def evaluate_model(model_dir, archive, histogram, skip_bad, device, as_json):
+    """Evaluate the model in MODEL_DIR on the cases of ARCHIVE (paper 4.4)."""
+    from fdn.checkpoint import load_model
+    from fdn.evaluate import evaluate_model as run
+
+    hist = Path(histogram) if histogram else Path(model_dir) / "codebook_norms.png"
+    try:
+        model, config = load_model(model_dir, device="cpu")
+        r = run(model, config, archive, skip_bad=skip_bad, device=device, histogram_path=hist,
+                progress=not as_json)
+    except (FdnError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        click.echo(json.dumps(r))
+        return
+    rec = r["reconstruction"]
+    lines = [
+        f"{r['cases']} cases, {r['slices']} slices with brain",
+        "reconstruction (4.4.1)             per slice   per pixel",
+        f"  Σ|x - x̂+|                      {rec['l1_plus_per_slice']:10.2f}  "
+        f"{rec['l1_plus_per_pixel']:10.4f}",
+        f"  Σ|M- ⊙ x - M- ⊙ x̂-|            {rec['l1_minus_per_slice']:10.2f}  "
+        f"{rec['l1_minus_per_pixel']:10.4f}",
+        "volume-wise Dice (4.4.2)           mean     std  volumes",
+    ]
+    for name, d in r["dice"].items():
+        lines.append(f"  {name:<32}{_fmt(d['mean'], 3):>6}  {_fmt(d['std'], 3):>6}  "
+                     f"{d['volumes']:>7}")
+    c = r["compactness"]
+    lines += [
+        "codebook compactness (4.4.4, share of norms < 1e-5)",
+        f"  normal   {c['normal']:.3f}  ({r['codes_used']['normal']} of "
+        f"{c['codebook_size']} codes used on this archive)",
+        f"  abnormal {c['abnormal']:.3f}  ({r['codes_used']['abnormal']} of "
+        f"{c['codebook_size']} codes used on this archive)",
+        f"  histogram: {r['histogram']}",
+    ]
+    leak = r["leakiness"]
+    if leak:
+        lines += [
+            "leakiness vs _pseudohealthy (mean |error| per voxel)",
+            f"  x̂- in lesion      {leak['mae_xhat_minus_vs_pseudohealthy_in_lesion']:.4f}"
+            f"   (input x in lesion: {leak['mae_x_vs_pseudohealthy_in_lesion']:.4f})",
+            f"  x̂- outside lesion {leak['mae_xhat_minus_vs_pseudohealthy_outside']:.4f}",
+        ]
+    click.echo("\n".join(lines))
