@@ -6,6 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
+import numpy as np
 
 from fdn.errors import FdnError
 from hashindex import DISTANCES, ENGINES, MODES
@@ -34,8 +35,8 @@ from hashindex.errors import HashIndexError
     "--slice",
     "slice_index",
     type=click.IntRange(0),
-    required=True,
-    help="Axial slice of the query case.",
+    default=None,
+    help="Axial slice of the query case [default: its largest-lesion slice, else the middle one].",
 )
 @click.option(
     "--mode",
@@ -96,6 +97,7 @@ def query(
 ):
     """Return the top-Q most similar volumes to one query slice."""
     from fdn.data import case_files_from_paths, load_case_files
+    from fdn.data.render import default_slice
     from fdn.retrieval import open_index
 
     if bool(case) == bool(inputs):
@@ -110,6 +112,8 @@ def query(
         opened = time.perf_counter()
         query_image = query_labels = None
         if case:
+            if slice_index is None:
+                slice_index = index.default_slice(case)
             row = index.row_of(case, slice_index)
             query_name = f"{case} slice {slice_index}"
             results = {}
@@ -129,6 +133,9 @@ def query(
         else:
             case_id, files = case_files_from_paths([Path(p) for p in inputs])
             volume = load_case_files(files, index.manifest.input_size, case_id)
+            if slice_index is None:
+                seg = None if volume.seg is None else np.moveaxis(volume.seg, 0, -1)  # (H, W, Z)
+                slice_index = default_slice(seg, volume.image.shape[0])
             if slice_index >= volume.image.shape[0]:
                 raise click.BadParameter(
                     f"{case_id} has slices 0..{volume.image.shape[0] - 1}", param_hint="--slice"

@@ -75,6 +75,18 @@ class ArchiveIndex:
         """The volume id of `case`, or None when the case is not in this index."""
         return self._volume_of_case.get(case)
 
+    def default_slice(self, case: str) -> int:
+        """The slice of `case` with the largest lesion, else its middle slice."""
+        rows = np.flatnonzero(self.table["case"] == case)
+        if len(rows) == 0:
+            self.row_of(case, 0)  # raises the unknown-case error
+        areas = np.array(
+            [a if a is not None and a == a else 0 for a in self.table["lesion_area"][rows]]
+        )
+        if areas.max() > 0:
+            return int(self.table["slice"][rows[int(np.argmax(areas))]])
+        return int(self.table["slice"][rows[len(rows) // 2]])
+
     def row_of(self, case: str, slice_index: int) -> int:
         """The row of slice `slice_index` of `case`; IndexDirError naming what exists otherwise."""
         if case not in self._volume_of_case:

@@ -203,3 +203,11 @@ def test_damaged_index_is_refused(built_index, tmp_path, damage, message):
 def test_zarr_arrays_are_chunked_along_slices(built_index):
     normal = zarr.open_group(built_index / "codes.zarr", mode="r")["normal"]
     assert normal.chunks[1:] == normal.shape[1:]
+
+
+def test_default_slice_is_the_largest_lesion(built_index):
+    index = open_index(built_index)
+    case, z = lesion_query(index)
+    result = run("query", "--index", built_index, "--case", case, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["query"] == f"{case} slice {z}"
