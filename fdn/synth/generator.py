@@ -299,8 +299,12 @@ def synthesize_case(seed: int, case_index: int, healthy: bool,
     def sample(volume: np.ndarray, order: int) -> np.ndarray:
         return ndimage.map_coordinates(volume, coords, order=order, mode="constant", cval=0.0)
 
-    wm, gm, csf = sample(template.wm, 1), sample(template.gm, 1), sample(template.csf, 1)
-    brain = sample(template.brain, 1) > 0.5
+    wm, gm, brain_fraction = (sample(template.wm, 1), sample(template.gm, 1),
+                              sample(template.brain, 1))
+    # The template's CSF is brain − GM − WM (never negative there), and linear interpolation
+    # commutes with that difference: one resampling saved.
+    csf = np.clip(brain_fraction - gm - wm, 0, 1)
+    brain = brain_fraction > 0.5
     anat = sample(template.anat, 0) * brain
     tissue = np.stack([wm, gm, csf]) * brain
 
