@@ -84,7 +84,7 @@ class SynthConfig:
     noise_std: float = 0.03             # Gaussian noise std relative to the WM intensity
     lesion_radius_mm: tuple[float, float] = (8.0, 22.0)     # enhancing lesion radius
     edema_factor: tuple[float, float] = (1.25, 1.9)          # edema radius / lesion radius
-    core_fraction: tuple[float, float] = (0.3, 0.75)        # necrotic core radius / lesion radius
+    core_fraction: tuple[float, float] = (0.45, 0.8)       # necrotic core radius / lesion radius
     shape_irregularity: float = 0.3     # relative radius variation of the blobs
     mass_effect: tuple[float, float] = (0.25, 0.5)          # max push / lesion radius
 
