@@ -80,7 +80,7 @@ class SynthConfig:
     deformation_mm: float = 3.5         # std of the smooth random displacement
     deformation_grid: int = 5           # control points per axis of that displacement
     intensity_jitter: float = 0.07      # relative std of each tissue intensity per case
-    bias_amplitude: float = 0.15        # max log-amplitude of the multiplicative bias field
+    bias_amplitude: float = 0.1         # log-amplitude scale of the multiplicative bias field
     noise_std: float = 0.03             # Gaussian noise std relative to the WM intensity
     lesion_radius_mm: tuple[float, float] = (8.0, 22.0)     # enhancing lesion radius
     edema_factor: tuple[float, float] = (1.25, 1.9)          # edema radius / lesion radius
