@@ -1,7 +1,7 @@
 """Retrieval montages like the paper's Fig. 11: the query slice, then its top-Q hits, one row per mode.
 
-Each cell shows FLAIR with the six normal-anatomy labels as thin contours and the lesion labels
-filled (NET red, ED green, ET yellow), so one can see at a glance whether S_normal hits share
+Each cell shows FLAIR with the six normal-anatomy labels faintly tinted and the lesion labels
+strongly (NET red, ED green, ET yellow), so one can see at a glance whether S_normal hits share
 the query's anatomy and S_abnormal hits share its lesion.
 """
 
@@ -14,14 +14,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
 
 from fdn.data import SEQUENCES, Archive, load_case_files  # noqa: E402
+from fdn.data.render import (  # noqa: E402
+    ANAT_COLOURS,
+    SEG_COLOURS,
+    display_window,
+    label_overlay,
+    save_figure,
+)
 
 FLAIR = SEQUENCES.index("flair")
-# BraTS label -> RGBA: NET red, ED green, ET yellow.
-LESION_COLOURS = {1: (0.9, 0.1, 0.1, 0.55), 2: (0.1, 0.8, 0.2, 0.45), 4: (1.0, 0.9, 0.0, 0.6)}
-ANAT_CMAP = ListedColormap(["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#e377c2"])
 MODE_TITLES = {
     "normal": "S_normal (anatomy)",
     "abnormal": "S_abnormal (lesion)",
@@ -32,17 +35,14 @@ MODE_TITLES = {
 def draw_labelled_slice(
     ax, image: np.ndarray, seg: np.ndarray | None, anat: np.ndarray | None, title: str = ""
 ) -> None:
-    """Draw one slice: image (4, H, W) float32 as FLAIR, anat (H, W) as contours, seg (H, W) filled."""
-    flair = image[FLAIR]
-    lo, hi = np.percentile(flair, [1, 99.5])
-    ax.imshow(flair.T[::-1], cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
-    if anat is not None and anat.any():
-        ax.contour(anat.T[::-1], levels=np.arange(1.5, 6.5), cmap=ANAT_CMAP, linewidths=0.6)
-    if seg is not None and seg.any():
-        rgba = np.zeros((*seg.shape, 4))
-        for label, colour in LESION_COLOURS.items():
-            rgba[seg == label] = colour
-        ax.imshow(rgba.transpose(1, 0, 2)[::-1])
+    """Draw one slice: image (4, X, Y) as FLAIR, anat (X, Y) faintly and seg (X, Y) strongly."""
+    lo, hi = display_window(image[FLAIR])
+    ax.imshow(image[FLAIR].T, cmap="gray", origin="lower", vmin=lo, vmax=hi)
+    if anat is not None:
+        ax.imshow(label_overlay(anat.T, ANAT_COLOURS, 0.3), origin="lower")
+    if seg is not None:
+        colours = {label: colour for label, (_, colour) in SEG_COLOURS.items()}
+        ax.imshow(label_overlay(seg.T, colours, 0.7), origin="lower")
     ax.set_title(title, fontsize=7)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -106,10 +106,4 @@ def draw_retrieval_montage(
                 f"#{hit.rank} {hit.case}:{hit.slice}\nd={hit.distance:.3g}",
             )
     fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=130)
-    plt.close(fig)
-    tmp.replace(out_path)
-    return out_path
+    return save_figure(fig, Path(out_path), dpi=130)

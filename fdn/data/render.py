@@ -17,8 +17,8 @@ from fdn.errors import ArchiveError
 
 _TITLES = {"t1": "T1", "t1ce": "T1Gd", "t2": "T2", "flair": "FLAIR"}
 # BraTS convention: NET red, ED green, ET yellow.
-_SEG_COLOURS = {1: ("NET", (0.9, 0.1, 0.1)), 2: ("ED", (0.1, 0.8, 0.2)), 4: ("ET", (1.0, 0.9, 0.0))}
-_ANAT_COLOURS = {1: (0.12, 0.47, 0.71), 2: (1.0, 0.5, 0.05), 3: (0.17, 0.63, 0.17),
+SEG_COLOURS = {1: ("NET", (0.9, 0.1, 0.1)), 2: ("ED", (0.1, 0.8, 0.2)), 4: ("ET", (1.0, 0.9, 0.0))}
+ANAT_COLOURS = {1: (0.12, 0.47, 0.71), 2: (1.0, 0.5, 0.05), 3: (0.17, 0.63, 0.17),
                  4: (0.84, 0.15, 0.16), 5: (0.58, 0.40, 0.74), 6: (0.55, 0.34, 0.29)}
 
 
@@ -39,7 +39,7 @@ def default_slice(seg: np.ndarray | None, depth: int) -> int:
     return depth // 2
 
 
-def _window(volume: np.ndarray) -> tuple[float, float]:
+def display_window(volume: np.ndarray) -> tuple[float, float]:
     """Display range: the 0.5–99.5 percentiles of the nonzero voxels of a volume."""
     values = volume[volume != 0]
     if values.size == 0:
@@ -48,13 +48,32 @@ def _window(volume: np.ndarray) -> tuple[float, float]:
     return float(lo), float(max(hi, lo + 1e-6))
 
 
-def _overlay(labels: np.ndarray, colours: dict[int, tuple[float, float, float]],
+def label_overlay(labels: np.ndarray, colours: dict[int, tuple[float, float, float]],
              alpha: float) -> np.ndarray:
     """(X, Y) labels -> (X, Y, 4) RGBA, transparent where the label has no colour."""
     rgba = np.zeros((*labels.shape, 4), np.float32)
     for label, colour in colours.items():
         rgba[labels == label] = (*colour, alpha)
     return rgba
+
+
+def save_figure(fig, output: Path, **savefig_options) -> Path:
+    """Save a matplotlib figure as PNG atomically (temporary file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(suffix=".png", prefix=f".{output.name}.",
+                                         dir=output.parent)
+    os.close(handle)
+    try:
+        fig.savefig(temporary, **savefig_options)
+        os.replace(temporary, output)
+    finally:
+        plt.close(fig)
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return output
 
 
 def render_case(case_dir: Path, output: Path, slice_index: int | None = None) -> Shown:
@@ -88,7 +107,7 @@ def render_case(case_dir: Path, output: Path, slice_index: int | None = None) ->
         # (X, Y) slice shown with x to the right and y (anterior) up.
         return volume[:, :, slice_index].T
 
-    windows = [_window(raw.image[c]) for c in range(4)]
+    windows = [display_window(raw.image[c]) for c in range(4)]
     fig, axes = plt.subplots(2, 4, figsize=(13, 7.2), facecolor="black")
     for axis in axes.ravel():
         axis.set_axis_off()
@@ -101,9 +120,9 @@ def render_case(case_dir: Path, output: Path, slice_index: int | None = None) ->
     axes[1, 0].imshow(plane(raw.image[flair]), cmap="gray", origin="lower",
                       vmin=windows[flair][0], vmax=windows[flair][1])
     if raw.seg is not None:
-        colours = {label: colour for label, (_, colour) in _SEG_COLOURS.items()}
-        axes[1, 0].imshow(_overlay(plane(raw.seg), colours, 0.55), origin="lower")
-        axes[1, 0].legend(handles=[Patch(color=c, label=n) for n, c in _SEG_COLOURS.values()],
+        colours = {label: colour for label, (_, colour) in SEG_COLOURS.items()}
+        axes[1, 0].imshow(label_overlay(plane(raw.seg), colours, 0.55), origin="lower")
+        axes[1, 0].legend(handles=[Patch(color=c, label=n) for n, c in SEG_COLOURS.values()],
                           loc="lower right", fontsize=7, framealpha=0.6)
         axes[1, 0].set_title("FLAIR + seg", color="white")
     else:
@@ -113,8 +132,8 @@ def render_case(case_dir: Path, output: Path, slice_index: int | None = None) ->
     axes[1, 1].imshow(plane(raw.image[t1]), cmap="gray", origin="lower",
                       vmin=windows[t1][0], vmax=windows[t1][1])
     if raw.anat is not None:
-        axes[1, 1].imshow(_overlay(plane(raw.anat), _ANAT_COLOURS, 0.45), origin="lower")
-        axes[1, 1].legend(handles=[Patch(color=_ANAT_COLOURS[k], label=v)
+        axes[1, 1].imshow(label_overlay(plane(raw.anat), ANAT_COLOURS, 0.45), origin="lower")
+        axes[1, 1].legend(handles=[Patch(color=ANAT_COLOURS[k], label=v)
                                    for k, v in ANAT_LABELS.items()],
                           loc="lower right", fontsize=6, framealpha=0.6)
         axes[1, 1].set_title("T1 + anat", color="white")
@@ -134,16 +153,5 @@ def render_case(case_dir: Path, output: Path, slice_index: int | None = None) ->
     fig.suptitle(f"{case_id}  slice {slice_index}/{depth - 1}", color="white")
     fig.tight_layout()
 
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".png", prefix=f".{output.name}.",
-                                         dir=output.parent)
-    os.close(handle)
-    try:
-        fig.savefig(temporary, dpi=80, facecolor="black")
-        os.replace(temporary, output)
-    finally:
-        plt.close(fig)
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    save_figure(fig, output, dpi=80, facecolor="black")
     return Shown(case_id, int(slice_index))
