@@ -2,12 +2,24 @@
 
 import json
 import shlex
-import sys
 from dataclasses import replace
 
 import click
 
 from fdn.errors import FdnError
+
+
+def _command_line(ctx: click.Context) -> str:
+    """The command as run, rebuilt from the parsed options (defaults left out)."""
+    parts = ["fdn-index", ctx.info_name or "train"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(param, click.Argument):
+            parts.append(str(value))
+        elif value is not None and value is not False and value != param.default:
+            flag = max(param.opts, key=len)
+            parts += [flag] if value is True else [flag, str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 @click.command()
@@ -33,7 +45,8 @@ from fdn.errors import FdnError
 @click.option("--checkpoint-minutes", type=click.FloatRange(min=0, min_open=True),
               default=10.0, show_default=True, help="Interval between checkpoints.")
 @click.option("--resume", is_flag=True,
-              help="Continue the run in --out where it stopped (same config, RNG states).")
+              help="Continue the run in --out where it stopped: its saved config and RNG states "
+                   "win over --preset/--batch-size/--lr (only --epochs may change).")
 @click.option("--no-dm", is_flag=True,
               help="Switch off distribution matching (no critic, no L_reg).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
@@ -67,7 +80,7 @@ def train(archive, preset, out, epochs, batch_size, lr, max_minutes, max_steps,
     if no_dm:
         changes["distribution_matching"] = False
     config = replace(config, **changes)
-    command = "fdn-index " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _command_line(click.get_current_context())
     try:
         result = run_training(archive, out, config, preset, resume=resume, seed=seed,
                               max_minutes=max_minutes, max_steps=max_steps, device=device,

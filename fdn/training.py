@@ -24,7 +24,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fdn.checkpoint import CHECKPOINT_FILE, config_from_dict, load_checkpoint, save_checkpoint
+from fdn.checkpoint import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    config_from_dict,
+    load_checkpoint,
+    save_checkpoint,
+)
 from fdn.encode import resolve_device
 from fdn.errors import ModelError
 from fdn.losses import (
@@ -207,8 +213,19 @@ def save_samples(model: FDN, slices: SliceSet, path: Path, device: torch.device)
 
 def train(archive_root: str | Path, model_dir: str | Path, config: FDNConfig,
           preset: str | None = None, **kwargs) -> TrainResult:
-    """Train on an archive (see `train_on_slices` for the options)."""
-    slices = load_slices(archive_root, config.image_size, skip_bad=kwargs.pop("skip_bad", False))
+    """Train on an archive (see `train_on_slices` for the options).
+
+    With resume=True the input size comes from the saved config, whatever `config` says.
+    """
+    size = config.image_size
+    if kwargs.get("resume"):
+        cfg_path = Path(model_dir) / CONFIG_FILE
+        try:
+            size = int(json.loads(cfg_path.read_text())["image_size"])
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelError(f"{cfg_path}: cannot read the saved config to resume ({e}); "
+                             "is --out a model directory written by `fdn-index train`?") from e
+    slices = load_slices(archive_root, size, skip_bad=kwargs.pop("skip_bad", False))
     logger.info("%d training slices (%d diseased)", len(slices), int(slices.diseased.sum()))
     return train_on_slices(slices, model_dir, config, preset, **kwargs)
 
