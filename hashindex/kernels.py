@@ -55,6 +55,24 @@ def _bit(cols, e, k):
     return int((cols[e, k >> 6] >> np.uint64(k & 63)) & _ONE)
 
 
+@njit(cache=True, nogil=True)
+def _remove_from_row(row, runner_row, colbits, a, new_min):
+    """Drop one bit from code a's distances and rebuild its runner-up set (distance m_a + 1)."""
+    ca = colbits[a]
+    R = row.shape[0]
+    target = new_min + 1
+    for w in range(runner_row.shape[0]):
+        word = np.uint64(0)
+        base = 64 * w
+        for t in range(min(64, R - base)):  # branch-free so LLVM can vectorize it
+            v = row[base + t] - (ca ^ colbits[base + t])
+            row[base + t] = v
+            word |= np.uint64(v == target) << np.uint64(t)
+        runner_row[w] = word
+    if row[a] == target:  # a code is never its own runner-up (its distance is 0 anyway)
+        runner_row[a >> 6] &= ~(_ONE << np.uint64(a & 63))
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def greedy_bit_removal(cols, dist, near, runner, mins, has_dups, keep):
     """Algorithm A.1: remove every bit whose removal keeps all nearest-neighbour sets.
@@ -90,6 +108,7 @@ def greedy_bit_removal(cols, dist, near, runner, mins, has_dups, keep):
     E, W = cols.shape
     R = dist.shape[0]
     delta = np.zeros(R, np.int32)
+    colbits = np.zeros(R, np.int32)
     total = 0
     while True:
         removed = 0
@@ -125,17 +144,11 @@ def greedy_bit_removal(cols, dist, near, runner, mins, has_dups, keep):
                 continue
             keep[e] = False
             removed += 1
+            for b in range(R):
+                colbits[b] = _bit(cols, e, b)
             for a in prange(R):
-                ca = _bit(cols, e, a)
+                _remove_from_row(dist[a], runner[a], colbits, a, mins[a] - delta[a])
                 mins[a] -= delta[a]
-                target = mins[a] + 1
-                for w in range(W):
-                    runner[a, w] = 0
-                for b in range(R):
-                    v = dist[a, b] - (ca ^ _bit(cols, e, b))
-                    dist[a, b] = v
-                    if v == target and b != a:
-                        runner[a, b >> 6] |= _ONE << np.uint64(b & 63)
         total += removed
         if removed == 0:
             break
@@ -207,3 +220,8 @@ KERNELS = {
     "lut_scan_int": lut_scan_int,
     "volume_best": volume_best,
 }
+
+# The same greedy without threads: each removal is a short parallel region, and on a busy or
+# small machine the thread hand-off can cost more than the R² update it spreads.
+greedy_bit_removal_serial = njit(cache=True, nogil=True)(greedy_bit_removal.py_func)
+KERNELS["greedy_bit_removal_serial"] = greedy_bit_removal_serial

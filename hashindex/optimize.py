@@ -1,10 +1,11 @@
 """Length optimization of binarized codebooks (paper section 3.2.2, Algorithm A.1) and a bit budget.
 
 Duplicate codes. Identical code vectors (after rounding norms < 1e-5 to zero, usually many zero
-vectors) have identical bits, so the greedy works on the R distinct vectors only (their
-representatives), and only on the R(R−1)/2 hyperplanes between distinct vectors: a hyperplane
-between two identical vectors gives every code the bit 1, and a hyperplane (i', j) with i' a
-duplicate of i is the same column as (i, j); neither can change any distance. Over all K codes
+vectors) have identical bits, so the greedy checks nearest sets on the R distinct vectors only
+(their representatives, one row each). Its candidate bits are all K(K−1)/2 hyperplanes except
+those between two identical vectors, which give every code the bit 1 and so never change a
+distance (they are removed up front). Hyperplanes (i', j) with i' a duplicate of i are kept as
+separate bits, so the Hamming distances are exactly those over all K codes. Over all K codes
 the nearest set of a code with duplicates is its duplicate group (distance 0); the greedy keeps
 that by refusing any bit whose loss brings another distinct code to distance 0 from it. For a
 code without duplicates, its nearest set over all K is the union of the groups of its nearest
@@ -37,7 +38,7 @@ class OptimizedBits:
     """The optimized bit table of one codebook.
 
     pairs: (E*, 2) int64 kept hyperplanes (i, j), i < j, as indices of the original K codes.
-    E: K(K−1)/2; E_distinct: R(R−1)/2 hyperplanes between distinct vectors; E_star: len(pairs)
+    E: K(K−1)/2; E_distinct: hyperplanes between non-identical vectors (the candidates); E_star: len(pairs)
     after Algorithm A.1; budget: final length when a bit budget was applied (else None).
     """
 
@@ -59,13 +60,16 @@ def _to_words(packed: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(packed).view("<u8")
 
 
-def _columns(sq_reps: np.ndarray, pi: np.ndarray, pj: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """Column bit sets (E, ceil(R/64)) uint64: bit k of row e = bit e of representative k."""
-    R = sq_reps.shape[0]
+def _columns(sq_rows: np.ndarray, pi: np.ndarray, pj: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Column bit sets (E, ceil(R/64)) uint64: bit r of row e = bit e of representative r.
+
+    ``sq_rows`` (R, K) holds the squared distances of the representatives to all K codes.
+    """
+    R = sq_rows.shape[0]
     W = (R + 63) // 64
     out = np.zeros((pi.size, W), np.uint64)
     for s in range(0, pi.size, chunk):
-        bits = (sq_reps[:, pi[s:s + chunk]] <= sq_reps[:, pj[s:s + chunk]]).T  # (chunk, R)
+        bits = (sq_rows[:, pi[s:s + chunk]] <= sq_rows[:, pj[s:s + chunk]]).T  # (chunk, R)
         packed = np.packbits(bits, axis=1, bitorder="little")
         out[s:s + chunk] = _to_words(packed)
     return out
@@ -100,26 +104,27 @@ def optimize_codebook(codebook: np.ndarray, progress=None) -> tuple[OptimizedBit
     R = reps.size
     counts = np.bincount(rep_of, minlength=R)
     has_dups = counts > 1
-    ri, rj = pair_indices(R)
-    pi, pj = reps[ri], reps[rj]  # original indices, i < j since reps ascend
+    pi, pj = pair_indices(K)
+    distinct = rep_of[pi] != rep_of[pj]  # hyperplanes between identical vectors are constant
+    pi, pj = pi[distinct], pj[distinct]
     if R < 2:
         kept = np.zeros((0, 2), np.int64)
     else:
-        sq_reps = sq[np.ix_(reps, reps)]
-        cols = _columns(sq_reps, ri, rj)
-        rows = _to_words(hyperplane_bits(sq_reps, ri, rj))
+        sq_rows = sq[reps]  # (R, K): identical vectors have identical bits, keep one row each
+        cols = _columns(sq_rows, pi, pj)
+        rows = _to_words(hyperplane_bits(sq, pi, pj, codes=reps))
         dist = np.empty((R, R), np.int32)
         KERNELS["hamming_matrix"](rows, dist)
         near, runner, mins = _neighbour_masks(dist, has_dups)
-        keep = np.ones(ri.size, np.bool_)
+        keep = np.ones(pi.size, np.bool_)
         if progress is not None:
-            progress(f"optimizing {ri.size} hyperplanes over {R} distinct codes")
+            progress(f"optimizing {pi.size} hyperplanes over {R} distinct codes")
         KERNELS["greedy_bit_removal"](cols, dist, near, runner, mins, has_dups, keep)
         kept = np.stack([pi[keep], pj[keep]], axis=1)
     seconds = time.perf_counter() - t0
     log.info("Algorithm A.1: K=%d, distinct=%d, E*=%d in %.2fs", K, R, len(kept), seconds)
     result = OptimizedBits(
-        pairs=kept, E=K * (K - 1) // 2, E_distinct=ri.size, E_star=len(kept), seconds=seconds
+        pairs=kept, E=K * (K - 1) // 2, E_distinct=int(pi.size), E_star=len(kept), seconds=seconds
     )
     return result, {"sqdist": sq, "reps": reps, "rep_of": rep_of}
 

@@ -1,0 +1,161 @@
+"""Every engine against the independent numpy brute force, for every mode and distance."""
+
+import numpy as np
+import pytest
+from hashindex_reference import all_distances, assert_same_hits, code_bits, volume_topq
+
+from hashindex import DISTANCES, MODES, HashIndex
+from hashindex.engines import gpu_available
+from hashindex.packing import pack_grids
+
+EXACT = ("lut", "numpy", "faiss-flat")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("engine", EXACT)
+def test_volume_topq_matches_reference(small_index, mode, distance, engine):
+    index, gn, ga, vol, cn, ca = small_index
+    if engine == "faiss-flat" and distance != "hamming":
+        with pytest.raises(ValueError, match="hamming"):
+            index.search_volumes(gn[:1], ga[:1], 3, mode=mode, distance=distance, engine=engine)
+        return
+    queries = [0, 4, 20, 33, 59]
+    exclude = vol[queries]
+    hits = index.search_volumes(gn[queries], ga[queries], 5, mode=mode, distance=distance,
+                                engine=engine, exclude_volumes=exclude)
+    for b, qrow in enumerate(queries):
+        dist = all_distances(index, cn, ca, gn, ga, gn[qrow], ga[qrow], mode, distance)
+        ref = volume_topq(dist, vol, 5, exclude=int(exclude[b]))
+        assert_same_hits((hits.distances[b], hits.rows[b], hits.volumes[b]), ref,
+                         exact=distance == "hamming")
+        assert int(exclude[b]) not in hits.volumes[b]
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_lut_and_numpy_bit_identical(small_index, distance):
+    index, gn, ga, vol, *_ = small_index
+    for mode in MODES:
+        for norm in (False, True):
+            a = index.search_volumes(gn[:6], ga[:6], 9, mode=mode, distance=distance,
+                                     engine="lut", normalized_sum=norm)
+            b = index.search_volumes(gn[:6], ga[:6], 9, mode=mode, distance=distance,
+                                     engine="numpy", normalized_sum=norm)
+            for x, y in zip(a, b):
+                np.testing.assert_array_equal(x, y)
+
+
+def test_exact_engines_identical_for_hamming_all_volumes(small_index):
+    """Q = every volume, no exclusion: long tie chains must be broken the same way."""
+    index, gn, ga, vol, *_ = small_index
+    for mode in MODES:
+        res = [index.search_volumes(gn, ga, 12, mode=mode, engine=e) for e in EXACT]
+        for other in res[1:]:
+            for x, y in zip(res[0], other):
+                np.testing.assert_array_equal(x, y)
+        assert np.all(res[0].volumes[:, 9:] == -1)  # only 9 volumes: padded
+        assert np.all(np.isinf(res[0].distances[:, 9:]))
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_normalized_sum_matches_reference(small_index, distance):
+    index, gn, ga, vol, cn, ca = small_index
+    s = (index.scales[f"normal/{distance}"], index.scales[f"abnormal/{distance}"])
+    hits = index.search_volumes(gn[7:9], ga[7:9], 4, distance=distance, normalized_sum=True)
+    for b, qrow in enumerate((7, 8)):
+        dist = all_distances(index, cn, ca, gn, ga, gn[qrow], ga[qrow], "sum", distance, s)
+        assert_same_hits((hits.distances[b], hits.rows[b], hits.volumes[b]),
+                         volume_topq(dist, vol, 4), exact=False)
+
+
+@pytest.mark.parametrize("engine", EXACT)
+def test_rowwise_search_ties_and_k_greater_than_n(small_index, engine):
+    index, gn, ga, vol, cn, ca = small_index
+    D, I = index.search(gn[[4]], ga[[4]], 70, mode="sum", engine=engine)  # k > n = 60
+    dist = all_distances(index, cn, ca, gn, ga, gn[4], ga[4], "sum", "hamming")
+    order = np.lexsort((np.arange(60), dist))
+    np.testing.assert_array_equal(I[0, :60], order)
+    np.testing.assert_array_equal(D[0, :60], dist[order])
+    assert np.all(I[0, 60:] == -1) and np.all(np.isinf(D[0, 60:]))
+    assert list(I[0, :3]) == [4, 5, 17]  # identical grids: distance 0, smaller row first
+
+
+def test_ivf_with_all_lists_probed_is_exact(small_index):
+    index, gn, ga, vol, *_ = small_index
+    exact = index.search_volumes(gn[:5], ga[:5], 4, engine="lut", exclude_volumes=vol[:5])
+    ivf = index.search_volumes(gn[:5], ga[:5], 4, engine="faiss-ivf", nprobe=4,
+                               exclude_volumes=vol[:5])
+    for x, y in zip(exact, ivf):
+        np.testing.assert_array_equal(x, y)
+    approx = index.search_volumes(gn[:5], ga[:5], 4, engine="faiss-ivf", nprobe=1)
+    assert approx.rows.shape == (5, 4)
+
+
+def test_packed_hamming_equals_table_sum(small_index):
+    index, gn, ga, *_ = small_index
+    for book, g in (("normal", gn), ("abnormal", ga)):
+        t = index.tables[book]
+        packed = pack_grids(t.packed, g)
+        assert (packed.shape[1] * 8) % 8 == 0
+        bits = np.unpackbits(packed, axis=1)
+        for a in range(0, 60, 7):
+            for b in range(0, 60, 5):
+                popcount = np.count_nonzero(bits[a] != bits[b])
+                table_sum = sum(int(t.hamming[t.rep_of[x], t.rep_of[y]])
+                                for x, y in zip(g[a].ravel(), g[b].ravel()))
+                assert popcount == table_sum
+
+
+def test_single_volume_and_all_zero_codes():
+    rng = np.random.default_rng(3)
+    cn = rng.normal(size=(10, 4)).astype(np.float32)
+    cn[5:] = 0
+    ca = np.zeros((6, 4), np.float32)  # every abnormal code is zero
+    index = HashIndex.build(cn, ca)
+    gn = rng.integers(0, 10, (5, 2, 2)).astype(np.uint16)
+    ga = np.zeros((5, 2, 2), np.uint16)
+    index.add(gn, ga, np.full(5, 42, np.int64))
+    for engine in EXACT:
+        h = index.search_volumes(gn[:2], ga[:2], 3, engine=engine)
+        assert list(h.volumes[0]) == [42, -1, -1]
+        assert h.rows[0, 0] == 0 and h.distances[0, 0] == 0
+        h = index.search_volumes(gn[:1], ga[:1], 3, engine=engine,
+                                 exclude_volumes=np.array([42]))
+        assert list(h.volumes[0]) == [-1, -1, -1]
+    D, _ = index.search(gn[:1], ga[:1], 5, mode="abnormal", distance="angular")
+    assert np.all(D == 0)  # all-zero grids are at angular distance 0 from each other
+
+
+def test_wrong_dtypes_and_shapes_are_refused(small_index):
+    index, gn, ga, vol, *_ = small_index
+    with pytest.raises(TypeError):
+        index.search(gn[:1].astype(np.int64), ga[:1], 3)
+    with pytest.raises(ValueError):
+        index.search(gn[:1, :2], ga[:1, :2], 3)
+    with pytest.raises(TypeError):
+        index.search_volumes(gn[:1], ga[:1], 3, exclude_volumes=np.array([1], np.int32))
+    with pytest.raises(ValueError):
+        index.search(gn[:1], ga[:1], 3, engine="bogus")
+    with pytest.raises(TypeError):
+        HashIndex.build(np.zeros((4, 2)), np.zeros((4, 2), np.float32))
+
+
+def test_bits_follow_the_definition():
+    from hashindex.binarize import hyperplane_bits, pair_indices, squared_distances
+
+    rng = np.random.default_rng(5)
+    cb = rng.normal(size=(12, 3)).astype(np.float32)
+    cb[9:] = 0
+    i, j = pair_indices(12)
+    packed = hyperplane_bits(squared_distances(cb), i, j)
+    got = np.unpackbits(packed, axis=1, bitorder="little")[:, : i.size].astype(bool)
+    np.testing.assert_array_equal(got, code_bits(cb, list(zip(i, j))))
+
+
+@pytest.mark.skipif(not gpu_available(), reason="faiss sees no GPU")
+def test_gpu_flat_matches_cpu(small_index):
+    index, gn, ga, *_ = small_index
+    a = index.search_volumes(gn[:4], ga[:4], 5, engine="faiss-flat")
+    b = index.search_volumes(gn[:4], ga[:4], 5, engine="lut")
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
