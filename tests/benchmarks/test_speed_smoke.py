@@ -1,0 +1,140 @@
+"""Reduced-size run of the speed benchmark (the full run is `python -m benchmarks.speed`).
+
+Checks that the suite writes its report, that every number is finite and sane, and that the
+exact engines agree — against independent references where the numbers allow one.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from benchmarks import workload as wl
+from benchmarks.speed import SpeedConfig, main, recall_at_q, run, write_report
+from hashindex import VolumeHits
+
+N = 2000
+BIT_BUDGET = 16
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    cfg = SpeedConfig(sizes=(N,), queries=4, batch=4, K=32, D=8, bit_budget=BIT_BUDGET,
+                      ivf_nlist=8, nprobes=(1, 8), hamming_batch_sizes=(256, 4096),
+                      max_seconds_per_figure=0.5, name="smoke")
+    results = run(cfg)
+    out = write_report(results, tmp_path_factory.mktemp("speed") / "smoke")
+    return results, out
+
+
+def test_report_files_exist(suite):
+    _, out = suite
+    for name in ("report.md", "results.json", "latency_vs_n.png", "ivf_recall_speed.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "latency_vs_n.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (out / "report.md").read_text()
+    for heading in ("## Machine", "## Targets", "### S_normal", "### S_abnormal", "### S_sum"):
+        assert heading in text
+    json.loads((out / "results.json").read_text())  # valid JSON (NaN/inf became null)
+
+
+def test_every_engine_and_mode_measured(suite):
+    results, _ = suite
+    seen = {(r["engine"], r["mode"]) for r in results["rows"]}
+    for mode in ("normal", "abnormal", "sum"):
+        for engine in ("lut", "numpy", "faiss-binary-flat", "faiss-binary-ivf",
+                       "faiss-float-l2", "faiss-float-ip"):
+            assert (engine, mode) in seen
+
+
+def test_numbers_are_finite_and_sane(suite):
+    results, _ = suite
+    gbps = results["bandwidth"]["read_gbps"]
+    assert 0.5 < gbps < 2000
+    for r in results["rows"]:
+        assert r["device"] in ("cpu", "gpu")
+        for key in ("p50_ms", "p95_ms", "throughput_qps", "build_s", "floor_ms"):
+            assert math.isfinite(r[key]) and r[key] > 0, (key, r)
+        assert r["p95_ms"] >= r["p50_ms"]
+        assert r["calls"] >= 4
+        assert math.isclose(r["floor_ms"], r["scan_bytes"] / (gbps * 1e9) * 1e3, rel_tol=1e-9)
+        if r["recall_at_10"] is not None:
+            assert 0.0 <= r["recall_at_10"] <= 1.0
+
+
+def test_bytes_per_slice(suite):
+    results, _ = suite
+    P = 64  # 8 × 8 grid; K = 32 codes fit uint8 ids
+    for r in results["rows"]:
+        books = 2 if r["mode"] == "sum" else 1
+        if r["engine"] in ("lut", "numpy"):
+            assert r["ram_bytes_per_slice"] == books * (P + 8) + 8
+        elif r["engine"] == "faiss-binary-flat":
+            assert r["ram_bytes_per_slice"] == books * P * BIT_BUDGET // 8
+        elif r["engine"] == "faiss-binary-ivf":
+            assert r["ram_bytes_per_slice"] == books * P * BIT_BUDGET // 8 + 8
+        else:
+            assert r["ram_bytes_per_slice"] == books * P * 8 * 4
+
+
+def test_exact_engines_agree(suite):
+    results, _ = suite
+    checks = results["agreement"]
+    names = " ".join(c["check"] for c in checks)
+    for part in ("numpy == lut", "faiss-flat == lut", "faiss-float-l2 == lut",
+                 "faiss-float-ip == lut"):
+        assert part in names
+    bad = [c for c in checks if not c["ok"]]
+    assert not bad, bad
+
+
+def test_ivf_scanning_every_list_is_exact(suite):
+    results, _ = suite
+    full = [r for r in results["rows"] if r["engine"] == "faiss-binary-ivf"
+            and r["nprobe"] == r["nlist"]]
+    assert full and all(r["recall_at_10"] == 1.0 for r in full)
+
+
+def test_targets_reported(suite):
+    results, _ = suite
+    targets = results["targets"]
+    assert targets[0]["met"] is None and targets[1]["met"] is None  # no 1M / 100k here
+    assert targets[2]["met"] in (True, False)
+
+
+def test_recall_against_hand_example():
+    exact = VolumeHits(np.array([[1.0, 2.0, 3.0]]), np.array([[0, 1, 2]]), np.array([[7, 8, 9]]))
+    # volume 5 ties the exact boundary (3.0) and counts; volume 6 (4.0) does not; -1 is padding
+    approx = VolumeHits(np.array([[1.0, 3.0, 4.0]]), np.array([[0, 5, 6]]),
+                        np.array([[7, 5, 6]]))
+    assert recall_at_q(approx, exact) == pytest.approx(2 / 3)
+    padded = VolumeHits(np.array([[1.0, np.inf, np.inf]]), np.array([[0, -1, -1]]),
+                        np.array([[7, -1, -1]]))
+    assert recall_at_q(padded, exact) == pytest.approx(1 / 3)
+
+
+def test_workload_structure():
+    w = wl.synthetic(400, 3, seed=1, K=64, D=8, dead_fraction=0.5)
+    assert w.codes_normal.shape == (400, 8, 8) and w.codes_normal.dtype == np.uint16
+    norms = np.linalg.norm(w.codebook_normal, axis=1)
+    assert (norms < 1e-5).sum() == 32  # half the codebook near zero
+    assert np.array_equal(np.bincount(w.volume_ids), [155, 155, 90])
+    live = set(wl.live_codes(w.codebook_normal).tolist())
+    assert set(np.unique(w.codes_normal).tolist()) <= live  # only live codes are used
+    counts = np.bincount(w.codes_normal.ravel(), minlength=64)
+    assert counts.max() / counts.sum() > 3 / len(live)  # skewed, not uniform
+    assert not np.isin(w.query_volumes, w.volume_ids).any()  # queries are new patients
+    assert (w.query_abnormal != np.bincount(w.codes_abnormal.ravel()).argmax()).any()
+    # decode: row r is the concatenation of codebook[codes[r, p]] over positions p
+    x = wl.decode(w.codebook_normal, w.codes_normal[:3])
+    ref = np.stack([np.concatenate([w.codebook_normal[c] for c in g.ravel()])
+                    for g in w.codes_normal[:3]])
+    assert np.array_equal(x, ref)
+
+
+def test_cli_rejects_bad_sizes():
+    result = CliRunner().invoke(main, ["--sizes", "10,abc"])
+    assert result.exit_code != 0
+    assert "comma-separated integers" in result.output
