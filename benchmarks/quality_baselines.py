@@ -1,0 +1,60 @@
+"""Retrieval baselines of the quality benchmark that use no FDN code: random and raw pixels.
+
+- Random retrieval: Q distinct volumes drawn uniformly from the reference volumes (the query's
+  own excluded), one slice drawn uniformly within each; seeded, repeated ``draws`` times.
+- Raw-pixel retrieval: the preprocessed slice (4, S, S), already z-scored per volume and
+  channel, block-averaged to (4, side, side) and compared with the Euclidean distance; the
+  volume-wise top-Q is exact (brute force), ties to the smaller row as everywhere else.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.quality_dice import best_volumes
+
+
+def downsample_slices(images: np.ndarray, side: int) -> np.ndarray:
+    """Block means: images (N, C, S, S) float -> (N, C·side·side) float32 features.
+
+    S must be a multiple of ``side`` (each output pixel averages an (S/side)² block).
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[2] != images.shape[3]:
+        raise ValueError(f"images must be (N, C, S, S), got {images.shape}")
+    n, c, s, _ = images.shape
+    if side < 1 or s % side:
+        raise ValueError(f"side {side} must divide the slice size {s}")
+    f = s // side
+    blocks = images.reshape(n, c, side, f, side, f).astype(np.float32)
+    return np.ascontiguousarray(blocks.mean(axis=(3, 5)).reshape(n, -1))
+
+
+def raw_pixel_hits(features: np.ndarray, query_rows, volume_of_row: np.ndarray,
+                   topq: int) -> list[np.ndarray]:
+    """Volume-wise top-Q by Euclidean distance of features (N, F); own volume excluded.
+
+    Returns one (≤ Q,) int64 row array per query row, nearest first.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    sq = np.einsum("nf,nf->n", features, features)
+    out = []
+    for row in query_rows:
+        q = features[row]
+        dist2 = np.maximum(sq - 2.0 * features @ q + q @ q, 0.0)  # (N,)
+        out.append(best_volumes(-dist2, volume_of_row, topq, int(volume_of_row[row])))
+    return out
+
+
+def random_hits(query_row: int, volume_of_row: np.ndarray, topq: int,
+                rng: np.random.Generator) -> np.ndarray:
+    """One random volume-wise draw for a query: (≤ Q,) int64 rows, distinct volumes, own excluded."""
+    volume_of_row = np.asarray(volume_of_row)
+    own = volume_of_row[query_row]
+    volumes = np.unique(volume_of_row[volume_of_row != own])
+    chosen = rng.choice(volumes, size=min(topq, volumes.size), replace=False)
+    rows = []
+    for v in chosen:
+        candidates = np.flatnonzero(volume_of_row == v)
+        rows.append(candidates[rng.integers(candidates.size)])
+    return np.asarray(rows, dtype=np.int64)

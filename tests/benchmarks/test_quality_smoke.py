@@ -1,0 +1,240 @@
+"""The quality benchmark: its Dice, oracle and baselines against hand-computed references, and a
+reduced-size run of the whole suite (tiny archives at 32², the "tiny" preset with seeded random
+weights, 3 queries) that checks the report and the invariants every run must satisfy."""
+
+import json
+import math
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from benchmarks.quality import QualityConfig, main, run_quality
+from benchmarks.quality_baselines import downsample_slices, random_hits, raw_pixel_hits
+from benchmarks.quality_dice import (
+    LESION_CLASSES,
+    NORMAL_CLASSES,
+    LabelDice,
+    best_volumes,
+    multiclass_dice,
+)
+from benchmarks.quality_leakiness import binary_figures, roc_auc
+from fdn.checkpoint import save_checkpoint
+from fdn.model import FDN, PRESETS
+from fdn.synth import synthesize_archive
+
+torch.set_num_threads(1)  # the machine is shared; the tiny model gains nothing from threads
+SIZE = PRESETS["tiny"].image_size
+
+
+# ---------------------------------------------------------------------------- Dice
+
+
+def test_dice_of_identical_maps_is_one():
+    rng = np.random.default_rng(0)
+    anat = rng.integers(0, 7, (32, 32))
+    seg = rng.choice([0, 1, 2, 3], (32, 32))
+    assert multiclass_dice(anat, anat, NORMAL_CLASSES) == 1.0
+    assert multiclass_dice(seg, seg, LESION_CLASSES) == 1.0
+    stack = np.stack([anat, rng.integers(0, 7, (32, 32)), anat])
+    got = LabelDice(stack, NORMAL_CLASSES).against(anat)
+    assert got[0] == 1.0 and got[2] == 1.0 and got[1] < 1.0
+
+
+def test_dice_hand_computed():
+    a = np.array([[1, 1, 0, 0],
+                  [2, 2, 0, 0]])
+    b = np.array([[1, 0, 0, 0],
+                  [2, 2, 3, 0]])
+    # class 1: 2·1/(2+1) = 2/3; class 2: 2·2/(2+2) = 1; class 3 only in b: 0 -> mean 5/9
+    assert multiclass_dice(a, b, (1, 2, 3)) == pytest.approx((2 / 3 + 1 + 0) / 3)
+    # classes absent from both are skipped
+    assert multiclass_dice(a, b, (1, 2, 3, 4, 5)) == pytest.approx(5 / 9)
+    # a lesion query against a healthy slice: 0; two empty maps: defined as 1
+    empty = np.zeros_like(a)
+    assert multiclass_dice(a, empty, (1, 2, 3)) == 0.0
+    assert multiclass_dice(empty, empty, (1, 2, 3)) == 1.0
+    got = LabelDice(np.stack([b, empty, a]), (1, 2, 3)).against(a)
+    np.testing.assert_allclose(got, [5 / 9, 0.0, 1.0])
+
+
+def test_vectorised_dice_matches_pairwise_loop():
+    rng = np.random.default_rng(1)
+    maps = rng.choice(4, (40, 12, 12), p=[0.7, 0.1, 0.1, 0.1])
+    maps[5] = 0  # an empty row
+    dice = LabelDice(maps, LESION_CLASSES)
+    for q in (maps[0], maps[5], maps[17]):
+        expected = []
+        for row in maps:  # the definition, written out per pair
+            per_class = []
+            for c in LESION_CLASSES:
+                na, nb = np.sum(q == c), np.sum(row == c)
+                if na + nb:
+                    per_class.append(2 * np.sum((q == c) & (row == c)) / (na + nb))
+            expected.append(np.mean(per_class) if per_class else 1.0)
+        np.testing.assert_allclose(dice.against(q), expected, rtol=0, atol=1e-12)
+
+
+def test_best_volumes_is_volume_wise_top_q_by_score():
+    scores = np.array([0.1, 0.9, 0.5, 0.5, 0.7, 0.2, 0.9, 0.0])
+    volumes = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    # per volume best: v0 row1 0.9, v1 row2 0.5 (tie: smaller row), v2 row4 0.7, v3 row6 0.9
+    np.testing.assert_array_equal(best_volumes(scores, volumes, 10), [1, 6, 4, 2])
+    np.testing.assert_array_equal(best_volumes(scores, volumes, 2, exclude_volume=0), [6, 4])
+    with pytest.raises(ValueError):
+        best_volumes(scores, volumes[:-1], 2)
+
+
+# ---------------------------------------------------------------------------- baselines
+
+
+def test_downsample_is_block_mean():
+    x = np.arange(2 * 1 * 4 * 4, dtype=np.float32).reshape(2, 1, 4, 4)
+    got = downsample_slices(x, 2)
+    expected = [[np.mean(x[n, 0, i:i + 2, j:j + 2]) for i in (0, 2) for j in (0, 2)]
+                for n in range(2)]
+    np.testing.assert_allclose(got, expected)
+    with pytest.raises(ValueError):
+        downsample_slices(x, 3)
+
+
+def test_raw_pixel_hits_match_brute_force():
+    rng = np.random.default_rng(2)
+    features = rng.normal(size=(30, 5))
+    volumes = np.repeat(np.arange(6), 5)
+    for row in (0, 13):
+        d = np.linalg.norm(features - features[row], axis=1)
+        best = {}
+        for r in range(30):
+            v = volumes[r]
+            if v != volumes[row] and (v not in best or d[r] < d[best[v]]):
+                best[v] = r
+        expected = sorted(best.values(), key=lambda r: d[r])[:3]
+        np.testing.assert_array_equal(raw_pixel_hits(features, [row], volumes, 3)[0], expected)
+
+
+def test_random_hits_are_distinct_other_volumes():
+    volumes = np.repeat(np.arange(8), 4)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        rows = random_hits(5, volumes, 4, rng)
+        assert len(set(volumes[rows])) == 4 and volumes[5] not in volumes[rows]
+    assert len(random_hits(0, volumes, 50, rng)) == 7  # fewer volumes than Q
+
+
+def test_classifier_figures_by_hand():
+    labels = np.array([1, 1, 0, 0, 0], bool)
+    pred = np.array([1, 0, 1, 0, 0], bool)
+    f = binary_figures(pred, labels)
+    assert f["ppv"] == 0.5 and f["sensitivity"] == 0.5 and f["specificity"] == 2 / 3
+    assert binary_figures(np.zeros(5, bool), labels)["ppv"] is None
+    assert roc_auc(np.array([0.9, 0.8, 0.1, 0.2, 0.3]), labels) == 1.0
+    # one of the 2 × 3 positive/negative pairs is ordered wrongly -> 5/6
+    assert roc_auc(np.array([0.9, 0.25, 0.1, 0.2, 0.3]), labels) == pytest.approx(5 / 6)
+
+
+# ---------------------------------------------------------------------------- the whole run
+
+
+def _tiny_model(path, seed=0):
+    torch.manual_seed(seed)
+    model = FDN(PRESETS["tiny"])
+    save_checkpoint(path, {"model": model.state_dict(), "config": asdict(PRESETS["tiny"]),
+                           "preset": "tiny", "step": 0})
+    return path
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quality")
+    train = root / "train"
+    test = root / "test"
+    synthesize_archive(train, n_cases=4, healthy_fraction=0.5, seed=21, size=SIZE)
+    synthesize_archive(test, n_cases=5, healthy_fraction=0.4, seed=22, size=SIZE)
+    model = _tiny_model(root / "model")
+    cfg = QualityConfig(model=str(model), model_no_dm=None, train_archive=str(train),
+                        test_archive=str(test), out=str(root / "out"), topq=3, quick=True,
+                        random_draws=3, classifier_seconds=2.0)
+    results = run_quality(cfg)
+    return {"root": root, "train": train, "test": test, "model": model, "out": root / "out",
+            "results": results}
+
+
+def test_report_files_exist(smoke):
+    out = smoke["out"]
+    for name in ("report.md", "results.json", "dice_by_mode.png", "cross_scores.png",
+                 "codebook_norms_dm.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "work" / ".gitignore").read_text().strip().endswith("*")
+    text = (out / "report.md").read_text()
+    for heading in ("Retrieval quality", "Decomposition", "Binarization", "Appendix F",
+                    "classifier PPV"):
+        assert heading in text
+    on_disk = json.loads((out / "results.json").read_text())
+    assert len(on_disk["queries"]) == 3  # 3 diseased of the 5 test cases
+
+
+def test_figures_finite_and_in_range(smoke):
+    r = smoke["results"]
+    n_queries = len(r["queries"])
+    for name, s in r["scores"].items():
+        for metric in ("normal", "lesion", "sum"):
+            per_query = np.array(s[metric]["per_query"])
+            assert per_query.shape == (n_queries,)
+            assert np.all(np.isfinite(per_query)), (name, metric)
+            assert np.all((per_query >= 0) & (per_query <= 1)), (name, metric)
+    for book, c in r["binarization"]["codebooks"].items():
+        assert 0 < c["E_star"] <= c["E"] == c["K"] * (c["K"] - 1) // 2, book
+        for conc in c["concordance"].values():
+            assert all(0 <= v <= 1 for v in conc.values() if not math.isnan(v))
+        t = r["binarization"]["appendix_f"][book]
+        assert t["t_E"] > 0 and t["t_H"] > 0 and t["reduction"] < 1
+    for key, timing in r["binarization"]["lut"].items():
+        if isinstance(timing, dict):
+            assert timing["p50_ms"] > 0, key
+    for c in r["model"]["classifier"].values():
+        assert 0 <= c["prevalence"] <= 1
+        assert c["ppv"] is None or 0 <= c["ppv"] <= 1
+        assert c["steps"] >= 1
+    ev = r["model"]["models"]["dm"]
+    assert ev["reconstruction"]["l1_plus_per_pixel"] > 0
+    assert 0 <= ev["compactness"]["normal"] <= 1
+
+
+def test_oracle_bounds_every_method_on_its_own_metric(smoke):
+    scores = smoke["results"]["scores"]
+    own = {"normal": ("oracle/normal", "normal"), "abnormal": ("oracle/abnormal", "lesion"),
+           "sum": ("oracle/sum", "sum"), "sum-normalized": ("oracle/sum", "sum")}
+    for mode, (oracle, metric) in own.items():
+        bound = np.array(scores[oracle][metric]["per_query"])
+        for name in [f"{mode}/{d}" for d in ("euclidean", "angular", "hamming")] + [
+                "random", "raw-pixel"]:
+            got = np.array(scores[name][metric]["per_query"])
+            assert np.all(got <= bound + 1e-12), (mode, name)
+
+
+def test_queries_are_largest_lesion_slices(smoke):
+    from fdn.data import Archive
+
+    archive = Archive(smoke["test"])
+    for q in smoke["results"]["queries"]:
+        vol = archive.load(q["case"], SIZE)
+        area = (vol.seg > 0).reshape(vol.seg.shape[0], -1).sum(1)
+        assert q["slice"] == int(np.argmax(area)) and q["lesion_area"] == area.max() > 0
+
+
+def test_refuses_a_test_archive_from_the_training_seed(smoke, tmp_path):
+    cfg = QualityConfig(model=str(smoke["model"]), train_archive=str(smoke["train"]),
+                        test_seed=21, test_cases=2, out=str(tmp_path / "out"), quick=True)
+    with pytest.raises(ValueError, match="same seed 21"):
+        run_quality(cfg)
+    assert not any((tmp_path / "out" / "work").glob("test-archive*"))
+
+
+def test_cli_needs_the_training_archive(smoke, tmp_path):
+    result = CliRunner().invoke(main, ["--model", str(smoke["model"]), "--test-archive",
+                                       str(smoke["test"]), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1, result.output
+    assert "--train-archive" in result.output
