@@ -55,7 +55,9 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="auto: CUDA when present (bf16 autocast), else CPU.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for torch (default: torch's choice).")
+              help="CPU threads for torch. Default: 1 for inputs up to 128² on CPU (these "
+                   "small models gain nothing from threads, and threads spin badly on a busy "
+                   "machine), else torch's choice.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
 def train(archive, preset, out, epochs, batch_size, lr, max_minutes, max_steps,
           checkpoint_minutes, resume, no_dm, seed, skip_bad, device, threads, as_json):
@@ -72,9 +74,12 @@ def train(archive, preset, out, epochs, batch_size, lr, max_minutes, max_steps,
     if device == "cuda" and not torch.cuda.is_available():
         raise click.ClickException("--device cuda: no CUDA device is available; use "
                                    "--device cpu or auto")
+    config = PRESETS[preset]
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if threads is None and on_cpu and config.image_size <= 128:
+        threads = 1
     if threads is not None:
         torch.set_num_threads(threads)
-    config = PRESETS[preset]
     changes = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr))
                if v is not None}
     if no_dm:
