@@ -138,3 +138,37 @@ def test_cli_rejects_bad_sizes():
     result = CliRunner().invoke(main, ["--sizes", "10,abc"])
     assert result.exit_code != 0
     assert "comma-separated integers" in result.output
+
+
+def _fake_index(path, n=310):
+    """A minimal index directory: codebooks and codes.zarr where position p of the normal grid
+    only ever holds code p % 8 or 8 + p % 8, and the abnormal grid only code 3."""
+    import zarr
+
+    rng = np.random.default_rng(0)
+    book = rng.normal(size=(16, 4)).astype(np.float32)
+    np.save(path / "codebook_normal.npy", book)
+    np.save(path / "codebook_abnormal.npy", book)
+    p = np.arange(64) % 8
+    normal = (p[None, :] + 8 * rng.integers(0, 2, (n, 64))).reshape(n, 8, 8).astype(np.uint16)
+    abnormal = np.full((n, 8, 8), 3, np.uint16)
+    group = zarr.open_group(str(path / "codes.zarr"), mode="w")
+    for name, arr in (("normal", normal), ("abnormal", abnormal)):
+        group.create_array(name, shape=arr.shape, chunks=(128, 8, 8), dtype="uint16")[:] = arr
+    return book
+
+
+def test_workload_from_index_keeps_per_position_usage(tmp_path):
+    book = _fake_index(tmp_path)
+    w = wl.from_index(tmp_path, 500, 3, seed=2)
+    assert np.array_equal(w.codebook_normal, book)
+    assert w.codes_normal.shape == (500, 8, 8)
+    flat = w.codes_normal.reshape(500, 64).astype(np.int64)
+    assert ((flat % 8) == (np.arange(64) % 8)[None, :]).all()  # only that position's codes
+    assert 0.3 < (flat >= 8).mean() < 0.7  # both codes of a position are drawn, ~half/half
+    assert (w.codes_abnormal == 3).all() and (w.query_abnormal == 3).all()
+
+
+def test_workload_from_index_refuses_a_non_index(tmp_path):
+    with pytest.raises(FileNotFoundError, match="codebook_normal.npy"):
+        wl.from_index(tmp_path, 100)
