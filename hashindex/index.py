@@ -34,6 +34,7 @@ from hashindex.concordance import concordance
 from hashindex.distances import DISTANCES, CodebookTables, finish
 from hashindex.engines import ENGINES, SCANS, FaissHamming
 from hashindex.errors import IndexFormatError
+from hashindex.kernels import KERNELS
 from hashindex.optimize import apply_bit_budget, hamming_table, optimize_codebook
 from hashindex.packing import pack_grids
 from hashindex.volumes import (
@@ -309,6 +310,14 @@ class HashIndex:
     def _row_distances(self, b, q_reps, q_sq, mode, distance, engine, normalized_sum):
         """(N,) float64 distances of query b to every row (lut / numpy engines)."""
         books = BOOKS if mode == "sum" else (mode,)
+        if engine == "lut" and distance == "hamming" and mode == "sum" and not normalized_sum:
+            # fused single pass; integer sums, so identical to adding the two distances
+            out = np.empty(self.ntotal)
+            tn, ta = self.tables["normal"], self.tables["abnormal"]
+            KERNELS["lut_scan_int_pair"](
+                self.codes["normal"], tn.query_table(q_reps["normal"][b], distance),
+                self.codes["abnormal"], ta.query_table(q_reps["abnormal"][b], distance), out)
+            return out
         total = None
         for book in books:
             t = self.tables[book]

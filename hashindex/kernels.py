@@ -188,6 +188,20 @@ def lut_scan_int(codes, table, out):
         out[n] = acc
 
 
+@njit(cache=True, nogil=True, parallel=True)
+def lut_scan_int_pair(codes_a, table_a, codes_b, table_b, out):
+    """Fused S_sum for Hamming: ``out[n]`` (float64) = Σ_p table_a[p, codes_a[n, p]] +
+    Σ_p table_b[p, codes_b[n, p]], exact integers, one pass over both grids."""
+    N, P = codes_a.shape
+    for n in prange(N):
+        acc = 0
+        for p in range(P):
+            acc += table_a[p, codes_a[n, p]]
+        for p in range(P):
+            acc += table_b[p, codes_b[n, p]]
+        out[n] = acc
+
+
 @njit(cache=True, nogil=True)
 def volume_best(dist, volume_index, n_volumes, best_dist, best_row):
     """Closest row of every volume (smaller row id first on equal distances).
@@ -218,6 +232,7 @@ KERNELS = {
     "greedy_bit_removal": greedy_bit_removal,
     "lut_scan": lut_scan,
     "lut_scan_int": lut_scan_int,
+    "lut_scan_int_pair": lut_scan_int_pair,
     "volume_best": volume_best,
 }
 
