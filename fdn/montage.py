@@ -36,10 +36,13 @@ def draw_labelled_slice(
     ax, image: np.ndarray, seg: np.ndarray | None, anat: np.ndarray | None, title: str = ""
 ) -> None:
     """Draw one slice: image (4, X, Y) as FLAIR, anat (X, Y) faintly and seg (X, Y) strongly."""
-    lo, hi = display_window(image[FLAIR])
-    ax.imshow(image[FLAIR].T, cmap="gray", origin="lower", vmin=lo, vmax=hi)
+    flair = image[FLAIR]
+    lo, hi = display_window(flair)
+    # Preprocessing sets voxels outside the brain to exactly 0 in every channel: show them black.
+    outside = ~np.any(image != 0, axis=0)
+    ax.imshow(np.where(outside, lo, flair).T, cmap="gray", origin="lower", vmin=lo, vmax=hi)
     if anat is not None:
-        ax.imshow(label_overlay(anat.T, ANAT_COLOURS, 0.3), origin="lower")
+        ax.imshow(label_overlay(anat.T, ANAT_COLOURS, 0.18), origin="lower")
     if seg is not None:
         colours = {label: colour for label, (_, colour) in SEG_COLOURS.items()}
         ax.imshow(label_overlay(seg.T, colours, 0.7), origin="lower")
