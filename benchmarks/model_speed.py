@@ -30,10 +30,10 @@ PLAN = {  # preset: (batch size for training, timed steps, encode slices)
     "tiny": (16, 10, 512),
     "cpu-64": (16, 5, 512),
     "cpu-128": (16, 3, 256),
-    "fdn-4x4": (4, 1, 16),
-    "fdn-8x8": (4, 1, 16),
-    "fdn-16x16": (4, 1, 16),
-    "fdn-32x32": (4, 1, 16),
+    "fdn-4x4": (2, 1, 8),
+    "fdn-8x8": (2, 1, 8),
+    "fdn-16x16": (2, 1, 8),
+    "fdn-32x32": (2, 1, 8),
 }
 
 

@@ -90,8 +90,8 @@ def evaluate_model(model: FDN, config: FDNConfig, archive_root: str | Path, *,
         classes = (seg_to_classes(vol.seg) if vol.seg is not None
                    else np.zeros(vol.brain.shape, np.int64))
         lesion = (classes[keep] > 0)[:, None]  # M^+: (Z', 1, S, S)
-        rec_plus.extend(np.abs(x - x_plus).reshape(keep.size, -1).sum(1))
-        rec_minus.extend((np.abs(x - x_minus) * ~lesion).reshape(keep.size, -1).sum(1))
+        rec_plus.extend(np.abs(x - x_plus).reshape(keep.size, -1).sum(1, dtype=np.float64))
+        rec_minus.extend((np.abs(x - x_minus) * ~lesion).reshape(keep.size, -1).sum(1, dtype=np.float64))
         if vol.seg is not None:
             pred = np.zeros(vol.brain.shape, np.int64)
             pred[keep] = y_hat

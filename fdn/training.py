@@ -167,10 +167,17 @@ class Trainer:
 
 
 def sample_indices(slices: SliceSet, n: int = N_SAMPLES) -> torch.Tensor:
-    """Fixed diseased slices for the sample figures: those with the largest lesions."""
+    """Fixed slices for the sample figures: the largest-lesion slice of up to n cases."""
     area = (slices.targets > 0).flatten(1).sum(1)
-    order = torch.argsort(area, descending=True, stable=True)
-    return order[: min(n, len(order))]
+    order = torch.argsort(area, descending=True, stable=True).tolist()
+    picked, seen = [], set()
+    for i in order:
+        if slices.cases[i] not in seen:
+            seen.add(slices.cases[i])
+            picked.append(i)
+        if len(picked) == n:
+            break
+    return torch.tensor(picked)
 
 
 def save_samples(model: FDN, slices: SliceSet, path: Path, device: torch.device) -> None:

@@ -83,11 +83,11 @@ PRESETS: dict[str, FDNConfig] = {
     # CPU presets: same code, narrower, smaller codebooks, a faster learning rate.
     "cpu-64": replace(
         _PAPER, image_size=64, latent_size=8, width=0.25, code_dim=32, codebook_size=128,
-        spade_hidden=32, lr=1e-3, batch_size=16, epochs=20,
+        spade_hidden=16, lr=1e-3, batch_size=16, epochs=20,
     ),
     "cpu-128": replace(
         _PAPER, image_size=128, latent_size=8, width=0.25, code_dim=32, codebook_size=256,
-        spade_hidden=32, lr=1e-3, batch_size=16, epochs=20,
+        spade_hidden=16, lr=1e-3, batch_size=16, epochs=20,
     ),
     # For tests only: 32² input, 4x4 latent, very narrow.
     "tiny": replace(
