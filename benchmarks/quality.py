@@ -35,7 +35,12 @@ import numpy as np
 
 from benchmarks import report as rp
 from benchmarks.quality_baselines import downsample_slices, random_hits, raw_pixel_hits
-from benchmarks.quality_binarization import appendix_f_timing, codebook_figures, lut_timing
+from benchmarks.quality_binarization import (
+    appendix_f_image_timing,
+    appendix_f_timing,
+    codebook_figures,
+    lut_timing,
+)
 from benchmarks.quality_dice import LESION_CLASSES, NORMAL_CLASSES, LabelDice, best_volumes
 
 log = logging.getLogger(__name__)
@@ -62,9 +67,9 @@ class QualityConfig:
     model_no_dm: str | None = None
     train_archive: str | None = None  # default: read from each model's TRAIN_COMMAND.txt
     test_archive: str | None = None  # default: synthesised into OUT/work
-    test_cases: int = 48
+    test_cases: int = 60
     test_seed: int = 1000
-    test_healthy_fraction: float = 0.3
+    test_healthy_fraction: float = 0.25
     size: int | None = None  # synthesis size; default: the model's input size
     out: str = "quality-cpu"
     topq: int = 10
@@ -166,7 +171,7 @@ def load_test_slices(index, archive_root: Path, size: int, raw_side: int) -> Tes
     anat = np.zeros((n, size, size), np.uint8)
     lesion = np.zeros((n, size, size), np.int64)
     features = None
-    brain = np.zeros(n, bool)
+    covered = np.zeros(n, bool)
     images, pseudo, diseased = [], [], []
     has_pseudo = True
     for case in index.cases:
@@ -181,14 +186,17 @@ def load_test_slices(index, archive_root: Path, size: int, raw_side: int) -> Tes
         if features is None:
             features = np.zeros((n, f.shape[1]), np.float32)
         features[rows] = f
+        covered[rows] = True
         keep = vol.brain.reshape(vol.brain.shape[0], -1).any(1)
-        brain[rows[keep]] = True
         images.append((rows[keep], vol.image[keep]))
         if vol.pseudohealthy is None:
             has_pseudo = False
         else:
             pseudo.append(vol.pseudohealthy[keep])
         diseased.append(lesion[rows[keep]].reshape(int(keep.sum()), -1).any(1))
+    if not covered.all():
+        raise ValueError(f"{index.index_dir}: {int((~covered).sum())} rows belong to no slice of "
+                         f"{archive_root}; the index was built from another archive, rebuild it")
     order = np.argsort(np.concatenate([r for r, _ in images]))
     brain_rows = np.concatenate([r for r, _ in images])[order]
     return TestSlices(
@@ -474,6 +482,8 @@ def run_quality(cfg: QualityConfig, progress: bool = False) -> dict:
                                                int(hi.tables[book].pairs.shape[0]),
                                                repeats=cfg.appendix_f_repeats)
                        for book in ("normal", "abnormal")},
+        "appendix_f_images": appendix_f_image_timing(
+            index, [q["row"] for q in queries], repeats=cfg.appendix_f_repeats),
         "lut": lut_timing(index, [q["row"] for q in queries], cfg.topq,
                           repeats=cfg.lut_repeats),
     }
@@ -520,11 +530,11 @@ def run_quality(cfg: QualityConfig, progress: bool = False) -> dict:
                    "its slices) [default: read from MODEL/TRAIN_COMMAND.txt].")
 @click.option("--test-archive", type=click.Path(exists=True, file_okay=False), default=None,
               help="Test archive never trained on [default: synthesise one into OUT/work].")
-@click.option("--test-cases", type=click.IntRange(min=2), default=48, show_default=True,
+@click.option("--test-cases", type=click.IntRange(min=2), default=60, show_default=True,
               help="Cases of the synthesised test archive.")
 @click.option("--test-seed", type=int, default=1000, show_default=True,
               help="Seed of the synthesised test archive (must differ from the training one).")
-@click.option("--test-healthy-fraction", type=click.FloatRange(0, 1), default=0.3,
+@click.option("--test-healthy-fraction", type=click.FloatRange(0, 1), default=0.25,
               show_default=True, help="Share of healthy cases in the synthesised test archive.")
 @click.option("--size", type=click.IntRange(min=8), default=None,
               help="In-plane size of the synthesised test archive [default: the model's input].")

@@ -98,6 +98,44 @@ def _gap(ratio: float) -> str:
     return f"{(0.85 - ratio) * 100:.1f} points"
 
 
+def headline_section(r: dict) -> str:
+    """The answers in a few lines, every number read from the results."""
+    scores, summary = r["scores"], r["summary"]
+    lines = ["## Headline\n"]
+    for mode in ("normal", "abnormal"):
+        t = summary["targets"][mode]
+        oracle = scores[ORACLE[mode]][METRIC[mode]]["mean"]
+        parts = ", ".join(
+            f"{name} {scores[f'{mode}/{d}'][METRIC[mode]]['mean']:.3f} ({t['ratios'][d]:.0%})"
+            for d, name in DIST.items())
+        met = [DIST[d] for d, ok in t["met"].items() if ok]
+        verdict = (f"target met with {', '.join(met)}" if met else
+                   f"target missed with every distance (best {max(t['ratios'].values()):.0%})")
+        lines.append(f"- {MODE[mode]} on {METRIC[mode]} Dice: {parts} of the oracle's "
+                     f"{oracle:.3f} — 85% {verdict}; the paper reached {t['paper']:.0%}.")
+    dec = summary["decomposition"]
+    holds = [DIST[d] for d, x in dec.items() if x["holds"]]
+    fails = [DIST[d] for d, x in dec.items() if not x["holds"]]
+    lines.append(
+        "- Decomposition (S_normal's hits win on normal Dice and S_abnormal's on lesion Dice): "
+        + (f"holds with {', '.join(holds)}" if holds else "holds with no distance")
+        + (f"; does not hold with {', '.join(fails)}" if fails else "") + ".")
+    books = r["binarization"]["codebooks"]
+    lines.append("- Binarization: E* = " + ", ".join(
+        f"{c['E_star']:,} of {c['E']:,} bits ({c['compression']:.1%}) for the {b} codebook"
+        for b, c in books.items()) + ".")
+    clf = r["model"]["classifier"]
+    if clf:
+        parts = [f"{label} {clf[key]['ppv']:.3f}" if clf[key]["ppv"] is not None
+                 else f"{label} n/a" for key, label in (
+                     ("xhat_minus_dm", "x̂⁻ with DM"), ("xhat_minus_no_dm", "x̂⁻ without DM"),
+                     ("pseudohealthy", "pseudo-healthy truth"), ("x", "input x"))
+                 if key in clf]
+        lines.append(f"- Leakiness, classifier PPV: {', '.join(parts)}; prevalence "
+                     f"{next(iter(clf.values()))['prevalence']:.3f}.")
+    return "\n".join(lines) + "\n"
+
+
 def binarization_section(r: dict) -> str:
     b = r["binarization"]
     text = ("## Binarization (4.4.5, 5.3)\n\nE = K(K−1)/2 hyperplane bits per code, E* after "
@@ -129,6 +167,14 @@ def binarization_section(r: dict) -> str:
                      f"{a['vectorised_reduction']:.1%}"])
     text += _table(["codebook", "E*", "t_E ms", "t_H (b*) ms", "reduction", "t_H (b, all E) ms",
                     "vectorised t_E ms", "vectorised t_H ms", "vectorised reduction"], rows)
+    im = b["appendix_f_images"]
+    text += (f"\nThe same on image codes: all {im['pairs']:,} ordered pairs of the "
+             f"{im['images']} query slices, the flattened continuous grid (P·D floats) vs the "
+             "concatenated optimized bits (P·E* bits).\n\n")
+    text += _table(["codebook", "floats", "bits", "t_E ms", "t_H ms", "reduction"], [
+        [book, im[book]["floats"], im[book]["bits"], f"{im[book]['t_E'] * 1e3:.1f}",
+         f"{im[book]['t_H'] * 1e3:.1f}", f"{im[book]['reduction']:.1%}"]
+        for book in ("normal", "abnormal")])
     lut = b["lut"]
     text += (f"\n### At scale: the compiled LUT engine on the test index\n\nSingle-query "
              f"volume-wise top-{r['config']['topq']} over {lut['n_slices']:,} slices, p50 over "
@@ -169,8 +215,10 @@ def model_section(r: dict) -> str:
              "than the input x is.\n\n### Leakiness as the paper measures it: classifier PPV "
              "(4.4.3, Appendix D scaled down)\n\nA 4-stage CNN trained on the training "
              "archive's slices to tell diseased (lesion label present) from healthy origin, "
-             "tested on the test archive's slices. PPV at the prevalence means nothing leaks; "
-             "the input x and the pseudo-healthy truth calibrate the scale.\n\n")
+             "tested on the test archive's slices. A blind classifier's PPV is the prevalence, but "
+             "that is not the floor: lesions lie in the cerebrum, so the level of a slice and "
+             "the mass effect already tell diseased slices apart. The floor is the row of the "
+             "pseudo-healthy truth (a perfect x̂⁻); the input x shows full leakage.\n\n")
     labels = {"x": "input x (everything visible)",
               "pseudohealthy": "pseudo-healthy truth (ideal x̂⁻)",
               "xhat_minus_dm": "x̂⁻ with DM", "xhat_minus_no_dm": "x̂⁻ without DM"}
@@ -219,6 +267,6 @@ def write_markdown(r: dict, path: Path) -> None:
            f" --test-cases {cfg['test_cases']} --test-seed {cfg['test_seed']}")
         + f" --out {cfg['out']}" + (" --quick" if cfg["quick"] else "") + "\n```\n\n"
         "Timings (s): " + ", ".join(f"{k} {v}" for k, v in r["timings_s"].items()) + "\n")
-    text = "\n".join([head, retrieval_section(r), binarization_section(r), model_section(r),
-                      figures, reproduce])
+    text = "\n".join([head, headline_section(r), retrieval_section(r), binarization_section(r),
+                      model_section(r), figures, reproduce])
     rp.write_text(path, text)

@@ -191,6 +191,9 @@ def test_figures_finite_and_in_range(smoke):
             assert all(0 <= v <= 1 for v in conc.values() if not math.isnan(v))
         t = r["binarization"]["appendix_f"][book]
         assert t["t_E"] > 0 and t["t_H"] > 0 and t["reduction"] < 1
+    for book in ("normal", "abnormal"):
+        t = r["binarization"]["appendix_f_images"][book]
+        assert t["t_E"] > 0 and t["t_H"] > 0 and t["bits"] > 0
     for key, timing in r["binarization"]["lut"].items():
         if isinstance(timing, dict):
             assert timing["p50_ms"] > 0, key
@@ -238,3 +241,17 @@ def test_cli_needs_the_training_archive(smoke, tmp_path):
                                        str(smoke["test"]), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1, result.output
     assert "--train-archive" in result.output
+
+
+def test_appendix_f_bits_are_the_index_hamming_distances(smoke):
+    """The unpacked b* that Appendix F times give the index's own Hamming table."""
+    from benchmarks.quality_binarization import unpacked_bits
+    from fdn.retrieval import open_index
+
+    index = open_index(smoke["results"]["index"]["dir"])
+    for book in ("normal", "abnormal"):
+        t = index.hash_index.tables[book]
+        bits = unpacked_bits(t.packed, int(t.pairs.shape[0]))
+        assert bits.shape == (t.K, t.pairs.shape[0])
+        by_listing = np.array([[np.count_nonzero(a != b) for b in bits] for a in bits])
+        np.testing.assert_array_equal(by_listing, t.hamming[np.ix_(t.rep_of, t.rep_of)])
