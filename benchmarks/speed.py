@@ -97,17 +97,25 @@ def time_single(fn, n_queries: int, max_calls: int, max_seconds: float,
     return rp.latency_stats(times)
 
 
-def time_batch(fn, n_queries: int, batch: int) -> dict:
-    """Queries per second of one call ``fn(ids)`` with ``batch`` ids (best of ≤ 3 calls < 1 s)."""
+def time_batch(fn, n_queries: int, batch: int):
+    """Queries per second of one call ``fn(ids)`` with ``batch`` ids (best of ≤ 3 calls < 1 s).
+
+    Returns the figures and the answer for query ids 0..n_queries-1 (VolumeHits): taken from
+    the timed call when the batch covers every query, else from one more call.
+    """
     ids = np.arange(batch) % n_queries
-    best = math.inf
+    best, hits = math.inf, None
     for _ in range(3):
         t = time.perf_counter()
-        fn(ids)
+        hits = fn(ids)
         best = min(best, time.perf_counter() - t)
         if best > 1.0:
             break
-    return {"batch": batch, "throughput_qps": batch / best, "batch_seconds": best}
+    if batch >= n_queries:
+        hits = type(hits)(*(a[:n_queries] for a in hits))
+    else:
+        hits = fn(np.arange(n_queries))
+    return {"batch": batch, "throughput_qps": batch / best, "batch_seconds": best}, hits
 
 
 # ---------------------------------------------------------------------------- float baseline
@@ -328,6 +336,7 @@ def run(cfg: SpeedConfig, progress=None) -> dict:
         "lut_breakdown": ctx.breakdown,
         "peak_rss_bytes": rp.peak_rss_bytes(),
         "load_average_1m_end": os.getloadavg()[0],
+        "cpu_share": _cpu_seconds() / (time.perf_counter() - t_run) / machine["cores"],
         "wall_s": time.perf_counter() - t_run,
     }
     results["targets"] = evaluate_targets(results)
@@ -364,9 +373,10 @@ def _measure_mode(ctx: _Run, idx, sub: wl.Workload, mode: str, build: dict) -> N
             lat = time_single(fn, nq, cfg.queries, cfg.max_seconds_per_figure)
             # lut and numpy answer a batch one query after another: batching changes nothing
             # for numpy, so its throughput is 1 / mean latency rather than another long call.
-            thr = (time_batch(fn, nq, cfg.batch) if engine == "lut"
-                   else {"batch": 1, "throughput_qps": 1e3 / lat["mean_ms"]})
-            hits = fn(every)
+            if engine == "lut":
+                thr, hits = time_batch(fn, nq, cfg.batch)
+            else:
+                thr, hits = {"batch": 1, "throughput_qps": 1e3 / lat["mean_ms"]}, fn(every)
             if engine == "lut":
                 exact[dist] = hits
             else:
@@ -391,9 +401,9 @@ def _measure_mode(ctx: _Run, idx, sub: wl.Workload, mode: str, build: dict) -> N
                          for b in books], axis=1)
     fn = engine_fn("faiss-flat", "hamming")
     lat = time_single(fn, nq, cfg.queries, cfg.max_seconds_per_figure)
-    thr = time_batch(fn, nq, cfg.batch)
+    thr, hits = time_batch(fn, nq, cfg.batch)
     ctx.agreement.append(_agree(f"faiss-flat == lut (hamming, {mode}, N={n})",
-                                fn(every).distances, exact["hamming"].distances, 0.0))
+                                hits.distances, exact["hamming"].distances, 0.0))
     raw = time_single(lambda ids: flat.search(xq[ids], RAW_K), nq, 10,
                       cfg.max_seconds_per_figure)
     flat_scan = n * flat.code_size
@@ -413,8 +423,8 @@ def _measure_mode(ctx: _Run, idx, sub: wl.Workload, mode: str, build: dict) -> N
         say(f"N={n:,} {mode}: faiss binary IVF nprobe={nprobe}")
         fn = engine_fn("faiss-ivf", "hamming", nprobe)
         lat = time_single(fn, nq, cfg.queries, cfg.max_seconds_per_figure)
-        thr = time_batch(fn, nq, cfg.batch)
-        rec = recall_at_q(fn(every), exact["hamming"])
+        thr, hits = time_batch(fn, nq, cfg.batch)
+        rec = recall_at_q(hits, exact["hamming"])
         scan = flat_scan * nprobe / nlist  # expected share of the database in nprobe lists
         ctx.add_row(engine="faiss-binary-ivf", distance="hamming", mode=mode, n=n,
                     nprobe=nprobe, nlist=nlist, **lat, **thr, build_s=build["ivf_train_add_s"],
@@ -445,13 +455,13 @@ def _measure_mode(ctx: _Run, idx, sub: wl.Workload, mode: str, build: dict) -> N
                                     sub.volume_ids, None)
 
         lat = time_single(fn, nq, cfg.queries, cfg.max_seconds_per_figure)
-        thr = time_batch(fn, nq, cfg.batch)
+        thr, hits = time_batch(fn, nq, cfg.batch)
         raw = time_single(lambda ids, knn=knn: knn(ids, RAW_K), nq, 10,
                           cfg.max_seconds_per_figure)
         if mode != "sum":  # here the float metric is exactly this mode's D_E / D_A
             ctx.agreement.append(_agree(
                 f"faiss-float-{metric} == lut ({ref}, {mode}, N={n})",
-                ff.to_distance(fn(every).distances), exact[ref].distances, 1e-4))
+                ff.to_distance(hits.distances), exact[ref].distances, 1e-4))
         scan = n * dim * 4
         ctx.add_row(engine=f"faiss-float-{metric}", distance=ref, mode=mode, n=n,
                     device=ctx.device, **lat, **thr, build_s=build_s,
@@ -487,6 +497,13 @@ def _tune_hamming_batch(flat, xq: np.ndarray, cfg: SpeedConfig, n: int, mode: st
     out["best_single"] = min(out["values"], key=lambda v: v["single_p50_ms"])["hamming_batch_size"]
     out["best_batch"] = max(out["values"], key=lambda v: v["batch_qps"])["hamming_batch_size"]
     return out
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
 
 
 def _lut_breakdown(idx, w: wl.Workload, nq: int) -> dict:
@@ -737,7 +754,12 @@ def render_markdown(results: dict) -> str:
          + ("a GPU was visible)" if results["device"] == "gpu" else "FAISS sees no GPU)")
          + f". Whole run: {results['wall_s'] / 60:.1f} min, peak RSS "
          f"{results['peak_rss_bytes'] / 2**30:.1f} GiB, 1-minute load average at the end "
-         f"{results['load_average_1m_end']:.1f}.\n",
+         f"{results['load_average_1m_end']:.1f}; this process used {results['cpu_share']:.0%} "
+         "of the cores over the run"
+         + (" — other jobs shared the machine, so every time here is pessimistic and the "
+            "measured bandwidth is what was left to this run"
+            if max(results["machine"]["load_average_1m"], results["load_average_1m_end"])
+            > results["machine"]["cores"] else "") + ".\n",
          "\n## Workload\n",
          f"- {wk['source']}\n- grid {wk['grid'][0]}×{wk['grid'][1]}, K = {wk['K']}, D = "
          f"{wk['D']}, live codes {wk['live_normal']} (normal) / {wk['live_abnormal']} "
