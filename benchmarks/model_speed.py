@@ -130,7 +130,9 @@ def main() -> None:
                      f"{r['train_batch']} | {r['train_s_per_step']} | "
                      f"{r['encode_slices_per_s']} | {r['peak_memory_mib']} |")
     lines += ["", "s/step: one step of Algorithm 1 (5 critic steps + 1 model step), after a "
-              "warm-up step. Peak memory: " + rows[0]["memory"] + "."]
+              "warm-up step. Peak memory: " + rows[0]["memory"] + f". torch threads: "
+              f"{rows[0]['threads']}. The development machine (2 cores) is shared: compare "
+              "rows of one run only, and read the load average above."]
     (RESULTS / "model_speed.md").write_text("\n".join(lines) + "\n")
 
 
