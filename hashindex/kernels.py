@@ -236,6 +236,123 @@ KERNELS = {
     "volume_best": volume_best,
 }
 
+
+@njit(cache=True, nogil=True, parallel=True)
+def _apply_pending(dist, pending):
+    """dist[a, b] -= popcount(pending[a] ^ pending[b]): apply up to 64 removed bits at once."""
+    R = dist.shape[0]
+    for a in prange(R):
+        pa = pending[a]
+        for b in range(R):
+            dist[a, b] -= int(_popcount64(pa ^ pending[b]))
+
+
+@njit(cache=True, nogil=True)
+def _is_near(near, k, j):
+    return (near[k, j >> 6] >> np.uint64(j & 63)) & _ONE
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _runner_windows(dist, mins, near, window):
+    """Per code k, the codes j (not k, not nearest) with dist[k, j] <= m_k + 1 + window.
+
+    Within the next ``window`` removals only these can reach distance m_k + 1 (distances and
+    m_k each drop by at most one per removal). Returns counts (R,) and lists (R, S) int32.
+    """
+    R = dist.shape[0]
+    counts = np.zeros(R, np.int64)
+    for k in prange(R):
+        c = 0
+        lim = mins[k] + 1 + window
+        for j in range(R):
+            if j != k and dist[k, j] <= lim and _is_near(near, k, j) == 0:
+                c += 1
+        counts[k] = c
+    lists = np.zeros((R, max(1, counts.max())), np.int32)
+    for k in prange(R):
+        c = 0
+        lim = mins[k] + 1 + window
+        for j in range(R):
+            if j != k and dist[k, j] <= lim and _is_near(near, k, j) == 0:
+                lists[k, c] = j
+                c += 1
+    return counts, lists
+
+
+@njit(cache=True, nogil=True)
+def greedy_bit_removal_batched(cols, dist, near, mins, has_dups, keep):
+    """`greedy_bit_removal` with the same decisions, for many codes (R ≳ 256).
+
+    Instead of rewriting all R² distances and runner-up sets after every removal, removed bits
+    are collected 64 at a time as one uint64 per code; the true distance is
+    ``dist[k, j] − popcount(pending[k] ^ pending[j])`` and only the codes in a window of
+    possible runner-ups (`_runner_windows`) are examined. Every 64 removals the pending bits
+    are applied to ``dist`` (R² popcounts) and the windows rebuilt. Arguments as in
+    `greedy_bit_removal` (no ``runner``); returns the number of bits removed.
+    """
+    E, W = cols.shape
+    R = dist.shape[0]
+    batch = 64
+    pending = np.zeros(R, np.uint64)
+    delta = np.zeros(R, np.int32)
+    npend = 0
+    counts, lists = _runner_windows(dist, mins, near, batch)
+    total = 0
+    while True:
+        removed = 0
+        for e in range(E):
+            if not keep[e]:
+                continue
+            ok = True
+            for k in range(R):
+                ck = _bit(cols, e, k)
+                dk = 0
+                if not has_dups[k]:
+                    any1 = False
+                    any0 = False
+                    for w in range(W):
+                        if near[k, w] & cols[e, w]:
+                            any1 = True
+                        if near[k, w] & ~cols[e, w]:
+                            any0 = True
+                    if any1 and any0:
+                        ok = False
+                        break
+                    dk = ck ^ (1 if any1 else 0)
+                if dk == 0:
+                    target = mins[k] + 1
+                    pk = pending[k]
+                    for s in range(counts[k]):
+                        j = lists[k, s]
+                        if _bit(cols, e, j) != ck:
+                            if dist[k, j] - int(_popcount64(pk ^ pending[j])) == target:
+                                ok = False
+                                break
+                    if not ok:
+                        break
+                delta[k] = dk
+            if not ok:
+                continue
+            keep[e] = False
+            removed += 1
+            shift = np.uint64(npend)
+            for k in range(R):
+                mins[k] -= delta[k]
+                pending[k] |= np.uint64(_bit(cols, e, k)) << shift
+            npend += 1
+            if npend == batch:
+                _apply_pending(dist, pending)
+                pending[:] = 0
+                npend = 0
+                counts, lists = _runner_windows(dist, mins, near, batch)
+        total += removed
+        if removed == 0:
+            break
+    return total
+
+
+KERNELS["greedy_bit_removal_batched"] = greedy_bit_removal_batched
+
 # The same greedy without threads: each removal is a short parallel region, and on a busy or
 # small machine the thread hand-off can cost more than the R² update it spreads.
 greedy_bit_removal_serial = njit(cache=True, nogil=True)(greedy_bit_removal.py_func)

@@ -32,6 +32,9 @@ from hashindex.kernels import KERNELS
 
 log = logging.getLogger(__name__)
 
+# Above this many distinct codes the greedy uses the batched kernel (identical result).
+BATCHED_ABOVE = 256
+
 
 @dataclass
 class OptimizedBits:
@@ -119,7 +122,10 @@ def optimize_codebook(codebook: np.ndarray, progress=None) -> tuple[OptimizedBit
         keep = np.ones(pi.size, np.bool_)
         if progress is not None:
             progress(f"optimizing {pi.size} hyperplanes over {R} distinct codes")
-        KERNELS["greedy_bit_removal"](cols, dist, near, runner, mins, has_dups, keep)
+        if R > BATCHED_ABOVE:  # same decisions, cheaper per removal when R is large
+            KERNELS["greedy_bit_removal_batched"](cols, dist, near, mins, has_dups, keep)
+        else:
+            KERNELS["greedy_bit_removal"](cols, dist, near, runner, mins, has_dups, keep)
         kept = np.stack([pi[keep], pj[keep]], axis=1)
     seconds = time.perf_counter() - t0
     log.info("Algorithm A.1: K=%d, distinct=%d, E*=%d in %.2fs", K, R, len(kept), seconds)

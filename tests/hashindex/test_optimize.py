@@ -94,3 +94,15 @@ def test_report_fields():
     for key in ("b_all", "b_live", "b_star_all", "b_star_live"):
         assert set(rep["concordance"][key]) == {"top1", "top5", "top10"}
         assert all(0 <= v <= 1 for v in rep["concordance"][key].values())
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_batched_kernel_makes_the_same_decisions(case, monkeypatch):
+    import hashindex.optimize as optimize
+
+    rng = np.random.default_rng(11)
+    cb = round_small_norms(make_codebook(rng, **CASES[case]))
+    dense, _ = optimize_codebook(cb)
+    monkeypatch.setattr(optimize, "BATCHED_ABOVE", 0)
+    batched, _ = optimize_codebook(cb)
+    np.testing.assert_array_equal(dense.pairs, batched.pairs)
