@@ -16,7 +16,8 @@ def _command_line(ctx: click.Context) -> str:
         value = ctx.params.get(param.name)
         if isinstance(param, click.Argument):
             parts.append(str(value))
-        elif value is not None and value is not False and value != param.default:
+        elif param.name == "preset" or (value is not None and value is not False
+                                        and value != param.default):
             flag = max(param.opts, key=len)
             parts += [flag] if value is True else [flag, str(value)]
     return " ".join(shlex.quote(p) for p in parts)
