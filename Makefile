@@ -5,6 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO := demo
+MODEL := models/cpu-64
+FDN := $(VENV)/bin/fdn-index
+# The query: the demo archive's case with the largest lesion (synth.json lists every case).
+DEMO_CASE = $$($(PY) -c "import json; cases = json.load(open('$(DEMO)/archive/synth.json'))['case_list']; \
+	print(max(cases, key=lambda c: c['lesion_voxels'])['case'])")
 
 .PHONY: demo test lint bench install clean
 
@@ -12,20 +17,30 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+bench: $(STAMP)
+	$(PY) -m benchmarks.speed
+	$(PY) -m benchmarks.quality --model $(MODEL)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fdn hashindex cli benchmarks tests
 
+# The main job on an embedded default: a fresh synthetic archive (never seen in training), the
+# shipped CPU model (models/cpu-64, trained by the command in its TRAIN_COMMAND.txt), an index,
+# and one lesion slice queried by normal anatomy, by lesion and by both.
 demo: $(STAMP)
-	$(VENV)/bin/fdn-index synth $(DEMO)/archive --cases 6 --size 64 --seed 0
-	$(VENV)/bin/fdn-index show $(DEMO)/archive/$$(ls $(DEMO)/archive | head -1) -o $(DEMO)/preview.png
-	@echo "Preview: $(DEMO)/preview.png"
+	$(FDN) synth $(DEMO)/archive --cases 16 --size 64 --seed 7 --healthy-fraction 0.3
+	$(FDN) show $(DEMO)/archive/$(DEMO_CASE) -o $(DEMO)/query_case.png
+	$(FDN) build $(DEMO)/archive --model $(MODEL) --index $(DEMO)/index
+	$(FDN) query --index $(DEMO)/index --case $(DEMO_CASE) --mode all --topq 6 \
+		--montage $(DEMO)/montage.png
+	@echo
+	@echo "Pictures: $(DEMO)/query_case.png (the query case), $(DEMO)/montage.png (its hits)"
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
