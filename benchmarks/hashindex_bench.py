@@ -110,6 +110,7 @@ def main() -> None:
     ap.add_argument("--n-large", type=int, default=1_000_000, help="grids for the LUT engine")
     ap.add_argument("--budget", type=int, default=256, help="bit budget for the FAISS engines")
     ap.add_argument("--repeats", type=int, default=20, help="single queries per engine")
+    ap.add_argument("--nlist", type=int, default=64, help="IVF lists")
     ap.add_argument("--skip-optimization", action="store_true", help="only the search part")
     args = ap.parse_args()
     results = {
@@ -117,11 +118,13 @@ def main() -> None:
                     "loadavg_start": os.getloadavg()},
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
+    OUT.mkdir(parents=True, exist_ok=True)
     if not args.skip_optimization:
         results["optimization_K512"] = bench_optimization()
-    results["search"] = [bench_search(args.n, args.budget, 256, args.repeats, True)]
+        (OUT / "optimization.json").write_text(json.dumps(results["optimization_K512"], indent=1))
+    results["search"] = [bench_search(args.n, args.budget, args.nlist, args.repeats, True)]
     if args.n_large:
-        results["search"].append(bench_search(args.n_large, args.budget, 256, args.repeats,
+        results["search"].append(bench_search(args.n_large, args.budget, args.nlist, args.repeats,
                                               False))
     results["machine"]["loadavg_end"] = os.getloadavg()
     OUT.mkdir(parents=True, exist_ok=True)

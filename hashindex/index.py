@@ -51,6 +51,7 @@ MODES = ("normal", "abnormal", "sum")
 FORMAT_VERSION = 1
 BOOKS = ("normal", "abnormal")
 SCALE_PAIRS = 2048
+IVF_TRAIN_PER_LIST = 40
 
 
 def _say(progress, msg: str) -> None:
@@ -275,9 +276,14 @@ class HashIndex:
             raise ValueError(f"IVF needs at least nlist={self.ivf_nlist} rows, have {self.ntotal}")
         packed = self._packed_modes(self._stored_as_codes("normal"),
                                     self._stored_as_codes("abnormal"))
+        # faiss trains binary IVF centroids on float copies of the vectors (d floats each), so
+        # train on at most IVF_TRAIN_PER_LIST rows per list, drawn with the index's seed.
+        n_train = min(self.ntotal, IVF_TRAIN_PER_LIST * self.ivf_nlist)
+        sample = np.sort(np.random.default_rng(self.seed).choice(self.ntotal, n_train,
+                                                                 replace=False))
         for mode in MODES:
             ivf = FaissHamming(packed[mode].shape[1], nlist=self.ivf_nlist)
-            ivf.train(packed[mode])
+            ivf.train(packed[mode][sample])
             ivf.add(packed[mode])
             self.ivf[mode] = ivf
 
