@@ -81,6 +81,7 @@ class QualityConfig:
     classifier_epochs: int = 8
     classifier_seconds: float = 60.0
     classifier_max_slices: int = 4000
+    classifier_seeds: int = 3
     quick: bool = False
 
     def __post_init__(self) -> None:
@@ -94,6 +95,7 @@ class QualityConfig:
             self.lut_repeats = 1
             self.classifier_epochs = min(self.classifier_epochs, 3)
             self.classifier_seconds = min(self.classifier_seconds, 20.0)
+            self.classifier_seeds = 1
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -371,8 +373,26 @@ def model_figures(cfg: QualityConfig, models: dict[str, tuple[str, Path]], test_
     result: dict = {"models": {}, "classifier": {}}
     train_cache: dict[str, tuple] = {}
     test_x, test_y = test.images, test.diseased
-    kw = {"epochs": cfg.classifier_epochs, "max_seconds": cfg.classifier_seconds,
-          "seed": cfg.seed}
+
+    def classify(train_x, train_y, test_x, test_y) -> dict:
+        """Mean figures over cfg.classifier_seeds classifiers, the PPV's std over seeds."""
+        runs = [train_and_test(train_x, train_y, test_x, test_y, epochs=cfg.classifier_epochs,
+                               max_seconds=cfg.classifier_seconds, seed=cfg.seed + k).as_dict()
+                for k in range(cfg.classifier_seeds)]
+        out = {}
+        for key in runs[0]:
+            values = [r[key] for r in runs if r[key] is not None]
+            if not values:
+                out[key] = None
+            elif all(v == values[0] for v in values):
+                out[key] = values[0]
+            else:
+                out[key] = float(np.mean(values))
+        ppvs = [r["ppv"] for r in runs if r["ppv"] is not None]
+        out["ppv_seed_std"] = float(np.std(ppvs)) if ppvs else None
+        out["seeds"] = runs
+        return out
+
     for name, (model_dir, train_archive) in models.items():
         model, config = load_model(model_dir, device="cpu")
         hist = out / f"codebook_norms_{name}.png"
@@ -388,19 +408,17 @@ def model_figures(cfg: QualityConfig, models: dict[str, tuple[str, Path]], test_
                                                cfg.classifier_max_slices, cfg.seed)
             tx, tp, ty = train_cache[key]
             if "x" not in result["classifier"]:
-                result["classifier"]["x"] = train_and_test(tx, ty, test_x, test_y,
-                                                           **kw).as_dict()
+                result["classifier"]["x"] = classify(tx, ty, test_x, test_y)
                 if progress is not None:
                     progress.update(1)
                 if tp is not None and test.pseudo is not None:
-                    result["classifier"]["pseudohealthy"] = train_and_test(
-                        tp, ty, test.pseudo, test_y, **kw).as_dict()
+                    result["classifier"]["pseudohealthy"] = classify(tp, ty, test.pseudo,
+                                                                     test_y)
                 if progress is not None:
                     progress.update(1)
         tx, _, ty = train_cache[key]
-        result["classifier"][f"xhat_minus_{name}"] = train_and_test(
-            normal_reconstructions(model, tx), ty, normal_reconstructions(model, test_x), test_y,
-            **kw).as_dict()
+        result["classifier"][f"xhat_minus_{name}"] = classify(
+            normal_reconstructions(model, tx), ty, normal_reconstructions(model, test_x), test_y)
         if progress is not None:
             progress.update(1)
     return result

@@ -21,6 +21,7 @@ mass effect still moves the anatomy, so even it is not at chance).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -58,6 +59,8 @@ class ClassifierResult:
     """Test-set figures of one classifier (all slices with brain of the test archive)."""
 
     ppv: float | None  # TP / (TP + FP); None when nothing is predicted diseased
+    ppv_se: float | None  # binomial standard error of the PPV: sqrt(PPV (1 − PPV) / (TP + FP))
+    predicted_diseased: int  # TP + FP
     prevalence: float  # diseased share of the test slices: the PPV of a blind classifier
     sensitivity: float | None
     specificity: float | None
@@ -95,7 +98,8 @@ def binary_figures(pred: np.ndarray, labels: np.ndarray) -> dict:
     def ratio(a, b):
         return a / b if b else None
 
-    return {"ppv": ratio(tp, tp + fp), "sensitivity": ratio(tp, tp + fn),
+    return {"ppv": ratio(tp, tp + fp), "predicted_diseased": tp + fp,
+            "sensitivity": ratio(tp, tp + fn),
             "specificity": ratio(tn, tn + fp), "accuracy": (tp + tn) / max(1, pred.size)}
 
 
@@ -145,8 +149,10 @@ def train_and_test(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     figures = binary_figures(logits > 0, test_y)
     log.info("classifier: %d steps in %.1f s, PPV %s, prevalence %.3f", steps, seconds,
              figures["ppv"], test_y.mean())
+    ppv, n_pred = figures["ppv"], figures["predicted_diseased"]
     return ClassifierResult(
-        ppv=figures["ppv"], prevalence=float(test_y.mean()),
+        ppv=ppv, ppv_se=None if ppv is None else math.sqrt(ppv * (1 - ppv) / n_pred),
+        predicted_diseased=n_pred, prevalence=float(test_y.mean()),
         sensitivity=figures["sensitivity"], specificity=figures["specificity"],
         auc=roc_auc(logits, test_y), accuracy=figures["accuracy"], n_train=len(train_x),
         n_test=len(test_x), steps=steps, train_seconds=round(seconds, 2))

@@ -228,17 +228,21 @@ def model_section(r: dict) -> str:
              "tested on the test archive's slices. A blind classifier's PPV is the prevalence, but "
              "that is not the floor: lesions lie in the cerebrum, so the level of a slice and "
              "the mass effect already tell diseased slices apart. The floor is the row of the "
-             "pseudo-healthy truth (a perfect x̂⁻); the input x shows full leakage.\n\n")
+             "pseudo-healthy truth (a perfect x̂⁻); the input x shows full leakage. Every figure "
+             "is the mean over classifiers trained with different seeds; ± is the standard "
+             "deviation over those seeds.\n\n")
     labels = {"x": "input x (everything visible)",
               "pseudohealthy": "pseudo-healthy truth (ideal x̂⁻)",
               "xhat_minus_dm": "x̂⁻ with DM", "xhat_minus_no_dm": "x̂⁻ without DM"}
     rows = []
     for key, c in m["classifier"].items():
-        rows.append([labels.get(key, key), _f(c["ppv"]), f"{c['prevalence']:.3f}",
+        ppv = "n/a" if c["ppv"] is None else f"{c['ppv']:.3f} ± {c['ppv_seed_std']:.3f}"
+        rows.append([labels.get(key, key), ppv, f"{c['prevalence']:.3f}",
                      _f(c["sensitivity"]), _f(c["specificity"]), _f(c["auc"]),
-                     f"{c['n_train']} / {c['n_test']}", f"{c['steps']} ({c['train_seconds']} s)"])
-    text += _table(["classifier input", "PPV", "prevalence", "sensitivity", "specificity",
-                    "AUC", "slices train / test", "steps (time)"], rows)
+                     f"{c['n_train']} / {c['n_test']}",
+                     f"{len(c['seeds'])} × {c['steps']} ({c['train_seconds']} s)"])
+    text += _table(["classifier input", "PPV ± std (seeds)", "prevalence", "sensitivity", "specificity",
+                    "AUC", "slices train / test", "seeds × steps (time each)"], rows)
     return text
 
 
