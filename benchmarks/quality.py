@@ -567,6 +567,8 @@ def run_quality(cfg: QualityConfig, progress: bool = False) -> dict:
               help="Seed of the random baseline and the classifiers.")
 @click.option("--classifier-seconds", type=click.FloatRange(min=1), default=60.0,
               show_default=True, help="Time budget of each leakiness classifier.")
+@click.option("--classifier-seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Leakiness classifiers trained per input (different seeds), averaged.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="torch CPU threads (the machine is shared: keep it small).")
 @click.option("--quick", is_flag=True,
@@ -574,7 +576,7 @@ def run_quality(cfg: QualityConfig, progress: bool = False) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def main(model, model_no_dm, train_archive, test_archive, test_cases, test_seed,
          test_healthy_fraction, size, out, topq, random_draws, seed, classifier_seconds,
-         threads, quick, as_json):
+         classifier_seeds, threads, quick, as_json):
     """Retrieval quality against the Dice oracle, binarization and model figures (4.4)."""
     import torch
 
@@ -589,7 +591,7 @@ def main(model, model_no_dm, train_archive, test_archive, test_cases, test_seed,
             test_archive=test_archive, test_cases=test_cases, test_seed=test_seed,
             test_healthy_fraction=test_healthy_fraction, size=size, out=out, topq=topq,
             random_draws=random_draws, seed=seed, classifier_seconds=classifier_seconds,
-            quick=quick)
+            classifier_seeds=classifier_seeds, quick=quick)
         results = run_quality(cfg, progress=not as_json)
     except (FdnError, HashIndexError, ValueError, FileExistsError) as error:
         raise click.ClickException(str(error)) from None
