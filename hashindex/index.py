@@ -216,7 +216,7 @@ class HashIndex:
                     log.warning("IVF not trained yet: %d rows < nlist=%d; call train_ivf()",
                                 self.ntotal, self.ivf_nlist)
 
-    def _append(self, codes_normal, codes_abnormal, volume_ids) -> None:
+    def _append(self, codes_normal, codes_abnormal, volume_ids, *, estimate_scales=True) -> None:
         tn, ta = self.tables["normal"], self.tables["abnormal"]
         _check_codes(codes_normal, "codes_normal", tn.K, self.grid)
         _check_codes(codes_abnormal, "codes_abnormal", ta.K, codes_normal.shape[1:])
@@ -240,7 +240,7 @@ class HashIndex:
         self.volume_ids = np.concatenate([self.volume_ids, volume_ids])
         self._vol_unique, self._vol_index = np.unique(self.volume_ids, return_inverse=True)
         self._vol_index = self._vol_index.astype(np.int64)
-        if not self.scales:
+        if estimate_scales and not self.scales:
             self.scales = self._estimate_scales()
 
     def _estimate_scales(self) -> dict:
@@ -491,7 +491,9 @@ class HashIndex:
                 f"given; pass the codes.zarr arrays this index was built from, or {fix}")
         if meta["grid"] is not None:
             idx.grid = tuple(meta["grid"])
-            idx._append(codes_normal, codes_abnormal, volume_ids)
+            # The scales were estimated at build time and stored: estimating them again would
+            # cost seconds on every open.
+            idx._append(codes_normal, codes_abnormal, volume_ids, estimate_scales=False)
             idx.scales = meta["scales"]
         for name in meta["faiss_files"]:
             path = d / name
