@@ -56,6 +56,25 @@ def _bit(cols, e, k):
 
 
 @njit(cache=True, nogil=True)
+def _near_side(cols, e, near, k, W):
+    """Which side of hyperplane bit e the nearest codes of code k lie on.
+
+    Returns 1 when every code in k's nearest set has bit e set, 0 when none has, and -1 when
+    the bit splits the set: removing bit e would then change k's nearest set (Algorithm A.1).
+    """
+    any1 = False
+    any0 = False
+    for w in range(W):
+        if near[k, w] & cols[e, w]:
+            any1 = True
+        if near[k, w] & ~cols[e, w]:
+            any0 = True
+    if any1 and any0:
+        return -1
+    return 1 if any1 else 0
+
+
+@njit(cache=True, nogil=True)
 def _remove_from_row(row, runner_row, colbits, a, new_min):
     """Drop one bit from code a's distances and rebuild its runner-up set (distance m_a + 1)."""
     ca = colbits[a]
@@ -120,17 +139,11 @@ def greedy_bit_removal(cols, dist, near, runner, mins, has_dups, keep):
                 ck = _bit(cols, e, k)
                 dk = 0
                 if not has_dups[k]:
-                    any1 = False
-                    any0 = False
-                    for w in range(W):
-                        if near[k, w] & cols[e, w]:
-                            any1 = True
-                        if near[k, w] & ~cols[e, w]:
-                            any0 = True
-                    if any1 and any0:
+                    side = _near_side(cols, e, near, k, W)
+                    if side < 0:
                         ok = False
                         break
-                    dk = ck ^ (1 if any1 else 0)
+                    dk = ck ^ side
                 if dk == 0:
                     flip = ~np.uint64(0) if ck == 1 else np.uint64(0)
                     for w in range(W):
@@ -308,17 +321,11 @@ def greedy_bit_removal_batched(cols, dist, near, mins, has_dups, keep):
                 ck = _bit(cols, e, k)
                 dk = 0
                 if not has_dups[k]:
-                    any1 = False
-                    any0 = False
-                    for w in range(W):
-                        if near[k, w] & cols[e, w]:
-                            any1 = True
-                        if near[k, w] & ~cols[e, w]:
-                            any0 = True
-                    if any1 and any0:
+                    side = _near_side(cols, e, near, k, W)
+                    if side < 0:
                         ok = False
                         break
-                    dk = ck ^ (1 if any1 else 0)
+                    dk = ck ^ side
                 if dk == 0:
                     target = mins[k] + 1
                     pk = pending[k]
