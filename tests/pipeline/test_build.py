@@ -12,7 +12,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import zarr
+from click.testing import CliRunner
 
+from cli.main import main
 from fdn.build import build_index
 from fdn.checkpoint import load_model
 from fdn.data import Archive
@@ -206,3 +208,33 @@ def test_a_foreign_directory_is_not_overwritten(tmp_path, pipeline_archive, mode
     with pytest.raises(IndexDirError, match="not an fdn-index directory"):
         build_index(pipeline_archive, model_dir, target)
     assert os.listdir(target) == ["holiday.jpg"]
+
+
+def archive_with_a_bad_case(tmp_path, pipeline_archive):
+    """A copy of the archive whose second case has lost its FLAIR; returns (root, bad case)."""
+    root = tmp_path / "archive"
+    shutil.copytree(pipeline_archive, root)
+    bad = Archive(root).case_ids[1]
+    Archive(root).case_files(bad)["flair"].unlink()
+    return root, bad
+
+
+def test_skip_bad_lists_the_bad_case_and_indexes_the_rest(tmp_path, pipeline_archive, model_dir):
+    root, bad = archive_with_a_bad_case(tmp_path, pipeline_archive)
+    report = build_index(root, model_dir, tmp_path / "index", skip_bad=True)
+    assert [entry["case"] for entry in report.skipped] == [bad]
+    assert "flair" in report.skipped[0]["fault"]
+    index = open_index(tmp_path / "index")
+    assert bad not in index.cases and len(index.cases) == 3
+    assert index.manifest.skipped_cases == [bad]
+
+
+def test_a_bad_case_is_fatal_without_skip_bad(tmp_path, pipeline_archive, model_dir):
+    root, bad = archive_with_a_bad_case(tmp_path, pipeline_archive)
+    result = CliRunner().invoke(
+        main, ["build", str(root), "--model", str(model_dir), "--index", str(tmp_path / "index")]
+    )
+    assert result.exit_code != 0
+    assert bad in result.output and "flair" in result.output
+    with pytest.raises(IndexDirError):  # nothing loadable was left behind
+        open_index(tmp_path / "index")

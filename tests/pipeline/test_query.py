@@ -211,3 +211,16 @@ def test_default_slice_is_the_largest_lesion(built_index):
     result = run("query", "--index", built_index, "--case", case, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["query"] == f"{case} slice {z}"
+
+
+def test_external_case_missing_a_sequence_fails_clearly(built_index, pipeline_archive, tmp_path):
+    case = open_index(built_index).cases[0]
+    source = Archive(pipeline_archive).case_files(case)["t1"].parent
+    broken = tmp_path / case
+    shutil.copytree(source, broken)
+    next(broken.glob("*_t2.nii.gz")).unlink()
+    png = tmp_path / "m.png"
+    result = run("query", "--index", built_index, "--input", broken, "--montage", png)
+    assert result.exit_code != 0
+    assert "t2" in result.output
+    assert not png.exists()
