@@ -360,6 +360,15 @@ def _archive_slices(root: Path, size: int, max_slices: int, seed: int):
     return images, pseudo, diseased
 
 
+def _training_steps(model_dir: str | Path) -> int | None:
+    """Optimizer steps of a trained model: the last "step" of MODEL_DIR/metrics.jsonl."""
+    try:
+        lines = (Path(model_dir) / "metrics.jsonl").read_text().splitlines()
+        return int(json.loads(lines[-1])["step"])
+    except (OSError, IndexError, KeyError, ValueError, TypeError):
+        return None
+
+
 def model_figures(cfg: QualityConfig, models: dict[str, tuple[str, Path]], test_archive: Path,
                   test: TestSlices, out: Path, progress=None) -> dict:
     """fdn.evaluate's figures and the classifier leakiness, per model (DM and, if given, no DM).
@@ -401,6 +410,7 @@ def model_figures(cfg: QualityConfig, models: dict[str, tuple[str, Path]], test_
         ev["model_dir"] = str(model_dir)
         ev["distribution_matching"] = bool(config.distribution_matching)
         ev["train_archive"] = str(train_archive)
+        ev["train_steps"] = _training_steps(model_dir)
         result["models"][name] = ev
         key = str(train_archive.resolve())
         if key not in train_cache:

@@ -207,7 +207,7 @@ def model_section(r: dict) -> str:
         rec, dice, comp, leak = (ev["reconstruction"], ev["dice"], ev["compactness"],
                                  ev["leakiness"] or {})
         rows.append([
-            names.get(key, key), f"{rec['l1_plus_per_pixel']:.4f}",
+            names.get(key, key), _f(ev.get("train_steps")), f"{rec['l1_plus_per_pixel']:.4f}",
             f"{rec['l1_minus_per_pixel']:.4f}",
             " / ".join(_f(dice[c]["mean"]) for c in ("NET", "ED", "ET")),
             f"{comp['normal']:.2f} / {comp['abnormal']:.2f}",
@@ -216,11 +216,12 @@ def model_section(r: dict) -> str:
             _f(leak.get("mae_xhat_minus_vs_pseudohealthy_in_lesion")),
             _f(leak.get("mae_x_vs_pseudohealthy_in_lesion")),
             _f(leak.get("mae_xhat_minus_vs_pseudohealthy_outside"))])
-    text += _table(["model", "Σ|x−x̂⁺| per px", "Σ|M⁻(x−x̂⁻)| per px",
+    text += _table(["model", "training steps", "L1 x vs x̂⁺ per px", "L1 M⁻x vs M⁻x̂⁻ per px",
                     "Dice NET / ED / ET (per volume)", "compactness normal / abnormal",
-                    "codes used", "|x̂⁻ − truth| in lesion", "|x − truth| in lesion",
-                    "|x̂⁻ − truth| outside"], rows)
-    text += ("\nDirect leakiness: mean absolute error per voxel against the synthetic "
+                    "codes used", "MAE x̂⁻ vs truth, lesion", "MAE x vs truth, lesion",
+                    "MAE x̂⁻ vs truth, outside"], rows)
+    text += ("\nReconstruction (4.4.1): Σ‖x − x̂⁺‖₁ and Σ‖M⁻ ⊙ (x − x̂⁻)‖₁ per pixel. "
+             "Direct leakiness: mean absolute error (MAE) per voxel against the synthetic "
              "pseudo-healthy truth; inside the lesion, x̂⁻ should be much closer to the truth "
              "than the input x is.\n\n### Leakiness as the paper measures it: classifier PPV "
              "(4.4.3, Appendix D scaled down)\n\nA 4-stage CNN trained on the training "
@@ -240,7 +241,7 @@ def model_section(r: dict) -> str:
         rows.append([labels.get(key, key), ppv, f"{c['prevalence']:.3f}",
                      _f(c["sensitivity"]), _f(c["specificity"]), _f(c["auc"]),
                      f"{c['n_train']} / {c['n_test']}",
-                     f"{len(c['seeds'])} × {c['steps']} ({c['train_seconds']} s)"])
+                     f"{len(c['seeds'])} × {c['steps']:.0f} ({c['train_seconds']:.1f} s)"])
     text += _table(["classifier input", "PPV ± std (seeds)", "prevalence", "sensitivity", "specificity",
                     "AUC", "slices train / test", "seeds × steps (time each)"], rows)
     return text
