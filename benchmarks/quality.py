@@ -360,20 +360,52 @@ def _archive_slices(root: Path, size: int, max_slices: int, seed: int):
     return images, pseudo, diseased
 
 
-def _training_steps(model_dir: str | Path) -> int | None:
-    """Optimizer steps of a trained model: the last "step" of MODEL_DIR/metrics.jsonl."""
+def snapshot_model(model_dir: str | Path, work: Path) -> tuple[Path, int | None]:
+    """Copy a model's config and weights into ``work/models/<checksum>``; return it and its step.
+
+    A model directory may still be training (checkpoints replace weights.pt), so every part of
+    one run reads this frozen copy: the index, the evaluation and the classifiers all see the
+    same weights. The step is read from checkpoint.pt when its weights are the copied ones.
+    """
+    import shutil
+
+    import torch
+
+    from fdn.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, model_checksum
+
+    model_dir = Path(model_dir)
+    for _ in range(3):  # a checkpoint written between the two reads: read again
+        before = model_checksum(model_dir)
+        staging = work / "models" / f".copy-{before[:12]}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            shutil.copy2(model_dir / name, staging / name)
+        if model_checksum(staging) == before == model_checksum(model_dir):
+            break
+    else:
+        raise ValueError(f"{model_dir}: weights.pt keeps changing while being copied; wait "
+                         "for the training to write its checkpoint and run again")
+    target = work / "models" / before[:12]
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    step = None
     try:
-        lines = (Path(model_dir) / "metrics.jsonl").read_text().splitlines()
-        return int(json.loads(lines[-1])["step"])
-    except (OSError, IndexError, KeyError, ValueError, TypeError):
-        return None
+        state = torch.load(model_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        weights = torch.load(target / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        if all(torch.equal(weights[k], state["model"][k]) for k in weights):
+            step = int(state["step"])
+    except Exception:  # noqa: BLE001 - the step is informative only; any unreadable file -> None
+        log.warning("%s: no training step recorded for these weights", model_dir)
+    return target, step
 
 
 def model_figures(cfg: QualityConfig, models: dict[str, tuple[str, Path]], test_archive: Path,
                   test: TestSlices, out: Path, progress=None) -> dict:
     """fdn.evaluate's figures and the classifier leakiness, per model (DM and, if given, no DM).
 
-    models: {"dm" | "no_dm": (model directory, its training archive)}.
+    models: {"dm" | "no_dm": (model directory snapshot, its training archive, source
+    directory, training step)}.
     """
     from benchmarks.quality_leakiness import normal_reconstructions, train_and_test
     from fdn.checkpoint import load_model
@@ -402,15 +434,16 @@ def model_figures(cfg: QualityConfig, models: dict[str, tuple[str, Path]], test_
         out["seeds"] = runs
         return out
 
-    for name, (model_dir, train_archive) in models.items():
+    for name, (model_dir, train_archive, source, step) in models.items():
         model, config = load_model(model_dir, device="cpu")
         hist = out / f"codebook_norms_{name}.png"
         ev = evaluate_model(model, config, test_archive, device="cpu", histogram_path=hist)
         ev["histogram"] = hist.name
-        ev["model_dir"] = str(model_dir)
+        ev["model_dir"] = str(source)
+        ev["model_snapshot"] = str(model_dir)
         ev["distribution_matching"] = bool(config.distribution_matching)
         ev["train_archive"] = str(train_archive)
-        ev["train_steps"] = _training_steps(model_dir)
+        ev["train_steps"] = step
         result["models"][name] = ev
         key = str(train_archive.resolve())
         if key not in train_cache:
@@ -453,11 +486,16 @@ def run_quality(cfg: QualityConfig, progress: bool = False) -> dict:
     work = out / "work"
     work.mkdir(exist_ok=True)
     (work / ".gitignore").write_text("# benchmark scratch: never committed\n*\n")
-    _, model_config = load_model(cfg.model, device="cpu")
+    sources = {"dm": cfg.model, "no_dm": cfg.model_no_dm}
+    models = {}
+    for name, source in sources.items():
+        if source:
+            train_archive = _resolve_train_archive(cfg, source)
+            snapshot, step = snapshot_model(source, work)
+            models[name] = (snapshot, train_archive, source, step)
+    model_path = models["dm"][0]
+    _, model_config = load_model(model_path, device="cpu")
     size = cfg.size or model_config.image_size
-    models = {"dm": (cfg.model, _resolve_train_archive(cfg, cfg.model))}
-    if cfg.model_no_dm:
-        models["no_dm"] = (cfg.model_no_dm, _resolve_train_archive(cfg, cfg.model_no_dm))
     timings = {}
 
     t = time.monotonic()
@@ -468,7 +506,7 @@ def run_quality(cfg: QualityConfig, progress: bool = False) -> dict:
         test_archive = work / (f"test-archive-n{cfg.test_cases}-s{cfg.test_seed}-{size}"
                                f"-h{cfg.test_healthy_fraction:g}")
         test_seed = cfg.test_seed
-    for _, train_archive in models.values():
+    for _, train_archive, _, _ in models.values():
         _check_disjoint(test_archive, test_seed, train_archive)
     if not cfg.test_archive:
         synthesize_archive(test_archive, cfg.test_cases, cfg.test_healthy_fraction,
@@ -476,9 +514,9 @@ def run_quality(cfg: QualityConfig, progress: bool = False) -> dict:
     timings["synthesise_s"] = time.monotonic() - t
 
     t = time.monotonic()
-    checksum = model_checksum(cfg.model)
+    checksum = model_checksum(model_path)
     index_dir = work / f"index-{checksum[:12]}-{test_archive.name}"
-    build_index(test_archive, Path(cfg.model), index_dir)
+    build_index(test_archive, model_path, index_dir)
     index = open_index(index_dir)
     timings["build_s"] = time.monotonic() - t
 

@@ -255,3 +255,18 @@ def test_appendix_f_bits_are_the_index_hamming_distances(smoke):
         assert bits.shape == (t.K, t.pairs.shape[0])
         by_listing = np.array([[np.count_nonzero(a != b) for b in bits] for a in bits])
         np.testing.assert_array_equal(by_listing, t.hamming[np.ix_(t.rep_of, t.rep_of)])
+
+
+def test_one_run_reads_one_frozen_copy_of_the_weights(smoke):
+    """The index, the evaluation and the classifiers all use the snapshot of the model."""
+    from pathlib import Path
+
+    from fdn.checkpoint import model_checksum
+
+    r = smoke["results"]
+    ev = r["model"]["models"]["dm"]
+    snapshot = Path(ev["model_snapshot"])
+    assert snapshot.parent.parent == smoke["out"] / "work"
+    assert model_checksum(snapshot) == model_checksum(smoke["model"]) == r["index"]["checksum"]
+    assert model_checksum(Path(r["index"]["dir"]) / "model") == r["index"]["checksum"]
+    assert ev["model_dir"] == str(smoke["model"]) and ev["train_steps"] == 0
