@@ -6,6 +6,7 @@ from dataclasses import asdict
 import click
 from tqdm import tqdm
 
+from cli.options import device_option, skip_bad_option
 from fdn.errors import FdnError
 from hashindex.errors import HashIndexError
 
@@ -29,9 +30,7 @@ from hashindex.errors import HashIndexError
     help="Index directory to write (resumed if a build was interrupted).",
 )
 @click.option("--add", is_flag=True, help="Append the archive's new cases to an existing index.")
-@click.option(
-    "--skip-bad", is_flag=True, help="List cases that fail validation and go on without them."
-)
+@skip_bad_option
 @click.option(
     "--batch-size",
     type=click.IntRange(1),
@@ -51,13 +50,7 @@ from hashindex.errors import HashIndexError
     default=None,
     help="Also build a FAISS IndexBinaryIVF with this many lists (approximate search).",
 )
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where to run the encoder.",
-)
+@device_option("the encoder")
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
 def build(
     archive, model_dir, index_dir, add, skip_bad, batch_size, bit_budget, ivf_nlist, device, as_json

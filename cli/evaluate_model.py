@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from cli.options import device_option, skip_bad_option
 from fdn.errors import FdnError
 
 
@@ -17,10 +18,8 @@ def _fmt(v, digits: int = 4) -> str:
 @click.argument("archive", type=click.Path(exists=True, file_okay=False))
 @click.option("--histogram", type=click.Path(dir_okay=False, writable=True), default=None,
               help="PNG of the codebook norm histogram [default: MODEL_DIR/codebook_norms.png].")
-@click.option("--skip-bad", is_flag=True,
-              help="Skip unreadable or inconsistent cases instead of failing.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True, help="auto: CUDA when present, else CPU.")
+@skip_bad_option
+@device_option("the model")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def evaluate_model(model_dir, archive, histogram, skip_bad, device, as_json):
     """Evaluate the model in MODEL_DIR on the cases of ARCHIVE (paper 4.4)."""

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import click
 
+from cli.options import device_option, skip_bad_option
 from fdn.errors import FdnError
 
 
@@ -51,10 +52,8 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--no-dm", is_flag=True,
               help="Switch off distribution matching (no critic, no L_reg).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option("--skip-bad", is_flag=True,
-              help="Skip unreadable or inconsistent cases instead of failing.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True, help="auto: CUDA when present (bf16 autocast), else CPU.")
+@skip_bad_option
+@device_option("training")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch. Default: 1 for inputs up to 128² on CPU (these "
                    "small models gain nothing from threads, and threads spin badly on a busy "

@@ -1,0 +1,21 @@
+"""Options that several commands share, declared once so they read and behave the same."""
+
+import click
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def device_option(what: str):
+    """`--device auto|cpu|cuda` for a command that runs the FDN; `what` says what runs there."""
+    return click.option(
+        "--device",
+        type=click.Choice(DEVICES),
+        default="auto",
+        show_default=True,
+        help=f"Where to run {what}: auto is CUDA when present, else the CPU.",
+    )
+
+
+skip_bad_option = click.option(
+    "--skip-bad", is_flag=True, help="List the cases that fail validation and go on without them."
+)
