@@ -163,7 +163,10 @@ def _make_plan(
     index_dir: Path, archive: Archive, checksum: str, config, model_dir: Path, *, add: bool
 ) -> dict:
     """The cases of the index in row order, checked against what `index_dir` already holds."""
-    archive_cases = {case: str(archive.case_files(case)["t1"].parent) for case in archive.case_ids}
+    # Absolute paths: montages load the hit slices from any working directory later.
+    archive_cases = {
+        case: str(archive.case_files(case)["t1"].parent.resolve()) for case in archive.case_ids
+    }
     old_plan = None
     if (index_dir / PLAN).is_file():
         try:

@@ -238,3 +238,13 @@ def test_a_bad_case_is_fatal_without_skip_bad(tmp_path, pipeline_archive, model_
     assert bad in result.output and "flair" in result.output
     with pytest.raises(IndexDirError):  # nothing loadable was left behind
         open_index(tmp_path / "index")
+
+
+def test_sources_are_absolute_when_the_archive_is_given_relative(
+    tmp_path, pipeline_archive, model_dir, monkeypatch
+):
+    monkeypatch.chdir(pipeline_archive.parent)
+    build_index(pipeline_archive.name, model_dir, tmp_path / "index")
+    table = pq.read_table(tmp_path / "index" / "slices.parquet").to_pydict()
+    assert {os.path.isabs(s) for s in table["source"]} == {True}
+    assert {os.path.basename(s) for s in table["source"]} == set(Archive(pipeline_archive).case_ids)
