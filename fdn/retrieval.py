@@ -111,31 +111,16 @@ class ArchiveIndex:
         return self._model
 
     def query_slice(
-        self,
-        case: str,
-        slice_index: int,
-        *,
-        mode: str = "sum",
-        distance: str = "hamming",
-        topq: int = 10,
-        engine: str = "lut",
-        include_same_volume: bool = False,
-        normalized_sum: bool = False,
-        nprobe: int | None = None,
+        self, case: str, slice_index: int, *, include_same_volume: bool = False, **options
     ) -> list[Hit]:
-        """Volume-wise top-Q for a slice that is already in the index."""
+        """Volume-wise top-Q for a slice that is already in the index.
+
+        options: those of `search_codes` (mode, distance, topq, engine, normalized_sum, nprobe).
+        """
         row = self.row_of(case, slice_index)
         exclude = None if include_same_volume else self._volume_of_case[case]
         return self.search_codes(
-            self.codes_normal[row],
-            self.codes_abnormal[row],
-            mode=mode,
-            distance=distance,
-            topq=topq,
-            engine=engine,
-            exclude_volume=exclude,
-            normalized_sum=normalized_sum,
-            nprobe=nprobe,
+            self.codes_normal[row], self.codes_abnormal[row], exclude_volume=exclude, **options
         )
 
     def encode(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -153,7 +138,10 @@ class ArchiveIndex:
     def query_image(
         self, image: np.ndarray, *, exclude_case: str | None = None, **options
     ) -> list[Hit]:
-        """Volume-wise top-Q for an external preprocessed image (4, S, S), encoded on the fly."""
+        """Volume-wise top-Q for an external preprocessed image (4, S, S), encoded on the fly.
+
+        options: those of `search_codes`.
+        """
         normal, abnormal = self.encode(image)
         exclude = self._volume_of_case.get(exclude_case) if exclude_case else None
         return self.search_codes(normal, abnormal, exclude_volume=exclude, **options)
