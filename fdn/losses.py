@@ -11,6 +11,8 @@ use_sample_covariance=False)` on the same window).
 import torch
 import torch.nn.functional as F
 
+from fdn.precision import at_least_fp32
+
 # --- eq. 3: latent loss ---------------------------------------------------------------------
 
 
@@ -49,14 +51,14 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> torc
 
     logits: (B, S, H, W); target: (B, H, W) int64 class indices.
     """
-    log_p = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
+    log_p = F.log_softmax(at_least_fp32(logits), dim=1).gather(1, target[:, None]).squeeze(1)
     return -((1 - log_p.exp()).pow(gamma) * log_p).mean()
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:
     """L_seg = L_dice + L_focal (eq. 7). logits: (B, S, H, W), target: (B, H, W) int64."""
-    probs = torch.softmax(logits.float(), dim=1)
-    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+    probs = torch.softmax(at_least_fp32(logits), dim=1)
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
     return generalized_dice_loss(probs, onehot) + focal_loss(logits, target, gamma)
 
 
@@ -79,7 +81,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float, win_size: int = 11
     if a.shape != b.shape or a.ndim != 4:
         raise ValueError(f"ssim expects two (B, C, H, W) tensors of one shape, got "
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
-    a, b = a.float(), b.float()
+    a, b = at_least_fp32(a), at_least_fp32(b)
     ch = a.shape[1]
     g = _gaussian_window(win_size, sigma, a.device, a.dtype)
     kh = g.view(1, 1, -1, 1).repeat(ch, 1, 1, 1)
@@ -100,7 +102,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float, win_size: int = 11
 
 def l2_ssim_loss(x_hat: torch.Tensor, x: torch.Tensor, data_range: float) -> torch.Tensor:
     """‖x̂ - x‖²₂ + (1 - SSIM(x̂, x)), the unit of eq. 8-9. x_hat, x: (B, C, H, W)."""
-    return F.mse_loss(x_hat.float(), x.float()) + (1 - ssim(x_hat, x, data_range))
+    return F.mse_loss(at_least_fp32(x_hat), at_least_fp32(x)) + (1 - ssim(x_hat, x, data_range))
 
 
 def reconstruction_loss(x: torch.Tensor, x_hat_plus: torch.Tensor, x_hat_minus: torch.Tensor,

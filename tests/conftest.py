@@ -8,7 +8,11 @@ its root folder. Reuse it read-only (copy it with `shutil.copytree` before break
 * each case has t1, t1ce, t2, flair, seg, anat and pseudohealthy files.
 """
 
+import random
+
+import numpy as np
 import pytest
+import torch
 
 SMALL_ARCHIVE = {"n_cases": 3, "healthy_fraction": 1 / 3, "seed": 0, "size": 40}
 
@@ -20,3 +24,12 @@ def small_archive(tmp_path_factory):
     root = tmp_path_factory.mktemp("small_archive") / "archive"
     synthesize_archive(root, **SMALL_ARCHIVE)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _seed_global_generators():
+    """Every test starts from the same global random state, whatever ran before it: code that
+    draws from torch's, numpy's or Python's global generator gives the same numbers each run."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)

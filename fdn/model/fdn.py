@@ -21,6 +21,7 @@ from fdn.model.config import FDNConfig
 from fdn.model.decoders import ImageDecoder, SegmentationDecoder, stage_widths
 from fdn.model.encoder import Encoder
 from fdn.model.quantizer import VectorQuantizer
+from fdn.precision import at_least_fp32
 
 
 class FDNOutput(NamedTuple):
@@ -87,7 +88,7 @@ class FDN(nn.Module):
             z_e_a, q_a.z_q_raw, self.config.beta
         )
         seg_logits = self.seg_decoder(q_a.z_q)
-        seg_soft = torch.softmax(seg_logits.float(), dim=1)
+        seg_soft = torch.softmax(at_least_fp32(seg_logits), dim=1)
         layout = self.spade_layout(seg_soft).detach()  # sg(ỹ) of Algorithm 1
         # x̂^+ and x̂^- in one decoder pass over a doubled batch: (2B, D, h, w)
         both = self.image_decoder(
@@ -135,7 +136,7 @@ class FDN(nn.Module):
                 zeros = z_n.new_zeros(b, self.config.num_classes - 1, size, size)
                 return self.image_decoder(z_n, zeros), None
             seg_soft = torch.softmax(
-                self.seg_decoder(self.quantizer_abnormal.embed(codes_abnormal)).float(), dim=1
+                at_least_fp32(self.seg_decoder(self.quantizer_abnormal.embed(codes_abnormal))), dim=1
             )
             return self.image_decoder(z_n, self.spade_layout(seg_soft)), seg_soft
         finally:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fdn.precision import at_least_fp32
+
 
 class Quantized(NamedTuple):
     z_q: torch.Tensor  # (B, D, h, w) straight-through: value of e_k, gradient of z_e
@@ -44,7 +46,7 @@ class VectorQuantizer(nn.Module):
     def lookup(self, z_e: torch.Tensor) -> torch.Tensor:
         """Eq. 1: index of the nearest code vector. z_e: (B, D, h, w) -> (B, h, w) int64"""
         b, d, h, w = z_e.shape
-        flat = z_e.permute(0, 2, 3, 1).reshape(-1, d).float()  # (B·h·w, D)
+        flat = at_least_fp32(z_e.permute(0, 2, 3, 1).reshape(-1, d))  # (B·h·w, D)
         dist = (
             flat.pow(2).sum(1, keepdim=True)
             - 2 * flat @ self.codebook.t()
@@ -89,7 +91,7 @@ class VectorQuantizer(nn.Module):
         if z_e.shape[1] != self.code_dim:
             raise ValueError(f"expected {self.code_dim} channels, got shape {tuple(z_e.shape)}")
         with torch.autocast(device_type=z_e.device.type, enabled=False):
-            z_e32 = z_e.float()
+            z_e32 = at_least_fp32(z_e)
             if self.training:
                 flat = z_e32.detach().permute(0, 2, 3, 1).reshape(-1, self.code_dim)
                 if not bool(self.initted):

@@ -43,12 +43,6 @@ def blob_slices(n: int, size: int, seed: int = 0) -> SliceSet:
                     np.arange(n) % 8)
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-    yield
-
-
 @pytest.fixture
 def tiny_config():
     """Factory: the "tiny" preset with changes, e.g. tiny_config(latent_size=8)."""

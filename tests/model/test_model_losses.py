@@ -61,25 +61,29 @@ def test_ssim_matches_skimage():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(2, 3, 24, 20)).astype(np.float64)
     b = (a + rng.normal(scale=0.5, size=a.shape)).astype(np.float64)
-    ours = ssim(torch.tensor(a), torch.tensor(b), data_range=8.0).item()
+    ours = ssim(torch.tensor(a), torch.tensor(b), data_range=8.0)
+    assert ours.dtype == torch.float64  # float64 in, float64 throughout: no float32 rounding
+    ours = ours.item()
     ref = np.mean([
         structural_similarity(a[i, c], b[i, c], data_range=8.0, gaussian_weights=True,
                               sigma=1.5, use_sample_covariance=False)
         for i in range(2) for c in range(3)])
-    assert ours == pytest.approx(ref, abs=1e-5)
-    assert ssim(torch.tensor(a), torch.tensor(a), 8.0).item() == pytest.approx(1.0, abs=1e-6)
+    # both sides in float64; the moments subtract terms of size ~data_range², so reordering the
+    # window sums may cost ~1e3 ulps of that size: far below the 1e-9 allowed
+    assert ours == pytest.approx(ref, abs=1e-9)
+    assert ssim(torch.tensor(a), torch.tensor(a), 8.0).item() == pytest.approx(1.0, abs=1e-12)
 
 
 def test_masked_reconstruction_by_hand():
     rng = np.random.default_rng(1)
-    x = torch.tensor(rng.normal(size=(1, 4, 16, 16)), dtype=torch.float32)
-    mask = torch.zeros(1, 1, 16, 16)
+    x = torch.tensor(rng.normal(size=(1, 4, 16, 16)), dtype=torch.float64)
+    mask = torch.zeros(1, 1, 16, 16, dtype=torch.float64)
     mask[..., 4:8, 4:12] = 1  # 32 of 256 pixels lesion
     # x̂^- wrong only inside the lesion: eq. 8 sees nothing
     x_minus = x + 5 * mask
     rec_minus, rec_plus = reconstruction_loss(x, x, x_minus, mask, 8.0)
-    assert rec_minus.item() == pytest.approx(0.0, abs=1e-6)
-    assert rec_plus.item() == pytest.approx(0.0, abs=1e-6)
+    assert rec_minus.item() == pytest.approx(0.0, abs=1e-12)
+    assert rec_plus.item() == pytest.approx(0.0, abs=1e-12)
     # x̂^+ = x + 1 everywhere: eq. 9 = 1 + (1 - SSIM(x+1, x)) + 32/256 + (1 - SSIM(M(x+1), Mx))
     rec_minus, rec_plus = reconstruction_loss(x, x + 1, x, mask, 8.0)
 
@@ -88,8 +92,8 @@ def test_masked_reconstruction_by_hand():
                                               gaussian_weights=True, sigma=1.5,
                                               use_sample_covariance=False) for c in range(4)])
     expected = 1 + (1 - sk(x + 1, x)) + 32 / 256 + (1 - sk(mask * (x + 1), mask * x))
-    assert rec_plus.item() == pytest.approx(expected, abs=1e-5)
-    assert rec_minus.item() == pytest.approx(0.0, abs=1e-6)
+    assert rec_plus.item() == pytest.approx(expected, abs=1e-9)
+    assert rec_minus.item() == pytest.approx(0.0, abs=1e-12)
 
 
 class LinearCritic(torch.nn.Module):
