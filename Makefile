@@ -11,7 +11,7 @@ FDN := $(VENV)/bin/fdn-index
 DEMO_CASE = $$($(PY) -c "import json; cases = json.load(open('$(DEMO)/archive/synth.json'))['case_list']; \
 	print(max(cases, key=lambda c: c['lesion_voxels'])['case'])")
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install clean system-deps
 
 install: $(STAMP)
 
@@ -22,6 +22,19 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Real components of the tests, from Debian's packages: Orthanc with its DICOMweb plugin (a PACS),
+# dcm2niix (an independent DICOM converter). Installs only what is missing.
+SYSTEM_PACKAGES := orthanc:/usr/sbin/Orthanc \
+	orthanc-dicomweb:/usr/share/orthanc/plugins/libOrthancDicomWeb.so \
+	dcm2niix:/usr/bin/dcm2niix
+system-deps:
+	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
+		test -e "$${entry#*:}" || missing="$$missing $${entry%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else echo "system packages present"; fi
 
 # The training archive of the shipped models is re-made from its recorded command (models/README.md).
 TRAIN_ARCHIVE := benchmarks/results/quality-cpu/work/train-archive
