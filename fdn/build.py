@@ -151,6 +151,7 @@ def build_index(
         n_cases=len(cases),
         status=STATUS_COMPLETE,
         skipped_cases=sorted(skipped),
+        archive_roots=_archive_roots(index_dir, archive_root),
         hashindex={"bit_budget": bit_budget, "ivf_nlist": ivf_nlist},
         fdn_index_version=__version__,
     )
@@ -215,6 +216,14 @@ def _make_plan(
         )
     plan["skipped"] = old_plan.get("skipped", [])
     return plan
+
+
+def _archive_roots(index_dir: Path, archive_root: Path) -> list[str]:
+    """The archive folders of the index: those of the previous manifest (for --add) and this one."""
+    roots = {str(archive_root.resolve())}
+    if (index_dir / MANIFEST).is_file():
+        roots.update(read_manifest(index_dir, require_complete=False).archive_roots)
+    return sorted(roots)
 
 
 def _preset_of(model_dir: Path) -> str:

@@ -51,6 +51,9 @@ class Manifest:
     n_cases: int
     status: str = STATUS_BUILDING
     skipped_cases: list[str] = field(default_factory=list)
+    # The archive folders (absolute) the cases were read from: readers of source images (the
+    # montage) stay inside them, whatever the slice table names.
+    archive_roots: list[str] = field(default_factory=list)
     hashindex: dict = field(default_factory=dict)
     fdn_index_version: str = ""
     format: str = FORMAT_NAME
