@@ -24,10 +24,13 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 # Real components of the tests, from Debian's packages: Orthanc with its DICOMweb plugin (a PACS),
-# dcm2niix (an independent DICOM converter). Installs only what is missing.
+# dcm2niix (an independent DICOM converter), headless Chromium and its WebDriver (the viewer's
+# browser tests). Installs only what is missing.
 SYSTEM_PACKAGES := orthanc:/usr/sbin/Orthanc \
 	orthanc-dicomweb:/usr/share/orthanc/plugins/libOrthancDicomWeb.so \
-	dcm2niix:/usr/bin/dcm2niix
+	dcm2niix:/usr/bin/dcm2niix \
+	chromium:/usr/bin/chromium \
+	chromium-driver:/usr/bin/chromedriver
 system-deps:
 	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
 		test -e "$${entry#*:}" || missing="$$missing $${entry%%:*}"; done; \
