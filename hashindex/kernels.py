@@ -74,100 +74,6 @@ def _near_side(cols, e, near, k, W):
     return 1 if any1 else 0
 
 
-@njit(cache=True, nogil=True)
-def _remove_from_row(row, runner_row, colbits, a, new_min):
-    """Drop one bit from code a's distances and rebuild its runner-up set (distance m_a + 1)."""
-    ca = colbits[a]
-    R = row.shape[0]
-    target = new_min + 1
-    for w in range(runner_row.shape[0]):
-        word = np.uint64(0)
-        base = 64 * w
-        for t in range(min(64, R - base)):  # branch-free so LLVM can vectorize it
-            v = row[base + t] - (ca ^ colbits[base + t])
-            row[base + t] = v
-            word |= np.uint64(v == target) << np.uint64(t)
-        runner_row[w] = word
-    if row[a] == target:  # a code is never its own runner-up (its distance is 0 anyway)
-        runner_row[a >> 6] &= ~(_ONE << np.uint64(a & 63))
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def greedy_bit_removal(cols, dist, near, runner, mins, has_dups, keep):
-    """Algorithm A.1: remove every bit whose removal keeps all nearest-neighbour sets.
-
-    The greedy visits the kept bits in order and removes a bit when, for every code k, the set
-    of nearest other codes by Hamming distance (ties included) is the same before and after.
-    Passes repeat until one removes nothing. Removing bit e changes ``dist[k, j]`` by
-    ``-(c_k xor c_j)``; with N_k the nearest set at distance m_k and A_k the codes at m_k + 1,
-    the set survives iff c is constant on N_k and, when N_k's distance does not drop, every
-    j in A_k agrees with c_k. A code with duplicates (``has_dups``) has its duplicates as
-    nearest set at distance 0, so it only requires that no other code reaches distance 0.
-
-    Parameters
-    ----------
-    cols : (E, W) uint64
-        Column bit sets: bit k of ``cols[e]`` is bit e of code k (R codes, W = ceil(R/64)).
-    dist : (R, R) int32
-        Current Hamming distances over the kept bits; updated in place.
-    near, runner : (R, W) uint64
-        N_k and A_k as bit sets; ``runner`` is updated in place (``near`` never changes).
-    mins : (R,) int32
-        m_k (0 for codes with duplicates); updated in place.
-    has_dups : (R,) bool
-        Code k stands for several identical code vectors.
-    keep : (E,) bool
-        In: candidate bits. Out: bits that survive.
-
-    Returns
-    -------
-    int
-        Number of bits removed.
-    """
-    E, W = cols.shape
-    R = dist.shape[0]
-    delta = np.zeros(R, np.int32)
-    colbits = np.zeros(R, np.int32)
-    total = 0
-    while True:
-        removed = 0
-        for e in range(E):
-            if not keep[e]:
-                continue
-            ok = True
-            for k in range(R):
-                ck = _bit(cols, e, k)
-                dk = 0
-                if not has_dups[k]:
-                    side = _near_side(cols, e, near, k, W)
-                    if side < 0:
-                        ok = False
-                        break
-                    dk = ck ^ side
-                if dk == 0:
-                    flip = ~np.uint64(0) if ck == 1 else np.uint64(0)
-                    for w in range(W):
-                        if runner[k, w] & (cols[e, w] ^ flip):
-                            ok = False
-                            break
-                    if not ok:
-                        break
-                delta[k] = dk
-            if not ok:
-                continue
-            keep[e] = False
-            removed += 1
-            for b in range(R):
-                colbits[b] = _bit(cols, e, b)
-            for a in prange(R):
-                _remove_from_row(dist[a], runner[a], colbits, a, mins[a] - delta[a])
-                mins[a] -= delta[a]
-        total += removed
-        if removed == 0:
-            break
-    return total
-
-
 @njit(cache=True, nogil=True, parallel=True)
 def lut_scan(codes, table, out):
     """Sum per-position table entries over the rows of a code grid.
@@ -240,15 +146,6 @@ def volume_best(dist, volume_index, n_volumes, best_dist, best_row):
             best_row[v] = n
 
 
-KERNELS = {
-    "hamming_matrix": hamming_matrix,
-    "greedy_bit_removal": greedy_bit_removal,
-    "lut_scan": lut_scan,
-    "lut_scan_int": lut_scan_int,
-    "lut_scan_int_pair": lut_scan_int_pair,
-    "volume_best": volume_best,
-}
-
 
 @njit(cache=True, nogil=True, parallel=True)
 def _apply_pending(dist, pending):
@@ -293,15 +190,44 @@ def _runner_windows(dist, mins, near, window):
 
 
 @njit(cache=True, nogil=True)
-def greedy_bit_removal_batched(cols, dist, near, mins, has_dups, keep):
-    """`greedy_bit_removal` with the same decisions, for many codes (R ≳ 256).
+def greedy_bit_removal(cols, dist, near, mins, has_dups, keep):
+    """Algorithm A.1: remove every bit whose removal keeps all nearest-neighbour sets.
 
-    Instead of rewriting all R² distances and runner-up sets after every removal, removed bits
-    are collected 64 at a time as one uint64 per code; the true distance is
-    ``dist[k, j] − popcount(pending[k] ^ pending[j])`` and only the codes in a window of
+    The greedy visits the kept bits in order and removes a bit when, for every code k, the set
+    of nearest other codes by Hamming distance (ties included) is the same before and after.
+    Passes repeat until one removes nothing. Removing bit e changes ``dist[k, j]`` by
+    ``-(c_k xor c_j)``; with N_k the nearest set at distance m_k, the set survives iff c is
+    constant on N_k and, when N_k's distance does not drop, no code j outside N_k that
+    disagrees with c_k sits at m_k + 1. A code with duplicates (``has_dups``) has its
+    duplicates as nearest set at distance 0, so it only requires that no other code reaches
+    distance 0.
+
+    Rewriting all R² distances after every removal would dominate, so removed bits are
+    collected 64 at a time as one uint64 per code: the true distance is
+    ``dist[k, j] − popcount(pending[k] ^ pending[j])``, and only the codes in a window of
     possible runner-ups (`_runner_windows`) are examined. Every 64 removals the pending bits
-    are applied to ``dist`` (R² popcounts) and the windows rebuilt. Arguments as in
-    `greedy_bit_removal` (no ``runner``); returns the number of bits removed.
+    are applied to ``dist`` (R² popcounts) and the windows rebuilt. The loop itself runs on
+    one thread: a parallel region per removal cost more in hand-offs than it saved.
+
+    Parameters
+    ----------
+    cols : (E, W) uint64
+        Column bit sets: bit k of ``cols[e]`` is bit e of code k (R codes, W = ceil(R/64)).
+    dist : (R, R) int32
+        Hamming distances over the candidate bits; updated in place.
+    near : (R, W) uint64
+        N_k as bit sets (never changes).
+    mins : (R,) int32
+        m_k (0 for codes with duplicates); updated in place.
+    has_dups : (R,) bool
+        Code k stands for several identical code vectors.
+    keep : (E,) bool
+        In: candidate bits. Out: bits that survive.
+
+    Returns
+    -------
+    int
+        Number of bits removed.
     """
     E, W = cols.shape
     R = dist.shape[0]
@@ -358,9 +284,12 @@ def greedy_bit_removal_batched(cols, dist, near, mins, has_dups, keep):
     return total
 
 
-KERNELS["greedy_bit_removal_batched"] = greedy_bit_removal_batched
-
-# The same greedy without threads: each removal is a short parallel region, and on a busy or
-# small machine the thread hand-off can cost more than the R² update it spreads.
-greedy_bit_removal_serial = njit(cache=True, nogil=True)(greedy_bit_removal.py_func)
-KERNELS["greedy_bit_removal_serial"] = greedy_bit_removal_serial
+# The registry, defined once after every kernel: callers select kernels by name.
+KERNELS = {
+    "hamming_matrix": hamming_matrix,
+    "greedy_bit_removal": greedy_bit_removal,
+    "lut_scan": lut_scan,
+    "lut_scan_int": lut_scan_int,
+    "lut_scan_int_pair": lut_scan_int_pair,
+    "volume_best": volume_best,
+}

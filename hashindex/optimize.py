@@ -32,9 +32,6 @@ from hashindex.kernels import KERNELS
 
 log = logging.getLogger(__name__)
 
-# Above this many distinct codes the greedy uses the batched kernel (identical result).
-BATCHED_ABOVE = 256
-
 
 @dataclass
 class OptimizedBits:
@@ -79,19 +76,18 @@ def _columns(sq_rows: np.ndarray, pi: np.ndarray, pj: np.ndarray, chunk: int = 8
 
 
 def _neighbour_masks(dist: np.ndarray, has_dups: np.ndarray):
-    """Nearest sets N_k, runner-up sets A_k (as bit sets) and m_k from a distance matrix."""
+    """Nearest sets N_k (as bit sets) and their distances m_k from a distance matrix."""
     R = dist.shape[0]
     W = (R + 63) // 64
     d = dist.astype(np.int64)
     np.fill_diagonal(d, np.iinfo(np.int64).max)
     mins = np.where(has_dups, 0, d.min(axis=1) if R > 1 else 0).astype(np.int32)
     near_bool = (d == mins[:, None]) & ~has_dups[:, None]
-    runner_bool = d == (mins[:, None] + 1)
 
     def pack(b):
         return _to_words(np.packbits(b, axis=1, bitorder="little"))[:, :W].copy()
 
-    return pack(near_bool), pack(runner_bool), mins
+    return pack(near_bool), mins
 
 
 def optimize_codebook(codebook: np.ndarray, progress=None) -> tuple[OptimizedBits, dict]:
@@ -118,14 +114,11 @@ def optimize_codebook(codebook: np.ndarray, progress=None) -> tuple[OptimizedBit
         rows = _to_words(hyperplane_bits(sq, pi, pj, codes=reps))
         dist = np.empty((R, R), np.int32)
         KERNELS["hamming_matrix"](rows, dist)
-        near, runner, mins = _neighbour_masks(dist, has_dups)
+        near, mins = _neighbour_masks(dist, has_dups)
         keep = np.ones(pi.size, np.bool_)
         if progress is not None:
             progress(f"optimizing {pi.size} hyperplanes over {R} distinct codes")
-        if R > BATCHED_ABOVE:  # same decisions, cheaper per removal when R is large
-            KERNELS["greedy_bit_removal_batched"](cols, dist, near, mins, has_dups, keep)
-        else:
-            KERNELS["greedy_bit_removal"](cols, dist, near, runner, mins, has_dups, keep)
+        KERNELS["greedy_bit_removal"](cols, dist, near, mins, has_dups, keep)
         kept = np.stack([pi[keep], pj[keep]], axis=1)
     seconds = time.perf_counter() - t0
     log.info("Algorithm A.1: K=%d, distinct=%d, E*=%d in %.2fs", K, R, len(kept), seconds)
