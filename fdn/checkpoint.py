@@ -7,15 +7,19 @@ MODEL_DIR layout:
   weights.pt       the model's state_dict alone; `model_checksum` hashes this file, so the
                    index can refuse codes of another model
   metrics.jsonl, samples/*.png, TRAIN_COMMAND.txt  (written by training)
-Every file is written to a temporary name and moved into place with os.replace, so an
-interrupted write never leaves a half-written checkpoint.
+Every file is written with `hashindex.fileio.atomic_write` (temporary file, fsync, rename,
+fsync of the folder), so an interrupted write never leaves a half-written checkpoint.
+
+Loading never runs code from a file: checkpoint.pt and weights.pt are read with
+`torch.load(weights_only=True)`, which accepts tensors and plain data (dicts, lists, tuples,
+numbers, strings) only. Everything a checkpoint holds is of that kind: state dicts, optimizer
+state dicts, RNG states as uint8 tensors, asdict(config). A pickle that names any other class
+is refused with ModelError.
 """
 
 import hashlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -25,21 +29,11 @@ import torch
 from fdn import __version__
 from fdn.errors import ModelError
 from fdn.model import FDN, FDNConfig
+from hashindex.fileio import atomic_write, atomic_write_text
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 WEIGHTS_FILE = "weights.pt"
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _torch_bytes(obj: Any) -> bytes:
@@ -53,7 +47,19 @@ def config_to_dict(config: FDNConfig, preset: str | None) -> dict[str, Any]:
     return {**asdict(config), "preset": preset, "fdn_version": __version__}
 
 
-def config_from_dict(d: dict[str, Any], source: str) -> FDNConfig:
+# The keys every checkpoint.pt holds, and the type of each (see `fdn.training.Trainer.state`).
+CHECKPOINT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "model": dict, "critic": dict, "optimizer_model": dict, "optimizer_critic": dict,
+    "config": dict, "preset": (str, type(None)), "seed": int, "step": int, "epoch": int,
+    "step_in_epoch": int, "elapsed_s": (int, float), "rng": dict,
+}
+
+
+def config_from_dict(d: Any, source: str) -> FDNConfig:
+    """The FDNConfig a config dict describes; ModelError (naming `source`) for anything else."""
+    if not isinstance(d, dict):
+        raise ModelError(f"{source}: the config must be a JSON object of FDNConfig fields, "
+                         f"found {type(d).__name__}; restore the file or retrain")
     names = {f.name for f in fields(FDNConfig)}
     missing = names - d.keys()
     if missing:
@@ -77,12 +83,22 @@ def save_checkpoint(model_dir: str | Path, state: dict[str, Any]) -> None:
         if key not in state:
             raise ValueError(f"save_checkpoint: state lacks {key!r}")
     cfg = {**state["config"], "preset": state["preset"], "fdn_version": __version__}
-    _atomic_write(model_dir / CONFIG_FILE,
-                  lambda p: Path(p).write_text(json.dumps(cfg, indent=2) + "\n"))
-    weights = _torch_bytes(state["model"])
-    _atomic_write(model_dir / WEIGHTS_FILE, lambda p: Path(p).write_bytes(weights))
-    everything = _torch_bytes(state)
-    _atomic_write(model_dir / CHECKPOINT_FILE, lambda p: Path(p).write_bytes(everything))
+    atomic_write_text(model_dir / CONFIG_FILE, json.dumps(cfg, indent=2) + "\n")
+    atomic_write(model_dir / WEIGHTS_FILE, _torch_bytes(state["model"]))
+    atomic_write(model_dir / CHECKPOINT_FILE, _torch_bytes(state))
+
+
+def read_config(model_dir: str | Path) -> FDNConfig:
+    """The FDNConfig in model_dir/config.json. Raises ModelError."""
+    path = Path(model_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ModelError(f"{path}: missing; {model_dir} is not a complete model directory "
+                         "(train it with `fdn-index train`, or resume with --resume)")
+    try:
+        cfg_dict = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path}: not valid JSON ({e}); restore or retrain") from e
+    return config_from_dict(cfg_dict, str(path))
 
 
 def load_checkpoint(model_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -91,10 +107,26 @@ def load_checkpoint(model_dir: str | Path, device: str | torch.device = "cpu") -
     if not path.is_file():
         raise ModelError(f"{path}: no checkpoint; train a model with `fdn-index train` first")
     try:
-        return torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:  # torch raises many kinds on a truncated or foreign file
-        raise ModelError(f"{path}: cannot read the checkpoint ({e}); it is corrupt or not "
-                         "an fdn-index checkpoint; retrain or restore it") from e
+        # weights_only=True: tensors and plain data only, never code (see the module docstring).
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises many kinds on a truncated, foreign or hostile file
+        raise ModelError(f"{path}: cannot read the checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); it is corrupt, not an "
+                         "fdn-index checkpoint, or holds objects other than tensors and plain "
+                         "data; retrain or restore it") from None
+    if not isinstance(state, dict):
+        raise ModelError(f"{path}: expected a checkpoint dict, found {type(state).__name__}; "
+                         "retrain or restore it")
+    for key, kind in CHECKPOINT_KEYS.items():
+        if key not in state:
+            raise ModelError(f"{path}: the checkpoint lacks {key!r}; it was written by another "
+                             "program or version; retrain or restore it")
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise ModelError(f"{path}: checkpoint[{key!r}] should be of type "
+                             f"{getattr(kind, '__name__', kind)}, found "
+                             f"{type(state[key]).__name__}; retrain or restore it")
+    config_from_dict(state["config"], f"{path} (its config)")
+    return state
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu"
@@ -104,16 +136,11 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu"
     if not model_dir.is_dir():
         raise ModelError(f"{model_dir}: not a directory; pass a model directory written by "
                          "`fdn-index train --out`")
-    cfg_path, w_path = model_dir / CONFIG_FILE, model_dir / WEIGHTS_FILE
-    for p in (cfg_path, w_path):
-        if not p.is_file():
-            raise ModelError(f"{p}: missing; {model_dir} is not a complete model directory "
-                             "(train it with `fdn-index train`, or resume with --resume)")
-    try:
-        cfg_dict = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelError(f"{cfg_path}: not valid JSON ({e}); restore or retrain") from e
-    config = config_from_dict(cfg_dict, str(cfg_path))
+    w_path = model_dir / WEIGHTS_FILE
+    config = read_config(model_dir)
+    if not w_path.is_file():
+        raise ModelError(f"{w_path}: missing; {model_dir} is not a complete model directory "
+                         "(train it with `fdn-index train`, or resume with --resume)")
     model = FDN(config)
     try:
         weights = torch.load(w_path, map_location="cpu", weights_only=True)

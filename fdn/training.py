@@ -26,9 +26,9 @@ from tqdm import tqdm
 
 from fdn.checkpoint import (
     CHECKPOINT_FILE,
-    CONFIG_FILE,
     config_from_dict,
     load_checkpoint,
+    read_config,
     save_checkpoint,
 )
 from fdn.encode import resolve_device
@@ -42,6 +42,7 @@ from fdn.losses import (
 )
 from fdn.model import FDN, Critic, FDNConfig
 from fdn.training_data import HalfHalfSampler, SliceSet, augment, load_slices
+from hashindex.fileio import atomic_write, save_figure
 
 logger = logging.getLogger(__name__)
 
@@ -212,10 +213,7 @@ def save_samples(model: FDN, slices: SliceSet, path: Path, device: torch.device)
                 ax.set_ylabel(name)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=80)
 
 
 def train(archive_root: str | Path, model_dir: str | Path, config: FDNConfig,
@@ -226,12 +224,7 @@ def train(archive_root: str | Path, model_dir: str | Path, config: FDNConfig,
     """
     size = config.image_size
     if kwargs.get("resume"):
-        cfg_path = Path(model_dir) / CONFIG_FILE
-        try:
-            size = int(json.loads(cfg_path.read_text())["image_size"])
-        except (OSError, ValueError, KeyError) as e:
-            raise ModelError(f"{cfg_path}: cannot read the saved config to resume ({e}); "
-                             "is --out a model directory written by `fdn-index train`?") from e
+        size = read_config(model_dir).image_size
     slices = load_slices(archive_root, size, skip_bad=kwargs.pop("skip_bad", False))
     logger.info("%d training slices (%d diseased)", len(slices), int(slices.diseased.sum()))
     return train_on_slices(slices, model_dir, config, preset, **kwargs)
@@ -265,7 +258,12 @@ def train_on_slices(slices: SliceSet, model_dir: str | Path, config: FDNConfig,
                          f"{config.image_size}²")
     trainer = Trainer(config, slices, preset, seed, dev)
     if resume:
-        trainer.load_state(state)
+        try:
+            trainer.load_state(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise ModelError(f"{model_dir / CHECKPOINT_FILE}: the checkpoint does not fit this "
+                             f"model and trainer ({type(e).__name__}: {e}); it is corrupt or "
+                             "from another version; retrain or restore it") from None
         del state
     model_dir.mkdir(parents=True, exist_ok=True)
     if command is not None:
@@ -293,8 +291,7 @@ def train_on_slices(slices: SliceSet, model_dir: str | Path, config: FDNConfig,
         record.update(epoch=trainer.epoch + (0 if partial else 1), step=trainer.step,
                       partial=partial,
                       time_s=round(elapsed_before + time.monotonic() - start, 2))
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        _append_line(metrics_path, json.dumps(record))
         last = record
         epoch_acc.clear()
 
@@ -342,5 +339,16 @@ def _write_command(model_dir: Path, command: str, resume: bool) -> None:
             f"numpy {np.__version__}, python {platform.python_version()}, "
             f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
     path = model_dir / "TRAIN_COMMAND.txt"
-    with open(path, "a" if resume else "w") as f:
-        f.write(text)
+    if resume:
+        _append_line(path, text.rstrip("\n"))
+    else:
+        atomic_write(path, text.encode())
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append one line to a small text file, crash-safe: the old content plus the line is
+    written whole (`atomic_write`), so a kill never leaves half a line."""
+    old = path.read_bytes() if path.is_file() and not path.is_symlink() else b""
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    atomic_write(path, old + line.encode() + b"\n")

@@ -7,7 +7,29 @@ configurations built by the same code with a width multiplier.
 """
 
 import math
-from dataclasses import dataclass, replace
+import numbers
+from dataclasses import dataclass, fields, replace
+
+# Accepted range of each size-like field. The upper limits are far above any model this
+# project trains (the paper's largest: 256² input, 32² codes, K = 512, D = 64, batch 112), and
+# low enough that a hostile or mistyped config.json ("codebook_size": 1e12) is refused before
+# anything is allocated. Code indices are stored as uint16, so K <= 65,536.
+LIMITS: dict[str, tuple[float, float]] = {
+    "image_size": (1, 1024),
+    "latent_size": (1, 1024),
+    "in_channels": (1, 64),
+    "num_classes": (2, 256),
+    "code_dim": (1, 4096),
+    "codebook_size": (1, 65536),
+    "width": (1e-3, 16),
+    "spade_hidden": (1, 4096),
+    "critic_steps": (0, 1000),
+    "batch_size": (2, 65536),  # half healthy, half diseased
+    "epochs": (1, 10**7),
+    "ema_decay": (0, 1),
+    "ema_eps": (0, 1),
+    "rotation_degrees": (0, 180),
+}
 
 
 @dataclass(frozen=True)
@@ -44,9 +66,26 @@ class FDNConfig:
     rotation_degrees: float = 10.0  # augmentation: uniform rotation in ±this, plus h-flip
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "latent_size", "code_dim", "codebook_size", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"FDNConfig.{name} must be >= 1, got {getattr(self, name)}")
+        # Types and upper limits first: a config read from a file (config.json, a checkpoint)
+        # must fail here, with a message, before FDN(config) allocates anything.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in (int, "int"):
+                ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+                want = "an integer"
+            elif f.type in (float, "float"):
+                ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                      and math.isfinite(value))
+                want = "a finite number"
+            else:
+                ok, want = isinstance(value, bool), "true or false"
+            if not ok:
+                raise ValueError(f"FDNConfig.{f.name} must be {want}, got {value!r}")
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ValueError(f"FDNConfig.{name} must be in [{low:g}, {high:g}], got "
+                                 f"{value!r}; a model of that size cannot be built here")
         ratio = self.image_size / self.latent_size
         if ratio < 1 or ratio != 2 ** round(math.log2(ratio)):
             raise ValueError(
@@ -57,8 +96,6 @@ class FDNConfig:
             raise ValueError(
                 f"FDNConfig.latent_size must be a power of two, got {self.latent_size}"
             )
-        if self.batch_size < 2:
-            raise ValueError("FDNConfig.batch_size must be >= 2 (half healthy, half diseased)")
         if self.width <= 0:
             raise ValueError(f"FDNConfig.width must be > 0, got {self.width}")
 
