@@ -42,3 +42,6 @@ main.add_command(train)
 from cli.evaluate_model import evaluate_model  # noqa: E402
 
 main.add_command(evaluate_model)
+from cli.import_dicom import import_dicom  # noqa: E402
+
+main.add_command(import_dicom)
