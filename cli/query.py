@@ -199,10 +199,14 @@ def query(
             f"\nQuery {query_name} — mode {m}, {distance} distance, {backend}: "
             f"{len(hits)} volumes in {secs * 1000:.1f} ms"
         )
-        click.echo(f"{'rank':>4}  {'case':<16} {'slice':>5}  {'distance':>12}  lesion px")
+        dicom = any(h.study_uid for h in hits)  # imported with import-dicom: show the study
+        click.echo(f"{'rank':>4}  {'case':<16} {'slice':>5}  {'distance':>12}  lesion px"
+                   + ("  study" if dicom else ""))
         for h in hits:
             area = "-" if h.lesion_area is None else str(h.lesion_area)
-            click.echo(f"{h.rank:>4}  {h.case:<16} {h.slice:>5}  {h.distance:>12.4f}  {area:>9}")
+            study = f"  {h.study_uid or '-'}" if dicom else ""
+            click.echo(f"{h.rank:>4}  {h.case:<16} {h.slice:>5}  {h.distance:>12.4f}  {area:>9}"
+                       + study)
     click.echo(
         f"\nIndex opened in {(opened - started) * 1000:.0f} ms; total {total * 1000:.0f} ms."
     )

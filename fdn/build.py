@@ -31,6 +31,7 @@ import zarr
 from fdn import __version__
 from fdn.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model, model_checksum
 from fdn.data import Archive
+from fdn.dicom.provenance import read_provenance
 from fdn.encode import encode_images
 from fdn.errors import ArchiveError, IndexDirError
 from fdn.indexdir import (
@@ -268,6 +269,8 @@ def _write_encoded(
         lesion_area = (volume.seg > 0).reshape(n, -1).sum(axis=1).astype(np.int64)
     else:
         lesion_area = np.full(n, -1, dtype=np.int64)
+    # DICOM provenance of an imported case (CASE_dicom.json), "" for a NIfTI-only case.
+    study_uid, series_uids = read_provenance(source, volume.case)
     buffer = io.BytesIO()
     np.savez(
         buffer,
@@ -276,6 +279,8 @@ def _write_encoded(
         lesion_area=lesion_area,
         model_checksum=np.array(checksum),
         source=np.array(source),
+        study_uid=np.array(study_uid or ""),
+        series_uids=np.array(series_uids or ""),
     )
     atomic_write_bytes(path, buffer.getvalue())
 
@@ -296,12 +301,16 @@ def _assemble(
             "source": [],
             "lesion_area": [],
             "model_checksum": [],
+            "study_uid": [],
+            "series_uids": [],
         },
     )
     for volume_id, case in enumerate(cases):
         with np.load(index_dir / ENCODED_DIR / f"{case}.npz", allow_pickle=False) as data:
             normal, abnormal = data["normal"], data["abnormal"]
             lesion_area, source = data["lesion_area"], str(data["source"])
+            study_uid = str(data["study_uid"]) if "study_uid" in data.files else ""
+            series_uids = str(data["series_uids"]) if "series_uids" in data.files else ""
         n = normal.shape[0]
         start = len(columns["row"])
         normals.append(normal)
@@ -314,6 +323,8 @@ def _assemble(
         columns["source"].extend([source] * n)
         columns["lesion_area"].extend(int(a) if a >= 0 else None for a in lesion_area)
         columns["model_checksum"].extend([checksum] * n)
+        columns["study_uid"].extend([study_uid or None] * n)
+        columns["series_uids"].extend([series_uids or None] * n)
     normal = np.concatenate(normals)
     abnormal = np.concatenate(abnormals)
     volume_ids = np.concatenate(volume_ids)
@@ -340,6 +351,8 @@ def _assemble(
             "source": pa.array(columns["source"], pa.string()),
             "lesion_area": pa.array(columns["lesion_area"], pa.int64()),
             "model_checksum": pa.array(columns["model_checksum"], pa.string()),
+            "study_uid": pa.array(columns["study_uid"], pa.string()),
+            "series_uids": pa.array(columns["series_uids"], pa.string()),
         }
     )
     sink = pa.BufferOutputStream()

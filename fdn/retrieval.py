@@ -12,6 +12,7 @@ volume, at its closest slice, the query's own volume excluded unless asked for.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,9 @@ class Hit:
     distance: float
     source: str
     lesion_area: int | None
+    # DICOM provenance of an imported case (None otherwise), so a viewer can open the study.
+    study_uid: str | None = None
+    series_uids: dict[str, str] | None = None
 
 
 class ArchiveIndex:
@@ -146,6 +150,15 @@ class ArchiveIndex:
         exclude = self._volume_of_case.get(exclude_case) if exclude_case else None
         return self.search_codes(normal, abnormal, exclude_volume=exclude, **options)
 
+    def _provenance(self, row: int) -> dict:
+        """study_uid and series_uids of a row (columns absent in indexes built before them)."""
+        study = self.table["study_uid"][row] if "study_uid" in self.table else None
+        series = self.table["series_uids"][row] if "series_uids" in self.table else None
+        return {
+            "study_uid": str(study) if isinstance(study, str) and study else None,
+            "series_uids": json.loads(series) if isinstance(series, str) and series else None,
+        }
+
     def search_codes(
         self,
         normal: np.ndarray,
@@ -197,6 +210,7 @@ class ArchiveIndex:
                     lesion_area=None
                     if area is None or (isinstance(area, float) and np.isnan(area))
                     else int(area),
+                    **self._provenance(row),
                 )
             )
         return hits
