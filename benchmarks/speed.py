@@ -26,7 +26,6 @@ slices of one volume force; the single-k raw scan time is reported beside it.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -40,13 +39,21 @@ import numpy as np
 
 from benchmarks import report as rp
 from benchmarks import workload as wl
+from benchmarks.speed_measure import (
+    DISTANCES,
+    MODES,
+    RAW_K,
+    TOPQ,
+    FloatFlat,
+    cpu_seconds,
+    recall_at_q,
+    time_batch,
+    time_single,
+)
+from benchmarks.speed_report import evaluate_targets, write_report
 
 log = logging.getLogger(__name__)
 
-MODES = ("normal", "abnormal", "sum")
-DISTANCES = ("hamming", "euclidean", "angular")
-TOPQ = 10
-RAW_K = 100  # k of the raw single-round k-NN timing (scan cost without the grow-k rounds)
 
 
 @dataclass
@@ -77,98 +84,6 @@ class SpeedConfig:
 # ---------------------------------------------------------------------------- timing helpers
 
 
-def time_single(fn, n_queries: int, max_calls: int, max_seconds: float,
-                min_calls: int = 5) -> dict:
-    """Latency of ``fn(ids)`` with one query id per call, cycling over the queries.
-
-    Two warm-up calls first; stops after ``max_calls`` calls, or after ``max_seconds`` once
-    ``min_calls`` were made.
-    """
-    for i in range(min(2, n_queries)):
-        fn(np.array([i]))
-    times, start = [], time.perf_counter()
-    for i in range(max_calls):
-        ids = np.array([i % n_queries])
-        t = time.perf_counter()
-        fn(ids)
-        times.append(time.perf_counter() - t)
-        if len(times) >= min_calls and time.perf_counter() - start > max_seconds:
-            break
-    return rp.latency_stats(times)
-
-
-def time_batch(fn, n_queries: int, batch: int):
-    """Queries per second of one call ``fn(ids)`` with ``batch`` ids (best of ≤ 3 calls < 1 s).
-
-    Returns the figures and the answer for query ids 0..n_queries-1 (VolumeHits): taken from
-    the timed call when the batch covers every query, else from one more call.
-    """
-    ids = np.arange(batch) % n_queries
-    best, hits = math.inf, None
-    for _ in range(3):
-        t = time.perf_counter()
-        hits = fn(ids)
-        best = min(best, time.perf_counter() - t)
-        if best > 1.0:
-            break
-    if batch >= n_queries:
-        hits = type(hits)(*(a[:n_queries] for a in hits))
-    else:
-        hits = fn(np.arange(n_queries))
-    return {"batch": batch, "throughput_qps": batch / best, "batch_seconds": best}, hits
-
-
-# ---------------------------------------------------------------------------- float baseline
-
-
-class FloatFlat:
-    """``faiss.IndexFlatL2`` or ``IndexFlatIP`` (cosine) over decoded grids of one mode."""
-
-    def __init__(self, metric: str, books: list[np.ndarray], use_gpu: bool):
-        self.metric = metric
-        self.books = books
-        self.dim = 0
-        self.index = None
-        self.use_gpu = use_gpu
-
-    def decode(self, grids: list[np.ndarray]) -> np.ndarray:
-        """(n, dim) float32: the grids of each book decoded and concatenated (normalised for IP)."""
-        parts = [wl.decode(book, g) for book, g in zip(self.books, grids, strict=True)]
-        x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-        if self.metric == "ip":
-            faiss.normalize_L2(x)
-        return x
-
-    def build(self, grids: list[np.ndarray], chunk: int = 16384) -> None:
-        n = grids[0].shape[0]
-        P = int(np.prod(grids[0].shape[1:]))
-        self.dim = P * sum(b.shape[1] for b in self.books)
-        index = faiss.IndexFlatL2(self.dim) if self.metric == "l2" else faiss.IndexFlatIP(self.dim)
-        for s in range(0, n, chunk):
-            index.add(self.decode([g[s:s + chunk] for g in grids]))
-        if self.use_gpu:
-            index = faiss.index_cpu_to_all_gpus(index)
-        self.index = index
-
-    def knn(self, x: np.ndarray):
-        """A ``knn(ids, k) -> (D ascending, I)`` for `volumes_from_knn` (IP similarity negated)."""
-
-        def fn(ids, k):
-            D, I = self.index.search(x[ids], k)
-            return (-D if self.metric == "ip" else D), I
-
-        return fn
-
-    def to_distance(self, d: np.ndarray) -> np.ndarray:
-        """Search output → D_E (sqrt of L2²) or D_A (arccos(cos)/π), the hashindex scales."""
-        if self.metric == "l2":
-            return np.sqrt(np.maximum(d, 0))
-        return np.arccos(np.clip(-d, -1, 1)) / np.pi
-
-
-# ---------------------------------------------------------------------------- the run
-
-
 def _grids(w: wl.Workload, mode: str, query: bool = False) -> list[np.ndarray]:
     """The archive's (or the queries') code grids a mode searches: one array, two for sum."""
     n, a = (w.query_normal, w.query_abnormal) if query else (w.codes_normal, w.codes_abnormal)
@@ -178,23 +93,6 @@ def _grids(w: wl.Workload, mode: str, query: bool = False) -> list[np.ndarray]:
 def _books(w: wl.Workload, mode: str):
     return {"normal": [w.codebook_normal], "abnormal": [w.codebook_abnormal],
             "sum": [w.codebook_normal, w.codebook_abnormal]}[mode]
-
-
-def recall_at_q(approx, exact) -> float:
-    """Tie-aware volume-wise recall@Q of an approximate result against the exact one.
-
-    A returned volume counts when it is in the exact top-Q or when its returned distance (a true
-    distance of one of its rows, so ≥ its best) is ≤ the exact Q-th distance: with ties at the
-    boundary any of the tied volumes is a correct answer.
-    """
-    Q = exact.volumes.shape[1]
-    hits = []
-    for b in range(exact.volumes.shape[0]):
-        ok = approx.volumes[b] >= 0
-        boundary = exact.distances[b, Q - 1]
-        good = np.isin(approx.volumes[b], exact.volumes[b]) | (approx.distances[b] <= boundary)
-        hits.append(min(Q, int((good & ok).sum())) / Q)
-    return float(np.mean(hits))
 
 
 def _agree(name: str, a: np.ndarray, b: np.ndarray, rtol: float) -> dict:
@@ -336,7 +234,7 @@ def run(cfg: SpeedConfig, progress=None) -> dict:
         "lut_breakdown": ctx.breakdown,
         "peak_rss_bytes": rp.peak_rss_bytes(),
         "load_average_1m_end": os.getloadavg()[0],
-        "cpu_share": _cpu_seconds() / (time.perf_counter() - t_run) / machine["cores"],
+        "cpu_share": cpu_seconds() / (time.perf_counter() - t_run) / machine["cores"],
         "wall_s": time.perf_counter() - t_run,
     }
     results["targets"] = evaluate_targets(results)
@@ -499,13 +397,6 @@ def _tune_hamming_batch(flat, xq: np.ndarray, cfg: SpeedConfig, n: int, mode: st
     return out
 
 
-def _cpu_seconds() -> float:
-    import resource
-
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    return u.ru_utime + u.ru_stime
-
-
 def _lut_breakdown(idx, w: wl.Workload, nq: int) -> dict:
     """Where one exact S_sum query of the LUT engine spends its time (D_H, median of queries).
 
@@ -542,345 +433,6 @@ def _lut_breakdown(idx, w: wl.Workload, nq: int) -> dict:
 
 
 # ---------------------------------------------------------------------------- targets
-
-
-def _rows(results, **match):
-    return [r for r in results["rows"] if all(r.get(k) == v for k, v in match.items())]
-
-
-def evaluate_targets(results: dict) -> list[dict]:
-    """The three targets of issue 6: measured value, met or missed, by how much."""
-    tg = results["config"]["targets"]
-    sizes = sorted({r["n"] for r in results["rows"]})
-    out = []
-
-    # 1. Exact volume-wise top-10 for S_sum over 1M slices in <= 30 ms per single query.
-    t1 = {"target": f"exact volume-wise top-10, S_sum, 1M slices, single query <= "
-                    f"{tg['sum_1m_ms']:g} ms (p50)"}
-    cand = _rows(results, n=1_000_000, mode="sum")
-    exact = [r for r in cand if r["engine"] in ("lut", "faiss-binary-flat", "numpy")]
-    if not exact:
-        t1.update(met=None, measured="not measured: no N = 1,000,000 in this run")
-    else:
-        best = min(exact, key=lambda r: r["p50_ms"])
-        t1.update(
-            met=best["p50_ms"] <= tg["sum_1m_ms"], value_ms=best["p50_ms"],
-            measured=f"{best['engine']} {best['distance']}: p50 {best['p50_ms']:.1f} ms, "
-                     f"p95 {best['p95_ms']:.1f} ms; " + ", ".join(
-                         f"{r['engine']} {r['distance']} {r['p50_ms']:.1f} ms" for r in exact),
-            ratio=best["p50_ms"] / tg["sum_1m_ms"])
-    out.append(t1)
-
-    # 2. At 100k: >= 20x faster than IndexFlatL2 on decoded floats (same metric D_E).
-    t2 = {"target": f"N = 100,000: LUT engine >= {tg['speedup_vs_float_l2_100k']:g}x faster "
-                    "than FAISS IndexFlatL2 on decoded floats (single-query p50, each mode)"}
-    pairs = []
-    for mode in MODES:
-        lut = _rows(results, n=100_000, mode=mode, engine="lut", distance="euclidean")
-        fl = _rows(results, n=100_000, mode=mode, engine="faiss-float-l2")
-        if lut and fl:
-            pairs.append((mode, fl[0]["p50_ms"] / lut[0]["p50_ms"],
-                          lut[0]["throughput_qps"] / fl[0]["throughput_qps"],
-                          fl[0]["raw_knn_p50_ms"] / lut[0]["p50_ms"]))
-    if not pairs:
-        t2.update(met=None, measured="not measured: no N = 100,000 with floats in this run")
-    else:
-        t2.update(
-            met=all(p[1] >= tg["speedup_vs_float_l2_100k"] for p in pairs),
-            speedups={p[0]: p[1] for p in pairs},
-            measured="; ".join(f"{m}: {s:.1f}x single-query ({r:.1f}x against a single "
-                               f"k={RAW_K} float scan), {b:.1f}x batched throughput"
-                               for m, s, b, r in pairs))
-    out.append(t2)
-
-    # 3. IVF recall@10 >= 0.95 at >= 5x the speed of flat binary (per N and mode).
-    for n in sizes:
-        t3 = {"target": f"N = {n:,}: IndexBinaryIVF recall@10 >= {tg['ivf_recall']:g} at >= "
-                        f"{tg['ivf_speedup']:g}x the single-query speed of IndexBinaryFlat"}
-        per_mode = {}
-        for mode in MODES:
-            ivf = _rows(results, n=n, mode=mode, engine="faiss-binary-ivf")
-            ok = [r for r in ivf if r["recall_at_10"] >= tg["ivf_recall"]]
-            best = max(ok, key=lambda r: r["speedup_vs_flat"]) if ok else None
-            top = max(ivf, key=lambda r: r["recall_at_10"]) if ivf else None
-            per_mode[mode] = {
-                "best_speedup_at_recall": best["speedup_vs_flat"] if best else None,
-                "nprobe": best["nprobe"] if best else None,
-                "max_recall": top["recall_at_10"] if top else None,
-            }
-        if not any(_rows(results, n=n, engine="faiss-binary-ivf")):
-            continue
-        t3["met"] = all((v["best_speedup_at_recall"] or 0) >= tg["ivf_speedup"]
-                        for v in per_mode.values())
-        t3["per_mode"] = per_mode
-        t3["measured"] = "; ".join(
-            f"{m}: " + (f"{v['best_speedup_at_recall']:.1f}x at nprobe={v['nprobe']}"
-                        if v["best_speedup_at_recall"] is not None
-                        else f"recall never >= {tg['ivf_recall']:g} (max {v['max_recall']:.3f})")
-            for m, v in per_mode.items())
-        out.append(t3)
-    return out
-
-
-# ---------------------------------------------------------------------------- report
-
-ENGINE_STYLE = {  # (colour, marker) per engine in the figure
-    "lut": ("tab:blue", "o"), "numpy": ("tab:gray", "x"), "faiss-binary-flat": ("tab:red", "s"),
-    "faiss-binary-ivf": ("tab:orange", "v"), "faiss-float-l2": ("tab:green", "^"),
-    "faiss-float-ip": ("tab:olive", "D"),
-}
-DIST_STYLE = {"hamming": "-", "euclidean": "--", "angular": ":"}
-
-
-def _label(r: dict) -> str:
-    s = f"{r['engine']} ({r['distance']}"
-    return s + (f", nprobe={r['nprobe']})" if r.get("nprobe") is not None else ")")
-
-
-def latency_figure(results: dict, path: Path) -> None:
-    """Single-query p50 latency against N per engine (log-log), one panel per mode, with the
-    bandwidth floor (bytes one scan reads ÷ measured bandwidth) of each scan drawn dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(18, 6), sharey=True)
-    gb = results["bandwidth"]["read_gbps"]
-    for ax, mode in zip(axes, MODES, strict=True):
-        rows = _rows(results, mode=mode)
-        series: dict[str, list] = {}
-        for r in rows:
-            series.setdefault(_label(r), []).append(r)
-        order = list(ENGINE_STYLE)
-        for _, rs in sorted(series.items(), key=lambda kv: (
-                order.index(kv[1][0]["engine"]), DISTANCES.index(kv[1][0]["distance"]),
-                kv[1][0].get("nprobe") or 0)):
-            rs = sorted(rs, key=lambda r: r["n"])
-            label = _label(rs[0])
-            colour, marker = ENGINE_STYLE.get(rs[0]["engine"], ("black", "."))
-            ivf = rs[0]["engine"] == "faiss-binary-ivf"
-            ax.plot([r["n"] for r in rs], [r["p50_ms"] for r in rs], marker=marker, color=colour,
-                    linestyle=DIST_STYLE.get(rs[0]["distance"], "-"), alpha=0.45 if ivf else 1,
-                    linewidth=1 if ivf else 2, label=label)
-        for engine, name in (("lut", "floor: LUT grids"), ("faiss-binary-flat", "floor: packed bits"),
-                             ("faiss-float-l2", "floor: float vectors")):
-            rs = sorted({r["n"]: r for r in rows if r["engine"] == engine}.values(),
-                        key=lambda r: r["n"])
-            if rs:
-                ax.plot([r["n"] for r in rs], [r["floor_ms"] for r in rs], color=
-                        ENGINE_STYLE[engine][0], linestyle=(0, (2, 2)), linewidth=1.2,
-                        label=f"{name} @ {gb:.0f} GB/s")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_title(f"S_{mode}: exact volume-wise top-{TOPQ}, one query")
-        ax.set_xlabel("archive size N (slices)")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("latency p50 (ms)")
-    handles, labels = axes[2].get_legend_handles_labels()
-    for ax in axes[:2]:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False,
-               bbox_to_anchor=(0.5, -0.16))
-    m = results["machine"]
-    fig.suptitle(f"Search latency against N — {m['cpu']}, {m['cores']} cores, device: "
-                 f"{results['device']}; dashed thin lines: bandwidth floors")
-    rp.save_figure(fig, path)
-
-
-def ivf_figure(results: dict, path: Path) -> None:
-    """IVF recall@10 against speed-up over IndexBinaryFlat, per N and mode, nprobe annotated."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    markers = {"normal": "o", "abnormal": "s", "sum": "^"}
-    sizes = sorted({r["n"] for r in results["rows"]})
-    colours = plt.cm.viridis(np.linspace(0, 0.85, max(len(sizes), 1)))
-    for n, colour in zip(sizes, colours, strict=True):
-        for mode in MODES:
-            rs = sorted(_rows(results, n=n, mode=mode, engine="faiss-binary-ivf"),
-                        key=lambda r: r["nprobe"])
-            if not rs:
-                continue
-            x = [r["speedup_vs_flat"] for r in rs]
-            y = [r["recall_at_10"] for r in rs]
-            ax.plot(x, y, marker=markers[mode], color=colour, label=f"N={n:,} S_{mode}")
-            for r in rs:
-                ax.annotate(str(r["nprobe"]), (r["speedup_vs_flat"], r["recall_at_10"]),
-                            fontsize=7, xytext=(3, 3), textcoords="offset points")
-    tg = results["config"]["targets"]
-    ax.axhline(tg["ivf_recall"], color="k", linestyle=":", linewidth=1)
-    ax.axvline(tg["ivf_speedup"], color="k", linestyle=":", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("single-query speed-up over IndexBinaryFlat (p50 ratio)")
-    ax.set_ylabel(f"volume-wise recall@{TOPQ} (tie-aware)")
-    ax.set_title("IndexBinaryIVF: recall against speed (labels: nprobe); target: upper right")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(True, which="both", alpha=0.3)
-    rp.save_figure(fig, path)
-
-
-def _main_table(results: dict, mode: str) -> str:
-    headers = ["engine", "distance", "nprobe", "N", "p50 ms", "p95 ms", "1 k-NN ms",
-               "queries/s (batch)", "build s", "RAM B/slice", "disk B/slice", "recall@10",
-               "floor ms", "device"]
-    order = list(ENGINE_STYLE)
-    rows = sorted(_rows(results, mode=mode), key=lambda r: (
-        order.index(r["engine"]), DISTANCES.index(r["distance"]), r.get("nprobe") or 0, r["n"]))
-    body = [[r["engine"], r["distance"], r.get("nprobe"), r["n"], r["p50_ms"], r["p95_ms"],
-             r.get("raw_knn_p50_ms"), f"{rp.fmt(r['throughput_qps'])} ({r['batch']})", r["build_s"],
-             r["ram_bytes_per_slice"], r["disk_bytes_per_slice"], r["recall_at_10"],
-             r["floor_ms"], r["device"]] for r in rows]
-    return rp.markdown_table(headers, body)
-
-
-def render_markdown(results: dict) -> str:
-    cfg, bw, wk = results["config"], results["bandwidth"], results["workload"]
-    L = [f"# Search speed and memory: {cfg['name']}\n",
-         "Exact and approximate volume-wise top-10 (paper 4.4.6) of one query slice over "
-         "archives of N slices, every engine in the same run on the same data "
-         "(`python -m benchmarks.speed`).\n",
-         "## Machine\n", rp.machine_markdown(results["machine"]),
-         f"- Memory read bandwidth measured in this run: {bw['read_gbps']:.1f} GB/s "
-         f"({bw['threads']} threads summing {bw['bytes'] / 2**30:.2f} GiB; one thread "
-         f"{bw['read_1thread_gbps']:.1f} GB/s; copy {bw['copy_gbps']:.1f} GB/s).\n",
-         f"- Device of every figure: {results['device']} (no GPU FAISS run here: "
-         + ("a GPU was visible)" if results["device"] == "gpu" else "FAISS sees no GPU)")
-         + f". Whole run: {results['wall_s'] / 60:.1f} min, peak RSS "
-         f"{results['peak_rss_bytes'] / 2**30:.1f} GiB, 1-minute load average at the end "
-         f"{results['load_average_1m_end']:.1f}; this process used {results['cpu_share']:.0%} "
-         "of the cores over the run"
-         + (" — other jobs shared the machine, so every time here is pessimistic and the "
-            "measured bandwidth is what was left to this run"
-            if max(results["machine"]["load_average_1m"], results["load_average_1m_end"])
-            > results["machine"]["cores"] else "") + ".\n",
-         "\n## Workload\n",
-         f"- {wk['source']}\n- grid {wk['grid'][0]}×{wk['grid'][1]}, K = {wk['K']}, D = "
-         f"{wk['D']}, live codes {wk['live_normal']} (normal) / {wk['live_abnormal']} "
-         f"(abnormal), {wk['slices_per_volume']} slices per volume; {cfg['queries']} queries "
-         f"(the largest-lesion slice of new diseased volumes), batch {cfg['batch']}.\n"]
-    binz = results["binarization"]
-    P = wk["grid"][0] * wk["grid"][1]
-    L.append(f"- Bit tables optimized once per codebook ({binz['optimize_s']:.1f} s for both, "
-             f"Algorithm A.1 then a bit budget of {cfg['bit_budget']} bits per position):\n")
-    for book, r in binz["report"].items():
-        c = r["concordance"]["b_star_live"]
-        L.append(f"  - {book}: E = {r['E']:,}, E* (A.1) = {r['E_star_faithful']:,}, kept "
-                 f"{r['E_star']} bits; top-1/5/10 concordance with Euclidean over live codes "
-                 f"{c['top1']:.2f}/{c['top5']:.2f}/{c['top10']:.2f}; {r['seconds']:.1f} s\n")
-    L.append("- IVF: nlist = " + ", ".join(f"{v['nlist']} (N={int(k):,})"
-                                          for k, v in results["builds"].items())
-             + f", nprobe ∈ {list(cfg['nprobes'])}. nlist stays far below the usual ~4·√N "
-             "because IndexBinaryIVF trains k-means on the bits expanded to floats "
-             f"(256·nlist points × d floats, d = {P * cfg['bit_budget']:,}–"
-             f"{2 * P * cfg['bit_budget']:,} here; the cost grows with nlist²): "
-             "in a trial on this machine (loaded, before OMP_WAIT_POLICY=PASSIVE) nlist = 256 "
-             "took 260 s to train the three modes at 100k. Float engines: IndexFlatL2 on the decoded "
-             "grids (both grids concatenated for S_sum: then the metric is "
-             "sqrt(D_E,n² + D_E,a²), not eq. 17's plain sum) and IndexFlatIP on the "
-             "L2-normalised vectors (cosine, i.e. D_A).\n")
-    L.append(f"- Each grid is {P} positions × D floats for the float engines "
-             f"({P * wk['D']:,} floats per slice, twice that for S_sum).\n")
-
-    L.append("\n## Targets\n")
-    for t in results["targets"]:
-        if t["met"] is None:
-            L.append(f"- {t['target']}: {t['measured']}.\n")
-            continue
-        status = "**met**" if t["met"] else "**missed**"
-        L.append(f"- {t['target']}: {status}. {t['measured']}.\n")
-    L.append(_target_notes(results))
-
-    L.append("\n## Results per mode\n")
-    L.append("p50/p95: single-query latency (warm, one query per call); 1 k-NN ms: one raw "
-             f"FAISS k-NN call (k = {RAW_K}, p50), i.e. the scan without the extra rounds that "
-             "growing k to 10 distinct volumes costs; queries/s: one call "
-             "with a batch; build s: LUT = storing the grids, binary flat = packing + "
-             "IndexBinaryFlat for all three modes, IVF = training + adding for all three "
-             "modes, float = decoding + IndexFlat; floor: bytes one scan reads ÷ measured "
-             "bandwidth (IVF: the nprobe/nlist share).\n")
-    for mode in MODES:
-        L.append(f"\n### S_{mode}\n\n" + _main_table(results, mode))
-
-    L.append("\n## FAISS `hamming_batch_size`\n\nRaw IndexBinaryFlat k-NN (k = "
-             f"{RAW_K}) for each value; hashindex picks max(256, min(65536, 8 MiB / code "
-             "size)) itself.\n\n")
-    hdr = ["N", "mode", "code bytes"] + [f"{v['hamming_batch_size']:,}: 1q ms / batch q/s"
-                                         for v in results["hamming_batch_tuning"][0]["values"]]
-    body = [[t["n"], t["mode"], t["code_size"]] + [
-        f"{v['single_p50_ms']:.2f} / {v['batch_qps']:.0f}" for v in t["values"]]
-        for t in results["hamming_batch_tuning"]] if results["hamming_batch_tuning"] else []
-    if body:
-        L.append(rp.markdown_table(hdr, body))
-        best = ", ".join(f"N={t['n']:,} {t['mode']}: {t['best_single']:,} (single), "
-                         f"{t['best_batch']:,} (batch)" for t in results["hamming_batch_tuning"])
-        L.append(f"\nBest values: {best}.\n")
-
-    L.append("\n## Exact engines agree\n\n")
-    L.append(rp.markdown_table(["check", "max |Δ distance|", "tolerance (rel.)", "ok"],
-                               [[a["check"], a["max_abs_diff"], a["rtol"], str(a["ok"])]
-                                for a in results["agreement"]]))
-    if results["skipped"]:
-        L.append("\n## Left out\n\n" + "".join(f"- {s}\n" for s in results["skipped"]))
-    L.append("\n## Figures\n\n![latency against N](latency_vs_n.png)\n\n"
-             "![IVF recall against speed](ivf_recall_speed.png)\n")
-    return "".join(L)
-
-
-def _target_notes(results: dict) -> str:
-    """Why a target is missed, from the LUT breakdown and the floors measured in the run."""
-    notes = []
-    b = results.get("lut_breakdown") or {}
-    t1 = results["targets"][0]
-    if t1["met"] is False and b:
-        floor = _rows(results, n=b["n"], mode="sum", engine="lut", distance="hamming")
-        fl = floor[0]["floor_ms"] if floor else float("nan")
-        notes.append(
-            f"  - Why target 1 is missed (LUT, D_H, N = {b['n']:,}): the two table scans take "
-            f"{b['scan_ms']:.1f} ms, turning sums into distances and adding them "
-            f"{b['finish_ms']:.1f} ms, the volume-wise selection {b['volumes_ms']:.1f} ms. The "
-            f"scans read only {fl:.1f} ms worth of memory at the measured bandwidth; they are "
-            f"bound by {b['lookups'] / 1e6:.0f} M dependent table gathers "
-            f"({b['ns_per_lookup_per_core']:.2f} ns per gather per core), not by bandwidth. "
-            f"Missed by {t1['ratio']:.1f}x.\n")
-    for t in results["targets"][2:]:
-        if t["met"] is not False:
-            continue
-        n = int(t["target"].split("N = ")[1].split(":")[0].replace(",", ""))
-        parts = []
-        for mode, v in t["per_mode"].items():
-            if v["nprobe"] is None:
-                parts.append(f"S_{mode} never reaches the recall")
-                continue
-            nlist = _rows(results, n=n, mode=mode, engine="faiss-binary-ivf")[0]["nlist"]
-            parts.append(f"S_{mode} needs nprobe = {v['nprobe']} of {nlist} lists "
-                         f"({v['nprobe'] / nlist:.0%} of the archive)")
-        notes.append(
-            f"  - Why the IVF target is missed at N = {n:,}: for recall@10 >= 0.95 "
-            + "; ".join(parts) + ". With an eighth to a quarter of the archive scanned, the "
-            "gain over IndexBinaryFlat is left to what the flat scan loses to its grow-k "
-            "rounds; a larger nlist would shrink the share, but IndexBinaryIVF's k-means on "
-            "bits expanded to floats costs ∝ nlist² to train.\n")
-    return "".join(notes)
-
-
-def write_report(results: dict, out_dir: Path) -> Path:
-    """Write report.md, results.json and the figures into ``out_dir``; returns the directory."""
-    out = rp.results_dir(out_dir)
-    latency_figure(results, out / "latency_vs_n.png")
-    ivf_figure(results, out / "ivf_recall_speed.png")
-    rp.write_json(out / "results.json", results)
-    rp.write_text(out / "report.md", render_markdown(results))
-    return out
-
-
-# ---------------------------------------------------------------------------- CLI
 
 
 def _int_list(ctx, param, value):

@@ -12,7 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from benchmarks import workload as wl
-from benchmarks.speed import SpeedConfig, main, recall_at_q, run, write_report
+from benchmarks.speed import SpeedConfig, main, run
+from benchmarks.speed_measure import recall_at_q
+from benchmarks.speed_report import write_report
 from hashindex import VolumeHits
 
 N = 2000
@@ -172,3 +174,15 @@ def test_workload_from_index_keeps_per_position_usage(tmp_path):
 def test_workload_from_index_refuses_a_non_index(tmp_path):
     with pytest.raises(FileNotFoundError, match="codebook_normal.npy"):
         wl.from_index(tmp_path, 100)
+
+
+def test_optimization_benchmark_reports_a1_on_k512(tmp_path):
+    from benchmarks.optimization import main as optimization_main
+
+    result = CliRunner().invoke(
+        optimization_main, ["--seeds", "1", "--no-random", "--out", str(tmp_path / "opt"), "--json"])
+    assert result.exit_code == 0, result.output
+    (run,) = json.loads(result.output)
+    assert run["K"] == 512 and run["live"] == 180 and 0 < run["E_star"] < run["E"] == 512 * 511 // 2
+    assert 0 < run["top10_live"] <= 1
+    assert "A.1 at K = 512" in (tmp_path / "opt" / "report.md").read_text()
