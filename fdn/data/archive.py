@@ -37,12 +37,17 @@ class BadCase(NamedTuple):
 
 
 def case_files_in(folder: Path, case_id: str) -> dict[str, Path]:
-    """The files of a case folder that follow the BraTS names, keyed by sequence / label."""
+    """The files of a case folder that follow the BraTS names, keyed by sequence / label.
+
+    A name that exists but is not a readable regular file (a dangling link, a symlink loop, a
+    folder) is listed too, so that reading it reports what is wrong with that very file
+    instead of calling the sequence missing.
+    """
     found = {}
     for key in FILE_KEYS:
         for extension in EXTENSIONS:
             path = folder / f"{case_id}_{key}{extension}"
-            if path.is_file():
+            if os.path.lexists(path):
                 found[key] = path
                 break
     return found
@@ -119,6 +124,12 @@ class Archive:
     def case_ids(self) -> list[str]:
         """Case ids, sorted."""
         return list(self._files)
+
+    def case_dir(self, case_id: str) -> Path:
+        """The absolute folder of a case (symlinks resolved), whatever files it holds."""
+        if case_id not in self._files:
+            raise ArchiveError(f"case {case_id!r} is not in archive {self.root}")
+        return (self.root / case_id).resolve()
 
     def case_files(self, case_id: str) -> dict[str, Path]:
         """Files of a case: keys are the sequences present plus seg/anat/pseudohealthy."""

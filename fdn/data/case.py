@@ -10,16 +10,14 @@ and second NIfTI axes.
 
 from __future__ import annotations
 
-import gzip
 import logging
-import zlib
 from pathlib import Path
 from typing import NamedTuple
 
-import nibabel as nib
 import numpy as np
 
 from fdn.data.labels import OPTIONAL_FILES, SEG_LABELS, SEQUENCES
+from fdn.data.nifti import NiftiError, read_nifti
 from fdn.data.resize import resize_images, resize_labels
 from fdn.errors import ArchiveError
 
@@ -86,17 +84,16 @@ class RawCase(NamedTuple):
 
 
 def _read(case: str, key: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read one NIfTI file fully: (data float32, affine); any read failure is a CaseError."""
+    """Read one NIfTI file fully: (data float32, affine); any read failure is a CaseError.
+
+    `fdn.data.nifti.read_nifti` checks the header's sizes before allocating and every gzip
+    trailer (CRC-32, length), so a damaged file fails here rather than reading as wrong voxels.
+    """
     try:
-        img = nib.load(path)
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except FileNotFoundError:
-        raise CaseError(case, path, f"the {key} file does not exist") from None
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError,
-            nib.filebasedimages.ImageFileError) as error:
-        raise CaseError(case, path, f"unreadable or truncated NIfTI file ({error}); "
-                        "re-export or re-copy it, or run with --skip-bad") from None
-    return data, np.asarray(img.affine, dtype=np.float64)
+        return read_nifti(path)
+    except NiftiError as error:
+        raise CaseError(case, path, f"unreadable or truncated {key} file: {error.fault}; "
+                        "or run with --skip-bad") from None
 
 
 def _check_finite(case: str, path: Path, data: np.ndarray) -> None:
