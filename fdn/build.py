@@ -3,13 +3,20 @@
 A build runs in two phases so that it can be killed at any point and run again:
 
 1. Encode. Each case of the plan is encoded with the model and written, atomically, to
-   `encoded/<case>.npz` (its code grids and slice metadata). A case already there is reused.
-2. Assemble. The code arrays, the slice table and the hash indexes are written afresh from the
-   encoded cases in plan order; then the manifest, last, says the index is complete.
+   `encoded/<case>.npz` (its code grids, slice metadata, and the size and mtime of each of its
+   input files). An entry is reused only when it is whole (every key, shape and dtype checked)
+   and its case's files are unchanged; otherwise the case is encoded again. A case skipped as
+   bad (--skip-bad) is retried once its files change.
+2. Assemble. The code arrays, the slice table, the hash indexes and a copy of the model are
+   written afresh from the encoded cases in plan order, into a staging folder. Then, holding the
+   swap lock (see `fdn.indexdir`), they are renamed into place and the manifest, listing every
+   file with its sha256, is written last.
 
 Because assembly is a pure function of the encoded cases and the plan, a build that was killed
 and resumed ends with exactly the files of an uninterrupted one. `add=True` appends new cases
-to the plan (existing rows keep their ids) and assembles again.
+to the plan (existing rows keep their ids) and assembles again; until its swap, readers keep
+the previous index. A build holds the directory's build lock throughout: a second build of the
+same directory fails at once.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -35,22 +43,34 @@ from fdn.dicom.provenance import read_provenance
 from fdn.encode import encode_images
 from fdn.errors import ArchiveError, IndexDirError
 from fdn.indexdir import (
+    BUILD_LOCK,
     CODES,
     ENCODED_DIR,
+    FORMAT_NAME,
+    FORMAT_VERSION,
     MANIFEST,
     MODEL_DIR,
     PLAN,
     SLICES,
-    STATUS_BUILDING,
     STATUS_COMPLETE,
+    SWAP_LOCK,
     Manifest,
-    atomic_write_bytes,
-    atomic_write_json,
-    read_manifest,
-    replace_directory,
+    build_lock,
+    file_entries,
+    looks_like_archive,
+    sha256_bytes,
+    swap_lock,
     write_manifest,
 )
 from hashindex import HashIndex
+from hashindex.fileio import (
+    TEMP_SUFFIX,
+    atomic_write,
+    atomic_write_json,
+    fsync_directory,
+    remove_stale_temporaries,
+)
+from hashindex.index import INDEX_FILES as HASHINDEX_FILES
 
 log = logging.getLogger(__name__)
 
@@ -96,20 +116,50 @@ def build_index(
     model, config = load_model(model_dir, device=device)
     checksum = model_checksum(model_dir)
     archive = Archive(archive_root)
-
-    plan = _make_plan(index_dir, archive, checksum, config, model_dir, add=add)
+    _check_target(index_dir, archive_root)
     index_dir.mkdir(parents=True, exist_ok=True)
+    with build_lock(index_dir):
+        return _build_locked(
+            archive,
+            model,
+            config,
+            checksum,
+            model_dir,
+            index_dir,
+            add=add,
+            skip_bad=skip_bad,
+            batch_size=batch_size,
+            bit_budget=bit_budget,
+            ivf_nlist=ivf_nlist,
+            device=device,
+            on_case=on_case,
+        )
+
+
+def _build_locked(
+    archive, model, config, checksum, model_dir, index_dir, *, add, skip_bad, batch_size,
+    bit_budget, ivf_nlist, device, on_case
+) -> BuildReport:
+    """`build_index` once the build lock is held."""
+    archive_root = archive.root
+    _remove_leftovers(index_dir)
+    plan = _make_plan(index_dir, archive, checksum, config, model_dir, add=add)
     (index_dir / ENCODED_DIR).mkdir(exist_ok=True)
     atomic_write_json(index_dir / PLAN, plan)
-    _mark_building(index_dir)
 
     report = BuildReport(index_dir=str(index_dir), n_cases=0, n_slices=0)
     skipped = {entry["case"]: entry for entry in plan.get("skipped", [])}
     for case in plan["cases"]:
+        inputs = _fingerprint(archive, case) if case in archive.case_ids else None
         if case in skipped:
-            continue
+            if inputs is None or skipped[case].get("inputs") == inputs:
+                continue
+            log.info("retrying %s: its files changed since it was skipped as bad", case)
+            del skipped[case]
+            plan["skipped"] = list(skipped.values())
+            atomic_write_json(index_dir / PLAN, plan)
         encoded_path = index_dir / ENCODED_DIR / f"{case}.npz"
-        if _encoded_is_valid(encoded_path, checksum):
+        if _encoded_is_valid(encoded_path, checksum, config, inputs):
             report.reused.append(case)
         else:
             if case not in archive.case_ids:
@@ -123,42 +173,91 @@ def build_index(
                 if not skip_bad:
                     raise
                 log.warning("skipping bad case %s: %s", case, exc)
-                skipped[case] = {"case": case, "fault": str(exc)}
+                skipped[case] = {"case": case, "fault": str(exc), "inputs": inputs}
                 plan["skipped"] = list(skipped.values())
                 atomic_write_json(index_dir / PLAN, plan)
                 continue
             normal, abnormal = encode_images(
                 model, volume.image, batch_size=batch_size, device=device
             )
-            _write_encoded(encoded_path, volume, normal, abnormal, checksum, plan["sources"][case])
+            _write_encoded(
+                encoded_path, volume, normal, abnormal, checksum, plan["sources"][case], inputs
+            )
             report.encoded_now.append(case)
         if on_case is not None:
             on_case(case)
 
-    report.skipped = list(skipped.values())
+    report.skipped = [{k: v for k, v in e.items() if k != "inputs"} for e in skipped.values()]
     cases = [c for c in plan["cases"] if c not in skipped]
     if not cases:
         raise ArchiveError(f"{archive_root}: no valid case to index (all were skipped as bad).")
-    hash_report, n_slices = _assemble(
-        index_dir, cases, model, config, checksum, bit_budget=bit_budget, ivf_nlist=ivf_nlist
-    )
-    _copy_model(model_dir, index_dir / MODEL_DIR)
-    manifest = Manifest(
-        model_checksum=checksum,
-        preset=plan["preset"],
-        input_size=int(config.image_size),
-        grid=tuple(plan["grid"]),
-        n_slices=n_slices,
-        n_cases=len(cases),
-        status=STATUS_COMPLETE,
-        skipped_cases=sorted(skipped),
-        archive_roots=_archive_roots(index_dir, archive_root),
-        hashindex={"bit_budget": bit_budget, "ivf_nlist": ivf_nlist},
-        fdn_index_version=__version__,
-    )
-    write_manifest(index_dir, manifest)
+    staging = Path(tempfile.mkdtemp(dir=index_dir, prefix=".assemble.", suffix=TEMP_SUFFIX))
+    try:
+        hash_report, n_slices = _assemble(
+            index_dir, staging, cases, model, config, checksum,
+            bit_budget=bit_budget, ivf_nlist=ivf_nlist,
+        )
+        _copy_model(model_dir, staging / MODEL_DIR, checksum)
+        manifest = Manifest(
+            model_checksum=checksum,
+            preset=plan["preset"],
+            input_size=int(config.image_size),
+            grid=tuple(plan["grid"]),
+            n_slices=n_slices,
+            n_cases=len(cases),
+            status=STATUS_COMPLETE,
+            skipped_cases=sorted(skipped),
+            archive_roots=sorted(plan["archive_roots"]),
+            hashindex={"bit_budget": bit_budget, "ivf_nlist": ivf_nlist},
+            files=file_entries(staging),
+            fdn_index_version=__version__,
+        )
+        _swap_in(index_dir, staging, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     report.n_cases, report.n_slices, report.hashindex = len(cases), n_slices, hash_report
     return report
+
+
+def _check_target(index_dir: Path, archive_root: Path) -> None:
+    """Refuse an --index that is not ours (before the lock file is put into it)."""
+    if not index_dir.exists() or (index_dir / PLAN).is_file():
+        return
+    if not index_dir.is_dir():
+        raise IndexDirError(f"{index_dir}: exists and is not a folder. Choose a new --index.")
+    ours = {BUILD_LOCK, SWAP_LOCK}
+    if any(p.name not in ours for p in index_dir.iterdir()):
+        if index_dir.resolve() == archive_root.resolve() or looks_like_archive(index_dir):
+            raise IndexDirError(
+                f"{index_dir}: looks like an image archive, not an index directory. Pass a new "
+                f"or empty folder as --index."
+            )
+        raise IndexDirError(
+            f"{index_dir}: exists and is not an fdn-index directory. Choose an empty or new --index."
+        )
+
+
+def _remove_leftovers(index_dir: Path) -> None:
+    """Delete the temporaries a killed build left (only while holding the build lock)."""
+    folders = [index_dir, index_dir / ENCODED_DIR, index_dir / MODEL_DIR]
+    codes = index_dir / CODES
+    if codes.is_dir() and not codes.is_symlink():
+        folders += [codes] + [p for p in codes.rglob("*") if p.is_dir() and not p.is_symlink()]
+    for folder in folders:
+        for path in remove_stale_temporaries(folder):
+            log.info("removed %s, left by an interrupted build", path)
+
+
+def _fingerprint(archive: Archive, case: str) -> dict:
+    """The input files of a case as {key: [name, size, mtime_ns]}: a change re-encodes it."""
+    prints = {}
+    for key, path in sorted(archive.case_files(case).items()):
+        try:
+            st = path.stat()
+            prints[key] = [path.name, st.st_size, st.st_mtime_ns]
+        except OSError as exc:
+            prints[key] = [path.name, -1, str(exc.strerror)]
+    return prints
 
 
 def _make_plan(
@@ -166,23 +265,11 @@ def _make_plan(
 ) -> dict:
     """The cases of the index in row order, checked against what `index_dir` already holds."""
     # Absolute paths: montages load the hit slices from any working directory later.
-    archive_cases = {
-        case: str(archive.case_files(case)["t1"].parent.resolve()) for case in archive.case_ids
-    }
+    archive_cases = {case: str((archive.root / case).resolve()) for case in archive.case_ids}
     old_plan = None
     if (index_dir / PLAN).is_file():
-        try:
-            old_plan = json.loads((index_dir / PLAN).read_text())
-        except ValueError as exc:
-            raise IndexDirError(
-                f"{index_dir / PLAN}: corrupt ({exc}). Delete {index_dir} and build again."
-            ) from exc
-    elif index_dir.exists() and any(index_dir.iterdir()):
-        raise IndexDirError(
-            f"{index_dir}: exists and is not an fdn-index directory. Choose an empty or new --index."
-        )
-    if (index_dir / MANIFEST).is_file():
-        read_manifest(index_dir, require_complete=False)  # refuses another format version
+        old_plan = _read_plan(index_dir / PLAN)
+    _check_format_version(index_dir / MANIFEST)
     if old_plan is not None and old_plan.get("model_checksum") != checksum:
         raise IndexDirError(
             f"{index_dir}: built with another model (checksum {old_plan.get('model_checksum', '?')[:12]}…, "
@@ -199,6 +286,7 @@ def _make_plan(
         "cases": sorted(archive_cases),
         "sources": archive_cases,
         "skipped": [],
+        "archive_roots": [str(archive.root.resolve())],
     }
     if old_plan is None:
         if add:
@@ -209,6 +297,7 @@ def _make_plan(
         plan["cases"] = old_plan["cases"] + new
         plan["sources"] = {**old_plan["sources"], **{c: archive_cases[c] for c in new}}
         plan["skipped"] = old_plan.get("skipped", [])
+        plan["archive_roots"] = sorted(set(old_plan["archive_roots"]) | set(plan["archive_roots"]))
         return plan
     if old_plan["cases"] != plan["cases"]:
         raise IndexDirError(
@@ -216,15 +305,50 @@ def _make_plan(
             f"archive has {len(plan['cases'])}). Use --add to append new cases, or a new --index."
         )
     plan["skipped"] = old_plan.get("skipped", [])
+    plan["archive_roots"] = sorted(set(old_plan["archive_roots"]) | set(plan["archive_roots"]))
     return plan
 
 
-def _archive_roots(index_dir: Path, archive_root: Path) -> list[str]:
-    """The archive folders of the index: those of the previous manifest (for --add) and this one."""
-    roots = {str(archive_root.resolve())}
-    if (index_dir / MANIFEST).is_file():
-        roots.update(read_manifest(index_dir, require_complete=False).archive_roots)
-    return sorted(roots)
+def _read_plan(path: Path) -> dict:
+    """build_plan.json, checked enough that the build can rely on it."""
+    fix = f"Delete {path.parent} and build again (or use a new --index)."
+    try:
+        plan = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise IndexDirError(f"{path}: corrupt ({str(exc)[:80]}). {fix}") from None
+    skipped = plan.get("skipped", []) if isinstance(plan, dict) else None
+    ok = (
+        isinstance(plan, dict)
+        and isinstance(plan.get("cases"), list)
+        and all(isinstance(c, str) for c in plan["cases"])
+        and isinstance(plan.get("sources"), dict)
+        and all(c in plan["sources"] for c in plan["cases"])
+        and isinstance(skipped, list)
+        and all(isinstance(e, dict) and isinstance(e.get("case"), str) for e in skipped)
+        and isinstance(plan.get("model_checksum"), str)
+    )
+    if not ok:
+        raise IndexDirError(f"{path}: not a build plan of this fdn-index. {fix}")
+    roots = plan.get("archive_roots")
+    if not (isinstance(roots, list) and all(isinstance(r, str) for r in roots)):
+        plan["archive_roots"] = []
+    return plan
+
+
+def _check_format_version(path: Path) -> None:
+    """Refuse to build over an index of another format version (a damaged manifest is rewritten)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return
+    if isinstance(data, dict) and data.get("format") == FORMAT_NAME:
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise IndexDirError(
+                f"{path}: index format version {str(version)[:20]}, this fdn-index writes version "
+                f"{FORMAT_VERSION}. Rebuild the index with this version of fdn-index in a new "
+                f"--index directory (or delete this one first)."
+            )
 
 
 def _preset_of(model_dir: Path) -> str:
@@ -240,28 +364,57 @@ def _grid_of(config) -> tuple[int, int]:
     return side, side
 
 
-def _mark_building(index_dir: Path) -> None:
-    """Before any final file changes, make the directory unloadable until the manifest is rewritten."""
-    path = index_dir / MANIFEST
-    if path.is_file():
-        manifest = read_manifest(index_dir, require_complete=False)
-        manifest.status = STATUS_BUILDING
-        write_manifest(index_dir, manifest)
+JOURNAL_KEYS = ("normal", "abnormal", "lesion_area", "model_checksum", "source", "inputs")
 
 
-def _encoded_is_valid(path: Path, checksum: str) -> bool:
+def _journal_fault(path: Path, checksum: str, config, inputs: dict | None) -> str | None:
+    """Why the journal entry at `path` cannot be reused (None when it can)."""
     if not path.is_file():
-        return False
+        return "not encoded yet"
     try:
         with np.load(path, allow_pickle=False) as data:
-            return str(data["model_checksum"]) == checksum and data["normal"].shape[0] > 0
-    except (OSError, ValueError, KeyError) as exc:
-        log.warning("re-encoding %s: unreadable journal entry (%s)", path.name, exc)
-        return False
+            missing = [k for k in JOURNAL_KEYS if k not in data.files]
+            if missing:
+                return f"the entry lacks {', '.join(missing)}"
+            if str(data["model_checksum"]) != checksum:
+                return "encoded with another model"
+            if inputs is not None and json.loads(str(data["inputs"])) != inputs:
+                return "its input files changed since it was encoded"
+            normal, abnormal, area = data["normal"], data["abnormal"], data["lesion_area"]
+            str(data["source"])
+            side = int(config.latent_size)
+            if normal.dtype != np.uint16 or normal.ndim != 3 or normal.shape[0] < 1 or \
+                    normal.shape[1:] != (side, side):
+                return f"codes are {normal.dtype} {normal.shape}, expected uint16 (n, {side}, {side})"
+            if abnormal.dtype != np.uint16 or abnormal.shape != normal.shape:
+                return f"abnormal codes are {abnormal.dtype} {abnormal.shape}, expected {normal.shape}"
+            if area.dtype != np.int64 or area.shape != (normal.shape[0],):
+                return f"lesion_area is {area.dtype} {area.shape}, expected int64 ({normal.shape[0]},)"
+            K = int(config.codebook_size)
+            if int(normal.max()) >= K or int(abnormal.max()) >= K:
+                return f"codes outside 0..{K - 1}"
+            for key in data.files:  # every member read whole: zip CRCs checked
+                data[key]
+    except Exception as exc:  # np.load raises zipfile.BadZipFile, EOFError, ValueError, ...
+        return f"unreadable ({type(exc).__name__}: {str(exc)[:80]})"
+    return None
+
+
+def _encoded_is_valid(path: Path, checksum: str, config, inputs: dict | None) -> bool:
+    fault = _journal_fault(path, checksum, config, inputs)
+    if fault is not None and path.is_file():
+        log.warning("re-encoding %s: %s", path.stem, fault)
+    return fault is None
 
 
 def _write_encoded(
-    path: Path, volume, normal: np.ndarray, abnormal: np.ndarray, checksum: str, source: str
+    path: Path,
+    volume,
+    normal: np.ndarray,
+    abnormal: np.ndarray,
+    checksum: str,
+    source: str,
+    inputs: dict | None = None,
 ) -> None:
     """One case of the build journal: its code grids and per-slice metadata, written atomically."""
     n = normal.shape[0]
@@ -281,14 +434,24 @@ def _write_encoded(
         source=np.array(source),
         study_uid=np.array(study_uid or ""),
         series_uids=np.array(series_uids or ""),
+        inputs=np.array(json.dumps(inputs, sort_keys=True)),
     )
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
 
 
 def _assemble(
-    index_dir: Path, cases: list[str], model, config, checksum: str, *, bit_budget, ivf_nlist
+    index_dir: Path,
+    staging: Path,
+    cases: list[str],
+    model,
+    config,
+    checksum: str,
+    *,
+    bit_budget,
+    ivf_nlist,
 ):
-    """Write codes.zarr, slices.parquet and the hash indexes from the encoded cases."""
+    """Write codes.zarr, slices.parquet and the hash indexes into `staging` from the encoded
+    cases of `index_dir`."""
     normals, abnormals, volume_ids, columns = (
         [],
         [],
@@ -306,7 +469,14 @@ def _assemble(
         },
     )
     for volume_id, case in enumerate(cases):
-        with np.load(index_dir / ENCODED_DIR / f"{case}.npz", allow_pickle=False) as data:
+        path = index_dir / ENCODED_DIR / f"{case}.npz"
+        try:
+            data = np.load(path, allow_pickle=False)
+        except Exception as exc:  # checked moments ago: changed since by someone else
+            raise IndexDirError(
+                f"{path}: unreadable ({type(exc).__name__}). Run the build again."
+            ) from None
+        with data:
             normal, abnormal = data["normal"], data["abnormal"]
             lesion_area, source = data["lesion_area"], str(data["source"])
             study_uid = str(data["study_uid"]) if "study_uid" in data.files else ""
@@ -329,18 +499,7 @@ def _assemble(
     abnormal = np.concatenate(abnormals)
     volume_ids = np.concatenate(volume_ids)
 
-    tmp_codes = Path(tempfile.mkdtemp(dir=index_dir, prefix=".codes."))
-    try:
-        group = zarr.open_group(tmp_codes / CODES, mode="w")
-        for name, array in (("normal", normal), ("abnormal", abnormal)):
-            stored = group.create_array(
-                name, shape=array.shape, chunks=(CHUNK_ROWS, *array.shape[1:]), dtype="uint16"
-            )
-            stored[:] = array
-        group.attrs["model_checksum"] = checksum
-        replace_directory(tmp_codes / CODES, index_dir / CODES)
-    finally:
-        shutil.rmtree(tmp_codes, ignore_errors=True)
+    _write_codes(staging / CODES, normal, abnormal, checksum)
 
     table = pa.table(
         {
@@ -357,7 +516,7 @@ def _assemble(
     )
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    atomic_write_bytes(index_dir / SLICES, sink.getvalue().to_pybytes())
+    atomic_write(staging / SLICES, sink.getvalue().to_pybytes())
 
     codebook_normal = model.quantizer_normal.codebook.detach().cpu().numpy().astype(np.float32)
     codebook_abnormal = model.quantizer_abnormal.codebook.detach().cpu().numpy().astype(np.float32)
@@ -365,14 +524,75 @@ def _assemble(
         codebook_normal, codebook_abnormal, bit_budget=bit_budget, ivf_nlist=ivf_nlist
     )
     hash_index.add(normal, abnormal, volume_ids)
-    hash_index.write(index_dir)
+    hash_index.write(staging)
     return hash_index.report, int(normal.shape[0])
 
 
-def _copy_model(model_dir: Path, target: Path) -> None:
+def _write_codes(target: Path, normal: np.ndarray, abnormal: np.ndarray, checksum: str) -> None:
+    """codes.zarr, encoded in memory, then every file of it written with `atomic_write`.
+
+    Every chunk is written, even one of zeros (write_empty_chunks): a reader can then tell a
+    missing chunk from a chunk of code 0.
+    """
+    files: dict = {}
+    group = zarr.open_group(zarr.storage.MemoryStore(files), mode="w")
+    for name, array in (("normal", normal), ("abnormal", abnormal)):
+        stored = group.create_array(
+            name,
+            shape=array.shape,
+            chunks=(CHUNK_ROWS, *array.shape[1:]),
+            dtype="uint16",
+            config={"write_empty_chunks": True},
+        )
+        stored[:] = array
+    group.attrs["model_checksum"] = checksum
+    for key in sorted(files):
+        path = target / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, files[key].to_bytes())
+
+
+def _copy_model(model_dir: Path, target: Path, checksum: str) -> None:
     """Copy the model's config and weights (not the optimiser state) into the index, so that
     queries on external images encode with exactly the model that encoded the archive."""
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".model."))
+    target.mkdir()
     for name in (CONFIG_FILE, WEIGHTS_FILE):
-        shutil.copy2(model_dir / name, tmp / name)
-    replace_directory(tmp, target)
+        data = (model_dir / name).read_bytes()
+        if name == WEIGHTS_FILE and sha256_bytes(data) != checksum:
+            raise IndexDirError(
+                f"{model_dir / name}: changed during the build (sha256 differs from the one the "
+                f"cases were encoded with). Run the build again once the model is final."
+            )
+        atomic_write(target / name, data)
+
+
+def _swap_in(index_dir: Path, staging: Path, manifest: Manifest) -> None:
+    """Rename the staged files into place and write the manifest last, under the swap lock.
+
+    Readers wait for the swap (they take the lock shared), so they see the previous complete
+    index or the new one. Killed during the swap, the directory has no manifest (an interrupted
+    build) and the next build assembles it again from the journal.
+    """
+    with swap_lock(index_dir, shared=False):
+        (index_dir / MANIFEST).unlink(missing_ok=True)
+        fsync_directory(index_dir)
+        staged = sorted(p.name for p in staging.iterdir())
+        for name in staged:
+            source, target = staging / name, index_dir / name
+            if source.is_dir():
+                old = None
+                if target.exists() or target.is_symlink():
+                    old = Path(
+                        tempfile.mkdtemp(dir=index_dir, prefix=f".{name}.old.", suffix=TEMP_SUFFIX)
+                    )
+                    os.replace(target, old / name)
+                os.replace(source, target)
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(source, target)
+        for name in HASHINDEX_FILES:  # e.g. the IVF files of a previous build with --ivf-nlist
+            if name not in staged:
+                (index_dir / name).unlink(missing_ok=True)
+        fsync_directory(index_dir)
+        write_manifest(index_dir, manifest)

@@ -1,42 +1,110 @@
-"""The index directory: its file names, its manifest, and how its files are written safely.
+"""The index directory: its file names, its manifest, its locks, and how it is read safely.
 
 An index directory (the output of `fdn-index build`) holds, by the names DESIGN.md fixes:
 
-    manifest.json           format name and version, build status, model checksum, counts
+    manifest.json           format name and version, build status, model checksum, counts, and
+                            the size and sha256 of every other file of the index (written last)
     model/                  the model's config.json and weights, so queries encode with the same model
     codes.zarr/             arrays `normal` and `abnormal`, (N, h, w) uint16, chunked along N
     slices.parquet          row i describes row i of the code arrays
     codebook_*.npy, bits_*.npz, hashindex.json, faiss_*.index   written by `hashindex`
     encoded/<case>.npz      the build journal: one file per encoded case (see `fdn.build`)
     build_plan.json         the cases of this index in row order, and the model they are encoded with
+    .build.lock, .swap.lock the lock files (see below)
 
-The manifest is written last and atomically; a directory whose manifest is missing or says
-"building" is an interrupted build, which loads nowhere and which `build` resumes.
+Trust. A reader trusts nothing but the manifest: every file it lists is checked for its size,
+and for its sha256 before it is used (the code arrays, the slice table and the hash index's
+small files when the index is opened; the FAISS files and the model weights on first use, as
+only some queries need them). Names come from a fixed list (`is_index_file`), never from a
+file's content, so no file can send a reader out of the folder.
+
+Locks (fcntl.flock on two empty files). A build holds `.build.lock` exclusively for its whole
+run, so a second build of the same directory fails at once. It assembles the new files in a
+staging folder, then takes `.swap.lock` exclusively for the short swap: the manifest says
+"building", the new files are renamed into place, the new manifest is written last. Readers
+take `.swap.lock` shared while they read the manifest and open the files, so they see the last
+complete index, never a mix; what they opened stays theirs after a later swap.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
 import json
+import logging
 import os
-import shutil
-import tempfile
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from fdn.errors import IndexDirError
+from hashindex.fileio import atomic_write_json
+from hashindex.index import INDEX_FILES as HASHINDEX_FILES
+
+log = logging.getLogger(__name__)
 
 FORMAT_NAME = "fdn-index"
-FORMAT_VERSION = 1
+# 2: the manifest lists every file with its size and sha256 ("files").
+FORMAT_VERSION = 2
 
 MANIFEST = "manifest.json"
 PLAN = "build_plan.json"
 CODES = "codes.zarr"
 SLICES = "slices.parquet"
 MODEL_DIR = "model"
+MODEL_FILES = (f"{MODEL_DIR}/config.json", f"{MODEL_DIR}/weights.pt")
 ENCODED_DIR = "encoded"
+BUILD_LOCK = ".build.lock"
+SWAP_LOCK = ".swap.lock"
 
 STATUS_BUILDING = "building"
 STATUS_COMPLETE = "complete"
+
+# Files every complete index lists in its manifest (FAISS files only when built).
+REQUIRED_FILES = (
+    SLICES,
+    *MODEL_FILES,
+    *(name for name in HASHINDEX_FILES if not name.startswith("faiss_")),
+    f"{CODES}/zarr.json",
+    f"{CODES}/normal/zarr.json",
+    f"{CODES}/abnormal/zarr.json",
+)
+_TOP_FILES = frozenset((SLICES, *MODEL_FILES, *HASHINDEX_FILES))
+_ZARR_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
+_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+MAX_ZARR_DEPTH = 8
+
+
+def fix_for(index_dir: Path) -> str:
+    """The usual remedy for a damaged or inconsistent index directory."""
+    return (
+        f"Run `fdn-index build ARCHIVE --model MODEL --index {index_dir}` again: it re-assembles "
+        f"the index from its build journal ({ENCODED_DIR}/), re-encoding what is missing"
+    )
+
+
+def is_index_file(name: str) -> bool:
+    """Whether `name` (relative, '/'-separated) may appear in a manifest: a fixed list of names,
+    or a plain path of at most a few segments inside codes.zarr/ (no '..', no hidden names)."""
+    if not isinstance(name, str):
+        return False
+    if name in _TOP_FILES:
+        return True
+    parts = name.split("/")
+    return (
+        len(parts) >= 2
+        and len(parts) <= MAX_ZARR_DEPTH
+        and parts[0] == CODES
+        and all(_ZARR_SEGMENT.match(p) for p in parts[1:])
+    )
 
 
 @dataclass
@@ -55,47 +123,117 @@ class Manifest:
     # montage) stay inside them, whatever the slice table names.
     archive_roots: list[str] = field(default_factory=list)
     hashindex: dict = field(default_factory=dict)
+    # name (relative to the index directory) -> {"sha256": hex digest, "size": bytes}
+    files: dict[str, dict] = field(default_factory=dict)
     fdn_index_version: str = ""
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees the old file or the new one, never a part."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def _is_str_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
-def replace_directory(tmp_dir: Path, final_dir: Path) -> None:
-    """Put a fully written `tmp_dir` in place of `final_dir` (which may exist)."""
-    final_dir = Path(final_dir)
-    if final_dir.exists():
-        old = final_dir.with_name(f".{final_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final_dir, old)
-        os.replace(tmp_dir, final_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp_dir, final_dir)
+def _valid_files(value) -> bool:
+    return isinstance(value, dict) and all(
+        is_index_file(name)
+        and isinstance(entry, dict)
+        and isinstance(entry.get("sha256"), str)
+        and _SHA256.match(entry["sha256"]) is not None
+        and _is_int(entry.get("size"))
+        and entry["size"] >= 0
+        for name, entry in value.items()
+    )
+
+
+# field -> (required, check, what it should be)
+_FIELDS = {
+    "model_checksum": (True, lambda v: isinstance(v, str) and _SHA256.match(v), "a sha256 hex digest"),
+    "preset": (True, lambda v: isinstance(v, str), "a string"),
+    "input_size": (True, lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "grid": (
+        True,
+        lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(s) and s >= 1 for s in v),
+        "a list of two positive integers",
+    ),
+    "n_slices": (True, lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "n_cases": (True, lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "status": (True, lambda v: v in (STATUS_BUILDING, STATUS_COMPLETE), "'building' or 'complete'"),
+    "skipped_cases": (False, _is_str_list, "a list of case ids"),
+    "archive_roots": (False, _is_str_list, "a list of folders"),
+    "hashindex": (False, lambda v: isinstance(v, dict), "an object"),
+    "files": (True, _valid_files, "an object mapping index file names to {sha256, size}"),
+    "fdn_index_version": (False, lambda v: isinstance(v, str), "a string"),
+}
+
+
+def parse_manifest(data, path: Path) -> Manifest:
+    """The Manifest a decoded `manifest.json` describes; IndexDirError for anything else."""
+    fix = fix_for(path.parent)
+    if not isinstance(data, dict):
+        raise IndexDirError(
+            f"{path}: expected a JSON object (an fdn-index manifest), found a JSON "
+            f"{type(data).__name__}. {fix}."
+        )
+    if data.get("format") != FORMAT_NAME:
+        raise IndexDirError(
+            f"{path}: not an fdn-index manifest (format={str(data.get('format'))[:40]!r}, "
+            f"expected {FORMAT_NAME!r}). Pass the directory written by `fdn-index build`."
+        )
+    if data.get("format_version") != FORMAT_VERSION or not _is_int(data.get("format_version")):
+        raise IndexDirError(
+            f"{path}: index format version {str(data.get('format_version'))[:20]}, this fdn-index "
+            f"reads version {FORMAT_VERSION}. Rebuild the index with this version of fdn-index "
+            f"(a new --index directory, or delete this one first)."
+        )
+    values = {}
+    for name, (required, check, what) in _FIELDS.items():
+        if name not in data:
+            if required:
+                raise IndexDirError(f"{path}: the manifest has no {name!r} ({what}). {fix}.")
+            continue
+        if not check(data[name]):
+            raise IndexDirError(
+                f"{path}: {name!r} should be {what}, found {str(data[name])[:60]!r}. {fix}."
+            )
+        values[name] = data[name]
+    values["grid"] = tuple(values["grid"])
+    manifest = Manifest(**values)
+    if manifest.status == STATUS_COMPLETE:
+        missing = [name for name in REQUIRED_FILES if name not in manifest.files]
+        if missing:
+            raise IndexDirError(
+                f"{path}: the manifest lists no {', '.join(missing)}; a complete index lists "
+                f"every file with its checksum. {fix}."
+            )
+        weights = manifest.files[MODEL_FILES[1]]["sha256"]
+        if weights != manifest.model_checksum:
+            raise IndexDirError(
+                f"{path}: model_checksum {manifest.model_checksum[:12]}… but the listed "
+                f"{MODEL_FILES[1]} has sha256 {weights[:12]}…. {fix}."
+            )
+    return manifest
 
 
 def write_manifest(index_dir: Path, manifest: Manifest) -> None:
     data = asdict(manifest)
     data["grid"] = list(manifest.grid)
     atomic_write_json(Path(index_dir) / MANIFEST, data)
+
+
+def looks_like_archive(folder: Path) -> bool:
+    """Whether `folder` holds case folders of NIfTI files (an archive, not an index)."""
+    try:
+        for sub in list(folder.iterdir())[:50]:
+            if sub.is_dir() and any(sub.glob(f"{sub.name}_*.nii*")):
+                return True
+    except OSError:
+        return False
+    return False
 
 
 def read_manifest(index_dir: Path, *, require_complete: bool = True) -> Manifest:
@@ -108,29 +246,245 @@ def read_manifest(index_dir: Path, *, require_complete: bool = True) -> Manifest
             f"--index {index_dir}`."
         )
     if not path.is_file():
+        if looks_like_archive(index_dir):
+            raise IndexDirError(
+                f"{index_dir}: looks like an image archive (case folders of NIfTI files), not "
+                f"an index. Build an index of it with `fdn-index build {index_dir} --index "
+                f"INDEX_DIR` and pass --index INDEX_DIR."
+            )
+        if not (index_dir / PLAN).is_file():
+            raise IndexDirError(
+                f"{index_dir}: not an fdn-index directory (no {MANIFEST}, no {PLAN}). Pass the "
+                f"directory written by `fdn-index build ARCHIVE --index DIR`."
+            )
         raise IndexDirError(
             f"{path}: missing. {index_dir} is not a finished index (an interrupted build?). "
             f"Run `fdn-index build` again with the same arguments to resume it."
         )
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise IndexDirError(f"{path}: unreadable JSON ({exc}). Rebuild the index.") from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
-        raise IndexDirError(f"{path}: not an fdn-index manifest (format={data.get('format')!r}).")
-    if data.get("format_version") != FORMAT_VERSION:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:
         raise IndexDirError(
-            f"{path}: index format version {data.get('format_version')}, this fdn-index reads "
-            f"version {FORMAT_VERSION}. Rebuild the index with this version of fdn-index."
-        )
-    try:
-        data["grid"] = tuple(data["grid"])
-        manifest = Manifest(**data)
-    except (KeyError, TypeError) as exc:
-        raise IndexDirError(f"{path}: malformed manifest ({exc}). Rebuild the index.") from exc
+            f"{path}: unreadable JSON ({type(exc).__name__}: {str(exc)[:80]}). "
+            f"{fix_for(index_dir)}."
+        ) from None
+    manifest = parse_manifest(data, path)
     if require_complete and manifest.status != STATUS_COMPLETE:
         raise IndexDirError(
             f"{path}: status is {manifest.status!r}, the build did not finish. Run `fdn-index "
             f"build` again with the same arguments to resume it."
         )
     return manifest
+
+
+# ---------------------------------------------------------------------------- checksums
+
+
+def sha256_bytes(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_entries(folder: Path, prefix: str = "") -> dict[str, dict]:
+    """{relative name: {sha256, size}} of every regular file under `folder` (sorted)."""
+    entries = {}
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            name = prefix + path.relative_to(folder).as_posix()
+            entries[name] = {"sha256": sha256_bytes(data), "size": len(data)}
+    return entries
+
+
+def check_bytes(path: Path, data: bytes, entry: dict, *, verify: bool, fix: str) -> bytes:
+    """`data` (the content of `path`) if it has the size and sha256 the manifest records."""
+    if len(data) != entry["size"]:
+        raise IndexDirError(
+            f"{path}: {len(data)} bytes, the manifest records {entry['size']}; the file was "
+            f"truncated or changed after the build. {fix}."
+        )
+    if verify:
+        found = sha256_bytes(data)
+        if found != entry["sha256"]:
+            raise IndexDirError(
+                f"{path}: sha256 {found[:16]}…, the manifest records {entry['sha256'][:16]}…; "
+                f"the file was damaged or changed after the build. {fix}."
+            )
+    return data
+
+
+def read_listed(index_dir: Path, manifest: Manifest, name: str, *, verify: bool) -> bytes:
+    """The content of the listed file `name`, checked against the manifest."""
+    path = index_dir / name
+    entry = manifest.files.get(name)
+    fix = fix_for(index_dir)
+    if entry is None:
+        raise IndexDirError(f"{index_dir / MANIFEST}: does not list {name}. {fix}.")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise IndexDirError(
+            f"{path}: missing; the manifest lists it ({entry['size']} bytes). {fix}."
+        ) from None
+    except OSError as exc:
+        what = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        raise IndexDirError(f"{path}: cannot read it ({what}). {fix}.") from None
+    with os.fdopen(fd, "rb") as f:
+        data = f.read()
+    return check_bytes(path, data, entry, verify=verify, fix=fix)
+
+
+# ---------------------------------------------------------------------------- locks
+
+
+@contextlib.contextmanager
+def build_lock(index_dir: Path) -> Iterator[None]:
+    """Hold the directory's build lock (exclusive, non-blocking) for the duration."""
+    path = Path(index_dir) / BUILD_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IndexDirError(
+                f"{index_dir}: another build holds this index directory (lock {path}). Wait for "
+                f"it to finish, then run this build again."
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
+def swap_lock(index_dir: Path, *, shared: bool) -> Iterator[None]:
+    """Readers (shared) see no swap in progress; the build (exclusive) waits for readers.
+
+    A reader in a directory without a lock file (or one it may not open) reads unlocked:
+    no build ever ran there, or the directory is read-only.
+    """
+    path = Path(index_dir) / SWAP_LOCK
+    try:
+        if shared:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        else:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError:
+        if not shared:
+            raise
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------- slice table
+
+# column -> (what it holds, type check)
+SLICE_COLUMNS = {
+    "row": ("integers", pa.types.is_integer),
+    "case": ("strings", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
+    "slice": ("integers", pa.types.is_integer),
+    "volume": ("integers", pa.types.is_integer),
+    "source": ("strings", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
+    "lesion_area": ("integers or nulls", lambda t: pa.types.is_integer(t) or pa.types.is_null(t)),
+    "model_checksum": ("strings", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
+}
+
+
+class SliceTable(Mapping):
+    """The checked slice table: column name -> (N,) numpy array, converted on first access.
+
+    Rows of one volume are contiguous, in slice order 0..n-1; `starts[v]`, `counts[v]` and
+    `cases[v]` describe volume v.
+    """
+
+    def __init__(self, arrow: pa.Table, volume: np.ndarray, starts: np.ndarray, cases: list[str]):
+        self.arrow = arrow
+        self.starts = starts  # (V,) int64 first row of each volume
+        self.counts = np.diff(np.append(starts, len(volume))).astype(np.int64)
+        self.cases = cases  # (V,) case id of each volume
+        self._columns: dict[str, np.ndarray] = {"volume": volume}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._columns:
+            if name not in self.arrow.column_names:
+                raise KeyError(name)
+            self._columns[name] = self.arrow.column(name).to_numpy(zero_copy_only=False)
+        return self._columns[name]
+
+    def __iter__(self):
+        return iter(self.arrow.column_names)
+
+    def __len__(self) -> int:
+        return self.arrow.num_columns
+
+    def value(self, name: str, row: int):
+        """One cell as a Python value (None for a null), without converting the whole column."""
+        if name in self._columns:
+            value = self._columns[name][row]
+            return None if value is None or (isinstance(value, float) and value != value) else value
+        return self.arrow.column(name)[int(row)].as_py()
+
+
+def read_slice_table(
+    data: bytes, path: Path, *, n_rows: int, n_cases: int, model_checksum: str
+) -> SliceTable:
+    """Parse and check slices.parquet (its bytes); IndexDirError naming the fault and the fix."""
+    fix = fix_for(path.parent)
+    try:
+        arrow = pq.read_table(pa.BufferReader(data))
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+        raise IndexDirError(
+            f"{path}: unreadable slice table ({type(exc).__name__}: {str(exc)[:80]}). {fix}."
+        ) from None
+    for name, (what, check) in SLICE_COLUMNS.items():
+        if name not in arrow.column_names:
+            raise IndexDirError(
+                f"{path}: no column {name!r} (expected columns {', '.join(SLICE_COLUMNS)}; found "
+                f"{', '.join(arrow.column_names[:10]) or 'none'}). {fix}."
+            )
+        column = arrow.column(name)
+        if not check(column.type):
+            raise IndexDirError(
+                f"{path}: column {name!r} should hold {what}, found {column.type}. {fix}."
+            )
+        if name != "lesion_area" and column.null_count:
+            raise IndexDirError(f"{path}: column {name!r} has {column.null_count} nulls. {fix}.")
+    n = arrow.num_rows
+    if n != n_rows:
+        raise IndexDirError(f"{path}: {n} rows, the manifest says {n_rows} slices. {fix}.")
+
+    def ints(name):
+        return arrow.column(name).to_numpy().astype(np.int64, copy=False)
+
+    if not np.array_equal(ints("row"), np.arange(n)):
+        raise IndexDirError(f"{path}: column 'row' is not 0..{n - 1} in order. {fix}.")
+    volume = ints("volume")
+    steps = np.diff(volume)
+    if n and (volume[0] != 0 or np.any((steps != 0) & (steps != 1)) or volume[-1] != n_cases - 1):
+        raise IndexDirError(
+            f"{path}: column 'volume' should number the manifest's {n_cases} cases 0..{n_cases - 1} "
+            f"in row order. {fix}."
+        )
+    if n == 0 and n_cases != 0:
+        raise IndexDirError(f"{path}: no rows, the manifest says {n_cases} cases. {fix}.")
+    starts = np.concatenate([[0], np.flatnonzero(steps) + 1]).astype(np.int64) if n else np.zeros(0, np.int64)
+    if not np.array_equal(ints("slice"), np.arange(n) - starts[volume]):
+        raise IndexDirError(
+            f"{path}: column 'slice' should count 0, 1, … within each volume. {fix}."
+        )
+    case = arrow.column("case")
+    if n and not pc.all(pc.equal(case, pc.take(case, pa.array(starts[volume])))).as_py():
+        raise IndexDirError(f"{path}: a volume's rows name more than one case. {fix}.")
+    cases = pc.take(case, pa.array(starts)).to_pylist()
+    if len(set(cases)) != len(cases):
+        raise IndexDirError(f"{path}: a case appears as more than one volume. {fix}.")
+    checksums = arrow.column("model_checksum")
+    if n and not pc.all(pc.equal(checksums, model_checksum)).as_py():
+        raise IndexDirError(
+            f"{path}: rows encoded with another model than the manifest's "
+            f"({model_checksum[:12]}…). {fix}."
+        )
+    return SliceTable(arrow, volume, starts, cases)

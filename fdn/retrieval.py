@@ -18,13 +18,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import zarr
+from zarr.core.buffer import default_buffer_prototype
 
 from fdn.errors import IndexDirError
-from fdn.indexdir import CODES, MODEL_DIR, SLICES, Manifest, read_manifest
+from fdn.indexdir import (
+    CODES,
+    MODEL_DIR,
+    MODEL_FILES,
+    SLICES,
+    Manifest,
+    SliceTable,
+    fix_for,
+    read_listed,
+    read_manifest,
+    read_slice_table,
+    swap_lock,
+)
 from hashindex import DISTANCES, ENGINES, MODES, HashIndex
 from hashindex.errors import HashIndexError
+from hashindex.index import INDEX_FILES as HASHINDEX_FILES
+from hashindex.index import META_FILE as HASHINDEX_META
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +68,20 @@ class ArchiveIndex:
         manifest: Manifest,
         codes_normal: np.ndarray,
         codes_abnormal: np.ndarray,
-        table: dict[str, np.ndarray],
+        table: SliceTable,
         hash_index: HashIndex,
+        *,
+        verify: bool = True,
     ):
         self.index_dir = Path(index_dir)
         self.manifest = manifest
         self.codes_normal = codes_normal  # (N, h, w) uint16
         self.codes_abnormal = codes_abnormal  # (N, h, w) uint16
-        self.table = table  # column name -> (N,) array; row i describes codes[i]
+        # column name -> (N,) array, converted on first access; row i describes codes[i]
+        self.table = table
         self.hash_index = hash_index
-        self._rows = {(c, int(s)): i for i, (c, s) in enumerate(zip(table["case"], table["slice"]))}
-        self._volume_of_case = {c: int(v) for c, v in zip(table["case"], table["volume"])}
+        self.verify = verify
+        self._volume_of_case = {c: v for v, c in enumerate(table.cases)}
         self._model = None
 
     @property
@@ -81,9 +98,10 @@ class ArchiveIndex:
 
     def default_slice(self, case: str) -> int:
         """The slice of `case` with the largest lesion, else its middle slice."""
-        rows = np.flatnonzero(self.table["case"] == case)
-        if len(rows) == 0:
-            self.row_of(case, 0)  # raises the unknown-case error
+        self.row_of(case, 0)  # raises the unknown-case error
+        volume = self._volume_of_case[case]
+        start = self.table.starts[volume]
+        rows = np.arange(start, start + self.table.counts[volume])
         areas = np.array(
             [a if a is not None and a == a else 0 for a in self.table["lesion_area"][rows]]
         )
@@ -98,20 +116,28 @@ class ArchiveIndex:
                 f"{self.index_dir}: no case {case!r} in this index ({len(self._volume_of_case)} "
                 f"cases, e.g. {', '.join(self.cases[:3])})."
             )
-        row = self._rows.get((case, int(slice_index)))
-        if row is None:
-            n = int(np.sum(self.table["case"] == case))
+        volume = self._volume_of_case[case]
+        n = int(self.table.counts[volume])
+        if not 0 <= int(slice_index) < n:
             raise IndexDirError(
                 f"{self.index_dir}: case {case!r} has slices 0..{n - 1}; slice {slice_index} is out of range."
             )
-        return row
+        return int(self.table.starts[volume]) + int(slice_index)
 
     def model(self):
-        """The index's own FDN (loaded once, on first use)."""
+        """The index's own FDN (loaded once, on first use), its files checked against the
+        manifest first: the weights' sha256 is the model checksum the codes were made with."""
         if self._model is None:
             from fdn.checkpoint import load_model
+            from fdn.errors import ModelError
 
-            self._model, _ = load_model(self.index_dir / MODEL_DIR)
+            with swap_lock(self.index_dir, shared=True):
+                for name in MODEL_FILES:
+                    read_listed(self.index_dir, self.manifest, name, verify=self.verify)
+                try:
+                    self._model, _ = load_model(self.index_dir / MODEL_DIR)
+                except ModelError as exc:
+                    raise IndexDirError(f"{exc} ({fix_for(self.index_dir)}.)") from None
         return self._model
 
     def query_slice(
@@ -216,45 +242,95 @@ class ArchiveIndex:
         return hits
 
 
-def open_index(index_dir: str | Path) -> ArchiveIndex:
-    """Load a finished index directory; IndexDirError says what is wrong and how to fix it."""
+def open_index(index_dir: str | Path, *, verify: bool = True) -> ArchiveIndex:
+    """Load a finished index directory; IndexDirError says what is wrong and how to fix it.
+
+    Every file the manifest lists is checked for its size and (``verify``) its sha256 before it
+    is used: the code arrays, the slice table and the hash index's small files now, the FAISS
+    files and the model weights on first use. The files are read (or, for those used later,
+    opened) under the directory's shared swap lock, so a build finishing meanwhile changes
+    nothing this index sees.
+    """
     index_dir = Path(index_dir)
-    manifest = read_manifest(index_dir)
+    with swap_lock(index_dir, shared=True):
+        manifest = read_manifest(index_dir)
+        codes_normal, codes_abnormal = _read_codes(index_dir, manifest, verify)
+        table = read_slice_table(
+            read_listed(index_dir, manifest, SLICES, verify=verify),
+            index_dir / SLICES,
+            n_rows=manifest.n_slices,
+            n_cases=manifest.n_cases,
+            model_checksum=manifest.model_checksum,
+        )
+        # hashindex.json, checked here, lists the checksums HashIndex.read checks its files by.
+        meta = read_listed(index_dir, manifest, HASHINDEX_META, verify=verify)
+        _check_hashindex_listing(index_dir, manifest, meta)
+        try:
+            hash_index = HashIndex.read(
+                index_dir, codes_normal, codes_abnormal, table["volume"], verify=verify
+            )
+        except HashIndexError as exc:
+            raise IndexDirError(f"{exc} ({fix_for(index_dir)}.)") from None
+    return ArchiveIndex(
+        index_dir, manifest, codes_normal, codes_abnormal, table, hash_index, verify=verify
+    )
+
+
+def _check_hashindex_listing(index_dir: Path, manifest: Manifest, meta: bytes) -> None:
+    """The manifest and hashindex.json must record the same checksums for the hash index files."""
     try:
-        group = zarr.open_group(index_dir / CODES, mode="r")
-        codes_normal = np.asarray(group["normal"][:])
-        codes_abnormal = np.asarray(group["abnormal"][:])
-    except Exception as exc:  # zarr raises many types for a damaged store
-        raise IndexDirError(
-            f"{index_dir / CODES}: unreadable code arrays ({type(exc).__name__}: {exc}). Rebuild the index."
-        ) from exc
-    try:
-        arrow = pq.read_table(index_dir / SLICES)
-    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...
-        raise IndexDirError(
-            f"{index_dir / SLICES}: unreadable slice table ({type(exc).__name__}: {exc}). Rebuild the index."
-        ) from exc
-    table = {name: arrow.column(name).to_numpy(zero_copy_only=False) for name in arrow.column_names}
+        listed = json.loads(meta)["files"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return  # HashIndex.read reports a malformed hashindex.json in detail
+    for name in HASHINDEX_FILES:
+        if name != HASHINDEX_META and manifest.files.get(name) != (
+            listed.get(name) if isinstance(listed, dict) else None
+        ):
+            raise IndexDirError(
+                f"{index_dir / HASHINDEX_META}: its checksum of {name} differs from the "
+                f"manifest's. {fix_for(index_dir)}."
+            )
+
+
+def _read_codes(index_dir: Path, manifest: Manifest, verify: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The code arrays of codes.zarr, from the listed files only, each checked.
+
+    The store is read into memory and decoded from there, so a file the manifest does not list
+    is never read, and a chunk missing from the manifest and the disk is an error (zarr alone
+    would read it as zeros).
+    """
+    prefix = CODES + "/"
+    buffer = default_buffer_prototype().buffer
+    store = {
+        name[len(prefix) :]: buffer.from_bytes(read_listed(index_dir, manifest, name, verify=verify))
+        for name in sorted(manifest.files)
+        if name.startswith(prefix)
+    }
     expected = (manifest.n_slices, *manifest.grid)
-    for name, codes in (("normal", codes_normal), ("abnormal", codes_abnormal)):
+    arrays = []
+    for name in ("normal", "abnormal"):
+        path = index_dir / CODES / name
+        try:
+            group = zarr.open_group(zarr.storage.MemoryStore(store, read_only=True), mode="r")
+            stored = group[name]
+            n_chunks = sum(1 for key in store if key.startswith(f"{name}/c"))
+            if n_chunks != stored.nchunks:
+                raise IndexDirError(
+                    f"{path}: {n_chunks} of its {stored.nchunks} chunks are present; a missing "
+                    f"chunk would read as code 0. {fix_for(index_dir)}."
+                )
+            codes = np.asarray(stored[:])
+        except IndexDirError:
+            raise
+        except Exception as exc:  # zarr raises many types for a damaged store
+            raise IndexDirError(
+                f"{path}: unreadable code array ({type(exc).__name__}: {str(exc)[:80]}). "
+                f"{fix_for(index_dir)}."
+            ) from None
         if codes.shape != expected or codes.dtype != np.uint16:
             raise IndexDirError(
-                f"{index_dir / CODES}/{name}: expected uint16 {expected} as the manifest says, "
-                f"found {codes.dtype} {codes.shape}. Rebuild the index."
+                f"{path}: expected uint16 {expected} as the manifest says, found {codes.dtype} "
+                f"{codes.shape}. {fix_for(index_dir)}."
             )
-    if arrow.num_rows != manifest.n_slices:
-        raise IndexDirError(
-            f"{index_dir / SLICES}: {arrow.num_rows} rows, the manifest says {manifest.n_slices} "
-            f"slices. Rebuild the index."
-        )
-    if set(table["model_checksum"]) != {manifest.model_checksum}:
-        raise IndexDirError(
-            f"{index_dir / SLICES}: rows from another model than the manifest's. Rebuild."
-        )
-    try:
-        hash_index = HashIndex.read(
-            index_dir, codes_normal, codes_abnormal, table["volume"].astype(np.int64)
-        )
-    except HashIndexError as exc:
-        raise IndexDirError(f"{index_dir}: {exc}") from exc
-    return ArchiveIndex(index_dir, manifest, codes_normal, codes_abnormal, table, hash_index)
+        arrays.append(codes)
+    return arrays[0], arrays[1]

@@ -19,10 +19,13 @@ Semantics (all engines):
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import json
 import logging
 import os
-import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +37,7 @@ from hashindex.concordance import concordance
 from hashindex.distances import DISTANCES, CodebookTables, finish
 from hashindex.engines import ENGINES, SCANS, FaissHamming
 from hashindex.errors import IndexFormatError
+from hashindex.fileio import atomic_write
 from hashindex.kernels import KERNELS
 from hashindex.optimize import apply_bit_budget, hamming_table, optimize_codebook
 from hashindex.packing import pack_grids
@@ -48,8 +52,17 @@ from hashindex.volumes import (
 log = logging.getLogger(__name__)
 
 MODES = ("normal", "abnormal", "sum")
-FORMAT_VERSION = 1
+# 2: hashindex.json lists the size and sha256 of every file ("files"); FAISS files serialized.
+FORMAT_VERSION = 2
 BOOKS = ("normal", "abnormal")
+# The file names of an index: a fixed list, so that no name read from a file is ever opened.
+META_FILE = "hashindex.json"
+CODEBOOK_FILES = {b: f"codebook_{b}.npy" for b in BOOKS}
+BITS_FILES = {b: f"bits_{b}.npz" for b in BOOKS}
+FLAT_FILES = {m: f"faiss_{m}.index" for m in MODES}
+IVF_FILES = {m: f"faiss_ivf_{m}.index" for m in MODES}
+INDEX_FILES = (META_FILE, *CODEBOOK_FILES.values(), *BITS_FILES.values(), *FLAT_FILES.values(),
+               *IVF_FILES.values())
 SCALE_PAIRS = 2048
 IVF_TRAIN_PER_LIST = 40
 
@@ -103,27 +116,113 @@ def _check_codes(codes, name: str, K: int, shape=None) -> None:
         raise ValueError(f"{name} holds code {int(codes.max())} but the codebook has K={K}")
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _npz_bytes(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _file_entry(data: bytes) -> dict:
+    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+def _check_bytes(path: Path, data: bytes, entry: dict, verify: bool, fix: str) -> bytes:
+    """``data`` (read from ``path``) if it has the size and sha256 hashindex.json records."""
+    if len(data) != entry["size"]:
+        raise IndexFormatError(
+            f"{path}: {len(data)} bytes, {META_FILE} records {entry['size']}; the file was "
+            f"truncated or changed after it was written; {fix}")
+    if verify:
+        found = hashlib.sha256(data).hexdigest()
+        if found != entry["sha256"]:
+            raise IndexFormatError(
+                f"{path}: sha256 {found[:16]}…, {META_FILE} records {entry['sha256'][:16]}…; the "
+                f"file was damaged or changed after it was written; {fix}")
+    return data
+
+
+def _open_listed(d: Path, name: str, fix: str):
+    """An open binary file of the listed file ``name`` in ``d`` (never through a symlink)."""
+    path = d / name
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+    except FileNotFoundError:
+        raise IndexFormatError(f"{path}: missing ({META_FILE} lists it); {fix}") from None
+    except OSError as exc:
+        what = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        raise IndexFormatError(f"{path}: cannot read it ({what}); {fix}") from None
 
 
-def _save_npy(path, array) -> None:
-    with open(path, "wb") as f:
-        np.save(f, array)
+_SHA256_HEX = frozenset("0123456789abcdef")
 
 
-def _save_npz(path, **arrays) -> None:
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
+def _check_meta(meta, path: Path, fix: str) -> dict:
+    """hashindex.json's content, every field checked; IndexFormatError naming the first fault."""
+    def bad(what):
+        return IndexFormatError(f"{path}: {what}; {fix}")
+
+    if not isinstance(meta, dict):
+        raise bad(f"expected a JSON object, found a JSON {type(meta).__name__}")
+    if meta.get("format_version") != FORMAT_VERSION or not _is_int(meta.get("format_version")):
+        raise IndexFormatError(
+            f"{path}: format version {str(meta.get('format_version'))[:20]}, expected "
+            f"{FORMAT_VERSION}; {fix} with this version of hashindex")
+    for key in ("K", "D", "E_star"):
+        value = meta.get(key)
+        if not isinstance(value, dict) or not all(
+                _is_int(value.get(b)) and value[b] >= (0 if key == "E_star" else 1) for b in BOOKS):
+            raise bad(f"{key!r} should map normal and abnormal to integers, found "
+                      f"{str(value)[:60]!r}")
+    grid = meta.get("grid")
+    if grid is not None and not (isinstance(grid, list) and len(grid) == 2
+                                 and all(_is_int(g) and g >= 1 for g in grid)):
+        raise bad(f"'grid' should be null or two positive integers, found {str(grid)[:60]!r}")
+    checks = {
+        "ntotal": lambda v: _is_int(v) and v >= 0,
+        "ivf_nlist": lambda v: v is None or (_is_int(v) and v >= 1),
+        "seed": _is_int,
+        "faiss_indexes": lambda v: isinstance(v, bool),
+        "faiss_files": lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+        "scales": lambda v: isinstance(v, dict) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) and x > 0
+            for x in v.values()),
+        "report": lambda v: isinstance(v, dict),
+        "files": lambda v: isinstance(v, dict) and all(
+            n in INDEX_FILES and isinstance(e, dict) and isinstance(e.get("sha256"), str)
+            and len(e["sha256"]) == 64 and set(e["sha256"]) <= _SHA256_HEX
+            and _is_int(e.get("size")) and e["size"] >= 0 for n, e in v.items()),
+    }
+    for key, check in checks.items():
+        if key not in meta or not check(meta[key]):
+            raise bad(f"{key!r} is missing or malformed (found {str(meta.get(key))[:60]!r})")
+    if grid is not None:
+        missing = [f"{b}/{d}" for b in BOOKS for d in DISTANCES if f"{b}/{d}" not in meta["scales"]]
+        if missing:
+            raise bad(f"'scales' lacks {', '.join(missing)}")
+    names = meta["faiss_files"]
+    flat, ivf = sorted(FLAT_FILES.values()), sorted(IVF_FILES.values())
+    allowed = [[]]
+    if meta["faiss_indexes"] and grid is not None:
+        allowed = [flat] + ([sorted(flat + ivf)] if meta["ivf_nlist"] is not None else [])
+    if sorted(names) not in allowed:
+        raise bad(f"'faiss_files' lists {str(names)[:120]}, expected "
+                  f"{' or '.join(str(a) for a in allowed)} for faiss_indexes="
+                  f"{meta['faiss_indexes']}, ivf_nlist={meta['ivf_nlist']}")
+    unlisted = [n for n in (*CODEBOOK_FILES.values(), *BITS_FILES.values(), *names)
+                if n not in meta["files"]]
+    if unlisted:
+        raise bad(f"'files' lacks the checksums of {', '.join(unlisted)}")
+    return meta
 
 
 class HashIndex:
@@ -146,6 +245,9 @@ class HashIndex:
         self.scales: dict[str, float] = {}
         self.flat: dict[str, FaissHamming] = {}
         self.ivf: dict[str, FaissHamming] = {}
+        # FAISS files opened by `read` and loaded on first use: name -> (open file, entry, verify)
+        self._pending: dict[str, tuple] = {}
+        self._pending_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -199,6 +301,7 @@ class HashIndex:
     def add(self, codes_normal: np.ndarray, codes_abnormal: np.ndarray,
             volume_ids: np.ndarray) -> None:
         """Append N rows: codes (N, h, w) uint16 each, volume_ids (N,) int64."""
+        self._load_faiss()
         self._append(codes_normal, codes_abnormal, volume_ids)
         if self.faiss_indexes:
             packed = self._packed_modes(codes_normal, codes_abnormal)
@@ -274,6 +377,7 @@ class HashIndex:
             raise ValueError("train_ivf needs nlist (or ivf_nlist at build time)")
         if self.ntotal < self.ivf_nlist:
             raise ValueError(f"IVF needs at least nlist={self.ivf_nlist} rows, have {self.ntotal}")
+        self._load_faiss()
         packed = self._packed_modes(self._stored_as_codes("normal"),
                                     self._stored_as_codes("abnormal"))
         # faiss trains binary IVF centroids on float copies of the vectors (d floats each), so
@@ -288,7 +392,8 @@ class HashIndex:
             self.ivf[mode] = ivf
 
     # ------------------------------------------------------------------ search
-    def _check_query(self, q_normal, q_abnormal, mode, distance, engine, normalized_sum):
+    def _check_query(self, q_normal, q_abnormal, mode, distance, engine, normalized_sum,
+                     nprobe=None):
         if self.grid is None:
             raise ValueError("the index is empty: add rows before searching")
         if mode not in MODES:
@@ -310,8 +415,16 @@ class HashIndex:
                                  "the plain Hamming distances of the concatenated bits)")
             if not self.faiss_indexes:
                 raise ValueError("this index was built with faiss_indexes=False")
+            self._load_faiss()
             if engine == "faiss-ivf" and not self.ivf:
                 raise ValueError("no IVF index: build with ivf_nlist=... or call train_ivf()")
+        if nprobe is not None:
+            if engine != "faiss-ivf":
+                raise ValueError(f"nprobe (lists probed) applies only to engine='faiss-ivf'; "
+                                 f"engine {engine!r} scans every row, so leave nprobe out")
+            if not _is_int(nprobe) or not 1 <= nprobe <= self.ivf_nlist:
+                raise ValueError(f"nprobe must be an integer from 1 to nlist={self.ivf_nlist}, "
+                                 f"got {nprobe!r}")
 
     def _row_distances(self, b, q_reps, q_sq, mode, distance, engine, normalized_sum):
         """(N,) float64 distances of query b to every row (lut / numpy engines)."""
@@ -355,9 +468,13 @@ class HashIndex:
     def search(self, q_normal, q_abnormal, k: int, *, mode="sum", distance="hamming",
                engine="lut", normalized_sum=False, nprobe=None):
         """Row-wise top-k: D (B, k) float64, I (B, k) int64 row ids (-1 / inf padded)."""
-        self._check_query(q_normal, q_abnormal, mode, distance, engine, normalized_sum)
+        self._check_query(q_normal, q_abnormal, mode, distance, engine, normalized_sum, nprobe)
+        if not _is_int(k):
+            raise TypeError(f"k must be an integer, got {type(k).__name__}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        # Never more columns than rows: k is the caller's, the memory is ours.
+        k = int(min(k, max(self.ntotal, 1)))
         B = q_normal.shape[0]
         if engine.startswith("faiss"):
             knn = self._faiss_knn(engine, mode, q_normal, q_abnormal, nprobe)
@@ -373,10 +490,18 @@ class HashIndex:
     def search_volumes(self, q_normal, q_abnormal, topq: int, *, mode="sum",
                        distance="hamming", engine="lut", exclude_volumes=None,
                        normalized_sum=False, nprobe=None) -> VolumeHits:
-        """Volume-wise top-Q (section 4.4.6): each hit is a different volume's closest row."""
-        self._check_query(q_normal, q_abnormal, mode, distance, engine, normalized_sum)
+        """Volume-wise top-Q (section 4.4.6): each hit is a different volume's closest row.
+
+        The result has min(topq, number of volumes) columns, -1 / inf padded where fewer
+        volumes qualify (the query's own volume excluded, or an approximate engine).
+        """
+        self._check_query(q_normal, q_abnormal, mode, distance, engine, normalized_sum, nprobe)
+        if not _is_int(topq):
+            raise TypeError(f"topq must be an integer, got {type(topq).__name__}")
         if topq < 1:
             raise ValueError(f"topq must be >= 1, got {topq}")
+        # Q can never exceed the number of volumes: cap it before allocating (B, Q) arrays.
+        topq = int(min(topq, self._vol_unique.size))
         B = q_normal.shape[0]
         if exclude_volumes is not None:
             if not isinstance(exclude_volumes, np.ndarray) or exclude_volumes.dtype != np.int64:
@@ -399,25 +524,65 @@ class HashIndex:
 
     # ------------------------------------------------------------------ persistence
     def _faiss_files(self) -> dict:
-        files = {f"faiss_{m}.index": self.flat[m] for m in self.flat}
-        files.update({f"faiss_ivf_{m}.index": self.ivf[m] for m in self.ivf})
+        self._load_faiss()
+        files = {FLAT_FILES[m]: self.flat[m] for m in self.flat}
+        files.update({IVF_FILES[m]: self.ivf[m] for m in self.ivf})
         return files
+
+    def _load_faiss(self) -> None:
+        """Load the FAISS files `read` opened (first use): checked, then deserialized."""
+        if not self._pending:
+            return
+        with self._pending_lock:
+            widths = {}
+            if self.grid is not None:
+                P = self.grid[0] * self.grid[1]
+                widths = {b: self.tables[b].packed.shape[1] * P for b in BOOKS}
+                widths["sum"] = widths["normal"] + widths["abnormal"]
+            for name, (f, entry, verify, fix) in sorted(self._pending.items()):
+                path = Path(f.name) if isinstance(f.name, str) else Path(name)
+                with f:
+                    data = _check_bytes(path, f.read(), entry, verify, fix)
+                try:
+                    raw = faiss.deserialize_index_binary(np.frombuffer(data, np.uint8))
+                except Exception as exc:  # faiss raises RuntimeError and others on bad input
+                    raise IndexFormatError(f"{path}: corrupt FAISS index ({str(exc)[:80]}); "
+                                           f"{fix}") from None
+                ivf = name in IVF_FILES.values()
+                mode = next(m for m in MODES if name in (FLAT_FILES[m], IVF_FILES[m]))
+                if isinstance(raw, faiss.IndexBinaryIVF) != ivf:
+                    raise IndexFormatError(f"{path}: expected a{'n IVF' if ivf else ' flat'} "
+                                           f"binary index, found {type(raw).__name__}; {fix}")
+                if raw.ntotal != self.ntotal or raw.code_size != widths.get(mode):
+                    raise IndexFormatError(
+                        f"{path}: FAISS ntotal {raw.ntotal} and {raw.code_size} bytes per code, "
+                        f"expected {self.ntotal} (= len(codes)) and {widths.get(mode)}; {fix}")
+                if ivf:
+                    self.ivf[mode] = FaissHamming(raw.code_size, nlist=self.ivf_nlist, index=raw)
+                else:
+                    self.flat[mode] = FaissHamming(raw.code_size, index=raw)
+                del self._pending[name]
 
     def write(self, directory) -> None:
         """Write codebooks, bit tables, FAISS indexes and hashindex.json into ``directory``.
 
-        Every file goes through a temporary name and a rename; hashindex.json, written last,
-        is what `read` trusts, so an interrupted write never yields a loadable mix.
+        Every file goes through `hashindex.fileio.atomic_write`; hashindex.json, written last,
+        records the size and sha256 of each, and `read` trusts nothing else.
         """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
+        files = {}
+
+        def put(name: str, data: bytes) -> None:
+            atomic_write(d / name, data)
+            files[name] = _file_entry(data)
+
         for book in BOOKS:
             t = self.tables[book]
-            _atomic_write(d / f"codebook_{book}.npy", lambda p, t=t: _save_npy(p, t.vectors))
-            _atomic_write(d / f"bits_{book}.npz",
-                          lambda p, t=t: _save_npz(p, pairs=t.pairs, packed=t.packed))
+            put(CODEBOOK_FILES[book], _npy_bytes(t.vectors))
+            put(BITS_FILES[book], _npz_bytes(pairs=t.pairs, packed=t.packed))
         for name, idx in self._faiss_files().items():
-            _atomic_write(d / name, lambda p, idx=idx: faiss.write_index_binary(idx.cpu, p))
+            put(name, faiss.serialize_index_binary(idx.cpu).tobytes())
         meta = {
             "format": "hashindex", "format_version": FORMAT_VERSION,
             "K": {b: self.tables[b].K for b in BOOKS},
@@ -429,13 +594,19 @@ class HashIndex:
             "engines": [e for e in ENGINES if not e.startswith("faiss")
                         or (e == "faiss-flat" and self.flat) or (e == "faiss-ivf" and self.ivf)],
             "report": self._report, "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "files": files,
         }
-        _atomic_write(d / "hashindex.json",
-                      lambda p: Path(p).write_text(json.dumps(meta, indent=1)))
+        atomic_write(d / META_FILE, json.dumps(meta, indent=1).encode())
 
     @classmethod
-    def read(cls, directory, codes_normal, codes_abnormal, volume_ids) -> HashIndex:
+    def read(cls, directory, codes_normal, codes_abnormal, volume_ids, *,
+             verify: bool = True) -> HashIndex:
         """Load an index written by `write`, with the caller's code grids and volume ids.
+
+        Every file is checked against the size and sha256 hashindex.json records (``verify``:
+        the sha256 too), the codebooks and bit tables now, the FAISS files on their first use
+        (they are opened now, so a later replacement of the files does not change this index).
+        File names come from a fixed list, never from hashindex.json.
 
         Raises IndexFormatError (naming the file, expected vs found, and the fix) on a missing
         or corrupt file, another format version, codebook/bit-table/grid/K/D mismatches, or a
@@ -443,37 +614,45 @@ class HashIndex:
         """
         d = Path(directory)
         fix = "rebuild the index directory (fdn-index build)"
-        meta_path = d / "hashindex.json"
+        meta_path = d / META_FILE
         try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise IndexFormatError(f"{meta_path}: cannot read ({exc}); {fix}") from exc
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise IndexFormatError(
-                f"{meta_path}: format version {meta.get('format_version')!r}, expected "
-                f"{FORMAT_VERSION}; {fix} with this version of hashindex")
+            meta = json.loads(meta_path.read_bytes())
+        except (OSError, ValueError, RecursionError) as exc:
+            raise IndexFormatError(f"{meta_path}: cannot read ({str(exc)[:80]}); {fix}") from None
+        meta = _check_meta(meta, meta_path, fix)
+
+        def load(name, reader):
+            with _open_listed(d, name, fix) as f:
+                data = _check_bytes(d / name, f.read(), meta["files"][name], verify, fix)
+            try:
+                return reader(io.BytesIO(data))
+            except Exception as exc:  # numpy and zipfile raise many kinds on damaged data
+                raise IndexFormatError(f"{d / name}: corrupt ({type(exc).__name__}: "
+                                       f"{str(exc)[:80]}); {fix}") from None
+
+        def read_bits(buffer):
+            with np.load(buffer, allow_pickle=False) as z:
+                return z["pairs"], z["packed"]
+
         tables = {}
         for book in BOOKS:
-            cb_path, bits_path = d / f"codebook_{book}.npy", d / f"bits_{book}.npz"
-            try:
-                vectors = np.load(cb_path)
-            except (OSError, ValueError, EOFError) as exc:
-                raise IndexFormatError(f"{cb_path}: corrupt or missing ({exc}); {fix}") from exc
+            cb_path, bits_path = d / CODEBOOK_FILES[book], d / BITS_FILES[book]
+            vectors = load(CODEBOOK_FILES[book], lambda b: np.load(b, allow_pickle=False))
             exp = (meta["K"][book], meta["D"][book])
             if vectors.dtype != np.float32 or vectors.shape != tuple(exp):
                 raise IndexFormatError(
                     f"{cb_path}: expected float32 {tuple(exp)}, found {vectors.dtype} "
                     f"{vectors.shape}; {fix}")
-            try:
-                with np.load(bits_path) as z:
-                    pairs, packed = z["pairs"], z["packed"]
-            except (OSError, ValueError, KeyError, EOFError) as exc:
-                raise IndexFormatError(f"{bits_path}: corrupt or missing ({exc}); {fix}") from exc
+            if not np.all(np.isfinite(vectors)):
+                raise IndexFormatError(f"{cb_path}: holds NaN or infinite values; {fix}")
+            pairs, packed = load(BITS_FILES[book], read_bits)
             E = meta["E_star"][book]
-            if pairs.shape != (E, 2) or packed.shape != (exp[0], (E + 7) // 8):
+            if pairs.shape != (E, 2) or packed.shape != (exp[0], (E + 7) // 8) or \
+                    not np.issubdtype(pairs.dtype, np.integer) or packed.dtype != np.uint8:
                 raise IndexFormatError(
-                    f"{bits_path}: expected pairs ({E}, 2) and packed ({exp[0]}, {(E + 7) // 8})"
-                    f", found {pairs.shape} and {packed.shape}; {fix}")
+                    f"{bits_path}: expected integer pairs ({E}, 2) and uint8 packed ({exp[0]}, "
+                    f"{(E + 7) // 8}), found {pairs.dtype} {pairs.shape} and {packed.dtype} "
+                    f"{packed.shape}; {fix}")
             if pairs.size and (pairs.min() < 0 or pairs.max() >= exp[0]):
                 raise IndexFormatError(f"{bits_path}: pair indices outside 0..{exp[0] - 1}; {fix}")
             t = CodebookTables.build(vectors, pairs.astype(np.int64))
@@ -495,20 +674,6 @@ class HashIndex:
             # cost seconds on every open.
             idx._append(codes_normal, codes_abnormal, volume_ids, estimate_scales=False)
             idx.scales = meta["scales"]
-        for name in meta["faiss_files"]:
-            path = d / name
-            try:
-                raw = faiss.read_index_binary(str(path))
-            except RuntimeError as exc:
-                raise IndexFormatError(f"{path}: corrupt or missing FAISS index ({exc}); "
-                                       f"{fix}") from exc
-            if raw.ntotal != n:
-                raise IndexFormatError(
-                    f"{path}: FAISS ntotal {raw.ntotal}, expected {n} (= len(codes)); {fix}")
-            mode = name.removesuffix(".index").split("_")[-1]
-            if name.startswith("faiss_ivf_"):
-                h = FaissHamming(raw.code_size, nlist=meta["ivf_nlist"], index=raw)
-                idx.ivf[mode] = h
-            else:
-                idx.flat[mode] = FaissHamming(raw.code_size, index=raw)
+        for name in meta["faiss_files"]:  # validated against FLAT_FILES / IVF_FILES
+            idx._pending[name] = (_open_listed(d, name, fix), meta["files"][name], verify, fix)
         return idx

@@ -1,5 +1,7 @@
 """Round trip through the index directory, and refusal of corrupt or mismatched files."""
 
+import hashlib
+import io
 import json
 import shutil
 
@@ -66,21 +68,79 @@ def _broken_copy(d, tmp_path):
     return target
 
 
+def _replace(t, name, data: bytes):
+    """Put `data` in place of file `name` and record its checksum, as a consistent (but wrong)
+    writer would: the structural checks behind the checksums must still catch it."""
+    (t / name).write_bytes(data)
+    meta = json.loads((t / "hashindex.json").read_text())
+    meta["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    (t / "hashindex.json").write_text(json.dumps(meta))
+
+
+def _edit_meta(t, edit):
+    meta = json.loads((t / "hashindex.json").read_text())
+    meta = edit(meta) or meta
+    (t / "hashindex.json").write_text(json.dumps(meta))
+
+
+def _npy(array):
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _first_faiss_search(index, gn, ga, engine="faiss-flat"):
+    return index.search_volumes(gn[:2], ga[:2], 3, engine=engine)
+
+
+def test_every_file_is_listed_with_its_checksum(written):
+    _, d, *_ = written
+    files = json.loads((d / "hashindex.json").read_text())["files"]
+    on_disk = {p.name for p in d.iterdir()} - {"hashindex.json"}
+    assert set(files) == on_disk
+    for name, entry in files.items():
+        data = (d / name).read_bytes()
+        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
 def test_truncated_npy_is_refused(written, tmp_path):
     _, d, gn, ga, vol, _ = written
     t = _broken_copy(d, tmp_path)
     raw = (t / "codebook_normal.npy").read_bytes()
     (t / "codebook_normal.npy").write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(IndexFormatError, match="codebook_normal.npy"):
+    with pytest.raises(IndexFormatError, match="codebook_normal.npy: .* bytes, hashindex.json "
+                                               "records"):
+        HashIndex.read(t, gn, ga, vol)
+    _replace(t, "codebook_normal.npy", raw[: len(raw) // 2])
+    with pytest.raises(IndexFormatError, match="codebook_normal.npy: corrupt"):
+        HashIndex.read(t, gn, ga, vol)
+
+
+def test_a_one_byte_flip_in_a_codebook_is_refused(written, tmp_path):
+    _, d, gn, ga, vol, _ = written
+    t = _broken_copy(d, tmp_path)
+    raw = bytearray((t / "codebook_abnormal.npy").read_bytes())
+    raw[-3] ^= 0x01  # the low bits of the last float: a tiny change of one codebook entry
+    (t / "codebook_abnormal.npy").write_bytes(bytes(raw))
+    with pytest.raises(IndexFormatError, match="codebook_abnormal.npy: sha256"):
+        HashIndex.read(t, gn, ga, vol)
+    HashIndex.read(t, gn, ga, vol, verify=False)  # same size: only the checksum sees it
+
+
+@pytest.mark.parametrize("cut", [0, 30, -20])
+def test_a_truncated_bits_npz_is_refused(written, tmp_path, cut):
+    _, d, gn, ga, vol, _ = written
+    t = _broken_copy(d, tmp_path)
+    raw = (t / "bits_normal.npz").read_bytes()
+    _replace(t, "bits_normal.npz", raw[:cut])
+    with pytest.raises(IndexFormatError, match="bits_normal.npz: corrupt"):
         HashIndex.read(t, gn, ga, vol)
 
 
 def test_wrong_format_version_is_refused(written, tmp_path):
     _, d, gn, ga, vol, _ = written
     t = _broken_copy(d, tmp_path)
-    meta = json.loads((t / "hashindex.json").read_text())
-    meta["format_version"] = 999
-    (t / "hashindex.json").write_text(json.dumps(meta))
+    _edit_meta(t, lambda m: m.update(format_version=999))
     with pytest.raises(IndexFormatError, match="format version 999"):
         HashIndex.read(t, gn, ga, vol)
 
@@ -88,7 +148,7 @@ def test_wrong_format_version_is_refused(written, tmp_path):
 def test_wrong_K_is_refused(written, tmp_path):
     _, d, gn, ga, vol, _ = written
     t = _broken_copy(d, tmp_path)
-    np.save(t / "codebook_normal.npy", np.zeros((21, 4), np.float32))
+    _replace(t, "codebook_normal.npy", _npy(np.zeros((21, 4), np.float32)))
     with pytest.raises(IndexFormatError, match=r"expected float32 \(20, 4\)"):
         HashIndex.read(t, gn, ga, vol)
 
@@ -97,7 +157,7 @@ def test_bits_of_another_codebook_are_refused(written, tmp_path):
     _, d, gn, ga, vol, _ = written
     t = _broken_copy(d, tmp_path)
     other = make_codebook(np.random.default_rng(99), 20, 4)
-    np.save(t / "codebook_normal.npy", other)
+    _replace(t, "codebook_normal.npy", _npy(other))
     with pytest.raises(IndexFormatError, match="bits_normal.npz"):
         HashIndex.read(t, gn, ga, vol)
 
@@ -108,22 +168,68 @@ def test_codes_of_another_length_are_refused(written):
         HashIndex.read(d, gn[:30], ga[:30], vol[:30])
 
 
-def test_faiss_ntotal_mismatch_is_refused(written, tmp_path):
+def test_faiss_ntotal_mismatch_is_refused_on_first_use(written, tmp_path):
     index, d, gn, ga, vol, _ = written
     t = _broken_copy(d, tmp_path)
     wrong = faiss.IndexBinaryFlat(index.flat["sum"].cpu.d)
     wrong.add(np.zeros((7, index.flat["sum"].nbytes), np.uint8))
-    faiss.write_index_binary(wrong, str(t / "faiss_sum.index"))
-    with pytest.raises(IndexFormatError, match=r"faiss_sum.index: FAISS ntotal 7, expected 40"):
-        HashIndex.read(t, gn, ga, vol)
+    _replace(t, "faiss_sum.index", faiss.serialize_index_binary(wrong).tobytes())
+    again = HashIndex.read(t, gn, ga, vol)
+    again.search_volumes(gn[:2], ga[:2], 3, engine="lut")  # the lut engine needs no FAISS file
+    with pytest.raises(IndexFormatError, match=r"faiss_sum.index: FAISS ntotal 7 .* expected 40"):
+        _first_faiss_search(again, gn, ga)
+
+
+def test_reordered_faiss_rows_are_refused(written, tmp_path):
+    index, d, gn, ga, vol, _ = written
+    t = _broken_copy(d, tmp_path)
+    flat = index.flat["sum"].cpu
+    rows = flat.reconstruct_n(0, flat.ntotal)
+    assert not np.array_equal(rows[0], rows[1])
+    swapped = faiss.IndexBinaryFlat(flat.d)
+    swapped.add(rows[[1, 0, *range(2, flat.ntotal)]])
+    (t / "faiss_sum.index").write_bytes(faiss.serialize_index_binary(swapped).tobytes())
+    again = HashIndex.read(t, gn, ga, vol)
+    with pytest.raises(IndexFormatError, match="faiss_sum.index: sha256"):
+        _first_faiss_search(again, gn, ga)
 
 
 def test_truncated_faiss_file_is_refused(written, tmp_path):
     _, d, gn, ga, vol, _ = written
     t = _broken_copy(d, tmp_path)
     raw = (t / "faiss_normal.index").read_bytes()
-    (t / "faiss_normal.index").write_bytes(raw[:40])
-    with pytest.raises(IndexFormatError, match="faiss_normal.index"):
+    _replace(t, "faiss_normal.index", raw[:40])
+    again = HashIndex.read(t, gn, ga, vol)
+    with pytest.raises(IndexFormatError, match="faiss_normal.index: corrupt FAISS index"):
+        _first_faiss_search(again, gn, ga)
+
+
+def test_faiss_files_opened_at_read_survive_a_later_replacement(written, tmp_path):
+    index, d, gn, ga, vol, _ = written
+    t = _broken_copy(d, tmp_path)
+    again = HashIndex.read(t, gn, ga, vol)
+    (t / "faiss_sum.index").unlink()  # a later build replaces the files by rename
+    expect = index.search_volumes(gn[:2], ga[:2], 3, engine="faiss-flat")
+    for x, y in zip(expect, _first_faiss_search(again, gn, ga)):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("names", [["../../etc/passwd"], ["faiss_sum.index/../../x.index"],
+                                   ["/tmp/faiss_sum.index"], []])
+def test_faiss_files_come_from_a_fixed_list(written, tmp_path, names):
+    _, d, gn, ga, vol, _ = written
+    t = _broken_copy(d, tmp_path)
+    _edit_meta(t, lambda m: m.update(faiss_files=names))
+    with pytest.raises(IndexFormatError, match="faiss_files"):
+        HashIndex.read(t, gn, ga, vol)
+
+
+@pytest.mark.parametrize("meta", [[], "x", {"format_version": 2}, None, 3])
+def test_malformed_json_is_refused(written, tmp_path, meta):
+    _, d, gn, ga, vol, _ = written
+    t = _broken_copy(d, tmp_path)
+    (t / "hashindex.json").write_text(json.dumps(meta))
+    with pytest.raises(IndexFormatError, match="hashindex.json"):
         HashIndex.read(t, gn, ga, vol)
 
 
