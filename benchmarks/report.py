@@ -1,8 +1,8 @@
 """Shared machinery of the benchmark reports: result directories, machine, bandwidth, tables.
 
 Every suite writes ``benchmarks/results/<name>/`` with ``report.md``, ``results.json`` and PNG
-figures. Files are written to a temporary name and renamed, so a crashed run never leaves a
-half-written report beside a complete one.
+figures. Every file goes through `hashindex.fileio` (temporary file, fsync, rename, fsync of the
+folder), so a crashed run never leaves a half-written report beside a complete one.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from hashindex import fileio
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
@@ -27,17 +28,6 @@ def results_dir(name_or_path: str | Path) -> Path:
     out = RESULTS_ROOT / p if len(p.parts) == 1 and not p.is_absolute() else p
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def jsonable(obj):
@@ -56,28 +46,16 @@ def jsonable(obj):
 
 
 def write_json(path: Path, obj) -> None:
-    _atomic_write(Path(path), (json.dumps(jsonable(obj), indent=2) + "\n").encode())
+    fileio.atomic_write(path, (json.dumps(jsonable(obj), indent=2) + "\n").encode())
 
 
 def write_text(path: Path, text: str) -> None:
-    _atomic_write(Path(path), text.encode())
+    fileio.atomic_write_text(path, text)
 
 
 def save_figure(fig, path: Path) -> None:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        plt.close(fig)
+    """Save a matplotlib figure as PNG (the reports' resolution and margins) and close it."""
+    fileio.save_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
 # ---------------------------------------------------------------------------- machine

@@ -7,6 +7,7 @@ import click
 
 from cli.options import device_option, skip_bad_option
 from fdn.errors import FdnError
+from hashindex.fileio import WriteTargetError
 
 
 def _fmt(v, digits: int = 4) -> str:
@@ -31,7 +32,7 @@ def evaluate_model(model_dir, archive, histogram, skip_bad, device, as_json):
         model, config = load_model(model_dir, device="cpu")
         r = run(model, config, archive, skip_bad=skip_bad, device=device, histogram_path=hist,
                 progress=not as_json)
-    except (FdnError, ValueError) as error:
+    except (WriteTargetError, FdnError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     if as_json:
         click.echo(json.dumps(r))

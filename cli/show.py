@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from fdn.errors import FdnError
+from hashindex.fileio import WriteTargetError
 
 
 @click.command()
@@ -22,7 +23,7 @@ def show(case_dir, slice_index, output, as_json):
 
     try:
         shown = render_case(Path(case_dir), Path(output), slice_index)
-    except (ValueError, FdnError) as error:
+    except (WriteTargetError, ValueError, FdnError) as error:
         raise click.ClickException(str(error)) from None
     if as_json:
         click.echo(json.dumps({"case": shown.case, "slice": shown.slice, "output": output}))

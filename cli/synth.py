@@ -5,6 +5,7 @@ import json
 import click
 
 from fdn.errors import FdnError
+from hashindex.fileio import WriteTargetError
 
 
 @click.command()
@@ -33,7 +34,7 @@ def synth(out, n_cases, healthy_fraction, seed, size, overwrite, as_json):
     try:
         ids = synthesize_archive(out, n_cases, healthy_fraction, seed, size=size,
                                  progress=not as_json, overwrite=overwrite)
-    except (FileExistsError, ValueError, FdnError) as error:
+    except (WriteTargetError, FileExistsError, ValueError, FdnError) as error:
         raise click.ClickException(str(error)) from None
     healthy = healthy_cases(n_cases, healthy_fraction, seed)
     healthy_ids = [cid for cid, is_healthy in zip(ids, healthy, strict=True) if is_healthy]

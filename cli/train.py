@@ -8,6 +8,7 @@ import click
 
 from cli.options import device_option, skip_bad_option
 from fdn.errors import FdnError
+from hashindex.fileio import WriteTargetError
 
 
 def _command_line(ctx: click.Context) -> str:
@@ -91,7 +92,7 @@ def train(archive, preset, out, epochs, batch_size, lr, max_minutes, max_steps,
                               max_minutes=max_minutes, max_steps=max_steps, device=device,
                               progress=not as_json, checkpoint_minutes=checkpoint_minutes,
                               skip_bad=skip_bad, command=command)
-    except (FdnError, ValueError) as error:
+    except (WriteTargetError, FdnError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     summary = {"model_dir": str(result.model_dir), "steps": result.steps,
                "epochs": result.epochs_done, "stopped": result.stopped,

@@ -29,7 +29,7 @@ import torch
 from fdn import __version__
 from fdn.errors import ModelError
 from fdn.model import FDN, FDNConfig
-from hashindex.fileio import atomic_write, atomic_write_text
+from hashindex.fileio import WriteTargetError, atomic_write, atomic_write_text
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -41,6 +41,17 @@ def _torch_bytes(obj: Any) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
+
+
+def make_dir(path: str | Path) -> Path:
+    """Create a folder (and its parents) for output; WriteTargetError naming it if impossible."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteTargetError(f"{path}: cannot create the folder ({e.strerror or e}); choose "
+                               "another output folder") from None
+    return path
 
 
 def config_to_dict(config: FDNConfig, preset: str | None) -> dict[str, Any]:
@@ -77,8 +88,7 @@ def save_checkpoint(model_dir: str | Path, state: dict[str, Any]) -> None:
     state: the checkpoint dict; it must hold "model" (a state_dict), "config" (asdict of the
     config) and "preset".
     """
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
+    model_dir = make_dir(model_dir)
     for key in ("model", "config", "preset"):
         if key not in state:
             raise ValueError(f"save_checkpoint: state lacks {key!r}")

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from fdn.encode import resolve_device
 from fdn.model import FDN, FDNConfig
+from hashindex.fileio import check_write_target, save_figure
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +61,14 @@ def evaluate_model(model: FDN, config: FDNConfig, archive_root: str | Path, *,
                    skip_bad: bool = False, device: str | None = "auto", batch_size: int = 32,
                    histogram_path: str | Path | None = None, progress: bool = False
                    ) -> dict[str, Any]:
-    """Evaluate `model` on every case of an archive; returns a JSON-ready dict."""
+    """Evaluate `model` on every case of an archive; returns a JSON-ready dict.
+
+    A `histogram_path` that cannot be written raises WriteTargetError before any case is read.
+    """
     from fdn.data import Archive, seg_to_classes
 
+    if histogram_path is not None:
+        check_write_target(histogram_path)
     dev = resolve_device(device)
     model = model.to(dev).eval()
     archive = Archive(archive_root)
@@ -165,8 +171,4 @@ def save_norm_histogram(norms_normal: np.ndarray, norms_abnormal: np.ndarray, pa
         ax.set_xlabel("L2 norm of code vector")
         ax.set_ylabel("codes")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=90)

@@ -15,14 +15,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fdn.data import SEQUENCES, Archive, load_case_files  # noqa: E402
+from fdn.data import SEQUENCES, load_case_files  # noqa: E402
+from fdn.data.archive import case_files_inside  # noqa: E402
 from fdn.data.render import (  # noqa: E402
     ANAT_COLOURS,
     SEG_COLOURS,
     display_window,
     label_overlay,
-    save_figure,
 )
+from fdn.errors import ArchiveError  # noqa: E402
+from hashindex.fileio import check_write_target, save_figure  # noqa: E402
 
 FLAIR = SEQUENCES.index("flair")
 MODE_TITLES = {
@@ -52,18 +54,27 @@ def draw_labelled_slice(
 
 
 class SliceLoader:
-    """Loads the preprocessed slices of hits from their source case folders, one volume per case."""
+    """Loads the preprocessed slices of hits from their source case folders, one volume per case.
 
-    def __init__(self, size: int):
+    roots: the archive folders the index was built from (`Manifest.archive_roots`). A source
+    folder named by the slice table is read only if it resolves (symlinks followed) to inside
+    one of them; anything else raises ArchiveError (see `fdn.data.archive.case_files_inside`).
+    """
+
+    def __init__(self, size: int, roots: list[str]):
         self.size = size
+        self.roots = list(roots)
         self._volumes = {}
 
     def load(self, case: str, source: str, slice_index: int):
         if case not in self._volumes:
-            source_dir = Path(source)
-            files = Archive(source_dir.parent).case_files(case)
+            files = case_files_inside(source, case, self.roots)
             self._volumes[case] = load_case_files(files, self.size, case)
         volume = self._volumes[case]
+        if not 0 <= slice_index < volume.image.shape[0]:
+            raise ArchiveError(f"case {case!r}: slice {slice_index} is out of range (the volume "
+                               f"has {volume.image.shape[0]} slices); the index does not match "
+                               "its archive, rebuild it")
         seg = None if volume.seg is None else volume.seg[slice_index]
         anat = None if volume.anat is None else volume.anat[slice_index]
         return volume.image[slice_index], seg, anat
@@ -81,8 +92,13 @@ def draw_retrieval_montage(
     query_image: np.ndarray | None = None,
     query_labels: tuple | None = None,
 ) -> Path:
-    """Write a PNG: one row per mode in `results` ({mode: [Hit, ...]}), query first in each row."""
-    loader = SliceLoader(index.manifest.input_size)
+    """Write a PNG: one row per mode in `results` ({mode: [Hit, ...]}), query first in each row.
+
+    Raises WriteTargetError (before any image is read) when `out_path` is a symlink, a special
+    file or a folder, or cannot be written; FdnError when a hit's source cannot be read.
+    """
+    check_write_target(out_path)
+    loader = SliceLoader(index.manifest.input_size, index.manifest.archive_roots)
     if query_image is None:
         query_image, seg, anat = loader.load(query_case, query_source, query_slice)
     else:

@@ -26,8 +26,11 @@ from tqdm import tqdm
 
 from fdn.checkpoint import (
     CHECKPOINT_FILE,
+    CONFIG_FILE,
+    WEIGHTS_FILE,
     config_from_dict,
     load_checkpoint,
+    make_dir,
     read_config,
     save_checkpoint,
 )
@@ -42,11 +45,12 @@ from fdn.losses import (
 )
 from fdn.model import FDN, Critic, FDNConfig
 from fdn.training_data import HalfHalfSampler, SliceSet, augment, load_slices
-from hashindex.fileio import atomic_write, save_figure
+from hashindex.fileio import atomic_write, check_write_target, save_figure
 
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+COMMAND_FILE = "TRAIN_COMMAND.txt"
 SAMPLES_DIR = "samples"
 N_SAMPLES = 4
 
@@ -212,8 +216,11 @@ def save_samples(model: FDN, slices: SliceSet, path: Path, device: torch.device)
             if c == 0:
                 ax.set_ylabel(name)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_figure(fig, path, dpi=80)
+    try:
+        make_dir(path.parent)
+        save_figure(fig, path, dpi=80)
+    finally:
+        plt.close(fig)
 
 
 def train(archive_root: str | Path, model_dir: str | Path, config: FDNConfig,
@@ -265,7 +272,9 @@ def train_on_slices(slices: SliceSet, model_dir: str | Path, config: FDNConfig,
                              f"model and trainer ({type(e).__name__}: {e}); it is corrupt or "
                              "from another version; retrain or restore it") from None
         del state
-    model_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(model_dir)
+    for name in (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE, COMMAND_FILE):
+        check_write_target(model_dir / name)  # fail now, not after hours of training
     if command is not None:
         _write_command(model_dir, command, resume)
 
@@ -338,7 +347,7 @@ def _write_command(model_dir: Path, command: str, resume: bool) -> None:
     text = (f"{command}\n# fdn-index {__version__}, torch {torch.__version__}, "
             f"numpy {np.__version__}, python {platform.python_version()}, "
             f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
-    path = model_dir / "TRAIN_COMMAND.txt"
+    path = model_dir / COMMAND_FILE
     if resume:
         _append_line(path, text.rstrip("\n"))
     else:

@@ -39,18 +39,79 @@ class BadCase(NamedTuple):
 def case_files_in(folder: Path, case_id: str) -> dict[str, Path]:
     """The files of a case folder that follow the BraTS names, keyed by sequence / label.
 
-    A name that exists but is not a readable regular file (a dangling link, a symlink loop, a
-    folder) is listed too, so that reading it reports what is wrong with that very file
-    instead of calling the sequence missing.
+    Only regular files count (symlinks to them too); see `unreadable_name` for the rest.
     """
     found = {}
     for key in FILE_KEYS:
         for extension in EXTENSIONS:
             path = folder / f"{case_id}_{key}{extension}"
-            if os.path.lexists(path):
+            if path.is_file():
                 found[key] = path
                 break
     return found
+
+
+def unreadable_name(folder: Path, case_id: str, key: str) -> Path | None:
+    """A BraTS name of `key` that exists in `folder` but is no readable regular file (a
+    dangling link, a symlink loop, a folder, a FIFO), or None."""
+    for extension in EXTENSIONS:
+        path = folder / f"{case_id}_{key}{extension}"
+        if os.path.lexists(path) and not path.is_file():
+            return path
+    return None
+
+
+def case_files_inside(source: str | os.PathLike, case_id: str,
+                      roots: list[str] | list[Path]) -> dict[str, Path]:
+    """The files of case `case_id` in its folder `source` (as an index's slice table names
+    it), each resolved (symlinks followed) and checked to lie inside one of the archive folders
+    `roots` (as the index's manifest records them).
+
+    Raises ArchiveError for a source outside every root, with `..` in it, relative, missing,
+    or a case file that points outside. A name read from a file never leads a reader out of the
+    archive the index was built from.
+    """
+    resolved_roots = []
+    for root in roots:
+        root = Path(root)
+        if root.is_absolute():
+            try:
+                resolved_roots.append(root.resolve(strict=True))
+            except (OSError, RuntimeError):
+                continue  # an archive that is gone holds nothing to read
+    if not resolved_roots:
+        raise ArchiveError("the index records no archive folder that exists here, so no source "
+                           f"image of case {case_id!r} may be read; restore the archive, or "
+                           "rebuild the index with this version of fdn-index")
+
+    def inside(path: Path) -> bool:
+        return any(path != root and path.is_relative_to(root) for root in resolved_roots)
+
+    source = Path(source)
+    if (not source.is_absolute() or ".." in source.parts or "/" in case_id
+            or case_id in ("", ".", "..")):
+        raise ArchiveError(f"case {case_id!r}: its source folder {str(source)!r} is not an "
+                           "absolute path without '..'; refused (the slice table is damaged)")
+    try:
+        folder = source.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise ArchiveError(f"case {case_id!r}: its source folder {source} is missing or "
+                           "unreadable; restore the archive") from None
+    if not folder.is_dir() or not inside(folder):
+        raise ArchiveError(f"case {case_id!r}: its source folder {source} lies outside the "
+                           f"archive folders of the index ({', '.join(map(str, roots))}); "
+                           "refused")
+    files = {}
+    for key, path in case_files_in(folder, case_id).items():
+        try:
+            resolved = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            continue
+        if not inside(resolved):
+            raise ArchiveError(f"case {case_id!r}: {path} points outside the archive folders "
+                               "of the index; refused")
+        files[key] = resolved
+    return files
 
 
 def case_files_from_paths(paths: list[Path]) -> tuple[str, dict[str, Path]]:
@@ -141,6 +202,13 @@ class Archive:
         files = self.case_files(case_id)
         for key in SEQUENCES:
             if key not in files:
+                broken = unreadable_name(self.root / case_id, case_id, key)
+                if broken is not None:
+                    raise CaseError(case_id, broken,
+                                    f"missing the {key} sequence: the name exists but is not a "
+                                    "readable regular file (a symlink loop, a dangling link, a "
+                                    "folder or a special file); replace it or run with "
+                                    "--skip-bad")
                 expected = self.root / case_id / f"{case_id}_{key}.nii.gz"
                 raise CaseError(case_id, expected,
                                 f"missing the {key} sequence; add it or run with --skip-bad")

@@ -3,8 +3,6 @@ rendering when the case has one (matplotlib, no display needed)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -14,6 +12,7 @@ from fdn.data.archive import case_files_in
 from fdn.data.case import read_case
 from fdn.data.labels import ANAT_LABELS, SEQUENCES
 from fdn.errors import ArchiveError
+from hashindex.fileio import check_write_target, save_figure
 
 _TITLES = {"t1": "T1", "t1ce": "T1Gd", "t2": "T2", "flair": "FLAIR"}
 # BraTS convention: NET red, ED green, ET yellow.
@@ -57,30 +56,12 @@ def label_overlay(labels: np.ndarray, colours: dict[int, tuple[float, float, flo
     return rgba
 
 
-def save_figure(fig, output: Path, **savefig_options) -> Path:
-    """Save a matplotlib figure as PNG atomically (temporary file, then rename) and close it."""
-    import matplotlib.pyplot as plt
-
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".png", prefix=f".{output.name}.",
-                                         dir=output.parent)
-    os.close(handle)
-    try:
-        fig.savefig(temporary, **savefig_options)
-        os.replace(temporary, output)
-    finally:
-        plt.close(fig)
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return output
-
-
 def render_case(case_dir: Path, output: Path, slice_index: int | None = None) -> Shown:
     """Validate the case in `case_dir` and write a 2 × 4 panel PNG of one axial slice to `output`.
 
     Raises ArchiveError for a bad case (naming the file and the fault), ValueError for a slice
-    index out of range. The PNG is written atomically (temporary file, then rename).
+    index out of range, WriteTargetError when `output` is a symlink, a special file or a folder,
+    or cannot be written. The PNG is written with `hashindex.fileio.save_figure` (crash-safe).
     """
     import matplotlib
 
@@ -88,6 +69,7 @@ def render_case(case_dir: Path, output: Path, slice_index: int | None = None) ->
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
+    check_write_target(output)  # before the work: a bad target fails fast
     case_dir = Path(case_dir)
     case_id = case_dir.name
     files = case_files_in(case_dir, case_id)

@@ -233,7 +233,8 @@ def test_t1_as_a_symlink_loop_names_the_file(tmp_path):
     loop = folder / f"{CASE}_t1.nii.gz"
     os.symlink(loop, loop)
     archive = Archive(tmp_path)
-    with pytest.raises(CaseError, match=f"{CASE}_t1.nii.gz.*cannot open the file"):
+    with pytest.raises(CaseError, match=f"{CASE}_t1.nii.gz: missing the t1 sequence: the name "
+                       "exists but is not a readable regular file"):
         archive.load(CASE, 8)
     assert [b.case for b in archive.validate(skip_bad=True)] == [CASE]
 
