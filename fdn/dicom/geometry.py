@@ -35,7 +35,12 @@ GRID_TOLERANCE_MM = 1e-3       # two grids whose affines agree to this are the s
 
 
 class GeometryError(ValueError):
-    """A series' slices do not form one regular volume: the message says why."""
+    """A series' slices do not form one regular volume: the message says why; `index` is the
+    input position of the offending slice when one slice is at fault."""
+
+    def __init__(self, message: str, index: int | None = None):
+        super().__init__(message)
+        self.index = index
 
 
 class SliceHeader(NamedTuple):
@@ -98,7 +103,7 @@ def stack_slices(headers: list[SliceHeader], thickness: float | None = None) -> 
             raise GeometryError(
                 f"mixed orientation: slice {n} has ImageOrientationPatient "
                 f"{np.r_[h.row_dir, h.col_dir].round(4).tolist()}, slice 0 has "
-                f"{np.r_[first.row_dir, first.col_dir].round(4).tolist()}")
+                f"{np.r_[first.row_dir, first.col_dir].round(4).tolist()}", index=n)
         if not np.allclose(h.spacing, first.spacing, rtol=1e-4):
             raise GeometryError(f"mixed PixelSpacing: {list(h.spacing)} and {list(first.spacing)}")
         if h.shape != first.shape:
@@ -112,7 +117,8 @@ def stack_slices(headers: list[SliceHeader], thickness: float | None = None) -> 
     if len(gaps) and gaps.min() < POSITION_TOLERANCE_MM:
         k = int(np.argmin(gaps))
         raise GeometryError(f"duplicate position: two slices at {positions[k].round(3).tolist()} "
-                            "(a repeated acquisition or a duplicated file)")
+                            "(a repeated acquisition or a duplicated file)",
+                            index=int(order[k + 1]))
     offsets = positions - np.outer(along - along[0], normal) - positions[0]
     if np.abs(offsets).max() > POSITION_TOLERANCE_MM * 10:
         raise GeometryError("slice positions do not lie on a line along the slice normal "

@@ -207,8 +207,9 @@ def plan_study(study: StudyFiles, mapping=None) -> tuple[dict[str, SeriesFiles],
             series=", ".join(s.uid for s in study.series.values()))
     missing = [s for s in SEQUENCES if s not in chosen]
     if missing:
-        found = "; ".join(f"{s.label}: {next((i['reason'] for i in ignored if i['series_uid'] == s.uid), 'used')}"  # noqa: E501
-                          for s in study.series.values())
+        role = {i["series_uid"]: f"left out, {i['reason']}" for i in ignored}
+        role.update({s.uid: f"is {sequence}" for sequence, s in chosen.items()})
+        found = "; ".join(f"{s.label} {role[s.uid]}" for s in study.series.values())
         raise DicomImportError(
             f"missing sequence(s) {', '.join(missing)}; the study's series are: {found}. "
             "Name the right series in a --mapping file, or leave this study out",
@@ -280,7 +281,8 @@ def load_series(files: list[Path], *, study: str | None = None,
     try:
         stack = stack_slices(headers, float(thickness) if thickness else None)
     except GeometryError as error:
-        raise DicomImportError(str(error), study=study, series=series) from None
+        file = None if error.index is None else str(files[error.index])
+        raise DicomImportError(str(error), study=study, series=series, file=file) from None
     first.PixelData = b""  # keep the header, not the pixels
     return SeriesVolume(volume_from_slices(pixels, stack), LPS_TO_RAS @ stack.affine_lps, first)
 

@@ -88,8 +88,13 @@ def load_credentials(auth_file: str | Path | None = None,
     return None
 
 
-def make_client(url: str, auth: requests.auth.AuthBase | None = None, timeout: float = 60):
-    """A dicomweb-client for `url` with `auth` on its session."""
+def make_client(url: str, auth: requests.auth.AuthBase | None = None, *, timeout: float = 60,
+                attempts: int = 3):
+    """A dicomweb-client for `url` with `auth` on its session.
+
+    A failed request (connection error, HTTP 408/429/503/504) is tried `attempts` times in
+    all, with exponential back-off from 1 s.
+    """
     from dicomweb_client import DICOMwebClient
 
     parts = urlsplit(url)
@@ -102,7 +107,10 @@ def make_client(url: str, auth: requests.auth.AuthBase | None = None, timeout: f
                                "in the URL")
     session = requests.Session()
     session.auth = auth
-    return DICOMwebClient(url.rstrip("/"), session=session, timeout=timeout)
+    client = DICOMwebClient(url.rstrip("/"), session=session, timeout=timeout)
+    client.set_http_retry_params(retry=attempts > 1, max_attempts=max(attempts, 1),
+                                 wait_exponential_multiplier=500)
+    return client
 
 
 def safe_url(url: str) -> str:

@@ -7,8 +7,9 @@ Rules, tried in this order; the first that decides wins:
 
        {"t1ce": ["AX T1 POST", "^mprage_gd"], "flair": ["DARK FLUID"], "ignore": ["T2 STAR"]}
 
-   Each expression is searched, case-insensitively, in "SeriesDescription | ProtocolName", and
-   may also be a SeriesInstanceUID (matched exactly). Keys are tried in file order.
+   Each expression is searched, case-insensitively, in SeriesDescription and in ProtocolName
+   (each on its own, so ``^…$`` anchors work), and may also be a SeriesInstanceUID (matched
+   exactly). Keys are tried in file order, then the expressions of each key in order.
 2. **Not an anatomical series**: ImageType holds LOCALIZER, or the text names a localizer,
    scout, survey, calibration, diffusion (dwi, adc, trace, dti) or perfusion series → ignored.
 3. **The text** (SeriesDescription | ProtocolName, lower case):
@@ -100,8 +101,9 @@ def identify(header, mapping: list | None = None) -> Identified:
     """The sequence of one series, from its first instance's header (a pydicom Dataset)."""
     text = _text(header)
     uid = str(header.get("SeriesInstanceUID", ""))
+    names = [str(header.get(n, "") or "") for n in ("SeriesDescription", "ProtocolName")]
     for key, pattern, source in mapping or []:
-        if source == uid or pattern.search(text):
+        if source == uid or any(pattern.search(name) for name in names):
             sequence = None if key == IGNORE else key
             return Identified(sequence, f"mapping file: {source!r} → {key}")
     lower = text.lower().replace("_", " ")  # "t1_post" → "t1 post", so \b sees the words
