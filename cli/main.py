@@ -45,3 +45,6 @@ main.add_command(evaluate_model)
 from cli.import_dicom import import_dicom  # noqa: E402
 
 main.add_command(import_dicom)
+from cli.serve import serve  # noqa: E402
+
+main.add_command(serve)

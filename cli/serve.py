@@ -1,0 +1,58 @@
+"""`fdn-index serve`: a warm query service with a JSON API and a viewer page."""
+
+import click
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@click.command()
+@click.option(
+    "--index",
+    "index_dir",
+    type=click.Path(file_okay=False),
+    default="index",
+    show_default=True,
+    help="Index directory written by `fdn-index build` (opened read-only).",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind. Only this machine can connect unless you pass another, e.g. 0.0.0.0.",
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="TCP port (0 picks a free one).")
+@click.option("--max-upload-mb", type=click.FloatRange(0, min_open=True), default=256,
+              show_default=True, help="Largest accepted upload (all files of a case together).")
+@click.option("--cache-cases", type=click.IntRange(1), default=8, show_default=True,
+              help="Cases whose images are kept in memory for the slice viewer.")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+              default="warning", show_default=True, help="uvicorn's log level.")
+def serve(index_dir, host, port, max_upload_mb, cache_cases, log_level):
+    """Serve an index over HTTP: the viewer at /, the API under /api, its docs at /docs.
+
+    The index and its model are loaded once and kept warm; the index is never written.
+    """
+    import uvicorn
+
+    from fdn.errors import FdnError
+    from fdn.service import QueryService, create_app
+
+    try:
+        service = QueryService.open(
+            index_dir, max_upload_bytes=int(max_upload_mb * 1024 * 1024), cache_cases=cache_cases
+        )
+        warm = service.warm_up()
+    except FdnError as exc:
+        raise click.ClickException(str(exc)) from exc
+    # Against DNS rebinding: a loopback server answers only requests addressed to loopback names.
+    allowed = ["127.0.0.1", "localhost"] if host in LOOPBACK else None
+    app = create_app(service, allowed_hosts=allowed)
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(
+        f"Index {index_dir}: {service.index.manifest.n_cases} cases, {service.index.ntotal} slices "
+        f"(warm in {warm:.1f} s). Viewer: http://{shown}:{port}/  API docs: http://{shown}:{port}/docs"
+    )
+    if host not in LOOPBACK:
+        click.echo(f"Warning: bound to {host}; other machines can reach this server.", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

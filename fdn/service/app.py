@@ -1,0 +1,448 @@
+"""The HTTP face of `QueryService`: a Starlette app with a JSON API, its OpenAPI description and
+the viewer page.
+
+    app = create_app("demo/index")            # or create_app(QueryService(...))
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Each route is a small function that turns a request into one `QueryService` call and its answer
+(or its error) into a response. Errors are JSON, `{"error": message, "status": code}`: 400 for
+invalid input (the library's message, the same the CLI prints), 403 for a source file outside
+the index's archive folders, 404 for an unknown case or path, 413 for an upload over the cap.
+The page's assets ship inside the package (`fdn/service/static/`) and are read once, through
+`importlib.resources`; no path from a request ever reaches the file system.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from fdn import __version__
+from fdn.errors import ArchiveError, FdnError
+from fdn.queries import QueryError, UnknownCaseError
+from fdn.service.images import ImageAccessError
+from fdn.service.service import UPLOAD_KEYS, QueryService
+
+log = logging.getLogger(__name__)
+
+STATIC = {  # name -> media type: the only files the app serves
+    "index.html": "text/html; charset=utf-8",
+    "docs.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "docs.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+}
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
+        b"frame-ancestors 'none'; base-uri 'none'",
+    ),
+]
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost"]
+
+
+def openapi(operation: dict):
+    """Attach an OpenAPI operation object to a route function (collected by `openapi_schema`)."""
+
+    def attach(func):
+        func.openapi = operation
+        return func
+
+    return attach
+
+
+def _param(name, where="query", kind="string", description="", required=False, **schema):
+    return {
+        "name": name,
+        "in": where,
+        "required": required or where == "path",
+        "description": description,
+        "schema": {"type": kind, **schema},
+    }
+
+
+QUERY_PARAMS = [
+    _param("mode", enum=["normal", "abnormal", "sum", "all"], default="sum",
+           description="Similarity: normal anatomy, lesion, their sum, or all three."),
+    _param("distance", enum=["hamming", "euclidean", "angular"], default="hamming",
+           description="Per-image distance between code grids."),
+    _param("topq", kind="integer", minimum=1, maximum=100, default=10,
+           description="Number of volumes (each hit from a different volume)."),
+    _param("backend", enum=["lut", "faiss-flat", "faiss-ivf", "numpy"], default="lut",
+           description="Search engine."),
+    _param("nprobe", kind="integer", minimum=1, description="Lists probed by faiss-ivf."),
+    _param("normalized_sum", kind="boolean", default=False,
+           description="For mode sum: divide each distance by its scale before adding."),
+    _param("include_same_volume", kind="boolean", default=False,
+           description="Allow hits from the query's own volume."),
+]
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(description, schema):
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes):
+    text = {400: "Invalid input", 403: "Refused: outside the archive", 404: "Unknown case",
+            413: "Upload too large"}
+    return {str(c): _json(text[c], ERROR) for c in codes}
+
+
+# --- routes ------------------------------------------------------------------------------------
+
+
+def _service(request: Request) -> QueryService:
+    return request.app.state.service
+
+
+@openapi({"summary": "The viewer page", "responses": {"200": {"description": "HTML"}}})
+def page(request: Request) -> Response:
+    return _static(request, "index.html")
+
+
+@openapi({"summary": "This API's documentation, rendered from /openapi.json",
+          "responses": {"200": {"description": "HTML"}}})
+def docs(request: Request) -> Response:
+    return _static(request, "docs.html")
+
+
+def static(request: Request) -> Response:
+    return _static(request, request.path_params["name"])
+
+
+def _static(request: Request, name: str) -> Response:
+    assets = request.app.state.assets
+    if name not in assets:
+        raise HTTPException(404, f"no asset {name!r}")
+    return Response(assets[name], media_type=STATIC[name], headers={"cache-control": "no-cache"})
+
+
+@openapi({"summary": "OpenAPI description of this API",
+          "responses": {"200": _json("OpenAPI 3.1", {"type": "object"})}})
+def openapi_json(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.state.openapi)
+
+
+@openapi({"summary": "Health", "tags": ["index"],
+          "responses": {"200": _json("The service is up", {"type": "object"})}})
+def health(request: Request) -> JSONResponse:
+    return JSONResponse(_service(request).health())
+
+
+@openapi({"summary": "Index information and the service's limits", "tags": ["index"],
+          "responses": {"200": _json("Index info", {"$ref": "#/components/schemas/Info"})}})
+def info(request: Request) -> JSONResponse:
+    return JSONResponse(_service(request).info())
+
+
+@openapi({
+    "summary": "Cases of the index, paged and filtered", "tags": ["cases"],
+    "parameters": [
+        _param("q", description="Substring of the case id (case-insensitive)."),
+        _param("has_lesion", kind="boolean", description="Only cases with (true) or without "
+               "(false) a lesion in their label file."),
+        _param("offset", kind="integer", minimum=0, default=0),
+        _param("limit", kind="integer", minimum=1, maximum=500, default=50),
+    ],
+    "responses": {"200": _json("A page of cases", {"$ref": "#/components/schemas/CasePage"}),
+                  **_errors(400)},
+})
+def cases(request: Request) -> JSONResponse:
+    return JSONResponse(_service(request).cases(request.query_params))
+
+
+@openapi({
+    "summary": "One case's metadata", "tags": ["cases"],
+    "parameters": [_param("case", "path")],
+    "responses": {"200": _json("The case", {"$ref": "#/components/schemas/Case"}),
+                  **_errors(404)},
+})
+def case(request: Request) -> JSONResponse:
+    return JSONResponse(_service(request).case(request.path_params["case"]))
+
+
+@openapi({
+    "summary": "One axial slice as PNG, with optional label overlays", "tags": ["cases"],
+    "parameters": [
+        _param("case", "path"),
+        _param("slice", "path", kind="integer", minimum=0),
+        _param("sequence", enum=["t1", "t1ce", "t2", "flair"], default="flair"),
+        _param("overlay", description="Comma-separated label overlays among seg, anat "
+               "(repeatable)."),
+    ],
+    "responses": {"200": {"description": "PNG", "content": {"image/png": {}}},
+                  **_errors(400, 403, 404)},
+})
+def slice_png(request: Request) -> Response:
+    params = request.query_params
+    overlays = [o for value in params.getlist("overlay") for o in value.split(",") if o]
+    png = _service(request).slice_png(
+        request.path_params["case"],
+        request.path_params["slice"],
+        params.get("sequence") or "flair",
+        overlays,
+    )
+    return Response(png, media_type="image/png", headers={"cache-control": "max-age=3600"})
+
+
+@openapi({
+    "summary": "Query by a slice of the index", "tags": ["query"],
+    "description": "Volume-wise top-Q: each hit is the closest slice of a different volume. "
+    "The hits are those of fdn.queries.run_slice_query, the call behind `fdn-index query`.",
+    "parameters": [
+        _param("case", required=True, description="A case of the index."),
+        _param("slice", kind="integer", minimum=0,
+               description="Axial slice [default: the largest-lesion slice, else the middle]."),
+        *QUERY_PARAMS,
+    ],
+    "responses": {"200": _json("The result", {"$ref": "#/components/schemas/QueryResult"}),
+                  **_errors(400, 404)},
+})
+def query(request: Request) -> JSONResponse:
+    params = request.query_params
+    if not params.get("case"):
+        raise QueryError("case is required: /api/query?case=ID[&slice=Z]")
+    result = _service(request).query(params["case"], params.get("slice"), params)
+    return JSONResponse(result.to_dict())
+
+
+@openapi({
+    "summary": "Query by an uploaded external case", "tags": ["query"],
+    "description": "The four sequences as NIfTI files (.nii or .nii.gz), multipart; seg and anat "
+    "optional. Read, validated and preprocessed like an archive case, encoded with the index's "
+    "model, never stored: the files live in a private temporary folder removed before the "
+    "answer is sent. The body is capped (info.max_upload_bytes, 413 beyond) and so is each "
+    "volume (info.max_voxels).",
+    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object",
+        "required": ["t1", "t1ce", "t2", "flair"],
+        "properties": {
+            **{k: {"type": "string", "format": "binary"} for k in UPLOAD_KEYS},
+            "case_id": {"type": "string", "description": "Name of the case [default: upload]"},
+            "slice": {"type": "integer", "minimum": 0},
+            **{p["name"]: p["schema"] for p in QUERY_PARAMS},
+        },
+    }}}},
+    "responses": {"200": _json("The result", {"$ref": "#/components/schemas/QueryResult"}),
+                  **_errors(400, 413)},
+})
+async def query_upload(request: Request) -> Response:
+    service = _service(request)
+    limit = service.max_upload_bytes
+    too_large = (
+        f"the upload exceeds the limit of {limit:,} bytes; send smaller files (gzip them) or "
+        "start the server with a larger --max-upload-mb"
+    )
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return _error(413, too_large)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return _error(400, "send the files as multipart/form-data (fields t1, t1ce, t2, flair)")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return _error(413, too_large)
+    messages = [{"type": "http.request", "body": bytes(body), "more_body": False}]
+    body.clear()
+
+    async def replay():  # the body again, for the multipart parser
+        return messages.pop() if messages else {"type": "http.disconnect"}
+
+    uploads, fields = {}, {}
+    try:
+        async with Request(request.scope, replay).form(
+            max_files=len(UPLOAD_KEYS), max_fields=32, max_part_size=64 * 1024
+        ) as form:
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    if key in uploads:
+                        raise QueryError(f"two {key} files sent; send one")
+                    uploads[key] = await value.read()
+                else:
+                    fields[key] = value
+    except HTTPException as exc:  # the multipart parser's own limits and errors
+        return _error(400, f"malformed multipart body: {exc.detail}")
+    result = await run_in_threadpool(service.query_upload, uploads, fields)
+    return JSONResponse(result.to_dict())
+
+
+ROUTES = [
+    Route("/", page),
+    Route("/docs", docs),
+    Route("/openapi.json", openapi_json),
+    Route("/static/{name}", static),
+    Route("/api/health", health),
+    Route("/api/info", info),
+    Route("/api/cases", cases),
+    Route("/api/cases/{case}", case),
+    Route("/api/cases/{case}/slices/{slice:int}.png", slice_png),
+    Route("/api/query", query),
+    Route("/api/query/upload", query_upload, methods=["POST"]),
+]
+
+
+# --- errors, headers, schema -------------------------------------------------------------------
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+async def _on_query_error(request, exc):
+    return _error(404 if isinstance(exc, UnknownCaseError) else 400, str(exc))
+
+
+async def _on_access_error(request, exc):
+    log.warning("refused: %s", exc)
+    return _error(403, str(exc))
+
+
+async def _on_fdn_error(request, exc):
+    log.error("%s: %s", request.url.path, exc)
+    status = 400 if isinstance(exc, ArchiveError) else 500
+    return _error(status, str(exc))
+
+
+async def _on_value_error(request, exc):
+    return _error(400, str(exc))
+
+
+async def _on_http_error(request, exc):
+    return _error(exc.status_code, str(exc.detail))
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware: the same defensive headers on every response."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def openapi_schema(routes) -> dict:
+    """OpenAPI 3.1 from the operations attached to the route functions with `@openapi`."""
+    paths = {}
+    for route in routes:
+        operation = getattr(route.endpoint, "openapi", None)
+        if operation is None:
+            continue
+        path = route.path.replace("{slice:int}", "{slice}")
+        for method in sorted(route.methods - {"HEAD"}):
+            paths.setdefault(path, {})[method.lower()] = {
+                "operationId": route.endpoint.__name__, **operation}
+    case = {"type": "object", "properties": {
+        "case": {"type": "string"}, "volume": {"type": "integer"},
+        "n_slices": {"type": "integer"}, "first_slice": {"type": "integer"},
+        "last_slice": {"type": "integer"}, "default_slice": {"type": "integer"},
+        "has_lesion": {"type": ["boolean", "null"]},
+        "max_lesion_area": {"type": ["integer", "null"]},
+        "lesion_slices": {"type": ["integer", "null"]}}}
+    hit = {"type": "object", "properties": {
+        "rank": {"type": "integer"}, "row": {"type": "integer"}, "case": {"type": "string"},
+        "slice": {"type": "integer"}, "distance": {"type": "number"},
+        "source": {"type": "string"}, "lesion_area": {"type": ["integer", "null"]}}}
+    result = {"type": "object", "description": "The schema of `fdn-index query --json` too.",
+              "properties": {
+                  "query": {"type": "string"}, "index": {"type": "string"},
+                  "query_case": {"type": "string"}, "query_slice": {"type": "integer"},
+                  "external": {"type": "boolean"},
+                  "modes": {"type": "array", "items": {"type": "string"}},
+                  "distance": {"type": "string"}, "backend": {"type": "string"},
+                  "topq": {"type": "integer"}, "normalized_sum": {"type": "boolean"},
+                  "include_same_volume": {"type": "boolean"},
+                  "nprobe": {"type": ["integer", "null"]},
+                  "load_seconds": {"type": "number"}, "encode_seconds": {"type": "number"},
+                  "query_seconds": {"type": "number"},
+                  "results": {"type": "object", "additionalProperties": {
+                      "type": "object", "properties": {
+                          "search_seconds": {"type": "number"},
+                          "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
+                      }}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "fdn-index query service", "version": __version__,
+                 "description": "Content-based retrieval of brain MRI by normal anatomy and by "
+                 "lesion (Kobayashi et al. 2021)."},
+        "paths": paths,
+        "components": {"schemas": {
+            "Error": {"type": "object", "properties": {
+                "error": {"type": "string"}, "status": {"type": "integer"}}},
+            "Info": {"type": "object"},
+            "Case": case,
+            "CasePage": {"type": "object", "properties": {
+                "total": {"type": "integer"}, "offset": {"type": "integer"},
+                "limit": {"type": "integer"},
+                "cases": {"type": "array", "items": {"$ref": "#/components/schemas/Case"}}}},
+            "Hit": hit,
+            "QueryResult": result,
+        }},
+    }
+
+
+def load_assets() -> dict[str, bytes]:
+    """The page's files, read once from the installed package (never the working directory)."""
+    folder = resources.files("fdn.service") / "static"
+    return {name: (folder / name).read_bytes() for name in STATIC}
+
+
+def create_app(
+    service_or_index: QueryService | str | Path,
+    *,
+    allowed_hosts: list[str] | None = None,
+    **settings,
+) -> Starlette:
+    """The Starlette app over one `QueryService` (or an index directory, opened now).
+
+    allowed_hosts: Host header values accepted (against DNS rebinding); None accepts any.
+    settings: those of `QueryService` when an index directory is given.
+    """
+    service = (
+        service_or_index
+        if isinstance(service_or_index, QueryService)
+        else QueryService.open(service_or_index, **settings)
+    )
+    middleware = [Middleware(SecurityHeaders)]
+    if allowed_hosts:
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
+    app = Starlette(
+        routes=ROUTES,
+        middleware=middleware,
+        exception_handlers={
+            QueryError: _on_query_error,
+            ImageAccessError: _on_access_error,
+            FdnError: _on_fdn_error,
+            ValueError: _on_value_error,
+            HTTPException: _on_http_error,
+        },
+    )
+    app.state.service = service
+    app.state.assets = load_assets()
+    app.state.openapi = openapi_schema(ROUTES)
+    return app

@@ -1,0 +1,228 @@
+"""The query service: one open index, kept warm, behind the methods the HTTP routes call.
+
+    service = QueryService.open("demo/index")
+    service.query("SYN_010", 22, {"mode": "all", "topq": "6"})      # -> fdn.queries.QueryResult
+    service.query_upload({"t1": b"...", ...}, {"slice": "40"})      # external case, in a tmp dir
+
+Routes only translate HTTP to these calls and back (`fdn.service.app`). The index is never
+written; uploads live in a private temporary folder removed before the call returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from fdn.data.labels import SEQUENCES
+from fdn.errors import FdnError
+from fdn.queries import (
+    QueryError,
+    case_catalog,
+    check_case,
+    query_options,
+    run_external_query,
+    run_slice_query,
+)
+from fdn.service.images import OVERLAYS, SliceImages
+from hashindex import DISTANCES, ENGINES, MODES
+
+log = logging.getLogger(__name__)
+
+UPLOAD_KEYS = (*SEQUENCES, "seg", "anat")
+CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEFAULT_MAX_UPLOAD_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_VOXELS = 512 * 512 * 512
+MAX_TOPQ = 100
+MAX_PAGE = 500
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off", "")
+
+
+def parse_bool(name: str, value) -> bool:
+    """'true'/'false' (and 1/0, yes/no, on/off) -> bool; QueryError otherwise."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in TRUE:
+        return True
+    if text in FALSE:
+        return False
+    raise QueryError(f"{name} must be true or false; got {value!r}")
+
+
+def parse_options(params) -> dict:
+    """The query options of request parameters (strings) as keyword arguments of
+    `fdn.queries.query_options`; unknown values are refused there, with the CLI's messages."""
+    mode = params.get("mode") or "sum"
+    nprobe = params.get("nprobe")
+    return dict(
+        mode=[m for m in str(mode).split(",") if m] or ["sum"],
+        distance=params.get("distance") or "hamming",
+        topq=params.get("topq") or 10,
+        backend=params.get("backend") or "lut",
+        nprobe=None if nprobe in (None, "") else nprobe,
+        normalized_sum=parse_bool("normalized_sum", params.get("normalized_sum", "")),
+        include_same_volume=parse_bool("include_same_volume", params.get("include_same_volume", "")),
+    )
+
+
+class QueryService:
+    """An open index with its case catalogue, slice images and locks; built once at start-up."""
+
+    def __init__(
+        self,
+        index,
+        *,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+        max_voxels: int = DEFAULT_MAX_VOXELS,
+        cache_cases: int = 8,
+        scratch_dir: str | Path | None = None,
+    ):
+        self.index = index
+        self.catalog = case_catalog(index)
+        self.images = SliceImages(index, max_cases=cache_cases)
+        self.max_upload_bytes = int(max_upload_bytes)
+        self.max_voxels = int(max_voxels)
+        self.scratch_dir = None if scratch_dir is None else Path(scratch_dir)
+        self.search_lock = threading.Lock()  # the compiled kernels are driven by one thread at a time
+        self.encode_lock = threading.Lock()
+        self.started = time.time()
+
+    @classmethod
+    def open(cls, index_dir: str | Path, **settings) -> QueryService:
+        from fdn.retrieval import open_index
+
+        return cls(open_index(index_dir), **settings)
+
+    def warm_up(self) -> float:
+        """Load the model and run one query per mode (Numba's first call); seconds taken."""
+        started = time.perf_counter()
+        self.index.model()
+        case = self.index.cases[0]
+        run_slice_query(self.index, case, None, "all", topq=1, lock=self.search_lock)
+        return time.perf_counter() - started
+
+    # --- what the routes call -----------------------------------------------------------------
+
+    def info(self) -> dict:
+        m = self.index.manifest
+        return {
+            "index": Path(self.index.index_dir).name,
+            "n_cases": m.n_cases,
+            "n_slices": m.n_slices,
+            "preset": m.preset,
+            "input_size": m.input_size,
+            "grid": list(m.grid),
+            "model_checksum": m.model_checksum,
+            "fdn_index_version": m.fdn_index_version,
+            "modes": [*MODES, "all"],
+            "distances": list(DISTANCES),
+            "backends": list(ENGINES),
+            "sequences": list(SEQUENCES),
+            "overlays": list(OVERLAYS),
+            "upload_keys": list(UPLOAD_KEYS),
+            "max_topq": MAX_TOPQ,
+            "max_upload_bytes": self.max_upload_bytes,
+            "max_voxels": self.max_voxels,
+        }
+
+    def health(self) -> dict:
+        return {
+            "status": "ok",
+            "n_slices": self.index.ntotal,
+            "uptime_seconds": round(time.time() - self.started, 3),
+        }
+
+    def cases(self, params) -> dict:
+        """A page of the case catalogue: q (substring of the id), has_lesion, offset, limit."""
+        q = str(params.get("q", "") or "")
+        has_lesion = params.get("has_lesion")
+        offset = _bounded_int("offset", params.get("offset", 0), 0, None)
+        limit = _bounded_int("limit", params.get("limit", 50), 1, MAX_PAGE)
+        selected = [c for c in self.catalog.values() if q.lower() in c.case.lower()]
+        if has_lesion not in (None, ""):
+            wanted = parse_bool("has_lesion", has_lesion)
+            selected = [c for c in selected if bool(c.has_lesion) == wanted]
+        return {
+            "total": len(selected),
+            "offset": offset,
+            "limit": limit,
+            "cases": [c.to_dict() for c in selected[offset : offset + limit]],
+        }
+
+    def case(self, case: str) -> dict:
+        return self.catalog[check_case(self.index, case)].to_dict()
+
+    def slice_png(self, case: str, slice_index, sequence: str, overlays) -> bytes:
+        return self.images.png(check_case(self.index, case), slice_index, sequence, overlays)
+
+    def query(self, case: str, slice_index, params):
+        """A query by a slice of the index; slice_index None or "" for the case's default."""
+        options = query_options(**parse_options(params), max_topq=MAX_TOPQ)
+        slice_index = None if slice_index in (None, "") else slice_index
+        return run_slice_query(
+            self.index, case, slice_index, options=options, lock=self.search_lock
+        )
+
+    def query_upload(self, uploads: dict[str, bytes], params):
+        """A query by an uploaded case: {key: NIfTI bytes} for t1, t1ce, t2, flair (seg, anat
+        optional). Written to a private temporary folder, read like any external case, and
+        removed before returning, whatever happens."""
+        options = query_options(**parse_options(params), max_topq=MAX_TOPQ)
+        unknown = sorted(set(uploads) - set(UPLOAD_KEYS))
+        if unknown:
+            raise QueryError(
+                f"unknown upload field(s) {', '.join(unknown)}; send {', '.join(UPLOAD_KEYS)}"
+            )
+        missing = [k for k in SEQUENCES if k not in uploads]
+        if missing:
+            raise QueryError(
+                f"missing the {', '.join(missing)} sequence(s): send the four files "
+                f"{', '.join(SEQUENCES)} (NIfTI, .nii or .nii.gz), seg and anat optional"
+            )
+        empty = [k for k, data in uploads.items() if not data]
+        if empty:
+            raise QueryError(f"the {', '.join(empty)} upload(s) are empty; send NIfTI files")
+        case_id = str(params.get("case_id") or "upload")
+        if not CASE_ID.match(case_id):
+            raise QueryError(
+                f"case_id must be 1-64 letters, digits, '_', '.' or '-' (starting with a letter "
+                f"or digit); got {case_id!r}"
+            )
+        slice_index = params.get("slice")
+        slice_index = None if slice_index in (None, "") else slice_index
+        with tempfile.TemporaryDirectory(prefix="fdn-upload-", dir=self.scratch_dir) as tmp:
+            folder = Path(tmp) / case_id
+            folder.mkdir()
+            for key, data in uploads.items():
+                extension = ".nii.gz" if data[:2] == b"\x1f\x8b" else ".nii"
+                (folder / f"{case_id}_{key}{extension}").write_bytes(data)
+            try:
+                return run_external_query(
+                    self.index,
+                    [folder],
+                    slice_index,
+                    options=options,
+                    max_voxels=self.max_voxels,
+                    lock=self.search_lock,
+                    encode_lock=self.encode_lock,
+                )
+            except FdnError as exc:
+                # The same message as the CLI's, less the private folder's name.
+                message = str(exc).replace(f"{folder}/", "").replace(str(folder), case_id)
+                raise QueryError(message) from None
+
+
+def _bounded_int(name: str, value, low: int, high: int | None) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise QueryError(f"{name} must be an integer; got {value!r}") from None
+    if number < low or (high is not None and number > high):
+        bound = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise QueryError(f"{name} must be {bound}; got {number}")
+    return number
