@@ -1,0 +1,134 @@
+"""Fixtures of the query-service tests: a tiny archive, a seeded tiny model, an index of them, an
+in-process client, and a real uvicorn server on 127.0.0.1 and a free port.
+
+The model has seeded random weights (the "tiny" preset, as in tests/pipeline): the tests check
+that the service answers exactly what the library answers, which needs no trained model.
+Everything is written inside pytest's tmp folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import threading
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from fdn.build import build_index
+from fdn.checkpoint import save_checkpoint
+from fdn.model import FDN, PRESETS
+from fdn.synth import synthesize_archive
+
+with warnings.catch_warnings():  # on import, starlette says it prefers httpx2 to the pinned httpx
+    warnings.simplefilter("ignore")
+    import starlette.testclient  # noqa: F401
+
+SIZE = PRESETS["tiny"].image_size
+REFERENCE = Path(__file__).resolve().parents[1] / "hashindex" / "hashindex_reference.py"
+
+
+def load_reference():
+    """tests/hashindex/hashindex_reference.py: the plain-numpy brute force of the search tests."""
+    spec = importlib.util.spec_from_file_location("service_hashindex_reference", REFERENCE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_model_dir(path, seed):
+    """A tiny FDN with seeded random weights, saved as a model directory (as tests/pipeline)."""
+    torch.manual_seed(seed)
+    model = FDN(PRESETS["tiny"])
+    save_checkpoint(
+        path,
+        {"model": model.state_dict(), "config": asdict(PRESETS["tiny"]), "preset": "tiny",
+         "step": 0},
+    )
+    return path
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under `folder` (symlinks not followed)."""
+    out = {}
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            out[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="session")
+def service_archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("service") / "archive"
+    synthesize_archive(root, n_cases=4, healthy_fraction=0.5, seed=11, size=SIZE)
+    return root
+
+
+@pytest.fixture(scope="session")
+def service_model(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("service-model") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def service_index(tmp_path_factory, service_archive, service_model):
+    index_dir = tmp_path_factory.mktemp("service-index") / "index"
+    build_index(service_archive, service_model, index_dir)
+    return index_dir
+
+
+@pytest.fixture(scope="session")
+def service(service_index, tmp_path_factory):
+    from fdn.service import QueryService
+
+    scratch = tmp_path_factory.mktemp("service-scratch")
+    return QueryService.open(service_index, scratch_dir=scratch, max_upload_bytes=8 * 1024 * 1024)
+
+
+@pytest.fixture(scope="session")
+def client(service):
+    from starlette.testclient import TestClient
+
+    from fdn.service import create_app
+
+    with TestClient(create_app(service), base_url="http://127.0.0.1") as test_client:
+        yield test_client
+
+
+class LiveServer:
+    """uvicorn serving `app` in a thread on 127.0.0.1 and a free port."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        assert host == "127.0.0.1"
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def live_server(service):
+    from fdn.service import create_app
+
+    service.warm_up()
+    with LiveServer(create_app(service, allowed_hosts=["127.0.0.1", "localhost"])) as server:
+        yield server

@@ -1,0 +1,168 @@
+"""The viewer in a real browser: Debian's headless Chromium driven by Selenium against the real
+server (uvicorn on 127.0.0.1, a free port). Picks a case, moves the slider and the arrow keys,
+switches modes, clicks a hit, goes back and forward; checks the page's text against the API and
+that every image loaded."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+
+import httpx
+import pytest
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+pytestmark = pytest.mark.skipif(
+    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+    reason="Debian's chromium and chromium-driver could not be installed here "
+    "(`make system-deps` installs them); the viewer's browser test needs them",
+)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="fdn-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--window-size=1400,1000",
+                 f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait_for(driver, condition, what, timeout=15):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(
+        lambda d: condition(d), message=f"timed out waiting for {what}"
+    )
+
+
+def caption(driver):
+    return driver.find_element("id", "query-caption").text
+
+
+def hit_labels(driver, mode):
+    cards = driver.find_elements("css selector", f'.mode-block[data-mode="{mode}"] .hit .label')
+    return [c.text for c in cards]
+
+
+def api_labels(server, case, z, mode, topq=8):
+    body = httpx.get(f"{server.url}/api/query",
+                     params={"case": case, "slice": z, "mode": mode, "topq": topq}).json()
+    return [f"#{h['rank']} {h['case']} : {h['slice']}" for h in body["results"][mode]["hits"]]
+
+
+def images_loaded(driver):
+    """True when every <img> with a src finished loading with pixels; raises on a broken one."""
+    states = driver.execute_script(
+        "return [...document.images].filter(i => i.getAttribute('src'))"
+        ".map(i => [i.complete, i.naturalWidth, i.src]);"
+    )
+    if not all(complete for complete, _, _ in states):
+        return False
+    broken = [src for _, width, src in states if width == 0]
+    assert not broken, f"images that did not load: {broken}"
+    return len(states) > 1
+
+
+def settled(driver, case, z, mode):
+    """The page shows (case, z) in `mode` and its hits and images have arrived."""
+    return (caption(driver) == f"{case} · slice {z}"
+            and driver.find_element("id", "message").text == f"query {case} slice {z}"
+            and driver.find_elements("css selector", f'.mode-block[data-mode="{mode}"] .hit')
+            and images_loaded(driver))
+
+
+def test_viewer_end_to_end(browser, live_server, service):
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    catalog = service.catalog
+    browser.get(live_server.url + "/")
+    first = next(c for c in catalog.values() if c.has_lesion)
+    wait_for(browser, lambda d: settled(d, first.case, first.default_slice, "sum"), "first query")
+    assert "cases" in browser.find_element("id", "index-info").text
+    assert hit_labels(browser, "sum") == api_labels(live_server, first.case,
+                                                     first.default_slice, "sum")
+    assert re.search(r"search \d+\.\d ms · server \d+\.\d ms · round trip \d+ ms",
+                     browser.find_element("id", "latency").text)
+
+    # Pick another case: its default slice is queried.
+    other = [c for c in catalog.values() if c.case != first.case][-1]
+    Select(browser.find_element("id", "case-select")).select_by_value(other.case)
+    wait_for(browser, lambda d: settled(d, other.case, other.default_slice, "sum"), "picked case")
+    assert hit_labels(browser, "sum") == api_labels(live_server, other.case,
+                                                     other.default_slice, "sum")
+
+    # The slider: set it as a user drags it (input events).
+    z = other.first_slice + 3 if other.default_slice != other.first_slice + 3 else other.first_slice + 4
+    browser.execute_script(
+        "const s = document.getElementById('slice-slider'); s.value = arguments[0];"
+        "s.dispatchEvent(new Event('input', {bubbles: true}));", z)
+    wait_for(browser, lambda d: settled(d, other.case, z, "sum"), "slider")
+    assert browser.find_element("id", "slice-label").text == f"{z} / {other.last_slice}"
+
+    # Arrow keys move one slice.
+    browser.find_element("tag name", "body").send_keys(Keys.ARROW_RIGHT)
+    wait_for(browser, lambda d: settled(d, other.case, z + 1, "sum"), "arrow right")
+    browser.find_element("tag name", "body").send_keys(Keys.ARROW_LEFT)
+    browser.find_element("tag name", "body").send_keys(Keys.ARROW_LEFT)
+    wait_for(browser, lambda d: settled(d, other.case, z - 1, "sum"), "arrow left twice")
+    z -= 1
+
+    # Mode tabs: one mode, then all three side by side.
+    browser.find_element("css selector", '#mode-tabs [data-mode="abnormal"]').click()
+    wait_for(browser, lambda d: settled(d, other.case, z, "abnormal"), "abnormal tab")
+    assert hit_labels(browser, "abnormal") == api_labels(live_server, other.case, z, "abnormal")
+    assert not browser.find_elements("css selector", '.mode-block[data-mode="sum"]')
+    browser.find_element("css selector", '#mode-tabs [data-mode="all"]').click()
+    wait_for(browser, lambda d: settled(d, other.case, z, "normal")
+             and len(d.find_elements("css selector", ".mode-block")) == 3, "all tab")
+    for mode in ("normal", "abnormal", "sum"):
+        assert hit_labels(browser, mode) == api_labels(live_server, other.case, z, mode)
+    assert "all" in browser.current_url
+
+    # Click a hit: it becomes the query, in a new history entry.
+    card = browser.find_elements("css selector", '.mode-block[data-mode="normal"] .hit')[1]
+    hit_case, hit_slice = card.get_attribute("data-case"), int(card.get_attribute("data-slice"))
+    distance = card.find_element("class name", "distance").text
+    assert distance.startswith("d = ")
+    card.click()
+    wait_for(browser, lambda d: settled(d, hit_case, hit_slice, "normal"), "clicked hit")
+    assert f"case={hit_case}" in browser.current_url
+    for mode in ("normal", "abnormal", "sum"):
+        assert hit_labels(browser, mode) == api_labels(live_server, hit_case, hit_slice, mode)
+
+    # Back returns to the previous query, forward to the hit again.
+    browser.back()
+    wait_for(browser, lambda d: settled(d, other.case, z, "normal"), "back")
+    browser.forward()
+    wait_for(browser, lambda d: settled(d, hit_case, hit_slice, "normal"), "forward")
+
+    # Overlays and sequences reload the images from the server.
+    browser.find_element("id", "overlay-anat").click()
+    wait_for(browser, lambda d: "anat" in d.find_element("id", "query-image").get_attribute("src")
+             and images_loaded(d), "anatomy overlay")
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors
+
+
+def test_docs_page_renders_the_api(browser, live_server):
+    browser.get(live_server.url + "/docs")
+    wait_for(browser, lambda d: "GET /api/query" in d.find_element("id", "docs").text, "docs")
+    assert "POST /api/query/upload" in browser.find_element("id", "docs").text
