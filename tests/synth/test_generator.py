@@ -32,7 +32,9 @@ def test_geometry_follows_the_brats_field_of_view():
     assert SynthConfig(size=64).shape == (64, 64, 41)    # round(155 * 64 / 240) = round(41.33)
     assert SynthConfig(size=48).shape == (48, 48, 31)    # round(31.0)
     affine = SynthConfig(size=64).affine
-    np.testing.assert_allclose(np.diag(affine)[:3], [3.75, 3.75, 155 / 41])
+    # each spacing is one float64 division (240 / 64 is exact): within one rounding, u64
+    np.testing.assert_allclose(np.diag(affine)[:3], [3.75, 3.75, 155 / 41],
+                               rtol=np.finfo(np.float64).eps / 2, atol=0)
 
 
 def test_arrays_have_the_documented_types(diseased):
