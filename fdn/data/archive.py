@@ -139,6 +139,9 @@ def case_files_from_paths(paths: list[Path]) -> tuple[str, dict[str, Path]]:
     cases, files = set(), {}
     for path in paths:
         match = _FILE_NAME.match(path.name)
+        if match is not None and os.path.lexists(path) and not path.is_file():
+            raise ArchiveError(f"{path} is not a readable regular file (a symlink loop, a "
+                               "dangling link, a folder or a special file); pass the file itself")
         if match is None or not path.is_file():
             raise ArchiveError(f"{path} is not a NIfTI file named CASE_<sequence>.nii.gz "
                                f"(sequence one of {', '.join(FILE_KEYS)}); rename it")

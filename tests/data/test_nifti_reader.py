@@ -239,6 +239,16 @@ def test_t1_as_a_symlink_loop_names_the_file(tmp_path):
     assert [b.case for b in archive.validate(skip_bad=True)] == [CASE]
 
 
+def test_loose_input_files_that_loop_or_dangle_are_named(tmp_path):
+    from fdn.data import case_files_from_paths
+
+    folder = make_case(tmp_path, ("t1ce", "t2", "flair"))
+    loop = folder / f"{CASE}_t1.nii.gz"
+    os.symlink(loop, loop)
+    with pytest.raises(ArchiveError, match=f"{CASE}_t1.nii.gz is not a readable regular file"):
+        case_files_from_paths([loop, folder / f"{CASE}_t2.nii.gz"])
+
+
 def test_huge_header_in_a_case_is_skipped_by_skip_bad(tmp_path):
     folder = make_case(tmp_path)
     (folder / f"{CASE}_flair.nii.gz").write_bytes(
