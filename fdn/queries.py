@@ -380,8 +380,7 @@ def run_external_query(
     include_same_volume. max_voxels: refuse volumes larger than this before reading their
     data (the service sets it). Raises QueryError, or ArchiveError for a bad case.
     """
-    from fdn.data import case_files_from_paths, load_case_files
-    from fdn.data.render import default_slice
+    from fdn.data import case_files_from_paths
 
     started = time.perf_counter()
     options = options or query_options(mode, **option_values)
@@ -389,16 +388,10 @@ def run_external_query(
     files = {k: v for k, v in files.items() if k != "pseudohealthy"}  # ground truth, not input
     if max_voxels is not None:
         check_nifti_sizes(case_id, files, max_voxels)
-    volume = load_case_files(files, index.manifest.input_size, case_id)
-    depth = volume.image.shape[0]
-    if slice_index is None:
-        seg = None if volume.seg is None else np.moveaxis(volume.seg, 0, -1)  # (H, W, Z)
-        slice_index = default_slice(seg, depth)
-    slice_index = _as_int("slice", slice_index)
-    if not 0 <= slice_index < depth:
-        raise QueryError(f"{case_id} has slices 0..{depth - 1}; slice {slice_index} is out of range")
+    image, seg, anat, slice_index = load_query_slice(
+        files, index.manifest.input_size, case_id, slice_index
+    )
     loaded = time.perf_counter()
-    image = volume.image[slice_index]
     with encode_lock or _NoLock():
         normal, abnormal = index.encode(image)
     encoded = time.perf_counter()
@@ -416,11 +409,45 @@ def run_external_query(
         encode_seconds=encoded - loaded,
         query_seconds=time.perf_counter() - started,
         query_image=image,
-        query_labels=(
-            None if volume.seg is None else volume.seg[slice_index],
-            None if volume.anat is None else volume.anat[slice_index],
-        ),
+        query_labels=(seg, anat),
     )
+
+
+def load_query_slice(files: dict[str, Path], size: int, case_id: str, slice_index: int | None):
+    """One preprocessed slice of an external case, equal to `load_case_files(...)` at that slice.
+
+    The case is read and validated whole (`read_case`) and z-scored over its whole brain, as
+    `preprocess` does, but only the query slice is resized: the resizing of every other slice
+    is most of the cost of preprocessing a BraTS-size case. The default slice is chosen on the
+    resized lesion labels, as the CLI always did. Returns image (4, S, S) float32, seg and anat
+    (S, S) uint8 or None, and the slice number. QueryError for a slice out of range.
+    """
+    from fdn.data.case import preprocess, read_case, zscore
+    from fdn.data.render import default_slice
+    from fdn.data.resize import resize_images, resize_labels
+
+    raw = read_case(files, case_id)
+    depth = raw.image.shape[3]
+    if slice_index is None:
+        seg = None if raw.seg is None else resize_labels(np.transpose(raw.seg, (2, 0, 1)), size)
+        slice_index = default_slice(None if seg is None else np.moveaxis(seg, 0, -1), depth)
+    slice_index = _as_int("slice", slice_index)
+    if not 0 <= slice_index < depth:
+        raise QueryError(f"{case_id} has slices 0..{depth - 1}; slice {slice_index} is out of range")
+    brain = np.any(raw.image != 0, axis=0)  # (H, W, Z)
+    mean, std = zscore(raw.image, brain) if brain.any() else (None, None)
+    if mean is None or np.any(std <= 1e-6 * np.maximum(np.abs(mean), 1)):
+        preprocess(raw, size)  # raises the archive reader's own error for this case
+    shift = mean.astype(np.float32).reshape(-1, 1, 1)
+    scale = std.astype(np.float32).reshape(-1, 1, 1)
+    x = raw.image[..., slice_index]  # (C, H, W)
+    z = np.where(brain[..., slice_index], (x - shift) / scale, np.float32(0))
+    image = resize_images(z[None], size)[0]
+
+    def labels(y):
+        return None if y is None else resize_labels(y[None, :, :, slice_index], size)[0]
+
+    return image, labels(raw.seg), labels(raw.anat), slice_index
 
 
 def check_nifti_sizes(case_id: str, files: dict[str, Path], max_voxels: int) -> None:

@@ -7,7 +7,7 @@ with `ImageAccessError`. Nothing is written anywhere.
 
 Volumes are read at their original resolution with `fdn.data.read_case` (so a bad file is
 refused with the archive reader's message), windowed once per case to uint8 (0.5–99.5
-percentiles of the brain, per sequence) and kept in a small LRU cache.
+percentiles of the brain outside the lesion, per sequence) and kept in a small LRU cache.
 """
 
 from __future__ import annotations
@@ -118,7 +118,11 @@ class SliceImages:
             raw = read_case(files, case)
             image = np.empty(raw.image.shape, np.uint8)
             for c in range(raw.image.shape[0]):
-                lo, hi = display_window(raw.image[c])
+                # The window of the brain outside the lesion, so that a bright lesion does not
+                # darken its case's normal tissue beside a healthy case's.
+                tissue = raw.image[c] if raw.seg is None else np.where(raw.seg > 0, 0, raw.image[c])
+                lo, hi = display_window(tissue)
+                hi += 0.25 * (hi - lo)  # headroom: normal tissue mid-grey, a lesion may saturate
                 scaled = (raw.image[c] - lo) * (255.0 / (hi - lo))
                 image[c] = np.clip(scaled, 0, 255).astype(np.uint8)
             loaded = CaseImages(image, raw.seg, raw.anat)

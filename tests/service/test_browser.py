@@ -61,7 +61,7 @@ def hit_labels(driver, mode):
     return [c.text for c in cards]
 
 
-def api_labels(server, case, z, mode, topq=8):
+def api_labels(server, case, z, mode, topq=6):
     body = httpx.get(f"{server.url}/api/query",
                      params={"case": case, "slice": z, "mode": mode, "topq": topq}).json()
     return [f"#{h['rank']} {h['case']} : {h['slice']}" for h in body["results"][mode]["hits"]]
@@ -83,7 +83,7 @@ def images_loaded(driver):
 def settled(driver, case, z, mode):
     """The page shows (case, z) in `mode` and its hits and images have arrived."""
     return (caption(driver) == f"{case} · slice {z}"
-            and driver.find_element("id", "message").text == f"query {case} slice {z}"
+            and driver.find_element("id", "message").text == f"· query {case} slice {z}"
             and driver.find_elements("css selector", f'.mode-block[data-mode="{mode}"] .hit')
             and images_loaded(driver))
 

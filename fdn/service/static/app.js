@@ -118,7 +118,7 @@ function queryParams() {
   const p = new URLSearchParams({
     mode: state.mode,
     distance: $("distance").value,
-    topq: $("topq").value || "8",
+    topq: $("topq").value || "6",
     backend: $("backend").value,
   });
   if ($("normalized-sum").checked) p.set("normalized_sum", "true");
@@ -149,7 +149,7 @@ function showResult(result, roundTripMs) {
   $("latency").textContent =
     `search ${(search * 1000).toFixed(1)} ms · server ${(result.query_seconds * 1000).toFixed(1)} ms` +
     ` · round trip ${roundTripMs.toFixed(0)} ms`;
-  setMessage(`query ${result.query}`);
+  setMessage(`· query ${result.query}`);
   const container = $("hits");
   container.innerHTML = "";
   for (const [mode, r] of Object.entries(result.results)) {
