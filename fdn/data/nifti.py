@@ -35,7 +35,7 @@ MAX_EXTRA = 16  # product of the axes past the third (a pseudo-healthy file has 
 MAX_VOXELS = 2**28  # per file: 1 GiB once converted to float32 (a BraTS volume is 8.9 M)
 MAX_HEADER_BYTES = 1 << 24  # header plus extensions before the voxel data (vox_offset)
 TRAILING_SLACK = 1 << 20  # bytes after the voxel data tolerated in a decompressed file
-CHUNK = 1 << 20  # compressed bytes read per step
+CHUNK = 4 << 20  # compressed bytes read per step
 _PROBE = 544  # enough decompressed bytes for a NIfTI-2 header (540) plus its extension flag
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -103,7 +103,7 @@ def _header(head: bytes, path: Path, file_bytes: int | None):
 def _gunzip(f, path: Path) -> tuple[bytes, type, int]:
     """Decompress a whole gzip file, checking each member's CRC-32 and length, and stopping as
     soon as the output passes what the NIfTI header claims. Returns (bytes, image class, end)."""
-    out = bytearray()
+    pieces, size = [], 0
     limit = None  # set once the header is parsed
     image_class = end = None
     d = zlib.decompressobj(wbits=31)
@@ -119,26 +119,30 @@ def _gunzip(f, path: Path) -> tuple[bytes, type, int]:
                 if not buf:
                     continue
                 d = zlib.decompressobj(wbits=31)
-            cap = (limit if limit is not None else _PROBE) - len(out) + 1
-            out += d.decompress(buf, cap)
+            piece = d.decompress(buf, (limit if limit is not None else _PROBE) - size + 1)
+            pieces.append(piece)
+            size += len(piece)
             buf = d.unused_data if d.eof else d.unconsumed_tail
-            if limit is None and len(out) >= _PROBE:
-                image_class, end = _header(bytes(out[:_PROBE]), path, None)
+            if limit is None and size >= _PROBE:
+                head = b"".join(pieces)
+                pieces = [head]
+                image_class, end = _header(head[:_PROBE], path, None)
                 limit = end + TRAILING_SLACK
-            if limit is not None and len(out) > limit:
+            if limit is not None and size > limit:
                 raise NiftiError(path, f"decompresses to more than {limit:,} bytes, but its "
                                  f"header describes {end:,}; the file is damaged")
     except zlib.error as error:
         raise NiftiError(path, f"damaged gzip data ({error}); re-copy or re-export the "
                          "file") from None
+    data = b"".join(pieces)
     if not d.eof:
         raise NiftiError(path, "the gzip stream ends early (truncated file, "
-                         f"{len(out):,} bytes decompressed); re-copy or re-export it")
+                         f"{size:,} bytes decompressed); re-copy or re-export it")
     if image_class is None:
-        image_class, end = _header(bytes(out[:_PROBE]), path, len(out))
-    elif len(out) < end:
-        _header(bytes(out[:_PROBE]), path, len(out))  # raises: truncated
-    return bytes(out), image_class, end
+        image_class, end = _header(data[:_PROBE], path, size)
+    elif size < end:
+        _header(data[:_PROBE], path, size)  # raises: truncated
+    return data, image_class, end
 
 
 def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
