@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cli.main import main
 from fdn.checkpoint import CHECKPOINT_FILE, load_checkpoint, load_model, save_checkpoint
@@ -164,3 +166,25 @@ def test_shipped_models_still_load(tmp_path, name):
     with torch.no_grad():
         out = model(torch.zeros(1, 4, 64, 64))
     assert out.codes_normal.shape == (1, 8, 8)
+
+
+JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+                        st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=5),
+                        st.lists(st.integers(), max_size=3))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(asdict(PRESETS["tiny"]))), JSON_VALUES,
+                       max_size=4))
+def test_any_config_values_give_a_config_or_a_model_error(changes):
+    """Arbitrary JSON values in config fields: FDNConfig within the limits, or ModelError."""
+    from fdn.checkpoint import config_from_dict
+    from fdn.model.config import LIMITS
+
+    try:
+        config = config_from_dict({**asdict(PRESETS["tiny"]), **changes}, "config.json")
+    except ModelError as error:
+        assert str(error).startswith("config.json: invalid config")
+        return
+    for name, (low, high) in LIMITS.items():
+        assert low <= getattr(config, name) <= high, name
