@@ -9,6 +9,7 @@ from tqdm import tqdm
 from cli.options import device_option, skip_bad_option
 from fdn.errors import FdnError
 from hashindex.errors import HashIndexError
+from hashindex.fileio import WriteTargetError
 
 
 @click.command()
@@ -74,7 +75,7 @@ def build(
                 device=None if device == "auto" else device,
                 on_case=lambda case: bar.update(1),
             )
-    except (FdnError, HashIndexError) as exc:
+    except (FdnError, HashIndexError, WriteTargetError) as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps(asdict(report), indent=2, default=str))

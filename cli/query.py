@@ -11,6 +11,7 @@ import numpy as np
 from fdn.errors import FdnError
 from hashindex import DISTANCES, ENGINES, MODES
 from hashindex.errors import HashIndexError
+from hashindex.fileio import WriteTargetError, check_write_target
 
 
 @click.command()
@@ -66,7 +67,12 @@ from hashindex.errors import HashIndexError
     show_default=True,
     help="Search engine: exact look-up tables, FAISS flat/IVF on packed bits, or numpy.",
 )
-@click.option("--nprobe", type=click.IntRange(1), default=None, help="Lists probed by faiss-ivf.")
+@click.option(
+    "--nprobe",
+    type=click.IntRange(1),
+    default=None,
+    help="Lists probed by --backend faiss-ivf (1 to the index's nlist; only for faiss-ivf).",
+)
 @click.option(
     "--normalized-sum",
     is_flag=True,
@@ -107,6 +113,8 @@ def query(
     )
     modes = list(MODES) if mode == "all" else [mode]
     try:
+        if montage:
+            check_write_target(montage)  # refuse /dev/null, a folder, a link before any work
         started = time.perf_counter()
         index = open_index(index_dir)
         opened = time.perf_counter()
@@ -171,7 +179,7 @@ def query(
                 query_image=query_image,
                 query_labels=query_labels,
             )
-    except (FdnError, HashIndexError, ValueError) as exc:
+    except (FdnError, HashIndexError, ValueError, WriteTargetError) as exc:
         raise click.ClickException(str(exc)) from exc
 
     if as_json:

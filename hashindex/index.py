@@ -37,6 +37,7 @@ from hashindex.concordance import concordance
 from hashindex.distances import DISTANCES, CodebookTables, finish
 from hashindex.engines import ENGINES, SCANS, FaissHamming
 from hashindex.errors import IndexFormatError
+from hashindex.fastscan import FastScan
 from hashindex.fileio import atomic_write
 from hashindex.kernels import KERNELS
 from hashindex.optimize import apply_bit_budget, hamming_table, optimize_codebook
@@ -108,8 +109,8 @@ def _check_codes(codes, name: str, K: int, shape=None) -> None:
         raise TypeError(f"{name} must be a numpy array, got {type(codes).__name__}")
     if codes.dtype != np.uint16:
         raise TypeError(f"{name} must be uint16 code indices, got {codes.dtype}")
-    if codes.ndim != 3:
-        raise ValueError(f"{name} must have shape (N, h, w), got {codes.shape}")
+    if codes.ndim != 3 or codes.shape[1] < 1 or codes.shape[2] < 1:
+        raise ValueError(f"{name} must have shape (N, h, w) with h, w >= 1, got {codes.shape}")
     if shape is not None and codes.shape[1:] != shape:
         raise ValueError(f"{name} grids are {codes.shape[1:]}, the index holds {shape}")
     if codes.size and int(codes.max()) >= K:
@@ -243,6 +244,7 @@ class HashIndex:
         self.row_sqnorm = {b: None for b in BOOKS}  # (N,) float64
         self.volume_ids = np.zeros(0, np.int64)
         self.scales: dict[str, float] = {}
+        self._fast: FastScan | None = None  # built by the first fastscan query
         self.flat: dict[str, FaissHamming] = {}
         self.ivf: dict[str, FaissHamming] = {}
         # FAISS files opened by `read` and loaded on first use: name -> (open file, entry, verify)
@@ -418,6 +420,12 @@ class HashIndex:
             self._load_faiss()
             if engine == "faiss-ivf" and not self.ivf:
                 raise ValueError("no IVF index: build with ivf_nlist=... or call train_ivf()")
+        if engine == "fastscan":
+            wide = [b for b in BOOKS if self.tables[b].n_reps > 256]
+            if wide:
+                raise ValueError(
+                    f"engine 'fastscan' stores one byte per code and the {wide[0]} codebook has "
+                    f"{self.tables[wide[0]].n_reps} distinct vectors (> 256); use engine='lut'")
         if nprobe is not None:
             if engine != "faiss-ivf":
                 raise ValueError(f"nprobe (lists probed) applies only to engine='faiss-ivf'; "
@@ -446,6 +454,13 @@ class HashIndex:
                 d = d / self.scales[f"{book}/{distance}"]
             total = d if total is None else total + d
         return total
+
+    def _fastscan(self) -> FastScan:
+        """The fastscan engine's block-transposed codes, made on first use after an add."""
+        if self._fast is None or self._fast.n != self.ntotal:
+            self._fast = FastScan(self.tables, self.codes, self.row_sqnorm, self._vol_index,
+                                  self._vol_unique, self.scales)
+        return self._fast
 
     def _prepare(self, q_normal, q_abnormal):
         q_reps, q_sq = {}, {}
@@ -480,6 +495,10 @@ class HashIndex:
             knn = self._faiss_knn(engine, mode, q_normal, q_abnormal, nprobe)
             return rows_from_knn(knn, B, self.ntotal, k)
         q_reps, q_sq = self._prepare(q_normal, q_abnormal)
+        if engine == "fastscan":
+            D, I, _, _ = self._fastscan().search(q_reps, q_sq, k, mode, distance, normalized_sum,
+                                                 None, by_volume=False)
+            return D, I
         D = np.full((B, k), np.inf)
         I = np.full((B, k), -1, np.int64)
         for b in range(B):
@@ -513,6 +532,10 @@ class HashIndex:
             knn = self._faiss_knn(engine, mode, q_normal, q_abnormal, nprobe)
             return volumes_from_knn(knn, B, self.ntotal, topq, self.volume_ids, exclude_volumes)
         q_reps, q_sq = self._prepare(q_normal, q_abnormal)
+        if engine == "fastscan":
+            D, R, V, _ = self._fastscan().search(q_reps, q_sq, topq, mode, distance,
+                                                 normalized_sum, exclude_volumes)
+            return VolumeHits(D, R, V)
         D = np.full((B, topq), np.inf)
         R = np.full((B, topq), -1, np.int64)
         V = np.full((B, topq), -1, np.int64)

@@ -57,7 +57,9 @@ def index_contents(index_dir):
     hashed = {
         p.name: comparable(p)
         for p in sorted(index_dir.iterdir())
-        if p.is_file() and p.name not in (MANIFEST, "slices.parquet", "build_plan.json")
+        if p.is_file()
+        and not p.name.startswith(".")
+        and p.name not in (MANIFEST, "slices.parquet", "build_plan.json")
     }
     return group["normal"][:], group["abnormal"][:], table, manifest, hashed
 
@@ -148,12 +150,13 @@ def test_sigkilled_build_resumes_to_the_uninterrupted_result(
 
     if stage == "encoding":
         condition = lambda: n_encoded() >= 1  # noqa: E731
-    else:
-        condition = lambda: n_encoded() == 4 or (index / "codes.zarr").exists()  # noqa: E731
-    killed = kill_when(run_build(pipeline_archive, model_dir, index), condition)
-    if killed:
-        with pytest.raises(IndexDirError):
-            open_index(index)
+    else:  # the staging folder of the assembly exists
+        condition = lambda: any(index.glob(".assemble.*.tmp"))  # noqa: E731
+    process = run_build(pipeline_archive, model_dir, index)
+    killed = kill_when(process, condition)
+    assert killed and process.returncode == -signal.SIGKILL, "the build finished before the kill"
+    with pytest.raises(IndexDirError):  # incomplete at the moment of the kill
+        open_index(index)
     finished = run_build(pipeline_archive, model_dir, index)
     output = finished.communicate(timeout=300)[0].decode()
     assert finished.returncode == 0, output
@@ -163,6 +166,7 @@ def test_sigkilled_build_resumes_to_the_uninterrupted_result(
     assert expected[2] == got[2]
     assert expected[4] == got[4]  # codebooks, bit tables, FAISS files: byte for byte
     assert open_index(index).ntotal == expected[0].shape[0]
+    assert not [p for p in index.rglob(".*.tmp")]  # the killed build's temporaries are gone
 
 
 def test_add_appends_new_cases_and_keeps_old_rows(
