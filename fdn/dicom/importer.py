@@ -21,6 +21,7 @@ StudyInstanceUID in a sidecar) is not imported again, so re-running an import is
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,16 +57,18 @@ log = logging.getLogger(__name__)
 
 REFERENCE = "t1"          # the grid every sequence is resampled onto
 PARTIAL_PREFIX = ".partial-"
+LOCK_FILE = ".import.lock"
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 
 
 @dataclass
 class SeriesFiles:
-    """One series found by the scan: its UID, first header (no pixels) and files."""
+    """One series found by the scan: its UID, first header (no pixels) and instances: file
+    paths, or datasets already in memory (received from a PACS)."""
 
     uid: str
     header: pydicom.Dataset
-    files: list[Path] = field(default_factory=list)
+    files: list[Path | pydicom.Dataset] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -84,7 +87,9 @@ class StudyFiles:
 
     @property
     def nbytes(self) -> int:
-        return sum(p.stat().st_size for s in self.series.values() for p in s.files)
+        """Bytes of its files; for datasets in memory, of their pixel data."""
+        return sum(p.stat().st_size if isinstance(p, Path) else len(p.get("PixelData") or b"")
+                   for s in self.series.values() for p in s.files)
 
 
 @dataclass
@@ -106,7 +111,7 @@ class ImportReport:
     skipped: list[dict] = field(default_factory=list)    # study_uid, series_uid, file, reason
     bad_files: list[dict] = field(default_factory=list)  # file, reason
     ignored_series: list[dict] = field(default_factory=list)  # study_uid, series_uid, reason
-    bytes_read: int = 0
+    bytes_read: int = 0   # of the imported studies' files (from a PACS: their pixel data)
 
     @property
     def failed(self) -> bool:
@@ -135,15 +140,25 @@ def list_files(source: Path) -> list[Path]:
     return sorted(p for p in source.rglob("*") if p.is_file())
 
 
-def scan(files: Iterable[Path], progress=None) -> tuple[dict[str, StudyFiles], list[dict]]:
-    """Read the headers of `files` and group them: (studies by UID, bad files with reasons)."""
+def where(instance: Path | pydicom.Dataset) -> str:
+    """A file's path, or ``instance SOPInstanceUID`` for a dataset in memory."""
+    if isinstance(instance, pydicom.Dataset):
+        return f"instance {instance.get('SOPInstanceUID', '?')}"
+    return str(instance)
+
+
+def scan(files: Iterable[Path | pydicom.Dataset],
+         progress=None) -> tuple[dict[str, StudyFiles], list[dict]]:
+    """Read the headers of `files` (paths, or datasets in memory) and group them:
+    (studies by UID, bad files with reasons)."""
     files = list(files)
     progress = progress or _no_progress
     studies: dict[str, StudyFiles] = {}
     bad = []
     for path in progress(files, desc="scan", unit="file"):
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
+            header = path if isinstance(path, pydicom.Dataset) else \
+                pydicom.dcmread(path, stop_before_pixels=True)
         except InvalidDicomError:
             bad.append({"file": str(path), "reason": "not a DICOM file (no DICM preamble)"})
             continue
@@ -157,12 +172,13 @@ def scan(files: Iterable[Path], progress=None) -> tuple[dict[str, StudyFiles], l
         study_uid = str(header.get("StudyInstanceUID", "") or "")
         series_uid = str(header.get("SeriesInstanceUID", "") or "")
         if not study_uid or not series_uid:
-            bad.append({"file": str(path), "reason": "no StudyInstanceUID or SeriesInstanceUID"})
+            bad.append({"file": where(path),
+                        "reason": "no StudyInstanceUID or SeriesInstanceUID"})
             continue
         study = studies.setdefault(
             study_uid, StudyFiles(study_uid, str(header.get("PatientID", "") or "")))
         series = study.series.setdefault(series_uid, SeriesFiles(series_uid, header))
-        series.files.append(Path(path))
+        series.files.append(path if isinstance(path, pydicom.Dataset) else Path(path))
     return studies, bad
 
 
@@ -236,52 +252,53 @@ def _decoder_fault(dataset) -> str | None:
     return None
 
 
-def load_series(files: list[Path], *, study: str | None = None,
+def load_series(files: list[Path | pydicom.Dataset], *, study: str | None = None,
                 series: str | None = None) -> SeriesVolume:
-    """Decode, rescale and stack one series' files into a volume with its RAS affine.
-
-    Raises DicomImportError naming study, series, file and fault.
+    """Decode, rescale and stack one series' files (or datasets) into a volume with its RAS
+    affine. Raises DicomImportError naming study, series, file and fault.
     """
     headers, pixels, first = [], [], None
-    for path in files:
+    for item in files:
+        path = where(item)
         try:
-            dataset = pydicom.dcmread(path)
+            dataset = item if isinstance(item, pydicom.Dataset) else pydicom.dcmread(item)
         except Exception as error:
             raise DicomImportError(f"corrupt file ({type(error).__name__}: {error})",
-                                   study=study, series=series, file=str(path)) from None
+                                   study=study, series=series, file=path) from None
         if "PixelData" not in dataset:
             raise DicomImportError("no pixel data (not an image)", study=study, series=series,
-                                   file=str(path))
+                                   file=path)
         if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
             raise DicomImportError(
                 "multi-frame (enhanced) image: only series of single-frame images are "
                 "supported; convert it to classic single-frame MR", study=study, series=series,
-                file=str(path))
+                file=path)
         if int(dataset.get("SamplesPerPixel", 1)) != 1:
             raise DicomImportError("colour image: an MR series must be grey-scale",
-                                   study=study, series=series, file=str(path))
+                                   study=study, series=series, file=path)
         fault = _decoder_fault(dataset)
         if fault:
-            raise DicomImportError(fault, study=study, series=series, file=str(path))
+            raise DicomImportError(fault, study=study, series=series, file=path)
         try:
             raw = dataset.pixel_array
         except Exception as error:
             raise DicomImportError(f"corrupt pixel data ({type(error).__name__}: {error})",
-                                   study=study, series=series, file=str(path)) from None
+                                   study=study, series=series, file=path) from None
         try:
             headers.append(slice_header(dataset))
         except GeometryError as error:
             raise DicomImportError(str(error), study=study, series=series,
-                                   file=str(path)) from None
+                                   file=path) from None
         slope = float(dataset.get("RescaleSlope", 1) or 1)
         intercept = float(dataset.get("RescaleIntercept", 0) or 0)
         pixels.append(raw.astype(np.float64) * slope + intercept)   # (rows, cols)
-        first = first or dataset
+        if first is None:
+            first = dataset
     thickness = first.get("SliceThickness")
     try:
         stack = stack_slices(headers, float(thickness) if thickness else None)
     except GeometryError as error:
-        file = None if error.index is None else str(files[error.index])
+        file = None if error.index is None else where(files[error.index])
         raise DicomImportError(str(error), study=study, series=series, file=file) from None
     first.PixelData = b""  # keep the header, not the pixels
     return SeriesVolume(volume_from_slices(pixels, stack), LPS_TO_RAS @ stack.affine_lps, first)
@@ -329,10 +346,32 @@ def write_case(archive: Path, case: str, volumes: dict, affine: np.ndarray,
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
         os.rename(staging, target)
+        folder = os.open(archive, os.O_RDONLY)  # make the rename itself durable
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+@contextmanager
+def archive_lock(archive: Path):
+    """Hold ``ARCHIVE/.import.lock`` (flock) for one import or sync at a time, since each run
+    deletes the temporary folders it finds; a second run fails at once instead of waiting."""
+    archive.mkdir(parents=True, exist_ok=True)
+    handle = open(archive / LOCK_FILE, "a+b")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DicomImportError(f"{archive} is being written by another import-dicom run; "
+                                   "wait for it to finish") from None
+        yield
+    finally:
+        handle.close()
 
 
 def clean_partial(archive: Path) -> None:
@@ -405,10 +444,10 @@ def import_dicom(source: str | Path, archive: str | Path, *, mapping=None,
     """
     source, archive = Path(source), Path(archive)
     files = list_files(source)
-    archive.mkdir(parents=True, exist_ok=True)
-    clean_partial(archive)
-    report = ImportReport(archive=str(archive))
-    studies, report.bad_files = scan(files, progress)
-    import_studies(studies, archive, report, mapping, source=str(source.resolve()),
-                   progress=progress)
+    with archive_lock(archive):
+        clean_partial(archive)
+        report = ImportReport(archive=str(archive))
+        studies, report.bad_files = scan(files, progress)
+        import_studies(studies, archive, report, mapping, source=str(source.resolve()),
+                       progress=progress)
     return report

@@ -7,9 +7,10 @@ checks and atomic write as a file import (`fdn.dicom.importer`):
 * **Incremental.** Studies whose StudyInstanceUID is already in ARCHIVE (its
   ``CASE_dicom.json``) are not fetched again; studies that QIDO-RS says hold no MR series
   (ModalitiesInStudy) are listed and not fetched at all.
-* **Resumable, never half-written.** A fetched study is written to a temporary folder inside
-  ARCHIVE and its case is renamed into place; an interrupted sync leaves whole cases and
-  temporary folders, which the next run deletes before fetching what is still missing.
+* **Resumable, never half-written.** A fetched study is held in memory (one at a time), and
+  its case is written to a temporary folder inside ARCHIVE and renamed into place; an
+  interrupted sync leaves whole cases (and at most a temporary folder, which the next run
+  deletes) and the next run fetches what is still missing.
 * **Credentials** come from ``--auth-file FILE`` (JSON ``{"username": …, "password": …}`` or
   ``{"token": …}``) or from the environment (``FDN_PACS_USERNAME`` and ``FDN_PACS_PASSWORD``,
   or ``FDN_PACS_TOKEN``). They travel only in the Authorization header, which requests adds
@@ -22,17 +23,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
 
 from fdn.dicom.importer import (
-    PARTIAL_PREFIX,
     ImportReport,
     _no_progress,
+    archive_lock,
     clean_partial,
     import_studies,
     scan,
@@ -156,14 +155,9 @@ def _no_secrets(error: Exception) -> str:
     return str(error).split("\n")[0][:200]
 
 
-def fetch_study(client, study_uid: str, folder: Path) -> int:
-    """WADO-RS: write every instance of a study as a file in `folder`; the bytes written."""
-    total = 0
-    for n, dataset in enumerate(client.iter_study(study_uid)):
-        path = folder / f"{n:06d}.dcm"
-        dataset.save_as(path, enforce_file_format=True)
-        total += path.stat().st_size
-    return total
+def fetch_study(client, study_uid: str) -> list:
+    """WADO-RS: every instance of a study, as pydicom Datasets in memory."""
+    return list(client.iter_study(study_uid))
 
 
 def sync_pacs(url: str, archive: str | Path, *, mapping=None, auth=None, progress=None,
@@ -174,10 +168,13 @@ def sync_pacs(url: str, archive: str | Path, *, mapping=None, auth=None, progres
     DicomImportError when the server cannot be listed.
     """
     archive = Path(archive)
-    progress = progress or _no_progress
     client = client or make_client(url, auth)
-    archive.mkdir(parents=True, exist_ok=True)
-    clean_partial(archive)
+    with archive_lock(archive):
+        clean_partial(archive)
+        return _sync(url, client, archive, mapping, progress or _no_progress)
+
+
+def _sync(url, client, archive: Path, mapping, progress) -> ImportReport:
     report = ImportReport(archive=str(archive))
     done = imported_studies(archive)
     new = []
@@ -193,21 +190,17 @@ def sync_pacs(url: str, archive: str | Path, *, mapping=None, auth=None, progres
             new.append(uid)
     log.info("%s: %d studies, %d new", safe_url(url), len(report.already) + len(new), len(new))
     for uid in progress(new, desc="sync", unit="study"):
-        download = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}download-", dir=archive))
         try:
-            try:
-                nbytes = fetch_study(client, uid, download)
-            except requests.RequestException as error:
-                report.skipped.append({"study_uid": uid, "series_uid": None, "file": None,
-                                       "reason": f"WADO-RS retrieve failed "
-                                                 f"({type(error).__name__}: "
-                                                 f"{_no_secrets(error)}); run the sync again"})
-                continue
-            studies, bad = scan(sorted(download.iterdir()))
-            report.bad_files.extend({"file": f"{uid}/{Path(b['file']).name}",
-                                     "reason": b["reason"]} for b in bad)
-            log.debug("fetched study %s: %d bytes", uid, nbytes)
-            import_studies(studies, archive, report, mapping, source=safe_url(url))
-        finally:
-            shutil.rmtree(download, ignore_errors=True)
+            instances = fetch_study(client, uid)
+        except Exception as error:  # requests' errors, or a part pydicom cannot parse
+            report.skipped.append({"study_uid": uid, "series_uid": None, "file": None,
+                                   "reason": f"WADO-RS retrieve failed "
+                                             f"({type(error).__name__}: "
+                                             f"{_no_secrets(error)}); run the sync again"})
+            continue
+        studies, bad = scan(instances)
+        report.bad_files.extend(bad)
+        log.debug("fetched study %s: %d instances", uid, len(instances))
+        import_studies(studies, archive, report, mapping, source=safe_url(url))
+        del instances, studies
     return report

@@ -11,7 +11,8 @@ Rules, tried in this order; the first that decides wins:
    (each on its own, so ``^…$`` anchors work), and may also be a SeriesInstanceUID (matched
    exactly). Keys are tried in file order, then the expressions of each key in order.
 2. **Not an anatomical series**: ImageType holds LOCALIZER, or the text names a localizer,
-   scout, survey, calibration, diffusion (dwi, adc, trace, dti) or perfusion series → ignored.
+   scout, survey, calibration, diffusion (dwi, adc, trace, dti), perfusion or susceptibility
+   (T2*, SWI) series → ignored.
 3. **The text** (SeriesDescription | ProtocolName, lower case):
    ``flair``, ``dark fluid``, ``tirm`` → flair; a T1 name (``t1``, ``mprage``, ``spgr``,
    ``tfl``, ``bravo``) with a contrast word (``ce``, ``c``, ``gd``, ``gad…``, ``post``,
@@ -36,7 +37,8 @@ from fdn.errors import DicomImportError
 IGNORE = "ignore"
 
 _NOT_ANATOMY = re.compile(r"locali[sz]er|scout|survey|calibration|\bdwi\b|\badc\b|\btrace\b|"
-                          r"\bdti\b|diffusion|perfusion|\bpwi\b")
+                          r"\bdti\b|diffusion|perfusion|\bpwi\b|t2\s*\*|t2\s*star|\bswi\b|"
+                          r"susceptibility")
 _FLAIR = re.compile(r"flair|dark[\s_-]*fluid|tirm")
 _T1 = re.compile(r"t1|mprage|spgr|\btfl|bravo")
 _CONTRAST = re.compile(r"t1[\s-]*(ce|c|gd)\b|\bgd\b|gad|\bpost\b|contrast|\+\s*c\b|\+\s*gd")

@@ -76,8 +76,12 @@ def one_study(small_archive, tmp_path):
 
 
 def case_dirs(archive: Path) -> list[Path]:
-    """Every folder in an archive, hidden (temporary) ones included."""
-    return sorted(p for p in archive.iterdir()) if archive.exists() else []
+    """Every folder in an archive, hidden (temporary) ones included (the only file an import
+    leaves besides the cases is its empty lock file, `.import.lock`)."""
+    if not archive.exists():
+        return []
+    assert {p.name for p in archive.iterdir() if not p.is_dir()} <= {".import.lock"}
+    return sorted(p for p in archive.iterdir() if p.is_dir())
 
 
 # ------------------------------------------------------------------------------------ Orthanc

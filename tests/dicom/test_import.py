@@ -23,6 +23,7 @@ from fdn.data import Archive
 from fdn.data.labels import SEQUENCES
 from fdn.dicom.export import rotated_affine
 from fdn.dicom.importer import import_dicom
+from fdn.errors import ArchiveError
 from tests.dicom.conftest import INTERCEPT, ROTATE, SLOPE, case_dirs
 
 # The importer's only losses: rescale quantisation (stored = rint((v - b) / m), so |error| is
@@ -282,3 +283,26 @@ def test_usage_errors():
     assert run().exit_code != 0
     result = run("only-one-path")
     assert result.exit_code == 2 and "give SOURCE and ARCHIVE" in result.output
+
+
+def test_leftovers_of_an_interrupted_import_are_removed(dicom_source, tmp_path):
+    archive = tmp_path / "archive"
+    leftover = archive / ".partial-SYN_000_deadbeef-x1y2"
+    leftover.mkdir(parents=True)
+    (leftover / "SYN_000_deadbeef_t1.nii.gz").write_bytes(b"half a file")
+    with pytest.raises(ArchiveError, match="holds no case"):
+        Archive(archive)  # meanwhile the archive reader does not take it for a case
+    report = import_dicom(dicom_source[0], archive)
+    assert not leftover.exists()
+    assert sorted(p.name for p in case_dirs(archive)) == sorted(e["case"] for e in report.imported)
+
+
+def test_one_import_at_a_time(dicom_source, tmp_path):
+    from fdn.dicom.importer import archive_lock
+    from fdn.errors import DicomImportError
+
+    archive = tmp_path / "archive"
+    with archive_lock(archive):
+        with pytest.raises(DicomImportError, match="another import-dicom run"):
+            import_dicom(dicom_source[0], archive)
+    assert len(import_dicom(dicom_source[0], archive).imported) == len(dicom_source[1])

@@ -101,7 +101,7 @@ def test_interrupted_sync_resumes_and_leaves_whole_cases(orthanc, dicom_source, 
     assert len(client.fetched) == len(studies) - 1
     assert len(resumed.imported) == len(studies) - 1 and len(resumed.already) == 1
     assert len(case_dirs(archive)) == len(studies)
-    assert not [p for p in archive.iterdir() if p.name.startswith(".")]
+    assert not [p for p in case_dirs(archive) if p.name.startswith(".")]
 
 
 def test_non_mr_study_is_listed_and_not_fetched(orthanc, one_study, tmp_path):

@@ -41,6 +41,8 @@ def series(description="", protocol="", uid="1.2.3.99", **attributes):
     (series("T1 AX", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"]), None),
     (series("ep2d_diff_3scan_trace"), None),
     (series("Apparent Diffusion Coefficient (mm2/s)"), None),
+    (series("AX T2* GRE"), None),
+    (series("SWI_Images"), None),
     (series("SERIES 9", EchoTime="30", RepetitionTime="1500"), None),
 ])
 def test_default_rules(header, expected):
