@@ -24,11 +24,11 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
               help="TCP port (0 picks a free one).")
 @click.option("--max-upload-mb", type=click.FloatRange(0, min_open=True), default=256,
               show_default=True, help="Largest accepted upload (all files of a case together).")
-@click.option("--cache-cases", type=click.IntRange(1), default=8, show_default=True,
-              help="Cases whose images are kept in memory for the slice viewer.")
+@click.option("--cache-mb", type=click.FloatRange(0), default=512, show_default=True,
+              help="Memory for the slice viewer's decoded cases (a BraTS-size case takes ~50 MB).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default="warning", show_default=True, help="uvicorn's log level.")
-def serve(index_dir, host, port, max_upload_mb, cache_cases, log_level):
+def serve(index_dir, host, port, max_upload_mb, cache_mb, log_level):
     """Serve an index over HTTP: the viewer at /, the API under /api, its docs at /docs.
 
     The index and its model are loaded once and kept warm; the index is never written.
@@ -40,7 +40,9 @@ def serve(index_dir, host, port, max_upload_mb, cache_cases, log_level):
 
     try:
         service = QueryService.open(
-            index_dir, max_upload_bytes=int(max_upload_mb * 1024 * 1024), cache_cases=cache_cases
+            index_dir,
+            max_upload_bytes=int(max_upload_mb * 2**20),
+            cache_bytes=int(cache_mb * 2**20),
         )
         warm = service.warm_up()
     except FdnError as exc:

@@ -7,7 +7,8 @@ with `ImageAccessError`. Nothing is written anywhere.
 
 Volumes are read at their original resolution with `fdn.data.read_case` (so a bad file is
 refused with the archive reader's message), windowed once per case to uint8 (0.5–99.5
-percentiles of the brain outside the lesion, per sequence) and kept in a small LRU cache.
+percentiles of the brain outside the lesion, per sequence) and kept in an LRU cache of
+bounded size (512 MiB by default: about ten BraTS-size cases).
 """
 
 from __future__ import annotations
@@ -51,12 +52,12 @@ class SliceImages:
     """PNG slices of the cases of one open index; thread-safe; reads only inside
     `index.manifest.archive_roots`."""
 
-    def __init__(self, index, max_cases: int = 8):
+    def __init__(self, index, max_bytes: int = 512 * 2**20):
         self.index = index
         self.roots = [
             Path(r).resolve() for r in index.manifest.archive_roots if Path(r).is_absolute()
         ]
-        self.max_cases = max(1, int(max_cases))
+        self.max_bytes = int(max_bytes)  # the cache keeps at least the last case read
         cases = np.asarray(index.table["case"]).astype(str)
         sources = np.asarray(index.table["source"]).astype(str)
         self._source = {}
@@ -128,11 +129,16 @@ class SliceImages:
             loaded = CaseImages(image, raw.seg, raw.anat)
             with self._lock:
                 self._cache[case] = loaded
-                while len(self._cache) > self.max_cases:
+                while len(self._cache) > 1 and self.cached_bytes() > self.max_bytes:
                     self._cache.popitem(last=False)
                 self._loading.pop(case, None)
             log.debug("slice images: loaded %s %s", case, image.shape)
             return loaded
+
+    def cached_bytes(self) -> int:
+        return sum(
+            sum(a.nbytes for a in volume if a is not None) for volume in self._cache.values()
+        )
 
     def png(
         self, case: str, slice_index: int, sequence: str = "flair", overlays=()

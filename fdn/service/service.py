@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 from fdn.data.labels import SEQUENCES
 from fdn.errors import FdnError
 from fdn.queries import (
@@ -79,12 +81,12 @@ class QueryService:
         *,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         max_voxels: int = DEFAULT_MAX_VOXELS,
-        cache_cases: int = 8,
+        cache_bytes: int = 512 * 2**20,
         scratch_dir: str | Path | None = None,
     ):
         self.index = index
         self.catalog = case_catalog(index)
-        self.images = SliceImages(index, max_cases=cache_cases)
+        self.images = SliceImages(index, max_bytes=cache_bytes)
         self.max_upload_bytes = int(max_upload_bytes)
         self.max_voxels = int(max_voxels)
         self.scratch_dir = None if scratch_dir is None else Path(scratch_dir)
@@ -101,7 +103,8 @@ class QueryService:
     def warm_up(self) -> float:
         """Load the model and run one query per mode (Numba's first call); seconds taken."""
         started = time.perf_counter()
-        self.index.model()
+        size = self.index.manifest.input_size
+        self.index.encode(np.zeros((4, size, size), np.float32))  # loads the model, runs it once
         case = self.index.cases[0]
         run_slice_query(self.index, case, None, "all", topq=1, lock=self.search_lock)
         return time.perf_counter() - started

@@ -209,3 +209,16 @@ def test_page_and_assets_ship_in_the_package(client):
         assert r.status_code == 200 and len(r.content) > 100
     assert "http" not in client.get("/").text.replace("http-equiv", "")  # no CDN
     assert "https://" not in client.get("/static/app.js").text
+
+
+def test_image_cache_is_bounded(service):
+    from fdn.service.images import SliceImages
+
+    small = SliceImages(service.index, max_bytes=1)
+    large = SliceImages(service.index, max_bytes=2**30)
+    for case in service.index.cases[:3]:
+        small.png(case, 2)
+        large.png(case, 2)
+    assert list(small._cache) == [service.index.cases[2]]  # only the last case read
+    assert list(large._cache) == service.index.cases[:3]
+    assert small.png(service.index.cases[0], 2) == large.png(service.index.cases[0], 2)
