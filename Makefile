@@ -11,7 +11,7 @@ FDN := $(VENV)/bin/fdn-index
 DEMO_CASE = $$($(PY) -c "import json; cases = json.load(open('$(DEMO)/archive/synth.json'))['case_list']; \
 	print(max(cases, key=lambda c: c['lesion_voxels'])['case'])")
 
-.PHONY: demo test lint bench install clean system-deps
+.PHONY: demo test lint bench install clean system-deps serve
 
 install: $(STAMP)
 
@@ -62,6 +62,13 @@ demo: $(STAMP)
 		--montage $(DEMO)/montage.png
 	@echo
 	@echo "Pictures: $(DEMO)/query_case.png (the query case), $(DEMO)/montage.png (its hits)"
+
+# The query service over the demo index (after `make demo`): the viewer at http://127.0.0.1:8000/,
+# the API under /api, its docs at /docs. PORT=... picks another port.
+PORT ?= 8000
+serve: $(STAMP)
+	@test -f $(DEMO)/index/manifest.json || { echo "no $(DEMO)/index: run make demo first"; exit 1; }
+	$(FDN) serve --index $(DEMO)/index --port $(PORT)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
