@@ -1,0 +1,444 @@
+"""Benchmark of `fdn-index serve` over HTTP on 127.0.0.1: query latency, upload latency, load.
+
+    python -m benchmarks.serve --index demo/index           # the demo index (`make demo`)
+    python -m benchmarks.serve                              # builds its own index under work/
+
+The server runs as its own process (`fdn-index serve`, warm), so its RSS is measured apart from
+the clients'. Three measurements:
+
+1. (case, slice) queries, one client, keep-alive: p50/p99 of the round trip for single modes and
+   for mode=all, and of slice PNGs (target: p50 <= 20 ms for a query on the demo index);
+2. an uploaded BraTS-size external case (240 x 240 x 155, the four sequences gzipped, made by
+   `fdn-index synth --cases 1` at the default size): p50 and max over a few uploads (target:
+   <= 2 s);
+3. a load test: N clients (16) for S seconds (30), each looping over random queries (80 %) and
+   slice PNGs (20 %); error count (target 0), p50/p99 under load, throughput, server RSS
+   before and after.
+
+Writes benchmarks/results/serve/report.md and results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.report import machine_info, machine_markdown, results_dir, write_json, write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = ("normal", "abnormal", "sum")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def percentiles(seconds) -> dict:
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    if ms.size == 0:
+        return {"calls": 0}
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "max_ms": float(ms.max()),
+        "calls": int(ms.size),
+    }
+
+
+class Server:
+    """`fdn-index serve` in a subprocess on 127.0.0.1 and a free port."""
+
+    def __init__(self, index: Path, max_upload_mb: int = 256):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-c", "from cli.main import main; main()", "serve",
+                   "--index", str(index), "--port", str(self.port),
+                   "--max-upload-mb", str(max_upload_mb)]
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        self.started = time.perf_counter()
+
+    def wait(self, timeout: float = 120) -> float:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited: {self.process.stdout.read()}")
+            try:
+                if httpx.get(f"{self.url}/api/health", timeout=1).status_code == 200:
+                    return time.perf_counter() - self.started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("the server did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def slice_targets(client, rng: random.Random) -> list[tuple[str, int]]:
+    cases = client.get("/api/cases", params={"limit": 500}).json()["cases"]
+    return [(c["case"], z) for c in cases for z in range(c["first_slice"], c["last_slice"] + 1)]
+
+
+def measure_queries(url: str, n: int, seed: int) -> dict:
+    import httpx
+
+    rng = random.Random(seed)
+    with httpx.Client(base_url=url, timeout=30) as client:
+        targets = slice_targets(client, rng)
+        out = {}
+        for label, modes in (("single mode", MODES), ("mode=all", ("all",))):
+            times, server = [], []
+            for i in range(n):
+                case, z = rng.choice(targets)
+                t0 = time.perf_counter()
+                r = client.get("/api/query", params={"case": case, "slice": z,
+                                                     "mode": modes[i % len(modes)], "topq": 10})
+                times.append(time.perf_counter() - t0)
+                r.raise_for_status()
+                server.append(r.json()["query_seconds"])
+            out[label] = {"round_trip": percentiles(times), "server": percentiles(server)}
+        times = []
+        for i in range(n):
+            case, z = rng.choice(targets)
+            t0 = time.perf_counter()
+            r = client.get(f"/api/cases/{case}/slices/{z}.png",
+                           params={"overlay": "seg" if i % 2 else "seg,anat"})
+            times.append(time.perf_counter() - t0)
+            r.raise_for_status()
+        out["slice png"] = {"round_trip": percentiles(times)}
+    return out
+
+
+def brats_case(work: Path) -> Path:
+    """A 240 x 240 x 155 synthetic case (`fdn-index synth --cases 1`, default size), made once."""
+    from fdn.synth import synthesize_archive
+
+    root = work / "upload-archive"
+    synthesize_archive(root, n_cases=1, healthy_fraction=0.0, seed=3)
+    return next(p for p in root.iterdir() if p.is_dir())
+
+
+def measure_upload(url: str, case_dir: Path, repeats: int) -> dict:
+    import httpx
+
+    case = case_dir.name
+    files = {k: (f"{case}_{k}.nii.gz", (case_dir / f"{case}_{k}.nii.gz").read_bytes(),
+                 "application/gzip") for k in ("t1", "t1ce", "t2", "flair")}
+    size = sum(len(v[1]) for v in files.values())
+    times, load, encode, server = [], [], [], []
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            r = client.post("/api/query/upload", files=files, data={"mode": "all", "topq": "10"})
+            times.append(time.perf_counter() - t0)
+            r.raise_for_status()
+            body = r.json()
+            load.append(body["load_seconds"])
+            encode.append(body["encode_seconds"])
+            server.append(body["query_seconds"])
+    return {
+        "case": case,
+        "shape": [240, 240, 155],
+        "upload_bytes": size,
+        "round_trip": percentiles(times),
+        "server_query": percentiles(server),
+        "read_and_preprocess": percentiles(load),
+        "encode": percentiles(encode),
+        "query_slice": body["query_slice"],
+    }
+
+
+def load_test(url: str, clients: int, seconds: float, seed: int = 0) -> dict:
+    """`clients` threads, each with its own keep-alive connection, for `seconds`: random
+    (case, slice) queries (80 %) and slice PNGs (20 %). Counts every non-200 or exception."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=30) as client:
+        targets = slice_targets(client, random.Random(seed))
+    deadline = time.monotonic() + seconds
+    lock = threading.Lock()
+    times: dict[str, list[float]] = {"query": [], "png": []}
+    errors: list[str] = []
+
+    def worker(k: int) -> None:
+        rng = random.Random(seed * 1000 + k)
+        local = {"query": [], "png": []}
+        local_errors = []
+        with httpx.Client(base_url=url, timeout=30) as c:
+            while time.monotonic() < deadline:
+                case, z = rng.choice(targets)
+                kind = "query" if rng.random() < 0.8 else "png"
+                t0 = time.perf_counter()
+                try:
+                    if kind == "query":
+                        r = c.get("/api/query", params={
+                            "case": case, "slice": z, "mode": rng.choice([*MODES, "all"]),
+                            "topq": rng.choice([5, 10, 20])})
+                    else:
+                        r = c.get(f"/api/cases/{case}/slices/{z}.png",
+                                  params={"sequence": rng.choice(["t1", "t2", "flair"]),
+                                          "overlay": "seg"})
+                    if r.status_code != 200:
+                        local_errors.append(f"{kind} {r.status_code}: {r.text[:200]}")
+                except httpx.HTTPError as exc:
+                    local_errors.append(f"{kind}: {type(exc).__name__}: {exc}")
+                local[kind].append(time.perf_counter() - t0)
+        with lock:
+            for key in times:
+                times[key].extend(local[key])
+            errors.extend(local_errors)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    total = len(times["query"]) + len(times["png"])
+    return {
+        "clients": clients,
+        "seconds": seconds,
+        "wall_seconds": wall,
+        "requests": total,
+        "requests_per_second": total / wall,
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        "query": percentiles(times["query"]),
+        "png": percentiles(times["png"]),
+    }
+
+
+def screenshot(url: str, path: Path, query: str, width: int = 1400, height: int = 1040) -> Path:
+    """A PNG of the viewer showing `query` (e.g. "case=SYN_010&mode=all"), taken with Debian's
+    headless Chromium once every image has loaded."""
+    import shutil
+    import tempfile
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    profile = tempfile.mkdtemp(prefix="fdn-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", f"--window-size={width},{height}",
+                 "--hide-scrollbars", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        driver.get(f"{url}/?{query}")
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script(
+            "const imgs = [...document.images].filter(i => i.getAttribute('src'));"
+            "return document.querySelectorAll('.hit').length > 0 && "
+            "imgs.every(i => i.complete && i.naturalWidth > 0);"))
+        time.sleep(0.3)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(path))
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+    return path
+
+
+def default_index(work: Path) -> Path:
+    """The demo index when `make demo` made it, else a demo-like index built under work/."""
+    demo = ROOT / "demo" / "index"
+    if (demo / "manifest.json").is_file():
+        return demo
+    from fdn.build import build_index
+    from fdn.synth import synthesize_archive
+
+    archive = work / "archive"
+    synthesize_archive(archive, n_cases=16, healthy_fraction=0.3, seed=7, size=64)
+    index = work / "index"
+    build_index(archive, ROOT / "models" / "cpu-64", index)
+    return index
+
+
+def report_markdown(r: dict) -> str:
+    q, u, load = r["queries"], r["upload"], r["load"]
+    during = [b for _, b in r["rss"]["during_load"]] or [r["rss"]["after_load"]]
+    single = q["single mode"]["round_trip"]
+    lines = [
+        "# Query service: serve",
+        "`fdn-index serve` over HTTP on 127.0.0.1, measured by `python -m benchmarks.serve"
+        f"{' --index ' + r['index_arg'] if r['index_arg'] else ''}` (server and clients on the "
+        "same machine; the server is its own process).",
+        "## Machine",
+        machine_markdown(r["machine"]),
+        "## Index",
+        f"- {r['index']}: {r['info']['n_cases']} cases, {r['info']['n_slices']} slices, model "
+        f"{r['info']['preset']} ({r['info']['input_size']}², grid "
+        f"{'×'.join(map(str, r['info']['grid']))}); server ready {r['startup_seconds']:.1f} s "
+        "after launch (index opened, model loaded, one query per mode to load the kernels).",
+        "## Targets",
+        f"- (case, slice) query over HTTP, p50 <= 20 ms: **{'met' if single['p50_ms'] <= 20 else 'missed'}**"
+        f" — p50 {single['p50_ms']:.1f} ms, p99 {single['p99_ms']:.1f} ms ({single['calls']} "
+        "queries, one mode each, top-10, Hamming, lut).",
+        f"- uploaded BraTS-size case <= 2 s: **{'met' if u['round_trip']['p50_ms'] <= 2000 else 'missed'}**"
+        f" — p50 {u['round_trip']['p50_ms'] / 1e3:.2f} s, max {u['round_trip']['max_ms'] / 1e3:.2f} s "
+        f"over {u['round_trip']['calls']} uploads of {u['upload_bytes'] / 2**20:.1f} MiB "
+        "(mode=all).",
+        f"- zero errors under load ({load['clients']} clients × {load['seconds']:.0f} s): "
+        f"**{'met' if load['errors'] == 0 else 'missed'}** — {load['errors']} errors in "
+        f"{load['requests']:,} requests.",
+        f"- memory flat: server RSS {r['rss']['before_load'] / 2**20:.0f} MiB before the load "
+        f"test, {r['rss']['after_load'] / 2**20:.0f} MiB after "
+        f"({(r['rss']['after_load'] - r['rss']['before_load']) / 2**20:+.0f} MiB; sampled every "
+        f"second during it: {min(during) / 2**20:.0f}–{max(during) / 2**20:.0f} MiB); "
+        f"{r['rss']['after_start'] / 2**20:.0f} MiB once warm, "
+        f"{r['rss']['after_uploads'] / 2**20:.0f} MiB after the uploads, "
+        f"{r['rss']['before_load'] / 2**20:.0f} MiB after a first {load['clients']}-client "
+        "round of 5 s (the thread pool and its malloc arenas grow once, to the concurrency).",
+        "## Latency, one client (ms)",
+        "| request | p50 | p99 | mean | max | calls | server-side p50 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, entry in q.items():
+        rt = entry["round_trip"]
+        server = entry.get("server", {}).get("p50_ms")
+        lines.append(
+            f"| {label} | {rt['p50_ms']:.1f} | {rt['p99_ms']:.1f} | {rt['mean_ms']:.1f} | "
+            f"{rt['max_ms']:.1f} | {rt['calls']} | "
+            f"{'—' if server is None else f'{server:.1f}'} |"
+        )
+    lines += [
+        "",
+        "Server-side is the `query_seconds` of the answer (the search and its bookkeeping); the "
+        "rest of the round trip is HTTP, JSON and the client.",
+        "## Upload of an external BraTS-size case",
+        f"- {u['case']}: 240 × 240 × 155, four gzipped NIfTI files, {u['upload_bytes']:,} bytes; "
+        f"queried at its largest-lesion slice {u['query_slice']}, mode=all.",
+        f"- round trip p50 {u['round_trip']['p50_ms']:.0f} ms, max {u['round_trip']['max_ms']:.0f} ms; "
+        f"of which reading, validating and preprocessing p50 "
+        f"{u['read_and_preprocess']['p50_ms']:.0f} ms, encoding p50 {u['encode']['p50_ms']:.0f} ms "
+        f"(the rest: the upload, the multipart parse, the temporary folder and the searches).",
+        "## Load",
+        f"- {load['clients']} clients, each a keep-alive connection in its own thread, for "
+        f"{load['seconds']:.0f} s: random (case, slice) queries (80 %, random mode among normal, "
+        "abnormal, sum, all and top-5/10/20) and slice PNGs (20 %).",
+        f"- {load['requests']:,} requests in {load['wall_seconds']:.1f} s "
+        f"({load['requests_per_second']:.0f}/s), {load['errors']} errors.",
+        f"- under load: query p50 {load['query']['p50_ms']:.1f} ms, p99 {load['query']['p99_ms']:.1f} ms; "
+        f"PNG p50 {load['png']['p50_ms']:.1f} ms, p99 {load['png']['p99_ms']:.1f} ms "
+        "(16 clients on 2 shared cores queue behind each other: the latency under load is "
+        "mostly waiting).",
+    ]
+    if load["error_samples"]:
+        lines.append(f"- first errors: {load['error_samples']}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--index", default=None, help="Index directory [default: demo/index, "
+                        "else one built under the work folder].")
+    parser.add_argument("--queries", type=int, default=300, help="Queries per latency series.")
+    parser.add_argument("--uploads", type=int, default=5, help="Uploads of the BraTS-size case.")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--screenshot", default=None, help="Only write a screenshot of the "
+                        "viewer to this PNG (with --query), then stop.")
+    parser.add_argument("--query", default="mode=all", help="The viewer's URL query for "
+                        "--screenshot, e.g. case=SYN_010&slice=22&mode=all.")
+    parser.add_argument("--out", default="serve", help="Results folder (name under "
+                        "benchmarks/results/, or a path).")
+    args = parser.parse_args(argv)
+    if args.screenshot:
+        server = Server(Path(args.index or ROOT / "demo" / "index"))
+        try:
+            server.wait()
+            print(screenshot(server.url, Path(args.screenshot), args.query))
+        finally:
+            server.stop()
+        return 0
+    out = results_dir(args.out)
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    index = Path(args.index) if args.index else default_index(work)
+    case_dir = brats_case(work)
+    server = Server(index)
+    try:
+        startup = server.wait()
+        import httpx
+
+        info = httpx.get(f"{server.url}/api/info").json()
+        rss = {"after_start": rss_bytes(server.process.pid)}
+        print(f"server ready in {startup:.1f} s at {server.url}", flush=True)
+        queries = measure_queries(server.url, args.queries, seed=1)
+        print(json.dumps(queries, indent=1), flush=True)
+        upload = measure_upload(server.url, case_dir, args.uploads)
+        print(json.dumps(upload, indent=1), flush=True)
+        rss["after_uploads"] = rss_bytes(server.process.pid)
+        # A first, short round at full concurrency grows the thread pool and its malloc arenas
+        # and fills the image cache, so that the RSS before/after the measured round shows a leak.
+        load_test(server.url, args.clients, 5.0, seed=2)
+        rss["before_load"] = rss_bytes(server.process.pid)
+        samples: list[tuple[float, int]] = []
+        stop = threading.Event()
+
+        def sample() -> None:
+            t0 = time.monotonic()
+            while not stop.wait(1.0):
+                samples.append((time.monotonic() - t0, rss_bytes(server.process.pid)))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        load = load_test(server.url, args.clients, args.seconds, seed=3)
+        stop.set()
+        sampler.join()
+        rss["after_load"] = rss_bytes(server.process.pid)
+        rss["during_load"] = samples
+        print(json.dumps(load, indent=1), flush=True)
+    finally:
+        server.stop()
+    results = {
+        "machine": machine,
+        "index": str(index),
+        "index_arg": args.index,
+        "info": info,
+        "startup_seconds": startup,
+        "queries": queries,
+        "upload": upload,
+        "load": load,
+        "rss": rss,
+    }
+    write_json(out / "results.json", results)
+    write_text(out / "report.md", report_markdown(results))
+    print(f"wrote {out / 'report.md'}")
+    return 0 if load["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
