@@ -1,7 +1,9 @@
 """Search engines behind one interface.
 
 - ``lut``: exact, compiled (Numba) scan of the (N, P) representative-id grids summing
-  per-position table entries; cost independent of E*.
+  per-position table entries; cost independent of E*. The plain reference scan.
+- ``fastscan``: exact; scans 8-bit lower bounds held in SIMD registers, then re-ranks the few
+  rows that can still win (`hashindex.fastscan`); codebooks of at most 256 distinct vectors.
 - ``numpy``: the same sums written in plain numpy (reference, slow but obvious).
 - ``faiss-flat``: exact Hamming on packed bits with ``faiss.IndexBinaryFlat`` (on the GPU with
   ``GpuIndexBinaryFlat`` when faiss sees one; k > 2048 then falls back to the CPU copy).
@@ -22,7 +24,7 @@ from hashindex.kernels import KERNELS
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("lut", "faiss-flat", "faiss-ivf", "numpy")
+ENGINES = ("lut", "fastscan", "faiss-flat", "faiss-ivf", "numpy")
 GPU_K_LIMIT = 2048
 
 

@@ -1,0 +1,327 @@
+"""The ``fastscan`` engine: exact volume-wise search that scans 8-bit lower bounds, then re-ranks.
+
+Every image distance is a monotone function of per-codebook sums Σ_p table[p, code_p] of one
+query table (`hashindex.distances`). The engine
+
+1. quantizes each query table to uint8 *lower bounds*: ``q[p, c] = floor((T[p, c] − min_p T) / Δ)``
+   with one step Δ for all positions, so ``Σ_p min_p T + Δ · Σ_p q[p, c_p] ≤ Σ_p T[p, c_p]``
+   (for D_A the table of dot products is negated first, so the bound is an upper bound on the
+   dot product and hence a lower bound on the angle);
+2. sums the bounds of every row with the C kernel `hashindex._fastscan` — 64 rows per step
+   with the tables in AVX-512 registers where the CPU has VBMI, in the manner of FAISS's
+   fast-scan — reading one byte per code instead of gathering from a float table;
+3. computes exact distances for a few rows with the smallest bounds, which gives an upper
+   bound θ of the Q-th best volume's distance;
+4. computes exact distances, in the reference summation order, for every row whose lower bound
+   is ≤ θ, and returns the volume-wise top-Q of those rows.
+
+A row left out has a distance above θ, so it can be neither a hit nor the best row of a hit's
+volume: the answer equals the brute force's, ties included (distance, then row id). The float
+comparisons of step 4 carry a margin far above rounding error, so rounding can only add rows.
+How many rows step 4 evaluates depends on the data: grids of similar slices have tight bounds,
+uniformly random codes (the worst case) do not, and then the engine degrades to a scan.
+
+Limits: at most 256 distinct code vectors per codebook (one byte per code; trained EMA codebooks
+have far fewer live codes). Otherwise use ``lut``.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from hashindex import _fastscan
+from hashindex.distances import finish
+
+BLOCK = 64
+TABLE = 256
+MAX_SUM = 65535  # uint16 accumulators
+# Rows whose bounds seed θ: enough to cover Q volumes of 155 slices several times over.
+SEED_ROWS = 1024
+MARGIN = 1e-9  # relative slack of the float comparisons (rounding is ~1e-15)
+QUERY_BYTES = 256 << 20  # integer sums of a chunk of batched queries, per array
+
+_THREADS = max(1, min(os.cpu_count() or 1, 8))
+_pool: ThreadPoolExecutor | None = None
+
+
+def simd() -> str:
+    """The kernel this CPU runs: "avx512-vbmi" or "portable"."""
+    return _fastscan.simd_name()
+
+
+def block_transpose(rep_codes: np.ndarray) -> np.ndarray:
+    """(N, P) uint8 representative ids → (ceil(N / 64), P, 64) uint8, rows padded with code 0."""
+    if rep_codes.dtype != np.uint8:
+        raise TypeError("fastscan needs uint8 codes (at most 256 distinct code vectors); use "
+                        "engine='lut' for larger codebooks")
+    n, p = rep_codes.shape
+    nblocks = max(1, -(-n // BLOCK))
+    padded = np.zeros((nblocks * BLOCK, p), np.uint8)
+    padded[:n] = rep_codes
+    return np.ascontiguousarray(padded.reshape(nblocks, BLOCK, p).transpose(0, 2, 1))
+
+
+@dataclass
+class Bounds:
+    """Quantized tables of B queries over P positions: uint8 (B, P, 256), and per query the
+    offset and step that turn an integer sum L into a bound of the table sum: offset + step·L
+    is a lower bound (``negated``: offset − step·L is an upper bound)."""
+
+    tables: np.ndarray
+    offset: np.ndarray
+    step: np.ndarray
+    negated: bool
+
+
+def quantize(tables: list[np.ndarray], levels: int, *, negate: bool = False) -> list[Bounds]:
+    """Quantize query tables (B, P_i, R_i), one per codebook, with one step Δ per query.
+
+    q[p, c] = floor((T[p, c] − min_p T) / Δ) ≤ levels, so offset + Δ·Σ_p q is a lower bound of
+    Σ_p T. A shared Δ lets the integer sums of two codebooks be added (S_sum). With ``negate``
+    the bounds are built on max_p T − T, so they bound Σ T from above.
+    """
+    shifted = []
+    for t in tables:
+        t = t.astype(np.float64)
+        if negate:
+            t = t.max(axis=2, keepdims=True) - t
+        shifted.append(t - t.min(axis=2, keepdims=True))
+    step = np.max([sp.max(axis=(1, 2)) for sp in shifted], axis=0) / levels
+    step[step <= 0] = 1.0
+    out = []
+    for t, sp in zip(tables, shifted, strict=True):
+        q = np.zeros((*t.shape[:2], TABLE), np.uint8)
+        q[:, :, :t.shape[2]] = np.clip(np.floor(sp / step[:, None, None]), 0, levels)
+        t = t.astype(np.float64)
+        # lower bound: Σ min_p T + Δ·L ≤ Σ T; negated: Σ(max_p − T) ≥ Δ·L, so Σ T ≤ Σ max_p − Δ·L
+        offset = t.max(axis=2).sum(axis=1) if negate else t.min(axis=2).sum(axis=1)
+        out.append(Bounds(q, offset, step.copy(), negate))
+    return out
+
+
+def integer_sums(codes_t: np.ndarray, bounds: Bounds, first_position: int,
+                 accumulate_into: np.ndarray | None = None) -> np.ndarray:
+    """(B, nblocks·64) uint16 sums of the quantized tables over every row, in one pass.
+
+    codes_t: (nblocks, S, 64) uint8; the tables cover positions first_position .. +P-1.
+    """
+    global _pool
+    B, P, _ = bounds.tables.shape
+    nblocks, S, _ = codes_t.shape
+    out = accumulate_into if accumulate_into is not None else np.empty((B, nblocks * BLOCK),
+                                                                       np.uint16)
+    acc = accumulate_into is not None
+    tables = np.ascontiguousarray(bounds.tables)
+    args = (codes_t, tables, out, B, S, first_position, P)
+    if _THREADS == 1 or nblocks < 256:
+        _fastscan.lower_bounds(*args, 0, nblocks, acc, False)
+        return out
+    if _pool is None:
+        _pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="fastscan")
+    edges = np.linspace(0, nblocks, _THREADS + 1).astype(int)
+    jobs = [_pool.submit(_fastscan.lower_bounds, *args, int(a), int(b), acc, False)
+            for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    for job in jobs:
+        job.result()
+    return out
+
+
+def _stack(bounds: list[Bounds]) -> Bounds:
+    """The bounds of several queries as one batch."""
+    return Bounds(np.concatenate([b.tables for b in bounds]),
+                  np.concatenate([b.offset for b in bounds]),
+                  np.concatenate([b.step for b in bounds]), bounds[0].negated)
+
+
+def levels_for(positions: int) -> int:
+    """Quantization levels per position that keep a sum over `positions` within uint16."""
+    return int(min(255, MAX_SUM // max(positions, 1)))
+
+
+def _threshold(x: float, step: float) -> int:
+    """The largest integer sum L with offset + step·L ≤ offset + x, plus one level of margin
+    against rounding (an extra level only lets more rows through to the exact check)."""
+    if not np.isfinite(x):
+        return MAX_SUM
+    return int(np.clip(np.floor(x / step * (1 + MARGIN) + MARGIN) + 1, -1, MAX_SUM))
+
+
+class FastScan:
+    """Block-transposed copies of an index's code grids and the search over them.
+
+    tables: per codebook ("normal", "abnormal") its `CodebookTables`; codes: (N, P) uint8
+    representative ids per codebook; row_sqnorm: (N,) float64 ‖r‖²; volume_index: (N,) int64
+    dense volume number into volume_ids (V,); scales: the index's normalized-sum scales.
+    """
+
+    BOOKS = ("normal", "abnormal")
+
+    def __init__(self, tables: dict, codes: dict, row_sqnorm: dict, volume_index: np.ndarray,
+                 volume_ids: np.ndarray, scales: dict):
+        self.tables, self.codes, self.row_sqnorm = tables, codes, row_sqnorm
+        self.volume_index, self.volume_ids, self.scales = volume_index, volume_ids, scales
+        self.n = int(volume_index.size)
+        self.P = int(codes["normal"].shape[1])
+        # both codebooks side by side: positions 0..P-1 normal, P..2P-1 abnormal
+        self.codes_t = block_transpose(np.concatenate([codes["normal"], codes["abnormal"]], 1))
+        self.first = {"normal": 0, "abnormal": self.P}
+
+    # ------------------------------------------------------------------ bounds and exact sums
+    def _bound_to_distance(self, book: str, b: Bounds, L: np.ndarray, q_sq: float,
+                           distance: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """Lower bounds of one codebook's distance from its integer sums L (of `rows`)."""
+        offset, step = float(b.offset[0]), float(b.step[0])
+        L = L.astype(np.float64)
+        if distance == "hamming":
+            return offset + step * L
+        if distance == "euclidean":
+            return np.sqrt(np.maximum(offset + step * L, 0.0))
+        # angular: Σ⟨q_p, r_p⟩ ≤ offset − Δ·L, so cos ≤ that / (‖q‖‖r‖) and the angle is at least
+        # arccos of it; grids of norm zero have exact distances (0 or 0.5, as `finish` says)
+        r_sq = self.row_sqnorm[book] if rows is None else self.row_sqnorm[book][rows]
+        denom = np.sqrt(q_sq * r_sq)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cos_ub = np.where(denom > 0, (offset - step * L) / denom, 0.0)
+        lb = np.arccos(np.clip(cos_ub, -1.0, 1.0)) / np.pi
+        lb[(q_sq == 0) & (r_sq == 0)] = 0.0
+        return lb
+
+    def _exact(self, rows: np.ndarray, tables: dict, q_sq: dict, books, distance: str,
+               normalized: bool) -> np.ndarray:
+        """Exact distances of `rows`, summed in position order as the reference engines do."""
+        total = None
+        for book in books:
+            table = tables[book]
+            codes = self.codes[book][rows]
+            acc = np.zeros(rows.size, np.int64 if table.dtype == np.int32 else np.float64)
+            for p in range(table.shape[0]):
+                acc += table[p][codes[:, p]]
+            d = finish(distance, acc, q_sq[book], self.row_sqnorm[book][rows])
+            if normalized:
+                d = d / self.scales[f"{book}/{distance}"]
+            total = d if total is None else total + d
+        return total
+
+    def _top(self, rows: np.ndarray, dist: np.ndarray, q: int, exclude: int | None,
+             by_volume: bool):
+        """Top-q of evaluated rows ordered by (distance, row): (distances, rows, volume ids).
+
+        by_volume: each volume once, at its first (closest, then smallest) row; else rows."""
+        if exclude is not None:
+            keep = self.volume_ids[self.volume_index[rows]] != exclude
+            rows, dist = rows[keep], dist[keep]
+        ok = np.isfinite(dist)
+        rows, dist = rows[ok], dist[ok]
+        order = np.lexsort((rows, dist))
+        rows, dist = rows[order], dist[order]
+        vols = self.volume_index[rows]
+        if by_volume:
+            _, first = np.unique(vols, return_index=True)
+            first = np.sort(first)[:q]
+        else:
+            first = np.arange(min(q, rows.size))
+        return dist[first], rows[first], self.volume_ids[vols[first]]
+
+    # ------------------------------------------------------------------ search
+    def search(self, q_reps: dict, q_sq: dict, topq: int, mode: str, distance: str,
+               normalized_sum: bool, exclude: np.ndarray | None, by_volume: bool = True):
+        """Top-Q of B queries: (B, Q) distances, rows, volume ids (inf / -1 padded), and (B,)
+        the number of rows each query evaluated exactly.
+
+        q_reps: per codebook (B, P) representative ids; q_sq: per codebook (B,) ‖q‖²;
+        exclude: (B,) volume ids or None; by_volume: volume-wise (4.4.6) or row-wise top-Q.
+        The bounds of a chunk of queries are summed in one pass over the codes.
+        """
+        books = self.BOOKS if mode == "sum" else (mode,)
+        normalized = normalized_sum and mode == "sum"
+        joint = mode == "sum" and not normalized and distance == "hamming"
+        B = next(iter(q_reps.values())).shape[0]
+        D = np.full((B, topq), np.inf)
+        R = np.full((B, topq), -1, np.int64)
+        V = np.full((B, topq), -1, np.int64)
+        evaluated = np.zeros(B, np.int64)
+        chunk = max(1, min(B, QUERY_BYTES // (2 * self.codes_t.shape[0] * BLOCK)))
+        for c0 in range(0, B, chunk):
+            qs = range(c0, min(B, c0 + chunk))
+            tables = [{b: self.tables[b].query_table(q_reps[b][i], distance) for b in books}
+                      for i in qs]
+            bounds = [dict(zip(books, quantize([t[b][None] for b in books],
+                                               levels_for(self.P * len(books)),
+                                               negate=distance == "angular"), strict=True))
+                      for t in tables]
+            if joint:  # one step Δ for both codebooks: one sum over all 2P positions
+                both = _stack([Bounds(np.concatenate([bd[b].tables for b in books], axis=1),
+                                      bd["normal"].offset + bd["abnormal"].offset,
+                                      bd["normal"].step, False) for bd in bounds])
+                sums = {"both": integer_sums(self.codes_t, both, 0)[:, :self.n]}
+            else:
+                sums = {b: integer_sums(self.codes_t, _stack([bd[b] for bd in bounds]),
+                                        self.first[b])[:, :self.n] for b in books}
+            for j, i in enumerate(qs):
+                L = {} if joint else {b: sums[b][j] for b in books}
+                proxy = sums["both"][j] if joint else (
+                    L[books[0]] if len(books) == 1 else L["normal"] + L["abnormal"])
+                sq = {b: float(q_sq[b][i]) for b in books}
+                ex = None if exclude is None else int(exclude[i])
+                d = self._seed_theta(proxy, tables[j], sq, books, distance, normalized, topq,
+                                     ex, by_volume)
+                theta = float(d[-1]) if d.size == topq else np.inf
+                rows = self._candidates(books, bounds[j], L, proxy, sq, distance, normalized,
+                                        theta, joint)
+                dist = self._exact(rows, tables[j], sq, books, distance, normalized)
+                d, r, v = self._top(rows, dist, topq, ex, by_volume)
+                D[i, :d.size], R[i, :r.size], V[i, :v.size] = d, r, v
+                evaluated[i] = rows.size
+        return D, R, V, evaluated
+
+    def _seed_theta(self, proxy, tables, q_sq, books, distance, normalized, topq, exclude,
+                    by_volume):
+        """Exact distances of the Q best volumes among the rows with the smallest integer sums:
+        the last one bounds the true Q-th distance from above. The cut is read off a histogram
+        of every 16th row (no sort); more rows are taken until Q volumes are found."""
+        n = self.n
+        sample = proxy[::16]
+        cum = np.cumsum(np.bincount(sample, minlength=1))
+        want = SEED_ROWS
+        while True:
+            cut = int(np.searchsorted(cum, max(1, want * sample.size // max(n, 1))))
+            seed = np.flatnonzero(proxy <= cut)
+            d, _, _ = self._top(seed, self._exact(seed, tables, q_sq, books, distance,
+                                                  normalized), topq, exclude, by_volume)
+            if d.size == topq or seed.size == n or cut >= cum.size - 1:
+                return d
+            want *= 8
+
+    def _bound_table(self, book: str, b: Bounds, distance: str, normalized: bool) -> np.ndarray:
+        """The lower bound of a codebook's (scaled) distance for every possible integer sum L:
+        (P·levels + 1,) float64, non-decreasing (D_H and D_E only)."""
+        top = int(b.tables[0].max(axis=1).astype(np.int64).sum())
+        g = self._bound_to_distance(book, b, np.arange(top + 1), 0.0, distance)
+        return g / self.scales[f"{book}/{distance}"] if normalized else g
+
+    def _candidates(self, books, bounds, L, proxy, q_sq, distance, normalized, theta, joint):
+        """Every row whose lower bound is ≤ θ (a superset when rounding is in doubt)."""
+        if not np.isfinite(theta):
+            return np.arange(self.n)
+        limit = theta + MARGIN * (abs(theta) + 1.0)
+        if distance == "hamming" and joint:  # the bound is offset + Δ·(L_n + L_a)
+            offset = sum(float(bounds[b].offset[0]) for b in books)
+            return np.flatnonzero(proxy <= _threshold(theta - offset, float(bounds["normal"].step[0])))
+        if distance != "angular":
+            # bounds are monotone in L: read the largest admissible L off a table of all of them
+            g = {b: self._bound_table(b, bounds[b], distance, normalized) for b in books}
+            if len(books) == 1:
+                (b,) = books
+                return np.flatnonzero(L[b] <= np.searchsorted(g[b], limit, side="right") - 1)
+            # two codebooks: for every L_n, the largest L_a with g_n(L_n) + g_a(L_a) ≤ θ
+            room = np.searchsorted(g["abnormal"], limit - g["normal"], side="right") - 1
+            return np.flatnonzero(L["abnormal"].astype(np.int32) <= room[L["normal"]])
+        lb = 0.0
+        for b in books:
+            part = self._bound_to_distance(b, bounds[b], L[b], q_sq[b], distance)
+            lb = lb + (part / self.scales[f"{b}/{distance}"] if normalized else part)
+        return np.flatnonzero(lb <= limit)
