@@ -166,3 +166,22 @@ def test_docs_page_renders_the_api(browser, live_server):
     browser.get(live_server.url + "/docs")
     wait_for(browser, lambda d: "GET /api/query" in d.find_element("id", "docs").text, "docs")
     assert "POST /api/query/upload" in browser.find_element("id", "docs").text
+
+
+def test_upload_from_the_page(browser, live_server, service, service_archive):
+    """The page's upload form sends the four files and shows the external case's hits."""
+    case = next(c for c in service.catalog.values() if c.has_lesion)
+    browser.get(f"{live_server.url}/?case={case.case}&mode=abnormal")
+    wait_for(browser, lambda d: settled(d, case.case, case.default_slice, "abnormal"), "page")
+    browser.find_element("css selector", "#upload-box summary").click()
+    for key in ("t1", "t1ce", "t2", "flair", "seg"):
+        path = service_archive / case.case / f"{case.case}_{key}.nii.gz"
+        browser.find_element("css selector", f'#upload-form input[name="{key}"]').send_keys(
+            str(path))
+    browser.find_element("css selector", "#upload-form button[type=submit]").click()
+    expected = f"· query upload slice {case.default_slice} (external)"
+    wait_for(browser, lambda d: d.find_element("id", "message").text == expected, "upload")
+    labels = hit_labels(browser, "abnormal")
+    # Under the name "upload" the case is not excluded: its own slice comes first.
+    assert labels[0] == f"#1 {case.case} : {case.default_slice}", labels
+    assert browser.find_element("id", "query-caption").text.endswith("(external)")
