@@ -7,7 +7,8 @@ the viewer page.
 Each route is a small function that turns a request into one `QueryService` call and its answer
 (or its error) into a response. Errors are JSON, `{"error": message, "status": code}`: 400 for
 invalid input (the library's message, the same the CLI prints), 403 for a source file outside
-the index's archive folders, 404 for an unknown case or path, 413 for an upload over the cap.
+the index's archive folders, 404 for an unknown case or path, 413 for an upload over the cap,
+503 when more uploads than `max_concurrent_uploads` are in progress.
 The page's assets ship inside the package (`fdn/service/static/`) and are read once, through
 `importlib.resources`; no path from a request ever reaches the file system.
 """
@@ -100,7 +101,7 @@ def _json(description, schema):
 
 def _errors(*codes):
     text = {400: "Invalid input", 403: "Refused: outside the archive", 404: "Unknown case",
-            413: "Upload too large"}
+            413: "Upload too large", 503: "Too many uploads at once"}
     return {str(c): _json(text[c], ERROR) for c in codes}
 
 
@@ -240,10 +241,21 @@ def query(request: Request) -> JSONResponse:
         },
     }}}},
     "responses": {"200": _json("The result", {"$ref": "#/components/schemas/QueryResult"}),
-                  **_errors(400, 413)},
+                  **_errors(400, 413, 503)},
 })
 async def query_upload(request: Request) -> Response:
     service = _service(request)
+    if not service.upload_slots.acquire(blocking=False):
+        return _error(
+            503, f"{service.max_concurrent_uploads} uploads are being processed; retry shortly"
+        )
+    try:
+        return await _query_upload(request, service)
+    finally:
+        service.upload_slots.release()
+
+
+async def _query_upload(request: Request, service: QueryService) -> Response:
     limit = service.max_upload_bytes
     too_large = (
         f"the upload exceeds the limit of {limit:,} bytes; send smaller files (gzip them) or "

@@ -82,6 +82,7 @@ class QueryService:
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         max_voxels: int = DEFAULT_MAX_VOXELS,
         cache_bytes: int = 512 * 2**20,
+        max_concurrent_uploads: int = 2,
         scratch_dir: str | Path | None = None,
     ):
         self.index = index
@@ -89,6 +90,9 @@ class QueryService:
         self.images = SliceImages(index, max_bytes=cache_bytes)
         self.max_upload_bytes = int(max_upload_bytes)
         self.max_voxels = int(max_voxels)
+        # Each upload holds its body in memory about twice: bound how many run at once.
+        self.max_concurrent_uploads = max(1, int(max_concurrent_uploads))
+        self.upload_slots = threading.BoundedSemaphore(self.max_concurrent_uploads)
         self.scratch_dir = None if scratch_dir is None else Path(scratch_dir)
         self.search_lock = threading.Lock()  # the compiled kernels are driven by one thread at a time
         self.encode_lock = threading.Lock()

@@ -301,3 +301,22 @@ def test_png_is_a_png(client, service):
 
     r = client.get(f"/api/cases/{service.index.cases[0]}/slices/2.png")
     assert Image.open(io.BytesIO(r.content)).format == "PNG"
+
+
+def test_uploads_in_progress_are_bounded(upload_service, service_archive):
+    """While max_concurrent_uploads uploads are running, another one gets a 503 at once."""
+    service, scratch = upload_service
+    client = make_client(service)
+    case = sorted(p.name for p in service_archive.iterdir() if p.is_dir())[0]
+    files = case_upload(service_archive, case)
+    held = [service.upload_slots.acquire(blocking=False)
+            for _ in range(service.max_concurrent_uploads)]
+    assert all(held)
+    try:
+        r = client.post("/api/query/upload", files=files)
+        assert r.status_code == 503 and "retry" in r.json()["error"]
+    finally:
+        for _ in held:
+            service.upload_slots.release()
+    assert client.post("/api/query/upload", files=files).status_code == 200
+    assert list(scratch.iterdir()) == []
