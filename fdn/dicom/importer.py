@@ -237,18 +237,18 @@ def _decoder_fault(dataset) -> str | None:
     """Why pydicom cannot decode `dataset`'s pixel data, or None if it can."""
     from pydicom.pixels import get_decoder
 
-    syntax = dataset.file_meta.TransferSyntaxUID
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None:
+        return None  # no file meta: pydicom assumes a syntax, and decoding says the rest
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
         return f"transfer syntax {syntax.name} ({syntax}) has no pixel data decoder in pydicom"
     if not decoder.is_available:
-        missing = "; ".join(f"{name}: {', '.join(deps)}"
-                            for name, deps in decoder.missing_dependencies_dict().items()) \
-            if hasattr(decoder, "missing_dependencies_dict") else ""
+        plugins = "; ".join(getattr(decoder, "missing_dependencies", []))
         return (f"transfer syntax {syntax.name} ({syntax}) cannot be decoded here: no decoder "
-                f"plugin installed{f' ({missing})' if missing else ''}; convert the study to an "
-                "uncompressed transfer syntax, or install a decoder such as pylibjpeg")
+                f"plugin installed{f' ({plugins})' if plugins else ''}; convert the study to "
+                "an uncompressed transfer syntax, or install one of those plugins")
     return None
 
 
