@@ -31,9 +31,10 @@ from starlette.routing import Route
 
 from fdn import __version__
 from fdn.errors import ArchiveError, FdnError
-from fdn.queries import QueryError, UnknownCaseError
+from fdn.queries import MODE_CHOICES, QueryError, UnknownCaseError
 from fdn.service.images import ImageAccessError
 from fdn.service.service import UPLOAD_KEYS, QueryService
+from hashindex import DISTANCES, ENGINES
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +79,13 @@ def _param(name, where="query", kind="string", description="", required=False, *
 
 
 QUERY_PARAMS = [
-    _param("mode", enum=["normal", "abnormal", "sum", "all"], default="sum",
+    _param("mode", enum=list(MODE_CHOICES), default="sum",
            description="Similarity: normal anatomy, lesion, their sum, or all three."),
-    _param("distance", enum=["hamming", "euclidean", "angular"], default="hamming",
+    _param("distance", enum=list(DISTANCES), default="hamming",
            description="Per-image distance between code grids."),
     _param("topq", kind="integer", minimum=1, maximum=100, default=10,
            description="Number of volumes (each hit from a different volume)."),
-    _param("backend", enum=["lut", "faiss-flat", "faiss-ivf", "numpy"], default="lut",
-           description="Search engine."),
+    _param("backend", enum=list(ENGINES), default="lut", description="Search engine."),
     _param("nprobe", kind="integer", minimum=1, description="Lists probed by faiss-ivf."),
     _param("normalized_sum", kind="boolean", default=False,
            description="For mode sum: divide each distance by its scale before adding."),

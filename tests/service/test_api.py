@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from fdn.queries import QueryError, query_options, run_slice_query
+from hashindex import DISTANCES, ENGINES
 from tests.service.conftest import load_reference
 
 ref = load_reference()
@@ -39,7 +40,8 @@ def lesion_slice(index):
     return str(index.table["case"][row]), int(index.table["slice"][row]), row
 
 
-ENGINE_DISTANCES = [(b, d) for b in ("lut", "numpy") for d in ("hamming", "euclidean", "angular")]
+EXACT = [b for b in ENGINES if b not in ("faiss-flat", "faiss-ivf")]  # lut, numpy, fastscan, ...
+ENGINE_DISTANCES = [(b, d) for b in EXACT for d in DISTANCES]
 
 
 @pytest.mark.parametrize("backend, distance", [*ENGINE_DISTANCES, ("faiss-flat", "hamming")])
@@ -132,6 +134,11 @@ def test_info_and_health(client, service):
     assert (info["n_cases"], info["n_slices"], info["input_size"]) == (
         m.n_cases, m.n_slices, m.input_size)
     assert info["sequences"] == ["t1", "t1ce", "t2", "flair"]
+    assert info["backends"] == list(ENGINES)
+    spec = client.get("/openapi.json").json()
+    backend = next(p for p in spec["paths"]["/api/query"]["get"]["parameters"]
+                   if p["name"] == "backend")
+    assert backend["schema"]["enum"] == list(ENGINES)
     health = client.get("/api/health").json()
     assert health["status"] == "ok" and health["n_slices"] == m.n_slices
 
