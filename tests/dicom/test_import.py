@@ -195,8 +195,23 @@ def no_decoder(study):
     return "JPEG-LS Lossless.*cannot be decoded here", "t1"
 
 
+def other_frame_of_reference(study):
+    uid = generate_uid()
+    rewrite(study.series_dirs["flair"], lambda ds, _: setattr(ds, "FrameOfReferenceUID", uid))
+    return "different frames of reference", None
+
+
+def multi_frame(study):
+    path = sorted(study.series_dirs["t2"].iterdir())[0]
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = 2
+    ds.PixelData = ds.PixelData * 2
+    ds.save_as(path, enforce_file_format=True)
+    return "multi-frame", "t2"
+
+
 FAULTS = [non_mr, missing_sequence, missing_slice, duplicate_position, two_claim_t1,
-          mixed_orientation, corrupt_file, no_decoder]
+          mixed_orientation, corrupt_file, no_decoder, other_frame_of_reference, multi_frame]
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.__name__ for f in FAULTS])
@@ -216,7 +231,7 @@ def test_bad_study_is_named_and_nothing_is_written(one_study, fault, tmp_path):
     assert re.search(message, skipped["reason"]), skipped["reason"]
     if sequence is not None:
         assert skipped["series_uid"] == one_study.series_uids[sequence]
-    if fault in (mixed_orientation, corrupt_file, no_decoder):  # one file at fault: named
+    if fault in (mixed_orientation, corrupt_file, no_decoder, multi_frame):  # one file: named
         assert skipped["file"] and Path(skipped["file"]).parent == one_study.series_dirs[sequence]
     assert case_dirs(archive) == []  # no case, no temporary folder
     text = run(one_study.folder.parent, archive)
@@ -306,3 +321,25 @@ def test_one_import_at_a_time(dicom_source, tmp_path):
         with pytest.raises(DicomImportError, match="another import-dicom run"):
             import_dicom(dicom_source[0], archive)
     assert len(import_dicom(dicom_source[0], archive).imported) == len(dicom_source[1])
+
+
+def test_pydicom_test_files_are_listed_with_reasons(tmp_path):
+    """pydicom's bundled MR files (one study of single images): read, then skipped because the
+    study is not a four-sequence brain MR; the CLI says so and writes nothing."""
+    from pydicom.data import get_testdata_file
+
+    source = tmp_path / "src"
+    source.mkdir()
+    names = ["MR_small.dcm", "MR_small_bigendian.dcm", "MR_small_RLE.dcm", "MR_truncated.dcm"]
+    for name in names:
+        path = get_testdata_file(name, download=False)
+        if path is None:
+            pytest.skip(f"pydicom's test file {name} is not shipped with this pydicom")
+        shutil.copy(path, source / name)
+    result = run(source, tmp_path / "archive", "--json")
+    assert result.exit_code != 0
+    report = json.loads(result.output.split("\nError:")[0])
+    (skipped,) = report["skipped"]  # the four files share one study
+    assert re.search(r"missing sequence\(s\) t1, t1ce, flair", skipped["reason"])
+    assert "is t2" in skipped["reason"]  # identified by EchoTime 240 ms, RepetitionTime 4 s
+    assert case_dirs(tmp_path / "archive") == []

@@ -10,6 +10,7 @@ import logging
 import nibabel as nib
 import numpy as np
 import pytest
+import requests
 from click.testing import CliRunner
 
 from cli.main import main
@@ -165,3 +166,22 @@ def test_unreachable_pacs_is_a_clear_error(tmp_path):
     with pytest.raises(DicomImportError, match="cannot list the studies of") as caught:
         sync_pacs(url, tmp_path / "archive", client=make_client(url, attempts=1))
     assert "ConnectionError" in str(caught.value)
+
+
+class BrokenClient:
+    """A PACS that lists one study and fails to send it."""
+
+    def search_for_studies(self, **_):
+        return [{"0020000D": {"vr": "UI", "Value": ["1.2.3"]},
+                 "00080061": {"vr": "CS", "Value": ["MR"]}}]
+
+    def iter_study(self, uid):
+        raise requests.ConnectionError("connection reset by peer")
+
+
+def test_failed_retrieve_is_listed_and_retried_next_time(tmp_path):
+    report = sync_pacs("http://pacs.invalid/dicom-web", tmp_path / "archive",
+                       client=BrokenClient())
+    assert report.failed and report.skipped[0]["study_uid"] == "1.2.3"
+    assert "WADO-RS retrieve failed (ConnectionError" in report.skipped[0]["reason"]
+    assert case_dirs(tmp_path / "archive") == []
