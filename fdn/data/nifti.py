@@ -170,7 +170,7 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             else:
                 head = f.read(_PROBE)
                 image_class, end = _header(head, path, st.st_size)
-                data = head + f.read(end - len(head))
+                data = head + f.read(max(0, end - len(head)))  # read(-n) reads all
                 if len(data) < end:  # the file shrank since stat
                     _header(head, path, len(data))
     except OSError as error:
