@@ -62,6 +62,12 @@ def test_sync_build_query_then_only_new_studies(orthanc, dicom_source, small_arc
         fetched = nib.load(archive / case / f"{case}_{sequence}.nii.gz").get_fdata()
         np.testing.assert_allclose(fetched, original, atol=0.25 + 1e-3)
 
+    model = make_model_dir(tmp_path / "model", seed=0)
+    index = tmp_path / "index"
+    built = CliRunner().invoke(main, ["build", str(archive), "--model", str(model), "--index",
+                                      str(index), "--device", "cpu"])
+    assert built.exit_code == 0, built.output
+
     for name in rest:
         orthanc.upload(source / name)
     client = CountingClient(make_client(orthanc.dicomweb))
@@ -71,11 +77,10 @@ def test_sync_build_query_then_only_new_studies(orthanc, dicom_source, small_arc
     assert sorted(e["study_uid"] for e in second.imported) == new
     assert [e["study_uid"] for e in second.already] == [studies[first].study_uid]
 
-    model = make_model_dir(tmp_path / "model", seed=0)
-    index = tmp_path / "index"
-    built = CliRunner().invoke(main, ["build", str(archive), "--model", str(model), "--index",
-                                      str(index), "--device", "cpu"])
-    assert built.exit_code == 0, built.output
+    added = CliRunner().invoke(main, ["build", str(archive), "--model", str(model), "--index",
+                                      str(index), "--device", "cpu", "--add", "--json"])
+    assert added.exit_code == 0, added.output
+    assert json.loads(added.output)["n_cases"] == len(studies)
     answer = CliRunner().invoke(main, ["query", "--index", str(index), "--case", case,
                                        "--slice", "10", "--topq", "2", "--json"])
     assert answer.exit_code == 0, answer.output
