@@ -39,8 +39,9 @@ from hashindex.distances import finish
 BLOCK = 64
 TABLE = 256
 MAX_SUM = 65535  # uint16 accumulators
-# Rows whose bounds seed θ: enough to cover Q volumes of 155 slices several times over.
-SEED_ROWS = 1024
+# θ is seeded from the SEED_ROWS smallest bounds among every SAMPLE_STRIDE-th row.
+SEED_ROWS = 256
+SAMPLE_STRIDE = 8
 MARGIN = 1e-9  # relative slack of the float comparisons (rounding is ~1e-15)
 QUERY_BYTES = 256 << 20  # integer sums of a chunk of batched queries, per array
 
@@ -280,19 +281,24 @@ class FastScan:
 
     def _seed_theta(self, proxy, tables, q_sq, books, distance, normalized, topq, exclude,
                     by_volume):
-        """Exact distances of the Q best volumes among the rows with the smallest integer sums:
-        the last one bounds the true Q-th distance from above. The cut is read off a histogram
-        of every 16th row (no sort); more rows are taken until Q volumes are found."""
-        n = self.n
-        sample = proxy[::16]
+        """Exact distances of the Q best volumes (or rows) among a few promising rows: the last
+        one bounds the true Q-th distance from above, whichever rows were taken.
+
+        The rows are those with the smallest integer sums among every SAMPLE_STRIDE-th row (a
+        histogram finds the cut without sorting, and neighbouring slices of a volume look
+        alike, so the sample still holds a near-best slice of every volume); more rows are
+        taken until Q volumes are found.
+        """
+        sample_rows = np.arange(0, self.n, SAMPLE_STRIDE)
+        sample = proxy[sample_rows]
         cum = np.cumsum(np.bincount(sample, minlength=1))
         want = SEED_ROWS
         while True:
-            cut = int(np.searchsorted(cum, max(1, want * sample.size // max(n, 1))))
-            seed = np.flatnonzero(proxy <= cut)
+            cut = int(np.searchsorted(cum, min(want, sample.size)))
+            seed = sample_rows[sample <= cut]
             d, _, _ = self._top(seed, self._exact(seed, tables, q_sq, books, distance,
                                                   normalized), topq, exclude, by_volume)
-            if d.size == topq or seed.size == n or cut >= cum.size - 1:
+            if d.size == topq or cut >= cum.size - 1:
                 return d
             want *= 8
 
