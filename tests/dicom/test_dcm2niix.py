@@ -108,3 +108,27 @@ def test_truncated_pydicom_test_file_is_named_corrupt():
     with pytest.raises(DicomImportError, match="corrupt") as caught:
         load_series([path], study="1.2.3", series="1.2.3.4")
     assert caught.value.file == str(path)
+
+
+def test_anisotropic_non_square_series_matches_dcm2niix(small_archive, tmp_path):
+    """Rows ≠ columns and Δrow ≠ Δcol, so a swapped PixelSpacing or a transposed image cannot
+    pass: checked against dcm2niix and against the affine the series was written with."""
+    from fdn.data import Archive
+    from fdn.dicom.export import export_series, rotated_affine
+
+    image = nib.load(Archive(small_archive).case_files(Archive(small_archive).case_ids[0])["t2"])
+    data = np.asarray(image.dataobj, dtype=np.float32)[:, 3:37, :]   # 40 columns × 34 rows
+    affine = image.affine.copy()
+    affine[:3, 0] *= 0.5                                             # Δcol 3 mm, Δrow 6 mm
+    affine = rotated_affine(affine, data.shape, (-20.0, 10.0, 35.0))
+    folder = tmp_path / "series"
+    export_series(data, affine, folder, sequence="t2",
+                  study={"PatientID": "A", "StudyInstanceUID": "1.2.3",
+                         "FrameOfReferenceUID": "1.2.3.1"},
+                  series_number=1, series_uid="1.2.3.4", slope=0.5, intercept=-16.0)
+    volume = load_series(sorted(folder.iterdir()))
+    assert volume.data.shape == data.shape
+    np.testing.assert_allclose(volume.data, data, atol=0.25 + 1e-3)
+    np.testing.assert_allclose(volume.affine, affine, atol=AFFINE_ATOL_MM)
+    assert_same_image(nib.Nifti1Image(volume.data, volume.affine),
+                      dcm2niix(folder, tmp_path / "dcm2niix"))
