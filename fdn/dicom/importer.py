@@ -30,7 +30,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,13 +121,9 @@ class ImportReport:
         return bool(self.skipped or self.bad_files) or not self.already
 
 
-def _no_progress(iterable=None, **_):
-    return nullcontext(_NullBar()) if iterable is None else iterable
-
-
-class _NullBar:
-    def update(self, n=1):
-        pass
+def no_progress(iterable, **_):
+    """The `progress` of a run without bars: the iterable itself."""
+    return iterable
 
 
 def list_files(source: Path) -> list[Path]:
@@ -152,7 +148,7 @@ def scan(files: Iterable[Path | pydicom.Dataset],
     """Read the headers of `files` (paths, or datasets in memory) and group them:
     (studies by UID, bad files with reasons)."""
     files = list(files)
-    progress = progress or _no_progress
+    progress = progress or no_progress
     studies: dict[str, StudyFiles] = {}
     bad = []
     for path in progress(files, desc="scan", unit="file"):
@@ -412,7 +408,7 @@ def import_studies(studies: dict[str, StudyFiles], archive: Path, report: Import
                    mapping=None, source: str = "", progress=None,
                    on_study: Callable[[str], None] | None = None) -> None:
     """Import scanned studies into `archive`, filling `report` (skips are recorded, not raised)."""
-    progress = progress or _no_progress
+    progress = progress or no_progress
     done = imported_studies(archive)
     for uid in progress(sorted(studies), desc="import", unit="study"):
         study = studies[uid]

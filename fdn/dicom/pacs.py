@@ -30,10 +30,10 @@ import requests
 
 from fdn.dicom.importer import (
     ImportReport,
-    _no_progress,
     archive_lock,
     clean_partial,
     import_studies,
+    no_progress,
     scan,
 )
 from fdn.dicom.provenance import imported_studies
@@ -171,7 +171,7 @@ def sync_pacs(url: str, archive: str | Path, *, mapping=None, auth=None, progres
     client = client or make_client(url, auth)
     with archive_lock(archive):
         clean_partial(archive)
-        return _sync(url, client, archive, mapping, progress or _no_progress)
+        return _sync(url, client, archive, mapping, progress or no_progress)
 
 
 def _sync(url, client, archive: Path, mapping, progress) -> ImportReport:
