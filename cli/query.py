@@ -137,7 +137,7 @@ def query(
                     ),
                     time.perf_counter() - t0,
                 )
-            query_source = index.table["source"][row]
+            query_source = index.table.value("source", row)
         else:
             case_id, files = case_files_from_paths([Path(p) for p in inputs])
             volume = load_case_files(files, index.manifest.input_size, case_id)

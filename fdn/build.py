@@ -542,6 +542,8 @@ def _write_codes(target: Path, normal: np.ndarray, abnormal: np.ndarray, checksu
             shape=array.shape,
             chunks=(CHUNK_ROWS, *array.shape[1:]),
             dtype="uint16",
+            # lz4 on byte-shuffled codes: as small as zstd here, 3x faster to open (1M slices)
+            compressors=zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
             config={"write_empty_chunks": True},
         )
         stored[:] = array

@@ -417,6 +417,9 @@ class SliceTable(Mapping):
     def __iter__(self):
         return iter(self.arrow.column_names)
 
+    def __contains__(self, name) -> bool:  # without converting the column
+        return name in self.arrow.column_names
+
     def __len__(self) -> int:
         return self.arrow.num_columns
 

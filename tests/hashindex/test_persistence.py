@@ -200,8 +200,9 @@ def test_truncated_faiss_file_is_refused(written, tmp_path):
     raw = (t / "faiss_normal.index").read_bytes()
     _replace(t, "faiss_normal.index", raw[:40])
     again = HashIndex.read(t, gn, ga, vol)
+    _first_faiss_search(again, gn, ga)  # S_sum: only faiss_sum.index is loaded
     with pytest.raises(IndexFormatError, match="faiss_normal.index: corrupt FAISS index"):
-        _first_faiss_search(again, gn, ga)
+        again.search_volumes(gn[:2], ga[:2], 3, engine="faiss-flat", mode="normal")
 
 
 def test_faiss_files_opened_at_read_survive_a_later_replacement(written, tmp_path):
