@@ -4,6 +4,8 @@
   per-position table entries; cost independent of E*. The plain reference scan.
 - ``fastscan``: exact; scans 8-bit lower bounds held in SIMD registers, then re-ranks the few
   rows that can still win (`hashindex.fastscan`); codebooks of at most 256 distinct vectors.
+- ``torch``: exact; the lut scan on a CUDA GPU with torch (`hashindex.torch_engine`), on the
+  CPU when torch sees no GPU.
 - ``numpy``: the same sums written in plain numpy (reference, slow but obvious).
 - ``faiss-flat``: exact Hamming on packed bits with ``faiss.IndexBinaryFlat`` (on the GPU with
   ``GpuIndexBinaryFlat`` when faiss sees one; k > 2048 then falls back to the CPU copy).
@@ -24,7 +26,7 @@ from hashindex.kernels import KERNELS
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("lut", "fastscan", "faiss-flat", "faiss-ivf", "numpy")
+ENGINES = ("lut", "fastscan", "torch", "faiss-flat", "faiss-ivf", "numpy")
 GPU_K_LIMIT = 2048
 
 

@@ -294,6 +294,7 @@ class HashIndex:
         self.volume_ids = np.zeros(0, np.int64)
         self.scales: dict[str, float] = {}
         self._fast: FastScan | None = None  # built by the first fastscan query
+        self._torch = None  # TorchScan, built by the first torch query (imports torch)
         self.flat: dict[str, FaissHamming] = {}
         self.ivf: dict[str, FaissHamming] = {}
         # FAISS files opened by `read` and loaded on first use: name -> (open file, entry, verify)
@@ -512,6 +513,15 @@ class HashIndex:
                                   self._vol_unique, self.scales)
         return self._fast
 
+    def _torchscan(self):
+        """The torch engine's copy of the code grids on its device, made on first use."""
+        from hashindex.torch_engine import TorchScan
+
+        if self._torch is None or self._torch.n != self.ntotal:
+            self._torch = TorchScan(self.tables, self.codes, self.row_sqnorm, self._vol_index,
+                                    self._vol_unique, self.scales)
+        return self._torch
+
     def _prepare(self, q_normal, q_abnormal):
         q_reps, q_sq = {}, {}
         for book, q in (("normal", q_normal), ("abnormal", q_abnormal)):
@@ -548,6 +558,16 @@ class HashIndex:
         if engine == "fastscan":
             D, I, _, _ = self._fastscan().search(q_reps, q_sq, k, mode, distance, normalized_sum,
                                                  None, by_volume=False)
+            return D, I
+        if engine == "torch":
+            D = np.full((B, k), np.inf)
+            I = np.full((B, k), -1, np.int64)
+            scan = self._torchscan()
+            for b in range(B):
+                dist = scan.distances({m: q_reps[m][b] for m in BOOKS},
+                                      {m: q_sq[m][b] for m in BOOKS}, mode, distance,
+                                      normalized_sum)
+                D[b], I[b] = topk_rows(dist.cpu().numpy(), k)
             return D, I
         D = np.full((B, k), np.inf)
         I = np.full((B, k), -1, np.int64)
@@ -586,6 +606,9 @@ class HashIndex:
             D, R, V, _ = self._fastscan().search(q_reps, q_sq, topq, mode, distance,
                                                  normalized_sum, exclude_volumes)
             return VolumeHits(D, R, V)
+        if engine == "torch":
+            return VolumeHits(*self._torchscan().search(q_reps, q_sq, topq, mode, distance,
+                                                        normalized_sum, exclude_volumes))
         D = np.full((B, topq), np.inf)
         R = np.full((B, topq), -1, np.int64)
         V = np.full((B, topq), -1, np.int64)

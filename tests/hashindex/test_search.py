@@ -8,7 +8,7 @@ from hashindex import DISTANCES, MODES, HashIndex
 from hashindex.engines import gpu_available
 from hashindex.packing import pack_grids
 
-EXACT = ("lut", "fastscan", "numpy", "faiss-flat")
+EXACT = ("lut", "fastscan", "torch", "numpy", "faiss-flat")
 
 
 @pytest.mark.parametrize("mode", MODES)
