@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,3 +251,43 @@ def test_build_into_the_archive_itself_is_refused(tmp_path, pipeline_archive, mo
     with pytest.raises(IndexDirError, match="looks like an image archive"):
         build_index(root, model_dir, root)
     assert sorted(p.name for p in root.iterdir()) == before
+
+
+def test_two_build_processes_never_run_at_once(tmp_path, pipeline_archive, model_dir):
+    import subprocess
+    import sys
+    import time
+
+    index = tmp_path / "index"
+    first = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())", "build",
+         str(pipeline_archive), "--model", str(model_dir), "--index", str(index)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+
+    def first_holds_the_lock():
+        """Whether an exclusive flock is held on the lock file, read from /proc/locks (taking
+        the lock to find out could make the first build fail)."""
+        try:
+            inode = os.stat(index / ".build.lock").st_ino
+        except FileNotFoundError:
+            return False
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if "FLOCK" in fields and "WRITE" in fields and fields[5].split(":")[-1] == str(inode):
+                return True
+        return False
+
+    deadline = time.monotonic() + 120
+    while not first_holds_the_lock():
+        assert first.poll() is None, "the first build ended before its lock was seen"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    second = CliRunner().invoke(
+        main, ["build", str(pipeline_archive), "--model", str(model_dir), "--index", str(index)]
+    )
+    assert second.exit_code != 0
+    assert "another build holds" in second.output and str(index) in second.output
+    output = first.communicate(timeout=300)[0].decode()
+    assert first.returncode == 0, output
+    assert open_index(index).ntotal > 0
