@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -320,7 +321,8 @@ def read_listed(index_dir: Path, manifest: Manifest, name: str, *, verify: bool)
     if entry is None:
         raise IndexDirError(f"{index_dir / MANIFEST}: does not list {name}. {fix}.")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO put in place of a file must not hang the reader
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         raise IndexDirError(
             f"{path}: missing; the manifest lists it ({entry['size']} bytes). {fix}."
@@ -329,6 +331,14 @@ def read_listed(index_dir: Path, manifest: Manifest, name: str, *, verify: bool)
         what = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
         raise IndexDirError(f"{path}: cannot read it ({what}). {fix}.") from None
     with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise IndexDirError(f"{path}: not a regular file. {fix}.")
+        if st.st_size != entry["size"]:  # before reading: a huge file is never read whole
+            raise IndexDirError(
+                f"{path}: {st.st_size} bytes, the manifest records {entry['size']}; the file "
+                f"was truncated or changed after the build. {fix}."
+            )
         data = f.read()
     return check_bytes(path, data, entry, verify=verify, fix=fix)
 

@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -205,12 +206,18 @@ def _open_listed(d: Path, name: str, fix: str):
     """An open binary file of the listed file ``name`` in ``d`` (never through a symlink)."""
     path = d / name
     try:
-        return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+        # O_NONBLOCK: a FIFO put in place of a file must not hang the reader
+        f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb")
     except FileNotFoundError:
-        raise IndexFormatError(f"{path}: missing ({META_FILE} lists it); {fix}") from None
+        listed = "" if name == META_FILE else f" ({META_FILE} lists it)"
+        raise IndexFormatError(f"{path}: missing{listed}; {fix}") from None
     except OSError as exc:
         what = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
         raise IndexFormatError(f"{path}: cannot read it ({what}); {fix}") from None
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise IndexFormatError(f"{path}: not a regular file; {fix}")
+    return f
 
 
 _SHA256_HEX = frozenset("0123456789abcdef")
@@ -714,7 +721,8 @@ class HashIndex:
         fix = "rebuild the index directory (fdn-index build)"
         meta_path = d / META_FILE
         try:
-            meta = json.loads(meta_path.read_bytes())
+            with _open_listed(d, META_FILE, fix) as f:
+                meta = json.loads(f.read())
         except (OSError, ValueError, RecursionError) as exc:
             raise IndexFormatError(f"{meta_path}: cannot read ({str(exc)[:80]}); {fix}") from None
         meta = _check_meta(meta, meta_path, fix)

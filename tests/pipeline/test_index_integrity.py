@@ -201,6 +201,15 @@ def test_manifest_names_outside_the_folder_are_refused(index):
     assert "'files' should be" in result.output
 
 
+@pytest.mark.parametrize("name", ["slices.parquet", "faiss_sum.index", "hashindex.json"])
+def test_a_fifo_in_place_of_a_file_is_refused_without_hanging(index, name):
+    (index / name).unlink()
+    os.mkfifo(index / name)
+    result = query(index, "--backend", "faiss-flat")
+    assert result.exit_code != 0
+    assert f"{name}: not a regular file" in result.output
+
+
 def test_verification_can_be_skipped_but_sizes_are_still_checked(index):
     raw = bytearray((index / "codebook_normal.npy").read_bytes())
     raw[-4] ^= 0x01  # the lowest mantissa bit of the last entry: no hyperplane bit changes
