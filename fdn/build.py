@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +40,9 @@ import zarr
 from fdn import __version__
 from fdn.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model, model_checksum
 from fdn.data import Archive
+from fdn.device import resolve_device
 from fdn.dicom.provenance import read_provenance
-from fdn.encode import encode_images
+from fdn.distributed import _MODELS, CaseTask, encode_cases
 from fdn.errors import ArchiveError, IndexDirError
 from fdn.indexdir import (
     BUILD_LOCK,
@@ -87,6 +89,10 @@ class BuildReport:
     reused: list[str] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     hashindex: dict = field(default_factory=dict)
+    # seconds per stage summed over the cases encoded now (model, read, preprocess, encode,
+    # write; "slices" counts their slices), cases per worker, and the assembly
+    stages: dict = field(default_factory=dict)
+    workers: dict = field(default_factory=dict)
 
 
 def build_index(
@@ -101,18 +107,18 @@ def build_index(
     ivf_nlist: int | None = None,
     device: str | None = None,
     on_case: Callable[[str], None] | None = None,
+    client=None,
 ) -> BuildReport:
     """Encode every case of `archive_root` with the model in `model_dir` into `index_dir`.
 
     on_case, when given, is called with each case id as it is finished (for a progress bar).
+    client: a `dask.distributed` client to encode one task per case on its workers, which must
+    reach the archive, the model and the index folder by the same paths (`fdn.distributed`).
     Raises ArchiveError for a bad case (unless skip_bad), IndexDirError when `index_dir`
     belongs to another model or format, ModelError for a bad model directory.
     """
     archive_root, model_dir, index_dir = Path(archive_root), Path(model_dir), Path(index_dir)
-    if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     model, config = load_model(model_dir, device=device)
     checksum = model_checksum(model_dir)
     archive = Archive(archive_root)
@@ -133,12 +139,13 @@ def build_index(
             ivf_nlist=ivf_nlist,
             device=device,
             on_case=on_case,
+            client=client,
         )
 
 
 def _build_locked(
     archive, model, config, checksum, model_dir, index_dir, *, add, skip_bad, batch_size,
-    bit_budget, ivf_nlist, device, on_case
+    bit_budget, ivf_nlist, device, on_case, client
 ) -> BuildReport:
     """`build_index` once the build lock is held."""
     archive_root = archive.root
@@ -149,6 +156,7 @@ def _build_locked(
 
     report = BuildReport(index_dir=str(index_dir), n_cases=0, n_slices=0)
     skipped = {entry["case"]: entry for entry in plan.get("skipped", [])}
+    todo = []
     for case in plan["cases"]:
         inputs = _fingerprint(archive, case) if case in archive.case_ids else None
         if case in skipped:
@@ -161,37 +169,45 @@ def _build_locked(
         encoded_path = index_dir / ENCODED_DIR / f"{case}.npz"
         if _encoded_is_valid(encoded_path, checksum, config, inputs):
             report.reused.append(case)
-        else:
-            if case not in archive.case_ids:
-                raise IndexDirError(
-                    f"{index_dir}: case {case} is planned from {plan['sources'][case]} but is not "
-                    f"in {archive_root}. Run the build again with the archive that holds it."
-                )
-            try:
-                volume = archive.load(case, config.image_size)
-            except ArchiveError as exc:
-                if not skip_bad:
-                    raise
-                log.warning("skipping bad case %s: %s", case, exc)
-                skipped[case] = {"case": case, "fault": str(exc), "inputs": inputs}
-                plan["skipped"] = list(skipped.values())
-                atomic_write_json(index_dir / PLAN, plan)
-                continue
-            normal, abnormal = encode_images(
-                model, volume.image, batch_size=batch_size, device=device
+            if on_case is not None:
+                on_case(case)
+            continue
+        if case not in archive.case_ids:
+            raise IndexDirError(
+                f"{index_dir}: case {case} is planned from {plan['sources'][case]} but is not "
+                f"in {archive_root}. Run the build again with the archive that holds it."
             )
-            _write_encoded(
-                encoded_path, volume, normal, abnormal, checksum, plan["sources"][case], inputs
-            )
-            report.encoded_now.append(case)
+        todo.append(CaseTask(str(archive.root), case, str(model_dir), checksum,
+                             str(encoded_path), plan["sources"][case], inputs, batch_size,
+                             device if client is None else None))
+    # Encode here, or one task per case on a Dask cluster (`fdn.distributed`); either way each
+    # case ends as a journal entry, and assembly below reads only the journal.
+    if client is None:
+        _MODELS[(str(model_dir), checksum, device)] = model  # the model loaded above
+    for result in encode_cases(todo, client):
+        if result.fault is not None:
+            if not skip_bad:
+                raise ArchiveError(result.fault)
+            log.warning("skipping bad case %s: %s", result.case, result.fault)
+            inputs = next(t.inputs for t in todo if t.case == result.case)
+            skipped[result.case] = {"case": result.case, "fault": result.fault, "inputs": inputs}
+            plan["skipped"] = list(skipped.values())
+            atomic_write_json(index_dir / PLAN, plan)
+            continue
+        report.encoded_now.append(result.case)
+        for stage, seconds in result.stages.items():
+            report.stages[stage] = report.stages.get(stage, 0) + seconds
+        report.workers[result.worker] = report.workers.get(result.worker, 0) + 1
         if on_case is not None:
-            on_case(case)
+            on_case(result.case)
+    report.encoded_now.sort(key=plan["cases"].index)
 
     report.skipped = [{k: v for k, v in e.items() if k != "inputs"} for e in skipped.values()]
     cases = [c for c in plan["cases"] if c not in skipped]
     if not cases:
         raise ArchiveError(f"{archive_root}: no valid case to index (all were skipped as bad).")
     staging = Path(tempfile.mkdtemp(dir=index_dir, prefix=".assemble.", suffix=TEMP_SUFFIX))
+    assemble_started = time.perf_counter()
     try:
         hash_report, n_slices = _assemble(
             index_dir, staging, cases, model, config, checksum,
@@ -215,6 +231,7 @@ def _build_locked(
         _swap_in(index_dir, staging, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    report.stages["assemble_s"] = time.perf_counter() - assemble_started
     report.n_cases, report.n_slices, report.hashindex = len(cases), n_slices, hash_report
     return report
 

@@ -61,6 +61,12 @@ def check_write_target(path: str | Path) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def fsync_directory(directory: str | Path) -> None:
     """Make the renames and creations inside `directory` durable."""
     fd = os.open(directory, os.O_RDONLY)
@@ -85,6 +91,9 @@ def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], None]) -> 
         raise WriteTargetError(f"{path}: cannot write in {path.parent} ({exc.strerror}); "
                                "choose a writable folder") from None
     try:
+        # mkstemp creates 0600; give the file the mode a plain open() would (0666 less the
+        # umask), so an index built by one user can be read by the others the umask allows
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             if callable(data):
                 data(f)

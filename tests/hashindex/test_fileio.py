@@ -73,3 +73,12 @@ def test_remove_stale_temporaries_only_removes_temporaries(tmp_path):
     removed = remove_stale_temporaries(tmp_path)
     assert sorted(p.name for p in removed) == [".codes.zarr.xyz.tmp", ".manifest.json.abc123.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "manifest.json"]
+
+
+def test_written_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.bin", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644

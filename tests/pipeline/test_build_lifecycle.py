@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,36 +255,35 @@ def test_build_into_the_archive_itself_is_refused(tmp_path, pipeline_archive, mo
 def test_two_build_processes_never_run_at_once(tmp_path, pipeline_archive, model_dir):
     import subprocess
     import sys
+    import textwrap
     import time
 
-    index = tmp_path / "index"
-    first = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())", "build",
-         str(pipeline_archive), "--model", str(model_dir), "--index", str(index)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-
-    def first_holds_the_lock():
-        """Whether an exclusive flock is held on the lock file, read from /proc/locks (taking
-        the lock to find out could make the first build fail)."""
-        try:
-            inode = os.stat(index / ".build.lock").st_ino
-        except FileNotFoundError:
-            return False
-        for line in Path("/proc/locks").read_text().splitlines():
-            fields = line.split()
-            if "FLOCK" in fields and "WRITE" in fields and fields[5].split(":")[-1] == str(inode):
-                return True
-        return False
-
+    index, holding, release = tmp_path / "index", tmp_path / "holding", tmp_path / "release"
+    # The first build pauses inside its run (after its first case, so it holds the lock) until
+    # the test lets it go: the second build is sure to meet a held lock.
+    script = textwrap.dedent(f"""
+        import pathlib, sys, time
+        from fdn.build import build_index
+        def pause(case):
+            if not pathlib.Path({str(holding)!r}).exists():
+                pathlib.Path({str(holding)!r}).write_text(case)
+                deadline = time.monotonic() + 120
+                while not pathlib.Path({str(release)!r}).exists():
+                    assert time.monotonic() < deadline, "never released"
+                    time.sleep(0.01)
+        build_index({str(pipeline_archive)!r}, {str(model_dir)!r}, {str(index)!r}, on_case=pause)
+    """)
+    first = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
-    while not first_holds_the_lock():
-        assert first.poll() is None, "the first build ended before its lock was seen"
+    while not holding.exists():
+        assert first.poll() is None, first.communicate()[0].decode()
         assert time.monotonic() < deadline
-        time.sleep(0.005)
+        time.sleep(0.01)
     second = CliRunner().invoke(
         main, ["build", str(pipeline_archive), "--model", str(model_dir), "--index", str(index)]
     )
+    release.write_text("go")
     assert second.exit_code != 0
     assert "another build holds" in second.output and str(index) in second.output
     output = first.communicate(timeout=300)[0].decode()

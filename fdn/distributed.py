@@ -1,0 +1,156 @@
+"""Building and searching on a Dask cluster: one task per case, one shard per worker.
+
+`fdn.build` hands the cases that need encoding to `encode_cases`, which runs them in this
+process or, given a `dask.distributed` client, as one task per case on the cluster's workers.
+A task reads, preprocesses and encodes its case where it runs (on the worker's GPU when it has
+one) and writes the case's build-journal entry atomically into the index folder, which every
+worker must reach (a shared file system). The scheduler re-runs the tasks of a worker that dies,
+and a journal entry is written whole or not at all, so nothing is lost or written twice; a rerun
+after the whole cluster died reuses the entries already written. Assembly then runs unchanged in
+the calling process, so the index is identical, bit for bit, to a single-process build's.
+
+    from dask.distributed import Client, LocalCluster
+    with LocalCluster(n_workers=2, threads_per_worker=1) as cluster, Client(cluster) as client:
+        build_index(archive, model, index, client=client)
+
+`cluster_client` makes such a client from the command line's --workers / --scheduler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Models loaded by this process (a worker keeps its model between tasks): {(dir, checksum): model}
+_MODELS: dict = {}
+
+
+@dataclass(frozen=True)
+class CaseTask:
+    """Everything a worker needs to encode one case into its journal entry."""
+
+    archive_root: str
+    case: str
+    model_dir: str
+    checksum: str
+    journal_path: str
+    source: str
+    inputs: dict | None
+    batch_size: int
+    device: str | None
+
+
+@dataclass
+class CaseResult:
+    """What became of one case: fault is None when its entry was written; seconds per stage."""
+
+    case: str
+    fault: str | None
+    stages: dict
+    worker: str
+
+
+def _model(model_dir: str, checksum: str, device: str):
+    key = (model_dir, checksum, device)
+    if key not in _MODELS:
+        from fdn.checkpoint import load_model, model_checksum
+        from fdn.errors import ModelError
+
+        if model_checksum(model_dir) != checksum:
+            raise ModelError(f"{model_dir}: the weights differ from the ones the build was "
+                             "started with (another file on this worker?). Every worker must "
+                             "see the same model directory.")
+        _MODELS.clear()  # one model per process
+        _MODELS[key] = load_model(model_dir, device=device)[0]
+    return _MODELS[key]
+
+
+def encode_case(task: CaseTask) -> CaseResult:
+    """Read, preprocess and encode one case, and write its journal entry (runs on a worker).
+
+    A bad case is reported in the result (the caller decides whether to skip it); any other
+    error propagates.
+    """
+    from fdn.build import _write_encoded
+    from fdn.data import Archive
+    from fdn.device import resolve_device
+    from fdn.encode import encode_images
+    from fdn.errors import ArchiveError
+
+    device = resolve_device(task.device)
+    stages = {}
+    t = time.perf_counter()
+    model = _model(task.model_dir, task.checksum, device)
+    stages["model_s"] = time.perf_counter() - t
+    archive = Archive(Path(task.archive_root))
+    try:
+        volume = archive.load(task.case, model.config.image_size, timings=stages)
+    except ArchiveError as exc:
+        return CaseResult(task.case, str(exc), stages, _worker_name())
+    t = time.perf_counter()
+    normal, abnormal = encode_images(model, volume.image, batch_size=task.batch_size,
+                                     device=device)
+    stages["encode_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    _write_encoded(Path(task.journal_path), volume, normal, abnormal, task.checksum,
+                   task.source, task.inputs)
+    stages["write_s"] = time.perf_counter() - t
+    stages["slices"] = int(normal.shape[0])
+    return CaseResult(task.case, None, stages, _worker_name())
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return f"pid {os.getpid()}"
+
+
+def encode_cases(tasks: list[CaseTask], client=None) -> Iterator[CaseResult]:
+    """Encode every task, yielding each result as it is finished (in completion order).
+
+    Without a client the tasks run here, one after another; with one, each is a Dask task.
+    """
+    if client is None:
+        for task in tasks:
+            yield encode_case(task)
+        return
+    from distributed import as_completed
+
+    # pure=False: a rerun after a failure must run again, not reuse a cached result
+    futures = [client.submit(encode_case, task, key=f"encode-{task.case}-{os.getpid()}",
+                             pure=False, retries=2) for task in tasks]
+    try:
+        for future in as_completed(futures):
+            yield future.result()
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+@contextlib.contextmanager
+def cluster_client(workers: int | None = None, scheduler: str | None = None):
+    """A `distributed.Client`: to the scheduler at `scheduler` (tcp://host:port), or to a new
+    LocalCluster of `workers` single-threaded worker processes on 127.0.0.1; None for neither."""
+    if not workers and not scheduler:
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler, timeout="30s") as client:
+            yield client
+        return
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      host="127.0.0.1", dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        yield client
