@@ -52,17 +52,35 @@ from hashindex.fileio import WriteTargetError
     help="Also build a FAISS IndexBinaryIVF with this many lists (approximate search).",
 )
 @device_option("the encoder")
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=None,
+    help="Encode on a local Dask cluster of this many worker processes (one case per task).",
+)
+@click.option(
+    "--scheduler",
+    metavar="tcp://HOST:PORT",
+    default=None,
+    help="Encode on an existing Dask cluster; its workers must see the archive, the model and "
+    "the index at the same paths (a shared file system).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
 def build(
-    archive, model_dir, index_dir, add, skip_bad, batch_size, bit_budget, ivf_nlist, device, as_json
+    archive, model_dir, index_dir, add, skip_bad, batch_size, bit_budget, ivf_nlist, device,
+    workers, scheduler, as_json
 ):
     """Encode every slice of ARCHIVE into Zarr code grids and build the hash indexes."""
     from fdn.build import build_index
     from fdn.data import Archive
+    from fdn.distributed import cluster_client
 
+    if workers and scheduler:
+        raise click.UsageError("Give --workers (a local cluster) or --scheduler, not both.")
     try:
         n_cases = len(Archive(archive).case_ids)
-        with tqdm(total=n_cases, desc="encode", unit="case", disable=as_json) as bar:
+        with cluster_client(workers, scheduler) as client, \
+                tqdm(total=n_cases, desc="encode", unit="case", disable=as_json) as bar:
             report = build_index(
                 archive,
                 model_dir,
@@ -74,9 +92,12 @@ def build(
                 ivf_nlist=ivf_nlist,
                 device=None if device == "auto" else device,
                 on_case=lambda case: bar.update(1),
+                client=client,
             )
     except (FdnError, HashIndexError, WriteTargetError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # a scheduler that cannot be reached, from dask.distributed
+        raise click.ClickException(f"--scheduler {scheduler}: {exc}") from exc
     if as_json:
         click.echo(json.dumps(asdict(report), indent=2, default=str))
         return
@@ -86,6 +107,12 @@ def build(
     )
     for bad in report.skipped:
         click.echo(f"  skipped {bad['case']}: {bad['fault']}")
+    stages = report.stages
+    if stages.get("slices"):
+        click.echo("  seconds: " + ", ".join(
+            f"{k.removesuffix('_s')} {v:.1f}" for k, v in stages.items() if k.endswith("_s"))
+            + f" ({stages['slices']} slices encoded now"
+            + (f", on {len(report.workers)} workers" if len(report.workers) > 1 else "") + ")")
     for book in ("normal", "abnormal"):
         info = report.hashindex.get(book, {}) if isinstance(report.hashindex, dict) else {}
         if info:
