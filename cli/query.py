@@ -2,11 +2,9 @@
 
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import click
-import numpy as np
 
 from fdn.errors import FdnError
 from hashindex import DISTANCES, ENGINES, MODES
@@ -21,7 +19,13 @@ from hashindex.fileio import WriteTargetError, check_write_target
     type=click.Path(file_okay=False),
     default="index",
     show_default=True,
-    help="Index directory written by `fdn-index build`.",
+    help="Index directory written by `fdn-index build`, or a folder of its shards.",
+)
+@click.option(
+    "--scheduler",
+    metavar="tcp://HOST:PORT",
+    default=None,
+    help="Search the shards on this Dask cluster's workers (with a folder of shards).",
 )
 @click.option("--case", help="Query with a slice of this case, already in the index.")
 @click.option(
@@ -65,7 +69,8 @@ from hashindex.fileio import WriteTargetError, check_write_target
     type=click.Choice(ENGINES),
     default="lut",
     show_default=True,
-    help="Search engine: exact look-up tables, FAISS flat/IVF on packed bits, or numpy.",
+    help="Search engine: exact look-up tables (lut, fastscan, torch on a GPU), FAISS flat/IVF "
+    "on packed bits, or numpy.",
 )
 @click.option(
     "--nprobe",
@@ -88,6 +93,7 @@ from hashindex.fileio import WriteTargetError, check_write_target
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
 def query(
     index_dir,
+    scheduler,
     case,
     inputs,
     slice_index,
@@ -101,107 +107,64 @@ def query(
     montage,
     as_json,
 ):
-    """Return the top-Q most similar volumes to one query slice."""
-    from fdn.data import case_files_from_paths, load_case_files
-    from fdn.data.render import default_slice
+    """Return the top-Q most similar volumes to one query slice.
+
+    --index may also be a folder of shards (`fdn-index shard`): the query then runs on every
+    shard in parallel, in threads here or, with --scheduler, on the Dask cluster's workers.
+    """
+    from fdn.distributed import cluster_client
+    from fdn.queries import query_options, run_external_query, run_slice_query
     from fdn.retrieval import open_index
+    from fdn.shards import is_sharded, open_sharded
 
     if bool(case) == bool(inputs):
         raise click.UsageError("Give the query as either --case ID or --input PATH (not both).")
-    options = dict(
-        distance=distance, topq=topq, engine=backend, nprobe=nprobe, normalized_sum=normalized_sum
-    )
-    modes = list(MODES) if mode == "all" else [mode]
+    sharded = is_sharded(index_dir)
+    if scheduler and not sharded:
+        raise click.UsageError(f"--scheduler needs a folder of shards (fdn-index shard); "
+                               f"{index_dir} is one index.")
     try:
+        options = query_options(mode, distance=distance, topq=topq, backend=backend,
+                                nprobe=nprobe, normalized_sum=normalized_sum,
+                                include_same_volume=include_same_volume)
         if montage:
             check_write_target(montage)  # refuse /dev/null, a folder, a link before any work
-        started = time.perf_counter()
-        index = open_index(index_dir)
-        opened = time.perf_counter()
-        query_image = query_labels = None
-        if case:
-            if slice_index is None:
-                slice_index = index.default_slice(case)
-            row = index.row_of(case, slice_index)
-            query_name = f"{case} slice {slice_index}"
-            results = {}
-            for m in modes:
-                t0 = time.perf_counter()
-                results[m] = (
-                    index.query_slice(
-                        case,
-                        slice_index,
-                        mode=m,
-                        include_same_volume=include_same_volume,
-                        **options,
-                    ),
-                    time.perf_counter() - t0,
-                )
-            query_source = index.table.value("source", row)
-        else:
-            case_id, files = case_files_from_paths([Path(p) for p in inputs])
-            volume = load_case_files(files, index.manifest.input_size, case_id)
-            if slice_index is None:
-                seg = None if volume.seg is None else np.moveaxis(volume.seg, 0, -1)  # (H, W, Z)
-                slice_index = default_slice(seg, volume.image.shape[0])
-            if slice_index >= volume.image.shape[0]:
-                raise click.BadParameter(
-                    f"{case_id} has slices 0..{volume.image.shape[0] - 1}", param_hint="--slice"
-                )
-            query_name = f"{case_id} slice {slice_index} (external)"
-            query_image = volume.image[slice_index]
-            query_labels = (
-                None if volume.seg is None else volume.seg[slice_index],
-                None if volume.anat is None else volume.anat[slice_index],
-            )
-            normal, abnormal = index.encode(query_image)
-            exclude = None if include_same_volume else index.volume_of(case_id)
-            results = {}
-            for m in modes:
-                t0 = time.perf_counter()
-                results[m] = (
-                    index.search_codes(normal, abnormal, mode=m, exclude_volume=exclude, **options),
-                    time.perf_counter() - t0,
-                )
-            query_source = None
-        total = time.perf_counter() - started
+        with cluster_client(None, scheduler) as client:
+            started = time.perf_counter()
+            index = open_sharded(index_dir, client) if sharded else open_index(index_dir)
+            opened = time.perf_counter()
+            if case:
+                result = run_slice_query(index, case, slice_index, options=options)
+            else:
+                result = run_external_query(index, list(inputs), slice_index, options=options)
+            total = time.perf_counter() - started
         if montage:
             from fdn.montage import draw_retrieval_montage
 
             draw_retrieval_montage(
                 Path(montage),
                 index,
-                query_name,
-                {m: hits for m, (hits, _) in results.items()},
-                query_case=case,
-                query_slice=slice_index,
-                query_source=query_source,
-                query_image=query_image,
-                query_labels=query_labels,
+                result.query,
+                {m: r.hits for m, r in result.results.items()},
+                query_case=None if result.external else result.query_case,
+                query_slice=result.query_slice,
+                query_source=result.query_source,
+                query_image=result.query_image,
+                query_labels=result.query_labels,
             )
     except (FdnError, HashIndexError, ValueError, WriteTargetError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # a scheduler that cannot be reached
+        raise click.ClickException(f"--scheduler {scheduler}: {exc}") from exc
 
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "query": query_name,
-                    "index": str(index_dir),
-                    "distance": distance,
-                    "backend": backend,
-                    "open_seconds": opened - started,
-                    "total_seconds": total,
-                    "results": {
-                        m: {"search_seconds": secs, "hits": [asdict(h) for h in hits]}
-                        for m, (hits, secs) in results.items()
-                    },
-                    "montage": montage,
-                },
-                indent=2,
-            )
-        )
+        out = result.to_dict()
+        out.update(index=str(index_dir), open_seconds=opened - started, total_seconds=total,
+                   montage=montage)
+        click.echo(json.dumps(out, indent=2))
         return
+    query_name = result.query
+    results = {m: (r.hits, r.search_seconds) for m, r in result.results.items()}
     for m, (hits, secs) in results.items():
         click.echo(
             f"\nQuery {query_name} — mode {m}, {distance} distance, {backend}: "

@@ -206,34 +206,63 @@ def _build_locked(
     cases = [c for c in plan["cases"] if c not in skipped]
     if not cases:
         raise ArchiveError(f"{archive_root}: no valid case to index (all were skipped as bad).")
-    staging = Path(tempfile.mkdtemp(dir=index_dir, prefix=".assemble.", suffix=TEMP_SUFFIX))
     assemble_started = time.perf_counter()
+    hash_report, n_slices = assemble_index(
+        index_dir, index_dir, cases, model, config, checksum, model_dir,
+        preset=plan["preset"], skipped_cases=sorted(skipped),
+        archive_roots=plan["archive_roots"], bit_budget=bit_budget, ivf_nlist=ivf_nlist,
+    )
+    report.stages["assemble_s"] = time.perf_counter() - assemble_started
+    report.n_cases, report.n_slices, report.hashindex = len(cases), n_slices, hash_report
+    return report
+
+
+def assemble_index(
+    journal_dir: Path,
+    target: Path,
+    cases: list[str],
+    model,
+    config,
+    checksum: str,
+    model_dir: Path,
+    *,
+    preset: str,
+    skipped_cases: list[str],
+    archive_roots: list[str],
+    bit_budget: int | None,
+    ivf_nlist: int | None,
+) -> tuple[dict, int]:
+    """Write a complete index of `cases` (in this row order) into `target` from the journal
+    entries in `journal_dir` (the build's own folder, or another index's for a shard).
+
+    The files are staged, then swapped in under the swap lock with the manifest last
+    (`_swap_in`). Returns the hash index's report and the number of slices.
+    """
+    staging = Path(tempfile.mkdtemp(dir=target, prefix=".assemble.", suffix=TEMP_SUFFIX))
     try:
         hash_report, n_slices = _assemble(
-            index_dir, staging, cases, model, config, checksum,
+            journal_dir, staging, cases, model, config, checksum,
             bit_budget=bit_budget, ivf_nlist=ivf_nlist,
         )
         _copy_model(model_dir, staging / MODEL_DIR, checksum)
         manifest = Manifest(
             model_checksum=checksum,
-            preset=plan["preset"],
+            preset=preset,
             input_size=int(config.image_size),
-            grid=tuple(plan["grid"]),
+            grid=_grid_of(config),
             n_slices=n_slices,
             n_cases=len(cases),
             status=STATUS_COMPLETE,
-            skipped_cases=sorted(skipped),
-            archive_roots=sorted(plan["archive_roots"]),
+            skipped_cases=skipped_cases,
+            archive_roots=sorted(archive_roots),
             hashindex={"bit_budget": bit_budget, "ivf_nlist": ivf_nlist},
             files=file_entries(staging),
             fdn_index_version=__version__,
         )
-        _swap_in(index_dir, staging, manifest)
+        _swap_in(target, staging, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    report.stages["assemble_s"] = time.perf_counter() - assemble_started
-    report.n_cases, report.n_slices, report.hashindex = len(cases), n_slices, hash_report
-    return report
+    return hash_report, n_slices
 
 
 def _check_target(index_dir: Path, archive_root: Path) -> None:
@@ -285,7 +314,7 @@ def _make_plan(
     archive_cases = {case: str((archive.root / case).resolve()) for case in archive.case_ids}
     old_plan = None
     if (index_dir / PLAN).is_file():
-        old_plan = _read_plan(index_dir / PLAN)
+        old_plan = read_plan(index_dir / PLAN)
     _check_format_version(index_dir / MANIFEST)
     if old_plan is not None and old_plan.get("model_checksum") != checksum:
         raise IndexDirError(
@@ -326,7 +355,7 @@ def _make_plan(
     return plan
 
 
-def _read_plan(path: Path) -> dict:
+def read_plan(path: Path) -> dict:
     """build_plan.json, checked enough that the build can rely on it."""
     fix = f"Delete {path.parent} and build again (or use a new --index)."
     try:

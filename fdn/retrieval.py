@@ -5,8 +5,9 @@
     for hit in hits:
         print(hit.rank, hit.case, hit.slice, hit.distance)
 
-A query is a slice already in the index (`query_slice`) or any 4-channel image encoded on the fly
-with the index's own model (`query_image`). Hits are volume-wise (4.4.6): each from a different
+A query is a slice already in the index (`query_slice`) or the codes of any 4-channel image
+encoded with the index's own model (`encode`, then `search_codes`); `fdn.queries` runs both
+kinds for the command line and the service. Hits are volume-wise (4.4.6): each from a different
 volume, at its closest slice, the query's own volume excluded unless asked for.
 """
 
@@ -164,17 +165,6 @@ class ArchiveIndex:
             )
         normal, abnormal = encode_images(self.model(), image[None].astype(np.float32))
         return normal[0], abnormal[0]
-
-    def query_image(
-        self, image: np.ndarray, *, exclude_case: str | None = None, **options
-    ) -> list[Hit]:
-        """Volume-wise top-Q for an external preprocessed image (4, S, S), encoded on the fly.
-
-        options: those of `search_codes`.
-        """
-        normal, abnormal = self.encode(image)
-        exclude = self._volume_of_case.get(exclude_case) if exclude_case else None
-        return self.search_codes(normal, abnormal, exclude_volume=exclude, **options)
 
     def _provenance(self, row: int) -> dict:
         """study_uid and series_uids of a row (columns absent in indexes built before them)."""

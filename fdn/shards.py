@@ -1,0 +1,258 @@
+"""An index split by rows into shards, and exact queries that fan out to them and merge.
+
+    split_index("index/", "shards/", n_shards=4)       # shards/shard-000 … shard-003, shards.json
+    index = open_sharded("shards/")                    # every shard opened here, searched in threads
+    index = open_sharded("shards/", client=client)     # each shard opened on a Dask worker
+
+A shard is a complete index directory (`fdn.retrieval.open_index` opens it) holding whole
+volumes: a contiguous run of the source index's cases, assembled from its build journal with
+the same model and code tables. Shard k's row r is row ``row_offset[k] + r`` of the source.
+A query runs on every shard in parallel; each shard returns its own volume-wise top-Q, and the
+merge keeps the Q best of their union by (distance, global row). A volume lives in one shard,
+so its closest row is its shard's answer, and the result equals the unsharded index's, ties
+included.
+
+`ShardedIndex` answers the calls `fdn.queries` makes of an index, so `fdn-index query` and the
+library run sharded queries through the one query path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from fdn.errors import IndexDirError
+from fdn.retrieval import ArchiveIndex, Hit, open_index
+from hashindex.fileio import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+SHARDS_FILE = "shards.json"
+FORMAT = "fdn-index-shards"
+FORMAT_VERSION = 1
+
+# Indexes opened by this process, for the Dask tasks of a worker: {shard path: ArchiveIndex}
+_OPEN: dict[str, ArchiveIndex] = {}
+
+
+def is_sharded(folder: str | Path) -> bool:
+    return (Path(folder) / SHARDS_FILE).is_file()
+
+
+def split_index(index_dir: str | Path, out_dir: str | Path, n_shards: int,
+                on_shard=None) -> dict:
+    """Write `n_shards` shard indexes of the built index `index_dir` into `out_dir`.
+
+    Cases are split in row order into contiguous runs of about equal slice counts. Needs the
+    index's build journal (encoded/) and model copy. Returns the contents of shards.json.
+    """
+    from fdn.build import assemble_index, read_plan
+    from fdn.checkpoint import load_model, model_checksum
+    from fdn.indexdir import ENCODED_DIR, MODEL_DIR, PLAN
+
+    index_dir, out_dir = Path(index_dir), Path(out_dir)
+    source = open_index(index_dir)
+    if not isinstance(n_shards, int) or not 1 <= n_shards <= len(source.cases):
+        raise IndexDirError(f"{index_dir}: --shards must be from 1 to the number of cases "
+                            f"({len(source.cases)}), got {n_shards!r}")
+    if not (index_dir / ENCODED_DIR).is_dir():
+        raise IndexDirError(f"{index_dir}: no build journal ({ENCODED_DIR}/), which the shards "
+                            "are assembled from. Split an index built on this machine.")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise IndexDirError(f"{out_dir}: exists and is not empty. Choose a new folder.")
+    plan = read_plan(index_dir / PLAN)
+    model_dir = index_dir / MODEL_DIR
+    model, config = load_model(model_dir)
+    checksum = model_checksum(model_dir)
+    cases = source.cases  # in row order
+    sizes = np.array([np.count_nonzero(source.table["case"] == c) for c in cases])
+    # cut where the cumulative slice count crosses k/n of the total: contiguous, whole volumes
+    cuts = np.searchsorted(np.cumsum(sizes), np.arange(1, n_shards) * sizes.sum() / n_shards)
+    groups = [g.tolist() for g in np.split(np.array(cases, dtype=object), cuts)]
+    groups = [g for g in groups if g]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shards, offset = [], 0
+    for k, group in enumerate(groups):
+        name = f"shard-{k:03d}"
+        (out_dir / name).mkdir()
+        _, n_slices = assemble_index(
+            index_dir, out_dir / name, group, model, config, checksum, model_dir,
+            preset=source.manifest.preset, skipped_cases=[],
+            archive_roots=plan["archive_roots"] or source.manifest.archive_roots,
+            bit_budget=source.manifest.hashindex.get("bit_budget"),
+            ivf_nlist=source.manifest.hashindex.get("ivf_nlist"),
+        )
+        shards.append({"path": name, "row_offset": offset, "n_slices": n_slices,
+                       "cases": group})
+        offset += n_slices
+        if on_shard is not None:
+            on_shard(name)
+    listing = {"format": FORMAT, "format_version": FORMAT_VERSION,
+               "source": str(index_dir.resolve()), "n_slices": offset,
+               "model_checksum": checksum, "shards": shards}
+    atomic_write_json(out_dir / SHARDS_FILE, listing)  # written last: the set is complete
+    return listing
+
+
+def _read_listing(folder: Path) -> dict:
+    path = folder / SHARDS_FILE
+    try:
+        listing = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise IndexDirError(f"{path}: unreadable ({exc}). Split the index again.") from None
+    ok = (isinstance(listing, dict) and listing.get("format") == FORMAT
+          and listing.get("format_version") == FORMAT_VERSION
+          and isinstance(listing.get("shards"), list) and listing["shards"]
+          and all(isinstance(s, dict) and isinstance(s.get("path"), str)
+                  and s["path"].startswith("shard-") and "/" not in s["path"]
+                  and isinstance(s.get("row_offset"), int) for s in listing["shards"]))
+    if not ok:
+        raise IndexDirError(f"{path}: not a shard listing of this fdn-index (format "
+                            f"{FORMAT} {FORMAT_VERSION}). Split the index again.")
+    return listing
+
+
+def _shard(path: str) -> ArchiveIndex:
+    if path not in _OPEN:
+        _OPEN[path] = open_index(path)
+    return _OPEN[path]
+
+
+def _search_shard(path: str, normal, abnormal, exclude_case: str | None, options: dict):
+    """One shard's volume-wise top-Q (runs here or on the worker that holds the shard)."""
+    index = _shard(path)
+    exclude = None if exclude_case is None else index.volume_of(exclude_case)
+    return index.search_codes(normal, abnormal, exclude_volume=exclude, **options)
+
+
+def _query_codes(path: str, case: str, slice_index: int):
+    index = _shard(path)
+    row = index.row_of(case, slice_index)
+    return index.codes_normal[row], index.codes_abnormal[row]
+
+
+class _GlobalCodes:
+    """codes[row] of a sharded index: fetched from the shard that holds the row."""
+
+    def __init__(self, owner, which: str):
+        self.owner, self.which = owner, which
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        return self.owner._codes_of_row(int(row))[0 if self.which == "normal" else 1]
+
+
+class ShardedIndex:
+    """Shards of one index, searched together; see the module docstring.
+
+    It offers what `fdn.queries` uses of an `ArchiveIndex`: cases, volume_of, default_slice,
+    row_of, codes_normal/codes_abnormal[row], table, manifest, encode and search_codes. Volume
+    ids and rows are those of the unsharded index.
+    """
+
+    def __init__(self, folder: Path, listing: dict, client=None):
+        self.index_dir = folder
+        self.listing = listing
+        self.client = client
+        self.paths = [str((folder / s["path"]).resolve()) for s in listing["shards"]]
+        self.offsets = np.array([s["row_offset"] for s in listing["shards"]], np.int64)
+        if client is None:
+            with ThreadPoolExecutor(len(self.paths)) as pool:
+                self.shards = list(pool.map(_shard, self.paths))
+            self._pool = ThreadPoolExecutor(len(self.paths), thread_name_prefix="shard")
+        else:
+            workers = sorted(client.scheduler_info()["workers"])
+            self.workers = [workers[k % len(workers)] for k in range(len(self.paths))]
+            # open every shard on its worker now, so the first query pays nothing
+            client.gather([client.submit(_shard, p, workers=[w], pure=False)
+                           for p, w in zip(self.paths, self.workers, strict=True)])
+            self.shards = None
+        self._cases = [c for s in listing["shards"] for c in s["cases"]]
+        self._shard_of_case = {c: k for k, s in enumerate(listing["shards"]) for c in s["cases"]}
+        self._volume = {c: v for v, c in enumerate(self._cases)}
+        self.codes_normal = _GlobalCodes(self, "normal")
+        self.codes_abnormal = _GlobalCodes(self, "abnormal")
+        first = open_index(self.paths[0], verify=False) if client is not None else self.shards[0]
+        self.manifest = replace(first.manifest, n_slices=int(listing["n_slices"]),
+                                n_cases=len(self._cases))
+        self._first = first
+        self._table = None
+
+    @property
+    def cases(self) -> list[str]:
+        return list(self._cases)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.listing["n_slices"])
+
+    def volume_of(self, case: str) -> int | None:
+        return self._volume.get(case)
+
+    def _local(self, k: int) -> ArchiveIndex:
+        return self.shards[k] if self.shards is not None else _shard(self.paths[k])
+
+    @property
+    def table(self) -> dict:
+        """The slice table of every shard, rows in the unsharded order (read on first use)."""
+        if self._table is None:
+            parts = [self._local(k).table for k in range(len(self.paths))]
+            self._table = {c: np.concatenate([np.asarray(p[c], dtype=object) if c in (
+                "case", "source", "study_uid", "series_uids") else np.asarray(p[c])
+                for p in parts]) for c in ("case", "slice", "source", "lesion_area")}
+            rows = np.concatenate([np.asarray(p["row"]) + off
+                                   for p, off in zip(parts, self.offsets, strict=True)])
+            self._table["row"] = rows
+        return self._table
+
+    def _owner(self, case: str) -> int:
+        if case not in self._shard_of_case:
+            raise IndexDirError(f"{self.index_dir}: no case {case!r} in these shards "
+                                f"({len(self._cases)} cases, e.g. {', '.join(self._cases[:3])}).")
+        return self._shard_of_case[case]
+
+    def default_slice(self, case: str) -> int:
+        return self._local(self._owner(case)).default_slice(case)
+
+    def row_of(self, case: str, slice_index: int) -> int:
+        k = self._owner(case)
+        return int(self.offsets[k]) + self._local(k).row_of(case, slice_index)
+
+    def _codes_of_row(self, row: int):
+        k = int(np.searchsorted(self.offsets, row, side="right") - 1)
+        local = self._local(k)
+        r = row - int(self.offsets[k])
+        return local.codes_normal[r], local.codes_abnormal[r]
+
+    def encode(self, image: np.ndarray):
+        """Codes of an external image with the model every shard shares."""
+        return self._first.encode(image)
+
+    def search_codes(self, normal, abnormal, *, exclude_volume: int | None = None,
+                     topq: int = 10, **options) -> list[Hit]:
+        """Volume-wise top-Q over every shard, merged exactly (see the module docstring)."""
+        exclude_case = None if exclude_volume is None else self._cases[exclude_volume]
+        options = {**options, "topq": topq}
+        if self.client is None:
+            jobs = [self._pool.submit(_search_shard, p, normal, abnormal, exclude_case, options)
+                    for p in self.paths]
+            per_shard = [j.result() for j in jobs]
+        else:
+            per_shard = self.client.gather([
+                self.client.submit(_search_shard, p, normal, abnormal, exclude_case, options,
+                                   workers=[w], pure=False)
+                for p, w in zip(self.paths, self.workers, strict=True)])
+        hits = [replace(h, row=h.row + int(self.offsets[k]))
+                for k, shard_hits in enumerate(per_shard) for h in shard_hits]
+        hits.sort(key=lambda h: (h.distance, h.row))
+        return [replace(h, rank=i + 1) for i, h in enumerate(hits[:topq])]
+
+
+def open_sharded(folder: str | Path, client=None) -> ShardedIndex:
+    """Open the shards listed in `folder`/shards.json (on the client's workers, if given)."""
+    folder = Path(folder)
+    return ShardedIndex(folder, _read_listing(folder), client)
