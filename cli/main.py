@@ -48,3 +48,6 @@ main.add_command(import_dicom)
 from cli.serve import serve  # noqa: E402
 
 main.add_command(serve)
+from cli.shard import shard  # noqa: E402
+
+main.add_command(shard)

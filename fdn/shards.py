@@ -123,6 +123,11 @@ def _shard(path: str) -> ArchiveIndex:
     return _OPEN[path]
 
 
+def _open_shard(path: str) -> int:
+    """Open a shard where this runs (a worker keeps it) and return its row count."""
+    return _shard(path).ntotal
+
+
 def _search_shard(path: str, normal, abnormal, exclude_case: str | None, options: dict):
     """One shard's volume-wise top-Q (runs here or on the worker that holds the shard)."""
     index = _shard(path)
@@ -168,7 +173,7 @@ class ShardedIndex:
             workers = sorted(client.scheduler_info()["workers"])
             self.workers = [workers[k % len(workers)] for k in range(len(self.paths))]
             # open every shard on its worker now, so the first query pays nothing
-            client.gather([client.submit(_shard, p, workers=[w], pure=False)
+            client.gather([client.submit(_open_shard, p, workers=[w], pure=False)
                            for p, w in zip(self.paths, self.workers, strict=True)])
             self.shards = None
         self._cases = [c for s in listing["shards"] for c in s["cases"]]
