@@ -10,7 +10,7 @@ from benchmarks.speed_measure import DISTANCES, MODES, RAW_K, select_rows
 
 
 def evaluate_targets(results: dict) -> list[dict]:
-    """The three targets of issue 6: measured value, met or missed, by how much."""
+    """The three targets of the speed suite: measured value, met or missed, by how much."""
     tg = results["config"]["targets"]
     sizes = sorted({r["n"] for r in results["rows"]})
     out = []

@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from hashindex.binarize import ZERO_NORM
+
 log = logging.getLogger(__name__)
 
 SLICES_PER_VOLUME = 155
-ZERO_NORM = 1e-5  # hashindex rounds code vectors below this L2 norm to zero (paper 4.3.2)
 
 
 @dataclass
@@ -329,7 +330,7 @@ def _assemble(book_n, book_a, n_slices, n_queries, seed, grid, block_volumes, dr
 
 
 def read_index_usage(index_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Codebooks and code arrays of an index directory (DESIGN.md names).
+    """Codebooks and code arrays of an index directory (names of docs/architecture.md).
 
     Returns codebook_normal (K, D) float32, codebook_abnormal (K, D) float32 and the code arrays
     normal, abnormal (N, h, w) uint16 read whole from ``codes.zarr``.

@@ -69,16 +69,16 @@ def train(archive, preset, out, epochs, batch_size, lr, max_minutes, max_steps,
     """
     import torch
 
+    from fdn.device import resolve_device, training_threads
     from fdn.model import PRESETS
     from fdn.training import train as run_training
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise click.ClickException("--device cuda: no CUDA device is available; use "
-                                   "--device cpu or auto")
+    try:
+        resolved = resolve_device(device)
+    except FdnError as error:
+        raise click.ClickException(str(error)) from None
     config = PRESETS[preset]
-    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    if threads is None and on_cpu and config.image_size <= 128:
-        threads = 1
+    threads = training_threads(resolved, config.image_size, threads)
     if threads is not None:
         torch.set_num_threads(threads)
     changes = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr))

@@ -20,7 +20,7 @@ is refused with ModelError.
 import hashlib
 import io
 import json
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +52,6 @@ def make_dir(path: str | Path) -> Path:
         raise WriteTargetError(f"{path}: cannot create the folder ({e.strerror or e}); choose "
                                "another output folder") from None
     return path
-
-
-def config_to_dict(config: FDNConfig, preset: str | None) -> dict[str, Any]:
-    return {**asdict(config), "preset": preset, "fdn_version": __version__}
 
 
 # The keys every checkpoint.pt holds, and the type of each (see `fdn.training.Trainer.state`).

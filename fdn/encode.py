@@ -4,14 +4,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fdn.device import resolve_device
 from fdn.model import FDN
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None or "auto": CUDA when present, else CPU."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def encode_images(model: FDN, images: np.ndarray, batch_size: int = 64,
@@ -34,7 +28,7 @@ def encode_images(model: FDN, images: np.ndarray, batch_size: int = 64,
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if cfg.codebook_size > 65536:
         raise ValueError("codes do not fit uint16 for K > 65536")
-    dev = resolve_device(device)
+    dev = torch.device(resolve_device(device))
     model = model.to(dev)
     n, h = images.shape[0], cfg.latent_size
     out_n = np.empty((n, h, h), np.uint16)

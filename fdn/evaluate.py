@@ -21,14 +21,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fdn.encode import resolve_device
+from fdn.device import resolve_device
 from fdn.model import FDN, FDNConfig
+from hashindex.binarize import ZERO_NORM
 from hashindex.fileio import check_write_target, save_figure
 
 logger = logging.getLogger(__name__)
 
 CLASS_NAMES = {1: "NET", 2: "ED", 3: "ET"}
-ZERO_NORM = 1e-5
 
 
 def codebook_compactness(codebook: torch.Tensor | np.ndarray, threshold: float = ZERO_NORM
@@ -69,7 +69,7 @@ def evaluate_model(model: FDN, config: FDNConfig, archive_root: str | Path, *,
 
     if histogram_path is not None:
         check_write_target(histogram_path)
-    dev = resolve_device(device)
+    dev = torch.device(resolve_device(device))
     model = model.to(dev).eval()
     archive = Archive(archive_root)
     rec_plus, rec_minus, n_pixels = [], [], None

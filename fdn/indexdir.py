@@ -1,6 +1,6 @@
 """The index directory: its file names, its manifest, its locks, and how it is read safely.
 
-An index directory (the output of `fdn-index build`) holds, by the names DESIGN.md fixes:
+An index directory (the output of `fdn-index build`) holds, by the names docs/architecture.md fixes:
 
     manifest.json           format name and version, build status, model checksum, counts, and
                             the size and sha256 of every other file of the index (written last)

@@ -34,7 +34,7 @@ from fdn.checkpoint import (
     read_config,
     save_checkpoint,
 )
-from fdn.encode import resolve_device
+from fdn.device import resolve_device
 from fdn.errors import ModelError
 from fdn.losses import (
     critic_loss,
@@ -251,7 +251,7 @@ def train_on_slices(slices: SliceSet, model_dir: str | Path, config: FDNConfig,
     command: the command line, written with versions to TRAIN_COMMAND.txt.
     """
     model_dir = Path(model_dir)
-    dev = resolve_device(device)
+    dev = torch.device(resolve_device(device))
     if resume:
         state = load_checkpoint(model_dir)
         saved = config_from_dict(state["config"], str(model_dir / CHECKPOINT_FILE))

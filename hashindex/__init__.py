@@ -24,13 +24,7 @@ from hashindex.errors import HashIndexError, IndexFormatError  # noqa: E402
 from hashindex.index import FORMAT_VERSION, MODES, HashIndex  # noqa: E402
 from hashindex.volumes import VolumeHits  # noqa: E402
 
-BinarizationReport = dict
-"""Type of `HashIndex.report`: per codebook ("normal", "abnormal") a dict with K, D, distinct,
-live, E, E_distinct, E_star_faithful, E_star, compression (E*/E), seconds, concordance
-({b,b_star}_{all,live} → {top1, top5, top10}) and, with a bit budget, bit_budget and
-bit_budget_curve ([{length, top1, top5, top10}] over live codes)."""
-
 __all__ = [
-    "DISTANCES", "ENGINES", "FORMAT_VERSION", "MODES", "ZERO_NORM", "BinarizationReport",
+    "DISTANCES", "ENGINES", "FORMAT_VERSION", "MODES", "ZERO_NORM",
     "HashIndex", "HashIndexError", "IndexFormatError", "VolumeHits",
 ]

@@ -1,7 +1,7 @@
 """Per-position K × K tables and the image-level distances built from them.
 
 Every image distance is a sum over the P = h·w grid positions of a per-position quantity
-between two code indices, so one query needs only P rows of a table (see DESIGN.md):
+between two code indices, so one query needs only P rows of a table (docs/architecture.md):
 
 - D_H (Hamming) = Σ_p T_H[q_p, r_p], T_H[a, b] = popcount(b*_a xor b*_b) on the optimized bits.
   It equals the Hamming distance of the concatenated packed bits (see `hashindex.packing`).

@@ -82,10 +82,6 @@ class FaissHamming:
     def ntotal(self) -> int:
         return int(self.cpu.ntotal)
 
-    @property
-    def is_trained(self) -> bool:
-        return bool(self.cpu.is_trained)
-
     def train(self, x: np.ndarray) -> None:
         self.cpu.train(x)
 
@@ -108,7 +104,7 @@ class FaissHamming:
         gpu = self._gpu_index()
         index = gpu if (gpu is not None and k <= GPU_K_LIMIT) else self.cpu
         # hamming_batch_size rows of the database are scanned per block; with long codes the
-        # default 65,536 blows the cache (DESIGN.md), so keep a block near 8 MB.
+        # default 65,536 blows the cache for codes of kilobytes, so keep a block near 8 MB.
         old = faiss.cvar.hamming_batch_size
         faiss.cvar.hamming_batch_size = int(max(256, min(65536, (8 << 20) // self.nbytes)))
         try:

@@ -30,7 +30,3 @@ def pack_grids(packed_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
     flat = codes.reshape(codes.shape[0], -1)
     return np.ascontiguousarray(packed_codes[flat].reshape(flat.shape[0], -1))
 
-
-def code_bytes(packed_codes: np.ndarray, positions: int) -> int:
-    """Bytes per packed image code."""
-    return packed_codes.shape[1] * positions

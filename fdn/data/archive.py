@@ -1,6 +1,6 @@
 """An archive of cases in the BraTS layout: discovery, validation and lazy iteration.
 
-Layout (DESIGN.md): one folder per case, ``CASE/CASE_t1.nii.gz``, ``_t1ce``, ``_t2``,
+Layout (README.md, "The archive reader"): one folder per case, ``CASE/CASE_t1.nii.gz``, ``_t1ce``, ``_t2``,
 ``_flair``; optional ``_seg``, ``_anat``, ``_pseudohealthy``. ``.nii`` files are accepted too.
 Nothing is read at construction; every method that reads holds at most one case in memory.
 """

@@ -1,6 +1,6 @@
 """Reading, validating and preprocessing one case (four sequences plus optional label maps).
 
-Preprocessing follows the paper (4.2) and DESIGN.md: stack T1, T1Gd, T2, FLAIR as 4 channels,
+Preprocessing follows the paper (4.2): stack T1, T1Gd, T2, FLAIR as 4 channels,
 z-score each channel over the brain voxels of the volume (brain = nonzero in any sequence, at
 the original resolution; voxels outside the brain are set to 0, the brain mean), then resize
 every axial slice (the last NIfTI axis) to size × size: bilinear for images, nearest neighbour

@@ -1,4 +1,4 @@
-"""Channel order and label sets of the archive format (see DESIGN.md, "Archive format")."""
+"""Channel order and label sets of the archive format (see README.md, "The archive reader")."""
 
 import numpy as np
 

@@ -1,6 +1,6 @@
 """DICOM geometry: one series of 2-D slices → a 3-D volume with a RAS affine, and resampling.
 
-Conventions (DICOM PS3.3 C.7.6.2; DESIGN.md, "DICOM geometry"):
+Conventions (DICOM PS3.3 C.7.6.2; README.md, "DICOM in"):
 
 * Patient space is LPS (x to the patient's Left, y to Posterior, z to Superior); NIfTI world
   space is RAS. ``LPS_TO_RAS`` = diag(-1, -1, 1, 1) converts one to the other, both ways.

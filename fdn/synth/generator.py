@@ -55,7 +55,7 @@ FOV_CENTRE_MM = np.array([0.0, -17.0, 7.0])
 COARSE_STEP_MM = 4.0  # the warp is smooth: evaluate it on a 4 mm grid, interpolate linearly
 
 # Mean tissue intensities per contrast (arbitrary units, WM of T1 = 1). Relative orders follow
-# the issue: T1 WM > GM > CSF; T1Gd like T1 with a bright enhancing rim; T2 CSF > GM > WM with
+# MR physics: T1 WM > GM > CSF; T1Gd like T1 with a bright enhancing rim; T2 CSF > GM > WM with
 # lesion and edema bright; FLAIR CSF dark, edema bright.
 _TISSUES = ("wm", "gm", "csf", "necrosis", "enhancing", "edema")
 _INTENSITY = {

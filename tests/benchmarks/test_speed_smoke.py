@@ -186,3 +186,17 @@ def test_optimization_benchmark_reports_a1_on_k512(tmp_path):
     assert run["K"] == 512 and run["live"] == 180 and 0 < run["E_star"] < run["E"] == 512 * 511 // 2
     assert 0 < run["top10_live"] <= 1
     assert "A.1 at K = 512" in (tmp_path / "opt" / "report.md").read_text()
+
+
+def test_scale_benchmark_times_fastscan_against_lut(tmp_path):
+    from benchmarks.scale import main as scale_main
+
+    result = CliRunner().invoke(scale_main, ["--sizes", "4000", "--queries", "3", "--batch", "4",
+                                             "--max-seconds", "0.2", "--out", str(tmp_path / "s"),
+                                             "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (size,) = json.loads(result.output[result.output.index("{"):])["sizes"]
+    fast = [r for r in size["rows"] if r["engine"] == "fastscan"]
+    assert len(fast) == 6 and all(r["identical_to_lut"] for r in fast)
+    assert all(1 <= r["evaluated_median"] <= 4000 for r in fast)
+    assert "fastscan" in (tmp_path / "s" / "report.md").read_text()
