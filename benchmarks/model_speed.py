@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import report as rp
+
 RESULTS = Path(__file__).parent / "results"
 PLAN = {  # preset: (batch size for training, timed steps, encode slices)
     "tiny": (16, 10, 512),
@@ -118,8 +120,7 @@ def main() -> None:
             "cpus": torch.get_num_threads(), "load_average_at_end": load,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "model_speed.json").write_text(json.dumps({"meta": meta, "rows": rows},
-                                                         indent=2) + "\n")
+    rp.write_json(RESULTS / "model_speed.json", {"meta": meta, "rows": rows})
     lines = [f"# FDN model speed ({meta['date']}, torch {meta['torch']}, "
              f"load average at end {' '.join(load)})", "",
              "| preset | device | input | latent | params | batch | s/step | encode slices/s "
@@ -133,7 +134,7 @@ def main() -> None:
               "warm-up step. Peak memory: " + rows[0]["memory"] + f". torch threads: "
               f"{rows[0]['threads']}. The development machine (2 cores) is shared: compare "
               "rows of one run only, and read the load average above."]
-    (RESULTS / "model_speed.md").write_text("\n".join(lines) + "\n")
+    rp.write_text(RESULTS / "model_speed.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -485,7 +485,7 @@ def run_quality(cfg: QualityConfig, progress: bool = False) -> dict:
     out = rp.results_dir(cfg.out)
     work = out / "work"
     work.mkdir(exist_ok=True)
-    (work / ".gitignore").write_text("# benchmark scratch: never committed\n*\n")
+    rp.write_text(work / ".gitignore", "# benchmark scratch: never committed\n*\n")
     sources = {"dm": cfg.model, "no_dm": cfg.model_no_dm}
     models = {}
     for name, source in sources.items():
