@@ -6,7 +6,7 @@ from dataclasses import asdict
 import click
 from tqdm import tqdm
 
-from cli.options import device_option, skip_bad_option
+from cli.options import device_option, index_option, skip_bad_option
 from fdn.errors import FdnError
 from hashindex.errors import HashIndexError
 from hashindex.fileio import WriteTargetError
@@ -22,14 +22,7 @@ from hashindex.fileio import WriteTargetError
     show_default=True,
     help="Model directory written by `fdn-index train`.",
 )
-@click.option(
-    "--index",
-    "index_dir",
-    type=click.Path(file_okay=False),
-    default="index",
-    show_default=True,
-    help="Index directory to write (resumed if a build was interrupted).",
-)
+@index_option("Index directory to write (resumed if a build was interrupted).")
 @click.option("--add", is_flag=True, help="Append the archive's new cases to an existing index.")
 @skip_bad_option
 @click.option(

@@ -19,3 +19,15 @@ def device_option(what: str):
 skip_bad_option = click.option(
     "--skip-bad", is_flag=True, help="List the cases that fail validation and go on without them."
 )
+
+
+def index_option(help: str):
+    """`--index DIR` (default "index"), the index directory a command reads or writes."""
+    return click.option(
+        "--index",
+        "index_dir",
+        type=click.Path(file_okay=False),
+        default="index",
+        show_default=True,
+        help=help,
+    )

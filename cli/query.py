@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from cli.options import index_option
 from fdn.errors import FdnError
 from hashindex import DISTANCES, ENGINES, MODES
 from hashindex.errors import HashIndexError
@@ -13,14 +14,7 @@ from hashindex.fileio import WriteTargetError, check_write_target
 
 
 @click.command()
-@click.option(
-    "--index",
-    "index_dir",
-    type=click.Path(file_okay=False),
-    default="index",
-    show_default=True,
-    help="Index directory written by `fdn-index build`, or a folder of its shards.",
-)
+@index_option("Index directory written by `fdn-index build`, or a folder of its shards.")
 @click.option(
     "--scheduler",
     metavar="tcp://HOST:PORT",

@@ -2,18 +2,13 @@
 
 import click
 
+from cli.options import index_option
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @click.command()
-@click.option(
-    "--index",
-    "index_dir",
-    type=click.Path(file_okay=False),
-    default="index",
-    show_default=True,
-    help="Index directory written by `fdn-index build` (opened read-only).",
-)
+@index_option("Index directory written by `fdn-index build` (opened read-only).")
 @click.option(
     "--host",
     default="127.0.0.1",
