@@ -21,27 +21,17 @@ same directory fails at once.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import zarr
-
-from fdn import __version__
-from fdn.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model, model_checksum
+from fdn.assemble import assemble_index, grid_of
+from fdn.checkpoint import CONFIG_FILE, load_model, model_checksum
 from fdn.data import Archive
 from fdn.device import resolve_device
-from fdn.dicom.provenance import read_provenance
 from fdn.distributed import _MODELS, CaseTask, encode_cases
 from fdn.errors import ArchiveError, IndexDirError
 from fdn.indexdir import (
@@ -53,32 +43,17 @@ from fdn.indexdir import (
     MANIFEST,
     MODEL_DIR,
     PLAN,
-    SLICES,
-    STATUS_COMPLETE,
     SWAP_LOCK,
-    Manifest,
     build_lock,
-    file_entries,
     looks_like_archive,
-    sha256_bytes,
-    swap_lock,
-    write_manifest,
 )
-from hashindex import HashIndex
+from fdn.journal import encoded_is_valid
 from hashindex.fileio import (
-    TEMP_SUFFIX,
-    atomic_write,
     atomic_write_json,
-    fsync_directory,
     remove_stale_temporaries,
 )
-from hashindex.index import INDEX_FILES as HASHINDEX_FILES
 
 log = logging.getLogger(__name__)
-
-# Rows per Zarr chunk along N: 4096 slices of 8×8 uint16 codes is 512 KiB per chunk.
-CHUNK_ROWS = 4096
-
 
 @dataclass
 class BuildReport:
@@ -167,7 +142,7 @@ def _build_locked(
             plan["skipped"] = list(skipped.values())
             atomic_write_json(index_dir / PLAN, plan)
         encoded_path = index_dir / ENCODED_DIR / f"{case}.npz"
-        if _encoded_is_valid(encoded_path, checksum, config, inputs):
+        if encoded_is_valid(encoded_path, checksum, config, inputs):
             report.reused.append(case)
             if on_case is not None:
                 on_case(case)
@@ -215,54 +190,6 @@ def _build_locked(
     report.stages["assemble_s"] = time.perf_counter() - assemble_started
     report.n_cases, report.n_slices, report.hashindex = len(cases), n_slices, hash_report
     return report
-
-
-def assemble_index(
-    journal_dir: Path,
-    target: Path,
-    cases: list[str],
-    model,
-    config,
-    checksum: str,
-    model_dir: Path,
-    *,
-    preset: str,
-    skipped_cases: list[str],
-    archive_roots: list[str],
-    bit_budget: int | None,
-    ivf_nlist: int | None,
-) -> tuple[dict, int]:
-    """Write a complete index of `cases` (in this row order) into `target` from the journal
-    entries in `journal_dir` (the build's own folder, or another index's for a shard).
-
-    The files are staged, then swapped in under the swap lock with the manifest last
-    (`_swap_in`). Returns the hash index's report and the number of slices.
-    """
-    staging = Path(tempfile.mkdtemp(dir=target, prefix=".assemble.", suffix=TEMP_SUFFIX))
-    try:
-        hash_report, n_slices = _assemble(
-            journal_dir, staging, cases, model, config, checksum,
-            bit_budget=bit_budget, ivf_nlist=ivf_nlist,
-        )
-        _copy_model(model_dir, staging / MODEL_DIR, checksum)
-        manifest = Manifest(
-            model_checksum=checksum,
-            preset=preset,
-            input_size=int(config.image_size),
-            grid=_grid_of(config),
-            n_slices=n_slices,
-            n_cases=len(cases),
-            status=STATUS_COMPLETE,
-            skipped_cases=skipped_cases,
-            archive_roots=sorted(archive_roots),
-            hashindex={"bit_budget": bit_budget, "ivf_nlist": ivf_nlist},
-            files=file_entries(staging),
-            fdn_index_version=__version__,
-        )
-        _swap_in(target, staging, manifest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return hash_report, n_slices
 
 
 def _check_target(index_dir: Path, archive_root: Path) -> None:
@@ -322,7 +249,7 @@ def _make_plan(
             f"this model is {checksum[:12]}…). An index never mixes models: use a new --index "
             f"directory, or delete this one to rebuild it with this model."
         )
-    grid = _grid_of(config)
+    grid = grid_of(config)
     plan = {
         "model_checksum": checksum,
         "model_dir": str(model_dir),
@@ -405,242 +332,3 @@ def _preset_of(model_dir: Path) -> str:
         return ""
 
 
-def _grid_of(config) -> tuple[int, int]:
-    side = int(config.latent_size)
-    return side, side
-
-
-JOURNAL_KEYS = ("normal", "abnormal", "lesion_area", "model_checksum", "source", "inputs")
-
-
-def _journal_fault(path: Path, checksum: str, config, inputs: dict | None) -> str | None:
-    """Why the journal entry at `path` cannot be reused (None when it can)."""
-    if not path.is_file():
-        return "not encoded yet"
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in JOURNAL_KEYS if k not in data.files]
-            if missing:
-                return f"the entry lacks {', '.join(missing)}"
-            if str(data["model_checksum"]) != checksum:
-                return "encoded with another model"
-            if inputs is not None and json.loads(str(data["inputs"])) != inputs:
-                return "its input files changed since it was encoded"
-            normal, abnormal, area = data["normal"], data["abnormal"], data["lesion_area"]
-            str(data["source"])
-            side = int(config.latent_size)
-            if normal.dtype != np.uint16 or normal.ndim != 3 or normal.shape[0] < 1 or \
-                    normal.shape[1:] != (side, side):
-                return f"codes are {normal.dtype} {normal.shape}, expected uint16 (n, {side}, {side})"
-            if abnormal.dtype != np.uint16 or abnormal.shape != normal.shape:
-                return f"abnormal codes are {abnormal.dtype} {abnormal.shape}, expected {normal.shape}"
-            if area.dtype != np.int64 or area.shape != (normal.shape[0],):
-                return f"lesion_area is {area.dtype} {area.shape}, expected int64 ({normal.shape[0]},)"
-            K = int(config.codebook_size)
-            if int(normal.max()) >= K or int(abnormal.max()) >= K:
-                return f"codes outside 0..{K - 1}"
-            for key in data.files:  # every member read whole: zip CRCs checked
-                data[key]
-    except Exception as exc:  # np.load raises zipfile.BadZipFile, EOFError, ValueError, ...
-        return f"unreadable ({type(exc).__name__}: {str(exc)[:80]})"
-    return None
-
-
-def _encoded_is_valid(path: Path, checksum: str, config, inputs: dict | None) -> bool:
-    fault = _journal_fault(path, checksum, config, inputs)
-    if fault is not None and path.is_file():
-        log.warning("re-encoding %s: %s", path.stem, fault)
-    return fault is None
-
-
-def _write_encoded(
-    path: Path,
-    volume,
-    normal: np.ndarray,
-    abnormal: np.ndarray,
-    checksum: str,
-    source: str,
-    inputs: dict | None = None,
-) -> None:
-    """One case of the build journal: its code grids and per-slice metadata, written atomically."""
-    n = normal.shape[0]
-    if volume.seg is not None:
-        lesion_area = (volume.seg > 0).reshape(n, -1).sum(axis=1).astype(np.int64)
-    else:
-        lesion_area = np.full(n, -1, dtype=np.int64)
-    # DICOM provenance of an imported case (CASE_dicom.json), "" for a NIfTI-only case.
-    study_uid, series_uids = read_provenance(source, volume.case)
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        normal=normal.astype(np.uint16),
-        abnormal=abnormal.astype(np.uint16),
-        lesion_area=lesion_area,
-        model_checksum=np.array(checksum),
-        source=np.array(source),
-        study_uid=np.array(study_uid or ""),
-        series_uids=np.array(series_uids or ""),
-        inputs=np.array(json.dumps(inputs, sort_keys=True)),
-    )
-    atomic_write(path, buffer.getvalue())
-
-
-def _assemble(
-    index_dir: Path,
-    staging: Path,
-    cases: list[str],
-    model,
-    config,
-    checksum: str,
-    *,
-    bit_budget,
-    ivf_nlist,
-):
-    """Write codes.zarr, slices.parquet and the hash indexes into `staging` from the encoded
-    cases of `index_dir`."""
-    normals, abnormals, volume_ids, columns = (
-        [],
-        [],
-        [],
-        {
-            "row": [],
-            "case": [],
-            "slice": [],
-            "volume": [],
-            "source": [],
-            "lesion_area": [],
-            "model_checksum": [],
-            "study_uid": [],
-            "series_uids": [],
-        },
-    )
-    for volume_id, case in enumerate(cases):
-        path = index_dir / ENCODED_DIR / f"{case}.npz"
-        try:
-            data = np.load(path, allow_pickle=False)
-        except Exception as exc:  # checked moments ago: changed since by someone else
-            raise IndexDirError(
-                f"{path}: unreadable ({type(exc).__name__}). Run the build again."
-            ) from None
-        with data:
-            normal, abnormal = data["normal"], data["abnormal"]
-            lesion_area, source = data["lesion_area"], str(data["source"])
-            study_uid = str(data["study_uid"]) if "study_uid" in data.files else ""
-            series_uids = str(data["series_uids"]) if "series_uids" in data.files else ""
-        n = normal.shape[0]
-        start = len(columns["row"])
-        normals.append(normal)
-        abnormals.append(abnormal)
-        volume_ids.append(np.full(n, volume_id, dtype=np.int64))
-        columns["row"].extend(range(start, start + n))
-        columns["case"].extend([case] * n)
-        columns["slice"].extend(range(n))
-        columns["volume"].extend([volume_id] * n)
-        columns["source"].extend([source] * n)
-        columns["lesion_area"].extend(int(a) if a >= 0 else None for a in lesion_area)
-        columns["model_checksum"].extend([checksum] * n)
-        columns["study_uid"].extend([study_uid or None] * n)
-        columns["series_uids"].extend([series_uids or None] * n)
-    normal = np.concatenate(normals)
-    abnormal = np.concatenate(abnormals)
-    volume_ids = np.concatenate(volume_ids)
-
-    _write_codes(staging / CODES, normal, abnormal, checksum)
-
-    table = pa.table(
-        {
-            "row": pa.array(columns["row"], pa.int64()),
-            "case": pa.array(columns["case"], pa.string()),
-            "slice": pa.array(columns["slice"], pa.int32()),
-            "volume": pa.array(columns["volume"], pa.int64()),
-            "source": pa.array(columns["source"], pa.string()),
-            "lesion_area": pa.array(columns["lesion_area"], pa.int64()),
-            "model_checksum": pa.array(columns["model_checksum"], pa.string()),
-            "study_uid": pa.array(columns["study_uid"], pa.string()),
-            "series_uids": pa.array(columns["series_uids"], pa.string()),
-        }
-    )
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    atomic_write(staging / SLICES, sink.getvalue().to_pybytes())
-
-    codebook_normal = model.quantizer_normal.codebook.detach().cpu().numpy().astype(np.float32)
-    codebook_abnormal = model.quantizer_abnormal.codebook.detach().cpu().numpy().astype(np.float32)
-    hash_index = HashIndex.build(
-        codebook_normal, codebook_abnormal, bit_budget=bit_budget, ivf_nlist=ivf_nlist
-    )
-    hash_index.add(normal, abnormal, volume_ids)
-    hash_index.write(staging)
-    return hash_index.report, int(normal.shape[0])
-
-
-def _write_codes(target: Path, normal: np.ndarray, abnormal: np.ndarray, checksum: str) -> None:
-    """codes.zarr, encoded in memory, then every file of it written with `atomic_write`.
-
-    Every chunk is written, even one of zeros (write_empty_chunks): a reader can then tell a
-    missing chunk from a chunk of code 0.
-    """
-    files: dict = {}
-    group = zarr.open_group(zarr.storage.MemoryStore(files), mode="w")
-    for name, array in (("normal", normal), ("abnormal", abnormal)):
-        stored = group.create_array(
-            name,
-            shape=array.shape,
-            chunks=(CHUNK_ROWS, *array.shape[1:]),
-            dtype="uint16",
-            # lz4 on byte-shuffled codes: as small as zstd here, 3x faster to open (1M slices)
-            compressors=zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
-            config={"write_empty_chunks": True},
-        )
-        stored[:] = array
-    group.attrs["model_checksum"] = checksum
-    for key in sorted(files):
-        path = target / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, files[key].to_bytes())
-
-
-def _copy_model(model_dir: Path, target: Path, checksum: str) -> None:
-    """Copy the model's config and weights (not the optimiser state) into the index, so that
-    queries on external images encode with exactly the model that encoded the archive."""
-    target.mkdir()
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        data = (model_dir / name).read_bytes()
-        if name == WEIGHTS_FILE and sha256_bytes(data) != checksum:
-            raise IndexDirError(
-                f"{model_dir / name}: changed during the build (sha256 differs from the one the "
-                f"cases were encoded with). Run the build again once the model is final."
-            )
-        atomic_write(target / name, data)
-
-
-def _swap_in(index_dir: Path, staging: Path, manifest: Manifest) -> None:
-    """Rename the staged files into place and write the manifest last, under the swap lock.
-
-    Readers wait for the swap (they take the lock shared), so they see the previous complete
-    index or the new one. Killed during the swap, the directory has no manifest (an interrupted
-    build) and the next build assembles it again from the journal.
-    """
-    with swap_lock(index_dir, shared=False):
-        (index_dir / MANIFEST).unlink(missing_ok=True)
-        fsync_directory(index_dir)
-        staged = sorted(p.name for p in staging.iterdir())
-        for name in staged:
-            source, target = staging / name, index_dir / name
-            if source.is_dir():
-                old = None
-                if target.exists() or target.is_symlink():
-                    old = Path(
-                        tempfile.mkdtemp(dir=index_dir, prefix=f".{name}.old.", suffix=TEMP_SUFFIX)
-                    )
-                    os.replace(target, old / name)
-                os.replace(source, target)
-                if old is not None:
-                    shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(source, target)
-        for name in HASHINDEX_FILES:  # e.g. the IVF files of a previous build with --ivf-nlist
-            if name not in staged:
-                (index_dir / name).unlink(missing_ok=True)
-        fsync_directory(index_dir)
-        write_manifest(index_dir, manifest)

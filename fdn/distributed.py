@@ -78,11 +78,11 @@ def encode_case(task: CaseTask) -> CaseResult:
     A bad case is reported in the result (the caller decides whether to skip it); any other
     error propagates.
     """
-    from fdn.build import _write_encoded
     from fdn.data import Archive
     from fdn.device import resolve_device
     from fdn.encode import encode_images
     from fdn.errors import ArchiveError
+    from fdn.journal import write_encoded
 
     device = resolve_device(task.device)
     stages = {}
@@ -99,7 +99,7 @@ def encode_case(task: CaseTask) -> CaseResult:
                                      device=device)
     stages["encode_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    _write_encoded(Path(task.journal_path), volume, normal, abnormal, task.checksum,
+    write_encoded(Path(task.journal_path), volume, normal, abnormal, task.checksum,
                    task.source, task.inputs)
     stages["write_s"] = time.perf_counter() - t
     stages["slices"] = int(normal.shape[0])

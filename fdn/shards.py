@@ -51,7 +51,8 @@ def split_index(index_dir: str | Path, out_dir: str | Path, n_shards: int,
     Cases are split in row order into contiguous runs of about equal slice counts. Needs the
     index's build journal (encoded/) and model copy. Returns the contents of shards.json.
     """
-    from fdn.build import assemble_index, read_plan
+    from fdn.assemble import assemble_index
+    from fdn.build import read_plan
     from fdn.checkpoint import load_model, model_checksum
     from fdn.indexdir import ENCODED_DIR, MODEL_DIR, PLAN
 

@@ -25,6 +25,9 @@ from hashindex.binarize import hyperplane_bits, representatives, squared_distanc
 from hashindex.optimize import hamming_table
 
 DISTANCES = ("hamming", "euclidean", "angular")
+# S_normal, S_abnormal and their sum S_sum (eq. 17); the two codebooks of an index
+MODES = ("normal", "abnormal", "sum")
+BOOKS = ("normal", "abnormal")
 
 
 @dataclass

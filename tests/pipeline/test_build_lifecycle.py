@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import fdn.build
+import fdn.assemble
 from cli.main import main
 from fdn.build import build_index
 from fdn.data import Archive
@@ -221,7 +221,7 @@ def test_a_build_killed_during_the_swap_is_refused_then_finished(
                 raise KeyboardInterrupt  # stands for a kill between two renames of the swap
         return real_replace(src, dst)
 
-    monkeypatch.setattr(fdn.build.os, "replace", replace_then_die)
+    monkeypatch.setattr(fdn.assemble.os, "replace", replace_then_die)
     with pytest.raises(KeyboardInterrupt):
         build_index(pipeline_archive, model_dir, index)
     monkeypatch.undo()
