@@ -47,16 +47,23 @@ class Orthanc:
     def __init__(self, folder: Path):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = {"Name": "fdn-bench", "StorageDirectory": str(folder / "db"),
-                  "IndexDirectory": str(folder / "db"), "HttpPort": self.port,
-                  "DicomPort": _free_port(), "RemoteAccessAllowed": False,
-                  "AuthenticationEnabled": False, "Plugins": [str(ORTHANC_PLUGINS)],
-                  "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+        config = {
+            "Name": "fdn-bench",
+            "StorageDirectory": str(folder / "db"),
+            "IndexDirectory": str(folder / "db"),
+            "HttpPort": self.port,
+            "DicomPort": _free_port(),
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "Plugins": [str(ORTHANC_PLUGINS)],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "orthanc.json").write_text(json.dumps(config))
         self.log = open(folder / "orthanc.log", "wb")
-        self.process = subprocess.Popen([str(ORTHANC), str(folder / "orthanc.json")],
-                                        stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [str(ORTHANC), str(folder / "orthanc.json")], stdout=self.log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -72,8 +79,9 @@ class Orthanc:
     def upload(self, files: list[Path]) -> None:
         with requests.Session() as session:
             for path in files:
-                session.post(f"{self.url}/instances", data=path.read_bytes(),
-                             timeout=30).raise_for_status()
+                session.post(
+                    f"{self.url}/instances", data=path.read_bytes(), timeout=30
+                ).raise_for_status()
 
     def stop(self) -> None:
         self.process.terminate()
@@ -93,19 +101,42 @@ def _timed(fn) -> tuple[float, object]:
 
 def _row(name: str, seconds: list[float], n_studies: int, nbytes: int) -> dict:
     best = min(seconds)
-    return {"path": name, "studies": n_studies, "mb": nbytes / 1e6, "seconds": seconds,
-            "best_s": best, "studies_per_s": n_studies / best, "mb_per_s": nbytes / 1e6 / best}
+    return {
+        "path": name,
+        "studies": n_studies,
+        "mb": nbytes / 1e6,
+        "seconds": seconds,
+        "best_s": best,
+        "studies_per_s": n_studies / best,
+        "mb_per_s": nbytes / 1e6 / best,
+    }
 
 
 @click.command()
-@click.option("--cases", type=click.IntRange(1), default=6, show_default=True,
-              help="Studies to import.")
-@click.option("--size", type=click.IntRange(16), default=120, show_default=True,
-              help="In-plane size of the synthetic volumes (slices: round(155·size/240)).")
-@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
-              help="Timed runs of each path; the best is reported.")
-@click.option("--out", type=click.Path(file_okay=False), default="import-dicom",
-              show_default=True, help="Results folder (a bare name goes under benchmarks/results).")
+@click.option(
+    "--cases", type=click.IntRange(1), default=6, show_default=True, help="Studies to import."
+)
+@click.option(
+    "--size",
+    type=click.IntRange(16),
+    default=120,
+    show_default=True,
+    help="In-plane size of the synthetic volumes (slices: round(155·size/240)).",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Timed runs of each path; the best is reported.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="import-dicom",
+    show_default=True,
+    help="Results folder (a bare name goes under benchmarks/results).",
+)
 def main(cases: int, size: int, repeats: int, out: str) -> None:
     """Measure DICOM import throughput from files and from Orthanc."""
     from fdn.dicom.export import export_archive
@@ -122,8 +153,9 @@ def main(cases: int, size: int, repeats: int, out: str) -> None:
         export_s, _ = _timed(lambda: export_archive(work / "nifti", work / "dicom"))
         files = sorted(p for p in (work / "dicom").rglob("*.dcm"))
         nbytes = sum(p.stat().st_size for p in files)
-        click.echo(f"{cases} studies, {len(files)} files, {nbytes / 1e6:.1f} MB "
-                   f"(export {export_s:.1f} s)")
+        click.echo(
+            f"{cases} studies, {len(files)} files, {nbytes / 1e6:.1f} MB (export {export_s:.1f} s)"
+        )
 
         seconds = []
         for run in range(repeats):
@@ -148,10 +180,17 @@ def main(cases: int, size: int, repeats: int, out: str) -> None:
                     assert not report.imported and len(report.already) == cases
                     again.append(elapsed)
                 rows.append(_row("pacs (QIDO-RS + WADO-RS)", seconds, cases, nbytes))
-                rows.append({**_row("pacs, nothing new (QIDO-RS)", again, 0, 0),
-                             "studies_per_s": None, "mb_per_s": None})
-                notes.append(f"Seeding Orthanc over REST (POST /instances, one request per "
-                             f"file): {upload_s:.1f} s, {nbytes / 1e6 / upload_s:.1f} MB/s.")
+                rows.append(
+                    {
+                        **_row("pacs, nothing new (QIDO-RS)", again, 0, 0),
+                        "studies_per_s": None,
+                        "mb_per_s": None,
+                    }
+                )
+                notes.append(
+                    f"Seeding Orthanc over REST (POST /instances, one request per "
+                    f"file): {upload_s:.1f} s, {nbytes / 1e6 / upload_s:.1f} MB/s."
+                )
             finally:
                 server.stop()
         else:
@@ -159,14 +198,25 @@ def main(cases: int, size: int, repeats: int, out: str) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    results = {"machine": info, "cases": cases, "size": size, "repeats": repeats,
-               "files": len(files), "dicom_bytes": nbytes, "export_s": export_s,
-               "rows": rows, "notes": notes}
+    results = {
+        "machine": info,
+        "cases": cases,
+        "size": size,
+        "repeats": repeats,
+        "files": len(files),
+        "dicom_bytes": nbytes,
+        "export_s": export_s,
+        "rows": rows,
+        "notes": notes,
+    }
     rp.write_json(out_dir / "results.json", results)
     table = rp.markdown_table(
         ["path", "studies", "MB", "best s", "studies/s", "MB/s"],
-        [[r["path"], r["studies"], r["mb"], r["best_s"], r["studies_per_s"], r["mb_per_s"]]
-         for r in rows])
+        [
+            [r["path"], r["studies"], r["mb"], r["best_s"], r["studies_per_s"], r["mb_per_s"]]
+            for r in rows
+        ],
+    )
     slices = round(155 * size / 240)
     text = (
         "# DICOM import throughput\n\n"
@@ -175,8 +225,7 @@ def main(cases: int, size: int, repeats: int, out: str) -> None:
         f"{cases} synthetic studies, each four MR series of {slices} single-frame "
         f"{size}×{size} uint16 slices (oblique, RescaleSlope 0.5): {len(files)} files, "
         f"{nbytes / 1e6:.1f} MB of DICOM. Best of {repeats} runs, each into a fresh archive; "
-        "MB/s counts the DICOM bytes.\n\n"
-        + table + "\n"
+        "MB/s counts the DICOM bytes.\n\n" + table + "\n"
         "- *files*: scan every header, decode, stack along the normal, resample onto the t1 "
         "grid (the identity here: one grid per study), write four gzipped NIfTI files and the "
         "sidecar per study.\n"
@@ -184,7 +233,8 @@ def main(cases: int, size: int, repeats: int, out: str) -> None:
         "127.0.0.1; each study is decoded from the WADO-RS response in memory.\n"
         "- *nothing new*: a second sync; it lists the studies and fetches none.\n"
         + "".join(f"- {note}\n" for note in notes)
-        + "\n## Machine\n\n" + rp.machine_markdown(info)
+        + "\n## Machine\n\n"
+        + rp.machine_markdown(info)
     )
     rp.write_text(out_dir / "report.md", text)
     click.echo(text)

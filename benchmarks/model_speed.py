@@ -45,7 +45,7 @@ def random_slices(n: int, size: int):
     g = torch.Generator().manual_seed(0)
     images = torch.randn(n, 4, size, size, generator=g).half()
     targets = torch.zeros(n, size, size, dtype=torch.uint8)
-    targets[1::2, size // 4: size // 2, size // 4: size // 2] = 2
+    targets[1::2, size // 4 : size // 2, size // 4 : size // 2] = 2
     return SliceSet(images, targets, np.array(["c"] * n), np.arange(n))
 
 
@@ -86,12 +86,18 @@ def measure(preset: str) -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         mem_kind = "process max RSS"
     return {
-        "preset": preset, "device": dev.type, "image_size": config.image_size,
-        "latent_size": config.latent_size, "parameters": sum(p.numel() for p in
-                                                             model.parameters()),
-        "train_batch": batch, "timed_steps": steps, "train_s_per_step": round(step_s, 4),
-        "encode_slices_per_s": round(enc, 1), "peak_memory_mib": round(peak, 1),
-        "memory": mem_kind, "threads": torch.get_num_threads(),
+        "preset": preset,
+        "device": dev.type,
+        "image_size": config.image_size,
+        "latent_size": config.latent_size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_batch": batch,
+        "timed_steps": steps,
+        "train_s_per_step": round(step_s, 4),
+        "encode_slices_per_s": round(enc, 1),
+        "peak_memory_mib": round(peak, 1),
+        "memory": mem_kind,
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -116,24 +122,37 @@ def main() -> None:
         print(rows[-1], file=sys.stderr)
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
-    meta = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "cpus": torch.get_num_threads(), "load_average_at_end": load,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "cpus": torch.get_num_threads(),
+        "load_average_at_end": load,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     RESULTS.mkdir(exist_ok=True)
     rp.write_json(RESULTS / "model_speed.json", {"meta": meta, "rows": rows})
-    lines = [f"# FDN model speed ({meta['date']}, torch {meta['torch']}, "
-             f"load average at end {' '.join(load)})", "",
-             "| preset | device | input | latent | params | batch | s/step | encode slices/s "
-             "| peak MiB |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# FDN model speed ({meta['date']}, torch {meta['torch']}, "
+        f"load average at end {' '.join(load)})",
+        "",
+        "| preset | device | input | latent | params | batch | s/step | encode slices/s "
+        "| peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['preset']} | {r['device']} | {r['image_size']}² | "
-                     f"{r['latent_size']}×{r['latent_size']} | {r['parameters']:,} | "
-                     f"{r['train_batch']} | {r['train_s_per_step']} | "
-                     f"{r['encode_slices_per_s']} | {r['peak_memory_mib']} |")
-    lines += ["", "s/step: one step of Algorithm 1 (5 critic steps + 1 model step), after a "
-              "warm-up step. Peak memory: " + rows[0]["memory"] + f". torch threads: "
-              f"{rows[0]['threads']}. The development machine (2 cores) is shared: compare "
-              "rows of one run only, and read the load average above."]
+        lines.append(
+            f"| {r['preset']} | {r['device']} | {r['image_size']}² | "
+            f"{r['latent_size']}×{r['latent_size']} | {r['parameters']:,} | "
+            f"{r['train_batch']} | {r['train_s_per_step']} | "
+            f"{r['encode_slices_per_s']} | {r['peak_memory_mib']} |"
+        )
+    lines += [
+        "",
+        "s/step: one step of Algorithm 1 (5 critic steps + 1 model step), after a "
+        "warm-up step. Peak memory: " + rows[0]["memory"] + f". torch threads: "
+        f"{rows[0]['threads']}. The development machine (2 cores) is shared: compare "
+        "rows of one run only, and read the load average above.",
+    ]
     rp.write_text(RESULTS / "model_speed.md", "\n".join(lines) + "\n")
 
 

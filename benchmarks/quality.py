@@ -49,12 +49,20 @@ log = logging.getLogger(__name__)
 MODES = ("normal", "abnormal", "sum", "sum-normalized")
 DISTANCES = ("euclidean", "angular", "hamming")
 DISTANCE_NAMES = {"euclidean": "D_E", "angular": "D_A", "hamming": "D_H"}
-MODE_NAMES = {"normal": "S_normal", "abnormal": "S_abnormal", "sum": "S_sum",
-              "sum-normalized": "S_sum (normalised)"}
+MODE_NAMES = {
+    "normal": "S_normal",
+    "abnormal": "S_abnormal",
+    "sum": "S_sum",
+    "sum-normalized": "S_sum (normalised)",
+}
 # the Dice each mode is judged on (4.4.6) and the oracle that maximises it
 METRIC_OF_MODE = {"normal": "normal", "abnormal": "lesion", "sum": "sum", "sum-normalized": "sum"}
-ORACLE_OF_MODE = {"normal": "oracle/normal", "abnormal": "oracle/abnormal", "sum": "oracle/sum",
-                  "sum-normalized": "oracle/sum"}
+ORACLE_OF_MODE = {
+    "normal": "oracle/normal",
+    "abnormal": "oracle/abnormal",
+    "sum": "oracle/sum",
+    "sum-normalized": "oracle/sum",
+}
 METRICS = ("normal", "lesion", "sum")
 TARGET_RATIO = 0.85
 PAPER_RATIO = {"normal": 0.50 / 0.62, "abnormal": 0.28 / 0.37}
@@ -128,7 +136,8 @@ def _resolve_train_archive(cfg: QualityConfig, model_dir: str) -> Path:
         raise ValueError(
             f"{model_dir}: cannot find the archive the model was trained on "
             f"({'TRAIN_COMMAND.txt names ' + str(archive) if archive else 'no TRAIN_COMMAND.txt'}"
-            f"); pass --train-archive DIR (the leakiness classifier trains on its slices)")
+            f"); pass --train-archive DIR (the leakiness classifier trains on its slices)"
+        )
     return archive
 
 
@@ -138,13 +147,16 @@ def _check_disjoint(test_archive: Path, test_seed: int | None, train_archive: Pa
     Case i of a synthetic archive depends only on (seed, i), so equal seeds mean shared cases.
     """
     if test_archive.resolve() == train_archive.resolve():
-        raise ValueError(f"the test archive {test_archive} is the training archive; the "
-                         "protocol needs an archive the model never saw")
+        raise ValueError(
+            f"the test archive {test_archive} is the training archive; the "
+            "protocol needs an archive the model never saw"
+        )
     s_test, s_train = test_seed, _synth_seed(train_archive)
     if s_test is not None and s_test == s_train:
         raise ValueError(
             f"{test_archive} and the training archive {train_archive} were synthesised with the "
-            f"same seed {s_test}, so they share cases; use another --test-seed")
+            f"same seed {s_test}, so they share cases; use another --test-seed"
+        )
 
 
 @dataclass
@@ -181,8 +193,10 @@ def load_test_slices(index, archive_root: Path, size: int, raw_side: int) -> Tes
         vol = archive.load(case, size)
         rows = np.array([index.row_of(case, z) for z in range(vol.image.shape[0])])
         if vol.anat is None or vol.seg is None:
-            raise ValueError(f"case {case} of {archive_root} lacks _anat or _seg: the quality "
-                             "benchmark needs both label maps for every case")
+            raise ValueError(
+                f"case {case} of {archive_root} lacks _anat or _seg: the quality "
+                "benchmark needs both label maps for every case"
+            )
         anat[rows] = vol.anat
         lesion[rows] = seg_to_classes(vol.seg)
         f = downsample_slices(vol.image, raw_side)
@@ -198,15 +212,21 @@ def load_test_slices(index, archive_root: Path, size: int, raw_side: int) -> Tes
             pseudo.append(vol.pseudohealthy[keep])
         diseased.append(lesion[rows[keep]].reshape(int(keep.sum()), -1).any(1))
     if not covered.all():
-        raise ValueError(f"{index.index_dir}: {int((~covered).sum())} rows belong to no slice of "
-                         f"{archive_root}; the index was built from another archive, rebuild it")
+        raise ValueError(
+            f"{index.index_dir}: {int((~covered).sum())} rows belong to no slice of "
+            f"{archive_root}; the index was built from another archive, rebuild it"
+        )
     order = np.argsort(np.concatenate([r for r, _ in images]))
     brain_rows = np.concatenate([r for r, _ in images])[order]
     return TestSlices(
-        anat=anat, lesion=lesion, features=features, brain_rows=brain_rows,
+        anat=anat,
+        lesion=lesion,
+        features=features,
+        brain_rows=brain_rows,
         images=np.concatenate([x for _, x in images])[order],
         pseudo=np.concatenate(pseudo)[order] if has_pseudo else None,
-        diseased=np.concatenate(diseased)[order])
+        diseased=np.concatenate(diseased)[order],
+    )
 
 
 def choose_queries(index, lesion: np.ndarray) -> list[dict]:
@@ -218,16 +238,29 @@ def choose_queries(index, lesion: np.ndarray) -> list[dict]:
         rows = rows[np.argsort(index.table["slice"][rows], kind="stable")]
         best = rows[int(np.argmax(area[rows]))]
         if area[best] > 0:
-            queries.append({"case": case, "slice": int(index.table["slice"][best]),
-                            "row": int(best), "lesion_area": int(area[best])})
+            queries.append(
+                {
+                    "case": case,
+                    "slice": int(index.table["slice"][best]),
+                    "row": int(best),
+                    "lesion_area": int(area[best]),
+                }
+            )
     return queries
 
 
 # ---------------------------------------------------------------------------- retrieval
 
 
-def retrieve_all(index, queries: list[dict], dice_normal: np.ndarray, dice_lesion: np.ndarray,
-                 features: np.ndarray, cfg: QualityConfig, progress=None) -> dict:
+def retrieve_all(
+    index,
+    queries: list[dict],
+    dice_normal: np.ndarray,
+    dice_lesion: np.ndarray,
+    features: np.ndarray,
+    cfg: QualityConfig,
+    progress=None,
+) -> dict:
     """Hit rows of every method: {method: [(≤Q,) rows per query]} ("random": per draw)."""
     volume = np.asarray(index.table["volume"], dtype=np.int64)
     methods: dict[str, list] = {}
@@ -237,29 +270,41 @@ def retrieve_all(index, queries: list[dict], dice_normal: np.ndarray, dice_lesio
             for q in queries:
                 row = q["row"]
                 found = index.search_codes(
-                    index.codes_normal[row], index.codes_abnormal[row],
-                    mode="sum" if mode == "sum-normalized" else mode, distance=dist,
-                    topq=cfg.topq, engine="lut", exclude_volume=int(volume[row]),
-                    normalized_sum=mode == "sum-normalized")
+                    index.codes_normal[row],
+                    index.codes_abnormal[row],
+                    mode="sum" if mode == "sum-normalized" else mode,
+                    distance=dist,
+                    topq=cfg.topq,
+                    engine="lut",
+                    exclude_volume=int(volume[row]),
+                    normalized_sum=mode == "sum-normalized",
+                )
                 hits.append(np.array([h.row for h in found], np.int64))
             methods[f"{mode}/{dist}"] = hits
             if progress is not None:
                 progress.update(1)
-    oracle_scores = {"oracle/normal": dice_normal, "oracle/abnormal": dice_lesion,
-                     "oracle/sum": dice_normal + dice_lesion}
+    oracle_scores = {
+        "oracle/normal": dice_normal,
+        "oracle/abnormal": dice_lesion,
+        "oracle/sum": dice_normal + dice_lesion,
+    }
     for name, scores in oracle_scores.items():
-        methods[name] = [best_volumes(scores[i], volume, cfg.topq, int(volume[q["row"]]))
-                         for i, q in enumerate(queries)]
-    methods["raw-pixel"] = raw_pixel_hits(features, [q["row"] for q in queries], volume,
-                                          cfg.topq)
+        methods[name] = [
+            best_volumes(scores[i], volume, cfg.topq, int(volume[q["row"]]))
+            for i, q in enumerate(queries)
+        ]
+    methods["raw-pixel"] = raw_pixel_hits(features, [q["row"] for q in queries], volume, cfg.topq)
     rng = np.random.default_rng(cfg.seed)
-    methods["random"] = [[random_hits(q["row"], volume, cfg.topq, rng) for q in queries]
-                         for _ in range(cfg.random_draws)]
+    methods["random"] = [
+        [random_hits(q["row"], volume, cfg.topq, rng) for q in queries]
+        for _ in range(cfg.random_draws)
+    ]
     return methods
 
 
-def score_hits(hits: list[np.ndarray], dice_normal: np.ndarray, dice_lesion: np.ndarray
-               ) -> dict[str, np.ndarray]:
+def score_hits(
+    hits: list[np.ndarray], dice_normal: np.ndarray, dice_lesion: np.ndarray
+) -> dict[str, np.ndarray]:
     """Per-query mean Dice of the hits: {"normal", "lesion", "sum"} -> (B,) float64."""
     normal = np.array([dice_normal[i, r].mean() if r.size else np.nan for i, r in enumerate(hits)])
     lesion = np.array([dice_lesion[i, r].mean() if r.size else np.nan for i, r in enumerate(hits)])
@@ -275,8 +320,10 @@ def score_methods(methods: dict, dice_normal: np.ndarray, dice_lesion: np.ndarra
             per_query = {m: np.mean([d[m] for d in draws], axis=0) for m in METRICS}
         else:
             per_query = score_hits(hits, dice_normal, dice_lesion)
-        out[name] = {m: {"mean": float(np.mean(v)), "std": float(np.std(v)),
-                         "per_query": v.tolist()} for m, v in per_query.items()}
+        out[name] = {
+            m: {"mean": float(np.mean(v)), "std": float(np.std(v)), "per_query": v.tolist()}
+            for m, v in per_query.items()
+        }
     return out
 
 
@@ -290,12 +337,20 @@ def summarise(scores: dict) -> dict:
         oracle = scores[ORACLE_OF_MODE[mode]][metric]["mean"]
         for dist in DISTANCES:
             s = scores[f"{mode}/{dist}"]
-            rows.append({
-                "mode": mode, "distance": dist, "metric": metric,
-                "normal": s["normal"]["mean"], "lesion": s["lesion"]["mean"],
-                "sum": s["sum"]["mean"], "own": s[metric]["mean"], "own_std": s[metric]["std"],
-                "oracle": oracle, "ratio": s[metric]["mean"] / oracle if oracle else None,
-            })
+            rows.append(
+                {
+                    "mode": mode,
+                    "distance": dist,
+                    "metric": metric,
+                    "normal": s["normal"]["mean"],
+                    "lesion": s["lesion"]["mean"],
+                    "sum": s["sum"]["mean"],
+                    "own": s[metric]["mean"],
+                    "own_std": s[metric]["std"],
+                    "oracle": oracle,
+                    "ratio": s[metric]["mean"] / oracle if oracle else None,
+                }
+            )
     baselines = {}
     for name in ("random", "raw-pixel", "oracle/normal", "oracle/abnormal", "oracle/sum"):
         baselines[name] = {m: scores[name][m]["mean"] for m in METRICS}
@@ -320,17 +375,24 @@ def summarise(scores: dict) -> dict:
             "S_normal_wins_normal": bool(dn.mean() > 0),
             "S_abnormal_wins_lesion": bool(dl.mean() > 0),
             "holds": bool(dn.mean() > 0 and dl.mean() > 0),
-            "p_normal": p_value(dn), "p_lesion": p_value(dl),
+            "p_normal": p_value(dn),
+            "p_lesion": p_value(dl),
         }
     targets = {}
     for mode in ("normal", "abnormal"):
         ratios = {r["distance"]: r["ratio"] for r in rows if r["mode"] == mode}
         targets[mode] = {
-            "target": TARGET_RATIO, "paper": PAPER_RATIO[mode], "ratios": ratios,
+            "target": TARGET_RATIO,
+            "paper": PAPER_RATIO[mode],
+            "ratios": ratios,
             "met": {d: (r is not None and r >= TARGET_RATIO) for d, r in ratios.items()},
         }
-    return {"rows": rows, "baselines": baselines, "decomposition": decomposition,
-            "targets": targets}
+    return {
+        "rows": rows,
+        "baselines": baselines,
+        "decomposition": decomposition,
+        "targets": targets,
+    }
 
 
 # ---------------------------------------------------------------------------- model figures
@@ -369,14 +431,21 @@ def run_quality(cfg: QualityConfig, progress: bool = False) -> dict:
         test_archive = Path(cfg.test_archive)
         test_seed = _synth_seed(test_archive)
     else:
-        test_archive = work / (f"test-archive-n{cfg.test_cases}-s{cfg.test_seed}-{size}"
-                               f"-h{cfg.test_healthy_fraction:g}")
+        test_archive = work / (
+            f"test-archive-n{cfg.test_cases}-s{cfg.test_seed}-{size}-h{cfg.test_healthy_fraction:g}"
+        )
         test_seed = cfg.test_seed
     for _, train_archive, _, _ in models.values():
         _check_disjoint(test_archive, test_seed, train_archive)
     if not cfg.test_archive:
-        synthesize_archive(test_archive, cfg.test_cases, cfg.test_healthy_fraction,
-                           cfg.test_seed, size=size, progress=progress)
+        synthesize_archive(
+            test_archive,
+            cfg.test_cases,
+            cfg.test_healthy_fraction,
+            cfg.test_seed,
+            size=size,
+            progress=progress,
+        )
     timings["synthesise_s"] = time.monotonic() - t
 
     t = time.monotonic()
@@ -390,8 +459,10 @@ def run_quality(cfg: QualityConfig, progress: bool = False) -> dict:
     test = load_test_slices(index, test_archive, model_config.image_size, cfg.raw_side)
     queries = choose_queries(index, test.lesion)
     if len(queries) < 2:
-        raise ValueError(f"{test_archive}: {len(queries)} diseased case(s); the benchmark needs "
-                         "at least 2 queries (raise --test-cases or lower the healthy fraction)")
+        raise ValueError(
+            f"{test_archive}: {len(queries)} diseased case(s); the benchmark needs "
+            "at least 2 queries (raise --test-cases or lower the healthy fraction)"
+        )
     normal_dice = LabelDice(test.anat, NORMAL_CLASSES)
     lesion_dice = LabelDice(test.lesion, LESION_CLASSES)
     dice_normal = np.stack([normal_dice.against(test.anat[q["row"]]) for q in queries])
@@ -410,14 +481,19 @@ def run_quality(cfg: QualityConfig, progress: bool = False) -> dict:
     hi = index.hash_index
     binarization = {
         "codebooks": codebook_figures(hi.report),
-        "appendix_f": {book: appendix_f_timing(hi.tables[book].vectors, hi.tables[book].packed,
-                                               int(hi.tables[book].pairs.shape[0]),
-                                               repeats=cfg.appendix_f_repeats)
-                       for book in ("normal", "abnormal")},
+        "appendix_f": {
+            book: appendix_f_timing(
+                hi.tables[book].vectors,
+                hi.tables[book].packed,
+                int(hi.tables[book].pairs.shape[0]),
+                repeats=cfg.appendix_f_repeats,
+            )
+            for book in ("normal", "abnormal")
+        },
         "appendix_f_images": appendix_f_image_timing(
-            index, [q["row"] for q in queries], repeats=cfg.appendix_f_repeats),
-        "lut": lut_timing(index, [q["row"] for q in queries], cfg.topq,
-                          repeats=cfg.lut_repeats),
+            index, [q["row"] for q in queries], repeats=cfg.appendix_f_repeats
+        ),
+        "lut": lut_timing(index, [q["row"] for q in queries], cfg.topq, repeats=cfg.lut_repeats),
     }
     bar.update(1)
     timings["binarization_s"] = time.monotonic() - t
@@ -431,12 +507,22 @@ def run_quality(cfg: QualityConfig, progress: bool = False) -> dict:
     results = {
         "config": asdict(cfg),
         "machine": rp.machine_info(),
-        "test_archive": {"path": str(test_archive), "seed": _synth_seed(test_archive),
-                         "cases": len(index.cases), "diseased_cases": n_diseased_cases,
-                         "slices": index.ntotal, "size": size},
-        "index": {"dir": str(index_dir), "model": str(cfg.model), "checksum": checksum,
-                  "preset": index.manifest.preset, "grid": list(index.manifest.grid),
-                  "input_size": index.manifest.input_size},
+        "test_archive": {
+            "path": str(test_archive),
+            "seed": _synth_seed(test_archive),
+            "cases": len(index.cases),
+            "diseased_cases": n_diseased_cases,
+            "slices": index.ntotal,
+            "size": size,
+        },
+        "index": {
+            "dir": str(index_dir),
+            "model": str(cfg.model),
+            "checksum": checksum,
+            "preset": index.manifest.preset,
+            "grid": list(index.manifest.grid),
+            "input_size": index.manifest.input_size,
+        },
         "queries": queries,
         "scores": scores,
         "summary": summary,
@@ -452,45 +538,134 @@ def run_quality(cfg: QualityConfig, progress: bool = False) -> dict:
 
 
 @click.command()
-@click.option("--model", "model", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Model directory (fdn-index train --out) to index and evaluate; trained with "
-                   "distribution matching.")
-@click.option("--model-no-dm", type=click.Path(exists=True, file_okay=False), default=None,
-              help="The same model trained with --no-dm, for the with/without DM figures.")
-@click.option("--train-archive", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Archive the models were trained on (the leakiness classifier trains on "
-                   "its slices) [default: read from MODEL/TRAIN_COMMAND.txt].")
-@click.option("--test-archive", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Test archive never trained on [default: synthesise one into OUT/work].")
-@click.option("--test-cases", type=click.IntRange(min=2), default=60, show_default=True,
-              help="Cases of the synthesised test archive.")
-@click.option("--test-seed", type=int, default=1000, show_default=True,
-              help="Seed of the synthesised test archive (must differ from the training one).")
-@click.option("--test-healthy-fraction", type=click.FloatRange(0, 1), default=0.25,
-              show_default=True, help="Share of healthy cases in the synthesised test archive.")
-@click.option("--size", type=click.IntRange(min=8), default=None,
-              help="In-plane size of the synthesised test archive [default: the model's input].")
-@click.option("--out", type=click.Path(file_okay=False), default="quality-cpu",
-              show_default=True,
-              help="Output folder, or a bare name for benchmarks/results/NAME.")
-@click.option("--topq", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Volumes retrieved per query.")
-@click.option("--random-draws", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Draws of the random baseline, averaged.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the random baseline and the classifiers.")
-@click.option("--classifier-seconds", type=click.FloatRange(min=1), default=60.0,
-              show_default=True, help="Time budget of each leakiness classifier.")
-@click.option("--classifier-seeds", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Leakiness classifiers trained per input (different seeds), averaged.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="torch CPU threads (the machine is shared: keep it small).")
-@click.option("--quick", is_flag=True,
-              help="Fewer random draws, repeats and classifier steps (a check, not a result).")
+@click.option(
+    "--model",
+    "model",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Model directory (fdn-index train --out) to index and evaluate; trained with "
+    "distribution matching.",
+)
+@click.option(
+    "--model-no-dm",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="The same model trained with --no-dm, for the with/without DM figures.",
+)
+@click.option(
+    "--train-archive",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Archive the models were trained on (the leakiness classifier trains on "
+    "its slices) [default: read from MODEL/TRAIN_COMMAND.txt].",
+)
+@click.option(
+    "--test-archive",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Test archive never trained on [default: synthesise one into OUT/work].",
+)
+@click.option(
+    "--test-cases",
+    type=click.IntRange(min=2),
+    default=60,
+    show_default=True,
+    help="Cases of the synthesised test archive.",
+)
+@click.option(
+    "--test-seed",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Seed of the synthesised test archive (must differ from the training one).",
+)
+@click.option(
+    "--test-healthy-fraction",
+    type=click.FloatRange(0, 1),
+    default=0.25,
+    show_default=True,
+    help="Share of healthy cases in the synthesised test archive.",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(min=8),
+    default=None,
+    help="In-plane size of the synthesised test archive [default: the model's input].",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="quality-cpu",
+    show_default=True,
+    help="Output folder, or a bare name for benchmarks/results/NAME.",
+)
+@click.option(
+    "--topq",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Volumes retrieved per query.",
+)
+@click.option(
+    "--random-draws",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Draws of the random baseline, averaged.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the random baseline and the classifiers.",
+)
+@click.option(
+    "--classifier-seconds",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="Time budget of each leakiness classifier.",
+)
+@click.option(
+    "--classifier-seeds",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Leakiness classifiers trained per input (different seeds), averaged.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="torch CPU threads (the machine is shared: keep it small).",
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Fewer random draws, repeats and classifier steps (a check, not a result).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def main(model, model_no_dm, train_archive, test_archive, test_cases, test_seed,
-         test_healthy_fraction, size, out, topq, random_draws, seed, classifier_seconds,
-         classifier_seeds, threads, quick, as_json):
+def main(
+    model,
+    model_no_dm,
+    train_archive,
+    test_archive,
+    test_cases,
+    test_seed,
+    test_healthy_fraction,
+    size,
+    out,
+    topq,
+    random_draws,
+    seed,
+    classifier_seconds,
+    classifier_seeds,
+    threads,
+    quick,
+    as_json,
+):
     """Retrieval quality against the Dice oracle, binarization and model figures (4.4)."""
     import torch
 
@@ -501,11 +676,22 @@ def main(model, model_no_dm, train_archive, test_archive, test_cases, test_seed,
     logging.basicConfig(level=logging.WARNING)
     try:
         cfg = QualityConfig(
-            model=model, model_no_dm=model_no_dm, train_archive=train_archive,
-            test_archive=test_archive, test_cases=test_cases, test_seed=test_seed,
-            test_healthy_fraction=test_healthy_fraction, size=size, out=out, topq=topq,
-            random_draws=random_draws, seed=seed, classifier_seconds=classifier_seconds,
-            classifier_seeds=classifier_seeds, quick=quick)
+            model=model,
+            model_no_dm=model_no_dm,
+            train_archive=train_archive,
+            test_archive=test_archive,
+            test_cases=test_cases,
+            test_seed=test_seed,
+            test_healthy_fraction=test_healthy_fraction,
+            size=size,
+            out=out,
+            topq=topq,
+            random_draws=random_draws,
+            seed=seed,
+            classifier_seconds=classifier_seconds,
+            classifier_seeds=classifier_seeds,
+            quick=quick,
+        )
         results = run_quality(cfg, progress=not as_json)
     except (FdnError, HashIndexError, ValueError, FileExistsError) as error:
         raise click.ClickException(str(error)) from None
@@ -514,8 +700,7 @@ def main(model, model_no_dm, train_archive, test_archive, test_cases, test_seed,
         click.echo(json.dumps(rp.jsonable({"out": str(out_dir), **results["summary"]})))
         return
     click.echo((out_dir / "report.md").read_text())
-    click.echo(f"written: {out_dir}/report.md, results.json, "
-               f"{', '.join(results['figures'])}")
+    click.echo(f"written: {out_dir}/report.md, results.json, {', '.join(results['figures'])}")
 
 
 if __name__ == "__main__":

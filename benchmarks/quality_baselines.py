@@ -30,8 +30,9 @@ def downsample_slices(images: np.ndarray, side: int) -> np.ndarray:
     return np.ascontiguousarray(blocks.mean(axis=(3, 5)).reshape(n, -1))
 
 
-def raw_pixel_hits(features: np.ndarray, query_rows, volume_of_row: np.ndarray,
-                   topq: int) -> list[np.ndarray]:
+def raw_pixel_hits(
+    features: np.ndarray, query_rows, volume_of_row: np.ndarray, topq: int
+) -> list[np.ndarray]:
     """Volume-wise top-Q by Euclidean distance of features (N, F); own volume excluded.
 
     Returns one (≤ Q,) int64 row array per query row, nearest first.
@@ -46,8 +47,9 @@ def raw_pixel_hits(features: np.ndarray, query_rows, volume_of_row: np.ndarray,
     return out
 
 
-def random_hits(query_row: int, volume_of_row: np.ndarray, topq: int,
-                rng: np.random.Generator) -> np.ndarray:
+def random_hits(
+    query_row: int, volume_of_row: np.ndarray, topq: int, rng: np.random.Generator
+) -> np.ndarray:
     """One random volume-wise draw for a query: (≤ Q,) int64 rows, distinct volumes, own excluded."""
     volume_of_row = np.asarray(volume_of_row)
     own = volume_of_row[query_row]

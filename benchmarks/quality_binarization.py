@@ -27,8 +27,12 @@ def codebook_figures(report: dict) -> dict:
     out = {}
     for book, r in report.items():
         out[book] = {
-            "K": r["K"], "live": r["live"], "distinct": r["distinct"], "E": r["E"],
-            "E_star": r["E_star"], "compression": r["compression"],
+            "K": r["K"],
+            "live": r["live"],
+            "distinct": r["distinct"],
+            "E": r["E"],
+            "E_star": r["E_star"],
+            "compression": r["compression"],
             "concordance": r["concordance"],
         }
     return out
@@ -68,8 +72,13 @@ def unpacked_bits(packed: np.ndarray, n_bits: int) -> np.ndarray:
     return np.unpackbits(packed, axis=1, bitorder="little")[:, :n_bits]
 
 
-def appendix_f_timing(vectors: np.ndarray, packed_star: np.ndarray, e_star: int,
-                      repeats: int = 5, include_full_bits: bool = True) -> dict:
+def appendix_f_timing(
+    vectors: np.ndarray,
+    packed_star: np.ndarray,
+    e_star: int,
+    repeats: int = 5,
+    include_full_bits: bool = True,
+) -> dict:
     """Appendix F timing for one codebook.
 
     vectors: (K, D) float32 continuous codebook e (small norms rounded to 0);
@@ -79,8 +88,13 @@ def appendix_f_timing(vectors: np.ndarray, packed_star: np.ndarray, e_star: int,
     """
     e = np.asarray(vectors, dtype=np.float32)
     b_star = unpacked_bits(packed_star, e_star)
-    out = {"K": int(e.shape[0]), "D": int(e.shape[1]), "E_star": int(e_star),
-           "repeats": repeats, "pairs": int(e.shape[0]) ** 2}
+    out = {
+        "K": int(e.shape[0]),
+        "D": int(e.shape[1]),
+        "E_star": int(e_star),
+        "repeats": repeats,
+        "pairs": int(e.shape[0]) ** 2,
+    }
     out["t_E"] = _time_all_pairs(e, _euclidean_listing, repeats)
     out["t_H"] = _time_all_pairs(b_star, _hamming_listing, repeats)
     out["reduction"] = 1.0 - out["t_H"] / out["t_E"]
@@ -100,7 +114,8 @@ def appendix_f_timing(vectors: np.ndarray, packed_star: np.ndarray, e_star: int,
 
     def hamming_matrix():
         return np.bitwise_count(packed_star[:, None, :] ^ packed_star[None, :, :]).sum(
-            axis=2, dtype=np.int64)
+            axis=2, dtype=np.int64
+        )
 
     out["vectorised_t_E"] = _mean_time(euclid_matrix, repeats)
     out["vectorised_t_H"] = _mean_time(hamming_matrix, repeats)
@@ -123,13 +138,24 @@ def appendix_f_image_timing(index, rows, repeats: int = 3) -> dict:
         bits = unpacked_bits(t.packed, int(t.pairs.shape[0]))[grid].reshape(rows.size, -1)
         t_e = _time_all_pairs(e, _euclidean_listing, repeats)
         t_h = _time_all_pairs(bits, _hamming_listing, repeats)
-        out[book] = {"floats": int(e.shape[1]), "bits": int(bits.shape[1]), "t_E": t_e,
-                     "t_H": t_h, "reduction": 1.0 - t_h / t_e}
+        out[book] = {
+            "floats": int(e.shape[1]),
+            "bits": int(bits.shape[1]),
+            "t_E": t_e,
+            "t_H": t_h,
+            "reduction": 1.0 - t_h / t_e,
+        }
     return out
 
 
-def lut_timing(index, query_rows, topq: int, modes=("normal", "abnormal", "sum"),
-               distances=("hamming", "euclidean", "angular"), repeats: int = 3) -> dict:
+def lut_timing(
+    index,
+    query_rows,
+    topq: int,
+    modes=("normal", "abnormal", "sum"),
+    distances=("hamming", "euclidean", "angular"),
+    repeats: int = 3,
+) -> dict:
     """Single-query volume-wise top-Q latency (ms, p50 and mean over queries × repeats).
 
     index: an `fdn.retrieval.ArchiveIndex`; every query is an index row searched with its own
@@ -140,10 +166,18 @@ def lut_timing(index, query_rows, topq: int, modes=("normal", "abnormal", "sum")
     out = {"n_slices": int(index.ntotal), "queries": len(query_rows), "repeats": repeats}
     for mode in modes:
         for dist in distances:
+
             def call(row, mode=mode, dist=dist):
-                hi.search_volumes(index.codes_normal[row:row + 1],
-                                  index.codes_abnormal[row:row + 1], topq, mode=mode,
-                                  distance=dist, engine="lut", exclude_volumes=vol[row:row + 1])
+                hi.search_volumes(
+                    index.codes_normal[row : row + 1],
+                    index.codes_abnormal[row : row + 1],
+                    topq,
+                    mode=mode,
+                    distance=dist,
+                    engine="lut",
+                    exclude_volumes=vol[row : row + 1],
+                )
+
             call(query_rows[0])  # compile / warm caches
             ms = []
             for _ in range(repeats):

@@ -80,8 +80,9 @@ class LabelDice:
         return out
 
 
-def best_volumes(scores: np.ndarray, volume_of_row: np.ndarray, topq: int,
-                 exclude_volume: int | None = None) -> np.ndarray:
+def best_volumes(
+    scores: np.ndarray, volume_of_row: np.ndarray, topq: int, exclude_volume: int | None = None
+) -> np.ndarray:
     """Volume-wise top-Q maximising ``scores``: rows (≤ Q,) int64, best first.
 
     scores: (N,) float per row; volume_of_row: (N,) int volume id per row. Each volume is
@@ -91,8 +92,10 @@ def best_volumes(scores: np.ndarray, volume_of_row: np.ndarray, topq: int,
     scores = np.asarray(scores, dtype=np.float64)
     volume_of_row = np.asarray(volume_of_row)
     if scores.shape != volume_of_row.shape or scores.ndim != 1:
-        raise ValueError(f"scores {scores.shape} and volume_of_row {volume_of_row.shape} must "
-                         "be equal-length vectors")
+        raise ValueError(
+            f"scores {scores.shape} and volume_of_row {volume_of_row.shape} must "
+            "be equal-length vectors"
+        )
     if topq < 1:
         raise ValueError(f"topq must be >= 1, got {topq}")
     rows = np.arange(scores.size)

@@ -9,14 +9,27 @@ import numpy as np
 
 from benchmarks import report as rp
 
-BARS = (("euclidean", "D_E", "tab:blue"), ("angular", "D_A", "tab:cyan"),
-        ("hamming", "D_H", "tab:purple"), ("raw-pixel", "raw pixels", "tab:olive"),
-        ("random", "random", "tab:gray"), ("oracle", "Dice oracle", "tab:red"))
-GROUPS = (("normal", "S_normal\nnormal Dice"), ("abnormal", "S_abnormal\nlesion Dice"),
-          ("sum", "S_sum\nmean of both"), ("sum-normalized", "S_sum normalised\nmean of both"))
+BARS = (
+    ("euclidean", "D_E", "tab:blue"),
+    ("angular", "D_A", "tab:cyan"),
+    ("hamming", "D_H", "tab:purple"),
+    ("raw-pixel", "raw pixels", "tab:olive"),
+    ("random", "random", "tab:gray"),
+    ("oracle", "Dice oracle", "tab:red"),
+)
+GROUPS = (
+    ("normal", "S_normal\nnormal Dice"),
+    ("abnormal", "S_abnormal\nlesion Dice"),
+    ("sum", "S_sum\nmean of both"),
+    ("sum-normalized", "S_sum normalised\nmean of both"),
+)
 METRIC = {"normal": "normal", "abnormal": "lesion", "sum": "sum", "sum-normalized": "sum"}
-ORACLE = {"normal": "oracle/normal", "abnormal": "oracle/abnormal", "sum": "oracle/sum",
-          "sum-normalized": "oracle/sum"}
+ORACLE = {
+    "normal": "oracle/normal",
+    "abnormal": "oracle/abnormal",
+    "sum": "oracle/sum",
+    "sum-normalized": "oracle/sum",
+}
 
 
 def _method(bar: str, mode: str) -> str:
@@ -45,18 +58,34 @@ def dice_bars(results: dict, path: Path) -> None:
             means.append(s["mean"])
             stds.append(s["std"])
         pos = x - 0.4 + width * (b + 0.5)
-        ax.bar(pos, means, width, yerr=stds, color=color, label=label,
-               error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "0.3"})
+        ax.bar(
+            pos,
+            means,
+            width,
+            yerr=stds,
+            color=color,
+            label=label,
+            error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "0.3"},
+        )
     for g, (mode, _) in enumerate(GROUPS):
         target = 0.85 * scores[ORACLE[mode]][METRIC[mode]]["mean"]
-        ax.hlines(target, x[g] - 0.42, x[g] + 0.42, colors="k", linestyles="dashed",
-                  linewidth=0.9, label="85% of oracle" if g == 0 else None)
+        ax.hlines(
+            target,
+            x[g] - 0.42,
+            x[g] + 0.42,
+            colors="k",
+            linestyles="dashed",
+            linewidth=0.9,
+            label="85% of oracle" if g == 0 else None,
+        )
     ax.set_xticks(x, [label for _, label in GROUPS])
     ax.set_ylabel("mean Dice of the top-10 volumes")
     ax.set_ylim(0, 1.05)
     ta = results["test_archive"]
-    ax.set_title(f"Retrieval quality: {len(results['queries'])} queries, {ta['slices']} slices "
-                 f"of {ta['cases']} test volumes (mean ± std over queries)")
+    ax.set_title(
+        f"Retrieval quality: {len(results['queries'])} queries, {ta['slices']} slices "
+        f"of {ta['cases']} test volumes (mean ± std over queries)"
+    )
     ax.legend(ncol=4, fontsize=8, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
     rp.save_figure(fig, path)
@@ -72,20 +101,34 @@ def cross_scores(results: dict, path: Path) -> None:
     scores = results["scores"]
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     markers = {"euclidean": "o", "angular": "s", "hamming": "^"}
-    colors = {"normal": "tab:blue", "abnormal": "tab:red", "sum": "tab:green",
-              "sum-normalized": "tab:olive"}
+    colors = {
+        "normal": "tab:blue",
+        "abnormal": "tab:red",
+        "sum": "tab:green",
+        "sum-normalized": "tab:olive",
+    }
     for mode, color in colors.items():
         for dist, marker in markers.items():
             s = scores[f"{mode}/{dist}"]
-            ax.scatter(s["normal"]["mean"], s["lesion"]["mean"], c=color, marker=marker, s=40,
-                       label=f"{mode} {dist}")
-    for name, marker, color in (("oracle/normal", "*", "tab:blue"),
-                                ("oracle/abnormal", "*", "tab:red"),
-                                ("oracle/sum", "*", "tab:green"), ("random", "x", "0.4"),
-                                ("raw-pixel", "P", "k")):
+            ax.scatter(
+                s["normal"]["mean"],
+                s["lesion"]["mean"],
+                c=color,
+                marker=marker,
+                s=40,
+                label=f"{mode} {dist}",
+            )
+    for name, marker, color in (
+        ("oracle/normal", "*", "tab:blue"),
+        ("oracle/abnormal", "*", "tab:red"),
+        ("oracle/sum", "*", "tab:green"),
+        ("random", "x", "0.4"),
+        ("raw-pixel", "P", "k"),
+    ):
         s = scores[name]
-        ax.scatter(s["normal"]["mean"], s["lesion"]["mean"], c=color, marker=marker, s=110,
-                   label=name)
+        ax.scatter(
+            s["normal"]["mean"], s["lesion"]["mean"], c=color, marker=marker, s=110, label=name
+        )
     ax.set_xlabel("normal Dice of the hits (6 anatomy labels)")
     ax.set_ylabel("lesion Dice of the hits (NET, ED, ET)")
     xs = [c.get_offsets()[:, 0].max() for c in ax.collections]

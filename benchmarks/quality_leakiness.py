@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 class LeakinessClassifier(nn.Module):
     """x: (B, C, S, S) -> logit (B,) of "diseased origin". S must be a multiple of 16."""
 
-    def __init__(self, in_channels: int = 4, size: int = 64, widths=(16, 32, 64, 64),
-                 hidden: int = 64):
+    def __init__(
+        self, in_channels: int = 4, size: int = 64, widths=(16, 32, 64, 64), hidden: int = 64
+    ):
         super().__init__()
         if size % 2 ** len(widths):
             raise ValueError(f"size {size} must be a multiple of {2 ** len(widths)}")
@@ -47,8 +48,12 @@ class LeakinessClassifier(nn.Module):
             c = w
         self.features = nn.Sequential(*layers)
         side = size // 2 ** len(widths)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * side * side, hidden),
-                                  nn.ReLU(inplace=True), nn.Linear(hidden, 1))
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(c * side * side, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, 1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x)).squeeze(1)
@@ -98,15 +103,28 @@ def binary_figures(pred: np.ndarray, labels: np.ndarray) -> dict:
     def ratio(a, b):
         return a / b if b else None
 
-    return {"ppv": ratio(tp, tp + fp), "predicted_diseased": tp + fp,
-            "sensitivity": ratio(tp, tp + fn),
-            "specificity": ratio(tn, tn + fp), "accuracy": (tp + tn) / max(1, pred.size)}
+    return {
+        "ppv": ratio(tp, tp + fp),
+        "predicted_diseased": tp + fp,
+        "sensitivity": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "accuracy": (tp + tn) / max(1, pred.size),
+    }
 
 
-def train_and_test(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-                   test_y: np.ndarray, *, epochs: int = 8, max_seconds: float = 90.0,
-                   batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-5,
-                   seed: int = 0) -> ClassifierResult:
+def train_and_test(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    *,
+    epochs: int = 8,
+    max_seconds: float = 90.0,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-5,
+    seed: int = 0,
+) -> ClassifierResult:
     """Train a `LeakinessClassifier` on (train_x (N, C, S, S), train_y (N,) bool) and test it.
 
     Training stops after ``epochs`` or once ``max_seconds`` have passed, whichever is first.
@@ -116,8 +134,10 @@ def train_and_test(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     test_y = np.asarray(test_y, bool)
     n_pos, n_neg = int(train_y.sum()), int((~train_y).sum())
     if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"the classifier needs healthy and diseased training slices; got "
-                         f"{n_neg} healthy and {n_pos} diseased")
+        raise ValueError(
+            f"the classifier needs healthy and diseased training slices; got "
+            f"{n_neg} healthy and {n_pos} diseased"
+        )
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = LeakinessClassifier(train_x.shape[1], train_x.shape[-1])
@@ -131,9 +151,8 @@ def train_and_test(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     for _epoch in range(epochs):
         perm = torch.randperm(len(x), generator=gen)
         for s in range(0, len(x), batch_size):
-            idx = perm[s:s + batch_size]
-            loss = F.binary_cross_entropy_with_logits(model(x[idx]), y[idx],
-                                                      pos_weight=pos_weight)
+            idx = perm[s : s + batch_size]
+            loss = F.binary_cross_entropy_with_logits(model(x[idx]), y[idx], pos_weight=pos_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -143,19 +162,35 @@ def train_and_test(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     seconds = time.monotonic() - start
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model(torch.from_numpy(np.ascontiguousarray(test_x[s:s + 256],
-                                                                        np.float32)))
-                            for s in range(0, len(test_x), 256)]).numpy()
+        logits = torch.cat(
+            [
+                model(torch.from_numpy(np.ascontiguousarray(test_x[s : s + 256], np.float32)))
+                for s in range(0, len(test_x), 256)
+            ]
+        ).numpy()
     figures = binary_figures(logits > 0, test_y)
-    log.info("classifier: %d steps in %.1f s, PPV %s, prevalence %.3f", steps, seconds,
-             figures["ppv"], test_y.mean())
+    log.info(
+        "classifier: %d steps in %.1f s, PPV %s, prevalence %.3f",
+        steps,
+        seconds,
+        figures["ppv"],
+        test_y.mean(),
+    )
     ppv, n_pred = figures["ppv"], figures["predicted_diseased"]
     return ClassifierResult(
-        ppv=ppv, ppv_se=None if ppv is None else math.sqrt(ppv * (1 - ppv) / n_pred),
-        predicted_diseased=n_pred, prevalence=float(test_y.mean()),
-        sensitivity=figures["sensitivity"], specificity=figures["specificity"],
-        auc=roc_auc(logits, test_y), accuracy=figures["accuracy"], n_train=len(train_x),
-        n_test=len(test_x), steps=steps, train_seconds=round(seconds, 2))
+        ppv=ppv,
+        ppv_se=None if ppv is None else math.sqrt(ppv * (1 - ppv) / n_pred),
+        predicted_diseased=n_pred,
+        prevalence=float(test_y.mean()),
+        sensitivity=figures["sensitivity"],
+        specificity=figures["specificity"],
+        auc=roc_auc(logits, test_y),
+        accuracy=figures["accuracy"],
+        n_train=len(train_x),
+        n_test=len(test_x),
+        steps=steps,
+        train_seconds=round(seconds, 2),
+    )
 
 
 def normal_reconstructions(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -163,7 +198,7 @@ def normal_reconstructions(model, images: np.ndarray, batch_size: int = 64) -> n
     out = np.empty(images.shape, np.float32)
     with torch.no_grad():
         for s in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size], np.float32))
+            x = torch.from_numpy(np.ascontiguousarray(images[s : s + batch_size], np.float32))
             codes_normal, _ = model.encode(x.contiguous(memory_format=torch.channels_last))
-            out[s:s + len(x)] = model.decode_normal(codes_normal).float().numpy()
+            out[s : s + len(x)] = model.decode_normal(codes_normal).float().numpy()
     return out

@@ -28,8 +28,11 @@ def _archive_slices(root: Path, size: int, max_slices: int, seed: int):
             has_pseudo = False
         else:
             pseudo.append(vol.pseudohealthy[keep])
-        lesion = (vol.seg[keep] > 0) if vol.seg is not None else np.zeros(
-            (int(keep.sum()), size, size), bool)
+        lesion = (
+            (vol.seg[keep] > 0)
+            if vol.seg is not None
+            else np.zeros((int(keep.sum()), size, size), bool)
+        )
         diseased.append(lesion.reshape(lesion.shape[0], -1).any(1))
     images, diseased = np.concatenate(images), np.concatenate(diseased)
     pseudo = np.concatenate(pseudo) if has_pseudo else None
@@ -64,8 +67,10 @@ def snapshot_model(model_dir: str | Path, work: Path) -> tuple[Path, int | None]
         if model_checksum(staging) == before == model_checksum(model_dir):
             break
     else:
-        raise ValueError(f"{model_dir}: weights.pt keeps changing while being copied; wait "
-                         "for the training to write its checkpoint and run again")
+        raise ValueError(
+            f"{model_dir}: weights.pt keeps changing while being copied; wait "
+            "for the training to write its checkpoint and run again"
+        )
     target = work / "models" / before[:12]
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
@@ -80,8 +85,14 @@ def snapshot_model(model_dir: str | Path, work: Path) -> tuple[Path, int | None]
     return target, step
 
 
-def model_figures(cfg: QualityConfig, models: dict[str, tuple[str, Path]], test_archive: Path,
-                  test: TestSlices, out: Path, progress=None) -> dict:
+def model_figures(
+    cfg: QualityConfig,
+    models: dict[str, tuple[str, Path]],
+    test_archive: Path,
+    test: TestSlices,
+    out: Path,
+    progress=None,
+) -> dict:
     """fdn.evaluate's figures and the classifier leakiness, per model (DM and, if given, no DM).
 
     models: {"dm" | "no_dm": (model directory snapshot, its training archive, source
@@ -97,9 +108,18 @@ def model_figures(cfg: QualityConfig, models: dict[str, tuple[str, Path]], test_
 
     def classify(train_x, train_y, test_x, test_y) -> dict:
         """Mean figures over cfg.classifier_seeds classifiers, the PPV's std over seeds."""
-        runs = [train_and_test(train_x, train_y, test_x, test_y, epochs=cfg.classifier_epochs,
-                               max_seconds=cfg.classifier_seconds, seed=cfg.seed + k).as_dict()
-                for k in range(cfg.classifier_seeds)]
+        runs = [
+            train_and_test(
+                train_x,
+                train_y,
+                test_x,
+                test_y,
+                epochs=cfg.classifier_epochs,
+                max_seconds=cfg.classifier_seconds,
+                seed=cfg.seed + k,
+            ).as_dict()
+            for k in range(cfg.classifier_seeds)
+        ]
         out = {}
         for key in runs[0]:
             values = [r[key] for r in runs if r[key] is not None]
@@ -127,26 +147,25 @@ def model_figures(cfg: QualityConfig, models: dict[str, tuple[str, Path]], test_
         result["models"][name] = ev
         key = str(train_archive.resolve())
         if key not in train_cache:
-            train_cache[key] = _archive_slices(train_archive, config.image_size,
-                                               cfg.classifier_max_slices, cfg.seed)
+            train_cache[key] = _archive_slices(
+                train_archive, config.image_size, cfg.classifier_max_slices, cfg.seed
+            )
             tx, tp, ty = train_cache[key]
             if "x" not in result["classifier"]:
                 result["classifier"]["x"] = classify(tx, ty, test_x, test_y)
                 if progress is not None:
                     progress.update(1)
                 if tp is not None and test.pseudo is not None:
-                    result["classifier"]["pseudohealthy"] = classify(tp, ty, test.pseudo,
-                                                                     test_y)
+                    result["classifier"]["pseudohealthy"] = classify(tp, ty, test.pseudo, test_y)
                 if progress is not None:
                     progress.update(1)
         tx, _, ty = train_cache[key]
         result["classifier"][f"xhat_minus_{name}"] = classify(
-            normal_reconstructions(model, tx), ty, normal_reconstructions(model, test_x), test_y)
+            normal_reconstructions(model, tx), ty, normal_reconstructions(model, test_x), test_y
+        )
         if progress is not None:
             progress.update(1)
     return result
 
 
 # ---------------------------------------------------------------------------- run
-
-

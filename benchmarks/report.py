@@ -200,7 +200,7 @@ def fmt(x, digits: int = 3) -> str:
     if isinstance(x, float | np.floating):
         if x == 0:
             return "0"
-        if abs(x) >= 10 ** digits:
+        if abs(x) >= 10**digits:
             return f"{x:,.0f}"
         return f"{x:.{digits}g}"
     return str(x)

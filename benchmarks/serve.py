@@ -71,11 +71,21 @@ class Server:
     def __init__(self, index: Path, max_upload_mb: int = 256):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-c", "from cli.main import main; main()", "serve",
-                   "--index", str(index), "--port", str(self.port),
-                   "--max-upload-mb", str(max_upload_mb)]
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True)
+        command = [
+            sys.executable,
+            "-c",
+            "from cli.main import main; main()",
+            "serve",
+            "--index",
+            str(index),
+            "--port",
+            str(self.port),
+            "--max-upload-mb",
+            str(max_upload_mb),
+        ]
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         self.started = time.perf_counter()
 
     def wait(self, timeout: float = 120) -> float:
@@ -118,8 +128,10 @@ def measure_queries(url: str, n: int, seed: int) -> dict:
             for i in range(n):
                 case, z = rng.choice(targets)
                 t0 = time.perf_counter()
-                r = client.get("/api/query", params={"case": case, "slice": z,
-                                                     "mode": modes[i % len(modes)], "topq": 10})
+                r = client.get(
+                    "/api/query",
+                    params={"case": case, "slice": z, "mode": modes[i % len(modes)], "topq": 10},
+                )
                 times.append(time.perf_counter() - t0)
                 r.raise_for_status()
                 server.append(r.json()["query_seconds"])
@@ -128,8 +140,10 @@ def measure_queries(url: str, n: int, seed: int) -> dict:
         for i in range(n):
             case, z = rng.choice(targets)
             t0 = time.perf_counter()
-            r = client.get(f"/api/cases/{case}/slices/{z}.png",
-                           params={"overlay": "seg" if i % 2 else "seg,anat"})
+            r = client.get(
+                f"/api/cases/{case}/slices/{z}.png",
+                params={"overlay": "seg" if i % 2 else "seg,anat"},
+            )
             times.append(time.perf_counter() - t0)
             r.raise_for_status()
         out["slice png"] = {"round_trip": percentiles(times)}
@@ -149,8 +163,14 @@ def measure_upload(url: str, case_dir: Path, repeats: int) -> dict:
     import httpx
 
     case = case_dir.name
-    files = {k: (f"{case}_{k}.nii.gz", (case_dir / f"{case}_{k}.nii.gz").read_bytes(),
-                 "application/gzip") for k in ("t1", "t1ce", "t2", "flair")}
+    files = {
+        k: (
+            f"{case}_{k}.nii.gz",
+            (case_dir / f"{case}_{k}.nii.gz").read_bytes(),
+            "application/gzip",
+        )
+        for k in ("t1", "t1ce", "t2", "flair")
+    }
     size = sum(len(v[1]) for v in files.values())
     times, load, encode, server = [], [], [], []
     with httpx.Client(base_url=url, timeout=120) as client:
@@ -198,13 +218,23 @@ def load_test(url: str, clients: int, seconds: float, seed: int = 0) -> dict:
                 t0 = time.perf_counter()
                 try:
                     if kind == "query":
-                        r = c.get("/api/query", params={
-                            "case": case, "slice": z, "mode": rng.choice([*MODES, "all"]),
-                            "topq": rng.choice([5, 10, 20])})
+                        r = c.get(
+                            "/api/query",
+                            params={
+                                "case": case,
+                                "slice": z,
+                                "mode": rng.choice([*MODES, "all"]),
+                                "topq": rng.choice([5, 10, 20]),
+                            },
+                        )
                     else:
-                        r = c.get(f"/api/cases/{case}/slices/{z}.png",
-                                  params={"sequence": rng.choice(["t1", "t2", "flair"]),
-                                          "overlay": "seg"})
+                        r = c.get(
+                            f"/api/cases/{case}/slices/{z}.png",
+                            params={
+                                "sequence": rng.choice(["t1", "t2", "flair"]),
+                                "overlay": "seg",
+                            },
+                        )
                     if r.status_code != 200:
                         local_errors.append(f"{kind} {r.status_code}: {r.text[:200]}")
                 except httpx.HTTPError as exc:
@@ -249,18 +279,30 @@ def screenshot(url: str, path: Path, query: str, width: int = 1400, height: int 
     profile = tempfile.mkdtemp(prefix="fdn-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", f"--window-size={width},{height}",
-                 "--hide-scrollbars", f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--window-size={width},{height}",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     try:
         driver.get(f"{url}/?{query}")
-        WebDriverWait(driver, 30).until(lambda d: d.execute_script(
-            "const imgs = [...document.images].filter(i => i.getAttribute('src'));"
-            "return document.querySelectorAll('.hit').length > 0 && "
-            "imgs.every(i => i.complete && i.naturalWidth > 0);"))
+        WebDriverWait(driver, 30).until(
+            lambda d: d.execute_script(
+                "const imgs = [...document.images].filter(i => i.getAttribute('src'));"
+                "return document.querySelectorAll('.hit').length > 0 && "
+                "imgs.every(i => i.complete && i.naturalWidth > 0);"
+            )
+        )
         time.sleep(0.3)
         path.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(path))
@@ -361,18 +403,28 @@ def report_markdown(r: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--index", default=None, help="Index directory [default: demo/index, "
-                        "else one built under the work folder].")
+    parser.add_argument(
+        "--index",
+        default=None,
+        help="Index directory [default: demo/index, else one built under the work folder].",
+    )
     parser.add_argument("--queries", type=int, default=300, help="Queries per latency series.")
     parser.add_argument("--uploads", type=int, default=5, help="Uploads of the BraTS-size case.")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--screenshot", default=None, help="Only write a screenshot of the "
-                        "viewer to this PNG (with --query), then stop.")
-    parser.add_argument("--query", default="mode=all", help="The viewer's URL query for "
-                        "--screenshot, e.g. case=SYN_010&slice=22&mode=all.")
-    parser.add_argument("--out", default="serve", help="Results folder (name under "
-                        "benchmarks/results/, or a path).")
+    parser.add_argument(
+        "--screenshot",
+        default=None,
+        help="Only write a screenshot of the viewer to this PNG (with --query), then stop.",
+    )
+    parser.add_argument(
+        "--query",
+        default="mode=all",
+        help="The viewer's URL query for --screenshot, e.g. case=SYN_010&slice=22&mode=all.",
+    )
+    parser.add_argument(
+        "--out", default="serve", help="Results folder (name under benchmarks/results/, or a path)."
+    )
     args = parser.parse_args(argv)
     if args.screenshot:
         server = Server(Path(args.index or ROOT / "demo" / "index"))

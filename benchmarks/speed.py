@@ -55,7 +55,6 @@ from benchmarks.speed_report import evaluate_targets, write_report
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class SpeedConfig:
     """Everything a run depends on (stored whole in results.json)."""
@@ -75,10 +74,14 @@ class SpeedConfig:
     max_seconds_per_figure: float = 8.0
     from_index: str | None = None
     name: str = "speed-cpu"
-    targets: dict = field(default_factory=lambda: {
-        "sum_1m_ms": 30.0, "speedup_vs_float_l2_100k": 20.0, "ivf_recall": 0.95,
-        "ivf_speedup": 5.0,
-    })
+    targets: dict = field(
+        default_factory=lambda: {
+            "sum_1m_ms": 30.0,
+            "speedup_vs_float_l2_100k": 20.0,
+            "ivf_recall": 0.95,
+            "ivf_speedup": 5.0,
+        }
+    )
 
 
 # ---------------------------------------------------------------------------- timing helpers
@@ -91,16 +94,23 @@ def _grids(w: wl.Workload, mode: str, query: bool = False) -> list[np.ndarray]:
 
 
 def _books(w: wl.Workload, mode: str):
-    return {"normal": [w.codebook_normal], "abnormal": [w.codebook_abnormal],
-            "sum": [w.codebook_normal, w.codebook_abnormal]}[mode]
+    return {
+        "normal": [w.codebook_normal],
+        "abnormal": [w.codebook_abnormal],
+        "sum": [w.codebook_normal, w.codebook_abnormal],
+    }[mode]
 
 
 def _agree(name: str, a: np.ndarray, b: np.ndarray, rtol: float) -> dict:
     """Compare two (B, Q) sorted distance arrays of volume-wise top-Q results."""
     diff = np.abs(a - b)
     tol = rtol * np.maximum(1.0, np.abs(a))
-    return {"check": name, "max_abs_diff": float(diff.max()), "rtol": rtol,
-            "ok": bool((diff <= tol).all())}
+    return {
+        "check": name,
+        "max_abs_diff": float(diff.max()),
+        "rtol": rtol,
+        "ok": bool((diff <= tol).all()),
+    }
 
 
 def _disk_bytes(idx, w: wl.Workload, n: int, tmp: Path) -> dict:
@@ -110,8 +120,9 @@ def _disk_bytes(idx, w: wl.Workload, n: int, tmp: Path) -> dict:
     d = tmp / f"n{n}"
     group = zarr.open_group(str(d / "codes.zarr"), mode="w")
     for name, arr in (("normal", w.codes_normal[:n]), ("abnormal", w.codes_abnormal[:n])):
-        stored = group.create_array(name, shape=arr.shape, chunks=(4096, *arr.shape[1:]),
-                                    dtype="uint16")
+        stored = group.create_array(
+            name, shape=arr.shape, chunks=(4096, *arr.shape[1:]), dtype="uint16"
+        )
         stored[:] = arr
     idx.write(d / "hashindex")
     out = {f"codes_{b}": rp.dir_bytes(d / "codes.zarr" / b) for b in ("normal", "abnormal")}
@@ -178,8 +189,13 @@ def run(cfg: SpeedConfig, progress=None) -> dict:
 
     say("optimizing the bit tables of both codebooks (once)")
     t = time.perf_counter()
-    base = HashIndex.build(w.codebook_normal, w.codebook_abnormal, bit_budget=cfg.bit_budget,
-                           faiss_indexes=False, seed=cfg.seed)
+    base = HashIndex.build(
+        w.codebook_normal,
+        w.codebook_abnormal,
+        bit_budget=cfg.bit_budget,
+        faiss_indexes=False,
+        seed=cfg.seed,
+    )
     optimize_s = time.perf_counter() - t
 
     ctx = _Run(cfg, w, bandwidth["read_gbps"] * 1e9, "gpu" if gpu_available() else "cpu", say)
@@ -205,8 +221,12 @@ def run(cfg: SpeedConfig, progress=None) -> dict:
             t = time.perf_counter()
             idx.train_ivf(nlist)
             ivf_build = time.perf_counter() - t
-            builds[n] = {"lut_add_s": lut_build, "flat_add_s": flat_build,
-                         "ivf_train_add_s": ivf_build, "nlist": nlist}
+            builds[n] = {
+                "lut_add_s": lut_build,
+                "flat_add_s": flat_build,
+                "ivf_train_add_s": ivf_build,
+                "nlist": nlist,
+            }
             ctx.disk[n] = _disk_bytes(idx, w, n, tmp)
             for mode in MODES:
                 _measure_mode(ctx, idx, sub, mode, builds[n])
@@ -219,11 +239,16 @@ def run(cfg: SpeedConfig, progress=None) -> dict:
         "machine": machine,
         "device": ctx.device,
         "bandwidth": bandwidth,
-        "workload": {"source": w.source, "grid": list(w.codes_normal.shape[1:]),
-                     "K": int(w.codebook_normal.shape[0]), "D": int(w.codebook_normal.shape[1]),
-                     "live_normal": int(wl.live_codes(w.codebook_normal).size),
-                     "live_abnormal": int(wl.live_codes(w.codebook_abnormal).size),
-                     "slices_per_volume": wl.SLICES_PER_VOLUME, "generate_s": gen_s},
+        "workload": {
+            "source": w.source,
+            "grid": list(w.codes_normal.shape[1:]),
+            "K": int(w.codebook_normal.shape[0]),
+            "D": int(w.codebook_normal.shape[1]),
+            "live_normal": int(wl.live_codes(w.codebook_normal).size),
+            "live_abnormal": int(wl.live_codes(w.codebook_abnormal).size),
+            "slices_per_volume": wl.SLICES_PER_VOLUME,
+            "generate_s": gen_s,
+        },
         "binarization": {"optimize_s": optimize_s, "report": base.report},
         "builds": {str(k): v for k, v in builds.items()},
         "rows": ctx.rows,
@@ -256,8 +281,10 @@ def _measure_mode(ctx: _Run, idx, sub: wl.Workload, mode: str, build: dict) -> N
 
     def engine_fn(engine, dist, nprobe=None):
         def fn(ids):
-            return idx.search_volumes(qn[ids], qa[ids], TOPQ, mode=mode, distance=dist,
-                                      engine=engine, nprobe=nprobe)
+            return idx.search_volumes(
+                qn[ids], qa[ids], TOPQ, mode=mode, distance=dist, engine=engine, nprobe=nprobe
+            )
+
         return fn
 
     exact = {}
@@ -279,15 +306,29 @@ def _measure_mode(ctx: _Run, idx, sub: wl.Workload, mode: str, build: dict) -> N
                 exact[dist] = hits
             else:
                 same = np.array_equal(hits.volumes, exact[dist].volumes)
-                check = _agree(f"numpy == lut ({dist}, {mode}, N={n})", hits.distances,
-                               exact[dist].distances, 1e-12)
+                check = _agree(
+                    f"numpy == lut ({dist}, {mode}, N={n})",
+                    hits.distances,
+                    exact[dist].distances,
+                    1e-12,
+                )
                 check["ok"] = bool(check["ok"] and same)
                 ctx.agreement.append(check)
             scan = n * sum(code_bytes.values())
-            ctx.add_row(engine=engine, distance=dist, mode=mode, n=n, **lat, **thr,
-                        build_s=build["lut_add_s"], ram_bytes_per_slice=lut_ram,
-                        disk_bytes_per_slice=lut_disk, recall_at_10=1.0, scan_bytes=scan,
-                        floor_ms=scan / ctx.gbps * 1e3)
+            ctx.add_row(
+                engine=engine,
+                distance=dist,
+                mode=mode,
+                n=n,
+                **lat,
+                **thr,
+                build_s=build["lut_add_s"],
+                ram_bytes_per_slice=lut_ram,
+                disk_bytes_per_slice=lut_disk,
+                recall_at_10=1.0,
+                scan_bytes=scan,
+                floor_ms=scan / ctx.gbps * 1e3,
+            )
 
     if mode == "sum" and n == max(cfg.sizes):
         ctx.breakdown = _lut_breakdown(idx, w, nq)
@@ -295,22 +336,39 @@ def _measure_mode(ctx: _Run, idx, sub: wl.Workload, mode: str, build: dict) -> N
     # FAISS IndexBinaryFlat through hashindex (which picks its own hamming_batch_size).
     say(f"N={n:,} {mode}: faiss binary flat")
     flat = idx.flat[mode].cpu
-    xq = np.concatenate([pack_grids(idx.tables[b].packed, qn if b == "normal" else qa)
-                         for b in books], axis=1)
+    xq = np.concatenate(
+        [pack_grids(idx.tables[b].packed, qn if b == "normal" else qa) for b in books], axis=1
+    )
     fn = engine_fn("faiss-flat", "hamming")
     lat = time_single(fn, nq, cfg.queries, cfg.max_seconds_per_figure)
     thr, hits = time_batch(fn, nq, cfg.batch)
-    ctx.agreement.append(_agree(f"faiss-flat == lut (hamming, {mode}, N={n})",
-                                hits.distances, exact["hamming"].distances, 0.0))
-    raw = time_single(lambda ids: flat.search(xq[ids], RAW_K), nq, 10,
-                      cfg.max_seconds_per_figure)
+    ctx.agreement.append(
+        _agree(
+            f"faiss-flat == lut (hamming, {mode}, N={n})",
+            hits.distances,
+            exact["hamming"].distances,
+            0.0,
+        )
+    )
+    raw = time_single(lambda ids: flat.search(xq[ids], RAW_K), nq, 10, cfg.max_seconds_per_figure)
     flat_scan = n * flat.code_size
-    ctx.add_row(engine="faiss-binary-flat", distance="hamming", mode=mode, n=n,
-                device=ctx.device, **lat, **thr, build_s=build["flat_add_s"],
-                ram_bytes_per_slice=flat.code_size, raw_knn_p50_ms=raw["p50_ms"],
-                disk_bytes_per_slice=ctx.disk[n][f"faiss_flat_{mode}"] / n, recall_at_10=1.0,
-                scan_bytes=flat_scan, floor_ms=flat_scan / ctx.gbps * 1e3,
-                code_size=flat.code_size)
+    ctx.add_row(
+        engine="faiss-binary-flat",
+        distance="hamming",
+        mode=mode,
+        n=n,
+        device=ctx.device,
+        **lat,
+        **thr,
+        build_s=build["flat_add_s"],
+        ram_bytes_per_slice=flat.code_size,
+        raw_knn_p50_ms=raw["p50_ms"],
+        disk_bytes_per_slice=ctx.disk[n][f"faiss_flat_{mode}"] / n,
+        recall_at_10=1.0,
+        scan_bytes=flat_scan,
+        floor_ms=flat_scan / ctx.gbps * 1e3,
+        code_size=flat.code_size,
+    )
     flat_p50 = lat["p50_ms"]
     ctx.tuning.append(_tune_hamming_batch(flat, xq, cfg, n, mode))
 
@@ -324,19 +382,32 @@ def _measure_mode(ctx: _Run, idx, sub: wl.Workload, mode: str, build: dict) -> N
         thr, hits = time_batch(fn, nq, cfg.batch)
         rec = recall_at_q(hits, exact["hamming"])
         scan = flat_scan * nprobe / nlist  # expected share of the database in nprobe lists
-        ctx.add_row(engine="faiss-binary-ivf", distance="hamming", mode=mode, n=n,
-                    nprobe=nprobe, nlist=nlist, **lat, **thr, build_s=build["ivf_train_add_s"],
-                    ram_bytes_per_slice=ivf.code_size + 8,
-                    disk_bytes_per_slice=(ctx.disk[n][f"faiss_ivf_{mode}"] or 0) / n,
-                    recall_at_10=rec, speedup_vs_flat=flat_p50 / lat["p50_ms"],
-                    scan_bytes=scan, floor_ms=scan / ctx.gbps * 1e3)
+        ctx.add_row(
+            engine="faiss-binary-ivf",
+            distance="hamming",
+            mode=mode,
+            n=n,
+            nprobe=nprobe,
+            nlist=nlist,
+            **lat,
+            **thr,
+            build_s=build["ivf_train_add_s"],
+            ram_bytes_per_slice=ivf.code_size + 8,
+            disk_bytes_per_slice=(ctx.disk[n][f"faiss_ivf_{mode}"] or 0) / n,
+            recall_at_10=rec,
+            speedup_vs_flat=flat_p50 / lat["p50_ms"],
+            scan_bytes=scan,
+            floor_ms=scan / ctx.gbps * 1e3,
+        )
 
     # FAISS IndexFlatL2 / IndexFlatIP on the decoded float vectors, where they fit in memory.
     dim = P * sum(b.shape[1] for b in _books(w, mode))
     if n * dim * 4 > cfg.float_budget_bytes:
-        msg = (f"faiss-float at N={n:,} ({mode}): the float32 vectors alone take "
-               f"{n * dim * 4 / 2**30:.1f} GiB ({dim} floats per slice), over the float budget "
-               f"of {cfg.float_budget_bytes / 2**30:.1f} GiB on this shared machine")
+        msg = (
+            f"faiss-float at N={n:,} ({mode}): the float32 vectors alone take "
+            f"{n * dim * 4 / 2**30:.1f} GiB ({dim} floats per slice), over the float budget "
+            f"of {cfg.float_budget_bytes / 2**30:.1f} GiB on this shared machine"
+        )
         ctx.skipped.append(msg)
         say(msg)
         return
@@ -349,23 +420,39 @@ def _measure_mode(ctx: _Run, idx, sub: wl.Workload, mode: str, build: dict) -> N
         knn = ff.knn(ff.decode(_grids(w, mode, query=True)))
 
         def fn(ids, knn=knn):
-            return volumes_from_knn(lambda i, k: knn(ids[i], k), ids.size, n, TOPQ,
-                                    sub.volume_ids, None)
+            return volumes_from_knn(
+                lambda i, k: knn(ids[i], k), ids.size, n, TOPQ, sub.volume_ids, None
+            )
 
         lat = time_single(fn, nq, cfg.queries, cfg.max_seconds_per_figure)
         thr, hits = time_batch(fn, nq, cfg.batch)
-        raw = time_single(lambda ids, knn=knn: knn(ids, RAW_K), nq, 10,
-                          cfg.max_seconds_per_figure)
+        raw = time_single(lambda ids, knn=knn: knn(ids, RAW_K), nq, 10, cfg.max_seconds_per_figure)
         if mode != "sum":  # here the float metric is exactly this mode's D_E / D_A
-            ctx.agreement.append(_agree(
-                f"faiss-float-{metric} == lut ({ref}, {mode}, N={n})",
-                ff.to_distance(hits.distances), exact[ref].distances, 1e-4))
+            ctx.agreement.append(
+                _agree(
+                    f"faiss-float-{metric} == lut ({ref}, {mode}, N={n})",
+                    ff.to_distance(hits.distances),
+                    exact[ref].distances,
+                    1e-4,
+                )
+            )
         scan = n * dim * 4
-        ctx.add_row(engine=f"faiss-float-{metric}", distance=ref, mode=mode, n=n,
-                    device=ctx.device, **lat, **thr, build_s=build_s,
-                    ram_bytes_per_slice=dim * 4, disk_bytes_per_slice=dim * 4,
-                    raw_knn_p50_ms=raw["p50_ms"], recall_at_10=None, scan_bytes=scan,
-                    floor_ms=scan / ctx.gbps * 1e3)
+        ctx.add_row(
+            engine=f"faiss-float-{metric}",
+            distance=ref,
+            mode=mode,
+            n=n,
+            device=ctx.device,
+            **lat,
+            **thr,
+            build_s=build_s,
+            ram_bytes_per_slice=dim * 4,
+            disk_bytes_per_slice=dim * 4,
+            raw_knn_p50_ms=raw["p50_ms"],
+            recall_at_10=None,
+            scan_bytes=scan,
+            floor_ms=scan / ctx.gbps * 1e3,
+        )
         del ff, knn
 
 
@@ -382,14 +469,18 @@ def _tune_hamming_batch(flat, xq: np.ndarray, cfg: SpeedConfig, n: int, mode: st
             single = []
             for i in range(min(10, xq.shape[0])):
                 t = time.perf_counter()
-                flat.search(xq[i:i + 1], RAW_K)
+                flat.search(xq[i : i + 1], RAW_K)
                 single.append(time.perf_counter() - t)
             t = time.perf_counter()
             flat.search(xb, RAW_K)
             batch_s = time.perf_counter() - t
-            out["values"].append({"hamming_batch_size": int(hb),
-                                  "single_p50_ms": float(np.median(single) * 1e3),
-                                  "batch_qps": cfg.batch / batch_s})
+            out["values"].append(
+                {
+                    "hamming_batch_size": int(hb),
+                    "single_p50_ms": float(np.median(single) * 1e3),
+                    "batch_qps": cfg.batch / batch_s,
+                }
+            )
     finally:
         faiss.cvar.hamming_batch_size = old
     out["best_single"] = min(out["values"], key=lambda v: v["single_p50_ms"])["hamming_batch_size"]
@@ -414,8 +505,9 @@ def _lut_breakdown(idx, w: wl.Workload, nq: int) -> dict:
         accs = {}
         for book, q in (("normal", w.query_normal), ("abnormal", w.query_abnormal)):
             t = idx.tables[book]
-            accs[book] = SCANS["lut"](idx.codes[book], t.query_table(t.to_reps(q[i:i + 1])[0],
-                                                                     "hamming"))
+            accs[book] = SCANS["lut"](
+                idx.codes[book], t.query_table(t.to_reps(q[i : i + 1])[0], "hamming")
+            )
         t1 = time.perf_counter()
         dist = finish("hamming", accs["normal"]) + finish("hamming", accs["abnormal"])
         t2 = time.perf_counter()
@@ -427,8 +519,9 @@ def _lut_breakdown(idx, w: wl.Workload, nq: int) -> dict:
     out = {k: float(np.median(v)) for k, v in parts.items()}
     out["n"] = idx.ntotal
     out["lookups"] = 2 * idx.ntotal * idx.codes["normal"].shape[1]
-    out["ns_per_lookup_per_core"] = (out["scan_ms"] * 1e6 * rp.machine_info()["cores"]
-                                     / out["lookups"])
+    out["ns_per_lookup_per_core"] = (
+        out["scan_ms"] * 1e6 * rp.machine_info()["cores"] / out["lookups"]
+    )
     return out
 
 
@@ -447,27 +540,56 @@ def _int_list(ctx, param, value):
     return out
 
 
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--sizes", callback=_int_list, default=None,
-              help="Comma-separated archive sizes in slices [10000,100000,1000000; "
-                   "--quick: 10000,100000].")
-@click.option("--queries", type=click.IntRange(1), default=None,
-              help="Query slices, and single-query calls per figure [50; --quick: 20].")
-@click.option("--batch", type=click.IntRange(1), default=64, show_default=True,
-              help="Queries per call for the batched throughput.")
-@click.option("--from-index", "from_index", type=click.Path(exists=True, file_okay=False),
-              default=None, help="Take the codebooks and per-position code usage from this "
-                                 "index directory instead of the synthetic model.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Results directory [benchmarks/results/speed-cpu; --quick: "
-                   "benchmarks/results/speed-cpu-quick].")
+@click.option(
+    "--sizes",
+    callback=_int_list,
+    default=None,
+    help="Comma-separated archive sizes in slices [10000,100000,1000000; --quick: 10000,100000].",
+)
+@click.option(
+    "--queries",
+    type=click.IntRange(1),
+    default=None,
+    help="Query slices, and single-query calls per figure [50; --quick: 20].",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Queries per call for the batched throughput.",
+)
+@click.option(
+    "--from-index",
+    "from_index",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Take the codebooks and per-position code usage from this "
+    "index directory instead of the synthetic model.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Results directory [benchmarks/results/speed-cpu; --quick: "
+    "benchmarks/results/speed-cpu-quick].",
+)
 @click.option("--quick", is_flag=True, help="Sizes 10k and 100k, 20 queries: a few minutes.")
-@click.option("--bit-budget", type=click.IntRange(8), default=64, show_default=True,
-              help="Bits per grid position kept for D_H and the FAISS binary indexes "
-                   "(multiple of 8).")
-@click.option("--ivf-nlist", type=click.IntRange(1), default=128, show_default=True,
-              help="IndexBinaryIVF lists (capped at N/39).")
+@click.option(
+    "--bit-budget",
+    type=click.IntRange(8),
+    default=64,
+    show_default=True,
+    help="Bits per grid position kept for D_H and the FAISS binary indexes (multiple of 8).",
+)
+@click.option(
+    "--ivf-nlist",
+    type=click.IntRange(1),
+    default=128,
+    show_default=True,
+    help="IndexBinaryIVF lists (capped at N/39).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Workload seed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the targets as JSON on stdout.")
 def main(sizes, queries, batch, from_index, out, quick, bit_budget, ivf_nlist, seed, as_json):
@@ -476,12 +598,17 @@ def main(sizes, queries, batch, from_index, out, quick, bit_budget, ivf_nlist, s
 
     logging.basicConfig(level=logging.WARNING)
     if bit_budget % 8:
-        raise click.BadParameter(f"must be a multiple of 8, got {bit_budget}",
-                                 param_hint="--bit-budget")
+        raise click.BadParameter(
+            f"must be a multiple of 8, got {bit_budget}", param_hint="--bit-budget"
+        )
     cfg = SpeedConfig(
         sizes=sizes or ((10_000, 100_000) if quick else (10_000, 100_000, 1_000_000)),
-        queries=queries or (20 if quick else 50), batch=batch, seed=seed,
-        bit_budget=bit_budget, ivf_nlist=ivf_nlist, from_index=from_index,
+        queries=queries or (20 if quick else 50),
+        batch=batch,
+        seed=seed,
+        bit_budget=bit_budget,
+        ivf_nlist=ivf_nlist,
+        from_index=from_index,
         name="speed-cpu-quick" if quick else "speed-cpu",
     )
     out_dir = Path(out) if out else rp.RESULTS_ROOT / cfg.name

@@ -14,8 +14,18 @@ from benchmarks import report as rp
 from benchmarks import workload as wl
 from hashindex import DISTANCES, MODES
 
-__all__ = ["DISTANCES", "MODES", "RAW_K", "TOPQ", "FloatFlat", "cpu_seconds", "recall_at_q",
-           "select_rows", "time_batch", "time_single"]
+__all__ = [
+    "DISTANCES",
+    "MODES",
+    "RAW_K",
+    "TOPQ",
+    "FloatFlat",
+    "cpu_seconds",
+    "recall_at_q",
+    "select_rows",
+    "time_batch",
+    "time_single",
+]
 
 TOPQ = 10
 RAW_K = 100  # k of the raw single-round k-NN timing (scan cost without the grow-k rounds)
@@ -26,8 +36,7 @@ def select_rows(results: dict, **match) -> list[dict]:
     return [r for r in results["rows"] if all(r.get(k) == v for k, v in match.items())]
 
 
-def time_single(fn, n_queries: int, max_calls: int, max_seconds: float,
-                min_calls: int = 5) -> dict:
+def time_single(fn, n_queries: int, max_calls: int, max_seconds: float, min_calls: int = 5) -> dict:
     """Latency of ``fn(ids)`` with one query id per call, cycling over the queries.
 
     Two warm-up calls first; stops after ``max_calls`` calls, or after ``max_seconds`` once
@@ -94,7 +103,7 @@ class FloatFlat:
         self.dim = P * sum(b.shape[1] for b in self.books)
         index = faiss.IndexFlatL2(self.dim) if self.metric == "l2" else faiss.IndexFlatIP(self.dim)
         for s in range(0, n, chunk):
-            index.add(self.decode([g[s:s + chunk] for g in grids]))
+            index.add(self.decode([g[s : s + chunk] for g in grids]))
         if self.use_gpu:
             index = faiss.index_cpu_to_all_gpus(index)
         self.index = index
@@ -118,7 +127,6 @@ class FloatFlat:
 # ---------------------------------------------------------------------------- the run
 
 
-
 def recall_at_q(approx, exact) -> float:
     """Tie-aware volume-wise recall@Q of an approximate result against the exact one.
 
@@ -136,11 +144,8 @@ def recall_at_q(approx, exact) -> float:
     return float(np.mean(hits))
 
 
-
 def cpu_seconds() -> float:
     import resource
 
     u = resource.getrusage(resource.RUSAGE_SELF)
     return u.ru_utime + u.ru_stime
-
-

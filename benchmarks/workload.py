@@ -64,9 +64,15 @@ class Workload:
         if not 0 < n <= self.n:
             raise ValueError(f"n must be in 1..{self.n}, got {n}")
         return Workload(
-            self.codebook_normal, self.codebook_abnormal, self.codes_normal[:n],
-            self.codes_abnormal[:n], self.volume_ids[:n], self.query_normal, self.query_abnormal,
-            self.query_volumes, self.source,
+            self.codebook_normal,
+            self.codebook_abnormal,
+            self.codes_normal[:n],
+            self.codes_abnormal[:n],
+            self.volume_ids[:n],
+            self.query_normal,
+            self.query_abnormal,
+            self.query_volumes,
+            self.source,
         )
 
 
@@ -84,7 +90,7 @@ def decode(codebook: np.ndarray, codes: np.ndarray, out: np.ndarray | None = Non
         out = np.empty((n, P * D), np.float32)
     step = 16384  # bounds the (step, P, D) temporary
     for s in range(0, n, step):
-        out[s:s + step] = codebook[flat[s:s + step]].reshape(-1, P * D)
+        out[s : s + step] = codebook[flat[s : s + step]].reshape(-1, P * D)
     return out
 
 
@@ -92,7 +98,10 @@ def decode(codebook: np.ndarray, codes: np.ndarray, out: np.ndarray | None = Non
 
 
 def synthetic_codebook(
-    rng: np.random.Generator, K: int = 512, D: int = 64, dead_fraction: float = 0.65,
+    rng: np.random.Generator,
+    K: int = 512,
+    D: int = 64,
+    dead_fraction: float = 0.65,
     n_clusters: int = 12,
 ) -> np.ndarray:
     """(K, D) float32 codebook: ``dead_fraction`` of the rows near zero, the rest clustered.
@@ -143,7 +152,7 @@ def _sample_rows(cdf: np.ndarray, row: np.ndarray, rng: np.random.Generator) -> 
     """
     R, C = cdf.shape
     flat = (cdf + np.arange(R)[:, None]).ravel()
-    flat[C - 1::C] = np.arange(1, R + 1) - 1e-12  # exact row ends despite rounding
+    flat[C - 1 :: C] = np.arange(1, R + 1) - 1e-12  # exact row ends despite rounding
     u = rng.random(row.shape) * (1 - 1e-12) + row
     idx = np.searchsorted(flat, u, side="right") - row * C
     return np.minimum(idx, C - 1)
@@ -177,8 +186,13 @@ class _SyntheticUsage:
 
 
 def _synthetic_usage(
-    rng: np.random.Generator, book_n: np.ndarray, book_a: np.ndarray, grid: tuple[int, int],
-    depth_bins: int = 16, lesion_types: int = 6, exponent: float = 1.2,
+    rng: np.random.Generator,
+    book_n: np.ndarray,
+    book_a: np.ndarray,
+    grid: tuple[int, int],
+    depth_bins: int = 16,
+    lesion_types: int = 6,
+    exponent: float = 1.2,
 ) -> _SyntheticUsage:
     h, w = grid
     D = book_n.shape[1]
@@ -190,10 +204,16 @@ def _synthetic_usage(
     z = (np.arange(depth_bins) + 0.5) / depth_bins
     y, x = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
     zz, yy, xx = z[:, None], y.ravel()[None, :], x.ravel()[None, :]
-    basis = np.stack(np.broadcast_arrays(
-        np.ones_like(zz * yy), np.cos(np.pi * yy) + 0 * zz, np.sin(np.pi * xx) + 0 * zz,
-        2 * zz - 1 + 0 * yy, yy * xx + 0 * zz,
-    ), axis=-1)  # (Z, P, 5)
+    basis = np.stack(
+        np.broadcast_arrays(
+            np.ones_like(zz * yy),
+            np.cos(np.pi * yy) + 0 * zz,
+            np.sin(np.pi * xx) + 0 * zz,
+            2 * zz - 1 + 0 * yy,
+            yy * xx + 0 * zz,
+        ),
+        axis=-1,
+    )  # (Z, P, 5)
     anchors = (basis @ A).reshape(-1, D)
     p_in = _zipf_by_proximity(book_n[inside].astype(np.float64), anchors, exponent)
     probs = np.zeros((anchors.shape[0], live_n.size))
@@ -201,7 +221,7 @@ def _synthetic_usage(
     probs[:, col] = p_in
     # Outside the head (a disc whose radius follows the depth) the background code dominates.
     radius = 0.35 + 0.75 * np.sin(np.pi * (0.08 + 0.84 * z))  # (Z,)
-    outside = (np.sqrt(yy ** 2 + xx ** 2) > radius[:, None]).ravel()
+    outside = (np.sqrt(yy**2 + xx**2) > radius[:, None]).ravel()
     bg_col = int(np.searchsorted(live_n, background))
     probs[outside] *= 0.05
     probs[outside, bg_col] += 0.95
@@ -219,7 +239,10 @@ def _synthetic_usage(
 
 
 def _synthetic_volumes(
-    usage: _SyntheticUsage, n_volumes: int, rng: np.random.Generator, persistence: float,
+    usage: _SyntheticUsage,
+    n_volumes: int,
+    rng: np.random.Generator,
+    persistence: float,
     diseased: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw n_volumes volumes: normal (V, S, P) and abnormal (V, S, P) uint16, lesion area (V, S)."""
@@ -256,16 +279,24 @@ def _synthetic_volumes(
         kind = np.where(core, 2 * t, 2 * t + 1)
         codes = usage.lesion_live[_sample_rows(usage.lesion_cdf, kind, rng)]
         codes = _persist(codes[None], (rng.random((1, length, P)) < persistence))[0]
-        block = abnormal[v, start:start + length]
+        block = abnormal[v, start : start + length]
         block[inside] = codes[inside]
-        area[v, start:start + length] = inside.sum(axis=1)
+        area[v, start : start + length] = inside.sum(axis=1)
     return normal, abnormal, area
 
 
 def synthetic(
-    n_slices: int, n_queries: int = 50, *, seed: int = 0, K: int = 512, D: int = 64,
-    grid: tuple[int, int] = (8, 8), dead_fraction: float = 0.65, persistence: float = 0.7,
-    diseased: float = 0.8, block_volumes: int = 512,
+    n_slices: int,
+    n_queries: int = 50,
+    *,
+    seed: int = 0,
+    K: int = 512,
+    D: int = 64,
+    grid: tuple[int, int] = (8, 8),
+    dead_fraction: float = 0.65,
+    persistence: float = 0.7,
+    diseased: float = 0.8,
+    block_volumes: int = 512,
 ) -> Workload:
     """A synthetic archive of ``n_slices`` rows (whole volumes of 155, the last one cut) + queries.
 
@@ -279,7 +310,13 @@ def synthetic(
     book_a = synthetic_codebook(rng, K, D, dead_fraction)
     usage = _synthetic_usage(rng, book_n, book_a, grid)
     return _assemble(
-        book_n, book_a, n_slices, n_queries, seed, grid, block_volumes,
+        book_n,
+        book_a,
+        n_slices,
+        n_queries,
+        seed,
+        grid,
+        block_volumes,
         lambda n_vol, r: _synthetic_volumes(usage, n_vol, r, persistence, diseased),
         f"synthetic(seed={seed}, K={K}, D={D}, dead_fraction={dead_fraction}, "
         f"persistence={persistence}, diseased={diseased})",
@@ -295,8 +332,8 @@ def _assemble(book_n, book_a, n_slices, n_queries, seed, grid, block_volumes, dr
     for b, v0 in enumerate(range(0, n_vol, block_volumes)):
         nv = min(block_volumes, n_vol - v0)
         normal, abnormal, _ = draw(nv, np.random.default_rng([seed, 1, b]))
-        codes_n[v0 * S:(v0 + nv) * S] = normal.reshape(-1, h, w)
-        codes_a[v0 * S:(v0 + nv) * S] = abnormal.reshape(-1, h, w)
+        codes_n[v0 * S : (v0 + nv) * S] = normal.reshape(-1, h, w)
+        codes_a[v0 * S : (v0 + nv) * S] = abnormal.reshape(-1, h, w)
     volume_ids = np.repeat(np.arange(n_vol, dtype=np.int64), S)
     # Queries: the largest-lesion slice of new diseased volumes (the paper's 4.4.6 protocol).
     qn, qa, qv = [], [], []
@@ -321,8 +358,15 @@ def _assemble(book_n, book_a, n_slices, n_queries, seed, grid, block_volumes, dr
                 qv.append(next_id)
                 next_id += 1
     return Workload(
-        book_n, book_a, codes_n[:n_slices], codes_a[:n_slices], volume_ids[:n_slices],
-        np.stack(qn), np.stack(qa), np.asarray(qv, np.int64), source,
+        book_n,
+        book_a,
+        codes_n[:n_slices],
+        codes_a[:n_slices],
+        volume_ids[:n_slices],
+        np.stack(qn),
+        np.stack(qa),
+        np.asarray(qv, np.int64),
+        source,
     )
 
 
@@ -342,8 +386,10 @@ def read_index_usage(index_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
     for name in ("codebook_normal.npy", "codebook_abnormal.npy"):
         path = index_dir / name
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; --from-index needs an index directory "
-                                    "written by `fdn-index build`")
+            raise FileNotFoundError(
+                f"{path}: missing; --from-index needs an index directory "
+                "written by `fdn-index build`"
+            )
         book = np.load(path)
         if book.ndim != 2:
             raise ValueError(f"{path}: expected a (K, D) codebook, found shape {book.shape}")
@@ -356,21 +402,31 @@ def read_index_usage(index_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
     for name, book in zip(("normal", "abnormal"), books, strict=True):
         codes = np.asarray(group[name][...])
         if codes.ndim != 3 or codes.dtype != np.uint16:
-            raise ValueError(f"{codes_path}/{name}: expected (N, h, w) uint16, found "
-                             f"{codes.shape} {codes.dtype}")
+            raise ValueError(
+                f"{codes_path}/{name}: expected (N, h, w) uint16, found {codes.shape} {codes.dtype}"
+            )
         if codes.size and int(codes.max()) >= book.shape[0]:
-            raise ValueError(f"{codes_path}/{name}: code {int(codes.max())} out of range for a "
-                             f"codebook of K={book.shape[0]}")
+            raise ValueError(
+                f"{codes_path}/{name}: code {int(codes.max())} out of range for a "
+                f"codebook of K={book.shape[0]}"
+            )
         arrays.append(codes)
     if arrays[0].shape != arrays[1].shape or arrays[0].shape[0] == 0:
-        raise ValueError(f"{codes_path}: normal {arrays[0].shape} and abnormal "
-                         f"{arrays[1].shape} must be equal and non-empty")
+        raise ValueError(
+            f"{codes_path}: normal {arrays[0].shape} and abnormal "
+            f"{arrays[1].shape} must be equal and non-empty"
+        )
     return books[0], books[1], arrays[0], arrays[1]
 
 
 def from_index(
-    index_dir: Path, n_slices: int, n_queries: int = 50, *, seed: int = 0,
-    persistence: float = 0.7, block_volumes: int = 512,
+    index_dir: Path,
+    n_slices: int,
+    n_queries: int = 50,
+    *,
+    seed: int = 0,
+    persistence: float = 0.7,
+    block_volumes: int = 512,
 ) -> Workload:
     """A workload with a real index's codebooks and per-position code usage.
 
@@ -402,7 +458,14 @@ def from_index(
 
     log.info("workload from %s: %d real rows, grid %s", index_dir, real_n.shape[0], grid)
     return _assemble(
-        book_n, book_a, n_slices, n_queries, seed, tuple(grid), block_volumes, draw,
+        book_n,
+        book_a,
+        n_slices,
+        n_queries,
+        seed,
+        tuple(grid),
+        block_volumes,
+        draw,
         f"from-index({Path(index_dir).resolve()}, {real_n.shape[0]} rows, seed={seed}, "
         f"persistence={persistence})",
     )

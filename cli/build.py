@@ -60,8 +60,18 @@ from hashindex.fileio import WriteTargetError
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
 def build(
-    archive, model_dir, index_dir, add, skip_bad, batch_size, bit_budget, ivf_nlist, device,
-    workers, scheduler, as_json
+    archive,
+    model_dir,
+    index_dir,
+    add,
+    skip_bad,
+    batch_size,
+    bit_budget,
+    ivf_nlist,
+    device,
+    workers,
+    scheduler,
+    as_json,
 ):
     """Encode every slice of ARCHIVE into Zarr code grids and build the hash indexes."""
     from fdn.build import build_index
@@ -72,8 +82,10 @@ def build(
         raise click.UsageError("Give --workers (a local cluster) or --scheduler, not both.")
     try:
         n_cases = len(Archive(archive).case_ids)
-        with cluster_client(workers, scheduler) as client, \
-                tqdm(total=n_cases, desc="encode", unit="case", disable=as_json) as bar:
+        with (
+            cluster_client(workers, scheduler) as client,
+            tqdm(total=n_cases, desc="encode", unit="case", disable=as_json) as bar,
+        ):
             report = build_index(
                 archive,
                 model_dir,
@@ -102,10 +114,15 @@ def build(
         click.echo(f"  skipped {bad['case']}: {bad['fault']}")
     stages = report.stages
     if stages.get("slices"):
-        click.echo("  seconds: " + ", ".join(
-            f"{k.removesuffix('_s')} {v:.1f}" for k, v in stages.items() if k.endswith("_s"))
+        click.echo(
+            "  seconds: "
+            + ", ".join(
+                f"{k.removesuffix('_s')} {v:.1f}" for k, v in stages.items() if k.endswith("_s")
+            )
             + f" ({stages['slices']} slices encoded now"
-            + (f", on {len(report.workers)} workers" if len(report.workers) > 1 else "") + ")")
+            + (f", on {len(report.workers)} workers" if len(report.workers) > 1 else "")
+            + ")"
+        )
     for book in ("normal", "abnormal"):
         info = report.hashindex.get(book, {}) if isinstance(report.hashindex, dict) else {}
         if info:

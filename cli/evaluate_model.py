@@ -17,8 +17,12 @@ def _fmt(v, digits: int = 4) -> str:
 @click.command("evaluate-model")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("archive", type=click.Path(exists=True, file_okay=False))
-@click.option("--histogram", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="PNG of the codebook norm histogram [default: MODEL_DIR/codebook_norms.png].")
+@click.option(
+    "--histogram",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="PNG of the codebook norm histogram [default: MODEL_DIR/codebook_norms.png].",
+)
 @skip_bad_option
 @device_option("the model")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -30,8 +34,15 @@ def evaluate_model(model_dir, archive, histogram, skip_bad, device, as_json):
     hist = Path(histogram) if histogram else Path(model_dir) / "codebook_norms.png"
     try:
         model, config = load_model(model_dir, device="cpu")
-        r = run(model, config, archive, skip_bad=skip_bad, device=device, histogram_path=hist,
-                progress=not as_json)
+        r = run(
+            model,
+            config,
+            archive,
+            skip_bad=skip_bad,
+            device=device,
+            histogram_path=hist,
+            progress=not as_json,
+        )
     except (WriteTargetError, FdnError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     if as_json:
@@ -48,8 +59,9 @@ def evaluate_model(model_dir, archive, histogram, skip_bad, device, as_json):
         "volume-wise Dice (4.4.2)           mean     std  volumes",
     ]
     for name, d in r["dice"].items():
-        lines.append(f"  {name:<32}{_fmt(d['mean'], 3):>6}  {_fmt(d['std'], 3):>6}  "
-                     f"{d['volumes']:>7}")
+        lines.append(
+            f"  {name:<32}{_fmt(d['mean'], 3):>6}  {_fmt(d['std'], 3):>6}  {d['volumes']:>7}"
+        )
     c = r["compactness"]
     lines += [
         "codebook compactness (4.4.4, share of norms < 1e-5)",

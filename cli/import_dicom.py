@@ -11,19 +11,36 @@ from fdn.errors import FdnError
 
 
 @click.command("import-dicom")
-@click.argument("paths", nargs=-1, required=True, metavar="[SOURCE] ARCHIVE",
-                type=click.Path(file_okay=False))
-@click.option("--pacs", metavar="URL", default=None,
-              help="Sync from this DICOMweb root (QIDO-RS/WADO-RS), e.g. "
-                   "http://pacs:8042/dicom-web, instead of reading SOURCE.")
-@click.option("--mapping", type=click.Path(exists=True, dir_okay=False), default=None,
-              help='JSON rules that override the sequence identification, e.g. '
-                   '{"t1ce": ["AX T1 POST"], "ignore": ["T2 STAR"]}.')
-@click.option("--auth-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help='PACS credentials: JSON {"username": …, "password": …} or {"token": …} '
-                   "[default: FDN_PACS_USERNAME/FDN_PACS_PASSWORD or FDN_PACS_TOKEN].")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print the report (imported and skipped studies, with reasons) as JSON.")
+@click.argument(
+    "paths", nargs=-1, required=True, metavar="[SOURCE] ARCHIVE", type=click.Path(file_okay=False)
+)
+@click.option(
+    "--pacs",
+    metavar="URL",
+    default=None,
+    help="Sync from this DICOMweb root (QIDO-RS/WADO-RS), e.g. "
+    "http://pacs:8042/dicom-web, instead of reading SOURCE.",
+)
+@click.option(
+    "--mapping",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="JSON rules that override the sequence identification, e.g. "
+    '{"t1ce": ["AX T1 POST"], "ignore": ["T2 STAR"]}.',
+)
+@click.option(
+    "--auth-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help='PACS credentials: JSON {"username": …, "password": …} or {"token": …} '
+    "[default: FDN_PACS_USERNAME/FDN_PACS_PASSWORD or FDN_PACS_TOKEN].",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the report (imported and skipped studies, with reasons) as JSON.",
+)
 def import_dicom(paths, pacs, mapping, auth_file, as_json):
     """Import the complete MR studies (T1, T1Gd, T2, FLAIR) of SOURCE, a folder of DICOM files
     of any layout, or of a PACS (--pacs URL), into ARCHIVE, one case folder per study.
@@ -45,8 +62,9 @@ def import_dicom(paths, pacs, mapping, auth_file, as_json):
     try:
         rules = load_mapping(mapping) if mapping else None
         if pacs is not None:
-            report = sync_pacs(pacs, paths[0], mapping=rules, auth=load_credentials(auth_file),
-                               progress=progress)
+            report = sync_pacs(
+                pacs, paths[0], mapping=rules, auth=load_credentials(auth_file), progress=progress
+            )
         else:
             report = run_import(paths[0], paths[1], mapping=rules, progress=progress)
     except FdnError as exc:
@@ -56,21 +74,30 @@ def import_dicom(paths, pacs, mapping, auth_file, as_json):
     else:
         _print_report(report)
     if report.failed:
-        raise click.ClickException("no study was imported" + (
-            "; see the reasons above" if report.skipped or report.bad_files else
-            ": no DICOM study found"))
+        raise click.ClickException(
+            "no study was imported"
+            + (
+                "; see the reasons above"
+                if report.skipped or report.bad_files
+                else ": no DICOM study found"
+            )
+        )
 
 
 def _print_report(report) -> None:
-    click.echo(f"Archive {report.archive}: {len(report.imported)} studies imported, "
-               f"{len(report.already)} already there, {len(report.skipped)} skipped, "
-               f"{len(report.bad_files)} files not read ({report.bytes_read / 1e6:.1f} MB read).")
+    click.echo(
+        f"Archive {report.archive}: {len(report.imported)} studies imported, "
+        f"{len(report.already)} already there, {len(report.skipped)} skipped, "
+        f"{len(report.bad_files)} files not read ({report.bytes_read / 1e6:.1f} MB read)."
+    )
     for entry in report.imported:
         click.echo(f"  imported {entry['case']}  (study {entry['study_uid']})")
     for entry in report.skipped:
-        where = f"study {entry['study_uid']}" + (
-            f", series {entry['series_uid']}" if entry.get("series_uid") else "") + (
-            f", file {entry['file']}" if entry.get("file") else "")
+        where = (
+            f"study {entry['study_uid']}"
+            + (f", series {entry['series_uid']}" if entry.get("series_uid") else "")
+            + (f", file {entry['file']}" if entry.get("file") else "")
+        )
         click.echo(f"  skipped {where}: {entry['reason']}")
     for entry in report.bad_files:
         click.echo(f"  not read {entry['file']}: {entry['reason']}")

@@ -115,12 +115,19 @@ def query(
         raise click.UsageError("Give the query as either --case ID or --input PATH (not both).")
     sharded = is_sharded(index_dir)
     if scheduler and not sharded:
-        raise click.UsageError(f"--scheduler needs a folder of shards (fdn-index shard); "
-                               f"{index_dir} is one index.")
+        raise click.UsageError(
+            f"--scheduler needs a folder of shards (fdn-index shard); {index_dir} is one index."
+        )
     try:
-        options = query_options(mode, distance=distance, topq=topq, backend=backend,
-                                nprobe=nprobe, normalized_sum=normalized_sum,
-                                include_same_volume=include_same_volume)
+        options = query_options(
+            mode,
+            distance=distance,
+            topq=topq,
+            backend=backend,
+            nprobe=nprobe,
+            normalized_sum=normalized_sum,
+            include_same_volume=include_same_volume,
+        )
         if montage:
             check_write_target(montage)  # refuse /dev/null, a folder, a link before any work
         with cluster_client(None, scheduler) as client:
@@ -153,8 +160,12 @@ def query(
 
     if as_json:
         out = result.to_dict()
-        out.update(index=str(index_dir), open_seconds=opened - started, total_seconds=total,
-                   montage=montage)
+        out.update(
+            index=str(index_dir),
+            open_seconds=opened - started,
+            total_seconds=total,
+            montage=montage,
+        )
         click.echo(json.dumps(out, indent=2))
         return
     query_name = result.query
@@ -165,13 +176,16 @@ def query(
             f"{len(hits)} volumes in {secs * 1000:.1f} ms"
         )
         dicom = any(h.study_uid for h in hits)  # imported with import-dicom: show the study
-        click.echo(f"{'rank':>4}  {'case':<16} {'slice':>5}  {'distance':>12}  lesion px"
-                   + ("  study" if dicom else ""))
+        click.echo(
+            f"{'rank':>4}  {'case':<16} {'slice':>5}  {'distance':>12}  lesion px"
+            + ("  study" if dicom else "")
+        )
         for h in hits:
             area = "-" if h.lesion_area is None else str(h.lesion_area)
             study = f"  {h.study_uid or '-'}" if dicom else ""
-            click.echo(f"{h.rank:>4}  {h.case:<16} {h.slice:>5}  {h.distance:>12.4f}  {area:>9}"
-                       + study)
+            click.echo(
+                f"{h.rank:>4}  {h.case:<16} {h.slice:>5}  {h.distance:>12.4f}  {area:>9}" + study
+            )
     click.echo(
         f"\nIndex opened in {(opened - started) * 1000:.0f} ms; total {total * 1000:.0f} ms."
     )

@@ -15,14 +15,34 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
     show_default=True,
     help="Address to bind. Only this machine can connect unless you pass another, e.g. 0.0.0.0.",
 )
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
-              help="TCP port (0 picks a free one).")
-@click.option("--max-upload-mb", type=click.FloatRange(0, min_open=True), default=256,
-              show_default=True, help="Largest accepted upload (all files of a case together).")
-@click.option("--cache-mb", type=click.FloatRange(0), default=512, show_default=True,
-              help="Memory for the slice viewer's decoded cases (a BraTS-size case takes ~50 MB).")
-@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
-              default="warning", show_default=True, help="uvicorn's log level.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="TCP port (0 picks a free one).",
+)
+@click.option(
+    "--max-upload-mb",
+    type=click.FloatRange(0, min_open=True),
+    default=256,
+    show_default=True,
+    help="Largest accepted upload (all files of a case together).",
+)
+@click.option(
+    "--cache-mb",
+    type=click.FloatRange(0),
+    default=512,
+    show_default=True,
+    help="Memory for the slice viewer's decoded cases (a BraTS-size case takes ~50 MB).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    default="warning",
+    show_default=True,
+    help="uvicorn's log level.",
+)
 def serve(index_dir, host, port, max_upload_mb, cache_mb, log_level):
     """Serve an index over HTTP: the viewer at /, the API under /api, its docs at /docs.
 

@@ -10,17 +10,41 @@ from hashindex.fileio import WriteTargetError
 
 @click.command()
 @click.argument("out", type=click.Path(file_okay=False, writable=True))
-@click.option("--cases", "n_cases", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Number of cases (patients) to generate.")
-@click.option("--healthy-fraction", type=click.FloatRange(0.0, 1.0), default=0.3,
-              show_default=True, help="Fraction of cases without a lesion (rounded).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Random seed; the same seed gives byte-identical volumes.")
-@click.option("--size", type=click.IntRange(min=8), default=240, show_default=True,
-              help="In-plane size H: volumes are H×H×round(155·H/240) voxels (BraTS FOV).")
-@click.option("--overwrite", is_flag=True,
-              help="Replace OUT if it already exists (by default an existing OUT is refused "
-                   "unless it is this very archive).")
+@click.option(
+    "--cases",
+    "n_cases",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Number of cases (patients) to generate.",
+)
+@click.option(
+    "--healthy-fraction",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.3,
+    show_default=True,
+    help="Fraction of cases without a lesion (rounded).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Random seed; the same seed gives byte-identical volumes.",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(min=8),
+    default=240,
+    show_default=True,
+    help="In-plane size H: volumes are H×H×round(155·H/240) voxels (BraTS FOV).",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace OUT if it already exists (by default an existing OUT is refused "
+    "unless it is this very archive).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
 def synth(out, n_cases, healthy_fraction, seed, size, overwrite, as_json):
     """Generate OUT, an archive of synthetic cases built from the MNI152 anatomy.
@@ -32,14 +56,26 @@ def synth(out, n_cases, healthy_fraction, seed, size, overwrite, as_json):
     from fdn.synth import healthy_cases, synthesize_archive
 
     try:
-        ids = synthesize_archive(out, n_cases, healthy_fraction, seed, size=size,
-                                 progress=not as_json, overwrite=overwrite)
+        ids = synthesize_archive(
+            out,
+            n_cases,
+            healthy_fraction,
+            seed,
+            size=size,
+            progress=not as_json,
+            overwrite=overwrite,
+        )
     except (WriteTargetError, FileExistsError, ValueError, FdnError) as error:
         raise click.ClickException(str(error)) from None
     healthy = healthy_cases(n_cases, healthy_fraction, seed)
     healthy_ids = [cid for cid, is_healthy in zip(ids, healthy, strict=True) if is_healthy]
-    summary = {"archive": str(out), "cases": ids, "healthy": healthy_ids, "seed": seed,
-               "size": size}
+    summary = {
+        "archive": str(out),
+        "cases": ids,
+        "healthy": healthy_ids,
+        "seed": seed,
+        "size": size,
+    }
     if as_json:
         click.echo(json.dumps(summary))
     else:

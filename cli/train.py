@@ -18,8 +18,9 @@ def _command_line(ctx: click.Context) -> str:
         value = ctx.params.get(param.name)
         if isinstance(param, click.Argument):
             parts.append(str(value))
-        elif param.name == "preset" or (value is not None and value is not False
-                                        and value != param.default):
+        elif param.name == "preset" or (
+            value is not None and value is not False and value != param.default
+        ):
             flag = max(param.opts, key=len)
             parts += [flag] if value is True else [flag, str(value)]
     return " ".join(shlex.quote(p) for p in parts)
@@ -27,41 +28,100 @@ def _command_line(ctx: click.Context) -> str:
 
 @click.command()
 @click.argument("archive", type=click.Path(exists=True, file_okay=False))
-@click.option("--preset", type=click.Choice(["fdn-4x4", "fdn-8x8", "fdn-16x16", "fdn-32x32",
-                                             "cpu-64", "cpu-128", "tiny"]),
-              default="cpu-64", show_default=True,
-              help="Model configuration: the paper's fdn-HxW (256² input, GPU), or a CPU "
-                   "preset (cpu-64: 64² input, 8×8 codes).")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, writable=True),
-              help="Model directory to write (config.json, checkpoint.pt, weights.pt, "
-                   "metrics.jsonl, samples/).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Number of epochs (default: the preset's).")
-@click.option("--batch-size", type=click.IntRange(min=2), default=None,
-              help="Slices per batch, half healthy and half diseased (default: the preset's).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Adam learning rate (default: the preset's).")
-@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Time budget: stop cleanly with a final checkpoint after this many minutes.")
-@click.option("--max-steps", type=click.IntRange(min=1), default=None,
-              help="Stop after this many optimizer steps in total.")
-@click.option("--checkpoint-minutes", type=click.FloatRange(min=0, min_open=True),
-              default=10.0, show_default=True, help="Interval between checkpoints.")
-@click.option("--resume", is_flag=True,
-              help="Continue the run in --out where it stopped: its saved config and RNG states "
-                   "win over --preset/--batch-size/--lr (only --epochs may change).")
-@click.option("--no-dm", is_flag=True,
-              help="Switch off distribution matching (no critic, no L_reg).")
+@click.option(
+    "--preset",
+    type=click.Choice(
+        ["fdn-4x4", "fdn-8x8", "fdn-16x16", "fdn-32x32", "cpu-64", "cpu-128", "tiny"]
+    ),
+    default="cpu-64",
+    show_default=True,
+    help="Model configuration: the paper's fdn-HxW (256² input, GPU), or a CPU "
+    "preset (cpu-64: 64² input, 8×8 codes).",
+)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, writable=True),
+    help="Model directory to write (config.json, checkpoint.pt, weights.pt, "
+    "metrics.jsonl, samples/).",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Number of epochs (default: the preset's).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Slices per batch, half healthy and half diseased (default: the preset's).",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Adam learning rate (default: the preset's).",
+)
+@click.option(
+    "--max-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Time budget: stop cleanly with a final checkpoint after this many minutes.",
+)
+@click.option(
+    "--max-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many optimizer steps in total.",
+)
+@click.option(
+    "--checkpoint-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Interval between checkpoints.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out where it stopped: its saved config and RNG states "
+    "win over --preset/--batch-size/--lr (only --epochs may change).",
+)
+@click.option(
+    "--no-dm", is_flag=True, help="Switch off distribution matching (no critic, no L_reg)."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @skip_bad_option
 @device_option("training")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for torch. Default: 1 for inputs up to 128² on CPU (these "
-                   "small models gain nothing from threads, and threads spin badly on a busy "
-                   "machine), else torch's choice.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads for torch. Default: 1 for inputs up to 128² on CPU (these "
+    "small models gain nothing from threads, and threads spin badly on a busy "
+    "machine), else torch's choice.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
-def train(archive, preset, out, epochs, batch_size, lr, max_minutes, max_steps,
-          checkpoint_minutes, resume, no_dm, seed, skip_bad, device, threads, as_json):
+def train(
+    archive,
+    preset,
+    out,
+    epochs,
+    batch_size,
+    lr,
+    max_minutes,
+    max_steps,
+    checkpoint_minutes,
+    resume,
+    no_dm,
+    seed,
+    skip_bad,
+    device,
+    threads,
+    as_json,
+):
     """Train an FDN on the slices of ARCHIVE and write it to --out.
 
     Every batch holds healthy slices (no lesion label) and diseased ones, half each.
@@ -81,29 +141,52 @@ def train(archive, preset, out, epochs, batch_size, lr, max_minutes, max_steps,
     threads = training_threads(resolved, config.image_size, threads)
     if threads is not None:
         torch.set_num_threads(threads)
-    changes = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr))
-               if v is not None}
+    changes = {
+        k: v
+        for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr))
+        if v is not None
+    }
     if no_dm:
         changes["distribution_matching"] = False
     config = replace(config, **changes)
     command = _command_line(click.get_current_context())
     try:
-        result = run_training(archive, out, config, preset, resume=resume, seed=seed,
-                              max_minutes=max_minutes, max_steps=max_steps, device=device,
-                              progress=not as_json, checkpoint_minutes=checkpoint_minutes,
-                              skip_bad=skip_bad, command=command)
+        result = run_training(
+            archive,
+            out,
+            config,
+            preset,
+            resume=resume,
+            seed=seed,
+            max_minutes=max_minutes,
+            max_steps=max_steps,
+            device=device,
+            progress=not as_json,
+            checkpoint_minutes=checkpoint_minutes,
+            skip_bad=skip_bad,
+            command=command,
+        )
     except (WriteTargetError, FdnError, ValueError) as error:
         raise click.ClickException(str(error)) from None
-    summary = {"model_dir": str(result.model_dir), "steps": result.steps,
-               "epochs": result.epochs_done, "stopped": result.stopped,
-               "elapsed_s": round(result.elapsed_s, 1), "last_metrics": result.last_metrics}
+    summary = {
+        "model_dir": str(result.model_dir),
+        "steps": result.steps,
+        "epochs": result.epochs_done,
+        "stopped": result.stopped,
+        "elapsed_s": round(result.elapsed_s, 1),
+        "last_metrics": result.last_metrics,
+    }
     if as_json:
         click.echo(json.dumps(summary))
         return
     m = result.last_metrics
-    click.echo(f"Trained {result.steps} steps ({result.epochs_done} epochs, "
-               f"{result.elapsed_s / 60:.1f} min, stopped: {result.stopped}) -> {out}")
+    click.echo(
+        f"Trained {result.steps} steps ({result.epochs_done} epochs, "
+        f"{result.elapsed_s / 60:.1f} min, stopped: {result.stopped}) -> {out}"
+    )
     if m:
         dice = m.get("dice_lesion")
-        click.echo(f"last epoch: L_rec {m['rec']:.4f}  L_seg {m['seg']:.4f}  "
-                   f"L_lat {m['lat']:.4f}  lesion Dice {dice if dice is None else round(dice, 3)}")
+        click.echo(
+            f"last epoch: L_rec {m['rec']:.4f}  L_seg {m['seg']:.4f}  "
+            f"L_lat {m['lat']:.4f}  lesion Dice {dice if dice is None else round(dice, 3)}"
+        )

@@ -49,8 +49,6 @@ log = logging.getLogger(__name__)
 CHUNK_ROWS = 4096
 
 
-
-
 def assemble_index(
     journal_dir: Path,
     target: Path,
@@ -75,8 +73,14 @@ def assemble_index(
     staging = Path(tempfile.mkdtemp(dir=target, prefix=".assemble.", suffix=TEMP_SUFFIX))
     try:
         hash_report, n_slices = _assemble(
-            journal_dir, staging, cases, model, config, checksum,
-            bit_budget=bit_budget, ivf_nlist=ivf_nlist,
+            journal_dir,
+            staging,
+            cases,
+            model,
+            config,
+            checksum,
+            bit_budget=bit_budget,
+            ivf_nlist=ivf_nlist,
         )
         _copy_model(model_dir, staging / MODEL_DIR, checksum)
         manifest = Manifest(
@@ -97,7 +101,6 @@ def assemble_index(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return hash_report, n_slices
-
 
 
 def _assemble(

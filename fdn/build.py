@@ -55,6 +55,7 @@ from hashindex.fileio import (
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class BuildReport:
     index_dir: str
@@ -119,8 +120,21 @@ def build_index(
 
 
 def _build_locked(
-    archive, model, config, checksum, model_dir, index_dir, *, add, skip_bad, batch_size,
-    bit_budget, ivf_nlist, device, on_case, client
+    archive,
+    model,
+    config,
+    checksum,
+    model_dir,
+    index_dir,
+    *,
+    add,
+    skip_bad,
+    batch_size,
+    bit_budget,
+    ivf_nlist,
+    device,
+    on_case,
+    client,
 ) -> BuildReport:
     """`build_index` once the build lock is held."""
     archive_root = archive.root
@@ -152,9 +166,19 @@ def _build_locked(
                 f"{index_dir}: case {case} is planned from {plan['sources'][case]} but is not "
                 f"in {archive_root}. Run the build again with the archive that holds it."
             )
-        todo.append(CaseTask(str(archive.root), case, str(model_dir), checksum,
-                             str(encoded_path), plan["sources"][case], inputs, batch_size,
-                             device if client is None else None))
+        todo.append(
+            CaseTask(
+                str(archive.root),
+                case,
+                str(model_dir),
+                checksum,
+                str(encoded_path),
+                plan["sources"][case],
+                inputs,
+                batch_size,
+                device if client is None else None,
+            )
+        )
     # Encode here, or one task per case on a Dask cluster (`fdn.distributed`); either way each
     # case ends as a journal entry, and assembly below reads only the journal.
     if client is None:
@@ -183,9 +207,18 @@ def _build_locked(
         raise ArchiveError(f"{archive_root}: no valid case to index (all were skipped as bad).")
     assemble_started = time.perf_counter()
     hash_report, n_slices = assemble_index(
-        index_dir, index_dir, cases, model, config, checksum, model_dir,
-        preset=plan["preset"], skipped_cases=sorted(skipped),
-        archive_roots=plan["archive_roots"], bit_budget=bit_budget, ivf_nlist=ivf_nlist,
+        index_dir,
+        index_dir,
+        cases,
+        model,
+        config,
+        checksum,
+        model_dir,
+        preset=plan["preset"],
+        skipped_cases=sorted(skipped),
+        archive_roots=plan["archive_roots"],
+        bit_budget=bit_budget,
+        ivf_nlist=ivf_nlist,
     )
     report.stages["assemble_s"] = time.perf_counter() - assemble_started
     report.n_cases, report.n_slices, report.hashindex = len(cases), n_slices, hash_report
@@ -330,5 +363,3 @@ def _preset_of(model_dir: Path) -> str:
         return json.loads((model_dir / CONFIG_FILE).read_text()).get("preset") or ""
     except (OSError, ValueError):
         return ""
-
-

@@ -49,29 +49,43 @@ def make_dir(path: str | Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise WriteTargetError(f"{path}: cannot create the folder ({e.strerror or e}); choose "
-                               "another output folder") from None
+        raise WriteTargetError(
+            f"{path}: cannot create the folder ({e.strerror or e}); choose another output folder"
+        ) from None
     return path
 
 
 # The keys every checkpoint.pt holds, and the type of each (see `fdn.training.Trainer.state`).
 CHECKPOINT_KEYS: dict[str, type | tuple[type, ...]] = {
-    "model": dict, "critic": dict, "optimizer_model": dict, "optimizer_critic": dict,
-    "config": dict, "preset": (str, type(None)), "seed": int, "step": int, "epoch": int,
-    "step_in_epoch": int, "elapsed_s": (int, float), "rng": dict,
+    "model": dict,
+    "critic": dict,
+    "optimizer_model": dict,
+    "optimizer_critic": dict,
+    "config": dict,
+    "preset": (str, type(None)),
+    "seed": int,
+    "step": int,
+    "epoch": int,
+    "step_in_epoch": int,
+    "elapsed_s": (int, float),
+    "rng": dict,
 }
 
 
 def config_from_dict(d: Any, source: str) -> FDNConfig:
     """The FDNConfig a config dict describes; ModelError (naming `source`) for anything else."""
     if not isinstance(d, dict):
-        raise ModelError(f"{source}: the config must be a JSON object of FDNConfig fields, "
-                         f"found {type(d).__name__}; restore the file or retrain")
+        raise ModelError(
+            f"{source}: the config must be a JSON object of FDNConfig fields, "
+            f"found {type(d).__name__}; restore the file or retrain"
+        )
     names = {f.name for f in fields(FDNConfig)}
     missing = names - d.keys()
     if missing:
-        raise ModelError(f"{source}: config lacks {sorted(missing)}; the model directory was "
-                         "written by another version; retrain or use a matching fdn-index")
+        raise ModelError(
+            f"{source}: config lacks {sorted(missing)}; the model directory was "
+            "written by another version; retrain or use a matching fdn-index"
+        )
     try:
         return FDNConfig(**{k: d[k] for k in names})
     except (TypeError, ValueError) as e:
@@ -98,8 +112,10 @@ def read_config(model_dir: str | Path) -> FDNConfig:
     """The FDNConfig in model_dir/config.json. Raises ModelError."""
     path = Path(model_dir) / CONFIG_FILE
     if not path.is_file():
-        raise ModelError(f"{path}: missing; {model_dir} is not a complete model directory "
-                         "(train it with `fdn-index train`, or resume with --resume)")
+        raise ModelError(
+            f"{path}: missing; {model_dir} is not a complete model directory "
+            "(train it with `fdn-index train`, or resume with --resume)"
+        )
     try:
         cfg_dict = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -116,44 +132,57 @@ def load_checkpoint(model_dir: str | Path, device: str | torch.device = "cpu") -
         # weights_only=True: tensors and plain data only, never code (see the module docstring).
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # torch raises many kinds on a truncated, foreign or hostile file
-        raise ModelError(f"{path}: cannot read the checkpoint ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}); it is corrupt, not an "
-                         "fdn-index checkpoint, or holds objects other than tensors and plain "
-                         "data; retrain or restore it") from None
+        raise ModelError(
+            f"{path}: cannot read the checkpoint ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); it is corrupt, not an "
+            "fdn-index checkpoint, or holds objects other than tensors and plain "
+            "data; retrain or restore it"
+        ) from None
     if not isinstance(state, dict):
-        raise ModelError(f"{path}: expected a checkpoint dict, found {type(state).__name__}; "
-                         "retrain or restore it")
+        raise ModelError(
+            f"{path}: expected a checkpoint dict, found {type(state).__name__}; "
+            "retrain or restore it"
+        )
     for key, kind in CHECKPOINT_KEYS.items():
         if key not in state:
-            raise ModelError(f"{path}: the checkpoint lacks {key!r}; it was written by another "
-                             "program or version; retrain or restore it")
+            raise ModelError(
+                f"{path}: the checkpoint lacks {key!r}; it was written by another "
+                "program or version; retrain or restore it"
+            )
         if not isinstance(state[key], kind) or isinstance(state[key], bool):
-            raise ModelError(f"{path}: checkpoint[{key!r}] should be of type "
-                             f"{getattr(kind, '__name__', kind)}, found "
-                             f"{type(state[key]).__name__}; retrain or restore it")
+            raise ModelError(
+                f"{path}: checkpoint[{key!r}] should be of type "
+                f"{getattr(kind, '__name__', kind)}, found "
+                f"{type(state[key]).__name__}; retrain or restore it"
+            )
     config_from_dict(state["config"], f"{path} (its config)")
     return state
 
 
-def load_model(model_dir: str | Path, device: str | torch.device = "cpu"
-               ) -> tuple[FDN, FDNConfig]:
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[FDN, FDNConfig]:
     """Model of a model directory, in eval mode on `device`. Raises ModelError."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise ModelError(f"{model_dir}: not a directory; pass a model directory written by "
-                         "`fdn-index train --out`")
+        raise ModelError(
+            f"{model_dir}: not a directory; pass a model directory written by "
+            "`fdn-index train --out`"
+        )
     w_path = model_dir / WEIGHTS_FILE
     config = read_config(model_dir)
     if not w_path.is_file():
-        raise ModelError(f"{w_path}: missing; {model_dir} is not a complete model directory "
-                         "(train it with `fdn-index train`, or resume with --resume)")
+        raise ModelError(
+            f"{w_path}: missing; {model_dir} is not a complete model directory "
+            "(train it with `fdn-index train`, or resume with --resume)"
+        )
     model = FDN(config)
     try:
         weights = torch.load(w_path, map_location="cpu", weights_only=True)
         model.load_state_dict(weights)
     except Exception as e:
-        raise ModelError(f"{w_path}: cannot load the weights ({e}); the file is corrupt or "
-                         "belongs to another config; retrain or restore it") from e
+        raise ModelError(
+            f"{w_path}: cannot load the weights ({e}); the file is corrupt or "
+            "belongs to another config; retrain or restore it"
+        ) from e
     # channels_last, as in training: the same memory format gives bit-identical outputs
     model.to(device).to(memory_format=torch.channels_last).eval()
     return model, config

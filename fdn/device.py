@@ -21,8 +21,9 @@ def resolve_device(requested=None) -> str:
         return "cpu"
     if isinstance(requested, str) and (requested == "cuda" or requested.startswith("cuda:")):
         if not torch.cuda.is_available():
-            raise FdnError(f"--device {requested}: torch sees no CUDA GPU here; use --device "
-                           "cpu or auto")
+            raise FdnError(
+                f"--device {requested}: torch sees no CUDA GPU here; use --device cpu or auto"
+            )
         return requested
     raise FdnError(f"device must be auto, cpu or cuda; got {requested!r}")
 

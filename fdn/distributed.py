@@ -64,9 +64,11 @@ def _model(model_dir: str, checksum: str, device: str):
         from fdn.errors import ModelError
 
         if model_checksum(model_dir) != checksum:
-            raise ModelError(f"{model_dir}: the weights differ from the ones the build was "
-                             "started with (another file on this worker?). Every worker must "
-                             "see the same model directory.")
+            raise ModelError(
+                f"{model_dir}: the weights differ from the ones the build was "
+                "started with (another file on this worker?). Every worker must "
+                "see the same model directory."
+            )
         _MODELS.clear()  # one model per process
         _MODELS[key] = load_model(model_dir, device=device)[0]
     return _MODELS[key]
@@ -95,12 +97,12 @@ def encode_case(task: CaseTask) -> CaseResult:
     except ArchiveError as exc:
         return CaseResult(task.case, str(exc), stages, _worker_name())
     t = time.perf_counter()
-    normal, abnormal = encode_images(model, volume.image, batch_size=task.batch_size,
-                                     device=device)
+    normal, abnormal = encode_images(model, volume.image, batch_size=task.batch_size, device=device)
     stages["encode_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    write_encoded(Path(task.journal_path), volume, normal, abnormal, task.checksum,
-                   task.source, task.inputs)
+    write_encoded(
+        Path(task.journal_path), volume, normal, abnormal, task.checksum, task.source, task.inputs
+    )
     stages["write_s"] = time.perf_counter() - t
     stages["slices"] = int(normal.shape[0])
     return CaseResult(task.case, None, stages, _worker_name())
@@ -127,8 +129,12 @@ def encode_cases(tasks: list[CaseTask], client=None) -> Iterator[CaseResult]:
     from distributed import as_completed
 
     # pure=False: a rerun after a failure must run again, not reuse a cached result
-    futures = [client.submit(encode_case, task, key=f"encode-{task.case}-{os.getpid()}",
-                             pure=False, retries=2) for task in tasks]
+    futures = [
+        client.submit(
+            encode_case, task, key=f"encode-{task.case}-{os.getpid()}", pure=False, retries=2
+        )
+        for task in tasks
+    ]
     try:
         for future in as_completed(futures):
             yield future.result()
@@ -150,7 +156,14 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None):
         with Client(scheduler, timeout="30s") as client:
             yield client
         return
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client

@@ -24,10 +24,22 @@ class DicomImportError(ArchiveError):
     """A DICOM study, series or file cannot be imported: `study`, `series` and `file` say where
     (None when unknown), `fault` what is wrong and how to fix it."""
 
-    def __init__(self, fault: str, *, study: str | None = None, series: str | None = None,
-                 file: str | None = None):
+    def __init__(
+        self,
+        fault: str,
+        *,
+        study: str | None = None,
+        series: str | None = None,
+        file: str | None = None,
+    ):
         self.study, self.series, self.file, self.fault = study, series, file, fault
-        where = ", ".join(part for part in (
-            f"study {study}" if study else "", f"series {series}" if series else "",
-            f"file {file}" if file else "") if part)
+        where = ", ".join(
+            part
+            for part in (
+                f"study {study}" if study else "",
+                f"series {series}" if series else "",
+                f"file {file}" if file else "",
+            )
+            if part
+        )
         super().__init__(f"{where}: {fault}" if where else fault)

@@ -31,8 +31,9 @@ logger = logging.getLogger(__name__)
 CLASS_NAMES = {1: "NET", 2: "ED", 3: "ET"}
 
 
-def codebook_compactness(codebook: torch.Tensor | np.ndarray, threshold: float = ZERO_NORM
-                         ) -> tuple[float, np.ndarray]:
+def codebook_compactness(
+    codebook: torch.Tensor | np.ndarray, threshold: float = ZERO_NORM
+) -> tuple[float, np.ndarray]:
     """(share of rows with L2 norm < threshold, the norms (K,)). codebook: (K, D)."""
     norms = np.linalg.norm(np.asarray(codebook, dtype=np.float64), axis=1)
     return float(np.mean(norms < threshold)), norms
@@ -49,7 +50,7 @@ def _predict_volume(model: FDN, image: np.ndarray, dev: torch.device, batch_size
     plus, minus, seg = [], [], []
     with torch.no_grad():
         for s in range(0, image.shape[0], batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(image[s:s + batch_size], np.float32))
+            x = torch.from_numpy(np.ascontiguousarray(image[s : s + batch_size], np.float32))
             out = model(x.to(dev).contiguous(memory_format=torch.channels_last))
             plus.append(out.x_hat_plus.float().cpu().numpy())
             minus.append(out.x_hat_minus.float().cpu().numpy())
@@ -57,10 +58,17 @@ def _predict_volume(model: FDN, image: np.ndarray, dev: torch.device, batch_size
     return np.concatenate(plus), np.concatenate(minus), np.concatenate(seg)
 
 
-def evaluate_model(model: FDN, config: FDNConfig, archive_root: str | Path, *,
-                   skip_bad: bool = False, device: str | None = "auto", batch_size: int = 32,
-                   histogram_path: str | Path | None = None, progress: bool = False
-                   ) -> dict[str, Any]:
+def evaluate_model(
+    model: FDN,
+    config: FDNConfig,
+    archive_root: str | Path,
+    *,
+    skip_bad: bool = False,
+    device: str | None = "auto",
+    batch_size: int = 32,
+    histogram_path: str | Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Evaluate `model` on every case of an archive; returns a JSON-ready dict.
 
     A `histogram_path` that cannot be written raises WriteTargetError before any case is read.
@@ -74,14 +82,20 @@ def evaluate_model(model: FDN, config: FDNConfig, archive_root: str | Path, *,
     archive = Archive(archive_root)
     rec_plus, rec_minus, n_pixels = [], [], None
     dices: dict[str, list[float]] = {name: [] for name in CLASS_NAMES.values()}
-    leak = {"xhat_minus_in_lesion": [], "xhat_minus_outside": [], "x_in_lesion": [],
-            "n_lesion_px": 0, "n_outside_px": 0}
+    leak = {
+        "xhat_minus_in_lesion": [],
+        "xhat_minus_outside": [],
+        "x_in_lesion": [],
+        "n_lesion_px": 0,
+        "n_outside_px": 0,
+    }
     used_n: set[int] = set()
     used_a: set[int] = set()
     n_cases = n_slices = 0
     volumes = archive.iter_volumes(config.image_size, skip_bad=skip_bad)
-    for vol in tqdm(volumes, total=len(archive.case_ids), disable=not progress, desc="evaluate",
-                    unit="case"):
+    for vol in tqdm(
+        volumes, total=len(archive.case_ids), disable=not progress, desc="evaluate", unit="case"
+    ):
         n_cases += 1
         keep = np.flatnonzero(vol.brain.reshape(vol.brain.shape[0], -1).any(1))
         if keep.size == 0:
@@ -93,11 +107,14 @@ def evaluate_model(model: FDN, config: FDNConfig, archive_root: str | Path, *,
         used_a.update(codes_a.unique().tolist())
         n_slices += keep.size
         n_pixels = x[0].size
-        classes = (seg_to_classes(vol.seg) if vol.seg is not None
-                   else np.zeros(vol.brain.shape, np.int64))
+        classes = (
+            seg_to_classes(vol.seg) if vol.seg is not None else np.zeros(vol.brain.shape, np.int64)
+        )
         lesion = (classes[keep] > 0)[:, None]  # M^+: (Z', 1, S, S)
         rec_plus.extend(np.abs(x - x_plus).reshape(keep.size, -1).sum(1, dtype=np.float64))
-        rec_minus.extend((np.abs(x - x_minus) * ~lesion).reshape(keep.size, -1).sum(1, dtype=np.float64))
+        rec_minus.extend(
+            (np.abs(x - x_minus) * ~lesion).reshape(keep.size, -1).sum(1, dtype=np.float64)
+        )
         if vol.seg is not None:
             pred = np.zeros(vol.brain.shape, np.int64)
             pred[keep] = y_hat
@@ -123,7 +140,9 @@ def evaluate_model(model: FDN, config: FDNConfig, archive_root: str | Path, *,
     compact_n, norms_n = codebook_compactness(model.quantizer_normal.codebook.cpu())
     compact_a, norms_a = codebook_compactness(model.quantizer_abnormal.codebook.cpu())
     result: dict[str, Any] = {
-        "archive": str(archive_root), "cases": n_cases, "slices": n_slices,
+        "archive": str(archive_root),
+        "cases": n_cases,
+        "slices": n_slices,
         "reconstruction": {
             "l1_plus_per_slice": float(np.mean(rec_plus)),
             "l1_minus_per_slice": float(np.mean(rec_minus)),
@@ -132,20 +151,29 @@ def evaluate_model(model: FDN, config: FDNConfig, archive_root: str | Path, *,
             "l1_plus_total": float(np.sum(rec_plus)),
             "l1_minus_total": float(np.sum(rec_minus)),
         },
-        "dice": {name: {"mean": float(np.mean(v)) if v else None,
-                        "std": float(np.std(v)) if v else None, "volumes": len(v)}
-                 for name, v in dices.items()},
-        "compactness": {"normal": compact_n, "abnormal": compact_a,
-                        "threshold": ZERO_NORM, "codebook_size": config.codebook_size},
+        "dice": {
+            name: {
+                "mean": float(np.mean(v)) if v else None,
+                "std": float(np.std(v)) if v else None,
+                "volumes": len(v),
+            }
+            for name, v in dices.items()
+        },
+        "compactness": {
+            "normal": compact_n,
+            "abnormal": compact_a,
+            "threshold": ZERO_NORM,
+            "codebook_size": config.codebook_size,
+        },
         "codes_used": {"normal": len(used_n), "abnormal": len(used_a)},
         "leakiness": None,
     }
     if leak["n_lesion_px"] > 0:
         result["leakiness"] = {
-            "mae_xhat_minus_vs_pseudohealthy_in_lesion":
-                sum(leak["xhat_minus_in_lesion"]) / leak["n_lesion_px"],
-            "mae_xhat_minus_vs_pseudohealthy_outside":
-                sum(leak["xhat_minus_outside"]) / max(1, leak["n_outside_px"]),
+            "mae_xhat_minus_vs_pseudohealthy_in_lesion": sum(leak["xhat_minus_in_lesion"])
+            / leak["n_lesion_px"],
+            "mae_xhat_minus_vs_pseudohealthy_outside": sum(leak["xhat_minus_outside"])
+            / max(1, leak["n_outside_px"]),
             "mae_x_vs_pseudohealthy_in_lesion": sum(leak["x_in_lesion"]) / leak["n_lesion_px"],
             "lesion_pixels": leak["n_lesion_px"],
         }
@@ -163,8 +191,10 @@ def save_norm_histogram(norms_normal: np.ndarray, norms_abnormal: np.ndarray, pa
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3))
-    for ax, norms, name in ((axes[0], norms_normal, "normal e⁻"),
-                            (axes[1], norms_abnormal, "abnormal e⁺")):
+    for ax, norms, name in (
+        (axes[0], norms_normal, "normal e⁻"),
+        (axes[1], norms_abnormal, "abnormal e⁺"),
+    ):
         ax.hist(norms, bins=50, color="tab:blue")
         share = float(np.mean(norms < ZERO_NORM))
         ax.set_title(f"{name}: {share:.0%} with norm < 1e-5")

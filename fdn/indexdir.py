@@ -153,7 +153,11 @@ def _valid_files(value) -> bool:
 
 # field -> (required, check, what it should be)
 _FIELDS = {
-    "model_checksum": (True, lambda v: isinstance(v, str) and _SHA256.match(v), "a sha256 hex digest"),
+    "model_checksum": (
+        True,
+        lambda v: isinstance(v, str) and _SHA256.match(v),
+        "a sha256 hex digest",
+    ),
     "preset": (True, lambda v: isinstance(v, str), "a string"),
     "input_size": (True, lambda v: _is_int(v) and v >= 1, "a positive integer"),
     "grid": (
@@ -483,7 +487,11 @@ def read_slice_table(
         )
     if n == 0 and n_cases != 0:
         raise IndexDirError(f"{path}: no rows, the manifest says {n_cases} cases. {fix}.")
-    starts = np.concatenate([[0], np.flatnonzero(steps) + 1]).astype(np.int64) if n else np.zeros(0, np.int64)
+    starts = (
+        np.concatenate([[0], np.flatnonzero(steps) + 1]).astype(np.int64)
+        if n
+        else np.zeros(0, np.int64)
+    )
     if not np.array_equal(ints("slice"), np.arange(n) - starts[volume]):
         raise IndexDirError(
             f"{path}: column 'slice' should count 0, 1, … within each volume. {fix}."

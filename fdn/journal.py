@@ -42,13 +42,23 @@ def journal_fault(path: Path, checksum: str, config, inputs: dict | None) -> str
             normal, abnormal, area = data["normal"], data["abnormal"], data["lesion_area"]
             str(data["source"])
             side = int(config.latent_size)
-            if normal.dtype != np.uint16 or normal.ndim != 3 or normal.shape[0] < 1 or \
-                    normal.shape[1:] != (side, side):
-                return f"codes are {normal.dtype} {normal.shape}, expected uint16 (n, {side}, {side})"
+            if (
+                normal.dtype != np.uint16
+                or normal.ndim != 3
+                or normal.shape[0] < 1
+                or normal.shape[1:] != (side, side)
+            ):
+                return (
+                    f"codes are {normal.dtype} {normal.shape}, expected uint16 (n, {side}, {side})"
+                )
             if abnormal.dtype != np.uint16 or abnormal.shape != normal.shape:
-                return f"abnormal codes are {abnormal.dtype} {abnormal.shape}, expected {normal.shape}"
+                return (
+                    f"abnormal codes are {abnormal.dtype} {abnormal.shape}, expected {normal.shape}"
+                )
             if area.dtype != np.int64 or area.shape != (normal.shape[0],):
-                return f"lesion_area is {area.dtype} {area.shape}, expected int64 ({normal.shape[0]},)"
+                return (
+                    f"lesion_area is {area.dtype} {area.shape}, expected int64 ({normal.shape[0]},)"
+                )
             K = int(config.codebook_size)
             if int(normal.max()) >= K or int(abnormal.max()) >= K:
                 return f"codes outside 0..{K - 1}"
@@ -96,5 +106,3 @@ def write_encoded(
         inputs=np.array(json.dumps(inputs, sort_keys=True)),
     )
     atomic_write(path, buffer.getvalue())
-
-

@@ -7,7 +7,6 @@ valid (unpadded) positions of an 11×11 Gaussian window, σ = 1.5, per channel (
 use_sample_covariance=False)` on the same window).
 """
 
-
 import torch
 import torch.nn.functional as F
 
@@ -71,16 +70,19 @@ def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
     return g / g.sum()
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float, win_size: int = 11,
-         sigma: float = 1.5) -> torch.Tensor:
+def ssim(
+    a: torch.Tensor, b: torch.Tensor, data_range: float, win_size: int = 11, sigma: float = 1.5
+) -> torch.Tensor:
     """Mean structural similarity of a, b: (B, C, H, W) (H, W >= win_size), a scalar.
 
     SSIM = (2 μa μb + C1)(2 σab + C2) / ((μa² + μb² + C1)(σa² + σb² + C2)),
     C1 = (0.01 L)², C2 = (0.03 L)², local moments under a separable Gaussian window.
     """
     if a.shape != b.shape or a.ndim != 4:
-        raise ValueError(f"ssim expects two (B, C, H, W) tensors of one shape, got "
-                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"ssim expects two (B, C, H, W) tensors of one shape, got "
+            f"{tuple(a.shape)} and {tuple(b.shape)}"
+        )
     a, b = at_least_fp32(a), at_least_fp32(b)
     ch = a.shape[1]
     g = _gaussian_window(win_size, sigma, a.device, a.dtype)
@@ -105,9 +107,13 @@ def l2_ssim_loss(x_hat: torch.Tensor, x: torch.Tensor, data_range: float) -> tor
     return F.mse_loss(at_least_fp32(x_hat), at_least_fp32(x)) + (1 - ssim(x_hat, x, data_range))
 
 
-def reconstruction_loss(x: torch.Tensor, x_hat_plus: torch.Tensor, x_hat_minus: torch.Tensor,
-                        lesion_mask: torch.Tensor, data_range: float
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def reconstruction_loss(
+    x: torch.Tensor,
+    x_hat_plus: torch.Tensor,
+    x_hat_minus: torch.Tensor,
+    lesion_mask: torch.Tensor,
+    data_range: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(L_rec^-, L_rec^+) of eq. 8-9; L_rec = their sum (eq. 10).
 
     x, x_hat_*: (B, C, H, W); lesion_mask M^+: (B, 1, H, W) {0, 1}, broadcast over channels.
@@ -124,9 +130,13 @@ def reconstruction_loss(x: torch.Tensor, x_hat_plus: torch.Tensor, x_hat_minus: 
 # --- eq. 11-12: distribution matching -------------------------------------------------------
 
 
-def critic_loss(critic, z_h: torch.Tensor, z_d: torch.Tensor, lambda_gp: float,
-                generator: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def critic_loss(
+    critic,
+    z_h: torch.Tensor,
+    z_d: torch.Tensor,
+    lambda_gp: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """L_critic = d_W + λ_gp (‖∇_{z_m} g(z_m)‖²₂ - 1)² (eq. 11) -> (loss, d_W, penalty).
 
     z_h, z_d: (n, D, h, w) detached normal codes of healthy and diseased slices, paired row by
@@ -135,8 +145,10 @@ def critic_loss(critic, z_h: torch.Tensor, z_d: torch.Tensor, lambda_gp: float,
     the plain norm; both are minimal at norm 1).
     """
     if z_h.shape != z_d.shape:
-        raise ValueError(f"critic_loss pairs z_h and z_d row by row; got {tuple(z_h.shape)} "
-                         f"and {tuple(z_d.shape)}")
+        raise ValueError(
+            f"critic_loss pairs z_h and z_d row by row; got {tuple(z_h.shape)} "
+            f"and {tuple(z_d.shape)}"
+        )
     d_w = critic(z_d).mean() - critic(z_h).mean()
     eps = torch.rand(z_h.shape[0], 1, 1, 1, device=z_h.device, generator=generator)
     z_m = (eps * z_h + (1 - eps) * z_d).requires_grad_(True)
@@ -157,7 +169,14 @@ def lesion_mask_from_target(target: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
-    "critic_loss", "focal_loss", "generalized_dice_loss", "l2_ssim_loss", "latent_loss",
-    "lesion_mask_from_target", "reconstruction_loss", "regularization_loss",
-    "segmentation_loss", "ssim",
+    "critic_loss",
+    "focal_loss",
+    "generalized_dice_loss",
+    "l2_ssim_loss",
+    "latent_loss",
+    "lesion_mask_from_target",
+    "reconstruction_loss",
+    "regularization_loss",
+    "segmentation_loss",
+    "ssim",
 ]

@@ -72,9 +72,11 @@ class SliceLoader:
             self._volumes[case] = load_case_files(files, self.size, case)
         volume = self._volumes[case]
         if not 0 <= slice_index < volume.image.shape[0]:
-            raise ArchiveError(f"case {case!r}: slice {slice_index} is out of range (the volume "
-                               f"has {volume.image.shape[0]} slices); the index does not match "
-                               "its archive, rebuild it")
+            raise ArchiveError(
+                f"case {case!r}: slice {slice_index} is out of range (the volume "
+                f"has {volume.image.shape[0]} slices); the index does not match "
+                "its archive, rebuild it"
+            )
         seg = None if volume.seg is None else volume.seg[slice_index]
         anat = None if volume.anat is None else volume.anat[slice_index]
         return volume.image[slice_index], seg, anat

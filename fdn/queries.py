@@ -279,9 +279,7 @@ def _case_slices(index, case: str) -> frozenset:
 
 def _lesion_areas(column) -> np.ndarray:
     """(N,) float64 lesion areas with NaN where the slice table has none."""
-    return np.array(
-        [np.nan if a is None or a != a else float(a) for a in column], dtype=np.float64
-    )
+    return np.array([np.nan if a is None or a != a else float(a) for a in column], dtype=np.float64)
 
 
 def check_case(index, case: str) -> str:
@@ -433,7 +431,9 @@ def load_query_slice(files: dict[str, Path], size: int, case_id: str, slice_inde
         slice_index = default_slice(None if seg is None else np.moveaxis(seg, 0, -1), depth)
     slice_index = _as_int("slice", slice_index)
     if not 0 <= slice_index < depth:
-        raise QueryError(f"{case_id} has slices 0..{depth - 1}; slice {slice_index} is out of range")
+        raise QueryError(
+            f"{case_id} has slices 0..{depth - 1}; slice {slice_index} is out of range"
+        )
     brain = np.any(raw.image != 0, axis=0)  # (H, W, Z)
     mean, std = zscore(raw.image, brain) if brain.any() else (None, None)
     if mean is None or np.any(std <= 1e-6 * np.maximum(np.abs(mean), 1)):
@@ -462,14 +462,18 @@ def check_nifti_sizes(case_id: str, files: dict[str, Path], max_voxels: int) -> 
             shape = tuple(int(n) for n in nib.load(path).shape)  # reads the header only
         except Exception as exc:  # nibabel raises many types for a file that is not NIfTI
             raise CaseError(
-                case_id, Path(Path(path).name), f"not a readable NIfTI file ({type(exc).__name__}: "
-                f"{exc}); send the {key} sequence as .nii or .nii.gz"
+                case_id,
+                Path(Path(path).name),
+                f"not a readable NIfTI file ({type(exc).__name__}: "
+                f"{exc}); send the {key} sequence as .nii or .nii.gz",
             ) from None
         voxels = int(np.prod(shape, dtype=np.int64)) if shape else 0
         if voxels > max_voxels:
             raise CaseError(
-                case_id, Path(Path(path).name), f"the {key} volume has shape {shape} "
-                f"({voxels:,} voxels); at most {max_voxels:,} voxels are accepted"
+                case_id,
+                Path(Path(path).name),
+                f"the {key} volume has shape {shape} "
+                f"({voxels:,} voxels); at most {max_voxels:,} voxels are accepted",
             )
 
 

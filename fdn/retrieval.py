@@ -292,7 +292,9 @@ def _read_codes(index_dir: Path, manifest: Manifest, verify: bool) -> tuple[np.n
     prefix = CODES + "/"
     buffer = default_buffer_prototype().buffer
     store = {
-        name[len(prefix) :]: buffer.from_bytes(read_listed(index_dir, manifest, name, verify=verify))
+        name[len(prefix) :]: buffer.from_bytes(
+            read_listed(index_dir, manifest, name, verify=verify)
+        )
         for name in sorted(manifest.files)
         if name.startswith(prefix)
     }

@@ -44,8 +44,7 @@ def is_sharded(folder: str | Path) -> bool:
     return (Path(folder) / SHARDS_FILE).is_file()
 
 
-def split_index(index_dir: str | Path, out_dir: str | Path, n_shards: int,
-                on_shard=None) -> dict:
+def split_index(index_dir: str | Path, out_dir: str | Path, n_shards: int, on_shard=None) -> dict:
     """Write `n_shards` shard indexes of the built index `index_dir` into `out_dir`.
 
     Cases are split in row order into contiguous runs of about equal slice counts. Needs the
@@ -59,11 +58,15 @@ def split_index(index_dir: str | Path, out_dir: str | Path, n_shards: int,
     index_dir, out_dir = Path(index_dir), Path(out_dir)
     source = open_index(index_dir)
     if not isinstance(n_shards, int) or not 1 <= n_shards <= len(source.cases):
-        raise IndexDirError(f"{index_dir}: --shards must be from 1 to the number of cases "
-                            f"({len(source.cases)}), got {n_shards!r}")
+        raise IndexDirError(
+            f"{index_dir}: --shards must be from 1 to the number of cases "
+            f"({len(source.cases)}), got {n_shards!r}"
+        )
     if not (index_dir / ENCODED_DIR).is_dir():
-        raise IndexDirError(f"{index_dir}: no build journal ({ENCODED_DIR}/), which the shards "
-                            "are assembled from. Split an index built on this machine.")
+        raise IndexDirError(
+            f"{index_dir}: no build journal ({ENCODED_DIR}/), which the shards "
+            "are assembled from. Split an index built on this machine."
+        )
     if out_dir.exists() and any(out_dir.iterdir()):
         raise IndexDirError(f"{out_dir}: exists and is not empty. Choose a new folder.")
     plan = read_plan(index_dir / PLAN)
@@ -82,20 +85,31 @@ def split_index(index_dir: str | Path, out_dir: str | Path, n_shards: int,
         name = f"shard-{k:03d}"
         (out_dir / name).mkdir()
         _, n_slices = assemble_index(
-            index_dir, out_dir / name, group, model, config, checksum, model_dir,
-            preset=source.manifest.preset, skipped_cases=[],
+            index_dir,
+            out_dir / name,
+            group,
+            model,
+            config,
+            checksum,
+            model_dir,
+            preset=source.manifest.preset,
+            skipped_cases=[],
             archive_roots=plan["archive_roots"] or source.manifest.archive_roots,
             bit_budget=source.manifest.hashindex.get("bit_budget"),
             ivf_nlist=source.manifest.hashindex.get("ivf_nlist"),
         )
-        shards.append({"path": name, "row_offset": offset, "n_slices": n_slices,
-                       "cases": group})
+        shards.append({"path": name, "row_offset": offset, "n_slices": n_slices, "cases": group})
         offset += n_slices
         if on_shard is not None:
             on_shard(name)
-    listing = {"format": FORMAT, "format_version": FORMAT_VERSION,
-               "source": str(index_dir.resolve()), "n_slices": offset,
-               "model_checksum": checksum, "shards": shards}
+    listing = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "source": str(index_dir.resolve()),
+        "n_slices": offset,
+        "model_checksum": checksum,
+        "shards": shards,
+    }
     atomic_write_json(out_dir / SHARDS_FILE, listing)  # written last: the set is complete
     return listing
 
@@ -106,15 +120,26 @@ def _read_listing(folder: Path) -> dict:
         listing = json.loads(path.read_bytes())
     except (OSError, ValueError) as exc:
         raise IndexDirError(f"{path}: unreadable ({exc}). Split the index again.") from None
-    ok = (isinstance(listing, dict) and listing.get("format") == FORMAT
-          and listing.get("format_version") == FORMAT_VERSION
-          and isinstance(listing.get("shards"), list) and listing["shards"]
-          and all(isinstance(s, dict) and isinstance(s.get("path"), str)
-                  and s["path"].startswith("shard-") and "/" not in s["path"]
-                  and isinstance(s.get("row_offset"), int) for s in listing["shards"]))
+    ok = (
+        isinstance(listing, dict)
+        and listing.get("format") == FORMAT
+        and listing.get("format_version") == FORMAT_VERSION
+        and isinstance(listing.get("shards"), list)
+        and listing["shards"]
+        and all(
+            isinstance(s, dict)
+            and isinstance(s.get("path"), str)
+            and s["path"].startswith("shard-")
+            and "/" not in s["path"]
+            and isinstance(s.get("row_offset"), int)
+            for s in listing["shards"]
+        )
+    )
     if not ok:
-        raise IndexDirError(f"{path}: not a shard listing of this fdn-index (format "
-                            f"{FORMAT} {FORMAT_VERSION}). Split the index again.")
+        raise IndexDirError(
+            f"{path}: not a shard listing of this fdn-index (format "
+            f"{FORMAT} {FORMAT_VERSION}). Split the index again."
+        )
     return listing
 
 
@@ -174,8 +199,12 @@ class ShardedIndex:
             workers = sorted(client.scheduler_info()["workers"])
             self.workers = [workers[k % len(workers)] for k in range(len(self.paths))]
             # open every shard on its worker now, so the first query pays nothing
-            client.gather([client.submit(_open_shard, p, workers=[w], pure=False)
-                           for p, w in zip(self.paths, self.workers, strict=True)])
+            client.gather(
+                [
+                    client.submit(_open_shard, p, workers=[w], pure=False)
+                    for p, w in zip(self.paths, self.workers, strict=True)
+                ]
+            )
             self.shards = None
         self._cases = [c for s in listing["shards"] for c in s["cases"]]
         self._shard_of_case = {c: k for k, s in enumerate(listing["shards"]) for c in s["cases"]}
@@ -183,8 +212,9 @@ class ShardedIndex:
         self.codes_normal = _GlobalCodes(self, "normal")
         self.codes_abnormal = _GlobalCodes(self, "abnormal")
         first = open_index(self.paths[0], verify=False) if client is not None else self.shards[0]
-        self.manifest = replace(first.manifest, n_slices=int(listing["n_slices"]),
-                                n_cases=len(self._cases))
+        self.manifest = replace(
+            first.manifest, n_slices=int(listing["n_slices"]), n_cases=len(self._cases)
+        )
         self._first = first
         self._table = None
 
@@ -207,18 +237,29 @@ class ShardedIndex:
         """The slice table of every shard, rows in the unsharded order (read on first use)."""
         if self._table is None:
             parts = [self._local(k).table for k in range(len(self.paths))]
-            self._table = {c: np.concatenate([np.asarray(p[c], dtype=object) if c in (
-                "case", "source", "study_uid", "series_uids") else np.asarray(p[c])
-                for p in parts]) for c in ("case", "slice", "source", "lesion_area")}
-            rows = np.concatenate([np.asarray(p["row"]) + off
-                                   for p, off in zip(parts, self.offsets, strict=True)])
+            self._table = {
+                c: np.concatenate(
+                    [
+                        np.asarray(p[c], dtype=object)
+                        if c in ("case", "source", "study_uid", "series_uids")
+                        else np.asarray(p[c])
+                        for p in parts
+                    ]
+                )
+                for c in ("case", "slice", "source", "lesion_area")
+            }
+            rows = np.concatenate(
+                [np.asarray(p["row"]) + off for p, off in zip(parts, self.offsets, strict=True)]
+            )
             self._table["row"] = rows
         return self._table
 
     def _owner(self, case: str) -> int:
         if case not in self._shard_of_case:
-            raise IndexDirError(f"{self.index_dir}: no case {case!r} in these shards "
-                                f"({len(self._cases)} cases, e.g. {', '.join(self._cases[:3])}).")
+            raise IndexDirError(
+                f"{self.index_dir}: no case {case!r} in these shards "
+                f"({len(self._cases)} cases, e.g. {', '.join(self._cases[:3])})."
+            )
         return self._shard_of_case[case]
 
     def default_slice(self, case: str) -> int:
@@ -238,22 +279,39 @@ class ShardedIndex:
         """Codes of an external image with the model every shard shares."""
         return self._first.encode(image)
 
-    def search_codes(self, normal, abnormal, *, exclude_volume: int | None = None,
-                     topq: int = 10, **options) -> list[Hit]:
+    def search_codes(
+        self, normal, abnormal, *, exclude_volume: int | None = None, topq: int = 10, **options
+    ) -> list[Hit]:
         """Volume-wise top-Q over every shard, merged exactly (see the module docstring)."""
         exclude_case = None if exclude_volume is None else self._cases[exclude_volume]
         options = {**options, "topq": topq}
         if self.client is None:
-            jobs = [self._pool.submit(_search_shard, p, normal, abnormal, exclude_case, options)
-                    for p in self.paths]
+            jobs = [
+                self._pool.submit(_search_shard, p, normal, abnormal, exclude_case, options)
+                for p in self.paths
+            ]
             per_shard = [j.result() for j in jobs]
         else:
-            per_shard = self.client.gather([
-                self.client.submit(_search_shard, p, normal, abnormal, exclude_case, options,
-                                   workers=[w], pure=False)
-                for p, w in zip(self.paths, self.workers, strict=True)])
-        hits = [replace(h, row=h.row + int(self.offsets[k]))
-                for k, shard_hits in enumerate(per_shard) for h in shard_hits]
+            per_shard = self.client.gather(
+                [
+                    self.client.submit(
+                        _search_shard,
+                        p,
+                        normal,
+                        abnormal,
+                        exclude_case,
+                        options,
+                        workers=[w],
+                        pure=False,
+                    )
+                    for p, w in zip(self.paths, self.workers, strict=True)
+                ]
+            )
+        hits = [
+            replace(h, row=h.row + int(self.offsets[k]))
+            for k, shard_hits in enumerate(per_shard)
+            for h in shard_hits
+        ]
         hits.sort(key=lambda h: (h.distance, h.row))
         return [replace(h, rank=i + 1) for i, h in enumerate(hits[:topq])]
 

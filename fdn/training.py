@@ -76,17 +76,25 @@ def _whole_lesion_dice(logits: torch.Tensor, target: torch.Tensor) -> float:
 class Trainer:
     """State of one training run: model, critic, optimizers, sampler, RNGs, counters."""
 
-    def __init__(self, config: FDNConfig, slices: SliceSet, preset: str | None, seed: int,
-                 device: torch.device):
+    def __init__(
+        self,
+        config: FDNConfig,
+        slices: SliceSet,
+        preset: str | None,
+        seed: int,
+        device: torch.device,
+    ):
         self.config, self.slices, self.preset, self.seed = config, slices, preset, seed
         self.device = device
         torch.manual_seed(seed)
         self.model = FDN(config).to(device).to(memory_format=torch.channels_last)
         self.critic = Critic(config.code_dim, config.latent_size).to(device)
-        self.opt_model = torch.optim.Adam(self.model.parameters(), lr=config.lr,
-                                          weight_decay=config.weight_decay)
-        self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=config.lr,
-                                           weight_decay=config.weight_decay)
+        self.opt_model = torch.optim.Adam(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.opt_critic = torch.optim.Adam(
+            self.critic.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
         self.sampler = HalfHalfSampler(slices.diseased, config.batch_size, seed)
         self.rng = torch.Generator().manual_seed(seed + 1)  # augmentation and ε of the GP
         self.step = 0  # optimizer steps done
@@ -110,29 +118,34 @@ class Trainer:
             out = self.model(x)
             l_seg = segmentation_loss(out.seg_logits, y, cfg.focal_gamma)
             rec_minus, rec_plus = reconstruction_loss(
-                x, out.x_hat_plus, out.x_hat_minus, lesion_mask_from_target(y),
-                cfg.ssim_data_range)
+                x, out.x_hat_plus, out.x_hat_minus, lesion_mask_from_target(y), cfg.ssim_data_range
+            )
         l_rec = rec_minus + rec_plus
-        metrics = {"lat": out.lat_loss.item(), "seg": l_seg.item(), "rec": l_rec.item(),
-                   "rec_minus": rec_minus.item(), "rec_plus": rec_plus.item(),
-                   "dice_lesion": _whole_lesion_dice(out.seg_logits.detach(), y)}
+        metrics = {
+            "lat": out.lat_loss.item(),
+            "seg": l_seg.item(),
+            "rec": l_rec.item(),
+            "rec_minus": rec_minus.item(),
+            "rec_plus": rec_plus.item(),
+            "dice_lesion": _whole_lesion_dice(out.seg_logits.detach(), y),
+        }
         total = cfg.lambda_lat * out.lat_loss + cfg.lambda_seg * l_seg + cfg.lambda_rec * l_rec
         if cfg.distribution_matching:
             z = out.z_q_normal.float()
             n = min(n_h, z.shape[0] - n_h)
-            z_h, z_d = z[:n], z[n_h:n_h + n]
+            z_h, z_d = z[:n], z[n_h : n_h + n]
             self.critic.requires_grad_(True)
             for _ in range(cfg.critic_steps):
                 self.opt_critic.zero_grad(set_to_none=True)
-                l_critic, d_w, gp = critic_loss(self.critic, z_h.detach(), z_d.detach(),
-                                                cfg.lambda_gp, self.rng)
+                l_critic, d_w, gp = critic_loss(
+                    self.critic, z_h.detach(), z_d.detach(), cfg.lambda_gp, self.rng
+                )
                 (cfg.lambda_critic * l_critic).backward()
                 self.opt_critic.step()
             self.critic.requires_grad_(False)  # L_reg trains the encoder, not g
             l_reg = regularization_loss(self.critic, z_d)
             total = total + cfg.lambda_reg * l_reg
-            metrics.update(critic=l_critic.item(), d_w=d_w.item(), gp=gp.item(),
-                           reg=l_reg.item())
+            metrics.update(critic=l_critic.item(), d_w=d_w.item(), gp=gp.item(), reg=l_reg.item())
         self.opt_model.zero_grad(set_to_none=True)
         total.backward()
         self.opt_model.step()
@@ -147,15 +160,22 @@ class Trainer:
 
     def state(self) -> dict[str, Any]:
         return {
-            "model": self.model.state_dict(), "critic": self.critic.state_dict(),
+            "model": self.model.state_dict(),
+            "critic": self.critic.state_dict(),
             "optimizer_model": self.opt_model.state_dict(),
             "optimizer_critic": self.opt_critic.state_dict(),
-            "config": asdict(self.config), "preset": self.preset, "seed": self.seed,
-            "step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+            "config": asdict(self.config),
+            "preset": self.preset,
+            "seed": self.seed,
+            "step": self.step,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
             "elapsed_s": self.elapsed_s,
-            "rng": {"torch": torch.get_rng_state(), "augment": self.rng.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
-                    else None},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "augment": self.rng.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -198,9 +218,13 @@ def save_samples(model: FDN, slices: SliceSet, path: Path, device: torch.device)
     with torch.no_grad():
         out = model(x.to(device).contiguous(memory_format=torch.channels_last))
     flair = slices.images.shape[1] - 1
-    rows = [("x", x[:, flair]), ("x̂+", out.x_hat_plus[:, flair].float().cpu()),
-            ("x̂-", out.x_hat_minus[:, flair].float().cpu()), ("y", y),
-            ("ŷ", out.seg_logits.argmax(1).cpu())]
+    rows = [
+        ("x", x[:, flair]),
+        ("x̂+", out.x_hat_plus[:, flair].float().cpu()),
+        ("x̂-", out.x_hat_minus[:, flair].float().cpu()),
+        ("y", y),
+        ("ŷ", out.seg_logits.argmax(1).cpu()),
+    ]
     n = len(idx)
     fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 1.6 * len(rows)), squeeze=False)
     lo, hi = float(x[:, flair].min()), float(x[:, flair].max())
@@ -223,8 +247,13 @@ def save_samples(model: FDN, slices: SliceSet, path: Path, device: torch.device)
         plt.close(fig)
 
 
-def train(archive_root: str | Path, model_dir: str | Path, config: FDNConfig,
-          preset: str | None = None, **kwargs) -> TrainResult:
+def train(
+    archive_root: str | Path,
+    model_dir: str | Path,
+    config: FDNConfig,
+    preset: str | None = None,
+    **kwargs,
+) -> TrainResult:
     """Train on an archive (see `train_on_slices` for the options).
 
     With resume=True the input size comes from the saved config, whatever `config` says.
@@ -237,12 +266,22 @@ def train(archive_root: str | Path, model_dir: str | Path, config: FDNConfig,
     return train_on_slices(slices, model_dir, config, preset, **kwargs)
 
 
-def train_on_slices(slices: SliceSet, model_dir: str | Path, config: FDNConfig,
-                    preset: str | None = None, *, resume: bool = False, seed: int = 0,
-                    max_minutes: float | None = None, max_steps: int | None = None,
-                    device: str | None = "auto", progress: bool = False,
-                    checkpoint_minutes: float = 10.0, samples: bool = True,
-                    command: str | None = None) -> TrainResult:
+def train_on_slices(
+    slices: SliceSet,
+    model_dir: str | Path,
+    config: FDNConfig,
+    preset: str | None = None,
+    *,
+    resume: bool = False,
+    seed: int = 0,
+    max_minutes: float | None = None,
+    max_steps: int | None = None,
+    device: str | None = "auto",
+    progress: bool = False,
+    checkpoint_minutes: float = 10.0,
+    samples: bool = True,
+    command: str | None = None,
+) -> TrainResult:
     """Run Algorithm 1 for config.epochs epochs (or until max_minutes / max_steps).
 
     resume: continue the checkpoint in model_dir (its config wins, except `epochs`).
@@ -258,19 +297,24 @@ def train_on_slices(slices: SliceSet, model_dir: str | Path, config: FDNConfig,
         config = FDNConfig(**{**asdict(saved), "epochs": config.epochs})
         preset, seed = state["preset"], state["seed"]
     elif (model_dir / CHECKPOINT_FILE).exists():
-        raise ModelError(f"{model_dir / CHECKPOINT_FILE} exists; pass --resume to continue it "
-                         "or choose another --out directory")
+        raise ModelError(
+            f"{model_dir / CHECKPOINT_FILE} exists; pass --resume to continue it "
+            "or choose another --out directory"
+        )
     if slices.images.shape[-1] != config.image_size:
-        raise ValueError(f"slices are {slices.images.shape[-1]}² but the model expects "
-                         f"{config.image_size}²")
+        raise ValueError(
+            f"slices are {slices.images.shape[-1]}² but the model expects {config.image_size}²"
+        )
     trainer = Trainer(config, slices, preset, seed, dev)
     if resume:
         try:
             trainer.load_state(state)
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-            raise ModelError(f"{model_dir / CHECKPOINT_FILE}: the checkpoint does not fit this "
-                             f"model and trainer ({type(e).__name__}: {e}); it is corrupt or "
-                             "from another version; retrain or restore it") from None
+            raise ModelError(
+                f"{model_dir / CHECKPOINT_FILE}: the checkpoint does not fit this "
+                f"model and trainer ({type(e).__name__}: {e}); it is corrupt or "
+                "from another version; retrain or restore it"
+            ) from None
         del state
     make_dir(model_dir)
     for name in (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, METRICS_FILE, COMMAND_FILE):
@@ -285,8 +329,14 @@ def train_on_slices(slices: SliceSet, model_dir: str | Path, config: FDNConfig,
     total_steps = config.epochs * trainer.sampler.steps_per_epoch
     stopped = "epochs"
     last: dict[str, Any] = {}
-    bar = tqdm(total=total_steps, initial=trainer.step, disable=not progress, unit="step",
-               desc="train", dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps,
+        initial=trainer.step,
+        disable=not progress,
+        unit="step",
+        desc="train",
+        dynamic_ncols=True,
+    )
     epoch_acc: dict[str, list[float]] = {}
 
     def checkpoint() -> None:
@@ -295,11 +345,15 @@ def train_on_slices(slices: SliceSet, model_dir: str | Path, config: FDNConfig,
 
     def end_epoch(partial: bool) -> None:
         nonlocal last
-        record = {k: float(np.nanmean(v)) if not all(np.isnan(v)) else None
-                  for k, v in epoch_acc.items()}
-        record.update(epoch=trainer.epoch + (0 if partial else 1), step=trainer.step,
-                      partial=partial,
-                      time_s=round(elapsed_before + time.monotonic() - start, 2))
+        record = {
+            k: float(np.nanmean(v)) if not all(np.isnan(v)) else None for k, v in epoch_acc.items()
+        }
+        record.update(
+            epoch=trainer.epoch + (0 if partial else 1),
+            step=trainer.step,
+            partial=partial,
+            time_s=round(elapsed_before + time.monotonic() - start, 2),
+        )
         _append_line(metrics_path, json.dumps(record))
         last = record
         epoch_acc.clear()
@@ -310,15 +364,24 @@ def train_on_slices(slices: SliceSet, model_dir: str | Path, config: FDNConfig,
             for k, v in m.items():
                 epoch_acc.setdefault(k, []).append(v)
             bar.update(1)
-            bar.set_postfix(rec=f"{m['rec']:.3f}", seg=f"{m['seg']:.3f}", lat=f"{m['lat']:.3f}",
-                            dice=f"{m['dice_lesion']:.2f}", refresh=False)
+            bar.set_postfix(
+                rec=f"{m['rec']:.3f}",
+                seg=f"{m['seg']:.3f}",
+                lat=f"{m['lat']:.3f}",
+                dice=f"{m['dice_lesion']:.2f}",
+                refresh=False,
+            )
             if trainer.step_in_epoch >= trainer.sampler.steps_per_epoch:
                 end_epoch(partial=False)
                 trainer.epoch += 1
                 trainer.step_in_epoch = 0
                 if samples:
-                    save_samples(trainer.model, slices,
-                                 model_dir / SAMPLES_DIR / f"epoch_{trainer.epoch:04d}.png", dev)
+                    save_samples(
+                        trainer.model,
+                        slices,
+                        model_dir / SAMPLES_DIR / f"epoch_{trainer.epoch:04d}.png",
+                        dev,
+                    )
             now = time.monotonic()
             if max_minutes is not None and now - start >= max_minutes * 60:
                 stopped = "time budget"
@@ -344,9 +407,11 @@ def _write_command(model_dir: Path, command: str, resume: bool) -> None:
 
     from fdn import __version__
 
-    text = (f"{command}\n# fdn-index {__version__}, torch {torch.__version__}, "
-            f"numpy {np.__version__}, python {platform.python_version()}, "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
+    text = (
+        f"{command}\n# fdn-index {__version__}, torch {torch.__version__}, "
+        f"numpy {np.__version__}, python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n"
+    )
     path = model_dir / COMMAND_FILE
     if resume:
         _append_line(path, text.rstrip("\n"))

@@ -73,10 +73,11 @@ def load_slices(archive_root: str | Path, size: int, skip_bad: bool = False) -> 
         cases += [vol.case] * keep.size
         index.append(keep)
     if not images:
-        raise ArchiveError(f"{archive_root}: no slice with brain found; is this a BraTS-layout "
-                           "archive (one folder per case with _t1/_t1ce/_t2/_flair)?")
-    return SliceSet(torch.cat(images), torch.cat(targets), np.array(cases),
-                    np.concatenate(index))
+        raise ArchiveError(
+            f"{archive_root}: no slice with brain found; is this a BraTS-layout "
+            "archive (one folder per case with _t1/_t1ce/_t2/_flair)?"
+        )
+    return SliceSet(torch.cat(images), torch.cat(targets), np.array(cases), np.concatenate(index))
 
 
 class HalfHalfSampler:
@@ -104,9 +105,11 @@ class HalfHalfSampler:
     def _perms(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._cache is None or self._cache[0] != epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._cache = (epoch, self.healthy_idx[torch.randperm(len(self.healthy_idx),
-                                                                  generator=g)],
-                           self.diseased_idx[torch.randperm(len(self.diseased_idx), generator=g)])
+            self._cache = (
+                epoch,
+                self.healthy_idx[torch.randperm(len(self.healthy_idx), generator=g)],
+                self.diseased_idx[torch.randperm(len(self.diseased_idx), generator=g)],
+            )
         return self._cache[1], self._cache[2]
 
     def batch_indices(self, epoch: int, step: int) -> torch.Tensor:
@@ -119,8 +122,9 @@ class HalfHalfSampler:
         return torch.cat([pick_h, pick_d])
 
 
-def augment(images: torch.Tensor, targets: torch.Tensor, max_degrees: float,
-            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(
+    images: torch.Tensor, targets: torch.Tensor, max_degrees: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random rotation in ±max_degrees and random horizontal flip, the same for image and label.
 
     images: (B, C, S, S) float32 (bilinear, edge values outside), targets: (B, S, S) int64
@@ -137,6 +141,7 @@ def augment(images: torch.Tensor, targets: torch.Tensor, max_degrees: float,
     theta = theta.to(images.device)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    lab = F.grid_sample(targets[:, None].float(), grid, mode="nearest", padding_mode="zeros",
-                        align_corners=False)
+    lab = F.grid_sample(
+        targets[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
+    )
     return out, lab[:, 0].round().long()

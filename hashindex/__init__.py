@@ -25,6 +25,13 @@ from hashindex.index import FORMAT_VERSION, MODES, HashIndex  # noqa: E402
 from hashindex.volumes import VolumeHits  # noqa: E402
 
 __all__ = [
-    "DISTANCES", "ENGINES", "FORMAT_VERSION", "MODES", "ZERO_NORM",
-    "HashIndex", "HashIndexError", "IndexFormatError", "VolumeHits",
+    "DISTANCES",
+    "ENGINES",
+    "FORMAT_VERSION",
+    "MODES",
+    "ZERO_NORM",
+    "HashIndex",
+    "HashIndexError",
+    "IndexFormatError",
+    "VolumeHits",
 ]

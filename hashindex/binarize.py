@@ -70,7 +70,10 @@ def pair_indices(K: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def hyperplane_bits(
-    sqdist: np.ndarray, pair_i: np.ndarray, pair_j: np.ndarray, codes: np.ndarray | None = None,
+    sqdist: np.ndarray,
+    pair_i: np.ndarray,
+    pair_j: np.ndarray,
+    codes: np.ndarray | None = None,
     chunk: int = 64,
 ) -> np.ndarray:
     """Packed bits ``[‖e_k − e_i‖² ≤ ‖e_k − e_j‖²]`` for the given pairs.
@@ -94,7 +97,7 @@ def hyperplane_bits(
     nbytes = (pair_i.size + 7) // 8
     out = np.zeros((codes.size, nbytes), np.uint8)
     for start in range(0, codes.size, chunk):
-        rows = sqdist[codes[start:start + chunk]]
+        rows = sqdist[codes[start : start + chunk]]
         bits = rows[:, pair_i] <= rows[:, pair_j]
-        out[start:start + chunk] = np.packbits(bits, axis=1, bitorder="little")
+        out[start : start + chunk] = np.packbits(bits, axis=1, bitorder="little")
     return out

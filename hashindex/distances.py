@@ -56,9 +56,15 @@ class CodebookTables:
         packed = hyperplane_bits(sq, pairs[:, 0], pairs[:, 1])
         v = vectors.astype(np.float64)[reps]
         return cls(
-            vectors=vectors, pairs=pairs, packed=packed, reps=reps, rep_of=rep_of,
-            hamming=hamming_table(packed[reps]), sqeuclid=sq[np.ix_(reps, reps)],
-            gram=v @ v.T, sqnorm=np.einsum("rd,rd->r", v, v),
+            vectors=vectors,
+            pairs=pairs,
+            packed=packed,
+            reps=reps,
+            rep_of=rep_of,
+            hamming=hamming_table(packed[reps]),
+            sqeuclid=sq[np.ix_(reps, reps)],
+            gram=v @ v.T,
+            sqnorm=np.einsum("rd,rd->r", v, v),
         )
 
     @property
@@ -80,8 +86,9 @@ class CodebookTables:
 
     def to_reps(self, codes: np.ndarray) -> np.ndarray:
         """(N, h, w) uint16 code indices → (N, P) representative ids (uint8 when R ≤ 256)."""
-        return np.ascontiguousarray(self.rep_of[codes.reshape(codes.shape[0], -1)]
-                                    .astype(self.code_dtype))
+        return np.ascontiguousarray(
+            self.rep_of[codes.reshape(codes.shape[0], -1)].astype(self.code_dtype)
+        )
 
     def row_sqnorms(self, rep_codes: np.ndarray) -> np.ndarray:
         """(N,) float64 ‖r‖² of every grid, summed in position order."""
@@ -101,8 +108,9 @@ class CodebookTables:
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
 
 
-def finish(distance: str, acc: np.ndarray, q_sqnorm: float = 0.0,
-           r_sqnorm: np.ndarray | None = None) -> np.ndarray:
+def finish(
+    distance: str, acc: np.ndarray, q_sqnorm: float = 0.0, r_sqnorm: np.ndarray | None = None
+) -> np.ndarray:
     """Turn per-row accumulated table sums (N,) into distances (N,) float64.
 
     Shared by every engine so that all of them produce bit-identical numbers.

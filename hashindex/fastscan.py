@@ -57,8 +57,10 @@ def simd() -> str:
 def block_transpose(rep_codes: np.ndarray) -> np.ndarray:
     """(N, P) uint8 representative ids → (ceil(N / 64), P, 64) uint8, rows padded with code 0."""
     if rep_codes.dtype != np.uint8:
-        raise TypeError("fastscan needs uint8 codes (at most 256 distinct code vectors); use "
-                        "engine='lut' for larger codebooks")
+        raise TypeError(
+            "fastscan needs uint8 codes (at most 256 distinct code vectors); use "
+            "engine='lut' for larger codebooks"
+        )
     n, p = rep_codes.shape
     nblocks = max(1, -(-n // BLOCK))
     padded = np.zeros((nblocks * BLOCK, p), np.uint8)
@@ -96,7 +98,7 @@ def quantize(tables: list[np.ndarray], levels: int, *, negate: bool = False) -> 
     out = []
     for t, sp in zip(tables, shifted, strict=True):
         q = np.zeros((*t.shape[:2], TABLE), np.uint8)
-        q[:, :, :t.shape[2]] = np.clip(np.floor(sp / step[:, None, None]), 0, levels)
+        q[:, :, : t.shape[2]] = np.clip(np.floor(sp / step[:, None, None]), 0, levels)
         t = t.astype(np.float64)
         # lower bound: Σ min_p T + Δ·L ≤ Σ T; negated: Σ(max_p − T) ≥ Δ·L, so Σ T ≤ Σ max_p − Δ·L
         offset = t.max(axis=2).sum(axis=1) if negate else t.min(axis=2).sum(axis=1)
@@ -104,8 +106,12 @@ def quantize(tables: list[np.ndarray], levels: int, *, negate: bool = False) -> 
     return out
 
 
-def integer_sums(codes_t: np.ndarray, bounds: Bounds, first_position: int,
-                 accumulate_into: np.ndarray | None = None) -> np.ndarray:
+def integer_sums(
+    codes_t: np.ndarray,
+    bounds: Bounds,
+    first_position: int,
+    accumulate_into: np.ndarray | None = None,
+) -> np.ndarray:
     """(B, nblocks·64) uint16 sums of the quantized tables over every row, in one pass.
 
     codes_t: (nblocks, S, 64) uint8; the tables cover positions first_position .. +P-1.
@@ -113,8 +119,11 @@ def integer_sums(codes_t: np.ndarray, bounds: Bounds, first_position: int,
     global _pool
     B, P, _ = bounds.tables.shape
     nblocks, S, _ = codes_t.shape
-    out = accumulate_into if accumulate_into is not None else np.empty((B, nblocks * BLOCK),
-                                                                       np.uint16)
+    out = (
+        accumulate_into
+        if accumulate_into is not None
+        else np.empty((B, nblocks * BLOCK), np.uint16)
+    )
     acc = accumulate_into is not None
     tables = np.ascontiguousarray(bounds.tables)
     args = (codes_t, tables, out, B, S, first_position, P)
@@ -124,8 +133,11 @@ def integer_sums(codes_t: np.ndarray, bounds: Bounds, first_position: int,
     if _pool is None:
         _pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="fastscan")
     edges = np.linspace(0, nblocks, _THREADS + 1).astype(int)
-    jobs = [_pool.submit(_fastscan.lower_bounds, *args, int(a), int(b), acc, False)
-            for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    jobs = [
+        _pool.submit(_fastscan.lower_bounds, *args, int(a), int(b), acc, False)
+        for a, b in zip(edges[:-1], edges[1:])
+        if b > a
+    ]
     for job in jobs:
         job.result()
     return out
@@ -133,9 +145,12 @@ def integer_sums(codes_t: np.ndarray, bounds: Bounds, first_position: int,
 
 def _stack(bounds: list[Bounds]) -> Bounds:
     """The bounds of several queries as one batch."""
-    return Bounds(np.concatenate([b.tables for b in bounds]),
-                  np.concatenate([b.offset for b in bounds]),
-                  np.concatenate([b.step for b in bounds]), bounds[0].negated)
+    return Bounds(
+        np.concatenate([b.tables for b in bounds]),
+        np.concatenate([b.offset for b in bounds]),
+        np.concatenate([b.step for b in bounds]),
+        bounds[0].negated,
+    )
 
 
 def levels_for(positions: int) -> int:
@@ -161,8 +176,15 @@ class FastScan:
 
     BOOKS = ("normal", "abnormal")
 
-    def __init__(self, tables: dict, codes: dict, row_sqnorm: dict, volume_index: np.ndarray,
-                 volume_ids: np.ndarray, scales: dict):
+    def __init__(
+        self,
+        tables: dict,
+        codes: dict,
+        row_sqnorm: dict,
+        volume_index: np.ndarray,
+        volume_ids: np.ndarray,
+        scales: dict,
+    ):
         self.tables, self.codes, self.row_sqnorm = tables, codes, row_sqnorm
         self.volume_index, self.volume_ids, self.scales = volume_index, volume_ids, scales
         self.n = int(volume_index.size)
@@ -172,8 +194,15 @@ class FastScan:
         self.first = {"normal": 0, "abnormal": self.P}
 
     # ------------------------------------------------------------------ bounds and exact sums
-    def _bound_to_distance(self, book: str, b: Bounds, L: np.ndarray, q_sq: float,
-                           distance: str, rows: np.ndarray | None = None) -> np.ndarray:
+    def _bound_to_distance(
+        self,
+        book: str,
+        b: Bounds,
+        L: np.ndarray,
+        q_sq: float,
+        distance: str,
+        rows: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Lower bounds of one codebook's distance from its integer sums L (of `rows`)."""
         offset, step = float(b.offset[0]), float(b.step[0])
         L = L.astype(np.float64)
@@ -191,8 +220,9 @@ class FastScan:
         lb[(q_sq == 0) & (r_sq == 0)] = 0.0
         return lb
 
-    def _exact(self, rows: np.ndarray, tables: dict, q_sq: dict, books, distance: str,
-               normalized: bool) -> np.ndarray:
+    def _exact(
+        self, rows: np.ndarray, tables: dict, q_sq: dict, books, distance: str, normalized: bool
+    ) -> np.ndarray:
         """Exact distances of `rows`, summed in position order as the reference engines do."""
         total = None
         for book in books:
@@ -207,8 +237,9 @@ class FastScan:
             total = d if total is None else total + d
         return total
 
-    def _top(self, rows: np.ndarray, dist: np.ndarray, q: int, exclude: int | None,
-             by_volume: bool):
+    def _top(
+        self, rows: np.ndarray, dist: np.ndarray, q: int, exclude: int | None, by_volume: bool
+    ):
         """Top-q of evaluated rows ordered by (distance, row): (distances, rows, volume ids).
 
         by_volume: each volume once, at its first (closest, then smallest) row; else rows."""
@@ -228,8 +259,17 @@ class FastScan:
         return dist[first], rows[first], self.volume_ids[vols[first]]
 
     # ------------------------------------------------------------------ search
-    def search(self, q_reps: dict, q_sq: dict, topq: int, mode: str, distance: str,
-               normalized_sum: bool, exclude: np.ndarray | None, by_volume: bool = True):
+    def search(
+        self,
+        q_reps: dict,
+        q_sq: dict,
+        topq: int,
+        mode: str,
+        distance: str,
+        normalized_sum: bool,
+        exclude: np.ndarray | None,
+        by_volume: bool = True,
+    ):
         """Top-Q of B queries: (B, Q) distances, rows, volume ids (inf / -1 padded), and (B,)
         the number of rows each query evaluated exactly.
 
@@ -248,39 +288,68 @@ class FastScan:
         chunk = max(1, min(B, QUERY_BYTES // (2 * self.codes_t.shape[0] * BLOCK)))
         for c0 in range(0, B, chunk):
             qs = range(c0, min(B, c0 + chunk))
-            tables = [{b: self.tables[b].query_table(q_reps[b][i], distance) for b in books}
-                      for i in qs]
-            bounds = [dict(zip(books, quantize([t[b][None] for b in books],
-                                               levels_for(self.P * len(books)),
-                                               negate=distance == "angular"), strict=True))
-                      for t in tables]
+            tables = [
+                {b: self.tables[b].query_table(q_reps[b][i], distance) for b in books} for i in qs
+            ]
+            bounds = [
+                dict(
+                    zip(
+                        books,
+                        quantize(
+                            [t[b][None] for b in books],
+                            levels_for(self.P * len(books)),
+                            negate=distance == "angular",
+                        ),
+                        strict=True,
+                    )
+                )
+                for t in tables
+            ]
             if joint:  # one step Δ for both codebooks: one sum over all 2P positions
-                both = _stack([Bounds(np.concatenate([bd[b].tables for b in books], axis=1),
-                                      bd["normal"].offset + bd["abnormal"].offset,
-                                      bd["normal"].step, False) for bd in bounds])
-                sums = {"both": integer_sums(self.codes_t, both, 0)[:, :self.n]}
+                both = _stack(
+                    [
+                        Bounds(
+                            np.concatenate([bd[b].tables for b in books], axis=1),
+                            bd["normal"].offset + bd["abnormal"].offset,
+                            bd["normal"].step,
+                            False,
+                        )
+                        for bd in bounds
+                    ]
+                )
+                sums = {"both": integer_sums(self.codes_t, both, 0)[:, : self.n]}
             else:
-                sums = {b: integer_sums(self.codes_t, _stack([bd[b] for bd in bounds]),
-                                        self.first[b])[:, :self.n] for b in books}
+                sums = {
+                    b: integer_sums(self.codes_t, _stack([bd[b] for bd in bounds]), self.first[b])[
+                        :, : self.n
+                    ]
+                    for b in books
+                }
             for j, i in enumerate(qs):
                 L = {} if joint else {b: sums[b][j] for b in books}
-                proxy = sums["both"][j] if joint else (
-                    L[books[0]] if len(books) == 1 else L["normal"] + L["abnormal"])
+                proxy = (
+                    sums["both"][j]
+                    if joint
+                    else (L[books[0]] if len(books) == 1 else L["normal"] + L["abnormal"])
+                )
                 sq = {b: float(q_sq[b][i]) for b in books}
                 ex = None if exclude is None else int(exclude[i])
-                d = self._seed_theta(proxy, tables[j], sq, books, distance, normalized, topq,
-                                     ex, by_volume)
+                d = self._seed_theta(
+                    proxy, tables[j], sq, books, distance, normalized, topq, ex, by_volume
+                )
                 theta = float(d[-1]) if d.size == topq else np.inf
-                rows = self._candidates(books, bounds[j], L, proxy, sq, distance, normalized,
-                                        theta, joint)
+                rows = self._candidates(
+                    books, bounds[j], L, proxy, sq, distance, normalized, theta, joint
+                )
                 dist = self._exact(rows, tables[j], sq, books, distance, normalized)
                 d, r, v = self._top(rows, dist, topq, ex, by_volume)
-                D[i, :d.size], R[i, :r.size], V[i, :v.size] = d, r, v
+                D[i, : d.size], R[i, : r.size], V[i, : v.size] = d, r, v
                 evaluated[i] = rows.size
         return D, R, V, evaluated
 
-    def _seed_theta(self, proxy, tables, q_sq, books, distance, normalized, topq, exclude,
-                    by_volume):
+    def _seed_theta(
+        self, proxy, tables, q_sq, books, distance, normalized, topq, exclude, by_volume
+    ):
         """Exact distances of the Q best volumes (or rows) among a few promising rows: the last
         one bounds the true Q-th distance from above, whichever rows were taken.
 
@@ -296,8 +365,13 @@ class FastScan:
         while True:
             cut = int(np.searchsorted(cum, min(want, sample.size)))
             seed = sample_rows[sample <= cut]
-            d, _, _ = self._top(seed, self._exact(seed, tables, q_sq, books, distance,
-                                                  normalized), topq, exclude, by_volume)
+            d, _, _ = self._top(
+                seed,
+                self._exact(seed, tables, q_sq, books, distance, normalized),
+                topq,
+                exclude,
+                by_volume,
+            )
             if d.size == topq or cut >= cum.size - 1:
                 return d
             want *= 8
@@ -316,7 +390,9 @@ class FastScan:
         limit = theta + MARGIN * (abs(theta) + 1.0)
         if distance == "hamming" and joint:  # the bound is offset + Δ·(L_n + L_a)
             offset = sum(float(bounds[b].offset[0]) for b in books)
-            return np.flatnonzero(proxy <= _threshold(theta - offset, float(bounds["normal"].step[0])))
+            return np.flatnonzero(
+                proxy <= _threshold(theta - offset, float(bounds["normal"].step[0]))
+            )
         if distance != "angular":
             # bounds are monotone in L: read the largest admissible L off a table of all of them
             g = {b: self._bound_table(b, bounds[b], distance, normalized) for b in books}

@@ -42,22 +42,30 @@ def check_write_target(path: str | Path) -> Path:
     except (FileNotFoundError, NotADirectoryError):
         st = None
     except OSError as exc:
-        raise WriteTargetError(f"{path}: cannot inspect the target ({exc.strerror}); choose "
-                               "another output path") from None
+        raise WriteTargetError(
+            f"{path}: cannot inspect the target ({exc.strerror}); choose another output path"
+        ) from None
     if st is not None:
         if stat.S_ISLNK(st.st_mode):
             raise WriteTargetError(
                 f"{path}: is a symbolic link (to {os.readlink(path)}); writing would replace the "
-                "link, not its target. Pass the real path, or remove the link first")
+                "link, not its target. Pass the real path, or remove the link first"
+            )
         if not stat.S_ISREG(st.st_mode):
-            kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a special file (device, FIFO or socket)"
+            kind = (
+                "a folder"
+                if stat.S_ISDIR(st.st_mode)
+                else "a special file (device, FIFO or socket)"
+            )
             raise WriteTargetError(
                 f"{path}: is {kind}, not a regular file; refusing to replace it. Choose a file "
-                "name for the output")
+                "name for the output"
+            )
     parent = path.parent
     if not parent.is_dir():
-        raise WriteTargetError(f"{path}: the folder {parent} does not exist (or is not a folder); "
-                               "create it first")
+        raise WriteTargetError(
+            f"{path}: the folder {parent} does not exist (or is not a folder); create it first"
+        )
     return path
 
 
@@ -88,8 +96,9 @@ def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], None]) -> 
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     except OSError as exc:
-        raise WriteTargetError(f"{path}: cannot write in {path.parent} ({exc.strerror}); "
-                               "choose a writable folder") from None
+        raise WriteTargetError(
+            f"{path}: cannot write in {path.parent} ({exc.strerror}); choose a writable folder"
+        ) from None
     try:
         # mkstemp creates 0600; give the file the mode a plain open() would (0666 less the
         # umask), so an index built by one user can be read by the others the umask allows

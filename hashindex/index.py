@@ -67,13 +67,20 @@ def _codebook_report(tables: CodebookTables, opt, sqdist: np.ndarray) -> dict:
     for name, ham in (("b", full_rep), ("b_star", star_rep)):
         conc[f"{name}_all"] = concordance(sqdist, ham[np.ix_(ro, ro)].astype(np.float64))
         lv = np.flatnonzero(live)
-        conc[f"{name}_live"] = concordance(sqdist[np.ix_(reps[lv], reps[lv])],
-                                           ham[np.ix_(lv, lv)].astype(np.float64))
+        conc[f"{name}_live"] = concordance(
+            sqdist[np.ix_(reps[lv], reps[lv])], ham[np.ix_(lv, lv)].astype(np.float64)
+        )
     rep = {
-        "K": K, "D": int(tables.vectors.shape[1]), "distinct": int(tables.n_reps),
-        "live": int(live.sum()), "E": opt.E, "E_distinct": opt.E_distinct,
-        "E_star_faithful": opt.E_star, "E_star": int(tables.pairs.shape[0]),
-        "compression": float(tables.pairs.shape[0] / opt.E), "seconds": round(opt.seconds, 3),
+        "K": K,
+        "D": int(tables.vectors.shape[1]),
+        "distinct": int(tables.n_reps),
+        "live": int(live.sum()),
+        "E": opt.E,
+        "E_distinct": opt.E_distinct,
+        "E_star_faithful": opt.E_star,
+        "E_star": int(tables.pairs.shape[0]),
+        "compression": float(tables.pairs.shape[0] / opt.E),
+        "seconds": round(opt.seconds, 3),
         "concordance": conc,
     }
     if opt.budget is not None:
@@ -92,7 +99,9 @@ def _to_reps(t: CodebookTables, codes: np.ndarray) -> np.ndarray:
     rep_of = t.rep_of.astype(t.code_dtype)
     out = np.empty(flat.shape, t.code_dtype)
     for start in range(0, flat.shape[0], ROWS_PER_BLOCK):
-        np.take(rep_of, flat[start:start + ROWS_PER_BLOCK], out=out[start:start + ROWS_PER_BLOCK])
+        np.take(
+            rep_of, flat[start : start + ROWS_PER_BLOCK], out=out[start : start + ROWS_PER_BLOCK]
+        )
     return out
 
 
@@ -118,7 +127,7 @@ class HashIndex(IndexSearch, IndexStorage):
         self.seed = seed
         self.faiss_indexes = faiss_indexes
         self.grid: tuple[int, int] | None = None
-        self.codes = {b: None for b in BOOKS}       # (N, P) representative ids
+        self.codes = {b: None for b in BOOKS}  # (N, P) representative ids
         self.row_sqnorm = {b: None for b in BOOKS}  # (N,) float64
         self.volume_ids = np.zeros(0, np.int64)
         self.scales: dict[str, float] = {}
@@ -132,9 +141,17 @@ class HashIndex(IndexSearch, IndexStorage):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def build(cls, codebook_normal: np.ndarray, codebook_abnormal: np.ndarray, *,
-              bit_budget: int | None = None, ivf_nlist: int | None = None, seed: int = 0,
-              progress=None, faiss_indexes: bool = True) -> HashIndex:
+    def build(
+        cls,
+        codebook_normal: np.ndarray,
+        codebook_abnormal: np.ndarray,
+        *,
+        bit_budget: int | None = None,
+        ivf_nlist: int | None = None,
+        seed: int = 0,
+        progress=None,
+        faiss_indexes: bool = True,
+    ) -> HashIndex:
         """Binarize and optimize both codebooks (K, D) float32.
 
         ``bit_budget``: shorten each codebook's optimized bits to this many bits per position
@@ -179,8 +196,9 @@ class HashIndex(IndexSearch, IndexStorage):
         t = self.tables[book]
         return t.reps[self.codes[book]].reshape(-1, *self.grid).astype(np.uint16)
 
-    def add(self, codes_normal: np.ndarray, codes_abnormal: np.ndarray,
-            volume_ids: np.ndarray) -> None:
+    def add(
+        self, codes_normal: np.ndarray, codes_abnormal: np.ndarray, volume_ids: np.ndarray
+    ) -> None:
         """Append N rows: codes (N, h, w) uint16 each, volume_ids (N,) int64."""
         self._load_faiss()
         self._append(codes_normal, codes_abnormal, volume_ids)
@@ -197,8 +215,11 @@ class HashIndex(IndexSearch, IndexStorage):
                 elif self.ntotal >= self.ivf_nlist:
                     self.train_ivf()
                 else:
-                    log.warning("IVF not trained yet: %d rows < nlist=%d; call train_ivf()",
-                                self.ntotal, self.ivf_nlist)
+                    log.warning(
+                        "IVF not trained yet: %d rows < nlist=%d; call train_ivf()",
+                        self.ntotal,
+                        self.ivf_nlist,
+                    )
 
     def _append(self, codes_normal, codes_abnormal, volume_ids, *, estimate_scales=True) -> None:
         tn, ta = self.tables["normal"], self.tables["abnormal"]
@@ -207,20 +228,24 @@ class HashIndex(IndexSearch, IndexStorage):
         if not isinstance(volume_ids, np.ndarray) or volume_ids.dtype != np.int64:
             raise TypeError("volume_ids must be an int64 numpy array")
         if codes_abnormal.shape[0] != codes_normal.shape[0] or volume_ids.shape != (
-                codes_normal.shape[0],):
+            codes_normal.shape[0],
+        ):
             raise ValueError(
                 f"codes_normal {codes_normal.shape}, codes_abnormal {codes_abnormal.shape} and "
-                f"volume_ids {volume_ids.shape} must agree on N")
+                f"volume_ids {volume_ids.shape} must agree on N"
+            )
         if self.grid is None:
             self.grid = tuple(int(s) for s in codes_normal.shape[1:])
         for book, codes in (("normal", codes_normal), ("abnormal", codes_abnormal)):
             t = self.tables[book]
             rc = _to_reps(t, codes)
-            self.codes[book] = rc if self.codes[book] is None else np.concatenate(
-                [self.codes[book], rc])
+            self.codes[book] = (
+                rc if self.codes[book] is None else np.concatenate([self.codes[book], rc])
+            )
             sq = _row_sqnorms(t, rc)
-            self.row_sqnorm[book] = sq if self.row_sqnorm[book] is None else np.concatenate(
-                [self.row_sqnorm[book], sq])
+            self.row_sqnorm[book] = (
+                sq if self.row_sqnorm[book] is None else np.concatenate([self.row_sqnorm[book], sq])
+            )
         self.volume_ids = np.concatenate([self.volume_ids, volume_ids])
         self._vol_unique, self._vol_index = np.unique(self.volume_ids, return_inverse=True)
         self._vol_index = self._vol_index.astype(np.int64)
@@ -243,9 +268,9 @@ class HashIndex(IndexSearch, IndexStorage):
                 sq_b = t.row_sqnorms(b)
                 for n in range(SCALE_PAIRS):
                     table = t.query_table(a[n], dist)
-                    acc = SCANS["numpy"](b[n:n + 1], table)
-                    qn = float(t.row_sqnorms(a[n:n + 1])[0])
-                    vals[n] = finish(dist, acc, qn, sq_b[n:n + 1])[0]
+                    acc = SCANS["numpy"](b[n : n + 1], table)
+                    qn = float(t.row_sqnorms(a[n : n + 1])[0])
+                    vals[n] = finish(dist, acc, qn, sq_b[n : n + 1])[0]
                 m = float(vals.mean())
                 scales[f"{book}/{dist}"] = m if m > 0 else 1.0
         return scales
@@ -259,16 +284,17 @@ class HashIndex(IndexSearch, IndexStorage):
         if self.ntotal < self.ivf_nlist:
             raise ValueError(f"IVF needs at least nlist={self.ivf_nlist} rows, have {self.ntotal}")
         self._load_faiss()
-        packed = self._packed_modes(self._stored_as_codes("normal"),
-                                    self._stored_as_codes("abnormal"))
+        packed = self._packed_modes(
+            self._stored_as_codes("normal"), self._stored_as_codes("abnormal")
+        )
         # faiss trains binary IVF centroids on float copies of the vectors (d floats each), so
         # train on at most IVF_TRAIN_PER_LIST rows per list, drawn with the index's seed.
         n_train = min(self.ntotal, IVF_TRAIN_PER_LIST * self.ivf_nlist)
-        sample = np.sort(np.random.default_rng(self.seed).choice(self.ntotal, n_train,
-                                                                 replace=False))
+        sample = np.sort(
+            np.random.default_rng(self.seed).choice(self.ntotal, n_train, replace=False)
+        )
         for mode in MODES:
             ivf = FaissHamming(packed[mode].shape[1], nlist=self.ivf_nlist)
             ivf.train(packed[mode][sample])
             ivf.add(packed[mode])
             self.ivf[mode] = ivf
-

@@ -146,7 +146,6 @@ def volume_best(dist, volume_index, n_volumes, best_dist, best_row):
             best_row[v] = n
 
 
-
 @njit(cache=True, nogil=True, parallel=True)
 def _apply_pending(dist, pending):
     """dist[a, b] -= popcount(pending[a] ^ pending[b]): apply up to 64 removed bits at once."""

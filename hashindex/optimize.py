@@ -69,9 +69,9 @@ def _columns(sq_rows: np.ndarray, pi: np.ndarray, pj: np.ndarray, chunk: int = 8
     W = (R + 63) // 64
     out = np.zeros((pi.size, W), np.uint64)
     for s in range(0, pi.size, chunk):
-        bits = (sq_rows[:, pi[s:s + chunk]] <= sq_rows[:, pj[s:s + chunk]]).T  # (chunk, R)
+        bits = (sq_rows[:, pi[s : s + chunk]] <= sq_rows[:, pj[s : s + chunk]]).T  # (chunk, R)
         packed = np.packbits(bits, axis=1, bitorder="little")
-        out[s:s + chunk] = _to_words(packed)
+        out[s : s + chunk] = _to_words(packed)
     return out
 
 

@@ -29,4 +29,3 @@ def pack_grids(packed_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """
     flat = codes.reshape(codes.shape[0], -1)
     return np.ascontiguousarray(packed_codes[flat].reshape(flat.shape[0], -1))
-

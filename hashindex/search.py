@@ -37,8 +37,9 @@ def _check_codes(codes, name: str, K: int, shape=None) -> None:
 class IndexSearch:
     """`HashIndex.search` and `HashIndex.search_volumes` over the rows `HashIndex.add` stored."""
 
-    def _check_query(self, q_normal, q_abnormal, mode, distance, engine, normalized_sum,
-                     nprobe=None):
+    def _check_query(
+        self, q_normal, q_abnormal, mode, distance, engine, normalized_sum, nprobe=None
+    ):
         if self.grid is None:
             raise ValueError("the index is empty: add rows before searching")
         if mode not in MODES:
@@ -53,11 +54,15 @@ class IndexSearch:
             raise ValueError("q_normal and q_abnormal must hold the same number of queries")
         if engine.startswith("faiss"):
             if distance != "hamming":
-                raise ValueError(f"engine {engine!r} supports only distance='hamming'; use "
-                                 f"engine='lut' for {distance!r}")
+                raise ValueError(
+                    f"engine {engine!r} supports only distance='hamming'; use "
+                    f"engine='lut' for {distance!r}"
+                )
             if normalized_sum and mode == "sum":
-                raise ValueError("normalized_sum needs engine='lut' or 'numpy' (FAISS adds "
-                                 "the plain Hamming distances of the concatenated bits)")
+                raise ValueError(
+                    "normalized_sum needs engine='lut' or 'numpy' (FAISS adds "
+                    "the plain Hamming distances of the concatenated bits)"
+                )
             if not self.faiss_indexes:
                 raise ValueError("this index was built with faiss_indexes=False")
             files = FLAT_FILES if engine == "faiss-flat" else IVF_FILES
@@ -69,14 +74,18 @@ class IndexSearch:
             if wide:
                 raise ValueError(
                     f"engine 'fastscan' stores one byte per code and the {wide[0]} codebook has "
-                    f"{self.tables[wide[0]].n_reps} distinct vectors (> 256); use engine='lut'")
+                    f"{self.tables[wide[0]].n_reps} distinct vectors (> 256); use engine='lut'"
+                )
         if nprobe is not None:
             if engine != "faiss-ivf":
-                raise ValueError(f"nprobe (lists probed) applies only to engine='faiss-ivf'; "
-                                 f"engine {engine!r} scans every row, so leave nprobe out")
+                raise ValueError(
+                    f"nprobe (lists probed) applies only to engine='faiss-ivf'; "
+                    f"engine {engine!r} scans every row, so leave nprobe out"
+                )
             if not _is_int(nprobe) or not 1 <= nprobe <= self.ivf_nlist:
-                raise ValueError(f"nprobe must be an integer from 1 to nlist={self.ivf_nlist}, "
-                                 f"got {nprobe!r}")
+                raise ValueError(
+                    f"nprobe must be an integer from 1 to nlist={self.ivf_nlist}, got {nprobe!r}"
+                )
 
     def _row_distances(self, b, q_reps, q_sq, mode, distance, engine, normalized_sum):
         """(N,) float64 distances of query b to every row (lut / numpy engines)."""
@@ -86,8 +95,12 @@ class IndexSearch:
             out = np.empty(self.ntotal)
             tn, ta = self.tables["normal"], self.tables["abnormal"]
             KERNELS["lut_scan_int_pair"](
-                self.codes["normal"], tn.query_table(q_reps["normal"][b], distance),
-                self.codes["abnormal"], ta.query_table(q_reps["abnormal"][b], distance), out)
+                self.codes["normal"],
+                tn.query_table(q_reps["normal"][b], distance),
+                self.codes["abnormal"],
+                ta.query_table(q_reps["abnormal"][b], distance),
+                out,
+            )
             return out
         total = None
         for book in books:
@@ -102,8 +115,14 @@ class IndexSearch:
     def _fastscan(self) -> FastScan:
         """The fastscan engine's block-transposed codes, made on first use after an add."""
         if self._fast is None or self._fast.n != self.ntotal:
-            self._fast = FastScan(self.tables, self.codes, self.row_sqnorm, self._vol_index,
-                                  self._vol_unique, self.scales)
+            self._fast = FastScan(
+                self.tables,
+                self.codes,
+                self.row_sqnorm,
+                self._vol_index,
+                self._vol_unique,
+                self.scales,
+            )
         return self._fast
 
     def _torchscan(self):
@@ -111,8 +130,14 @@ class IndexSearch:
         from hashindex.torch_engine import TorchScan
 
         if self._torch is None or self._torch.n != self.ntotal:
-            self._torch = TorchScan(self.tables, self.codes, self.row_sqnorm, self._vol_index,
-                                    self._vol_unique, self.scales)
+            self._torch = TorchScan(
+                self.tables,
+                self.codes,
+                self.row_sqnorm,
+                self._vol_index,
+                self._vol_unique,
+                self.scales,
+            )
         return self._torch
 
     def _prepare(self, q_normal, q_abnormal):
@@ -133,8 +158,18 @@ class IndexSearch:
 
         return knn
 
-    def search(self, q_normal, q_abnormal, k: int, *, mode="sum", distance="hamming",
-               engine="lut", normalized_sum=False, nprobe=None):
+    def search(
+        self,
+        q_normal,
+        q_abnormal,
+        k: int,
+        *,
+        mode="sum",
+        distance="hamming",
+        engine="lut",
+        normalized_sum=False,
+        nprobe=None,
+    ):
         """Row-wise top-k: D (B, k) float64, I (B, k) int64 row ids (-1 / inf padded)."""
         self._check_query(q_normal, q_abnormal, mode, distance, engine, normalized_sum, nprobe)
         if not _is_int(k):
@@ -149,17 +184,22 @@ class IndexSearch:
             return rows_from_knn(knn, B, self.ntotal, k)
         q_reps, q_sq = self._prepare(q_normal, q_abnormal)
         if engine == "fastscan":
-            D, I, _, _ = self._fastscan().search(q_reps, q_sq, k, mode, distance, normalized_sum,
-                                                 None, by_volume=False)
+            D, I, _, _ = self._fastscan().search(
+                q_reps, q_sq, k, mode, distance, normalized_sum, None, by_volume=False
+            )
             return D, I
         if engine == "torch":
             D = np.full((B, k), np.inf)
             I = np.full((B, k), -1, np.int64)
             scan = self._torchscan()
             for b in range(B):
-                dist = scan.distances({m: q_reps[m][b] for m in BOOKS},
-                                      {m: q_sq[m][b] for m in BOOKS}, mode, distance,
-                                      normalized_sum)
+                dist = scan.distances(
+                    {m: q_reps[m][b] for m in BOOKS},
+                    {m: q_sq[m][b] for m in BOOKS},
+                    mode,
+                    distance,
+                    normalized_sum,
+                )
                 D[b], I[b] = topk_rows(dist.cpu().numpy(), k)
             return D, I
         D = np.full((B, k), np.inf)
@@ -169,9 +209,19 @@ class IndexSearch:
             D[b], I[b] = topk_rows(dist, k)
         return D, I
 
-    def search_volumes(self, q_normal, q_abnormal, topq: int, *, mode="sum",
-                       distance="hamming", engine="lut", exclude_volumes=None,
-                       normalized_sum=False, nprobe=None) -> VolumeHits:
+    def search_volumes(
+        self,
+        q_normal,
+        q_abnormal,
+        topq: int,
+        *,
+        mode="sum",
+        distance="hamming",
+        engine="lut",
+        exclude_volumes=None,
+        normalized_sum=False,
+        nprobe=None,
+    ) -> VolumeHits:
         """Volume-wise top-Q (section 4.4.6): each hit is a different volume's closest row.
 
         The result has min(topq, number of volumes) columns, -1 / inf padded where fewer
@@ -189,19 +239,24 @@ class IndexSearch:
             if not isinstance(exclude_volumes, np.ndarray) or exclude_volumes.dtype != np.int64:
                 raise TypeError("exclude_volumes must be an int64 numpy array")
             if exclude_volumes.shape != (B,):
-                raise ValueError(f"exclude_volumes must have shape ({B},), "
-                                 f"got {exclude_volumes.shape}")
+                raise ValueError(
+                    f"exclude_volumes must have shape ({B},), got {exclude_volumes.shape}"
+                )
         if engine.startswith("faiss"):
             knn = self._faiss_knn(engine, mode, q_normal, q_abnormal, nprobe)
             return volumes_from_knn(knn, B, self.ntotal, topq, self.volume_ids, exclude_volumes)
         q_reps, q_sq = self._prepare(q_normal, q_abnormal)
         if engine == "fastscan":
-            D, R, V, _ = self._fastscan().search(q_reps, q_sq, topq, mode, distance,
-                                                 normalized_sum, exclude_volumes)
+            D, R, V, _ = self._fastscan().search(
+                q_reps, q_sq, topq, mode, distance, normalized_sum, exclude_volumes
+            )
             return VolumeHits(D, R, V)
         if engine == "torch":
-            return VolumeHits(*self._torchscan().search(q_reps, q_sq, topq, mode, distance,
-                                                        normalized_sum, exclude_volumes))
+            return VolumeHits(
+                *self._torchscan().search(
+                    q_reps, q_sq, topq, mode, distance, normalized_sum, exclude_volumes
+                )
+            )
         D = np.full((B, topq), np.inf)
         R = np.full((B, topq), -1, np.int64)
         V = np.full((B, topq), -1, np.int64)
@@ -210,4 +265,3 @@ class IndexSearch:
             ex = None if exclude_volumes is None else int(exclude_volumes[b])
             D[b], R[b], V[b] = topq_volumes(dist, self._vol_index, self._vol_unique, topq, ex)
         return VolumeHits(D, R, V)
-

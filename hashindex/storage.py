@@ -38,8 +38,13 @@ CODEBOOK_FILES = {b: f"codebook_{b}.npy" for b in BOOKS}
 BITS_FILES = {b: f"bits_{b}.npz" for b in BOOKS}
 FLAT_FILES = {m: f"faiss_{m}.index" for m in MODES}
 IVF_FILES = {m: f"faiss_ivf_{m}.index" for m in MODES}
-INDEX_FILES = (META_FILE, *CODEBOOK_FILES.values(), *BITS_FILES.values(), *FLAT_FILES.values(),
-               *IVF_FILES.values())
+INDEX_FILES = (
+    META_FILE,
+    *CODEBOOK_FILES.values(),
+    *BITS_FILES.values(),
+    *FLAT_FILES.values(),
+    *IVF_FILES.values(),
+)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -67,13 +72,15 @@ def _check_bytes(path: Path, data: bytes, entry: dict, verify: bool, fix: str) -
     if len(data) != entry["size"]:
         raise IndexFormatError(
             f"{path}: {len(data)} bytes, {META_FILE} records {entry['size']}; the file was "
-            f"truncated or changed after it was written; {fix}")
+            f"truncated or changed after it was written; {fix}"
+        )
     if verify:
         found = hashlib.sha256(data).hexdigest()
         if found != entry["sha256"]:
             raise IndexFormatError(
                 f"{path}: sha256 {found[:16]}…, {META_FILE} records {entry['sha256'][:16]}…; the "
-                f"file was damaged or changed after it was written; {fix}")
+                f"file was damaged or changed after it was written; {fix}"
+            )
     return data
 
 
@@ -83,7 +90,8 @@ def _read_faiss_checked(f, path: Path, entry: dict, verify: bool, fix: str):
     if size != entry["size"]:
         raise IndexFormatError(
             f"{path}: {size} bytes, {META_FILE} records {entry['size']}; the file was "
-            f"truncated or changed after it was written; {fix}")
+            f"truncated or changed after it was written; {fix}"
+        )
     digest = hashlib.sha256()
 
     def read(n):
@@ -100,7 +108,8 @@ def _read_faiss_checked(f, path: Path, entry: dict, verify: bool, fix: str):
         raise IndexFormatError(
             f"{path}: sha256 {digest.hexdigest()[:16]}…, {META_FILE} records "
             f"{entry['sha256'][:16]}…; the file was damaged or changed after it was written; "
-            f"{fix}")
+            f"{fix}"
+        )
     return raw
 
 
@@ -127,6 +136,7 @@ _SHA256_HEX = frozenset("0123456789abcdef")
 
 def _check_meta(meta, path: Path, fix: str) -> dict:
     """hashindex.json's content, every field checked; IndexFormatError naming the first fault."""
+
     def bad(what):
         return IndexFormatError(f"{path}: {what}; {fix}")
 
@@ -135,16 +145,20 @@ def _check_meta(meta, path: Path, fix: str) -> dict:
     if meta.get("format_version") != FORMAT_VERSION or not _is_int(meta.get("format_version")):
         raise IndexFormatError(
             f"{path}: format version {str(meta.get('format_version'))[:20]}, expected "
-            f"{FORMAT_VERSION}; {fix} with this version of hashindex")
+            f"{FORMAT_VERSION}; {fix} with this version of hashindex"
+        )
     for key in ("K", "D", "E_star"):
         value = meta.get(key)
         if not isinstance(value, dict) or not all(
-                _is_int(value.get(b)) and value[b] >= (0 if key == "E_star" else 1) for b in BOOKS):
-            raise bad(f"{key!r} should map normal and abnormal to integers, found "
-                      f"{str(value)[:60]!r}")
+            _is_int(value.get(b)) and value[b] >= (0 if key == "E_star" else 1) for b in BOOKS
+        ):
+            raise bad(
+                f"{key!r} should map normal and abnormal to integers, found {str(value)[:60]!r}"
+            )
     grid = meta.get("grid")
-    if grid is not None and not (isinstance(grid, list) and len(grid) == 2
-                                 and all(_is_int(g) and g >= 1 for g in grid)):
+    if grid is not None and not (
+        isinstance(grid, list) and len(grid) == 2 and all(_is_int(g) and g >= 1 for g in grid)
+    ):
         raise bad(f"'grid' should be null or two positive integers, found {str(grid)[:60]!r}")
     checks = {
         "ntotal": lambda v: _is_int(v) and v >= 0,
@@ -152,14 +166,27 @@ def _check_meta(meta, path: Path, fix: str) -> dict:
         "seed": _is_int,
         "faiss_indexes": lambda v: isinstance(v, bool),
         "faiss_files": lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
-        "scales": lambda v: isinstance(v, dict) and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) and x > 0
-            for x in v.values()),
+        "scales": lambda v: (
+            isinstance(v, dict)
+            and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) and x > 0
+                for x in v.values()
+            )
+        ),
         "report": lambda v: isinstance(v, dict),
-        "files": lambda v: isinstance(v, dict) and all(
-            n in INDEX_FILES and isinstance(e, dict) and isinstance(e.get("sha256"), str)
-            and len(e["sha256"]) == 64 and set(e["sha256"]) <= _SHA256_HEX
-            and _is_int(e.get("size")) and e["size"] >= 0 for n, e in v.items()),
+        "files": lambda v: (
+            isinstance(v, dict)
+            and all(
+                n in INDEX_FILES
+                and isinstance(e, dict)
+                and isinstance(e.get("sha256"), str)
+                and len(e["sha256"]) == 64
+                and set(e["sha256"]) <= _SHA256_HEX
+                and _is_int(e.get("size"))
+                and e["size"] >= 0
+                for n, e in v.items()
+            )
+        ),
     }
     for key, check in checks.items():
         if key not in meta or not check(meta[key]):
@@ -174,15 +201,19 @@ def _check_meta(meta, path: Path, fix: str) -> dict:
     if meta["faiss_indexes"] and grid is not None:
         allowed = [flat] + ([sorted(flat + ivf)] if meta["ivf_nlist"] is not None else [])
     if sorted(names) not in allowed:
-        raise bad(f"'faiss_files' lists {str(names)[:120]}, expected "
-                  f"{' or '.join(str(a) for a in allowed)} for faiss_indexes="
-                  f"{meta['faiss_indexes']}, ivf_nlist={meta['ivf_nlist']}")
-    unlisted = [n for n in (*CODEBOOK_FILES.values(), *BITS_FILES.values(), *names)
-                if n not in meta["files"]]
+        raise bad(
+            f"'faiss_files' lists {str(names)[:120]}, expected "
+            f"{' or '.join(str(a) for a in allowed)} for faiss_indexes="
+            f"{meta['faiss_indexes']}, ivf_nlist={meta['ivf_nlist']}"
+        )
+    unlisted = [
+        n
+        for n in (*CODEBOOK_FILES.values(), *BITS_FILES.values(), *names)
+        if n not in meta["files"]
+    ]
     if unlisted:
         raise bad(f"'files' lacks the checksums of {', '.join(unlisted)}")
     return meta
-
 
 
 class IndexStorage:
@@ -208,8 +239,9 @@ class IndexStorage:
                 P = self.grid[0] * self.grid[1]
                 widths = {b: self.tables[b].packed.shape[1] * P for b in BOOKS}
                 widths["sum"] = widths["normal"] + widths["abnormal"]
-            todo = sorted(self._pending) if names is None else [n for n in names
-                                                               if n in self._pending]
+            todo = (
+                sorted(self._pending) if names is None else [n for n in names if n in self._pending]
+            )
             for name in todo:
                 f, entry, verify, fix = self._pending[name]
                 path = Path(f.name) if isinstance(f.name, str) else Path(name)
@@ -218,12 +250,15 @@ class IndexStorage:
                 ivf = name in IVF_FILES.values()
                 mode = next(m for m in MODES if name in (FLAT_FILES[m], IVF_FILES[m]))
                 if isinstance(raw, faiss.IndexBinaryIVF) != ivf:
-                    raise IndexFormatError(f"{path}: expected a{'n IVF' if ivf else ' flat'} "
-                                           f"binary index, found {type(raw).__name__}; {fix}")
+                    raise IndexFormatError(
+                        f"{path}: expected a{'n IVF' if ivf else ' flat'} "
+                        f"binary index, found {type(raw).__name__}; {fix}"
+                    )
                 if raw.ntotal != self.ntotal or raw.code_size != widths.get(mode):
                     raise IndexFormatError(
                         f"{path}: FAISS ntotal {raw.ntotal} and {raw.code_size} bytes per code, "
-                        f"expected {self.ntotal} (= len(codes)) and {widths.get(mode)}; {fix}")
+                        f"expected {self.ntotal} (= len(codes)) and {widths.get(mode)}; {fix}"
+                    )
                 if ivf:
                     self.ivf[mode] = FaissHamming(raw.code_size, nlist=self.ivf_nlist, index=raw)
                 else:
@@ -251,23 +286,35 @@ class IndexStorage:
         for name, idx in self._faiss_files().items():
             put(name, faiss.serialize_index_binary(idx.cpu).tobytes())
         meta = {
-            "format": "hashindex", "format_version": FORMAT_VERSION,
+            "format": "hashindex",
+            "format_version": FORMAT_VERSION,
             "K": {b: self.tables[b].K for b in BOOKS},
             "D": {b: int(self.tables[b].vectors.shape[1]) for b in BOOKS},
             "E_star": {b: int(self.tables[b].pairs.shape[0]) for b in BOOKS},
-            "grid": list(self.grid) if self.grid else None, "ntotal": self.ntotal,
-            "ivf_nlist": self.ivf_nlist, "seed": self.seed, "faiss_indexes": self.faiss_indexes,
-            "faiss_files": sorted(self._faiss_files()), "scales": self.scales,
-            "engines": [e for e in ENGINES if not e.startswith("faiss")
-                        or (e == "faiss-flat" and self.flat) or (e == "faiss-ivf" and self.ivf)],
-            "report": self._report, "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "grid": list(self.grid) if self.grid else None,
+            "ntotal": self.ntotal,
+            "ivf_nlist": self.ivf_nlist,
+            "seed": self.seed,
+            "faiss_indexes": self.faiss_indexes,
+            "faiss_files": sorted(self._faiss_files()),
+            "scales": self.scales,
+            "engines": [
+                e
+                for e in ENGINES
+                if not e.startswith("faiss")
+                or (e == "faiss-flat" and self.flat)
+                or (e == "faiss-ivf" and self.ivf)
+            ],
+            "report": self._report,
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "files": files,
         }
         atomic_write(d / META_FILE, json.dumps(meta, indent=1).encode())
 
     @classmethod
-    def read(cls, directory, codes_normal, codes_abnormal, volume_ids, *,
-             verify: bool = True) -> HashIndex:
+    def read(
+        cls, directory, codes_normal, codes_abnormal, volume_ids, *, verify: bool = True
+    ) -> HashIndex:
         """Load an index written by `write`, with the caller's code grids and volume ids.
 
         Every file is checked against the size and sha256 hashindex.json records (``verify``:
@@ -295,8 +342,9 @@ class IndexStorage:
             try:
                 return reader(io.BytesIO(data))
             except Exception as exc:  # numpy and zipfile raise many kinds on damaged data
-                raise IndexFormatError(f"{d / name}: corrupt ({type(exc).__name__}: "
-                                       f"{str(exc)[:80]}); {fix}") from None
+                raise IndexFormatError(
+                    f"{d / name}: corrupt ({type(exc).__name__}: {str(exc)[:80]}); {fix}"
+                ) from None
 
         def read_bits(buffer):
             with np.load(buffer, allow_pickle=False) as z:
@@ -310,32 +358,45 @@ class IndexStorage:
             if vectors.dtype != np.float32 or vectors.shape != tuple(exp):
                 raise IndexFormatError(
                     f"{cb_path}: expected float32 {tuple(exp)}, found {vectors.dtype} "
-                    f"{vectors.shape}; {fix}")
+                    f"{vectors.shape}; {fix}"
+                )
             if not np.all(np.isfinite(vectors)):
                 raise IndexFormatError(f"{cb_path}: holds NaN or infinite values; {fix}")
             pairs, packed = load(BITS_FILES[book], read_bits)
             E = meta["E_star"][book]
-            if pairs.shape != (E, 2) or packed.shape != (exp[0], (E + 7) // 8) or \
-                    not np.issubdtype(pairs.dtype, np.integer) or packed.dtype != np.uint8:
+            if (
+                pairs.shape != (E, 2)
+                or packed.shape != (exp[0], (E + 7) // 8)
+                or not np.issubdtype(pairs.dtype, np.integer)
+                or packed.dtype != np.uint8
+            ):
                 raise IndexFormatError(
                     f"{bits_path}: expected integer pairs ({E}, 2) and uint8 packed ({exp[0]}, "
                     f"{(E + 7) // 8}), found {pairs.dtype} {pairs.shape} and {packed.dtype} "
-                    f"{packed.shape}; {fix}")
+                    f"{packed.shape}; {fix}"
+                )
             if pairs.size and (pairs.min() < 0 or pairs.max() >= exp[0]):
                 raise IndexFormatError(f"{bits_path}: pair indices outside 0..{exp[0] - 1}; {fix}")
             t = CodebookTables.build(vectors, pairs.astype(np.int64))
             if not np.array_equal(t.packed, packed):
                 raise IndexFormatError(
                     f"{bits_path}: the stored bits do not match {cb_path.name} (expected the "
-                    f"hyperplane bits of that codebook); {fix}")
+                    f"hyperplane bits of that codebook); {fix}"
+                )
             tables[book] = t
-        idx = cls(tables, meta["report"], ivf_nlist=meta["ivf_nlist"], seed=meta["seed"],
-                  faiss_indexes=meta["faiss_indexes"])
+        idx = cls(
+            tables,
+            meta["report"],
+            ivf_nlist=meta["ivf_nlist"],
+            seed=meta["seed"],
+            faiss_indexes=meta["faiss_indexes"],
+        )
         n = volume_ids.shape[0] if isinstance(volume_ids, np.ndarray) else -1
         if n != meta["ntotal"]:
             raise IndexFormatError(
                 f"{meta_path}: ntotal {meta['ntotal']}, but {n} volume ids / code rows were "
-                f"given; pass the codes.zarr arrays this index was built from, or {fix}")
+                f"given; pass the codes.zarr arrays this index was built from, or {fix}"
+            )
         if meta["grid"] is not None:
             idx.grid = tuple(meta["grid"])
             # The scales were estimated at build time and stored: estimating them again would

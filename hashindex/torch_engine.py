@@ -33,7 +33,7 @@ def _torch():
 
 
 def default_device() -> str:
-    """"cuda" when torch sees a GPU, else "cpu"."""
+    """ "cuda" when torch sees a GPU, else "cpu"."""
     return "cuda" if _torch().cuda.is_available() else "cpu"
 
 
@@ -44,8 +44,16 @@ class TorchScan:
     float64; volume_index: (N,) int64 dense volume numbers into volume_ids (V,).
     """
 
-    def __init__(self, tables: dict, codes: dict, row_sqnorm: dict, volume_index: np.ndarray,
-                 volume_ids: np.ndarray, scales: dict, device: str | None = None):
+    def __init__(
+        self,
+        tables: dict,
+        codes: dict,
+        row_sqnorm: dict,
+        volume_index: np.ndarray,
+        volume_ids: np.ndarray,
+        scales: dict,
+        device: str | None = None,
+    ):
         torch = _torch()
         self.device = torch.device(device or default_device())
         self.tables, self.scales = tables, scales
@@ -68,20 +76,28 @@ class TorchScan:
     def _sums(self, book: str, table: np.ndarray):
         """(N,) Σ_p table[p, code_p] in position order on the device (int64 or float64)."""
         torch = _torch()
-        t = torch.from_numpy(table.astype(np.int64 if table.dtype == np.int32 else np.float64)
-                             ).to(self.device)
+        t = torch.from_numpy(table.astype(np.int64 if table.dtype == np.int32 else np.float64)).to(
+            self.device
+        )
         codes = self.codes[book]
         out = torch.empty(self.n, dtype=t.dtype, device=self.device)
         for s in range(0, self.n, CHUNK_ROWS):
-            chunk = codes[s:s + CHUNK_ROWS].long()
+            chunk = codes[s : s + CHUNK_ROWS].long()
             acc = t[0][chunk[:, 0]].clone()
             for p in range(1, t.shape[0]):
                 acc += t[p][chunk[:, p]]
-            out[s:s + chunk.shape[0]] = acc
+            out[s : s + chunk.shape[0]] = acc
         return out
 
-    def distances(self, q_reps: dict, q_sq: dict, mode: str, distance: str,
-                  normalized_sum: bool, sums: dict | None = None):
+    def distances(
+        self,
+        q_reps: dict,
+        q_sq: dict,
+        mode: str,
+        distance: str,
+        normalized_sum: bool,
+        sums: dict | None = None,
+    ):
         """(N,) float64 distances of one query on the device, as `finish` defines them.
 
         sums, when given, receives each codebook's (N,) table sums (on the device)."""
@@ -100,8 +116,9 @@ class TorchScan:
                 q = float(q_sq[book])
                 r = self.row_sqnorm[book]
                 denom = torch.sqrt(q * r)
-                cos = torch.where(denom > 0, acc / torch.where(denom > 0, denom, 1.0),
-                                  torch.zeros_like(acc)).clamp(-1.0, 1.0)
+                cos = torch.where(
+                    denom > 0, acc / torch.where(denom > 0, denom, 1.0), torch.zeros_like(acc)
+                ).clamp(-1.0, 1.0)
                 d = torch.arccos(cos) / np.pi
                 if q == 0:
                     d = torch.where(r == 0, torch.zeros_like(d), d)
@@ -112,8 +129,16 @@ class TorchScan:
             total = d if total is None else total + d
         return total
 
-    def search(self, q_reps: dict, q_sq: dict, topq: int, mode: str, distance: str,
-               normalized_sum: bool, exclude: np.ndarray | None):
+    def search(
+        self,
+        q_reps: dict,
+        q_sq: dict,
+        topq: int,
+        mode: str,
+        distance: str,
+        normalized_sum: bool,
+        exclude: np.ndarray | None,
+    ):
         """Volume-wise top-Q of B queries: (B, Q) distances, rows, volume ids (inf/-1 padded)."""
         torch = _torch()
         B = next(iter(q_reps.values())).shape[0]
@@ -123,12 +148,16 @@ class TorchScan:
         rows = torch.arange(self.n, device=self.device)
         for i in range(B):
             sums = {}
-            d = self.distances({b: q_reps[b][i] for b in q_reps},
-                               {b: q_sq[b][i] for b in q_sq}, mode, distance, normalized_sum,
-                               sums)
+            d = self.distances(
+                {b: q_reps[b][i] for b in q_reps},
+                {b: q_sq[b][i] for b in q_sq},
+                mode,
+                distance,
+                normalized_sum,
+                sums,
+            )
             # closest distance per volume, then the smallest row reaching it
-            best = torch.full((self.n_volumes,), np.inf, dtype=torch.float64,
-                              device=self.device)
+            best = torch.full((self.n_volumes,), np.inf, dtype=torch.float64, device=self.device)
             best.scatter_reduce_(0, self.volume_index, d, reduce="amin")
             at_best = d == best[self.volume_index]
             first = torch.full((self.n_volumes,), self.n, dtype=torch.int64, device=self.device)
@@ -144,16 +173,21 @@ class TorchScan:
             hit_rows = first[vols]
             R[i, :m] = hit_rows.cpu().numpy()
             V[i, :m] = self.volume_ids[vols.cpu().numpy()]
-            D[i, :m] = self._host_distances(sums, hit_rows, R[i, :m], q_sq, i, distance,
-                                            normalized_sum and mode == "sum")
+            D[i, :m] = self._host_distances(
+                sums, hit_rows, R[i, :m], q_sq, i, distance, normalized_sum and mode == "sum"
+            )
         return D, R, V
 
     def _host_distances(self, sums, rows_dev, rows, q_sq, i, distance, normalized):
         """The hits' distances computed by `finish` from their sums, as the lut engine does."""
         total = None
         for book, acc in sums.items():
-            d = finish(distance, acc[rows_dev].cpu().numpy(), q_sq[book][i],
-                       self.row_sqnorm_host[book][rows])
+            d = finish(
+                distance,
+                acc[rows_dev].cpu().numpy(),
+                q_sq[book][i],
+                self.row_sqnorm_host[book][rows],
+            )
             if normalized:
                 d = d / self.scales[f"{book}/{distance}"]
             total = d if total is None else total + d

@@ -49,8 +49,9 @@ def topk_rows(dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return D, I
 
 
-def topq_volumes(dist: np.ndarray, volume_index: np.ndarray, volume_ids: np.ndarray, q: int,
-                 exclude: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def topq_volumes(
+    dist: np.ndarray, volume_index: np.ndarray, volume_ids: np.ndarray, q: int, exclude: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Volume-wise top-Q of one distance vector (N,) (dense ``volume_index`` (N,) into
     ``volume_ids`` (V,)); ``exclude`` is a volume id or None. Returns (Q,) distances, rows, volumes.
     """
@@ -102,8 +103,9 @@ def rows_from_knn(knn: KnnFn, B: int, N: int, k: int) -> tuple[np.ndarray, np.nd
     return D, I
 
 
-def volumes_from_knn(knn: KnnFn, B: int, N: int, q: int, volume_of_row: np.ndarray,
-                     exclude: np.ndarray | None) -> VolumeHits:
+def volumes_from_knn(
+    knn: KnnFn, B: int, N: int, q: int, volume_of_row: np.ndarray, exclude: np.ndarray | None
+) -> VolumeHits:
     """Volume-wise top-Q from a k-NN engine, growing k until Q volumes are certain.
 
     A result is final when the Q-th volume's distance is strictly below the last distance
@@ -128,8 +130,7 @@ def volumes_from_knn(knn: KnnFn, B: int, N: int, q: int, volume_of_row: np.ndarr
                 dq, rq, vq = d, r, vols
             _, first = np.unique(vq, return_index=True)
             first = np.sort(first)[:q]
-            complete = (kk >= N or r.size < kk
-                        or (first.size == q and dq[first[-1]] < d[-1]))
+            complete = kk >= N or r.size < kk or (first.size == q and dq[first[-1]] < d[-1])
             if complete:
                 m = first.size
                 D[b, :m], R[b, :m], Vo[b, :m] = dq[first], rq[first], vq[first]

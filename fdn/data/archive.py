@@ -33,8 +33,7 @@ FILE_KEYS = SEQUENCES + OPTIONAL_FILES
 EXTENSIONS = (".nii.gz", ".nii")
 
 
-_FILE_NAME = re.compile(
-    r"^(?P<case>.+)_(?P<key>" + "|".join(FILE_KEYS) + r")(?:\.nii\.gz|\.nii)$")
+_FILE_NAME = re.compile(r"^(?P<case>.+)_(?P<key>" + "|".join(FILE_KEYS) + r")(?:\.nii\.gz|\.nii)$")
 
 
 class BadCase(NamedTuple):
@@ -70,8 +69,9 @@ def unreadable_name(folder: Path, case_id: str, key: str) -> Path | None:
     return None
 
 
-def case_files_inside(source: str | os.PathLike, case_id: str,
-                      roots: list[str] | list[Path]) -> dict[str, Path]:
+def case_files_inside(
+    source: str | os.PathLike, case_id: str, roots: list[str] | list[Path]
+) -> dict[str, Path]:
     """The files of case `case_id` in its folder `source` (as an index's slice table names
     it), each resolved (symlinks followed) and checked to lie inside one of the archive folders
     `roots` (as the index's manifest records them).
@@ -89,27 +89,39 @@ def case_files_inside(source: str | os.PathLike, case_id: str,
             except (OSError, RuntimeError):
                 continue  # an archive that is gone holds nothing to read
     if not resolved_roots:
-        raise ArchiveError("the index records no archive folder that exists here, so no source "
-                           f"image of case {case_id!r} may be read; restore the archive, or "
-                           "rebuild the index with this version of fdn-index")
+        raise ArchiveError(
+            "the index records no archive folder that exists here, so no source "
+            f"image of case {case_id!r} may be read; restore the archive, or "
+            "rebuild the index with this version of fdn-index"
+        )
 
     def inside(path: Path) -> bool:
         return any(path != root and path.is_relative_to(root) for root in resolved_roots)
 
     source = Path(source)
-    if (not source.is_absolute() or ".." in source.parts or "/" in case_id
-            or case_id in ("", ".", "..")):
-        raise ArchiveError(f"case {case_id!r}: its source folder {str(source)!r} is not an "
-                           "absolute path without '..'; refused (the slice table is damaged)")
+    if (
+        not source.is_absolute()
+        or ".." in source.parts
+        or "/" in case_id
+        or case_id in ("", ".", "..")
+    ):
+        raise ArchiveError(
+            f"case {case_id!r}: its source folder {str(source)!r} is not an "
+            "absolute path without '..'; refused (the slice table is damaged)"
+        )
     try:
         folder = source.resolve(strict=True)
     except (OSError, RuntimeError):
-        raise ArchiveError(f"case {case_id!r}: its source folder {source} is missing or "
-                           "unreadable; restore the archive") from None
+        raise ArchiveError(
+            f"case {case_id!r}: its source folder {source} is missing or "
+            "unreadable; restore the archive"
+        ) from None
     if not folder.is_dir() or not inside(folder):
-        raise ArchiveError(f"case {case_id!r}: its source folder {source} lies outside the "
-                           f"archive folders of the index ({', '.join(map(str, roots))}); "
-                           "refused")
+        raise ArchiveError(
+            f"case {case_id!r}: its source folder {source} lies outside the "
+            f"archive folders of the index ({', '.join(map(str, roots))}); "
+            "refused"
+        )
     files = {}
     for key, path in case_files_in(folder, case_id).items():
         try:
@@ -117,8 +129,9 @@ def case_files_inside(source: str | os.PathLike, case_id: str,
         except (OSError, RuntimeError):
             continue
         if not inside(resolved):
-            raise ArchiveError(f"case {case_id!r}: {path} points outside the archive folders "
-                               "of the index; refused")
+            raise ArchiveError(
+                f"case {case_id!r}: {path} points outside the archive folders of the index; refused"
+            )
         files[key] = resolved
     return files
 
@@ -143,25 +156,32 @@ def case_files_from_paths(paths: list[Path]) -> tuple[str, dict[str, Path]]:
             return folder.name, files
         paths = sorted(p for p in folder.iterdir() if p.is_file() and _FILE_NAME.match(p.name))
         if not paths:
-            raise ArchiveError(f"{folder} holds no NIfTI file named CASE_t1.nii.gz, "
-                               "CASE_t1ce.nii.gz, CASE_t2.nii.gz, CASE_flair.nii.gz")
+            raise ArchiveError(
+                f"{folder} holds no NIfTI file named CASE_t1.nii.gz, "
+                "CASE_t1ce.nii.gz, CASE_t2.nii.gz, CASE_flair.nii.gz"
+            )
     cases, files = set(), {}
     for path in paths:
         match = _FILE_NAME.match(path.name)
         if match is not None and os.path.lexists(path) and not path.is_file():
-            raise ArchiveError(f"{path} is not a readable regular file (a symlink loop, a "
-                               "dangling link, a folder or a special file); pass the file itself")
+            raise ArchiveError(
+                f"{path} is not a readable regular file (a symlink loop, a "
+                "dangling link, a folder or a special file); pass the file itself"
+            )
         if match is None or not path.is_file():
-            raise ArchiveError(f"{path} is not a NIfTI file named CASE_<sequence>.nii.gz "
-                               f"(sequence one of {', '.join(FILE_KEYS)}); rename it")
+            raise ArchiveError(
+                f"{path} is not a NIfTI file named CASE_<sequence>.nii.gz "
+                f"(sequence one of {', '.join(FILE_KEYS)}); rename it"
+            )
         key = match["key"]
         if key in files:
             raise ArchiveError(f"two {key} files given: {files[key]} and {path}; pass one")
         cases.add(match["case"])
         files[key] = path
     if len(cases) > 1:
-        raise ArchiveError(f"the files belong to different cases {sorted(cases)}; "
-                           "pass the files of one case")
+        raise ArchiveError(
+            f"the files belong to different cases {sorted(cases)}; pass the files of one case"
+        )
     return cases.pop(), files
 
 
@@ -174,8 +194,10 @@ class Archive:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise ArchiveError(f"archive folder {self.root} does not exist or is not a folder; "
-                               "pass the folder that holds one sub-folder per case")
+            raise ArchiveError(
+                f"archive folder {self.root} does not exist or is not a folder; "
+                "pass the folder that holds one sub-folder per case"
+            )
         self._files = {}
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
             files = case_files_in(folder, folder.name)
@@ -184,7 +206,8 @@ class Archive:
         if not self._files:
             raise ArchiveError(
                 f"archive folder {self.root} holds no case: expected sub-folders CASE/ with "
-                "CASE_t1.nii.gz, CASE_t1ce.nii.gz, CASE_t2.nii.gz, CASE_flair.nii.gz")
+                "CASE_t1.nii.gz, CASE_t1ce.nii.gz, CASE_t2.nii.gz, CASE_flair.nii.gz"
+            )
         self.bad: list[BadCase] = []
 
     def __repr__(self) -> str:
@@ -216,14 +239,18 @@ class Archive:
             if key not in files:
                 broken = unreadable_name(self.root / case_id, case_id, key)
                 if broken is not None:
-                    raise CaseError(case_id, broken,
-                                    f"missing the {key} sequence: the name exists but is not a "
-                                    "readable regular file (a symlink loop, a dangling link, a "
-                                    "folder or a special file); replace it or run with "
-                                    "--skip-bad")
+                    raise CaseError(
+                        case_id,
+                        broken,
+                        f"missing the {key} sequence: the name exists but is not a "
+                        "readable regular file (a symlink loop, a dangling link, a "
+                        "folder or a special file); replace it or run with "
+                        "--skip-bad",
+                    )
                 expected = self.root / case_id / f"{case_id}_{key}.nii.gz"
-                raise CaseError(case_id, expected,
-                                f"missing the {key} sequence; add it or run with --skip-bad")
+                raise CaseError(
+                    case_id, expected, f"missing the {key} sequence; add it or run with --skip-bad"
+                )
         return files
 
     def load(self, case_id: str, size: int, timings: dict | None = None) -> Volume:

@@ -92,8 +92,9 @@ def _read(case: str, key: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         return read_nifti(path)
     except NiftiError as error:
-        raise CaseError(case, path, f"unreadable or truncated {key} file: {error.fault}; "
-                        "or run with --skip-bad") from None
+        raise CaseError(
+            case, path, f"unreadable or truncated {key} file: {error.fault}; or run with --skip-bad"
+        ) from None
 
 
 def _check_finite(case: str, path: Path, data: np.ndarray) -> None:
@@ -102,14 +103,16 @@ def _check_finite(case: str, path: Path, data: np.ndarray) -> None:
         raise CaseError(case, path, f"{n_bad} NaN or inf values; fix or drop the file")
 
 
-def _as_labels(case: str, path: Path, key: str, data: np.ndarray,
-               allowed: tuple[int, ...]) -> np.ndarray:
+def _as_labels(
+    case: str, path: Path, key: str, data: np.ndarray, allowed: tuple[int, ...]
+) -> np.ndarray:
     values = np.unique(data)
     bad = [v for v in values.tolist() if v not in allowed]
     if bad:
         shown = ", ".join(f"{v:g}" for v in bad[:8]) + (" …" if len(bad) > 8 else "")
-        raise CaseError(case, path, f"{key} labels must be in {{{', '.join(map(str, allowed))}}}, "
-                        f"found {shown}")
+        raise CaseError(
+            case, path, f"{key} labels must be in {{{', '.join(map(str, allowed))}}}, found {shown}"
+        )
     return data.astype(np.uint8)
 
 
@@ -125,8 +128,12 @@ def read_case(files: dict[str, Path], case_id: str) -> RawCase:
         raise ValueError(f"unknown file keys {unknown}; expected {SEQUENCES + OPTIONAL_FILES}")
     for key in SEQUENCES:
         if key not in files:
-            raise CaseError(case_id, None, f"missing the {key} sequence "
-                            f"(expected {case_id}_{key}.nii.gz); add it or run with --skip-bad")
+            raise CaseError(
+                case_id,
+                None,
+                f"missing the {key} sequence "
+                f"(expected {case_id}_{key}.nii.gz); add it or run with --skip-bad",
+            )
 
     channels = []
     reference_key, reference_shape, reference_affine = None, None, None
@@ -141,13 +148,21 @@ def read_case(files: dict[str, Path], case_id: str) -> RawCase:
         if reference_shape is None:
             reference_key, reference_shape, reference_affine = key, data.shape[:3], affine
         elif data.shape[:3] != reference_shape:
-            raise CaseError(case_id, path, f"shape {data.shape[:3]} disagrees with the "
-                            f"{reference_key} shape {reference_shape}; resample it onto the "
-                            f"{reference_key} grid")
+            raise CaseError(
+                case_id,
+                path,
+                f"shape {data.shape[:3]} disagrees with the "
+                f"{reference_key} shape {reference_shape}; resample it onto the "
+                f"{reference_key} grid",
+            )
         elif not np.allclose(affine, reference_affine, atol=AFFINE_TOLERANCE_MM):
-            raise CaseError(case_id, path, f"affine disagrees with the {reference_key} affine "
-                            f"(max difference {np.abs(affine - reference_affine).max():.3g}); "
-                            "the sequences must be co-registered on one grid")
+            raise CaseError(
+                case_id,
+                path,
+                f"affine disagrees with the {reference_key} affine "
+                f"(max difference {np.abs(affine - reference_affine).max():.3g}); "
+                "the sequences must be co-registered on one grid",
+            )
         _check_finite(case_id, path, data)
         if key in SEQUENCES:
             channels.append(data)
@@ -179,13 +194,19 @@ def preprocess(raw: RawCase, size: int) -> Volume:
         raise ValueError(f"size must be a positive integer, got {size!r}")
     brain = np.any(raw.image != 0, axis=0)  # (H, W, Z)
     if not brain.any():
-        raise CaseError(raw.case, raw.files["t1"], "every sequence is zero everywhere: no brain "
-                        "voxels to normalise")
+        raise CaseError(
+            raw.case,
+            raw.files["t1"],
+            "every sequence is zero everywhere: no brain voxels to normalise",
+        )
     mean, std = zscore(raw.image, brain)
     flat = [SEQUENCES[c] for c in np.flatnonzero(std <= 1e-6 * np.maximum(np.abs(mean), 1))]
     if flat:
-        raise CaseError(raw.case, raw.files[flat[0]], "the sequence is constant over the brain; "
-                        "it cannot be z-scored")
+        raise CaseError(
+            raw.case,
+            raw.files[flat[0]],
+            "the sequence is constant over the brain; it cannot be z-scored",
+        )
     shift = mean.astype(np.float32).reshape(-1, 1, 1, 1)
     scale = std.astype(np.float32).reshape(-1, 1, 1, 1)
 
@@ -195,8 +216,11 @@ def preprocess(raw: RawCase, size: int) -> Volume:
         return resize_images(np.transpose(z, (3, 0, 1, 2)), size)
 
     def labels(y: np.ndarray | None) -> np.ndarray | None:
-        return None if y is None else np.ascontiguousarray(
-            resize_labels(np.transpose(y, (2, 0, 1)), size))
+        return (
+            None
+            if y is None
+            else np.ascontiguousarray(resize_labels(np.transpose(y, (2, 0, 1)), size))
+        )
 
     return Volume(
         case=raw.case,
@@ -218,8 +242,12 @@ def load_case_files(files: dict[str, Path], size: int, case_id: str) -> Volume:
 def volume_slices(volume: Volume) -> list[Slice]:
     """The axial slices of a volume, in order."""
     return [
-        Slice(volume.case, z, volume.image[z],
-              None if volume.seg is None else volume.seg[z],
-              None if volume.anat is None else volume.anat[z])
+        Slice(
+            volume.case,
+            z,
+            volume.image[z],
+            None if volume.seg is None else volume.seg[z],
+            None if volume.anat is None else volume.anat[z],
+        )
         for z in range(volume.image.shape[0])
     ]

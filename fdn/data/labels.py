@@ -3,7 +3,7 @@
 import numpy as np
 
 SEQUENCES = ("t1", "t1ce", "t2", "flair")  # channel order of every image
-SEG_LABELS = (0, 1, 2, 4)                  # BraTS: background, NET (necrotic core), ED, ET
+SEG_LABELS = (0, 1, 2, 4)  # BraTS: background, NET (necrotic core), ED, ET
 ANAT_LABELS = {
     1: "left cerebrum",
     2: "right cerebrum",

@@ -55,16 +55,22 @@ def _header(head: bytes, path: Path, file_bytes: int | None):
     file_bytes: the file's (decompressed) size when known, else None.
     """
     if len(head) < 348:
-        raise NiftiError(path, f"{len(head)} bytes, shorter than a NIfTI header (348 bytes); "
-                         "the file is truncated or not NIfTI")
+        raise NiftiError(
+            path,
+            f"{len(head)} bytes, shorter than a NIfTI header (348 bytes); "
+            "the file is truncated or not NIfTI",
+        )
     sizes = {int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")}
     if 348 in sizes:
         header_class, image_class, magic = nib.Nifti1Header, nib.Nifti1Image, b"n+1"
     elif 540 in sizes and len(head) >= 540:
         header_class, image_class, magic = nib.Nifti2Header, nib.Nifti2Image, b"n+2"
     else:
-        raise NiftiError(path, "not a NIfTI-1 or NIfTI-2 file (the first 4 bytes should be "
-                         "348 or 540); re-export it as .nii.gz")
+        raise NiftiError(
+            path,
+            "not a NIfTI-1 or NIfTI-2 file (the first 4 bytes should be "
+            "348 or 540); re-export it as .nii.gz",
+        )
     try:
         header = header_class.from_fileobj(io.BytesIO(head))
         found_magic = bytes(header["magic"]).rstrip(b"\0")
@@ -72,31 +78,50 @@ def _header(head: bytes, path: Path, file_bytes: int | None):
         dtype = header.get_data_dtype()
         offset = int(header.get_data_offset())
     except Exception as error:  # nibabel's HeaderDataError, ValueError, … on a bad header
-        raise NiftiError(path, f"invalid NIfTI header ({type(error).__name__}: {error}); "
-                         "re-export the file") from None
+        raise NiftiError(
+            path, f"invalid NIfTI header ({type(error).__name__}: {error}); re-export the file"
+        ) from None
     if found_magic != magic:
-        raise NiftiError(path, f"header magic is {found_magic!r}, expected {magic!r} (a single "
-                         ".nii file); convert .hdr/.img pairs to .nii.gz")
+        raise NiftiError(
+            path,
+            f"header magic is {found_magic!r}, expected {magic!r} (a single "
+            ".nii file); convert .hdr/.img pairs to .nii.gz",
+        )
     if dtype.kind not in "biuf" or dtype.itemsize > 8:
-        raise NiftiError(path, f"voxel type {dtype} is not a real number type; expected "
-                         "integer or float voxels")
-    limits = ((MAX_IN_PLANE, MAX_IN_PLANE, MAX_SLICES)[: len(shape)])
+        raise NiftiError(
+            path, f"voxel type {dtype} is not a real number type; expected integer or float voxels"
+        )
+    limits = (MAX_IN_PLANE, MAX_IN_PLANE, MAX_SLICES)[: len(shape)]
     extra = math.prod(shape[3:])
-    if (not shape or any(n < 1 for n in shape) or any(n > m for n, m in zip(shape, limits))
-            or extra > MAX_EXTRA or math.prod(shape) > MAX_VOXELS):
-        raise NiftiError(path, f"header claims a volume of {' × '.join(map(str, shape))} "
-                         f"voxels; expected at most {MAX_IN_PLANE} × {MAX_IN_PLANE} × "
-                         f"{MAX_SLICES} (× {MAX_EXTRA}), {MAX_VOXELS:,} voxels in all; the "
-                         "header is damaged, or resample the volume")
+    if (
+        not shape
+        or any(n < 1 for n in shape)
+        or any(n > m for n, m in zip(shape, limits))
+        or extra > MAX_EXTRA
+        or math.prod(shape) > MAX_VOXELS
+    ):
+        raise NiftiError(
+            path,
+            f"header claims a volume of {' × '.join(map(str, shape))} "
+            f"voxels; expected at most {MAX_IN_PLANE} × {MAX_IN_PLANE} × "
+            f"{MAX_SLICES} (× {MAX_EXTRA}), {MAX_VOXELS:,} voxels in all; the "
+            "header is damaged, or resample the volume",
+        )
     first = 352 if magic == b"n+1" else 544  # header plus the 4-byte extension flag
     if not first <= offset <= MAX_HEADER_BYTES:
-        raise NiftiError(path, f"header puts the voxel data at byte {offset}; expected {first} "
-                         f"to {MAX_HEADER_BYTES:,}; the header is damaged")
+        raise NiftiError(
+            path,
+            f"header puts the voxel data at byte {offset}; expected {first} "
+            f"to {MAX_HEADER_BYTES:,}; the header is damaged",
+        )
     end = offset + math.prod(shape) * dtype.itemsize
     if file_bytes is not None and file_bytes < end:
-        raise NiftiError(path, f"truncated: the header describes {end:,} bytes "
-                         f"({' × '.join(map(str, shape))} voxels of {dtype}), the file holds "
-                         f"{file_bytes:,}; re-copy or re-export it")
+        raise NiftiError(
+            path,
+            f"truncated: the header describes {end:,} bytes "
+            f"({' × '.join(map(str, shape))} voxels of {dtype}), the file holds "
+            f"{file_bytes:,}; re-copy or re-export it",
+        )
     return image_class, end
 
 
@@ -129,15 +154,22 @@ def _gunzip(f, path: Path) -> tuple[bytes, type, int]:
                 image_class, end = _header(head[:_PROBE], path, None)
                 limit = end + TRAILING_SLACK
             if limit is not None and size > limit:
-                raise NiftiError(path, f"decompresses to more than {limit:,} bytes, but its "
-                                 f"header describes {end:,}; the file is damaged")
+                raise NiftiError(
+                    path,
+                    f"decompresses to more than {limit:,} bytes, but its "
+                    f"header describes {end:,}; the file is damaged",
+                )
     except zlib.error as error:
-        raise NiftiError(path, f"damaged gzip data ({error}); re-copy or re-export the "
-                         "file") from None
+        raise NiftiError(
+            path, f"damaged gzip data ({error}); re-copy or re-export the file"
+        ) from None
     data = b"".join(pieces)
     if not d.eof:
-        raise NiftiError(path, "the gzip stream ends early (truncated file, "
-                         f"{size:,} bytes decompressed); re-copy or re-export it")
+        raise NiftiError(
+            path,
+            "the gzip stream ends early (truncated file, "
+            f"{size:,} bytes decompressed); re-copy or re-export it",
+        )
     if image_class is None:
         image_class, end = _header(data[:_PROBE], path, size)
     elif size < end:
@@ -156,11 +188,13 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     except FileNotFoundError:
         raise NiftiError(path, "the file does not exist") from None
     except OSError as error:
-        raise NiftiError(path, f"cannot open the file ({error.strerror}); fix or replace "
-                         "it") from None
+        raise NiftiError(
+            path, f"cannot open the file ({error.strerror}); fix or replace it"
+        ) from None
     if not stat.S_ISREG(st.st_mode):
-        raise NiftiError(path, "not a regular file (a folder, FIFO or device); expected a "
-                         ".nii or .nii.gz file")
+        raise NiftiError(
+            path, "not a regular file (a folder, FIFO or device); expected a .nii or .nii.gz file"
+        )
     try:
         with open(path, "rb") as f:
             magic = f.read(2)
@@ -174,16 +208,17 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
                 if len(data) < end:  # the file shrank since stat
                     _header(head, path, len(data))
     except OSError as error:
-        raise NiftiError(path, f"cannot read the file ({error.strerror or error}); fix or "
-                         "replace it") from None
+        raise NiftiError(
+            path, f"cannot read the file ({error.strerror or error}); fix or replace it"
+        ) from None
     try:
         image = image_class.from_bytes(data[:end])
         voxels = np.asarray(image.dataobj, dtype=np.float32)
         affine = np.asarray(image.affine, dtype=np.float64)
     except Exception as error:  # nibabel on a header it accepted but cannot apply
-        raise NiftiError(path, f"unreadable NIfTI data ({type(error).__name__}: {error}); "
-                         "re-export the file") from None
+        raise NiftiError(
+            path, f"unreadable NIfTI data ({type(error).__name__}: {error}); re-export the file"
+        ) from None
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
-        raise NiftiError(path, "the header's affine (sform/qform) is not finite; fix the "
-                         "header")
+        raise NiftiError(path, "the header's affine (sform/qform) is not finite; fix the header")
     return voxels, affine

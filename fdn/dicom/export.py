@@ -78,9 +78,18 @@ def _ds_number(value: float) -> str:
     return text if len(text) <= 16 else f"{value:.10g}"[:16]
 
 
-def export_series(volume: np.ndarray, affine_ras: np.ndarray, folder: Path, *, sequence: str,
-                  study: dict, series_number: int, series_uid: str, slope: float = 0.5,
-                  intercept: float = -16.0) -> None:
+def export_series(
+    volume: np.ndarray,
+    affine_ras: np.ndarray,
+    folder: Path,
+    *,
+    sequence: str,
+    study: dict,
+    series_number: int,
+    series_uid: str,
+    slope: float = 0.5,
+    intercept: float = -16.0,
+) -> None:
     """Write a 3-D volume (i, j, k) as one DICOM file per slice k into `folder`.
 
     Stored value = rint((value − intercept) / slope) as uint16 (ValueError if out of range),
@@ -89,10 +98,12 @@ def export_series(volume: np.ndarray, affine_ras: np.ndarray, folder: Path, *, s
     description, protocol, scanning, te, tr, ti, agent = SERIES[sequence]
     stored = np.rint((np.asarray(volume, dtype=np.float64) - intercept) / slope)
     if stored.min() < 0 or stored.max() > 65535:
-        raise ValueError(f"{sequence}: values {volume.min()}..{volume.max()} do not fit uint16 "
-                         f"with slope {slope}, intercept {intercept}")
+        raise ValueError(
+            f"{sequence}: values {volume.min()}..{volume.max()} do not fit uint16 "
+            f"with slope {slope}, intercept {intercept}"
+        )
     stored = stored.astype(np.uint16)
-    lps = LPS_TO_RAS @ affine_ras                     # LPS_TO_RAS is its own inverse
+    lps = LPS_TO_RAS @ affine_ras  # LPS_TO_RAS is its own inverse
     dc, dr = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
     row_dir, col_dir = lps[:3, 0] / dc, lps[:3, 1] / dr
     thickness = float(np.linalg.norm(lps[:3, 2]))
@@ -139,14 +150,21 @@ def export_series(volume: np.ndarray, affine_ras: np.ndarray, folder: Path, *, s
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         ds.RescaleSlope, ds.RescaleIntercept = _ds_number(slope), _ds_number(intercept)
         ds.RescaleType = "US"
-        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()   # (rows, cols)
+        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()  # (rows, cols)
         ds.save_as(folder / f"IM{k + 1:04d}.dcm", enforce_file_format=True)
 
 
-def export_case(files: dict[str, Path], out: str | Path, *, patient_id: str,
-                rotate_deg: tuple[float, float, float] = (8.0, -12.0, 15.0),
-                slope: float = 0.5, intercept: float = -16.0, seed: int = 0,
-                sequences: tuple[str, ...] = SEQUENCES) -> ExportedStudy:
+def export_case(
+    files: dict[str, Path],
+    out: str | Path,
+    *,
+    patient_id: str,
+    rotate_deg: tuple[float, float, float] = (8.0, -12.0, 15.0),
+    slope: float = 0.5,
+    intercept: float = -16.0,
+    seed: int = 0,
+    sequences: tuple[str, ...] = SEQUENCES,
+) -> ExportedStudy:
     """Export the sequences of one NIfTI case (files keyed t1, t1ce, t2, flair) to `out`.
 
     Every series shares the study's FrameOfReferenceUID and the rotated affine. UIDs are a
@@ -157,10 +175,15 @@ def export_case(files: dict[str, Path], out: str | Path, *, patient_id: str,
     digest = int(hashlib.sha1(f"{patient_id}:{seed}".encode()).hexdigest(), 16)
     date = f"2026{1 + digest % 12:02d}15"
     study = {
-        "PatientName": f"SYNTHETIC^{patient_id}", "PatientID": patient_id,
-        "PatientBirthDate": "19700101", "PatientSex": "O",
-        "StudyInstanceUID": study_uid, "StudyDate": date, "StudyTime": "101500",
-        "StudyID": "1", "AccessionNumber": f"ACC{digest % 10**8:08d}",
+        "PatientName": f"SYNTHETIC^{patient_id}",
+        "PatientID": patient_id,
+        "PatientBirthDate": "19700101",
+        "PatientSex": "O",
+        "StudyInstanceUID": study_uid,
+        "StudyDate": date,
+        "StudyTime": "101500",
+        "StudyID": "1",
+        "AccessionNumber": f"ACC{digest % 10**8:08d}",
         "StudyDescription": "MR BRAIN WITH AND WITHOUT CONTRAST",
         "FrameOfReferenceUID": _uid("for", patient_id, seed),
         "SeriesDate": date,
@@ -172,9 +195,17 @@ def export_case(files: dict[str, Path], out: str | Path, *, patient_id: str,
         affine = rotated_affine(image.affine, volume.shape, rotate_deg)
         series_uid = _uid("series", patient_id, seed, sequence)
         folder = out / f"S{number * 100:04d}_{sequence}"
-        export_series(volume, affine, folder, sequence=sequence, study=study,
-                      series_number=number * 100, series_uid=series_uid, slope=slope,
-                      intercept=intercept)
+        export_series(
+            volume,
+            affine,
+            folder,
+            sequence=sequence,
+            study=study,
+            series_number=number * 100,
+            series_uid=series_uid,
+            slope=slope,
+            intercept=intercept,
+        )
         exported.series_uids[sequence] = series_uid
         exported.series_dirs[sequence] = folder
         exported.affine_ras = affine
@@ -186,16 +217,24 @@ def export_archive(archive: str | Path, out: str | Path, **options) -> list[Expo
     from fdn.data import Archive
 
     source = Archive(archive)
-    return [export_case(source.case_files(case), Path(out) / case, patient_id=case, **options)
-            for case in source.case_ids]
+    return [
+        export_case(source.case_files(case), Path(out) / case, patient_id=case, **options)
+        for case in source.case_ids
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("archive", help="a BraTS-layout archive (e.g. from `fdn-index synth`)")
     parser.add_argument("out", help="output folder of DICOM files")
-    parser.add_argument("--rotate", nargs=3, type=float, default=(8.0, -12.0, 15.0),
-                        metavar=("X", "Y", "Z"), help="rotation of the study, degrees")
+    parser.add_argument(
+        "--rotate",
+        nargs=3,
+        type=float,
+        default=(8.0, -12.0, 15.0),
+        metavar=("X", "Y", "Z"),
+        help="rotation of the study, degrees",
+    )
     args = parser.parse_args(argv)
     export_archive(args.archive, args.out, rotate_deg=tuple(args.rotate))
 

@@ -28,10 +28,10 @@ from scipy import ndimage
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 # Tolerances of a consistent stack (mm, or unitless for direction cosines).
-ORIENTATION_TOLERANCE = 1e-4   # max difference between two slices' direction cosines
-POSITION_TOLERANCE_MM = 1e-2   # off-normal drift of slice positions, duplicate-position gap
-SPACING_TOLERANCE = 0.05       # max relative deviation of one slice gap from the median gap
-GRID_TOLERANCE_MM = 1e-3       # two grids whose affines agree to this are the same grid
+ORIENTATION_TOLERANCE = 1e-4  # max difference between two slices' direction cosines
+POSITION_TOLERANCE_MM = 1e-2  # off-normal drift of slice positions, duplicate-position gap
+SPACING_TOLERANCE = 0.05  # max relative deviation of one slice gap from the median gap
+GRID_TOLERANCE_MM = 1e-3  # two grids whose affines agree to this are the same grid
 
 
 class GeometryError(ValueError):
@@ -63,25 +63,41 @@ class Stack(NamedTuple):
 
 def slice_header(dataset) -> SliceHeader:
     """The geometry of a pydicom Dataset; GeometryError if an attribute is missing or odd."""
-    missing = [name for name in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
-                                 "Rows", "Columns") if dataset.get(name) is None]
+    missing = [
+        name
+        for name in (
+            "ImagePositionPatient",
+            "ImageOrientationPatient",
+            "PixelSpacing",
+            "Rows",
+            "Columns",
+        )
+        if dataset.get(name) is None
+    ]
     if missing:
         raise GeometryError(f"missing {', '.join(missing)}: the slice cannot be placed in space")
     position = np.array([float(v) for v in dataset.ImagePositionPatient], dtype=np.float64)
     cosines = np.array([float(v) for v in dataset.ImageOrientationPatient], dtype=np.float64)
     spacing = [float(v) for v in dataset.PixelSpacing]
     if position.shape != (3,) or cosines.shape != (6,) or len(spacing) != 2:
-        raise GeometryError("ImagePositionPatient needs 3 values, ImageOrientationPatient 6, "
-                            "PixelSpacing 2")
+        raise GeometryError(
+            "ImagePositionPatient needs 3 values, ImageOrientationPatient 6, PixelSpacing 2"
+        )
     if min(spacing) <= 0:
         raise GeometryError(f"PixelSpacing {spacing} must be positive")
     row_dir, col_dir = cosines[:3], cosines[3:]
     norms = np.linalg.norm(row_dir), np.linalg.norm(col_dir)
     if abs(norms[0] - 1) > 1e-3 or abs(norms[1] - 1) > 1e-3 or abs(row_dir @ col_dir) > 1e-3:
-        raise GeometryError(f"ImageOrientationPatient {cosines.tolist()} is not two orthogonal "
-                            "unit vectors")
-    return SliceHeader(position, row_dir / norms[0], col_dir / norms[1],
-                       (spacing[0], spacing[1]), (int(dataset.Rows), int(dataset.Columns)))
+        raise GeometryError(
+            f"ImageOrientationPatient {cosines.tolist()} is not two orthogonal unit vectors"
+        )
+    return SliceHeader(
+        position,
+        row_dir / norms[0],
+        col_dir / norms[1],
+        (spacing[0], spacing[1]),
+        (int(dataset.Rows), int(dataset.Columns)),
+    )
 
 
 def stack_slices(headers: list[SliceHeader], thickness: float | None = None) -> Stack:
@@ -98,40 +114,49 @@ def stack_slices(headers: list[SliceHeader], thickness: float | None = None) -> 
         raise GeometryError("no slice")
     first = headers[0]
     for n, h in enumerate(headers[1:], start=1):
-        if (np.abs(h.row_dir - first.row_dir).max() > ORIENTATION_TOLERANCE
-                or np.abs(h.col_dir - first.col_dir).max() > ORIENTATION_TOLERANCE):
+        if (
+            np.abs(h.row_dir - first.row_dir).max() > ORIENTATION_TOLERANCE
+            or np.abs(h.col_dir - first.col_dir).max() > ORIENTATION_TOLERANCE
+        ):
             raise GeometryError(
                 f"mixed orientation: slice {n} has ImageOrientationPatient "
                 f"{np.r_[h.row_dir, h.col_dir].round(4).tolist()}, slice 0 has "
-                f"{np.r_[first.row_dir, first.col_dir].round(4).tolist()}", index=n)
+                f"{np.r_[first.row_dir, first.col_dir].round(4).tolist()}",
+                index=n,
+            )
         if not np.allclose(h.spacing, first.spacing, rtol=1e-4):
             raise GeometryError(f"mixed PixelSpacing: {list(h.spacing)} and {list(first.spacing)}")
         if h.shape != first.shape:
             raise GeometryError(f"mixed image sizes: {h.shape} and {first.shape}")
     normal = np.cross(first.row_dir, first.col_dir)
-    positions = np.stack([h.position for h in headers])           # (K, 3)
-    along = positions @ normal                                    # (K,)
+    positions = np.stack([h.position for h in headers])  # (K, 3)
+    along = positions @ normal  # (K,)
     order = np.argsort(along, kind="stable")
     positions, along = positions[order], along[order]
     gaps = np.diff(along)
     if len(gaps) and gaps.min() < POSITION_TOLERANCE_MM:
         k = int(np.argmin(gaps))
-        raise GeometryError(f"duplicate position: two slices at {positions[k].round(3).tolist()} "
-                            "(a repeated acquisition or a duplicated file)",
-                            index=int(order[k + 1]))
+        raise GeometryError(
+            f"duplicate position: two slices at {positions[k].round(3).tolist()} "
+            "(a repeated acquisition or a duplicated file)",
+            index=int(order[k + 1]),
+        )
     offsets = positions - np.outer(along - along[0], normal) - positions[0]
     if np.abs(offsets).max() > POSITION_TOLERANCE_MM * 10:
-        raise GeometryError("slice positions do not lie on a line along the slice normal "
-                            f"(off by up to {np.abs(offsets).max():.3g} mm)")
+        raise GeometryError(
+            "slice positions do not lie on a line along the slice normal "
+            f"(off by up to {np.abs(offsets).max():.3g} mm)"
+        )
     if len(gaps) > 1:
         step = float(np.median(gaps))
         worst = int(np.argmax(np.abs(gaps - step)))
         if abs(gaps[worst] - step) > SPACING_TOLERANCE * step:
             missing = round(gaps[worst] / step) - 1
-            what = (f"{missing} missing slice(s)" if missing >= 1 else "uneven slice spacing")
+            what = f"{missing} missing slice(s)" if missing >= 1 else "uneven slice spacing"
             raise GeometryError(
                 f"{what}: gap of {gaps[worst]:.3f} mm after the slice at "
-                f"{positions[worst].round(3).tolist()}, the other gaps are {step:.3f} mm")
+                f"{positions[worst].round(3).tolist()}, the other gaps are {step:.3f} mm"
+            )
     dr, dc = first.spacing
     if len(headers) > 1:
         slice_step = (positions[-1] - positions[0]) / (len(headers) - 1)
@@ -153,12 +178,14 @@ def volume_from_slices(pixels: list[np.ndarray], stack: Stack) -> np.ndarray:
 
 def same_grid(shape_a, affine_a, shape_b, affine_b) -> bool:
     """Whether two (shape, affine) pairs describe the same voxel grid."""
-    return tuple(shape_a) == tuple(shape_b) and np.allclose(affine_a, affine_b,
-                                                            atol=GRID_TOLERANCE_MM)
+    return tuple(shape_a) == tuple(shape_b) and np.allclose(
+        affine_a, affine_b, atol=GRID_TOLERANCE_MM
+    )
 
 
-def resample(volume: np.ndarray, affine: np.ndarray, ref_shape: tuple[int, int, int],
-             ref_affine: np.ndarray) -> np.ndarray:
+def resample(
+    volume: np.ndarray, affine: np.ndarray, ref_shape: tuple[int, int, int], ref_affine: np.ndarray
+) -> np.ndarray:
     """Trilinear resampling of `volume` (3-D, voxel→world `affine`) onto the reference grid.
 
     Both affines map voxels to the same world space (one frame of reference; no registration).
@@ -167,7 +194,13 @@ def resample(volume: np.ndarray, affine: np.ndarray, ref_shape: tuple[int, int, 
     """
     if same_grid(volume.shape, affine, ref_shape, ref_affine):
         return np.asarray(volume, dtype=np.float32)
-    to_source = np.linalg.inv(affine) @ ref_affine              # ref voxel -> source voxel
-    return ndimage.affine_transform(np.asarray(volume, dtype=np.float32), to_source[:3, :3],
-                                    offset=to_source[:3, 3], output_shape=tuple(ref_shape),
-                                    order=1, mode="constant", cval=0.0)
+    to_source = np.linalg.inv(affine) @ ref_affine  # ref voxel -> source voxel
+    return ndimage.affine_transform(
+        np.asarray(volume, dtype=np.float32),
+        to_source[:3, :3],
+        offset=to_source[:3, 3],
+        output_shape=tuple(ref_shape),
+        order=1,
+        mode="constant",
+        cval=0.0,
+    )

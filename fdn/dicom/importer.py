@@ -55,7 +55,7 @@ from fdn.errors import DicomImportError
 
 log = logging.getLogger(__name__)
 
-REFERENCE = "t1"          # the grid every sequence is resampled onto
+REFERENCE = "t1"  # the grid every sequence is resampled onto
 PARTIAL_PREFIX = ".partial-"
 LOCK_FILE = ".import.lock"
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
@@ -88,8 +88,11 @@ class StudyFiles:
     @property
     def nbytes(self) -> int:
         """Bytes of its files; for datasets in memory, of their pixel data."""
-        return sum(p.stat().st_size if isinstance(p, Path) else len(p.get("PixelData") or b"")
-                   for s in self.series.values() for p in s.files)
+        return sum(
+            p.stat().st_size if isinstance(p, Path) else len(p.get("PixelData") or b"")
+            for s in self.series.values()
+            for p in s.files
+        )
 
 
 @dataclass
@@ -106,12 +109,12 @@ class ImportReport:
     """What an import did; every list item is a dict ready for JSON."""
 
     archive: str
-    imported: list[dict] = field(default_factory=list)   # case, study_uid, series_uids
-    already: list[dict] = field(default_factory=list)    # study_uid, case
-    skipped: list[dict] = field(default_factory=list)    # study_uid, series_uid, file, reason
+    imported: list[dict] = field(default_factory=list)  # case, study_uid, series_uids
+    already: list[dict] = field(default_factory=list)  # study_uid, case
+    skipped: list[dict] = field(default_factory=list)  # study_uid, series_uid, file, reason
     bad_files: list[dict] = field(default_factory=list)  # file, reason
     ignored_series: list[dict] = field(default_factory=list)  # study_uid, series_uid, reason
-    bytes_read: int = 0   # of the imported studies' files (from a PACS: their pixel data)
+    bytes_read: int = 0  # of the imported studies' files (from a PACS: their pixel data)
 
     @property
     def failed(self) -> bool:
@@ -143,8 +146,9 @@ def where(instance: Path | pydicom.Dataset) -> str:
     return str(instance)
 
 
-def scan(files: Iterable[Path | pydicom.Dataset],
-         progress=None) -> tuple[dict[str, StudyFiles], list[dict]]:
+def scan(
+    files: Iterable[Path | pydicom.Dataset], progress=None
+) -> tuple[dict[str, StudyFiles], list[dict]]:
     """Read the headers of `files` (paths, or datasets in memory) and group them:
     (studies by UID, bad files with reasons)."""
     files = list(files)
@@ -153,14 +157,21 @@ def scan(files: Iterable[Path | pydicom.Dataset],
     bad = []
     for path in progress(files, desc="scan", unit="file"):
         try:
-            header = path if isinstance(path, pydicom.Dataset) else \
-                pydicom.dcmread(path, stop_before_pixels=True)
+            header = (
+                path
+                if isinstance(path, pydicom.Dataset)
+                else pydicom.dcmread(path, stop_before_pixels=True)
+            )
         except InvalidDicomError:
             bad.append({"file": str(path), "reason": "not a DICOM file (no DICM preamble)"})
             continue
         except Exception as error:  # pydicom raises many types for a damaged header
-            bad.append({"file": str(path), "reason": f"corrupt DICOM header "
-                        f"({type(error).__name__}: {error})"})
+            bad.append(
+                {
+                    "file": str(path),
+                    "reason": f"corrupt DICOM header ({type(error).__name__}: {error})",
+                }
+            )
             continue
         meta = getattr(header, "file_meta", None)
         if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == DICOMDIR_CLASS:
@@ -168,11 +179,11 @@ def scan(files: Iterable[Path | pydicom.Dataset],
         study_uid = str(header.get("StudyInstanceUID", "") or "")
         series_uid = str(header.get("SeriesInstanceUID", "") or "")
         if not study_uid or not series_uid:
-            bad.append({"file": where(path),
-                        "reason": "no StudyInstanceUID or SeriesInstanceUID"})
+            bad.append({"file": where(path), "reason": "no StudyInstanceUID or SeriesInstanceUID"})
             continue
         study = studies.setdefault(
-            study_uid, StudyFiles(study_uid, str(header.get("PatientID", "") or "")))
+            study_uid, StudyFiles(study_uid, str(header.get("PatientID", "") or ""))
+        )
         series = study.series.setdefault(series_uid, SeriesFiles(series_uid, header))
         series.files.append(path if isinstance(path, pydicom.Dataset) else Path(path))
     return studies, bad
@@ -197,8 +208,13 @@ def plan_study(study: StudyFiles, mapping=None) -> tuple[dict[str, SeriesFiles],
         modality = str(series.header.get("Modality", "") or "?")
         modalities.add(modality)
         if modality != "MR":
-            ignored.append({"study_uid": study.uid, "series_uid": series.uid,
-                            "reason": f"modality {modality}, not MR"})
+            ignored.append(
+                {
+                    "study_uid": study.uid,
+                    "series_uid": series.uid,
+                    "reason": f"modality {modality}, not MR",
+                }
+            )
             continue
         sequence, reason = identify(series.header, mapping)
         if sequence is None:
@@ -208,15 +224,19 @@ def plan_study(study: StudyFiles, mapping=None) -> tuple[dict[str, SeriesFiles],
             other = chosen[sequence]
             raise DicomImportError(
                 f"two series claim the {sequence} sequence: {other.label} and {series.label}; "
-                "map one of them to another sequence or to \"ignore\" in a --mapping file",
-                study=study.uid, series=series.uid)
+                'map one of them to another sequence or to "ignore" in a --mapping file',
+                study=study.uid,
+                series=series.uid,
+            )
         chosen[sequence] = series
         log.debug("study %s: series %s is %s (%s)", study.uid, series.label, sequence, reason)
     if "MR" not in modalities:
         raise DicomImportError(
             f"modality {', '.join(sorted(modalities))}, not MR: fdn-index indexes brain MR "
-            "studies only", study=study.uid,
-            series=", ".join(s.uid for s in study.series.values()))
+            "studies only",
+            study=study.uid,
+            series=", ".join(s.uid for s in study.series.values()),
+        )
     missing = [s for s in SEQUENCES if s not in chosen]
     if missing:
         role = {i["series_uid"]: f"left out, {i['reason']}" for i in ignored}
@@ -225,7 +245,8 @@ def plan_study(study: StudyFiles, mapping=None) -> tuple[dict[str, SeriesFiles],
         raise DicomImportError(
             f"missing sequence(s) {', '.join(missing)}; the study's series are: {found}. "
             "Name the right series in a --mapping file, or leave this study out",
-            study=study.uid)
+            study=study.uid,
+        )
     return chosen, ignored
 
 
@@ -242,14 +263,17 @@ def _decoder_fault(dataset) -> str | None:
         return f"transfer syntax {syntax.name} ({syntax}) has no pixel data decoder in pydicom"
     if not decoder.is_available:
         plugins = "; ".join(getattr(decoder, "missing_dependencies", []))
-        return (f"transfer syntax {syntax.name} ({syntax}) cannot be decoded here: no decoder "
-                f"plugin installed{f' ({plugins})' if plugins else ''}; convert the study to "
-                "an uncompressed transfer syntax, or install one of those plugins")
+        return (
+            f"transfer syntax {syntax.name} ({syntax}) cannot be decoded here: no decoder "
+            f"plugin installed{f' ({plugins})' if plugins else ''}; convert the study to "
+            "an uncompressed transfer syntax, or install one of those plugins"
+        )
     return None
 
 
-def load_series(files: list[Path | pydicom.Dataset], *, study: str | None = None,
-                series: str | None = None) -> SeriesVolume:
+def load_series(
+    files: list[Path | pydicom.Dataset], *, study: str | None = None, series: str | None = None
+) -> SeriesVolume:
     """Decode, rescale and stack one series' files (or datasets) into a volume with its RAS
     affine. Raises DicomImportError naming study, series, file and fault.
     """
@@ -259,35 +283,50 @@ def load_series(files: list[Path | pydicom.Dataset], *, study: str | None = None
         try:
             dataset = item if isinstance(item, pydicom.Dataset) else pydicom.dcmread(item)
         except Exception as error:
-            raise DicomImportError(f"corrupt file ({type(error).__name__}: {error})",
-                                   study=study, series=series, file=path) from None
+            raise DicomImportError(
+                f"corrupt file ({type(error).__name__}: {error})",
+                study=study,
+                series=series,
+                file=path,
+            ) from None
         if "PixelData" not in dataset:
-            raise DicomImportError("no pixel data (not an image)", study=study, series=series,
-                                   file=path)
+            raise DicomImportError(
+                "no pixel data (not an image)", study=study, series=series, file=path
+            )
         if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
             raise DicomImportError(
                 "multi-frame (enhanced) image: only series of single-frame images are "
-                "supported; convert it to classic single-frame MR", study=study, series=series,
-                file=path)
+                "supported; convert it to classic single-frame MR",
+                study=study,
+                series=series,
+                file=path,
+            )
         if int(dataset.get("SamplesPerPixel", 1)) != 1:
-            raise DicomImportError("colour image: an MR series must be grey-scale",
-                                   study=study, series=series, file=path)
+            raise DicomImportError(
+                "colour image: an MR series must be grey-scale",
+                study=study,
+                series=series,
+                file=path,
+            )
         fault = _decoder_fault(dataset)
         if fault:
             raise DicomImportError(fault, study=study, series=series, file=path)
         try:
             raw = dataset.pixel_array
         except Exception as error:
-            raise DicomImportError(f"corrupt pixel data ({type(error).__name__}: {error})",
-                                   study=study, series=series, file=path) from None
+            raise DicomImportError(
+                f"corrupt pixel data ({type(error).__name__}: {error})",
+                study=study,
+                series=series,
+                file=path,
+            ) from None
         try:
             headers.append(slice_header(dataset))
         except GeometryError as error:
-            raise DicomImportError(str(error), study=study, series=series,
-                                   file=path) from None
+            raise DicomImportError(str(error), study=study, series=series, file=path) from None
         slope = float(dataset.get("RescaleSlope", 1) or 1)
         intercept = float(dataset.get("RescaleIntercept", 0) or 0)
-        pixels.append(raw.astype(np.float64) * slope + intercept)   # (rows, cols)
+        pixels.append(raw.astype(np.float64) * slope + intercept)  # (rows, cols)
         if first is None:
             first = dataset
     thickness = first.get("SliceThickness")
@@ -302,36 +341,45 @@ def load_series(files: list[Path | pydicom.Dataset], *, study: str | None = None
 
 def load_study(study: StudyFiles, chosen: dict[str, SeriesFiles]) -> tuple[dict, np.ndarray]:
     """The four sequences on the reference (t1) grid: ({sequence: volume}, RAS affine)."""
-    loaded = {seq: load_series(chosen[seq].files, study=study.uid, series=chosen[seq].uid)
-              for seq in SEQUENCES}
-    frames = {seq: str(v.header.get("FrameOfReferenceUID", "") or "")
-              for seq, v in loaded.items()}
+    loaded = {
+        seq: load_series(chosen[seq].files, study=study.uid, series=chosen[seq].uid)
+        for seq in SEQUENCES
+    }
+    frames = {seq: str(v.header.get("FrameOfReferenceUID", "") or "") for seq, v in loaded.items()}
     if len({f for f in frames.values() if f}) > 1:
         raise DicomImportError(
             "the series lie in different frames of reference "
             f"({', '.join(f'{s}: {f}' for s, f in frames.items())}); they would need "
-            "registration, which fdn-index does not do", study=study.uid)
+            "registration, which fdn-index does not do",
+            study=study.uid,
+        )
     reference = loaded[REFERENCE]
-    volumes = {seq: resample(v.data, v.affine, reference.data.shape, reference.affine)
-               for seq, v in loaded.items()}
+    volumes = {
+        seq: resample(v.data, v.affine, reference.data.shape, reference.affine)
+        for seq, v in loaded.items()
+    }
     return volumes, reference.affine
 
 
 def _save_nifti(path: Path, volume: np.ndarray, affine: np.ndarray) -> None:
     image = nib.Nifti1Image(np.asarray(volume, dtype=np.float32), affine)
-    image.set_qform(affine, code=1)   # scanner-anatomical
+    image.set_qform(affine, code=1)  # scanner-anatomical
     image.set_sform(affine, code=1)
     image.header.set_xyzt_units("mm")
     nib.save(image, path)
 
 
-def write_case(archive: Path, case: str, volumes: dict, affine: np.ndarray,
-               provenance: dict) -> Path:
+def write_case(
+    archive: Path, case: str, volumes: dict, affine: np.ndarray, provenance: dict
+) -> Path:
     """Write one case into a temporary folder of `archive`, then rename it into place."""
     target = archive / case
     if target.exists():
-        raise DicomImportError(f"{target} already exists and holds another study; move it "
-                               "away or import into another archive", study=provenance["study_uid"])
+        raise DicomImportError(
+            f"{target} already exists and holds another study; move it "
+            "away or import into another archive",
+            study=provenance["study_uid"],
+        )
     staging = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{case}-", dir=archive))
     try:
         staging.chmod(0o755)
@@ -363,8 +411,9 @@ def archive_lock(archive: Path):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise DicomImportError(f"{archive} is being written by another import-dicom run; "
-                                   "wait for it to finish") from None
+            raise DicomImportError(
+                f"{archive} is being written by another import-dicom run; wait for it to finish"
+            ) from None
         yield
     finally:
         handle.close()
@@ -377,8 +426,9 @@ def clean_partial(archive: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def import_study(study: StudyFiles, archive: Path, mapping=None,
-                 source: str = "") -> tuple[str, dict, list[dict]]:
+def import_study(
+    study: StudyFiles, archive: Path, mapping=None, source: str = ""
+) -> tuple[str, dict, list[dict]]:
     """Import one scanned study into `archive`: (case id, its provenance, series left out)."""
     chosen, ignored = plan_study(study, mapping)
     volumes, affine = load_study(study, chosen)
@@ -388,10 +438,15 @@ def import_study(study: StudyFiles, archive: Path, mapping=None,
         "series_uids": {seq: chosen[seq].uid for seq in SEQUENCES},
         "patient_id": study.patient_id,
         "reference_grid": REFERENCE,
-        "series": {seq: {"uid": chosen[seq].uid,
-                         "number": str(chosen[seq].header.get("SeriesNumber", "")),
-                         "description": str(chosen[seq].header.get("SeriesDescription", "")),
-                         "instances": len(chosen[seq].files)} for seq in SEQUENCES},
+        "series": {
+            seq: {
+                "uid": chosen[seq].uid,
+                "number": str(chosen[seq].header.get("SeriesNumber", "")),
+                "description": str(chosen[seq].header.get("SeriesDescription", "")),
+                "instances": len(chosen[seq].files),
+            }
+            for seq in SEQUENCES
+        },
         "source": source,
         "fdn_index_version": __version__,
     }
@@ -400,13 +455,23 @@ def import_study(study: StudyFiles, archive: Path, mapping=None,
 
 
 def skip_entry(study_uid: str, error: DicomImportError) -> dict:
-    return {"study_uid": study_uid, "series_uid": error.series, "file": error.file,
-            "reason": error.fault}
+    return {
+        "study_uid": study_uid,
+        "series_uid": error.series,
+        "file": error.file,
+        "reason": error.fault,
+    }
 
 
-def import_studies(studies: dict[str, StudyFiles], archive: Path, report: ImportReport,
-                   mapping=None, source: str = "", progress=None,
-                   on_study: Callable[[str], None] | None = None) -> None:
+def import_studies(
+    studies: dict[str, StudyFiles],
+    archive: Path,
+    report: ImportReport,
+    mapping=None,
+    source: str = "",
+    progress=None,
+    on_study: Callable[[str], None] | None = None,
+) -> None:
     """Import scanned studies into `archive`, filling `report` (skips are recorded, not raised)."""
     progress = progress or no_progress
     done = imported_studies(archive)
@@ -421,16 +486,18 @@ def import_studies(studies: dict[str, StudyFiles], archive: Path, report: Import
             log.warning("skipping %s", error)
             report.skipped.append(skip_entry(uid, error))
             continue
-        report.imported.append({"case": case, "study_uid": uid,
-                                "series_uids": provenance["series_uids"]})
+        report.imported.append(
+            {"case": case, "study_uid": uid, "series_uids": provenance["series_uids"]}
+        )
         report.ignored_series.extend(ignored)
         report.bytes_read += study.nbytes
         if on_study is not None:
             on_study(uid)
 
 
-def import_dicom(source: str | Path, archive: str | Path, *, mapping=None,
-                 progress=None) -> ImportReport:
+def import_dicom(
+    source: str | Path, archive: str | Path, *, mapping=None, progress=None
+) -> ImportReport:
     """Import every complete MR study found under `source` into `archive` (created if needed).
 
     mapping: rules from `fdn.dicom.sequences.load_mapping`, or None for the default rules.
@@ -444,6 +511,7 @@ def import_dicom(source: str | Path, archive: str | Path, *, mapping=None,
         clean_partial(archive)
         report = ImportReport(archive=str(archive))
         studies, report.bad_files = scan(files, progress)
-        import_studies(studies, archive, report, mapping, source=str(source.resolve()),
-                       progress=progress)
+        import_studies(
+            studies, archive, report, mapping, source=str(source.resolve()), progress=progress
+        )
     return report

@@ -59,8 +59,9 @@ class BearerAuth(requests.auth.AuthBase):
         return "BearerAuth(***)"
 
 
-def load_credentials(auth_file: str | Path | None = None,
-                     environ: dict | None = None) -> requests.auth.AuthBase | None:
+def load_credentials(
+    auth_file: str | Path | None = None, environ: dict | None = None
+) -> requests.auth.AuthBase | None:
     """HTTP auth from `auth_file`, else the environment, else None (no authentication)."""
     environ = os.environ if environ is None else environ
     if auth_file is not None:
@@ -68,16 +69,22 @@ def load_credentials(auth_file: str | Path | None = None,
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as error:
-            raise DicomImportError(f"auth file {path} is unreadable ({type(error).__name__}); "
-                                   'it must be JSON: {"username": …, "password": …} or '
-                                   '{"token": …}') from None
+            raise DicomImportError(
+                f"auth file {path} is unreadable ({type(error).__name__}); "
+                'it must be JSON: {"username": …, "password": …} or '
+                '{"token": …}'
+            ) from None
         if isinstance(data, dict) and isinstance(data.get("token"), str):
             return BearerAuth(data["token"])
-        if isinstance(data, dict) and isinstance(data.get("username"), str) \
-                and isinstance(data.get("password"), str):
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get("username"), str)
+            and isinstance(data.get("password"), str)
+        ):
             return requests.auth.HTTPBasicAuth(data["username"], data["password"])
-        raise DicomImportError(f"auth file {path} must hold \"username\" and \"password\", or "
-                               "\"token\" (strings)")
+        raise DicomImportError(
+            f'auth file {path} must hold "username" and "password", or "token" (strings)'
+        )
     if environ.get(ENV_TOKEN):
         return BearerAuth(environ[ENV_TOKEN])
     if environ.get(ENV_USERNAME):
@@ -87,8 +94,9 @@ def load_credentials(auth_file: str | Path | None = None,
     return None
 
 
-def make_client(url: str, auth: requests.auth.AuthBase | None = None, *, timeout: float = 60,
-                attempts: int = 3):
+def make_client(
+    url: str, auth: requests.auth.AuthBase | None = None, *, timeout: float = 60, attempts: int = 3
+):
     """A dicomweb-client for `url` with `auth` on its session.
 
     A failed request (connection error, HTTP 408/429/503/504) is tried `attempts` times in
@@ -98,17 +106,22 @@ def make_client(url: str, auth: requests.auth.AuthBase | None = None, *, timeout
 
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise DicomImportError(f"--pacs {safe_url(url)} is not an http(s) DICOMweb URL, e.g. "
-                               "http://pacs.example.org/dicom-web")
+        raise DicomImportError(
+            f"--pacs {safe_url(url)} is not an http(s) DICOMweb URL, e.g. "
+            "http://pacs.example.org/dicom-web"
+        )
     if parts.username or parts.password:
-        raise DicomImportError(f"--pacs {safe_url(url)}: put credentials in --auth-file or the "
-                               f"environment ({ENV_USERNAME}/{ENV_PASSWORD}, {ENV_TOKEN}), not "
-                               "in the URL")
+        raise DicomImportError(
+            f"--pacs {safe_url(url)}: put credentials in --auth-file or the "
+            f"environment ({ENV_USERNAME}/{ENV_PASSWORD}, {ENV_TOKEN}), not "
+            "in the URL"
+        )
     session = requests.Session()
     session.auth = auth
     client = DICOMwebClient(url.rstrip("/"), session=session, timeout=timeout)
-    client.set_http_retry_params(retry=attempts > 1, max_attempts=max(attempts, 1),
-                                 wait_exponential_multiplier=500)
+    client.set_http_retry_params(
+        retry=attempts > 1, max_attempts=max(attempts, 1), wait_exponential_multiplier=500
+    )
     return client
 
 
@@ -130,20 +143,27 @@ def list_studies(client, url: str) -> list[dict]:
     """QIDO-RS: every study as {"study_uid", "patient_id", "modalities"}."""
     try:
         records = client.search_for_studies(
-            fields=["StudyInstanceUID", "PatientID", "ModalitiesInStudy"], get_remaining=True)
+            fields=["StudyInstanceUID", "PatientID", "ModalitiesInStudy"], get_remaining=True
+        )
     except requests.RequestException as error:
-        raise DicomImportError(f"cannot list the studies of {safe_url(url)} "
-                               f"({type(error).__name__}: {_no_secrets(error)}); check the "
-                               "URL (it ends in the DICOMweb root, e.g. /dicom-web) and the "
-                               "credentials") from None
+        raise DicomImportError(
+            f"cannot list the studies of {safe_url(url)} "
+            f"({type(error).__name__}: {_no_secrets(error)}); check the "
+            "URL (it ends in the DICOMweb root, e.g. /dicom-web) and the "
+            "credentials"
+        ) from None
     studies = []
     for record in records:
         uid = _value(record, STUDY_UID)
         if uid:
             patient = _value(record, PATIENT_ID)
-            studies.append({"study_uid": str(uid[0]),
-                            "patient_id": str(patient[0]) if patient else "",
-                            "modalities": [str(m) for m in _value(record, MODALITIES)]})
+            studies.append(
+                {
+                    "study_uid": str(uid[0]),
+                    "patient_id": str(patient[0]) if patient else "",
+                    "modalities": [str(m) for m in _value(record, MODALITIES)],
+                }
+            )
     return studies
 
 
@@ -160,8 +180,9 @@ def fetch_study(client, study_uid: str) -> list:
     return list(client.iter_study(study_uid))
 
 
-def sync_pacs(url: str, archive: str | Path, *, mapping=None, auth=None, progress=None,
-              client=None) -> ImportReport:
+def sync_pacs(
+    url: str, archive: str | Path, *, mapping=None, auth=None, progress=None, client=None
+) -> ImportReport:
     """Import every MR study of the DICOMweb server at `url` not yet in `archive`.
 
     Returns the report (imported, already there, skipped with reasons). Raises
@@ -183,9 +204,14 @@ def _sync(url, client, archive: Path, mapping, progress) -> ImportReport:
         if uid in done:
             report.already.append({"study_uid": uid, "case": done[uid]})
         elif study["modalities"] and "MR" not in study["modalities"]:
-            report.skipped.append({"study_uid": uid, "series_uid": None, "file": None,
-                                   "reason": f"modality {', '.join(study['modalities'])}, "
-                                             "not MR (not fetched)"})
+            report.skipped.append(
+                {
+                    "study_uid": uid,
+                    "series_uid": None,
+                    "file": None,
+                    "reason": f"modality {', '.join(study['modalities'])}, not MR (not fetched)",
+                }
+            )
         else:
             new.append(uid)
     log.info("%s: %d studies, %d new", safe_url(url), len(report.already) + len(new), len(new))
@@ -193,10 +219,16 @@ def _sync(url, client, archive: Path, mapping, progress) -> ImportReport:
         try:
             instances = fetch_study(client, uid)
         except Exception as error:  # requests' errors, or a part pydicom cannot parse
-            report.skipped.append({"study_uid": uid, "series_uid": None, "file": None,
-                                   "reason": f"WADO-RS retrieve failed "
-                                             f"({type(error).__name__}: "
-                                             f"{_no_secrets(error)}); run the sync again"})
+            report.skipped.append(
+                {
+                    "study_uid": uid,
+                    "series_uid": None,
+                    "file": None,
+                    "reason": f"WADO-RS retrieve failed "
+                    f"({type(error).__name__}: "
+                    f"{_no_secrets(error)}); run the sync again",
+                }
+            )
             continue
         studies, bad = scan(instances)
         report.bad_files.extend(bad)

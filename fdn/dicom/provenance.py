@@ -37,8 +37,9 @@ def read_provenance(case_dir: str | Path, case: str) -> tuple[str | None, str | 
         study = str(data["study_uid"])
         series = {str(k): str(v) for k, v in dict(data["series_uids"]).items()}
     except (OSError, ValueError, KeyError, TypeError) as error:
-        log.warning("%s: unreadable DICOM provenance (%s); the case is indexed without it",
-                    path, error)
+        log.warning(
+            "%s: unreadable DICOM provenance (%s); the case is indexed without it", path, error
+        )
         return None, None
     return study, json.dumps(series, sort_keys=True)
 
@@ -49,8 +50,9 @@ def imported_studies(archive: str | Path) -> dict[str, str]:
     found = {}
     if not archive.is_dir():
         return found
-    for case_dir in sorted(p for p in archive.iterdir() if p.is_dir()
-                           and not p.name.startswith(".")):
+    for case_dir in sorted(
+        p for p in archive.iterdir() if p.is_dir() and not p.name.startswith(".")
+    ):
         study, _ = read_provenance(case_dir, case_dir.name)
         if study is not None:
             found[study] = case_dir.name

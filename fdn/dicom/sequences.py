@@ -36,9 +36,11 @@ from fdn.errors import DicomImportError
 
 IGNORE = "ignore"
 
-_NOT_ANATOMY = re.compile(r"locali[sz]er|scout|survey|calibration|\bdwi\b|\badc\b|\btrace\b|"
-                          r"\bdti\b|diffusion|perfusion|\bpwi\b|t2\s*\*|t2\s*star|\bswi\b|"
-                          r"susceptibility")
+_NOT_ANATOMY = re.compile(
+    r"locali[sz]er|scout|survey|calibration|\bdwi\b|\badc\b|\btrace\b|"
+    r"\bdti\b|diffusion|perfusion|\bpwi\b|t2\s*\*|t2\s*star|\bswi\b|"
+    r"susceptibility"
+)
 _FLAIR = re.compile(r"flair|dark[\s_-]*fluid|tirm")
 _T1 = re.compile(r"t1|mprage|spgr|\btfl|bravo")
 _CONTRAST = re.compile(r"t1[\s-]*(ce|c|gd)\b|\bgd\b|gad|\bpost\b|contrast|\+\s*c\b|\+\s*gd")
@@ -61,27 +63,35 @@ def load_mapping(path: str | Path) -> list[tuple[str, re.Pattern, str]]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise DicomImportError(f"mapping file {path} is unreadable ({error}); it must be a "
-                               'JSON object such as {"t1ce": ["AX T1 POST"]}') from None
+        raise DicomImportError(
+            f"mapping file {path} is unreadable ({error}); it must be a "
+            'JSON object such as {"t1ce": ["AX T1 POST"]}'
+        ) from None
     if not isinstance(data, dict):
-        raise DicomImportError(f"mapping file {path} must hold a JSON object from a sequence "
-                               f"({', '.join(SEQUENCES)} or {IGNORE}) to a list of patterns")
+        raise DicomImportError(
+            f"mapping file {path} must hold a JSON object from a sequence "
+            f"({', '.join(SEQUENCES)} or {IGNORE}) to a list of patterns"
+        )
     rules = []
     for key, patterns in data.items():
         if key not in (*SEQUENCES, IGNORE):
-            raise DicomImportError(f"mapping file {path}: unknown key {key!r}; use one of "
-                                   f"{', '.join(SEQUENCES)}, {IGNORE}")
+            raise DicomImportError(
+                f"mapping file {path}: unknown key {key!r}; use one of "
+                f"{', '.join(SEQUENCES)}, {IGNORE}"
+            )
         if isinstance(patterns, str):
             patterns = [patterns]
         if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-            raise DicomImportError(f"mapping file {path}: {key!r} must map to a list of "
-                                   "strings (regular expressions)")
+            raise DicomImportError(
+                f"mapping file {path}: {key!r} must map to a list of strings (regular expressions)"
+            )
         for text in patterns:
             try:
                 rules.append((key, re.compile(text, re.IGNORECASE), text))
             except re.error as error:
-                raise DicomImportError(f"mapping file {path}: {text!r} is not a regular "
-                                       f"expression ({error})") from None
+                raise DicomImportError(
+                    f"mapping file {path}: {text!r} is not a regular expression ({error})"
+                ) from None
     return rules
 
 
@@ -121,8 +131,9 @@ def identify(header, mapping: list | None = None) -> Identified:
         if _CONTRAST.search(lower):
             return Identified("t1ce", f"description {text!r} names a contrast T1")
         if agent:
-            return Identified("t1ce", f"description {text!r} names T1, ContrastBolusAgent "
-                                      f"{agent!r}")
+            return Identified(
+                "t1ce", f"description {text!r} names T1, ContrastBolusAgent {agent!r}"
+            )
         return Identified("t1", f"description {text!r} names T1")
     if _T2.search(lower):
         return Identified("t2", f"description {text!r} names T2")
@@ -134,7 +145,13 @@ def identify(header, mapping: list | None = None) -> Identified:
             return Identified("t2", f"EchoTime {te:g} ms ≥ 60, RepetitionTime {tr:g} ms ≥ 2000")
         if te < 30 and (tr < 1200 or ti is not None):
             sequence = "t1ce" if agent else "t1"
-            return Identified(sequence, f"EchoTime {te:g} ms < 30, RepetitionTime {tr:g} ms"
-                              + (f", ContrastBolusAgent {agent!r}" if agent else ""))
-    return Identified(None, f"no rule matches {text!r} (EchoTime {te}, RepetitionTime {tr}, "
-                            f"InversionTime {ti}); name it in a --mapping file")
+            return Identified(
+                sequence,
+                f"EchoTime {te:g} ms < 30, RepetitionTime {tr:g} ms"
+                + (f", ContrastBolusAgent {agent!r}" if agent else ""),
+            )
+    return Identified(
+        None,
+        f"no rule matches {text!r} (EchoTime {te}, RepetitionTime {tr}, "
+        f"InversionTime {ti}); name it in a --mapping file",
+    )

@@ -48,7 +48,9 @@ class StridedConv(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1)]
         for _ in range(n_convs - 1):
             layers += [
-                nn.BatchNorm2d(out_ch), activation(), nn.Conv2d(out_ch, out_ch, 3, padding=1)
+                nn.BatchNorm2d(out_ch),
+                activation(),
+                nn.Conv2d(out_ch, out_ch, 3, padding=1),
             ]
         self.body = nn.Sequential(*layers)
 

@@ -74,8 +74,11 @@ class FDNConfig:
                 ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
                 want = "an integer"
             elif f.type in (float, "float"):
-                ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
-                      and math.isfinite(value))
+                ok = (
+                    isinstance(value, numbers.Real)
+                    and not isinstance(value, bool)
+                    and math.isfinite(value)
+                )
                 want = "a finite number"
             else:
                 ok, want = isinstance(value, bool), "true or false"
@@ -84,8 +87,10 @@ class FDNConfig:
         for name, (low, high) in LIMITS.items():
             value = getattr(self, name)
             if not low <= value <= high:
-                raise ValueError(f"FDNConfig.{name} must be in [{low:g}, {high:g}], got "
-                                 f"{value!r}; a model of that size cannot be built here")
+                raise ValueError(
+                    f"FDNConfig.{name} must be in [{low:g}, {high:g}], got "
+                    f"{value!r}; a model of that size cannot be built here"
+                )
         ratio = self.image_size / self.latent_size
         if ratio < 1 or ratio != 2 ** round(math.log2(ratio)):
             raise ValueError(
@@ -119,16 +124,40 @@ PRESETS: dict[str, FDNConfig] = {
     "fdn-32x32": replace(_PAPER, latent_size=32, lambda_reg=5e-4, lambda_critic=5e-4),
     # CPU presets: same code, narrower, smaller codebooks, a faster learning rate.
     "cpu-64": replace(
-        _PAPER, image_size=64, latent_size=8, width=0.25, code_dim=32, codebook_size=128,
-        spade_hidden=16, lr=1e-3, batch_size=16, epochs=20,
+        _PAPER,
+        image_size=64,
+        latent_size=8,
+        width=0.25,
+        code_dim=32,
+        codebook_size=128,
+        spade_hidden=16,
+        lr=1e-3,
+        batch_size=16,
+        epochs=20,
     ),
     "cpu-128": replace(
-        _PAPER, image_size=128, latent_size=8, width=0.25, code_dim=32, codebook_size=256,
-        spade_hidden=16, lr=1e-3, batch_size=16, epochs=20,
+        _PAPER,
+        image_size=128,
+        latent_size=8,
+        width=0.25,
+        code_dim=32,
+        codebook_size=256,
+        spade_hidden=16,
+        lr=1e-3,
+        batch_size=16,
+        epochs=20,
     ),
     # For tests only: 32² input, 4x4 latent, very narrow.
     "tiny": replace(
-        _PAPER, image_size=32, latent_size=4, width=0.125, code_dim=8, codebook_size=16,
-        spade_hidden=8, lr=1e-3, batch_size=4, epochs=1,
+        _PAPER,
+        image_size=32,
+        latent_size=4,
+        width=0.125,
+        code_dim=8,
+        codebook_size=16,
+        spade_hidden=8,
+        lr=1e-3,
+        batch_size=4,
+        epochs=1,
     ),
 }

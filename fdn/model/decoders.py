@@ -43,8 +43,15 @@ class ImageDecoder(nn.Module):
     the full reconstruction x̂^+ (Section 3.1.3).
     """
 
-    def __init__(self, code_dim: int, widths: list[int], top_width: int, out_ch: int,
-                 label_nc: int, spade_hidden: int):
+    def __init__(
+        self,
+        code_dim: int,
+        widths: list[int],
+        top_width: int,
+        out_ch: int,
+        label_nc: int,
+        spade_hidden: int,
+    ):
         super().__init__()
         self.head = ResBlock(code_dim, top_width)
         blocks, ch = [], top_width

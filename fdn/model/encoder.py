@@ -27,8 +27,14 @@ class Encoder(nn.Module):
     widths: the trunk's (32, 64, 128) and the branches' 128 of Table C.1, already scaled.
     """
 
-    def __init__(self, in_ch: int, trunk_widths: tuple[int, int, int], branch_width: int,
-                 code_dim: int, num_downsamplings: int):
+    def __init__(
+        self,
+        in_ch: int,
+        trunk_widths: tuple[int, int, int],
+        branch_width: int,
+        code_dim: int,
+        num_downsamplings: int,
+    ):
         super().__init__()
         n_trunk = min(2, num_downsamplings)
         layers: list[nn.Module] = [nn.Conv2d(in_ch, trunk_widths[0], 3, padding=1)]

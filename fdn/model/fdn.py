@@ -56,7 +56,11 @@ class FDN(nn.Module):
         widths = stage_widths(n, c)
         self.seg_decoder = SegmentationDecoder(config.code_dim, widths, c(128), config.num_classes)
         self.image_decoder = ImageDecoder(
-            config.code_dim, widths, c(128), config.in_channels, config.num_classes - 1,
+            config.code_dim,
+            widths,
+            c(128),
+            config.in_channels,
+            config.num_classes - 1,
             config.spade_hidden,
         )
         init_he(self)
@@ -65,8 +69,10 @@ class FDN(nn.Module):
         cfg = self.config
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"FDN expects a torch.Tensor, got {type(x).__name__}")
-        if x.ndim != 4 or x.shape[1] != cfg.in_channels or x.shape[2:] != (
-            cfg.image_size, cfg.image_size
+        if (
+            x.ndim != 4
+            or x.shape[1] != cfg.in_channels
+            or x.shape[2:] != (cfg.image_size, cfg.image_size)
         ):
             raise ValueError(
                 f"FDN expects x of shape (B, {cfg.in_channels}, {cfg.image_size}, "
@@ -96,9 +102,17 @@ class FDN(nn.Module):
         )
         x_hat_plus, x_hat_minus = both.chunk(2)
         return FDNOutput(
-            z_e_normal=z_e_n, z_e_abnormal=z_e_a, z_q_normal=q_n.z_q, z_q_abnormal=q_a.z_q,
-            codes_normal=q_n.codes, codes_abnormal=q_a.codes, seg_logits=seg_logits,
-            seg_soft=seg_soft, x_hat_plus=x_hat_plus, x_hat_minus=x_hat_minus, lat_loss=lat,
+            z_e_normal=z_e_n,
+            z_e_abnormal=z_e_a,
+            z_q_normal=q_n.z_q,
+            z_q_abnormal=q_a.z_q,
+            codes_normal=q_n.codes,
+            codes_abnormal=q_a.codes,
+            seg_logits=seg_logits,
+            seg_soft=seg_soft,
+            x_hat_plus=x_hat_plus,
+            x_hat_minus=x_hat_minus,
+            lat_loss=lat,
         )
 
     @torch.no_grad()
@@ -136,7 +150,8 @@ class FDN(nn.Module):
                 zeros = z_n.new_zeros(b, self.config.num_classes - 1, size, size)
                 return self.image_decoder(z_n, zeros), None
             seg_soft = torch.softmax(
-                at_least_fp32(self.seg_decoder(self.quantizer_abnormal.embed(codes_abnormal))), dim=1
+                at_least_fp32(self.seg_decoder(self.quantizer_abnormal.embed(codes_abnormal))),
+                dim=1,
             )
             return self.image_decoder(z_n, self.spade_layout(seg_soft)), seg_soft
         finally:

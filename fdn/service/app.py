@@ -79,18 +79,40 @@ def _param(name, where="query", kind="string", description="", required=False, *
 
 
 QUERY_PARAMS = [
-    _param("mode", enum=list(MODE_CHOICES), default="sum",
-           description="Similarity: normal anatomy, lesion, their sum, or all three."),
-    _param("distance", enum=list(DISTANCES), default="hamming",
-           description="Per-image distance between code grids."),
-    _param("topq", kind="integer", minimum=1, maximum=100, default=10,
-           description="Number of volumes (each hit from a different volume)."),
+    _param(
+        "mode",
+        enum=list(MODE_CHOICES),
+        default="sum",
+        description="Similarity: normal anatomy, lesion, their sum, or all three.",
+    ),
+    _param(
+        "distance",
+        enum=list(DISTANCES),
+        default="hamming",
+        description="Per-image distance between code grids.",
+    ),
+    _param(
+        "topq",
+        kind="integer",
+        minimum=1,
+        maximum=100,
+        default=10,
+        description="Number of volumes (each hit from a different volume).",
+    ),
     _param("backend", enum=list(ENGINES), default="lut", description="Search engine."),
     _param("nprobe", kind="integer", minimum=1, description="Lists probed by faiss-ivf."),
-    _param("normalized_sum", kind="boolean", default=False,
-           description="For mode sum: divide each distance by its scale before adding."),
-    _param("include_same_volume", kind="boolean", default=False,
-           description="Allow hits from the query's own volume."),
+    _param(
+        "normalized_sum",
+        kind="boolean",
+        default=False,
+        description="For mode sum: divide each distance by its scale before adding.",
+    ),
+    _param(
+        "include_same_volume",
+        kind="boolean",
+        default=False,
+        description="Allow hits from the query's own volume.",
+    ),
 ]
 ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -100,8 +122,13 @@ def _json(description, schema):
 
 
 def _errors(*codes):
-    text = {400: "Invalid input", 403: "Refused: outside the archive", 404: "Unknown case",
-            413: "Upload too large", 503: "Too many uploads at once"}
+    text = {
+        400: "Invalid input",
+        403: "Refused: outside the archive",
+        404: "Unknown case",
+        413: "Upload too large",
+        503: "Too many uploads at once",
+    }
     return {str(c): _json(text[c], ERROR) for c in codes}
 
 
@@ -117,8 +144,12 @@ def page(request: Request) -> Response:
     return _static(request, "index.html")
 
 
-@openapi({"summary": "This API's documentation, rendered from /openapi.json",
-          "responses": {"200": {"description": "HTML"}}})
+@openapi(
+    {
+        "summary": "This API's documentation, rendered from /openapi.json",
+        "responses": {"200": {"description": "HTML"}},
+    }
+)
 def docs(request: Request) -> Response:
     return _static(request, "docs.html")
 
@@ -134,62 +165,97 @@ def _static(request: Request, name: str) -> Response:
     return Response(assets[name], media_type=STATIC[name], headers={"cache-control": "no-cache"})
 
 
-@openapi({"summary": "OpenAPI description of this API",
-          "responses": {"200": _json("OpenAPI 3.1", {"type": "object"})}})
+@openapi(
+    {
+        "summary": "OpenAPI description of this API",
+        "responses": {"200": _json("OpenAPI 3.1", {"type": "object"})},
+    }
+)
 def openapi_json(request: Request) -> JSONResponse:
     return JSONResponse(request.app.state.openapi)
 
 
-@openapi({"summary": "Health", "tags": ["index"],
-          "responses": {"200": _json("The service is up", {"type": "object"})}})
+@openapi(
+    {
+        "summary": "Health",
+        "tags": ["index"],
+        "responses": {"200": _json("The service is up", {"type": "object"})},
+    }
+)
 def health(request: Request) -> JSONResponse:
     return JSONResponse(_service(request).health())
 
 
-@openapi({"summary": "Index information and the service's limits", "tags": ["index"],
-          "responses": {"200": _json("Index info", {"$ref": "#/components/schemas/Info"})}})
+@openapi(
+    {
+        "summary": "Index information and the service's limits",
+        "tags": ["index"],
+        "responses": {"200": _json("Index info", {"$ref": "#/components/schemas/Info"})},
+    }
+)
 def info(request: Request) -> JSONResponse:
     return JSONResponse(_service(request).info())
 
 
-@openapi({
-    "summary": "Cases of the index, paged and filtered", "tags": ["cases"],
-    "parameters": [
-        _param("q", description="Substring of the case id (case-insensitive)."),
-        _param("has_lesion", kind="boolean", description="Only cases with (true) or without "
-               "(false) a lesion in their label file."),
-        _param("offset", kind="integer", minimum=0, default=0),
-        _param("limit", kind="integer", minimum=1, maximum=500, default=50),
-    ],
-    "responses": {"200": _json("A page of cases", {"$ref": "#/components/schemas/CasePage"}),
-                  **_errors(400)},
-})
+@openapi(
+    {
+        "summary": "Cases of the index, paged and filtered",
+        "tags": ["cases"],
+        "parameters": [
+            _param("q", description="Substring of the case id (case-insensitive)."),
+            _param(
+                "has_lesion",
+                kind="boolean",
+                description="Only cases with (true) or without "
+                "(false) a lesion in their label file.",
+            ),
+            _param("offset", kind="integer", minimum=0, default=0),
+            _param("limit", kind="integer", minimum=1, maximum=500, default=50),
+        ],
+        "responses": {
+            "200": _json("A page of cases", {"$ref": "#/components/schemas/CasePage"}),
+            **_errors(400),
+        },
+    }
+)
 def cases(request: Request) -> JSONResponse:
     return JSONResponse(_service(request).cases(request.query_params))
 
 
-@openapi({
-    "summary": "One case's metadata", "tags": ["cases"],
-    "parameters": [_param("case", "path")],
-    "responses": {"200": _json("The case", {"$ref": "#/components/schemas/Case"}),
-                  **_errors(404)},
-})
+@openapi(
+    {
+        "summary": "One case's metadata",
+        "tags": ["cases"],
+        "parameters": [_param("case", "path")],
+        "responses": {
+            "200": _json("The case", {"$ref": "#/components/schemas/Case"}),
+            **_errors(404),
+        },
+    }
+)
 def case(request: Request) -> JSONResponse:
     return JSONResponse(_service(request).case(request.path_params["case"]))
 
 
-@openapi({
-    "summary": "One axial slice as PNG, with optional label overlays", "tags": ["cases"],
-    "parameters": [
-        _param("case", "path"),
-        _param("slice", "path", kind="integer", minimum=0),
-        _param("sequence", enum=["t1", "t1ce", "t2", "flair"], default="flair"),
-        _param("overlay", description="Comma-separated label overlays among seg, anat "
-               "(repeatable)."),
-    ],
-    "responses": {"200": {"description": "PNG", "content": {"image/png": {}}},
-                  **_errors(400, 403, 404)},
-})
+@openapi(
+    {
+        "summary": "One axial slice as PNG, with optional label overlays",
+        "tags": ["cases"],
+        "parameters": [
+            _param("case", "path"),
+            _param("slice", "path", kind="integer", minimum=0),
+            _param("sequence", enum=["t1", "t1ce", "t2", "flair"], default="flair"),
+            _param(
+                "overlay",
+                description="Comma-separated label overlays among seg, anat (repeatable).",
+            ),
+        ],
+        "responses": {
+            "200": {"description": "PNG", "content": {"image/png": {}}},
+            **_errors(400, 403, 404),
+        },
+    }
+)
 def slice_png(request: Request) -> Response:
     params = request.query_params
     overlays = [o for value in params.getlist("overlay") for o in value.split(",") if o]
@@ -202,19 +268,28 @@ def slice_png(request: Request) -> Response:
     return Response(png, media_type="image/png", headers={"cache-control": "max-age=3600"})
 
 
-@openapi({
-    "summary": "Query by a slice of the index", "tags": ["query"],
-    "description": "Volume-wise top-Q: each hit is the closest slice of a different volume. "
-    "The hits are those of fdn.queries.run_slice_query, the call behind `fdn-index query`.",
-    "parameters": [
-        _param("case", required=True, description="A case of the index."),
-        _param("slice", kind="integer", minimum=0,
-               description="Axial slice [default: the largest-lesion slice, else the middle]."),
-        *QUERY_PARAMS,
-    ],
-    "responses": {"200": _json("The result", {"$ref": "#/components/schemas/QueryResult"}),
-                  **_errors(400, 404)},
-})
+@openapi(
+    {
+        "summary": "Query by a slice of the index",
+        "tags": ["query"],
+        "description": "Volume-wise top-Q: each hit is the closest slice of a different volume. "
+        "The hits are those of fdn.queries.run_slice_query, the call behind `fdn-index query`.",
+        "parameters": [
+            _param("case", required=True, description="A case of the index."),
+            _param(
+                "slice",
+                kind="integer",
+                minimum=0,
+                description="Axial slice [default: the largest-lesion slice, else the middle].",
+            ),
+            *QUERY_PARAMS,
+        ],
+        "responses": {
+            "200": _json("The result", {"$ref": "#/components/schemas/QueryResult"}),
+            **_errors(400, 404),
+        },
+    }
+)
 def query(request: Request) -> JSONResponse:
     params = request.query_params
     if not params.get("case"):
@@ -223,26 +298,41 @@ def query(request: Request) -> JSONResponse:
     return JSONResponse(result.to_dict())
 
 
-@openapi({
-    "summary": "Query by an uploaded external case", "tags": ["query"],
-    "description": "The four sequences as NIfTI files (.nii or .nii.gz), multipart; seg and anat "
-    "optional. Read, validated and preprocessed like an archive case, encoded with the index's "
-    "model, never stored: the files live in a private temporary folder removed before the "
-    "answer is sent. The body is capped (info.max_upload_bytes, 413 beyond) and so is each "
-    "volume (info.max_voxels).",
-    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object",
-        "required": ["t1", "t1ce", "t2", "flair"],
-        "properties": {
-            **{k: {"type": "string", "format": "binary"} for k in UPLOAD_KEYS},
-            "case_id": {"type": "string", "description": "Name of the case [default: upload]"},
-            "slice": {"type": "integer", "minimum": 0},
-            **{p["name"]: p["schema"] for p in QUERY_PARAMS},
+@openapi(
+    {
+        "summary": "Query by an uploaded external case",
+        "tags": ["query"],
+        "description": "The four sequences as NIfTI files (.nii or .nii.gz), multipart; seg and anat "
+        "optional. Read, validated and preprocessed like an archive case, encoded with the index's "
+        "model, never stored: the files live in a private temporary folder removed before the "
+        "answer is sent. The body is capped (info.max_upload_bytes, 413 beyond) and so is each "
+        "volume (info.max_voxels).",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["t1", "t1ce", "t2", "flair"],
+                        "properties": {
+                            **{k: {"type": "string", "format": "binary"} for k in UPLOAD_KEYS},
+                            "case_id": {
+                                "type": "string",
+                                "description": "Name of the case [default: upload]",
+                            },
+                            "slice": {"type": "integer", "minimum": 0},
+                            **{p["name"]: p["schema"] for p in QUERY_PARAMS},
+                        },
+                    }
+                }
+            },
         },
-    }}}},
-    "responses": {"200": _json("The result", {"$ref": "#/components/schemas/QueryResult"}),
-                  **_errors(400, 413, 503)},
-})
+        "responses": {
+            "200": _json("The result", {"$ref": "#/components/schemas/QueryResult"}),
+            **_errors(400, 413, 503),
+        },
+    }
+)
 async def query_upload(request: Request) -> Response:
     service = _service(request)
     if not service.upload_slots.acquire(blocking=False):
@@ -368,53 +458,96 @@ def openapi_schema(routes) -> dict:
         path = route.path.replace("{slice:int}", "{slice}")
         for method in sorted(route.methods - {"HEAD"}):
             paths.setdefault(path, {})[method.lower()] = {
-                "operationId": route.endpoint.__name__, **operation}
-    case = {"type": "object", "properties": {
-        "case": {"type": "string"}, "volume": {"type": "integer"},
-        "n_slices": {"type": "integer"}, "first_slice": {"type": "integer"},
-        "last_slice": {"type": "integer"}, "default_slice": {"type": "integer"},
-        "has_lesion": {"type": ["boolean", "null"]},
-        "max_lesion_area": {"type": ["integer", "null"]},
-        "lesion_slices": {"type": ["integer", "null"]}}}
-    hit = {"type": "object", "properties": {
-        "rank": {"type": "integer"}, "row": {"type": "integer"}, "case": {"type": "string"},
-        "slice": {"type": "integer"}, "distance": {"type": "number"},
-        "source": {"type": "string"}, "lesion_area": {"type": ["integer", "null"]}}}
-    result = {"type": "object", "description": "The schema of `fdn-index query --json` too.",
-              "properties": {
-                  "query": {"type": "string"}, "index": {"type": "string"},
-                  "query_case": {"type": "string"}, "query_slice": {"type": "integer"},
-                  "external": {"type": "boolean"},
-                  "modes": {"type": "array", "items": {"type": "string"}},
-                  "distance": {"type": "string"}, "backend": {"type": "string"},
-                  "topq": {"type": "integer"}, "normalized_sum": {"type": "boolean"},
-                  "include_same_volume": {"type": "boolean"},
-                  "nprobe": {"type": ["integer", "null"]},
-                  "load_seconds": {"type": "number"}, "encode_seconds": {"type": "number"},
-                  "query_seconds": {"type": "number"},
-                  "results": {"type": "object", "additionalProperties": {
-                      "type": "object", "properties": {
-                          "search_seconds": {"type": "number"},
-                          "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
-                      }}}}}
+                "operationId": route.endpoint.__name__,
+                **operation,
+            }
+    case = {
+        "type": "object",
+        "properties": {
+            "case": {"type": "string"},
+            "volume": {"type": "integer"},
+            "n_slices": {"type": "integer"},
+            "first_slice": {"type": "integer"},
+            "last_slice": {"type": "integer"},
+            "default_slice": {"type": "integer"},
+            "has_lesion": {"type": ["boolean", "null"]},
+            "max_lesion_area": {"type": ["integer", "null"]},
+            "lesion_slices": {"type": ["integer", "null"]},
+        },
+    }
+    hit = {
+        "type": "object",
+        "properties": {
+            "rank": {"type": "integer"},
+            "row": {"type": "integer"},
+            "case": {"type": "string"},
+            "slice": {"type": "integer"},
+            "distance": {"type": "number"},
+            "source": {"type": "string"},
+            "lesion_area": {"type": ["integer", "null"]},
+        },
+    }
+    result = {
+        "type": "object",
+        "description": "The schema of `fdn-index query --json` too.",
+        "properties": {
+            "query": {"type": "string"},
+            "index": {"type": "string"},
+            "query_case": {"type": "string"},
+            "query_slice": {"type": "integer"},
+            "external": {"type": "boolean"},
+            "modes": {"type": "array", "items": {"type": "string"}},
+            "distance": {"type": "string"},
+            "backend": {"type": "string"},
+            "topq": {"type": "integer"},
+            "normalized_sum": {"type": "boolean"},
+            "include_same_volume": {"type": "boolean"},
+            "nprobe": {"type": ["integer", "null"]},
+            "load_seconds": {"type": "number"},
+            "encode_seconds": {"type": "number"},
+            "query_seconds": {"type": "number"},
+            "results": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {
+                        "search_seconds": {"type": "number"},
+                        "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
+                    },
+                },
+            },
+        },
+    }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "fdn-index query service", "version": __version__,
-                 "description": "Content-based retrieval of brain MRI by normal anatomy and by "
-                 "lesion (Kobayashi et al. 2021)."},
+        "info": {
+            "title": "fdn-index query service",
+            "version": __version__,
+            "description": "Content-based retrieval of brain MRI by normal anatomy and by "
+            "lesion (Kobayashi et al. 2021).",
+        },
         "paths": paths,
-        "components": {"schemas": {
-            "Error": {"type": "object", "properties": {
-                "error": {"type": "string"}, "status": {"type": "integer"}}},
-            "Info": {"type": "object"},
-            "Case": case,
-            "CasePage": {"type": "object", "properties": {
-                "total": {"type": "integer"}, "offset": {"type": "integer"},
-                "limit": {"type": "integer"},
-                "cases": {"type": "array", "items": {"$ref": "#/components/schemas/Case"}}}},
-            "Hit": hit,
-            "QueryResult": result,
-        }},
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "properties": {"error": {"type": "string"}, "status": {"type": "integer"}},
+                },
+                "Info": {"type": "object"},
+                "Case": case,
+                "CasePage": {
+                    "type": "object",
+                    "properties": {
+                        "total": {"type": "integer"},
+                        "offset": {"type": "integer"},
+                        "limit": {"type": "integer"},
+                        "cases": {"type": "array", "items": {"$ref": "#/components/schemas/Case"}},
+                    },
+                },
+                "Hit": hit,
+                "QueryResult": result,
+            }
+        },
     }
 
 

@@ -140,9 +140,7 @@ class SliceImages:
             sum(a.nbytes for a in volume if a is not None) for volume in self._cache.values()
         )
 
-    def png(
-        self, case: str, slice_index: int, sequence: str = "flair", overlays=()
-    ) -> bytes:
+    def png(self, case: str, slice_index: int, sequence: str = "flair", overlays=()) -> bytes:
         """PNG of one axial slice: `sequence` in grey, label overlays among seg and anat.
 
         Orientation as in `fdn-index show`: the first axis to the right, the second up.

@@ -68,7 +68,9 @@ def parse_options(params) -> dict:
         backend=params.get("backend") or "lut",
         nprobe=None if nprobe in (None, "") else nprobe,
         normalized_sum=parse_bool("normalized_sum", params.get("normalized_sum", "")),
-        include_same_volume=parse_bool("include_same_volume", params.get("include_same_volume", "")),
+        include_same_volume=parse_bool(
+            "include_same_volume", params.get("include_same_volume", "")
+        ),
     )
 
 
@@ -94,7 +96,9 @@ class QueryService:
         self.max_concurrent_uploads = max(1, int(max_concurrent_uploads))
         self.upload_slots = threading.BoundedSemaphore(self.max_concurrent_uploads)
         self.scratch_dir = None if scratch_dir is None else Path(scratch_dir)
-        self.search_lock = threading.Lock()  # the compiled kernels are driven by one thread at a time
+        self.search_lock = (
+            threading.Lock()
+        )  # the compiled kernels are driven by one thread at a time
         self.encode_lock = threading.Lock()
         self.started = time.time()
 

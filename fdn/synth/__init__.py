@@ -9,5 +9,11 @@ from fdn.synth.generator import (
     synthesize_case,
 )
 
-__all__ = ["SynthCase", "SynthConfig", "case_id", "healthy_cases", "synthesize_archive",
-           "synthesize_case"]
+__all__ = [
+    "SynthCase",
+    "SynthConfig",
+    "case_id",
+    "healthy_cases",
+    "synthesize_archive",
+    "synthesize_case",
+]

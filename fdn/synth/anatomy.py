@@ -32,10 +32,16 @@ _RIGHT_CEREBRUM = [41, 49, 50, 51, 52, 53, 54, 58, 60, 62] + list(range(2000, 20
 _FREESURFER_TO_ANAT = {
     **{code: 1 for code in _LEFT_CEREBRUM},
     **{code: 2 for code in _RIGHT_CEREBRUM},
-    7: 3, 8: 3,
-    46: 4, 47: 4,
-    4: 5, 5: 5, 31: 5,      # lateral + inferior lateral ventricle, choroid plexus
-    43: 6, 44: 6, 63: 6,
+    7: 3,
+    8: 3,
+    46: 4,
+    47: 4,
+    4: 5,
+    5: 5,
+    31: 5,  # lateral + inferior lateral ventricle, choroid plexus
+    43: 6,
+    44: 6,
+    63: 6,
 }
 # Midline white-matter codes (corpus callosum, WM hypointensities) belong to the cerebrum
 # of whichever hemisphere the voxel lies in.
@@ -120,8 +126,9 @@ def load_template() -> Template:
     # Brain voxels the atlas leaves unlabelled (its mask is tighter than the template's)
     # take the code of the nearest labelled voxel, so every brain voxel has an anatomy.
     unlabelled = codes_on_template == 0
-    nearest = ndimage.distance_transform_edt(unlabelled, return_distances=False,
-                                             return_indices=True)
+    nearest = ndimage.distance_transform_edt(
+        unlabelled, return_distances=False, return_indices=True
+    )
     codes_filled = codes_on_template[tuple(nearest)]
     anat = freesurfer_to_anat(codes_filled, xyz[0]) * (brain > 0.5)
     depth = ndimage.distance_transform_edt(brain > 0.5).astype(np.float32)

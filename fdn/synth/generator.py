@@ -74,19 +74,19 @@ class SynthConfig:
     """
 
     size: int = 240
-    rotation_deg: float = 6.0           # max |angle| per axis of the random affine
+    rotation_deg: float = 6.0  # max |angle| per axis of the random affine
     scale_range: tuple[float, float] = (0.92, 1.08)  # output brain size / template brain size
     translation_mm: tuple[float, float, float] = (4.0, 6.0, 7.0)  # max |shift| per axis
-    deformation_mm: float = 3.5         # std of the smooth random displacement
-    deformation_grid: int = 5           # control points per axis of that displacement
-    intensity_jitter: float = 0.07      # relative std of each tissue intensity per case
-    bias_amplitude: float = 0.1         # log-amplitude scale of the multiplicative bias field
-    noise_std: float = 0.03             # Gaussian noise std relative to the WM intensity
-    lesion_radius_mm: tuple[float, float] = (8.0, 22.0)     # enhancing lesion radius
-    edema_factor: tuple[float, float] = (1.25, 1.9)          # edema radius / lesion radius
-    core_fraction: tuple[float, float] = (0.45, 0.8)       # necrotic core radius / lesion radius
-    shape_irregularity: float = 0.3     # relative radius variation of the blobs
-    mass_effect: tuple[float, float] = (0.25, 0.5)          # max push / lesion radius
+    deformation_mm: float = 3.5  # std of the smooth random displacement
+    deformation_grid: int = 5  # control points per axis of that displacement
+    intensity_jitter: float = 0.07  # relative std of each tissue intensity per case
+    bias_amplitude: float = 0.1  # log-amplitude scale of the multiplicative bias field
+    noise_std: float = 0.03  # Gaussian noise std relative to the WM intensity
+    lesion_radius_mm: tuple[float, float] = (8.0, 22.0)  # enhancing lesion radius
+    edema_factor: tuple[float, float] = (1.25, 1.9)  # edema radius / lesion radius
+    core_fraction: tuple[float, float] = (0.45, 0.8)  # necrotic core radius / lesion radius
+    shape_irregularity: float = 0.3  # relative radius variation of the blobs
+    mass_effect: tuple[float, float] = (0.25, 0.5)  # max push / lesion radius
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -106,11 +106,11 @@ class SynthConfig:
 class SynthCase(NamedTuple):
     """One rendered case. Arrays are (H, W, Z) unless noted."""
 
-    images: np.ndarray          # (H, W, Z, 4) int16, channel order SEQUENCES
-    pseudohealthy: np.ndarray   # (H, W, Z, 4) int16
-    seg: np.ndarray             # uint8 in {0, 1, 2, 4}
-    anat: np.ndarray            # uint8 in 0..6
-    affine: np.ndarray          # (4, 4)
+    images: np.ndarray  # (H, W, Z, 4) int16, channel order SEQUENCES
+    pseudohealthy: np.ndarray  # (H, W, Z, 4) int16
+    seg: np.ndarray  # uint8 in {0, 1, 2, 4}
+    anat: np.ndarray  # uint8 in 0..6
+    affine: np.ndarray  # (4, 4)
     healthy: bool
     lesion_centre_mm: tuple[float, float, float] | None
 
@@ -133,21 +133,32 @@ def _upsample(coarse: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """Linear interpolation of a field sampled at both ends of every axis onto `shape`."""
     if coarse.shape == shape:
         return coarse
-    return ndimage.zoom(coarse, np.array(shape) / np.array(coarse.shape), order=1,
-                        grid_mode=False, mode="nearest", output=np.float32)
+    return ndimage.zoom(
+        coarse,
+        np.array(shape) / np.array(coarse.shape),
+        order=1,
+        grid_mode=False,
+        mode="nearest",
+        output=np.float32,
+    )
 
 
 class _Lesion(NamedTuple):
-    centre: np.ndarray        # (3,) output-space mm
-    radius: float             # enhancing boundary, mm
-    core: float               # necrotic core radius / radius
-    edema: float              # edema radius / radius
-    push: float               # max outward displacement, mm
+    centre: np.ndarray  # (3,) output-space mm
+    radius: float  # enhancing boundary, mm
+    core: float  # necrotic core radius / radius
+    edema: float  # edema radius / radius
+    push: float  # max outward displacement, mm
     shape_seed: int
 
 
-def _choose_lesion(rng: np.random.Generator, config: SynthConfig, template: Template,
-                   to_template: np.ndarray, to_template_offset: np.ndarray) -> _Lesion:
+def _choose_lesion(
+    rng: np.random.Generator,
+    config: SynthConfig,
+    template: Template,
+    to_template: np.ndarray,
+    to_template_offset: np.ndarray,
+) -> _Lesion:
     """Pick a lesion in the cerebrum of a random hemisphere, deep enough to stay in the brain."""
     radius = rng.uniform(*config.lesion_radius_mm)
     hemisphere = rng.integers(1, 3)  # anat 1 = left, 2 = right cerebrum
@@ -188,8 +199,9 @@ def _mass_effect(points: np.ndarray, lesion: _Lesion) -> np.ndarray:
     return lesion.centre.reshape(offset.shape[:1] + (1,) * (offset.ndim - 1)) + offset * scale
 
 
-def _lesion_labels(lesion: _Lesion, config: SynthConfig, brain: np.ndarray,
-                   tissue_ok: np.ndarray) -> np.ndarray:
+def _lesion_labels(
+    lesion: _Lesion, config: SynthConfig, brain: np.ndarray, tissue_ok: np.ndarray
+) -> np.ndarray:
     """(H, W, Z) uint8 seg in {0, 1, 2, 4}: irregular core/rim blob and edema around it."""
     shape = config.shape
     affine = config.affine
@@ -202,10 +214,15 @@ def _lesion_labels(lesion: _Lesion, config: SynthConfig, brain: np.ndarray,
     if np.any(hi <= lo):
         return seg
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    grid = np.meshgrid(*[np.arange(a, b, dtype=np.float32) for a, b in zip(lo, hi, strict=True)],
-                       indexing="ij")
-    offset = np.stack([(g * s + o) - c for g, s, o, c in
-                       zip(grid, spacing, affine[:3, 3], lesion.centre, strict=True)])
+    grid = np.meshgrid(
+        *[np.arange(a, b, dtype=np.float32) for a, b in zip(lo, hi, strict=True)], indexing="ij"
+    )
+    offset = np.stack(
+        [
+            (g * s + o) - c
+            for g, s, o, c in zip(grid, spacing, affine[:3, 3], lesion.centre, strict=True)
+        ]
+    )
     rho = np.sqrt((offset**2).sum(0))
     shape_rng = np.random.default_rng(lesion.shape_seed)
     box_shape = rho.shape
@@ -235,8 +252,13 @@ def _padded_box(mask: np.ndarray, pad: int) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
-def _render_lesion(healthy: np.ndarray, masks: list[np.ndarray], means: np.ndarray,
-                   box: tuple[slice, ...] | None, texture: np.ndarray | None) -> np.ndarray:
+def _render_lesion(
+    healthy: np.ndarray,
+    masks: list[np.ndarray],
+    means: np.ndarray,
+    box: tuple[slice, ...] | None,
+    texture: np.ndarray | None,
+) -> np.ndarray:
     """Paint the lesion (necrosis, enhancing rim, edema) into a copy of a healthy image.
 
     The tumour replaces tissue; edema is mostly fluid added to the tissue that is still there,
@@ -260,8 +282,9 @@ def _render_lesion(healthy: np.ndarray, masks: list[np.ndarray], means: np.ndarr
     return image
 
 
-def synthesize_case(seed: int, case_index: int, healthy: bool,
-                    config: SynthConfig | None = None) -> SynthCase:
+def synthesize_case(
+    seed: int, case_index: int, healthy: bool, config: SynthConfig | None = None
+) -> SynthCase:
     """Render one case; the same (seed, case_index, healthy, config) gives identical arrays."""
     config = config or SynthConfig()
     template = load_template()
@@ -277,30 +300,40 @@ def synthesize_case(seed: int, case_index: int, healthy: bool,
     to_template_offset = FOV_CENTRE_MM + translation - to_template @ FOV_CENTRE_MM
 
     # The warp is evaluated on a coarse grid (both FOV ends included) and interpolated.
-    coarse_shape = tuple(int(min(n, np.ceil(f / COARSE_STEP_MM) + 1))
-                         for n, f in zip(shape, FOV_MM, strict=True))
+    coarse_shape = tuple(
+        int(min(n, np.ceil(f / COARSE_STEP_MM) + 1)) for n, f in zip(shape, FOV_MM, strict=True)
+    )
     axes = [np.linspace(0, n - 1, c) for n, c in zip(shape, coarse_shape, strict=True)]
     ijk = np.stack(np.meshgrid(*axes, indexing="ij"))
     points = np.tensordot(affine[:3, :3], ijk, axes=1) + affine[:3, 3].reshape(3, 1, 1, 1)
-    displacement = np.stack([_smooth_field(rng, config.deformation_grid, coarse_shape)
-                             for _ in range(3)]) * config.deformation_mm
+    displacement = (
+        np.stack([_smooth_field(rng, config.deformation_grid, coarse_shape) for _ in range(3)])
+        * config.deformation_mm
+    )
 
     lesion = None
     if not healthy:
         lesion = _choose_lesion(rng, config, template, to_template, to_template_offset)
         points = _mass_effect(points, lesion)
-    source = (np.tensordot(to_template, points, axes=1)
-              + to_template_offset.reshape(3, 1, 1, 1) + displacement)
+    source = (
+        np.tensordot(to_template, points, axes=1)
+        + to_template_offset.reshape(3, 1, 1, 1)
+        + displacement
+    )
     to_voxel = np.linalg.inv(template.affine)
-    source_vox = (np.tensordot(to_voxel[:3, :3], source, axes=1)
-                  + to_voxel[:3, 3].reshape(3, 1, 1, 1))
+    source_vox = np.tensordot(to_voxel[:3, :3], source, axes=1) + to_voxel[:3, 3].reshape(
+        3, 1, 1, 1
+    )
     coords = np.stack([_upsample(c.astype(np.float32), shape) for c in source_vox])
 
     def sample(volume: np.ndarray, order: int) -> np.ndarray:
         return ndimage.map_coordinates(volume, coords, order=order, mode="constant", cval=0.0)
 
-    wm, gm, brain_fraction = (sample(template.wm, 1), sample(template.gm, 1),
-                              sample(template.brain, 1))
+    wm, gm, brain_fraction = (
+        sample(template.wm, 1),
+        sample(template.gm, 1),
+        sample(template.brain, 1),
+    )
     # The template's CSF is brain − GM − WM (never negative there), and linear interpolation
     # commutes with that difference: one resampling saved.
     csf = np.clip(brain_fraction - gm - wm, 0, 1)
@@ -324,27 +357,34 @@ def synthesize_case(seed: int, case_index: int, healthy: bool,
     images = np.empty((*shape, 4), np.int16)
     pseudo = np.empty((*shape, 4), np.int16)
     for channel, sequence in enumerate(SEQUENCES):
-        means = np.array(_INTENSITY[sequence]) * (1 + config.intensity_jitter
-                                                  * rng.standard_normal(len(_TISSUES)))
+        means = np.array(_INTENSITY[sequence]) * (
+            1 + config.intensity_jitter * rng.standard_normal(len(_TISSUES))
+        )
         gain = rng.uniform(300, 900)
         log_bias = sum(
             (rng.uniform(-1, 1) * a + rng.uniform(-1, 1) * a**2 * 0.5).reshape(
-                [-1 if d == axis else 1 for d in range(3)])
+                [-1 if d == axis else 1 for d in range(3)]
+            )
             for axis, a in enumerate(axes_unit)
         ) * (config.bias_amplitude / 1.5)
         bias = np.exp(log_bias).astype(np.float32)
         noise = rng.standard_normal(shape, dtype=np.float32) * np.float32(config.noise_std)
         healthy_image = np.tensordot(means[:3].astype(np.float32), tissue, axes=1)
-        diseased = _render_lesion(healthy_image, lesion_masks, means[3:], lesion_box,
-                                  lesion_texture)
+        diseased = _render_lesion(
+            healthy_image, lesion_masks, means[3:], lesion_box, lesion_texture
+        )
         for out, clean in ((pseudo, healthy_image), (images, diseased)):
             value = (clean * bias + noise * means[0]) * gain
             value = np.where(brain, np.clip(value, 1, 32767), 0)
             out[..., channel] = np.rint(value).astype(np.int16)
 
     return SynthCase(
-        images=images, pseudohealthy=pseudo, seg=seg, anat=anat.astype(np.uint8),
-        affine=affine, healthy=healthy,
+        images=images,
+        pseudohealthy=pseudo,
+        seg=seg,
+        anat=anat.astype(np.uint8),
+        affine=affine,
+        healthy=healthy,
         lesion_centre_mm=None if lesion is None else tuple(float(v) for v in lesion.centre),
     )
 
@@ -379,13 +419,24 @@ def _write_case(case_dir: Path, cid: str, case: SynthCase) -> None:
 
 
 def _manifest(n_cases: int, healthy_fraction: float, seed: int, size: int) -> dict:
-    return {"generator_version": GENERATOR_VERSION, "cases": n_cases,
-            "healthy_fraction": healthy_fraction, "seed": seed, "size": size}
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "cases": n_cases,
+        "healthy_fraction": healthy_fraction,
+        "seed": seed,
+        "size": size,
+    }
 
 
-def synthesize_archive(out_dir: str | os.PathLike, n_cases: int, healthy_fraction: float,
-                       seed: int, size: int = 240, progress: bool = False,
-                       overwrite: bool = False) -> list[str]:
+def synthesize_archive(
+    out_dir: str | os.PathLike,
+    n_cases: int,
+    healthy_fraction: float,
+    seed: int,
+    size: int = 240,
+    progress: bool = False,
+    overwrite: bool = False,
+) -> list[str]:
     """Write a BraTS-layout archive of `n_cases` synthetic cases; return the case ids.
 
     The archive is built in a temporary sibling folder and moved into place at the end, so an
@@ -415,8 +466,9 @@ def synthesize_archive(out_dir: str | os.PathLike, n_cases: int, healthy_fractio
         previous = out / MANIFEST
         if previous.is_file() and not overwrite:
             try:
-                same = {k: v for k, v in json.loads(previous.read_text()).items()
-                        if k in manifest} == manifest
+                same = {
+                    k: v for k, v in json.loads(previous.read_text()).items() if k in manifest
+                } == manifest
             except (OSError, json.JSONDecodeError):
                 same = False
             if same and all((out / cid).is_dir() for cid in ids):
@@ -436,14 +488,20 @@ def synthesize_archive(out_dir: str | os.PathLike, n_cases: int, healthy_fractio
         iterator = range(n_cases)
         if progress:
             from tqdm import tqdm
+
             iterator = tqdm(iterator, desc="synth", unit="case")
         cases = []
         for index in iterator:
             case = synthesize_case(seed, index, bool(healthy[index]), config)
             _write_case(staging / ids[index], ids[index], case)
-            cases.append({"case": ids[index], "healthy": case.healthy,
-                          "lesion_centre_mm": case.lesion_centre_mm,
-                          "lesion_voxels": int((case.seg > 0).sum())})
+            cases.append(
+                {
+                    "case": ids[index],
+                    "healthy": case.healthy,
+                    "lesion_centre_mm": case.lesion_centre_mm,
+                    "lesion_voxels": int((case.seg > 0).sum()),
+                }
+            )
         manifest["shape"] = list(config.shape)
         manifest["anat_labels"] = ANAT_LABELS
         manifest["case_list"] = cases

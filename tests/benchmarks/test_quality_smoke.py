@@ -44,10 +44,8 @@ def test_dice_of_identical_maps_is_one():
 
 
 def test_dice_hand_computed():
-    a = np.array([[1, 1, 0, 0],
-                  [2, 2, 0, 0]])
-    b = np.array([[1, 0, 0, 0],
-                  [2, 2, 3, 0]])
+    a = np.array([[1, 1, 0, 0], [2, 2, 0, 0]])
+    b = np.array([[1, 0, 0, 0], [2, 2, 3, 0]])
     # class 1: 2·1/(2+1) = 2/3; class 2: 2·2/(2+2) = 1; class 3 only in b: 0 -> mean 5/9
     assert multiclass_dice(a, b, (1, 2, 3)) == pytest.approx((2 / 3 + 1 + 0) / 3)
     # classes absent from both are skipped
@@ -93,8 +91,9 @@ def test_best_volumes_is_volume_wise_top_q_by_score():
 def test_downsample_is_block_mean():
     x = np.arange(2 * 1 * 4 * 4, dtype=np.float32).reshape(2, 1, 4, 4)
     got = downsample_slices(x, 2)
-    expected = [[np.mean(x[n, 0, i:i + 2, j:j + 2]) for i in (0, 2) for j in (0, 2)]
-                for n in range(2)]
+    expected = [
+        [np.mean(x[n, 0, i : i + 2, j : j + 2]) for i in (0, 2) for j in (0, 2)] for n in range(2)
+    ]
     np.testing.assert_allclose(got, expected)
     with pytest.raises(ValueError):
         downsample_slices(x, 3)
@@ -141,8 +140,15 @@ def test_classifier_figures_by_hand():
 def _tiny_model(path, seed=0):
     torch.manual_seed(seed)
     model = FDN(PRESETS["tiny"])
-    save_checkpoint(path, {"model": model.state_dict(), "config": asdict(PRESETS["tiny"]),
-                           "preset": "tiny", "step": 0})
+    save_checkpoint(
+        path,
+        {
+            "model": model.state_dict(),
+            "config": asdict(PRESETS["tiny"]),
+            "preset": "tiny",
+            "step": 0,
+        },
+    )
     return path
 
 
@@ -154,23 +160,47 @@ def smoke(tmp_path_factory):
     synthesize_archive(train, n_cases=4, healthy_fraction=0.5, seed=21, size=SIZE)
     synthesize_archive(test, n_cases=5, healthy_fraction=0.4, seed=22, size=SIZE)
     model = _tiny_model(root / "model")
-    cfg = QualityConfig(model=str(model), model_no_dm=None, train_archive=str(train),
-                        test_archive=str(test), out=str(root / "out"), topq=3, quick=True,
-                        random_draws=3, classifier_seconds=2.0)
+    cfg = QualityConfig(
+        model=str(model),
+        model_no_dm=None,
+        train_archive=str(train),
+        test_archive=str(test),
+        out=str(root / "out"),
+        topq=3,
+        quick=True,
+        random_draws=3,
+        classifier_seconds=2.0,
+    )
     results = run_quality(cfg)
-    return {"root": root, "train": train, "test": test, "model": model, "out": root / "out",
-            "results": results}
+    return {
+        "root": root,
+        "train": train,
+        "test": test,
+        "model": model,
+        "out": root / "out",
+        "results": results,
+    }
 
 
 def test_report_files_exist(smoke):
     out = smoke["out"]
-    for name in ("report.md", "results.json", "dice_by_mode.png", "cross_scores.png",
-                 "codebook_norms_dm.png"):
+    for name in (
+        "report.md",
+        "results.json",
+        "dice_by_mode.png",
+        "cross_scores.png",
+        "codebook_norms_dm.png",
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / "work" / ".gitignore").read_text().strip().endswith("*")
     text = (out / "report.md").read_text()
-    for heading in ("Retrieval quality", "Decomposition", "Binarization", "Appendix F",
-                    "classifier PPV"):
+    for heading in (
+        "Retrieval quality",
+        "Decomposition",
+        "Binarization",
+        "Appendix F",
+        "classifier PPV",
+    ):
         assert heading in text
     on_disk = json.loads((out / "results.json").read_text())
     assert len(on_disk["queries"]) == 3  # 3 diseased of the 5 test cases
@@ -208,12 +238,18 @@ def test_figures_finite_and_in_range(smoke):
 
 def test_oracle_bounds_every_method_on_its_own_metric(smoke):
     scores = smoke["results"]["scores"]
-    own = {"normal": ("oracle/normal", "normal"), "abnormal": ("oracle/abnormal", "lesion"),
-           "sum": ("oracle/sum", "sum"), "sum-normalized": ("oracle/sum", "sum")}
+    own = {
+        "normal": ("oracle/normal", "normal"),
+        "abnormal": ("oracle/abnormal", "lesion"),
+        "sum": ("oracle/sum", "sum"),
+        "sum-normalized": ("oracle/sum", "sum"),
+    }
     for mode, (oracle, metric) in own.items():
         bound = np.array(scores[oracle][metric]["per_query"])
         for name in [f"{mode}/{d}" for d in ("euclidean", "angular", "hamming")] + [
-                "random", "raw-pixel"]:
+            "random",
+            "raw-pixel",
+        ]:
             got = np.array(scores[name][metric]["per_query"])
             assert np.all(got <= bound + 1e-12), (mode, name)
 
@@ -229,16 +265,31 @@ def test_queries_are_largest_lesion_slices(smoke):
 
 
 def test_refuses_a_test_archive_from_the_training_seed(smoke, tmp_path):
-    cfg = QualityConfig(model=str(smoke["model"]), train_archive=str(smoke["train"]),
-                        test_seed=21, test_cases=2, out=str(tmp_path / "out"), quick=True)
+    cfg = QualityConfig(
+        model=str(smoke["model"]),
+        train_archive=str(smoke["train"]),
+        test_seed=21,
+        test_cases=2,
+        out=str(tmp_path / "out"),
+        quick=True,
+    )
     with pytest.raises(ValueError, match="same seed 21"):
         run_quality(cfg)
     assert not any((tmp_path / "out" / "work").glob("test-archive*"))
 
 
 def test_cli_needs_the_training_archive(smoke, tmp_path):
-    result = CliRunner().invoke(main, ["--model", str(smoke["model"]), "--test-archive",
-                                       str(smoke["test"]), "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "--model",
+            str(smoke["model"]),
+            "--test-archive",
+            str(smoke["test"]),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert result.exit_code == 1, result.output
     assert "--train-archive" in result.output
 

@@ -23,9 +23,19 @@ BIT_BUDGET = 16
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
-    cfg = SpeedConfig(sizes=(N,), queries=4, batch=4, K=32, D=8, bit_budget=BIT_BUDGET,
-                      ivf_nlist=8, nprobes=(1, 8), hamming_batch_sizes=(256, 4096),
-                      max_seconds_per_figure=0.5, name="smoke")
+    cfg = SpeedConfig(
+        sizes=(N,),
+        queries=4,
+        batch=4,
+        K=32,
+        D=8,
+        bit_budget=BIT_BUDGET,
+        ivf_nlist=8,
+        nprobes=(1, 8),
+        hamming_batch_sizes=(256, 4096),
+        max_seconds_per_figure=0.5,
+        name="smoke",
+    )
     results = run(cfg)
     out = write_report(results, tmp_path_factory.mktemp("speed") / "smoke")
     return results, out
@@ -46,8 +56,14 @@ def test_every_engine_and_mode_measured(suite):
     results, _ = suite
     seen = {(r["engine"], r["mode"]) for r in results["rows"]}
     for mode in ("normal", "abnormal", "sum"):
-        for engine in ("lut", "numpy", "faiss-binary-flat", "faiss-binary-ivf",
-                       "faiss-float-l2", "faiss-float-ip"):
+        for engine in (
+            "lut",
+            "numpy",
+            "faiss-binary-flat",
+            "faiss-binary-ivf",
+            "faiss-float-l2",
+            "faiss-float-ip",
+        ):
             assert (engine, mode) in seen
 
 
@@ -85,8 +101,12 @@ def test_exact_engines_agree(suite):
     results, _ = suite
     checks = results["agreement"]
     names = " ".join(c["check"] for c in checks)
-    for part in ("numpy == lut", "faiss-flat == lut", "faiss-float-l2 == lut",
-                 "faiss-float-ip == lut"):
+    for part in (
+        "numpy == lut",
+        "faiss-flat == lut",
+        "faiss-float-l2 == lut",
+        "faiss-float-ip == lut",
+    ):
         assert part in names
     bad = [c for c in checks if not c["ok"]]
     assert not bad, bad
@@ -94,8 +114,11 @@ def test_exact_engines_agree(suite):
 
 def test_ivf_scanning_every_list_is_exact(suite):
     results, _ = suite
-    full = [r for r in results["rows"] if r["engine"] == "faiss-binary-ivf"
-            and r["nprobe"] == r["nlist"]]
+    full = [
+        r
+        for r in results["rows"]
+        if r["engine"] == "faiss-binary-ivf" and r["nprobe"] == r["nlist"]
+    ]
     assert full and all(r["recall_at_10"] == 1.0 for r in full)
 
 
@@ -109,11 +132,11 @@ def test_targets_reported(suite):
 def test_recall_against_hand_example():
     exact = VolumeHits(np.array([[1.0, 2.0, 3.0]]), np.array([[0, 1, 2]]), np.array([[7, 8, 9]]))
     # volume 5 ties the exact boundary (3.0) and counts; volume 6 (4.0) does not; -1 is padding
-    approx = VolumeHits(np.array([[1.0, 3.0, 4.0]]), np.array([[0, 5, 6]]),
-                        np.array([[7, 5, 6]]))
+    approx = VolumeHits(np.array([[1.0, 3.0, 4.0]]), np.array([[0, 5, 6]]), np.array([[7, 5, 6]]))
     assert recall_at_q(approx, exact) == pytest.approx(2 / 3)
-    padded = VolumeHits(np.array([[1.0, np.inf, np.inf]]), np.array([[0, -1, -1]]),
-                        np.array([[7, -1, -1]]))
+    padded = VolumeHits(
+        np.array([[1.0, np.inf, np.inf]]), np.array([[0, -1, -1]]), np.array([[7, -1, -1]])
+    )
     assert recall_at_q(padded, exact) == pytest.approx(1 / 3)
 
 
@@ -131,8 +154,9 @@ def test_workload_structure():
     assert (w.query_abnormal != np.bincount(w.codes_abnormal.ravel()).argmax()).any()
     # decode: row r is the concatenation of codebook[codes[r, p]] over positions p
     x = wl.decode(w.codebook_normal, w.codes_normal[:3])
-    ref = np.stack([np.concatenate([w.codebook_normal[c] for c in g.ravel()])
-                    for g in w.codes_normal[:3]])
+    ref = np.stack(
+        [np.concatenate([w.codebook_normal[c] for c in g.ravel()]) for g in w.codes_normal[:3]]
+    )
     assert np.array_equal(x, ref)
 
 
@@ -180,7 +204,8 @@ def test_optimization_benchmark_reports_a1_on_k512(tmp_path):
     from benchmarks.optimization import main as optimization_main
 
     result = CliRunner().invoke(
-        optimization_main, ["--seeds", "1", "--no-random", "--out", str(tmp_path / "opt"), "--json"])
+        optimization_main, ["--seeds", "1", "--no-random", "--out", str(tmp_path / "opt"), "--json"]
+    )
     assert result.exit_code == 0, result.output
     (run,) = json.loads(result.output)
     assert run["K"] == 512 and run["live"] == 180 and 0 < run["E_star"] < run["E"] == 512 * 511 // 2
@@ -191,11 +216,25 @@ def test_optimization_benchmark_reports_a1_on_k512(tmp_path):
 def test_scale_benchmark_times_fastscan_against_lut(tmp_path):
     from benchmarks.scale import main as scale_main
 
-    result = CliRunner().invoke(scale_main, ["--sizes", "4000", "--queries", "3", "--batch", "4",
-                                             "--max-seconds", "0.2", "--out", str(tmp_path / "s"),
-                                             "--json"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        scale_main,
+        [
+            "--sizes",
+            "4000",
+            "--queries",
+            "3",
+            "--batch",
+            "4",
+            "--max-seconds",
+            "0.2",
+            "--out",
+            str(tmp_path / "s"),
+            "--json",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
-    (size,) = json.loads(result.output[result.output.index("{"):])["sizes"]
+    (size,) = json.loads(result.output[result.output.index("{") :])["sizes"]
     fast = [r for r in size["rows"] if r["engine"] == "fastscan"]
     assert len(fast) == 6 and all(r["identical_to_lut"] for r in fast)
     assert all(1 <= r["evaluated_median"] <= 4000 for r in fast)

@@ -40,8 +40,9 @@ def reference_preprocessing(case_dir, case, size):
     """
     from fdn.data.resize import bilinear_weights
 
-    x = np.stack([read_nifti(case_dir / f"{case}_{s}.nii.gz").astype(np.float64)
-                  for s in SEQUENCES])                      # (4, H, W, Z)
+    x = np.stack(
+        [read_nifti(case_dir / f"{case}_{s}.nii.gz").astype(np.float64) for s in SEQUENCES]
+    )  # (4, H, W, Z)
     brain = (x != 0).any(0)
     z = np.zeros_like(x)
     offsets = []
@@ -58,8 +59,9 @@ def reference_preprocessing(case_dir, case, size):
         bound += (k_r + k_c + 4) * U32 * max_z
     z = torch.from_numpy(z.transpose(3, 0, 1, 2))  # (Z, 4, H, W) float64
     if (h, w) != (size, size):
-        z = F.interpolate(z, size=(size, size), mode="bilinear", antialias=True,
-                          align_corners=False)
+        z = F.interpolate(
+            z, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
     return z.numpy(), 1.01 * bound
 
 
@@ -161,8 +163,9 @@ def test_cases_without_optional_files_have_none(small_archive, tmp_path):
 
 def test_external_case_from_loose_files(small_archive, tmp_path):
     for key in SEQUENCES:
-        shutil.copy(small_archive / "SYN_001" / f"SYN_001_{key}.nii.gz",
-                    tmp_path / f"p7_{key}.nii.gz")
+        shutil.copy(
+            small_archive / "SYN_001" / f"SYN_001_{key}.nii.gz", tmp_path / f"p7_{key}.nii.gz"
+        )
     case, files = case_files_from_paths(sorted(tmp_path.iterdir()))
     assert case == "p7" and set(files) == set(SEQUENCES)
     external = load_case_files(files, 24, case)
@@ -173,8 +176,10 @@ def test_external_case_from_loose_files(small_archive, tmp_path):
 
 
 def test_external_files_of_two_cases_are_refused(small_archive):
-    paths = [small_archive / "SYN_000" / "SYN_000_t1.nii.gz",
-             small_archive / "SYN_001" / "SYN_001_t2.nii.gz"]
+    paths = [
+        small_archive / "SYN_000" / "SYN_000_t1.nii.gz",
+        small_archive / "SYN_001" / "SYN_001_t2.nii.gz",
+    ]
     with pytest.raises(ArchiveError, match="different cases"):
         case_files_from_paths(paths)
 

@@ -60,6 +60,7 @@ def header_claiming(shape, dtype=np.int16) -> bytes:
 
 # --- agreement with nibabel on intact files -----------------------------------------------------
 
+
 @pytest.mark.parametrize("compress", [True, False])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32, np.float64])
 def test_reads_what_nibabel_reads(tmp_path, compress, dtype):
@@ -84,16 +85,19 @@ def test_multi_member_gzip_and_zero_padding_are_read_whole(tmp_path):
     raw = nifti_bytes(data)
     path = tmp_path / "x.nii.gz"
     # `cat a.gz b.gz` is a valid gzip file; some tape tools pad with zero bytes
-    path.write_bytes(gzip.compress(raw[:200], mtime=0) + gzip.compress(raw[200:], mtime=0)
-                     + b"\0" * 16)
+    path.write_bytes(
+        gzip.compress(raw[:200], mtime=0) + gzip.compress(raw[200:], mtime=0) + b"\0" * 16
+    )
     got, _ = read_nifti(path)
     np.testing.assert_array_equal(got, data.astype(np.float32))
 
 
 # --- sizes claimed by the header -----------------------------------------------------------------
 
-@pytest.mark.parametrize("shape", [(2000, 2000, 1000), (MAX_IN_PLANE + 1, 4, 4), (4, 4, 4097),
-                                   (512, 512, 1024, 8)])
+
+@pytest.mark.parametrize(
+    "shape", [(2000, 2000, 1000), (MAX_IN_PLANE + 1, 4, 4), (4, 4, 4097), (512, 512, 1024, 8)]
+)
 @pytest.mark.parametrize("compress", [True, False])
 def test_header_claiming_a_huge_volume_is_refused_before_allocating(tmp_path, shape, compress):
     path = tmp_path / ("big.nii.gz" if compress else "big.nii")
@@ -144,6 +148,7 @@ def test_an_uncompressed_file_is_read_only_as_far_as_its_header_says(tmp_path):
 
 # --- damaged gzip streams --------------------------------------------------------------------------
 
+
 def test_every_byte_flip_in_a_gz_is_an_error_or_reads_the_same(tmp_path):
     """gzip's CRC-32 is at the end of the stream: only a reader of whole streams checks it.
 
@@ -179,6 +184,7 @@ def test_truncated_gz_names_the_file(tmp_path):
 
 
 # --- special files -----------------------------------------------------------------------------
+
 
 def test_special_files_are_refused_without_blocking(tmp_path):
     fifo = tmp_path / "fifo.nii.gz"
@@ -216,6 +222,7 @@ def test_voxel_offset_inside_the_header_is_refused(tmp_path):
 
 # --- the case level: missing and broken sequences --------------------------------------------------
 
+
 def make_case(root, keys=("t1", "t1ce", "t2", "flair", "seg")):
     folder = root / CASE
     folder.mkdir(parents=True)
@@ -244,8 +251,11 @@ def test_t1_as_a_symlink_loop_names_the_file(tmp_path):
     loop = folder / f"{CASE}_t1.nii.gz"
     os.symlink(loop, loop)
     archive = Archive(tmp_path)
-    with pytest.raises(CaseError, match=f"{CASE}_t1.nii.gz: missing the t1 sequence: the name "
-                       "exists but is not a readable regular file"):
+    with pytest.raises(
+        CaseError,
+        match=f"{CASE}_t1.nii.gz: missing the t1 sequence: the name "
+        "exists but is not a readable regular file",
+    ):
         archive.load(CASE, 8)
     assert [b.case for b in archive.validate(skip_bad=True)] == [CASE]
 
@@ -263,7 +273,8 @@ def test_loose_input_files_that_loop_or_dangle_are_named(tmp_path):
 def test_huge_header_in_a_case_is_skipped_by_skip_bad(tmp_path):
     folder = make_case(tmp_path)
     (folder / f"{CASE}_flair.nii.gz").write_bytes(
-        gzip.compress(header_claiming((2000, 2000, 1000)), mtime=0))
+        gzip.compress(header_claiming((2000, 2000, 1000)), mtime=0)
+    )
     archive = Archive(tmp_path)
     bad, peak = peak_bytes_of(lambda: archive.validate(skip_bad=True))
     assert [(b.case, b.file.name) for b in bad] == [(CASE, f"{CASE}_flair.nii.gz")]
@@ -285,24 +296,32 @@ def damaged_nifti(draw):
     dtype = draw(st.sampled_from(DTYPES))
     data = np.arange(int(np.prod(shape)), dtype=np.float64).reshape(shape).astype(dtype)
     raw = bytearray(nifti_bytes(data))
-    edits = draw(st.lists(st.one_of(
-        st.tuples(st.just("dim"), st.integers(0, 7), INT16),
-        st.tuples(st.just("datatype"), st.just(0), INT16),
-        st.tuples(st.just("bitpix"), st.just(0), INT16),
-        st.tuples(st.just("vox_offset"), st.just(0),
-                  st.one_of(st.floats(-4096, 1e9, width=32), st.floats(width=32))),
-        st.tuples(st.just("scl_slope"), st.just(0), st.floats(width=32)),
-        st.tuples(st.just("sizeof_hdr"), st.just(0), st.integers(-(2**31), 2**31 - 1)),
-    ), max_size=4))
+    edits = draw(
+        st.lists(
+            st.one_of(
+                st.tuples(st.just("dim"), st.integers(0, 7), INT16),
+                st.tuples(st.just("datatype"), st.just(0), INT16),
+                st.tuples(st.just("bitpix"), st.just(0), INT16),
+                st.tuples(
+                    st.just("vox_offset"),
+                    st.just(0),
+                    st.one_of(st.floats(-4096, 1e9, width=32), st.floats(width=32)),
+                ),
+                st.tuples(st.just("scl_slope"), st.just(0), st.floats(width=32)),
+                st.tuples(st.just("sizeof_hdr"), st.just(0), st.integers(-(2**31), 2**31 - 1)),
+            ),
+            max_size=4,
+        )
+    )
     for field, index, value in edits:
         if field == "dim":
-            raw[40 + 2 * index: 42 + 2 * index] = struct.pack("<h", value)
+            raw[40 + 2 * index : 42 + 2 * index] = struct.pack("<h", value)
         elif field in ("datatype", "bitpix"):
             offset = 70 if field == "datatype" else 72
-            raw[offset: offset + 2] = struct.pack("<h", value)
+            raw[offset : offset + 2] = struct.pack("<h", value)
         elif field in ("vox_offset", "scl_slope"):
             offset = 108 if field == "vox_offset" else 112
-            raw[offset: offset + 4] = struct.pack("<f", value)
+            raw[offset : offset + 4] = struct.pack("<f", value)
         else:
             raw[0:4] = struct.pack("<i", value)
     if draw(st.booleans()):
@@ -314,8 +333,12 @@ def damaged_nifti(draw):
     return blob if cut is None else blob[:cut], compress
 
 
-@settings(max_examples=150, deadline=None, derandomize=True,  # same examples every run
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,  # same examples every run
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(damaged_nifti())
 def test_any_header_or_truncation_gives_a_volume_or_a_nifti_error(tmp_path, case):
     blob, compress = case

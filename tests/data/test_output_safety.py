@@ -62,8 +62,10 @@ def test_show_refuses_special_targets_with_a_clean_error(small_archive, tmp_path
         assert r.exception is None or isinstance(r.exception, SystemExit), (name, r.exception)
         if name == "folder":  # click's own check of -o (dir_okay=False) answers first
             words = "is a directory"
-        assert "Traceback" not in r.output and words in r.output and target.name in r.output, \
-            (name, r.output)
+        assert "Traceback" not in r.output and words in r.output and target.name in r.output, (
+            name,
+            r.output,
+        )
     assert_untouched(tmp_path)
 
 
@@ -81,11 +83,26 @@ def test_evaluate_model_refuses_a_symlink_histogram(small_archive, tmp_path):
     link = tmp_path / "hist.png"
     link.symlink_to(victim)
     model = tmp_path / "model"
-    r = CliRunner().invoke(main, ["train", str(small_archive), "--preset", "tiny", "--out",
-                                  str(model), "--batch-size", "8", "--max-steps", "1", "--json"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(small_archive),
+            "--preset",
+            "tiny",
+            "--out",
+            str(model),
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "1",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(main, ["evaluate-model", str(model), str(small_archive),
-                                  "--histogram", str(link), "--json"])
+    r = CliRunner().invoke(
+        main, ["evaluate-model", str(model), str(small_archive), "--histogram", str(link), "--json"]
+    )
     assert r.exit_code != 0 and "symbolic link" in r.output and "hist.png" in r.output, r.output
     assert victim.read_text() == "keep me" and link.is_symlink()
 
@@ -96,8 +113,22 @@ def test_train_refuses_a_symlinked_checkpoint_before_training(small_archive, tmp
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
     (model / "weights.pt").symlink_to(victim)
-    r = CliRunner().invoke(main, ["train", str(small_archive), "--preset", "tiny", "--out",
-                                  str(model), "--batch-size", "8", "--max-steps", "1", "--json"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(small_archive),
+            "--preset",
+            "tiny",
+            "--out",
+            str(model),
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "1",
+            "--json",
+        ],
+    )
     assert r.exit_code != 0 and "weights.pt" in r.output and "symbolic link" in r.output, r.output
     assert not (model / "metrics.jsonl").exists()  # refused before the first step
     assert victim.read_text() == "keep me"
@@ -105,34 +136,67 @@ def test_train_refuses_a_symlinked_checkpoint_before_training(small_archive, tmp
 
 def test_train_into_a_folder_under_a_regular_file(small_archive, tmp_path):
     (tmp_path / "plain").write_text("x")
-    r = CliRunner().invoke(main, ["train", str(small_archive), "--preset", "tiny", "--out",
-                                  str(tmp_path / "plain" / "model"), "--max-steps", "1"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(small_archive),
+            "--preset",
+            "tiny",
+            "--out",
+            str(tmp_path / "plain" / "model"),
+            "--max-steps",
+            "1",
+        ],
+    )
     assert r.exit_code != 0 and "cannot create the folder" in r.output, r.output
     assert "Traceback" not in r.output
 
 
 # --- montages ---------------------------------------------------------------------------------
 
+
 def fake_index(roots):
     return SimpleNamespace(manifest=SimpleNamespace(input_size=SIZE, archive_roots=list(roots)))
 
 
 def hit(case: str, source: Path | str, slice_index: int = 10) -> Hit:
-    return Hit(rank=1, row=0, case=case, slice=slice_index, distance=0.5, source=str(source),
-               lesion_area=None)
+    return Hit(
+        rank=1,
+        row=0,
+        case=case,
+        slice=slice_index,
+        distance=0.5,
+        source=str(source),
+        lesion_area=None,
+    )
 
 
 def test_montage_reads_inside_the_archive_and_refuses_special_targets(small_archive, tmp_path):
     index = fake_index([small_archive.resolve()])
     results = {"normal": [hit("SYN_001", small_archive / "SYN_001")]}
     out = tmp_path / "montage.png"
-    written = draw_retrieval_montage(out, index, "q", results, query_case="SYN_000",
-                                     query_slice=12, query_source=str(small_archive / "SYN_000"))
+    written = draw_retrieval_montage(
+        out,
+        index,
+        "q",
+        results,
+        query_case="SYN_000",
+        query_slice=12,
+        query_source=str(small_archive / "SYN_000"),
+    )
     assert written == out and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for _name, (target, words) in bad_targets(tmp_path).items():
         with pytest.raises(WriteTargetError, match=re.escape(words)):
-            draw_retrieval_montage(target, index, "q", results, query_case="SYN_000",
-                                   query_slice=12, query_source=str(small_archive / "SYN_000"))
+            draw_retrieval_montage(
+                target,
+                index,
+                "q",
+                results,
+                query_case="SYN_000",
+                query_slice=12,
+                query_source=str(small_archive / "SYN_000"),
+            )
     assert_untouched(tmp_path)
 
 
@@ -144,8 +208,7 @@ def outside_case(small_archive, tmp_path):
     return folder
 
 
-def test_slice_loader_refuses_folders_outside_the_archive(small_archive, tmp_path,
-                                                         outside_case):
+def test_slice_loader_refuses_folders_outside_the_archive(small_archive, tmp_path, outside_case):
     archive = small_archive.resolve()
     loader = SliceLoader(SIZE, [str(archive)])
     image, _, _ = loader.load("SYN_001", str(archive / "SYN_001"), 5)  # inside: fine
@@ -188,5 +251,6 @@ def test_slice_out_of_range_is_an_archive_error(small_archive):
     archive = small_archive.resolve()
     with pytest.raises(ArchiveError, match="slice 999 is out of range"):
         SliceLoader(SIZE, [str(archive)]).load("SYN_001", str(archive / "SYN_001"), 999)
-    assert np.isfinite(SliceLoader(SIZE, [str(archive)]).load(
-        "SYN_001", str(archive / "SYN_001"), 0)[0]).all()
+    assert np.isfinite(
+        SliceLoader(SIZE, [str(archive)]).load("SYN_001", str(archive / "SYN_001"), 0)[0]
+    ).all()

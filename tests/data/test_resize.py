@@ -24,13 +24,20 @@ def resize_error_bound(h: int, w: int, size: int, max_abs: float) -> float:
     return 1.01 * (k_r + k_c + 4) * U32 * max_abs
 
 
-@pytest.mark.parametrize("h, w, size", [(240, 240, 64), (240, 200, 64), (32, 48, 64),
-                                        (64, 64, 63), (17, 23, 5), (40, 40, 40)])
+@pytest.mark.parametrize(
+    "h, w, size",
+    [(240, 240, 64), (240, 200, 64), (32, 48, 64), (64, 64, 63), (17, 23, 5), (40, 40, 40)],
+)
 def test_bilinear_matches_torch_antialiased_bilinear(h, w, size):
     x = np.random.default_rng(0).standard_normal((3, 2, h, w)).astype(np.float32)
     # The reference runs in float64, so its own rounding (~1e-16) is negligible next to ours.
-    reference = F.interpolate(torch.from_numpy(x.astype(np.float64)), size=(size, size),
-                              mode="bilinear", antialias=True, align_corners=False).numpy()
+    reference = F.interpolate(
+        torch.from_numpy(x.astype(np.float64)),
+        size=(size, size),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    ).numpy()
     tol = resize_error_bound(h, w, size, float(np.abs(x).max()))
     np.testing.assert_allclose(resize_images(x, size), reference, rtol=0, atol=tol)
 
@@ -38,8 +45,9 @@ def test_bilinear_matches_torch_antialiased_bilinear(h, w, size):
 @pytest.mark.parametrize("h, w, size", [(240, 240, 64), (30, 50, 64), (7, 9, 3)])
 def test_labels_match_torch_nearest_exact(h, w, size):
     y = np.random.default_rng(1).integers(0, 7, (2, h, w)).astype(np.uint8)
-    reference = F.interpolate(torch.from_numpy(y[:, None].astype(np.float32)), size=(size, size),
-                              mode="nearest-exact")[:, 0].numpy()
+    reference = F.interpolate(
+        torch.from_numpy(y[:, None].astype(np.float32)), size=(size, size), mode="nearest-exact"
+    )[:, 0].numpy()
     out = resize_labels(y, size)
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, reference)
@@ -50,7 +58,10 @@ def test_resizing_a_constant_keeps_it_and_rows_sum_to_one():
     # float64 weights normalised to sum 1, then each rounded to float32: the float64 sum of a
     # row is off by at most (nonzeros per row) · u
     nonzero = int((weights > 0).sum(1).max())
-    np.testing.assert_allclose(weights.astype(np.float64).sum(1), 1, rtol=0,
-                               atol=nonzero * U32)
-    np.testing.assert_allclose(resize_images(np.full((5, 37), 3.5, np.float32), 16), 3.5,
-                               rtol=0, atol=resize_error_bound(5, 37, 16, 3.5))
+    np.testing.assert_allclose(weights.astype(np.float64).sum(1), 1, rtol=0, atol=nonzero * U32)
+    np.testing.assert_allclose(
+        resize_images(np.full((5, 37), 3.5, np.float32), 16),
+        3.5,
+        rtol=0,
+        atol=resize_error_bound(5, 37, 16, 3.5),
+    )

@@ -47,6 +47,7 @@ def with_label(value):
         data = data.copy()
         data[tuple(s // 2 for s in data.shape)] = value
         return data
+
     return transform
 
 
@@ -66,12 +67,14 @@ FAULTS = {
     "nan": ("t1", lambda p: rewrite(p, with_nan), "NaN or inf"),
     "inf": ("flair", lambda p: rewrite(p, with_inf), "NaN or inf"),
     "seg label 3": ("seg", lambda p: rewrite(p, with_label(3)), "seg labels must be in"),
-    "seg label 0.5": ("seg", lambda p: rewrite(p, lambda d: with_label(0.5)(d.astype(np.float32))),
-                      "seg labels must be in"),
+    "seg label 0.5": (
+        "seg",
+        lambda p: rewrite(p, lambda d: with_label(0.5)(d.astype(np.float32))),
+        "seg labels must be in",
+    ),
     "anat label 7": ("anat", lambda p: rewrite(p, with_label(7)), "anat labels must be in"),
     "anat shape mismatch": ("anat", lambda p: rewrite(p, lambda d: d[:, :-1]), "disagrees"),
-    "pseudohealthy 3-D": ("pseudohealthy", lambda p: rewrite(p, lambda d: d[..., 0]),
-                          "H×W×Z×4"),
+    "pseudohealthy 3-D": ("pseudohealthy", lambda p: rewrite(p, lambda d: d[..., 0]), "H×W×Z×4"),
 }
 
 

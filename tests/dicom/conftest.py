@@ -34,24 +34,34 @@ def make_model_dir(path, seed):
     """A tiny FDN with seeded random weights (as tests/pipeline/conftest.py makes one)."""
     torch.manual_seed(seed)
     model = FDN(PRESETS["tiny"])
-    save_checkpoint(path, {"model": model.state_dict(), "config": asdict(PRESETS["tiny"]),
-                           "preset": "tiny", "step": 0})
+    save_checkpoint(
+        path,
+        {
+            "model": model.state_dict(),
+            "config": asdict(PRESETS["tiny"]),
+            "preset": "tiny",
+            "step": 0,
+        },
+    )
     return path
 
 
 def export_study(archive_root, case, out, **options):
     """Export one case of a NIfTI archive as one DICOM study under `out`."""
     files = Archive(archive_root).case_files(case)
-    return export_case(files, out, patient_id=case, rotate_deg=ROTATE, slope=SLOPE,
-                       intercept=INTERCEPT, **options)
+    return export_case(
+        files, out, patient_id=case, rotate_deg=ROTATE, slope=SLOPE, intercept=INTERCEPT, **options
+    )
 
 
 @pytest.fixture(scope="session")
 def dicom_source(small_archive, tmp_path_factory):
     """The small archive's cases as DICOM studies: (folder, {case: ExportedStudy})."""
     root = tmp_path_factory.mktemp("dicom") / "source"
-    studies = {case: export_study(small_archive, case, root / case)
-               for case in Archive(small_archive).case_ids}
+    studies = {
+        case: export_study(small_archive, case, root / case)
+        for case in Archive(small_archive).case_ids
+    }
     return root, studies
 
 
@@ -98,19 +108,25 @@ class OrthancServer:
 
     def __init__(self, folder: Path, users: dict | None = None):
         if not ORTHANC.exists() or not DICOMWEB_PLUGIN.exists():
-            pytest.skip("Orthanc with its DICOMweb plugin is not installed (Debian packages "
-                        "orthanc and orthanc-dicomweb; `make system-deps` installs them) and "
-                        "could not be installed here")
+            pytest.skip(
+                "Orthanc with its DICOMweb plugin is not installed (Debian packages "
+                "orthanc and orthanc-dicomweb; `make system-deps` installs them) and "
+                "could not be installed here"
+            )
         folder.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.dicomweb = f"{self.url}/dicom-web"
         self.auth = None
         config = {
-            "Name": "fdn-test", "StorageDirectory": str(folder / "db"),
-            "IndexDirectory": str(folder / "db"), "HttpPort": self.port,
-            "DicomPort": _free_port(), "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": bool(users), "Plugins": [str(ORTHANC_PLUGINS)],
+            "Name": "fdn-test",
+            "StorageDirectory": str(folder / "db"),
+            "IndexDirectory": str(folder / "db"),
+            "HttpPort": self.port,
+            "DicomPort": _free_port(),
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": bool(users),
+            "Plugins": [str(ORTHANC_PLUGINS)],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
         if users:
@@ -118,8 +134,12 @@ class OrthancServer:
             self.auth = next(iter(users.items()))
         (folder / "orthanc.json").write_text(json.dumps(config))
         self.log = open(folder / "orthanc.log", "wb")
-        self.process = subprocess.Popen([str(ORTHANC), str(folder / "orthanc.json")],
-                                        stdout=self.log, stderr=subprocess.STDOUT, cwd=folder)
+        self.process = subprocess.Popen(
+            [str(ORTHANC), str(folder / "orthanc.json")],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=folder,
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -136,8 +156,9 @@ class OrthancServer:
         """POST every file under `folder` to /instances; the number uploaded."""
         files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
         for path in files:
-            response = requests.post(f"{self.url}/instances", data=path.read_bytes(),
-                                     auth=self.auth, timeout=30)
+            response = requests.post(
+                f"{self.url}/instances", data=path.read_bytes(), auth=self.auth, timeout=30
+            )
             response.raise_for_status()
         return len(files)
 

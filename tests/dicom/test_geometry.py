@@ -59,15 +59,21 @@ def test_slices_sort_along_the_normal_of_an_oblique_plane():
     np.testing.assert_allclose(stack.affine_lps[:3, 3], origin)
 
 
-@pytest.mark.parametrize("fault, make, message", [
-    ("missing", lambda: [header((0, 0, z)) for z in (0, 5, 10, 20, 25)], "1 missing slice"),
-    ("duplicate", lambda: [header((0, 0, z)) for z in (0, 5, 5, 10)], "duplicate position"),
-    ("orientation", lambda: [header((0, 0, 0)), header((0, 0, 5), (0, 1, 0, 0, 0, -1))],
-     "mixed orientation"),
-    ("uneven", lambda: [header((0, 0, z)) for z in (0, 5, 10, 17, 22)], "uneven"),
-    ("drift", lambda: [header((0, 3 * z, z)) for z in (0, 5, 10)], "normal"),
-    ("size", lambda: [header((0, 0, 0)), header((0, 0, 5), shape=(4, 6))], "image sizes"),
-])
+@pytest.mark.parametrize(
+    "fault, make, message",
+    [
+        ("missing", lambda: [header((0, 0, z)) for z in (0, 5, 10, 20, 25)], "1 missing slice"),
+        ("duplicate", lambda: [header((0, 0, z)) for z in (0, 5, 5, 10)], "duplicate position"),
+        (
+            "orientation",
+            lambda: [header((0, 0, 0)), header((0, 0, 5), (0, 1, 0, 0, 0, -1))],
+            "mixed orientation",
+        ),
+        ("uneven", lambda: [header((0, 0, z)) for z in (0, 5, 10, 17, 22)], "uneven"),
+        ("drift", lambda: [header((0, 3 * z, z)) for z in (0, 5, 10)], "normal"),
+        ("size", lambda: [header((0, 0, 0)), header((0, 0, 5), shape=(4, 6))], "image sizes"),
+    ],
+)
 def test_bad_stacks_are_refused(fault, make, message):
     with pytest.raises(GeometryError, match=message):
         stack_slices(make())
@@ -86,8 +92,9 @@ def test_resampling_reproduces_a_linear_field():
     volume = world @ a + b
     angle = np.deg2rad(20)
     ref_affine = np.eye(4)
-    ref_affine[:3, :3] = 1.5 * np.array([[np.cos(angle), -np.sin(angle), 0],
-                                         [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    ref_affine[:3, :3] = 1.5 * np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    )
     ref_affine[:3, 3] = [-8, -9, -10]
     ref_shape = (12, 12, 12)
     out = resample(volume, src_affine, ref_shape, ref_affine)

@@ -53,11 +53,14 @@ def test_round_trip_recovers_every_volume(small_archive, dicom_source, imported_
             expected = nib.load(original.case_files(source_case)[sequence])
             written = nib.load(archive / entry["case"] / f"{entry['case']}_{sequence}.nii.gz")
             assert written.shape == expected.shape
-            np.testing.assert_allclose(written.get_fdata(), expected.get_fdata(),
-                                       atol=VALUE_TOLERANCE, rtol=0)
             np.testing.assert_allclose(
-                written.affine, rotated_affine(expected.affine, expected.shape, ROTATE),
-                atol=AFFINE_TOLERANCE_MM)
+                written.get_fdata(), expected.get_fdata(), atol=VALUE_TOLERANCE, rtol=0
+            )
+            np.testing.assert_allclose(
+                written.affine,
+                rotated_affine(expected.affine, expected.shape, ROTATE),
+                atol=AFFINE_TOLERANCE_MM,
+            )
             assert written.header.get_xyzt_units()[0] == "mm"
     # the archive reader takes the imported archive as it is
     assert Archive(archive).validate() == []
@@ -103,19 +106,23 @@ def test_a_different_grid_per_series_is_resampled_onto_t1(small_archive, tmp_pat
     from fdn.dicom.export import export_case, export_series
 
     files = Archive(small_archive).case_files(Archive(small_archive).case_ids[1])
-    study = export_case(files, tmp_path / "src", patient_id="P", slope=SLOPE,
-                        intercept=INTERCEPT)
+    study = export_case(files, tmp_path / "src", patient_id="P", slope=SLOPE, intercept=INTERCEPT)
     flair = nib.load(files["flair"])
     data = np.asarray(flair.dataobj, dtype=np.float32)
     swap = np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, -1, data.shape[2] - 1], [0, 0, 0, 1]])
     header = pydicom.dcmread(next(study.series_dirs["flair"].iterdir()))
     shutil.rmtree(study.series_dirs["flair"])
-    export_series(np.transpose(data, (1, 0, 2))[:, :, ::-1], study.affine_ras @ swap,
-                  study.series_dirs["flair"], sequence="flair",
-                  study={k: header.get(k) for k in ("PatientID", "StudyInstanceUID",
-                                                    "FrameOfReferenceUID")},
-                  series_number=400, series_uid=study.series_uids["flair"], slope=SLOPE,
-                  intercept=INTERCEPT)
+    export_series(
+        np.transpose(data, (1, 0, 2))[:, :, ::-1],
+        study.affine_ras @ swap,
+        study.series_dirs["flair"],
+        sequence="flair",
+        study={k: header.get(k) for k in ("PatientID", "StudyInstanceUID", "FrameOfReferenceUID")},
+        series_number=400,
+        series_uid=study.series_uids["flair"],
+        slope=SLOPE,
+        intercept=INTERCEPT,
+    )
     report = import_dicom(tmp_path / "src", tmp_path / "archive")
     case = report.imported[0]["case"]
     got = nib.load(tmp_path / "archive" / case / f"{case}_flair.nii.gz")
@@ -166,6 +173,7 @@ def two_claim_t1(study):
     def renumber(ds, _):
         ds.SeriesInstanceUID, ds.SeriesNumber = uid, 500
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+
     rewrite(copy, renumber)
     return "two series claim the t1 sequence", None
 
@@ -191,6 +199,7 @@ def no_decoder(study):
         ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + bytes(64) + b"\xff\xd9"])
         ds["PixelData"].VR = "OB"
         ds["PixelData"].is_undefined_length = True
+
     rewrite(study.series_dirs["t1"], compress)
     return "JPEG-LS Lossless.*cannot be decoded here", "t1"
 
@@ -210,14 +219,25 @@ def multi_frame(study):
     return "multi-frame", "t2"
 
 
-FAULTS = [non_mr, missing_sequence, missing_slice, duplicate_position, two_claim_t1,
-          mixed_orientation, corrupt_file, no_decoder, other_frame_of_reference, multi_frame]
+FAULTS = [
+    non_mr,
+    missing_sequence,
+    missing_slice,
+    duplicate_position,
+    two_claim_t1,
+    mixed_orientation,
+    corrupt_file,
+    no_decoder,
+    other_frame_of_reference,
+    multi_frame,
+]
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.__name__ for f in FAULTS])
 def test_bad_study_is_named_and_nothing_is_written(one_study, fault, tmp_path):
     if fault is no_decoder:
         from pydicom.pixels import get_decoder
+
         if get_decoder(JPEGLSLossless).is_available:
             pytest.skip("a JPEG-LS decoder is installed here")
     message, sequence = fault(one_study)
@@ -278,11 +298,13 @@ def test_bad_study_beside_good_ones_does_not_stop_them(one_study, small_archive,
 def test_mapping_file_names_series_the_rules_cannot(one_study, tmp_path):
     names = {"t1": "SERIES A", "t1ce": "SERIES B", "t2": "SERIES C", "flair": "SERIES D"}
     for sequence, folder in one_study.series_dirs.items():
+
         def blank(ds, _, name=names[sequence]):
             ds.SeriesDescription, ds.ProtocolName = name, ""
             for key in ("EchoTime", "RepetitionTime", "InversionTime", "ContrastBolusAgent"):
                 if key in ds:
                     delattr(ds, key)
+
         rewrite(folder, blank)
     without = run(one_study.folder.parent, tmp_path / "a1", "--json")
     assert without.exit_code != 0

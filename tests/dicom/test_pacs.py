@@ -22,8 +22,9 @@ from tests.dicom.conftest import case_dirs, make_model_dir
 
 
 def sync(url, archive, *options, env=None):
-    return CliRunner().invoke(main, ["import-dicom", "--pacs", url, str(archive), *options],
-                              env=env)
+    return CliRunner().invoke(
+        main, ["import-dicom", "--pacs", url, str(archive), *options], env=env
+    )
 
 
 class CountingClient:
@@ -64,8 +65,10 @@ def test_sync_build_query_then_only_new_studies(orthanc, dicom_source, small_arc
 
     model = make_model_dir(tmp_path / "model", seed=0)
     index = tmp_path / "index"
-    built = CliRunner().invoke(main, ["build", str(archive), "--model", str(model), "--index",
-                                      str(index), "--device", "cpu"])
+    built = CliRunner().invoke(
+        main,
+        ["build", str(archive), "--model", str(model), "--index", str(index), "--device", "cpu"],
+    )
     assert built.exit_code == 0, built.output
 
     for name in rest:
@@ -77,12 +80,27 @@ def test_sync_build_query_then_only_new_studies(orthanc, dicom_source, small_arc
     assert sorted(e["study_uid"] for e in second.imported) == new
     assert [e["study_uid"] for e in second.already] == [studies[first].study_uid]
 
-    added = CliRunner().invoke(main, ["build", str(archive), "--model", str(model), "--index",
-                                      str(index), "--device", "cpu", "--add", "--json"])
+    added = CliRunner().invoke(
+        main,
+        [
+            "build",
+            str(archive),
+            "--model",
+            str(model),
+            "--index",
+            str(index),
+            "--device",
+            "cpu",
+            "--add",
+            "--json",
+        ],
+    )
     assert added.exit_code == 0, added.output
     assert json.loads(added.output)["n_cases"] == len(studies)
-    answer = CliRunner().invoke(main, ["query", "--index", str(index), "--case", case,
-                                       "--slice", "10", "--topq", "2", "--json"])
+    answer = CliRunner().invoke(
+        main,
+        ["query", "--index", str(index), "--case", case, "--slice", "10", "--topq", "2", "--json"],
+    )
     assert answer.exit_code == 0, answer.output
     hits = json.loads(answer.output)["results"]["sum"]["hits"]
     assert {h["study_uid"] for h in hits} == set(new)
@@ -101,7 +119,8 @@ def test_interrupted_sync_resumes_and_leaves_whole_cases(orthanc, dicom_source, 
         sync_pacs(orthanc.dicomweb, archive, client=client)
     (done,) = case_dirs(archive)  # one whole case; the half-fetched study left nothing
     assert sorted(p.name for p in done.iterdir()) == sorted(
-        [f"{done.name}_{s}.nii.gz" for s in SEQUENCES] + [f"{done.name}_dicom.json"])
+        [f"{done.name}_{s}.nii.gz" for s in SEQUENCES] + [f"{done.name}_dicom.json"]
+    )
     client = CountingClient(make_client(orthanc.dicomweb))
     resumed = sync_pacs(orthanc.dicomweb, archive, client=client)
     assert len(client.fetched) == len(studies) - 1
@@ -127,8 +146,7 @@ def test_non_mr_study_is_listed_and_not_fetched(orthanc, one_study, tmp_path):
     assert result.exit_code != 0 and "no study was imported" in result.output
 
 
-def test_credentials_from_env_and_file_never_logged(orthanc_with_auth, one_study, tmp_path,
-                                                    caplog):
+def test_credentials_from_env_and_file_never_logged(orthanc_with_auth, one_study, tmp_path, caplog):
     server = orthanc_with_auth
     user, password = server.auth
     server.upload(one_study.folder)
@@ -141,13 +159,22 @@ def test_credentials_from_env_and_file_never_logged(orthanc_with_auth, one_study
     assert len(json.loads(by_env.output)["imported"]) == 1
     auth_file = tmp_path / "pacs-auth.json"
     auth_file.write_text(json.dumps({"username": user, "password": password}))
-    by_file = CliRunner().invoke(main, ["-v", "import-dicom", "--pacs", server.dicomweb,
-                                        str(tmp_path / "a2"), "--auth-file", str(auth_file)])
+    by_file = CliRunner().invoke(
+        main,
+        [
+            "-v",
+            "import-dicom",
+            "--pacs",
+            server.dicomweb,
+            str(tmp_path / "a2"),
+            "--auth-file",
+            str(auth_file),
+        ],
+    )
     assert by_file.exit_code == 0, by_file.output
     for text in (refused.output, by_env.output, by_file.output, caplog.text):
         assert password not in text
-    in_url = sync(server.dicomweb.replace("http://", f"http://{user}:{password}@"),
-                  tmp_path / "a3")
+    in_url = sync(server.dicomweb.replace("http://", f"http://{user}:{password}@"), tmp_path / "a3")
     assert in_url.exit_code != 0 and "not in the URL" in in_url.output
     assert password not in in_url.output
 
@@ -177,16 +204,19 @@ class BrokenClient:
     """A PACS that lists one study and fails to send it."""
 
     def search_for_studies(self, **_):
-        return [{"0020000D": {"vr": "UI", "Value": ["1.2.3"]},
-                 "00080061": {"vr": "CS", "Value": ["MR"]}}]
+        return [
+            {
+                "0020000D": {"vr": "UI", "Value": ["1.2.3"]},
+                "00080061": {"vr": "CS", "Value": ["MR"]},
+            }
+        ]
 
     def iter_study(self, uid):
         raise requests.ConnectionError("connection reset by peer")
 
 
 def test_failed_retrieve_is_listed_and_retried_next_time(tmp_path):
-    report = sync_pacs("http://pacs.invalid/dicom-web", tmp_path / "archive",
-                       client=BrokenClient())
+    report = sync_pacs("http://pacs.invalid/dicom-web", tmp_path / "archive", client=BrokenClient())
     assert report.failed and report.skipped[0]["study_uid"] == "1.2.3"
     assert "WADO-RS retrieve failed (ConnectionError" in report.skipped[0]["reason"]
     assert case_dirs(tmp_path / "archive") == []

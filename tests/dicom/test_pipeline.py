@@ -12,17 +12,34 @@ from fdn.retrieval import open_index
 
 
 def build(archive, model, index):
-    result = CliRunner().invoke(main, ["build", str(archive), "--model", str(model), "--index",
-                                       str(index), "--device", "cpu", "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "build",
+            str(archive),
+            "--model",
+            str(model),
+            "--index",
+            str(index),
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return index
 
 
-def test_build_and_query_match_the_nifti_archive(small_archive, imported_archive, tiny_model,
-                                                tmp_path):
+def test_build_and_query_match_the_nifti_archive(
+    small_archive, imported_archive, tiny_model, tmp_path
+):
     archive, report = imported_archive
-    source_of = {e["case"]: json.loads((archive / e["case"] / f"{e['case']}_dicom.json")
-                                       .read_text())["patient_id"] for e in report.imported}
+    source_of = {
+        e["case"]: json.loads((archive / e["case"] / f"{e['case']}_dicom.json").read_text())[
+            "patient_id"
+        ]
+        for e in report.imported
+    }
     imported_of = {v: k for k, v in source_of.items()}
     original = open_index(build(small_archive, tiny_model, tmp_path / "index-nifti"))
     imported = open_index(build(archive, tiny_model, tmp_path / "index-dicom"))
@@ -34,8 +51,9 @@ def test_build_and_query_match_the_nifti_archive(small_archive, imported_archive
             for mode in ("normal", "abnormal", "sum"):
                 want = original.query_slice(case, slice_index, mode=mode, topq=2)
                 got = imported.query_slice(imported_of[case], slice_index, mode=mode, topq=2)
-                assert [(source_of[h.case], h.slice, h.distance) for h in got] == \
-                       [(h.case, h.slice, h.distance) for h in want]
+                assert [(source_of[h.case], h.slice, h.distance) for h in got] == [
+                    (h.case, h.slice, h.distance) for h in want
+                ]
                 compared += 1
     assert compared >= 9
     # an index of NIfTI cases has empty provenance columns, and hits without UIDs
@@ -56,16 +74,18 @@ def test_provenance_reaches_the_table_and_the_answers(imported_archive, tiny_mod
         assert json.loads(row["series_uids"]) == expected[row["case"]]["series_uids"]
 
     case = report.imported[0]["case"]
-    result = CliRunner().invoke(main, ["query", "--index", str(index), "--case", case,
-                                       "--slice", "12", "--topq", "2", "--json"])
+    result = CliRunner().invoke(
+        main,
+        ["query", "--index", str(index), "--case", case, "--slice", "12", "--topq", "2", "--json"],
+    )
     assert result.exit_code == 0, result.output
     hits = json.loads(result.output)["results"]["sum"]["hits"]
     assert len(hits) == 2
     for hit in hits:
         assert hit["study_uid"] == expected[hit["case"]]["study_uid"]
         assert hit["series_uids"] == expected[hit["case"]]["series_uids"]
-    text = CliRunner().invoke(main, ["query", "--index", str(index), "--case", case,
-                                     "--slice", "12", "--topq", "2"])
+    text = CliRunner().invoke(
+        main, ["query", "--index", str(index), "--case", case, "--slice", "12", "--topq", "2"]
+    )
     assert text.exit_code == 0, text.output
     assert "study" in text.output and hits[0]["study_uid"] in text.output
-

@@ -30,7 +30,7 @@ def grid_distance(distance, cb, bits, q, r):
     x, y = e[q].ravel(), e[r].ravel()
     if distance == "euclidean":
         return float(np.sqrt(((x - y) ** 2).sum()))
-    nx, ny = np.sqrt((x ** 2).sum()), np.sqrt((y ** 2).sum())
+    nx, ny = np.sqrt((x**2).sum()), np.sqrt((y**2).sum())
     if nx == 0 and ny == 0:
         return 0.0
     if nx == 0 or ny == 0:
@@ -73,8 +73,9 @@ def assert_same_hits(hits, ref, exact):
     assert np.all(r[m:] == -1) and np.all(v[m:] == -1) and np.all(np.isinf(d[m:]))
     rd = np.array([x[0] for x in ref])
     if exact:
-        assert [(float(a), int(b), int(c)) for a, b, c in zip(d[:m], r[:m], v[:m])] == \
-            [(float(a), int(b), int(c)) for a, b, c in ref]
+        assert [(float(a), int(b), int(c)) for a, b, c in zip(d[:m], r[:m], v[:m])] == [
+            (float(a), int(b), int(c)) for a, b, c in ref
+        ]
         return
     # arccos near cos = 1 amplifies rounding (≈1e-8), hence the absolute tolerance
     np.testing.assert_allclose(d[:m], rd, rtol=1e-9, atol=1e-7)
@@ -89,9 +90,9 @@ def make_codebook(rng, K, D, n_zero=0, n_tiny=0, n_dup=0):
     and n_dup rows copy row 0 (exact duplicates)."""
     cb = rng.normal(size=(K, D)).astype(np.float32)
     if n_zero:
-        cb[K - n_zero:] = 0
+        cb[K - n_zero :] = 0
     if n_tiny:
-        cb[K - n_zero - n_tiny:K - n_zero] *= 1e-7
+        cb[K - n_zero - n_tiny : K - n_zero] *= 1e-7
     for r in range(1, 1 + n_dup):
         cb[r] = cb[0]
     return cb

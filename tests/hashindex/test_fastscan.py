@@ -60,10 +60,11 @@ def test_kernel_sums_match_numpy_for_every_block_and_position_range(portable):
     for s0, P in ((0, S), (0, 5), (5, 7)):
         tables = rng.integers(0, 256, (2, P, 256)).astype(np.uint8)
         out = np.full((2, codes_t.shape[0] * BLOCK), 7, np.uint16)
-        _fastscan.lower_bounds(codes_t, tables, out, 2, S, s0, P, 0, codes_t.shape[0], True,
-                               portable)
+        _fastscan.lower_bounds(
+            codes_t, tables, out, 2, S, s0, P, 0, codes_t.shape[0], True, portable
+        )
         for q in range(2):
-            expected = 7 + tables[q][np.arange(P), codes[:, s0:s0 + P]].astype(np.int64).sum(1)
+            expected = 7 + tables[q][np.arange(P), codes[:, s0 : s0 + P]].astype(np.int64).sum(1)
             np.testing.assert_array_equal(out[q, :n], expected)
     with pytest.raises(ValueError, match="positions"):
         _fastscan.lower_bounds(codes_t, tables, out, 2, S, 8, 7, 0, 1, False, portable)
@@ -78,16 +79,18 @@ def test_block_transpose_refuses_wide_codes():
 
 # ---------------------------------------------------------------------------- exact answers
 @pytest.mark.parametrize("distance", DISTANCES)
-@pytest.mark.parametrize("mode, normalized_sum", [("normal", False), ("abnormal", False),
-                                                  ("sum", False), ("sum", True)])
+@pytest.mark.parametrize(
+    "mode, normalized_sum", [("normal", False), ("abnormal", False), ("sum", False), ("sum", True)]
+)
 def test_equals_brute_force_and_lut(small_index, mode, normalized_sum, distance):
     index, gn, ga, vol, cn, ca = small_index
     for b in range(0, gn.shape[0], 7):
         exclude = np.array([vol[b]], np.int64)
-        kw = dict(mode=mode, distance=distance, normalized_sum=normalized_sum,
-                  exclude_volumes=exclude)
-        hits = _search(index, gn[b:b + 1], ga[b:b + 1], 5, **kw)
-        lut = _lut(index, gn[b:b + 1], ga[b:b + 1], 5, **kw)
+        kw = dict(
+            mode=mode, distance=distance, normalized_sum=normalized_sum, exclude_volumes=exclude
+        )
+        hits = _search(index, gn[b : b + 1], ga[b : b + 1], 5, **kw)
+        lut = _lut(index, gn[b : b + 1], ga[b : b + 1], 5, **kw)
         # bit for bit the lut scan's answer, ties included
         np.testing.assert_array_equal(hits.distances, lut.distances)
         np.testing.assert_array_equal(hits.rows, lut.rows)
@@ -95,10 +98,17 @@ def test_equals_brute_force_and_lut(small_index, mode, normalized_sum, distance)
         scales = None
         if normalized_sum:
             scales = (index.scales[f"normal/{distance}"], index.scales[f"abnormal/{distance}"])
-        ref = volume_topq(all_distances(index, cn, ca, gn, ga, gn[b], ga[b], mode, distance,
-                                        scales), vol, 5, exclude=int(vol[b]))
-        assert_same_hits((hits.distances[0], hits.rows[0], hits.volumes[0]), ref,
-                         exact=distance == "hamming" and not normalized_sum)
+        ref = volume_topq(
+            all_distances(index, cn, ca, gn, ga, gn[b], ga[b], mode, distance, scales),
+            vol,
+            5,
+            exclude=int(vol[b]),
+        )
+        assert_same_hits(
+            (hits.distances[0], hits.rows[0], hits.volumes[0]),
+            ref,
+            exact=distance == "hamming" and not normalized_sum,
+        )
 
 
 def _index(cn, ca, gn, ga, vol):
@@ -147,8 +157,9 @@ def test_all_rows_identical_single_volume_and_q_beyond_the_volumes(books):
             # every volume is found once, at its first row (all rows tie at distance 0)
             found = a.volumes[0][a.volumes[0] >= 0]
             assert sorted(found) == sorted(set(vol))
-            assert list(a.rows[0][: found.size]) == [int(np.flatnonzero(vol == v)[0])
-                                                     for v in found]
+            assert list(a.rows[0][: found.size]) == [
+                int(np.flatnonzero(vol == v)[0]) for v in found
+            ]
 
 
 def test_the_excluded_volume_holding_every_best_row(books):
@@ -190,8 +201,13 @@ def test_larger_index_with_partial_blocks_and_batches(larger, distance):
 def test_codebooks_over_256_distinct_codes_are_refused_with_the_fix():
     rng = np.random.default_rng(6)
     cb = make_codebook(rng, 257, 2)
-    index = _index(cb, cb[:20].copy(), make_grids(rng, 10, 257, 2, 2),
-                   make_grids(rng, 10, 20, 2, 2), np.arange(10, dtype=np.int64))
+    index = _index(
+        cb,
+        cb[:20].copy(),
+        make_grids(rng, 10, 257, 2, 2),
+        make_grids(rng, 10, 20, 2, 2),
+        np.arange(10, dtype=np.int64),
+    )
     g = make_grids(rng, 1, 20, 2, 2)
     with pytest.raises(ValueError, match="lut"):
         _search(index, g, g, 3)

@@ -71,6 +71,7 @@ def test_bit_budget_length_and_curve():
     # the budget keeps the most informative bits: better than a random subset of that length
     from hashindex.concordance import concordance
     from hashindex.optimize import hamming_table
+
     live = np.flatnonzero(np.linalg.norm(cb, axis=1) > 0)
     sq = ((cb[live, None, :].astype(float) - cb[None, live, :]) ** 2).sum(-1)
     full = code_bits(cb, [tuple(p) for p in faithful.tables["normal"].pairs])[live]

@@ -31,10 +31,19 @@ def written(tmp_path_factory):
 def test_files_written(written):
     _, d, *_ = written
     names = {p.name for p in d.iterdir()}
-    assert {"codebook_normal.npy", "codebook_abnormal.npy", "bits_normal.npz",
-            "bits_abnormal.npz", "hashindex.json", "faiss_normal.index", "faiss_abnormal.index",
-            "faiss_sum.index", "faiss_ivf_normal.index", "faiss_ivf_abnormal.index",
-            "faiss_ivf_sum.index"} <= names
+    assert {
+        "codebook_normal.npy",
+        "codebook_abnormal.npy",
+        "bits_normal.npz",
+        "bits_abnormal.npz",
+        "hashindex.json",
+        "faiss_normal.index",
+        "faiss_abnormal.index",
+        "faiss_sum.index",
+        "faiss_ivf_normal.index",
+        "faiss_ivf_abnormal.index",
+        "faiss_ivf_sum.index",
+    } <= names
     assert not [n for n in names if n.startswith(".")]  # no temporary files left behind
 
 
@@ -51,13 +60,32 @@ def test_round_trip_gives_identical_results(written):
     index, d, gn, ga, vol, _ = written
     again = HashIndex.read(d, gn, ga, vol)
     assert again.ntotal == index.ntotal and again.report == json.loads(json.dumps(index.report))
-    for engine, dist in [("lut", "hamming"), ("lut", "euclidean"), ("numpy", "angular"),
-                         ("faiss-flat", "hamming"), ("faiss-ivf", "hamming")]:
+    for engine, dist in [
+        ("lut", "hamming"),
+        ("lut", "euclidean"),
+        ("numpy", "angular"),
+        ("faiss-flat", "hamming"),
+        ("faiss-ivf", "hamming"),
+    ]:
         for norm in (False, True) if engine in ("lut", "numpy") else (False,):
-            a = index.search_volumes(gn[:6], ga[:6], 4, distance=dist, engine=engine,
-                                     normalized_sum=norm, exclude_volumes=vol[:6])
-            b = again.search_volumes(gn[:6], ga[:6], 4, distance=dist, engine=engine,
-                                     normalized_sum=norm, exclude_volumes=vol[:6])
+            a = index.search_volumes(
+                gn[:6],
+                ga[:6],
+                4,
+                distance=dist,
+                engine=engine,
+                normalized_sum=norm,
+                exclude_volumes=vol[:6],
+            )
+            b = again.search_volumes(
+                gn[:6],
+                ga[:6],
+                4,
+                distance=dist,
+                engine=engine,
+                normalized_sum=norm,
+                exclude_volumes=vol[:6],
+            )
             for x, y in zip(a, b):
                 np.testing.assert_array_equal(x, y)
 
@@ -108,8 +136,9 @@ def test_truncated_npy_is_refused(written, tmp_path):
     t = _broken_copy(d, tmp_path)
     raw = (t / "codebook_normal.npy").read_bytes()
     (t / "codebook_normal.npy").write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(IndexFormatError, match="codebook_normal.npy: .* bytes, hashindex.json "
-                                               "records"):
+    with pytest.raises(
+        IndexFormatError, match="codebook_normal.npy: .* bytes, hashindex.json records"
+    ):
         HashIndex.read(t, gn, ga, vol)
     _replace(t, "codebook_normal.npy", raw[: len(raw) // 2])
     with pytest.raises(IndexFormatError, match="codebook_normal.npy: corrupt"):
@@ -215,8 +244,9 @@ def test_faiss_files_opened_at_read_survive_a_later_replacement(written, tmp_pat
         np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.parametrize("names", [["../../etc/passwd"], ["faiss_sum.index/../../x.index"],
-                                   ["/tmp/faiss_sum.index"], []])
+@pytest.mark.parametrize(
+    "names", [["../../etc/passwd"], ["faiss_sum.index/../../x.index"], ["/tmp/faiss_sum.index"], []]
+)
 def test_faiss_files_come_from_a_fixed_list(written, tmp_path, names):
     _, d, gn, ga, vol, _ = written
     t = _broken_copy(d, tmp_path)

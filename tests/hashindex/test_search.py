@@ -22,13 +22,21 @@ def test_volume_topq_matches_reference(small_index, mode, distance, engine):
         return
     queries = [0, 4, 20, 33, 59]
     exclude = vol[queries]
-    hits = index.search_volumes(gn[queries], ga[queries], 5, mode=mode, distance=distance,
-                                engine=engine, exclude_volumes=exclude)
+    hits = index.search_volumes(
+        gn[queries],
+        ga[queries],
+        5,
+        mode=mode,
+        distance=distance,
+        engine=engine,
+        exclude_volumes=exclude,
+    )
     for b, qrow in enumerate(queries):
         dist = all_distances(index, cn, ca, gn, ga, gn[qrow], ga[qrow], mode, distance)
         ref = volume_topq(dist, vol, 5, exclude=int(exclude[b]))
-        assert_same_hits((hits.distances[b], hits.rows[b], hits.volumes[b]), ref,
-                         exact=distance == "hamming")
+        assert_same_hits(
+            (hits.distances[b], hits.rows[b], hits.volumes[b]), ref, exact=distance == "hamming"
+        )
         assert int(exclude[b]) not in hits.volumes[b]
 
 
@@ -37,10 +45,12 @@ def test_lut_and_numpy_bit_identical(small_index, distance):
     index, gn, ga, vol, *_ = small_index
     for mode in MODES:
         for norm in (False, True):
-            a = index.search_volumes(gn[:6], ga[:6], 9, mode=mode, distance=distance,
-                                     engine="lut", normalized_sum=norm)
-            b = index.search_volumes(gn[:6], ga[:6], 9, mode=mode, distance=distance,
-                                     engine="numpy", normalized_sum=norm)
+            a = index.search_volumes(
+                gn[:6], ga[:6], 9, mode=mode, distance=distance, engine="lut", normalized_sum=norm
+            )
+            b = index.search_volumes(
+                gn[:6], ga[:6], 9, mode=mode, distance=distance, engine="numpy", normalized_sum=norm
+            )
             for x, y in zip(a, b):
                 np.testing.assert_array_equal(x, y)
 
@@ -64,8 +74,11 @@ def test_normalized_sum_matches_reference(small_index, distance):
     hits = index.search_volumes(gn[7:9], ga[7:9], 4, distance=distance, normalized_sum=True)
     for b, qrow in enumerate((7, 8)):
         dist = all_distances(index, cn, ca, gn, ga, gn[qrow], ga[qrow], "sum", distance, s)
-        assert_same_hits((hits.distances[b], hits.rows[b], hits.volumes[b]),
-                         volume_topq(dist, vol, 4), exact=False)
+        assert_same_hits(
+            (hits.distances[b], hits.rows[b], hits.volumes[b]),
+            volume_topq(dist, vol, 4),
+            exact=False,
+        )
 
 
 @pytest.mark.parametrize("engine", EXACT)
@@ -83,8 +96,9 @@ def test_rowwise_search_ties_and_k_greater_than_n(small_index, engine):
 def test_ivf_with_all_lists_probed_is_exact(small_index):
     index, gn, ga, vol, *_ = small_index
     exact = index.search_volumes(gn[:5], ga[:5], 4, engine="lut", exclude_volumes=vol[:5])
-    ivf = index.search_volumes(gn[:5], ga[:5], 4, engine="faiss-ivf", nprobe=4,
-                               exclude_volumes=vol[:5])
+    ivf = index.search_volumes(
+        gn[:5], ga[:5], 4, engine="faiss-ivf", nprobe=4, exclude_volumes=vol[:5]
+    )
     for x, y in zip(exact, ivf):
         np.testing.assert_array_equal(x, y)
     approx = index.search_volumes(gn[:5], ga[:5], 4, engine="faiss-ivf", nprobe=1)
@@ -101,8 +115,10 @@ def test_packed_hamming_equals_table_sum(small_index):
         for a in range(0, 60, 7):
             for b in range(0, 60, 5):
                 popcount = np.count_nonzero(bits[a] != bits[b])
-                table_sum = sum(int(t.hamming[t.rep_of[x], t.rep_of[y]])
-                                for x, y in zip(g[a].ravel(), g[b].ravel()))
+                table_sum = sum(
+                    int(t.hamming[t.rep_of[x], t.rep_of[y]])
+                    for x, y in zip(g[a].ravel(), g[b].ravel())
+                )
                 assert popcount == table_sum
 
 
@@ -119,8 +135,7 @@ def test_single_volume_and_all_zero_codes():
         h = index.search_volumes(gn[:2], ga[:2], 3, engine=engine)
         assert list(h.volumes[0]) == [42]  # Q is capped at the number of volumes
         assert h.rows[0, 0] == 0 and h.distances[0, 0] == 0
-        h = index.search_volumes(gn[:1], ga[:1], 3, engine=engine,
-                                 exclude_volumes=np.array([42]))
+        h = index.search_volumes(gn[:1], ga[:1], 3, engine=engine, exclude_volumes=np.array([42]))
         assert list(h.volumes[0]) == [-1]
     D, _ = index.search(gn[:1], ga[:1], 5, mode="abnormal", distance="angular")
     assert np.all(D == 0)  # all-zero grids are at angular distance 0 from each other

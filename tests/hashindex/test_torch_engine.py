@@ -26,15 +26,29 @@ def index():
 def _compare(idx, gn, ga, vol, device):
     q = np.array([3, 100, 555, 999])
     q_reps, q_sq = idx._prepare(gn[q], ga[q])
-    scan = torch_engine.TorchScan(idx.tables, idx.codes, idx.row_sqnorm, idx._vol_index,
-                                  idx._vol_unique, idx.scales, device=device)
+    scan = torch_engine.TorchScan(
+        idx.tables,
+        idx.codes,
+        idx.row_sqnorm,
+        idx._vol_index,
+        idx._vol_unique,
+        idx.scales,
+        device=device,
+    )
     for mode in ("normal", "abnormal", "sum"):
         for distance in ("hamming", "euclidean", "angular"):
             for norm in (False, True):
                 D, R, V = scan.search(q_reps, q_sq, 8, mode, distance, norm, vol[q])
-                ref = idx.search_volumes(gn[q], ga[q], 8, mode=mode, distance=distance,
-                                         engine="lut", normalized_sum=norm,
-                                         exclude_volumes=vol[q])
+                ref = idx.search_volumes(
+                    gn[q],
+                    ga[q],
+                    8,
+                    mode=mode,
+                    distance=distance,
+                    engine="lut",
+                    normalized_sum=norm,
+                    exclude_volumes=vol[q],
+                )
                 # the hits' distances are lut's, bit for bit; rows within one rounding of
                 # each other may swap places under D_E / D_A (torch's sqrt and arccos)
                 np.testing.assert_array_equal(D, ref.distances)

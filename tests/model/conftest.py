@@ -39,8 +39,9 @@ def blob_slices(n: int, size: int, seed: int = 0) -> SliceSet:
             targets[i][d2 < rr * rr] = 2
             targets[i][d2 < (rr / 2) ** 2] = 3
     images += 0.05 * torch.randn(images.shape, generator=g)
-    return SliceSet(images.half(), targets, np.array([f"c{i // 8}" for i in range(n)]),
-                    np.arange(n) % 8)
+    return SliceSet(
+        images.half(), targets, np.array([f"c{i // 8}" for i in range(n)]), np.arange(n) % 8
+    )
 
 
 @pytest.fixture

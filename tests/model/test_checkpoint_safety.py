@@ -36,15 +36,15 @@ class CreatesMarker:
 
 
 def _tiny_state(tiny_config, make_slices) -> dict:
-    trainer = Trainer(tiny_config(), make_slices(8, 32), "tiny", seed=0,
-                      device=torch.device("cpu"))
+    trainer = Trainer(tiny_config(), make_slices(8, 32), "tiny", seed=0, device=torch.device("cpu"))
     trainer.train_step()
     return trainer.state()
 
 
 @pytest.mark.parametrize("where", ["top", "nested"])
-def test_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, tiny_config, make_slices,
-                                                          where):
+def test_malicious_checkpoint_is_refused_and_runs_nothing(
+    tmp_path, tiny_config, make_slices, where
+):
     marker = tmp_path / "pwned"
     state = _tiny_state(tiny_config, make_slices)
     if where == "top":
@@ -61,14 +61,26 @@ def test_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, tiny_config,
     assert not marker.exists()
 
 
-def test_train_resume_refuses_a_malicious_checkpoint(small_archive, tmp_path, tiny_config,
-                                                    make_slices):
+def test_train_resume_refuses_a_malicious_checkpoint(
+    small_archive, tmp_path, tiny_config, make_slices
+):
     marker = tmp_path / "pwned"
     model_dir = tmp_path / "m"
     save_checkpoint(model_dir, _tiny_state(tiny_config, make_slices))
     torch.save({"model": CreatesMarker(marker)}, model_dir / CHECKPOINT_FILE)
-    r = CliRunner().invoke(main, ["train", str(small_archive), "--out", str(model_dir),
-                                  "--resume", "--max-steps", "2", "--json"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(small_archive),
+            "--out",
+            str(model_dir),
+            "--resume",
+            "--max-steps",
+            "2",
+            "--json",
+        ],
+    )
     assert r.exit_code != 0
     assert "Traceback" not in r.output and "checkpoint.pt" in r.output, r.output
     assert not marker.exists()
@@ -113,8 +125,9 @@ def test_resume_with_a_checkpoint_of_the_wrong_shapes(tmp_path, tiny_config, mak
     state["rng"]["torch"] = torch.zeros(3)  # not a torch RNG state
     torch.save(state, tmp_path / CHECKPOINT_FILE)
     with pytest.raises(ModelError, match="does not fit"):
-        train_on_slices(slices, tmp_path, tiny_config(), "tiny", resume=True, max_steps=2,
-                        samples=False)
+        train_on_slices(
+            slices, tmp_path, tiny_config(), "tiny", resume=True, max_steps=2, samples=False
+        )
 
 
 def _model_dir_with_config(tmp_path: Path, config_json) -> Path:
@@ -129,12 +142,23 @@ def test_config_json_that_is_a_list(tmp_path):
         load_model(tmp_path)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("codebook_size", 1e12), ("codebook_size", 10**12), ("image_size", 2**20),
-    ("code_dim", 10**9), ("latent_size", 2**14), ("batch_size", 10**9), ("width", 1e6),
-    ("spade_hidden", 10**8), ("image_size", "64"), ("width", float("nan")),
-    ("distribution_matching", "yes"), ("batch_size", True),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("codebook_size", 1e12),
+        ("codebook_size", 10**12),
+        ("image_size", 2**20),
+        ("code_dim", 10**9),
+        ("latent_size", 2**14),
+        ("batch_size", 10**9),
+        ("width", 1e6),
+        ("spade_hidden", 10**8),
+        ("image_size", "64"),
+        ("width", float("nan")),
+        ("distribution_matching", "yes"),
+        ("batch_size", True),
+    ],
+)
 def test_absurd_config_is_refused_before_allocation(tmp_path, field, value):
     cfg = {**asdict(PRESETS["tiny"]), field: value}
     if isinstance(value, float) and value != value:
@@ -168,14 +192,18 @@ def test_shipped_models_still_load(tmp_path, name):
     assert out.codes_normal.shape == (1, 8, 8)
 
 
-JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
-                        st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=5),
-                        st.lists(st.integers(), max_size=3))
+JSON_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5),
+    st.lists(st.integers(), max_size=3),
+)
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)  # same examples every run
-@given(st.dictionaries(st.sampled_from(sorted(asdict(PRESETS["tiny"]))), JSON_VALUES,
-                       max_size=4))
+@given(st.dictionaries(st.sampled_from(sorted(asdict(PRESETS["tiny"]))), JSON_VALUES, max_size=4))
 def test_any_config_values_give_a_config_or_a_model_error(changes):
     """Arbitrary JSON values in config fields: FDNConfig within the limits, or ModelError."""
     from fdn.checkpoint import config_from_dict

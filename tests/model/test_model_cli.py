@@ -10,16 +10,33 @@ from cli.main import main
 def test_train_then_evaluate(small_archive, tmp_path):
     runner = CliRunner()
     out = tmp_path / "model"
-    r = runner.invoke(main, ["train", str(small_archive), "--preset", "tiny", "--out", str(out),
-                             "--batch-size", "8", "--max-steps", "3", "--threads", "1",
-                             "--json"])
+    r = runner.invoke(
+        main,
+        [
+            "train",
+            str(small_archive),
+            "--preset",
+            "tiny",
+            "--out",
+            str(out),
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "3",
+            "--threads",
+            "1",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["steps"] == 3 and summary["stopped"] == "max steps"
     assert (out / "TRAIN_COMMAND.txt").read_text().startswith("fdn-index train ")
     # resume continues to 5 steps
-    r = runner.invoke(main, ["train", str(small_archive), "--out", str(out), "--resume",
-                             "--max-steps", "5", "--json"])
+    r = runner.invoke(
+        main,
+        ["train", str(small_archive), "--out", str(out), "--resume", "--max-steps", "5", "--json"],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["steps"] == 5
     r = runner.invoke(main, ["evaluate-model", str(out), str(small_archive), "--json"])
@@ -43,8 +60,19 @@ def test_evaluate_model_rejects_a_non_model_dir(small_archive, tmp_path):
 
 def test_train_refuses_existing_model_without_resume(small_archive, tmp_path):
     runner = CliRunner()
-    args = ["train", str(small_archive), "--preset", "tiny", "--out", str(tmp_path / "m"),
-            "--batch-size", "8", "--max-steps", "1", "--json"]
+    args = [
+        "train",
+        str(small_archive),
+        "--preset",
+        "tiny",
+        "--out",
+        str(tmp_path / "m"),
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "1",
+        "--json",
+    ]
     assert runner.invoke(main, args).exit_code == 0
     r = runner.invoke(main, args)
     assert r.exit_code != 0 and "--resume" in r.output

@@ -11,7 +11,9 @@ def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor | None]:
 
 
 def _touched(grads: dict[str, torch.Tensor | None], prefix: str) -> bool:
-    return any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith(prefix))
+    return any(
+        g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith(prefix)
+    )
 
 
 def test_critic_step_leaves_model_grads_untouched(tiny_config):
@@ -107,7 +109,10 @@ def test_decode_helpers_match_forward(tiny_config):
     x_hat_minus = model.decode_normal(codes_n)
     image, seg = model.decode(codes_n, codes_a)
     tol = _reduction_error_bound(model, x)
-    for got, expected in ((x_hat_minus, out.x_hat_minus), (image, out.x_hat_plus),
-                          (seg, out.seg_soft)):
+    for got, expected in (
+        (x_hat_minus, out.x_hat_minus),
+        (image, out.x_hat_plus),
+        (seg, out.seg_soft),
+    ):
         assert got.dtype == torch.float64
         torch.testing.assert_close(got, expected, rtol=0, atol=tol)

@@ -64,10 +64,20 @@ def test_ssim_matches_skimage():
     ours = ssim(torch.tensor(a), torch.tensor(b), data_range=8.0)
     assert ours.dtype == torch.float64  # float64 in, float64 throughout: no float32 rounding
     ours = ours.item()
-    ref = np.mean([
-        structural_similarity(a[i, c], b[i, c], data_range=8.0, gaussian_weights=True,
-                              sigma=1.5, use_sample_covariance=False)
-        for i in range(2) for c in range(3)])
+    ref = np.mean(
+        [
+            structural_similarity(
+                a[i, c],
+                b[i, c],
+                data_range=8.0,
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
+            )
+            for i in range(2)
+            for c in range(3)
+        ]
+    )
     # both sides in float64; the moments subtract terms of size ~data_range², so reordering the
     # window sums may cost ~1e3 ulps of that size: far below the 1e-9 allowed
     assert ours == pytest.approx(ref, abs=1e-9)
@@ -88,9 +98,20 @@ def test_masked_reconstruction_by_hand():
     rec_minus, rec_plus = reconstruction_loss(x, x + 1, x, mask, 8.0)
 
     def sk(a, b):
-        return np.mean([structural_similarity(a[0, c].numpy(), b[0, c].numpy(), data_range=8.0,
-                                              gaussian_weights=True, sigma=1.5,
-                                              use_sample_covariance=False) for c in range(4)])
+        return np.mean(
+            [
+                structural_similarity(
+                    a[0, c].numpy(),
+                    b[0, c].numpy(),
+                    data_range=8.0,
+                    gaussian_weights=True,
+                    sigma=1.5,
+                    use_sample_covariance=False,
+                )
+                for c in range(4)
+            ]
+        )
+
     expected = 1 + (1 - sk(x + 1, x)) + 32 / 256 + (1 - sk(mask * (x + 1), mask * x))
     assert rec_plus.item() == pytest.approx(expected, abs=1e-9)
     assert rec_minus.item() == pytest.approx(0.0, abs=1e-12)

@@ -34,7 +34,11 @@ def test_paper_presets_follow_tables_c1_c3():
     for name, latent in [("fdn-4x4", 4), ("fdn-8x8", 8), ("fdn-16x16", 16), ("fdn-32x32", 32)]:
         cfg = PRESETS[name]
         assert (cfg.image_size, cfg.latent_size, cfg.code_dim, cfg.codebook_size) == (
-            256, latent, 64, 512)
+            256,
+            latent,
+            64,
+            512,
+        )
         assert (cfg.lambda_lat, cfg.lambda_seg, cfg.lambda_rec, cfg.lambda_gp) == (0.25, 5, 5, 10)
         assert cfg.critic_steps == 5 and cfg.focal_gamma == 2 and cfg.lr == 1e-4
         assert cfg.lambda_reg == cfg.lambda_critic == (1e-4 if latent <= 8 else 5e-4)
@@ -46,7 +50,8 @@ def test_paper_presets_follow_tables_c1_c3():
     assert z.shape == (1, 64, 8, 8)
     # Table C.2: decoder widths 128 - 128 - 128 - 128 - 64 - 32
     widths = [model.seg_decoder.head.conv_1.out_channels] + [
-        b.conv_1.out_channels for b in model.seg_decoder.blocks]
+        b.conv_1.out_channels for b in model.seg_decoder.blocks
+    ]
     assert widths == [128, 128, 128, 128, 64, 32]
     assert [b.conv_1.out_channels for b in model.image_decoder.blocks] == [128, 128, 128, 64, 32]
 

@@ -12,8 +12,9 @@ from fdn.errors import ModelError
 from fdn.training import Trainer, train, train_on_slices
 
 
-def test_short_training_on_synthetic_archive_lowers_rec_and_seg(small_archive, tmp_path,
-                                                                 tiny_config):
+def test_short_training_on_synthetic_archive_lowers_rec_and_seg(
+    small_archive, tmp_path, tiny_config
+):
     cfg = tiny_config(batch_size=8, epochs=7)
     result = train(small_archive, tmp_path / "m", cfg, "tiny", seed=0, device="cpu")
     assert result.stopped == "epochs" and result.epochs_done == 7
@@ -22,14 +23,20 @@ def test_short_training_on_synthetic_archive_lowers_rec_and_seg(small_archive, t
     first, last = records[0], records[-1]
     assert last["rec"] < 0.9 * first["rec"], (first["rec"], last["rec"])
     assert last["seg"] < 0.9 * first["seg"], (first["seg"], last["seg"])
-    for name in ("config.json", "checkpoint.pt", "weights.pt", "samples/latest.png",
-                 "samples/epoch_0007.png"):
+    for name in (
+        "config.json",
+        "checkpoint.pt",
+        "weights.pt",
+        "samples/latest.png",
+        "samples/epoch_0007.png",
+    ):
         assert (tmp_path / "m" / name).is_file(), name
 
 
 def test_checkpoint_reloads_to_bit_identical_outputs(tmp_path, tiny_config, make_slices):
-    trainer = Trainer(tiny_config(), make_slices(16, 32), "tiny", seed=3,
-                      device=torch.device("cpu"))
+    trainer = Trainer(
+        tiny_config(), make_slices(16, 32), "tiny", seed=3, device=torch.device("cpu")
+    )
     for _ in range(3):
         trainer.train_step()
     save_checkpoint(tmp_path, trainer.state())
@@ -48,8 +55,9 @@ def test_resume_continues_bit_for_bit(tmp_path, tiny_config, make_slices):
     cfg = tiny_config(epochs=2)  # 4 steps per epoch
     train_on_slices(slices, tmp_path / "a", cfg, "tiny", seed=1, max_steps=6, samples=False)
     train_on_slices(slices, tmp_path / "b", cfg, "tiny", seed=1, max_steps=3, samples=False)
-    r = train_on_slices(slices, tmp_path / "b", cfg, "tiny", resume=True, max_steps=6,
-                        samples=False)
+    r = train_on_slices(
+        slices, tmp_path / "b", cfg, "tiny", resume=True, max_steps=6, samples=False
+    )
     assert r.steps == 6
     a = torch.load(tmp_path / "a" / "weights.pt")
     b = torch.load(tmp_path / "b" / "weights.pt")
@@ -67,8 +75,9 @@ def test_refuses_to_overwrite_a_model_dir(tmp_path, tiny_config, make_slices):
 
 
 def test_no_dm_trains_without_critic(tmp_path, tiny_config, make_slices):
-    trainer = Trainer(tiny_config(distribution_matching=False), make_slices(8, 32), "tiny", 0,
-                      torch.device("cpu"))
+    trainer = Trainer(
+        tiny_config(distribution_matching=False), make_slices(8, 32), "tiny", 0, torch.device("cpu")
+    )
     critic_before = {k: v.clone() for k, v in trainer.critic.state_dict().items()}
     m = trainer.train_step()
     assert "d_w" not in m

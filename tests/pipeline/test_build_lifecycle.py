@@ -273,8 +273,9 @@ def test_two_build_processes_never_run_at_once(tmp_path, pipeline_archive, model
                     time.sleep(0.01)
         build_index({str(pipeline_archive)!r}, {str(model_dir)!r}, {str(index)!r}, on_case=pause)
     """)
-    first = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT)
+    first = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     deadline = time.monotonic() + 120
     while not holding.exists():
         assert first.poll() is None, first.communicate()[0].decode()

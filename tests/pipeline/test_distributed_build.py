@@ -20,8 +20,16 @@ distributed = pytest.importorskip("distributed")
 def client():
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as c:
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        ) as cluster,
+        Client(cluster) as c,
+    ):
         yield c
 
 
@@ -38,8 +46,9 @@ def _same_index(a, b):
     assert list(ia.table["case"]) == list(ib.table["case"])
 
 
-def test_cluster_build_equals_the_single_process_build(tmp_path, client, pipeline_archive,
-                                                       model_dir, built_index):
+def test_cluster_build_equals_the_single_process_build(
+    tmp_path, client, pipeline_archive, model_dir, built_index
+):
     index = tmp_path / "index"
     report = build_index(pipeline_archive, model_dir, index, client=client)
     assert sorted(report.encoded_now) == sorted(open_index(built_index).cases)
@@ -49,9 +58,9 @@ def test_cluster_build_equals_the_single_process_build(tmp_path, client, pipelin
     _same_index(index, built_index)
 
 
-def test_a_worker_killed_mid_build_loses_and_duplicates_nothing(tmp_path, client,
-                                                                 pipeline_archive, model_dir,
-                                                                 built_index):
+def test_a_worker_killed_mid_build_loses_and_duplicates_nothing(
+    tmp_path, client, pipeline_archive, model_dir, built_index
+):
     index = tmp_path / "index"
     pids = list(client.run(os.getpid).values())
     killed = []
@@ -61,8 +70,7 @@ def test_a_worker_killed_mid_build_loses_and_duplicates_nothing(tmp_path, client
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
 
-    report = build_index(pipeline_archive, model_dir, index, client=client,
-                         on_case=kill_one_worker)
+    report = build_index(pipeline_archive, model_dir, index, client=client, on_case=kill_one_worker)
     assert killed, "no worker was killed"
     with pytest.raises(ProcessLookupError):
         os.kill(killed[0], 0)
@@ -73,12 +81,35 @@ def test_a_worker_killed_mid_build_loses_and_duplicates_nothing(tmp_path, client
 
 def test_cli_build_with_workers(tmp_path, pipeline_archive, model_dir, built_index):
     index = tmp_path / "index"
-    result = CliRunner().invoke(main, ["build", str(pipeline_archive), "--model", str(model_dir),
-                                       "--index", str(index), "--workers", "2"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "build",
+            str(pipeline_archive),
+            "--model",
+            str(model_dir),
+            "--index",
+            str(index),
+            "--workers",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "encoded now" in result.output and "seconds: " in result.output
     _same_index(index, built_index)
-    both = CliRunner().invoke(main, ["build", str(pipeline_archive), "--model", str(model_dir),
-                                     "--index", str(index), "--workers", "2", "--scheduler",
-                                     "tcp://127.0.0.1:1"])
+    both = CliRunner().invoke(
+        main,
+        [
+            "build",
+            str(pipeline_archive),
+            "--model",
+            str(model_dir),
+            "--index",
+            str(index),
+            "--workers",
+            "2",
+            "--scheduler",
+            "tcp://127.0.0.1:1",
+        ],
+    )
     assert both.exit_code != 0 and "not both" in both.output

@@ -223,7 +223,15 @@ def test_verification_can_be_skipped_but_sizes_are_still_checked(index):
 def test_a_huge_topq_is_capped_at_the_number_of_volumes(built_index):
     case = open_index(built_index).cases[0]
     result = run(
-        "query", "--index", built_index, "--case", case, "--slice", 0, "--topq", 1_000_000_000,
+        "query",
+        "--index",
+        built_index,
+        "--case",
+        case,
+        "--slice",
+        0,
+        "--topq",
+        1_000_000_000,
         "--json",
     )
     assert result.exit_code == 0, result.output

@@ -24,8 +24,9 @@ SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -94,8 +95,16 @@ def test_file_listings_are_checked_name_by_name(name, entry):
 # ---------------------------------------------------------------------------- slice table
 
 CHECKSUM = "ab" * 32
-COLUMN_TYPES = [pa.int8(), pa.int32(), pa.int64(), pa.uint16(), pa.float64(), pa.string(),
-                pa.bool_(), pa.null()]
+COLUMN_TYPES = [
+    pa.int8(),
+    pa.int32(),
+    pa.int64(),
+    pa.uint16(),
+    pa.float64(),
+    pa.string(),
+    pa.bool_(),
+    pa.null(),
+]
 
 
 def table_bytes(columns: dict) -> bytes:
@@ -150,7 +159,10 @@ def test_any_parquet_table_is_checked_or_a_clear_error(data):
     n_rows = data.draw(st.sampled_from([n, n + 1]))
     try:
         table = read_slice_table(
-            table_bytes(columns), PATH, n_rows=n_rows, n_cases=len(counts),
+            table_bytes(columns),
+            PATH,
+            n_rows=n_rows,
+            n_cases=len(counts),
             model_checksum=CHECKSUM,
         )
     except IndexDirError as exc:
@@ -170,8 +182,11 @@ def test_any_parquet_table_is_checked_or_a_clear_error(data):
 def test_a_valid_table_locates_every_row(counts):
     names = [f"CASE_{i}" for i in range(len(counts))]
     table = read_slice_table(
-        table_bytes(valid_columns(counts, names)), PATH, n_rows=sum(counts),
-        n_cases=len(counts), model_checksum=CHECKSUM,
+        table_bytes(valid_columns(counts, names)),
+        PATH,
+        n_rows=sum(counts),
+        n_cases=len(counts),
+        model_checksum=CHECKSUM,
     )
     assert table.cases == names
     assert list(table.counts) == counts

@@ -51,11 +51,15 @@ def test_shards_hold_whole_volumes_in_row_order(three_shards, built_index):
 
 
 @pytest.mark.parametrize("mode", ["normal", "abnormal", "sum"])
-def test_sharded_hits_equal_the_unsharded_index_and_the_brute_force(three_shards, built_index,
-                                                                    ref, mode):
+def test_sharded_hits_equal_the_unsharded_index_and_the_brute_force(
+    three_shards, built_index, ref, mode
+):
     out, _ = three_shards
     full, sharded = open_index(built_index), open_sharded(out)
-    cn, ca = np.load(built_index / "codebook_normal.npy"), np.load(built_index / "codebook_abnormal.npy")
+    cn, ca = (
+        np.load(built_index / "codebook_normal.npy"),
+        np.load(built_index / "codebook_abnormal.npy"),
+    )
     volumes = np.asarray(full.table["volume"], np.int64)
     for distance in ("hamming", "euclidean", "angular"):
         for case in full.cases:
@@ -66,12 +70,24 @@ def test_sharded_hits_equal_the_unsharded_index_and_the_brute_force(three_shards
             assert _key(a) == _key(b)
             row = full.row_of(case, slice_index)
             brute = ref.volume_topq(
-                ref.all_distances(full.hash_index, cn, ca, full.codes_normal,
-                                  full.codes_abnormal, full.codes_normal[row],
-                                  full.codes_abnormal[row], mode, distance),
-                volumes, 3, exclude=int(volumes[row]))
-            np.testing.assert_allclose([h.distance for h in b], [d for d, _, _ in brute],
-                                       rtol=1e-9, atol=1e-7)
+                ref.all_distances(
+                    full.hash_index,
+                    cn,
+                    ca,
+                    full.codes_normal,
+                    full.codes_abnormal,
+                    full.codes_normal[row],
+                    full.codes_abnormal[row],
+                    mode,
+                    distance,
+                ),
+                volumes,
+                3,
+                exclude=int(volumes[row]),
+            )
+            np.testing.assert_allclose(
+                [h.distance for h in b], [d for d, _, _ in brute], rtol=1e-9, atol=1e-7
+            )
             if distance == "hamming":
                 assert [h.row for h in b] == [r for _, r, _ in brute]
 
@@ -81,8 +97,16 @@ def test_sharded_query_on_a_dask_cluster(three_shards, built_index):
 
     out, _ = three_shards
     full = open_index(built_index)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         sharded = open_sharded(out, client)
         assert len(set(sharded.workers)) == 2  # the shards are spread over both workers
         for case in full.cases:
@@ -102,12 +126,15 @@ def test_cli_shard_and_query(tmp_path, built_index):
     assert b.exit_code == 0, b.output
     b = json.loads(b.output)
     for m in ("normal", "abnormal", "sum"):
-        assert [(h["case"], h["slice"], h["distance"]) for h in a["results"][m]["hits"]] == \
-            [(h["case"], h["slice"], h["distance"]) for h in b["results"][m]["hits"]]
+        assert [(h["case"], h["slice"], h["distance"]) for h in a["results"][m]["hits"]] == [
+            (h["case"], h["slice"], h["distance"]) for h in b["results"][m]["hits"]
+        ]
     again = CliRunner().invoke(main, ["shard", str(built_index), str(out), "--shards", "2"])
     assert again.exit_code != 0 and "not empty" in again.output
-    one = CliRunner().invoke(main, ["query", "--index", str(built_index), "--case", case,
-                                    "--scheduler", "tcp://127.0.0.1:1"])
+    one = CliRunner().invoke(
+        main,
+        ["query", "--index", str(built_index), "--case", case, "--scheduler", "tcp://127.0.0.1:1"],
+    )
     assert one.exit_code != 0 and "folder of shards" in one.output
 
 

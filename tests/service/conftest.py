@@ -46,8 +46,12 @@ def make_model_dir(path, seed):
     model = FDN(PRESETS["tiny"])
     save_checkpoint(
         path,
-        {"model": model.state_dict(), "config": asdict(PRESETS["tiny"]), "preset": "tiny",
-         "step": 0},
+        {
+            "model": model.state_dict(),
+            "config": asdict(PRESETS["tiny"]),
+            "preset": "tiny",
+            "step": 0,
+        },
     )
     return path
 

@@ -48,8 +48,17 @@ ENGINE_DISTANCES = [(b, d) for b in EXACT for d in DISTANCES]
 def test_query_hits_equal_numpy_brute_force(client, service, brute, distance, backend):
     index = service.index
     case, z, row = lesion_slice(index)
-    r = client.get("/api/query", params={"case": case, "slice": z, "mode": "all",
-                                         "distance": distance, "topq": 3, "backend": backend})
+    r = client.get(
+        "/api/query",
+        params={
+            "case": case,
+            "slice": z,
+            "mode": "all",
+            "distance": distance,
+            "topq": 3,
+            "backend": backend,
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["query"] == f"{case} slice {z}" and body["modes"] == ["normal", "abnormal", "sum"]
@@ -57,8 +66,9 @@ def test_query_hits_equal_numpy_brute_force(client, service, brute, distance, ba
         expected = brute(row, mode, distance, 3, exclude=int(index.table["volume"][row]))
         hits = body["results"][mode]["hits"]
         assert [h["row"] for h in hits] == [r_ for _, r_, _ in expected], mode
-        np.testing.assert_allclose([h["distance"] for h in hits], [d for d, _, _ in expected],
-                                   rtol=1e-9, atol=1e-7)
+        np.testing.assert_allclose(
+            [h["distance"] for h in hits], [d for d, _, _ in expected], rtol=1e-9, atol=1e-7
+        )
         assert [h["rank"] for h in hits] == list(range(1, len(expected) + 1))
         assert [h["case"] for h in hits] == [str(index.table["case"][r_]) for _, r_, _ in expected]
         assert case not in {h["case"] for h in hits}
@@ -67,11 +77,22 @@ def test_query_hits_equal_numpy_brute_force(client, service, brute, distance, ba
 def test_normalized_sum_and_same_volume_equal_brute_force(client, service, brute):
     index = service.index
     case, z, row = lesion_slice(index)
-    scales = (index.hash_index.scales["normal/euclidean"],
-              index.hash_index.scales["abnormal/euclidean"])
-    r = client.get("/api/query", params={"case": case, "slice": z, "mode": "sum",
-                                         "distance": "euclidean", "topq": 4,
-                                         "normalized_sum": "true", "include_same_volume": "1"})
+    scales = (
+        index.hash_index.scales["normal/euclidean"],
+        index.hash_index.scales["abnormal/euclidean"],
+    )
+    r = client.get(
+        "/api/query",
+        params={
+            "case": case,
+            "slice": z,
+            "mode": "sum",
+            "distance": "euclidean",
+            "topq": 4,
+            "normalized_sum": "true",
+            "include_same_volume": "1",
+        },
+    )
     assert r.status_code == 200, r.text
     hits = r.json()["results"]["sum"]["hits"]
     expected = brute(row, "sum", "euclidean", 4, exclude=None, scales=scales)
@@ -132,12 +153,16 @@ def test_info_and_health(client, service):
     info = client.get("/api/info").json()
     m = service.index.manifest
     assert (info["n_cases"], info["n_slices"], info["input_size"]) == (
-        m.n_cases, m.n_slices, m.input_size)
+        m.n_cases,
+        m.n_slices,
+        m.input_size,
+    )
     assert info["sequences"] == ["t1", "t1ce", "t2", "flair"]
     assert info["backends"] == list(ENGINES)
     spec = client.get("/openapi.json").json()
-    backend = next(p for p in spec["paths"]["/api/query"]["get"]["parameters"]
-                   if p["name"] == "backend")
+    backend = next(
+        p for p in spec["paths"]["/api/query"]["get"]["parameters"] if p["name"] == "backend"
+    )
     assert backend["schema"]["enum"] == list(ENGINES)
     health = client.get("/api/health").json()
     assert health["status"] == "ok" and health["n_slices"] == m.n_slices
@@ -181,9 +206,15 @@ def test_slice_png_matches_the_source_volume(client, service, service_archive):
     order = np.argsort(source.ravel(), kind="stable")
     assert np.all(np.diff(grey.ravel()[order]) >= 0)  # a monotone grey map of the source voxels
     assert np.corrcoef(grey.ravel(), source.ravel())[0, 1] > 0.9
-    with_seg = np.asarray(Image.open(io.BytesIO(client.get(
-        f"/api/cases/{case}/slices/{z}.png", params={"sequence": "t2", "overlay": "seg"}
-    ).content)).convert("RGB"))
+    with_seg = np.asarray(
+        Image.open(
+            io.BytesIO(
+                client.get(
+                    f"/api/cases/{case}/slices/{z}.png", params={"sequence": "t2", "overlay": "seg"}
+                ).content
+            )
+        ).convert("RGB")
+    )
     seg = np.asarray(nib.load(service_archive / case / f"{case}_seg.nii.gz").dataobj)[:, :, z]
     coloured = (with_seg[..., 0] != with_seg[..., 1])[::-1].T
     assert coloured.any() and not coloured[seg == 0].any()  # colour exactly where the lesion is

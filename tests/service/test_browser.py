@@ -30,10 +30,18 @@ def browser():
     profile = tempfile.mkdtemp(prefix="fdn-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--window-size=1400,1000",
-                 f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1400,1000",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
@@ -62,8 +70,9 @@ def hit_labels(driver, mode):
 
 
 def api_labels(server, case, z, mode, topq=6):
-    body = httpx.get(f"{server.url}/api/query",
-                     params={"case": case, "slice": z, "mode": mode, "topq": topq}).json()
+    body = httpx.get(
+        f"{server.url}/api/query", params={"case": case, "slice": z, "mode": mode, "topq": topq}
+    ).json()
     return [f"#{h['rank']} {h['case']} : {h['slice']}" for h in body["results"][mode]["hits"]]
 
 
@@ -82,10 +91,12 @@ def images_loaded(driver):
 
 def settled(driver, case, z, mode):
     """The page shows (case, z) in `mode` and its hits and images have arrived."""
-    return (caption(driver) == f"{case} · slice {z}"
-            and driver.find_element("id", "message").text == f"· query {case} slice {z}"
-            and driver.find_elements("css selector", f'.mode-block[data-mode="{mode}"] .hit')
-            and images_loaded(driver))
+    return (
+        caption(driver) == f"{case} · slice {z}"
+        and driver.find_element("id", "message").text == f"· query {case} slice {z}"
+        and driver.find_elements("css selector", f'.mode-block[data-mode="{mode}"] .hit')
+        and images_loaded(driver)
+    )
 
 
 def test_viewer_end_to_end(browser, live_server, service):
@@ -97,23 +108,33 @@ def test_viewer_end_to_end(browser, live_server, service):
     first = next(c for c in catalog.values() if c.has_lesion)
     wait_for(browser, lambda d: settled(d, first.case, first.default_slice, "sum"), "first query")
     assert "cases" in browser.find_element("id", "index-info").text
-    assert hit_labels(browser, "sum") == api_labels(live_server, first.case,
-                                                     first.default_slice, "sum")
-    assert re.search(r"search \d+\.\d ms · server \d+\.\d ms · round trip \d+ ms",
-                     browser.find_element("id", "latency").text)
+    assert hit_labels(browser, "sum") == api_labels(
+        live_server, first.case, first.default_slice, "sum"
+    )
+    assert re.search(
+        r"search \d+\.\d ms · server \d+\.\d ms · round trip \d+ ms",
+        browser.find_element("id", "latency").text,
+    )
 
     # Pick another case: its default slice is queried.
     other = [c for c in catalog.values() if c.case != first.case][-1]
     Select(browser.find_element("id", "case-select")).select_by_value(other.case)
     wait_for(browser, lambda d: settled(d, other.case, other.default_slice, "sum"), "picked case")
-    assert hit_labels(browser, "sum") == api_labels(live_server, other.case,
-                                                     other.default_slice, "sum")
+    assert hit_labels(browser, "sum") == api_labels(
+        live_server, other.case, other.default_slice, "sum"
+    )
 
     # The slider: set it as a user drags it (input events).
-    z = other.first_slice + 3 if other.default_slice != other.first_slice + 3 else other.first_slice + 4
+    z = (
+        other.first_slice + 3
+        if other.default_slice != other.first_slice + 3
+        else other.first_slice + 4
+    )
     browser.execute_script(
         "const s = document.getElementById('slice-slider'); s.value = arguments[0];"
-        "s.dispatchEvent(new Event('input', {bubbles: true}));", z)
+        "s.dispatchEvent(new Event('input', {bubbles: true}));",
+        z,
+    )
     wait_for(browser, lambda d: settled(d, other.case, z, "sum"), "slider")
     assert browser.find_element("id", "slice-label").text == f"{z} / {other.last_slice}"
 
@@ -131,8 +152,14 @@ def test_viewer_end_to_end(browser, live_server, service):
     assert hit_labels(browser, "abnormal") == api_labels(live_server, other.case, z, "abnormal")
     assert not browser.find_elements("css selector", '.mode-block[data-mode="sum"]')
     browser.find_element("css selector", '#mode-tabs [data-mode="all"]').click()
-    wait_for(browser, lambda d: settled(d, other.case, z, "normal")
-             and len(d.find_elements("css selector", ".mode-block")) == 3, "all tab")
+    wait_for(
+        browser,
+        lambda d: (
+            settled(d, other.case, z, "normal")
+            and len(d.find_elements("css selector", ".mode-block")) == 3
+        ),
+        "all tab",
+    )
     for mode in ("normal", "abnormal", "sum"):
         assert hit_labels(browser, mode) == api_labels(live_server, other.case, z, mode)
     assert "all" in browser.current_url
@@ -156,8 +183,13 @@ def test_viewer_end_to_end(browser, live_server, service):
 
     # Overlays and sequences reload the images from the server.
     browser.find_element("id", "overlay-anat").click()
-    wait_for(browser, lambda d: "anat" in d.find_element("id", "query-image").get_attribute("src")
-             and images_loaded(d), "anatomy overlay")
+    wait_for(
+        browser,
+        lambda d: (
+            "anat" in d.find_element("id", "query-image").get_attribute("src") and images_loaded(d)
+        ),
+        "anatomy overlay",
+    )
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors
 
@@ -177,7 +209,8 @@ def test_upload_from_the_page(browser, live_server, service, service_archive):
     for key in ("t1", "t1ce", "t2", "flair", "seg"):
         path = service_archive / case.case / f"{case.case}_{key}.nii.gz"
         browser.find_element("css selector", f'#upload-form input[name="{key}"]').send_keys(
-            str(path))
+            str(path)
+        )
     browser.find_element("css selector", "#upload-form button[type=submit]").click()
     expected = f"· query upload slice {case.default_slice} (external)"
     wait_for(browser, lambda d: d.find_element("id", "message").text == expected, "upload")

@@ -61,8 +61,12 @@ def test_raw_traversal_over_a_socket(live_server):
     import http.client
 
     host, port = live_server.url.removeprefix("http://").split(":")
-    for path in ("/static/../../../etc/passwd", "/static/%2e%2e/%2e%2e/etc/passwd",
-                 "/api/cases/%2e%2e%2f%2e%2e%2fetc/slices/0.png", "//etc/passwd"):
+    for path in (
+        "/static/../../../etc/passwd",
+        "/static/%2e%2e/%2e%2e/etc/passwd",
+        "/api/cases/%2e%2e%2f%2e%2e%2fetc/slices/0.png",
+        "//etc/passwd",
+    ):
         conn = http.client.HTTPConnection(host, int(port), timeout=10)
         conn.request("GET", path)
         response = conn.getresponse()
@@ -127,8 +131,9 @@ class Tampered:
         return getattr(self._index, name)
 
 
-@pytest.mark.parametrize("source", ["/etc", "/", "relative/folder", "{root}/..",
-                                    "{root}/../outside", "{root}"])
+@pytest.mark.parametrize(
+    "source", ["/etc", "/", "relative/folder", "{root}/..", "{root}/../outside", "{root}"]
+)
 def test_a_tampered_slice_table_reads_nothing_outside(service_index, tmp_path, source):
     """Whatever the slice table names as a case's source, nothing outside the archive folders
     recorded in the manifest is read."""
@@ -136,8 +141,10 @@ def test_a_tampered_slice_table_reads_nothing_outside(service_index, tmp_path, s
     case = index.cases[0]
     root = index.manifest.archive_roots[0]
     bad = source.format(root=root)
-    table = {name: np.asarray(index.table[name]) for name in
-             ("case", "slice", "volume", "lesion_area", "source")}
+    table = {
+        name: np.asarray(index.table[name])
+        for name in ("case", "slice", "volume", "lesion_area", "source")
+    }
     table["source"] = np.where(table["case"] == case, bad, table["source"])
     client = make_client(QueryService(Tampered(index, table), scratch_dir=tmp_path))
     r = client.get(f"/api/cases/{case}/slices/3.png")
@@ -158,24 +165,35 @@ def test_an_index_without_archive_roots_serves_no_image(service_index, tmp_path)
 
 
 def case_upload(archive: Path, case: str) -> dict:
-    return {k: (f"{case}_{k}.nii.gz", (archive / case / f"{case}_{k}.nii.gz").read_bytes(),
-                "application/gzip") for k in ("t1", "t1ce", "t2", "flair")}
+    return {
+        k: (
+            f"{case}_{k}.nii.gz",
+            (archive / case / f"{case}_{k}.nii.gz").read_bytes(),
+            "application/gzip",
+        )
+        for k in ("t1", "t1ce", "t2", "flair")
+    }
 
 
 @pytest.fixture()
 def upload_service(service_index, tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    service = QueryService(open_index(service_index), scratch_dir=scratch,
-                           max_upload_bytes=2 * 1024 * 1024, max_voxels=100_000)
+    service = QueryService(
+        open_index(service_index),
+        scratch_dir=scratch,
+        max_upload_bytes=2 * 1024 * 1024,
+        max_voxels=100_000,
+    )
     return service, scratch
 
 
 def test_uploads_are_capped(upload_service, service_archive):
     service, scratch = upload_service
     client = make_client(service)
-    files = case_upload(service_archive, sorted(p.name for p in service_archive.iterdir()
-                                                if p.is_dir())[0])
+    files = case_upload(
+        service_archive, sorted(p.name for p in service_archive.iterdir() if p.is_dir())[0]
+    )
     files["seg"] = ("x_seg.nii.gz", os.urandom(3 * 1024 * 1024), "application/gzip")
     r = client.post("/api/query/upload", files=files)
     assert r.status_code == 413
@@ -187,8 +205,11 @@ def test_uploads_are_capped(upload_service, service_archive):
         for _ in range(40):
             yield b"x" * 100_000
 
-    r = client.post("/api/query/upload", content=chunks(),
-                    headers={"content-type": "multipart/form-data; boundary=zzz"})
+    r = client.post(
+        "/api/query/upload",
+        content=chunks(),
+        headers={"content-type": "multipart/form-data; boundary=zzz"},
+    )
     assert r.status_code == 413
     assert list(scratch.iterdir()) == []
 
@@ -204,17 +225,32 @@ def nifti_bytes(shape, dtype=np.int16, value=1):
     "mutate, status, message",
     [
         (lambda f: f.pop("t2"), 400, "missing the t2 sequence"),
-        (lambda f: f.update(t1=("t1.nii.gz", b"not a nifti at all", "x")), 400,
-         "not a readable NIfTI file"),
-        (lambda f: f.update(flair=("f.nii.gz", gzip.compress(b"\0" * 400), "x")), 400,
-         "not a readable NIfTI file"),
-        (lambda f: f.update(t1=("t1.nii.gz", nifti_bytes((600, 600, 1)), "x")), 400,
-         "at most 100,000 voxels"),
-        (lambda f: f.update(t1ce=("c.nii.gz", nifti_bytes((2, 2, 2)), "x")), 400,
-         "disagrees with the t1 shape"),
+        (
+            lambda f: f.update(t1=("t1.nii.gz", b"not a nifti at all", "x")),
+            400,
+            "not a readable NIfTI file",
+        ),
+        (
+            lambda f: f.update(flair=("f.nii.gz", gzip.compress(b"\0" * 400), "x")),
+            400,
+            "not a readable NIfTI file",
+        ),
+        (
+            lambda f: f.update(t1=("t1.nii.gz", nifti_bytes((600, 600, 1)), "x")),
+            400,
+            "at most 100,000 voxels",
+        ),
+        (
+            lambda f: f.update(t1ce=("c.nii.gz", nifti_bytes((2, 2, 2)), "x")),
+            400,
+            "disagrees with the t1 shape",
+        ),
         (lambda f: f.update(t2=("t2.nii.gz", b"", "x")), 400, "empty"),
-        (lambda f: f.update(pickle=("p.pkl", pickle.dumps({"a": 1}), "x")), 400,
-         "unknown upload field"),
+        (
+            lambda f: f.update(pickle=("p.pkl", pickle.dumps({"a": 1}), "x")),
+            400,
+            "unknown upload field",
+        ),
     ],
 )
 def test_bad_uploads_get_a_clear_4xx_and_leave_nothing(
@@ -245,7 +281,9 @@ def test_bad_upload_options_and_case_id(upload_service, service_archive):
     assert r.status_code == 400 and "out of range" in r.json()["error"]
     r = client.post("/api/query/upload", data={"t1": "text, not a file"})
     assert r.status_code == 400
-    r = client.post("/api/query/upload", content=b"{}", headers={"content-type": "application/json"})
+    r = client.post(
+        "/api/query/upload", content=b"{}", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400 and "multipart/form-data" in r.json()["error"]
     assert list(scratch.iterdir()) == []
 
@@ -268,11 +306,18 @@ def test_upload_query_unpickles_nothing_and_never_writes_the_index(
 
     monkeypatch.setattr(torch, "load", refuse)
     case = sorted(p.name for p in service_archive.iterdir() if p.is_dir())[1]
-    r = client.post("/api/query/upload", files=case_upload(service_archive, case),
-                    data={"mode": "all", "topq": "2"})
+    r = client.post(
+        "/api/query/upload",
+        files=case_upload(service_archive, case),
+        data={"mode": "all", "topq": "2"},
+    )
     assert r.status_code == 200, r.text
-    for path in ("/api/info", f"/api/query?case={case}&mode=all",
-                 f"/api/cases/{case}/slices/4.png?overlay=seg,anat", "/api/cases"):
+    for path in (
+        "/api/info",
+        f"/api/query?case={case}&mode=all",
+        f"/api/cases/{case}/slices/4.png?overlay=seg,anat",
+        "/api/cases",
+    ):
         assert client.get(path).status_code == 200
     assert list(scratch.iterdir()) == []
     assert checksums(service_index) == before
@@ -309,8 +354,9 @@ def test_uploads_in_progress_are_bounded(upload_service, service_archive):
     client = make_client(service)
     case = sorted(p.name for p in service_archive.iterdir() if p.is_dir())[0]
     files = case_upload(service_archive, case)
-    held = [service.upload_slots.acquire(blocking=False)
-            for _ in range(service.max_concurrent_uploads)]
+    held = [
+        service.upload_slots.acquire(blocking=False) for _ in range(service.max_concurrent_uploads)
+    ]
     assert all(held)
     try:
         r = client.post("/api/query/upload", files=files)

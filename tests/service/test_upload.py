@@ -13,8 +13,14 @@ reference = load_reference()
 
 
 def upload_files(archive, case, keys=("t1", "t1ce", "t2", "flair", "seg")):
-    return {k: (f"{case}_{k}.nii.gz", (archive / case / f"{case}_{k}.nii.gz").read_bytes(),
-                "application/gzip") for k in keys}
+    return {
+        k: (
+            f"{case}_{k}.nii.gz",
+            (archive / case / f"{case}_{k}.nii.gz").read_bytes(),
+            "application/gzip",
+        )
+        for k in keys
+    }
 
 
 @pytest.mark.parametrize("mode", ["normal", "abnormal", "sum"])
@@ -24,8 +30,11 @@ def test_upload_hits_equal_brute_force_and_the_cli_path(
     index = service.index
     case = next(c for c in index.cases if service.catalog[c].has_lesion)
     z = service.catalog[case].default_slice
-    r = client.post("/api/query/upload", files=upload_files(service_archive, case),
-                    data={"case_id": case, "mode": mode, "topq": "3", "distance": "euclidean"})
+    r = client.post(
+        "/api/query/upload",
+        files=upload_files(service_archive, case),
+        data={"case_id": case, "mode": mode, "topq": "3", "distance": "euclidean"},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["external"] is True and body["query_slice"] == z  # largest-lesion slice
@@ -37,17 +46,21 @@ def test_upload_hits_equal_brute_force_and_the_cli_path(
     cn = np.load(service_index / "codebook_normal.npy")
     ca = np.load(service_index / "codebook_abnormal.npy")
     gn, ga = index.codes_normal, index.codes_abnormal
-    dist = reference.all_distances(index.hash_index, cn, ca, gn, ga, gn[row], ga[row], mode,
-                                   "euclidean")
-    expected = reference.volume_topq(dist, np.asarray(index.table["volume"]), 3,
-                                     exclude=index.volume_of(case))
+    dist = reference.all_distances(
+        index.hash_index, cn, ca, gn, ga, gn[row], ga[row], mode, "euclidean"
+    )
+    expected = reference.volume_topq(
+        dist, np.asarray(index.table["volume"]), 3, exclude=index.volume_of(case)
+    )
     assert [h["row"] for h in hits] == [r_ for _, r_, _ in expected]
-    np.testing.assert_allclose([h["distance"] for h in hits], [d for d, _, _ in expected],
-                               rtol=1e-9, atol=1e-7)
+    np.testing.assert_allclose(
+        [h["distance"] for h in hits], [d for d, _, _ in expected], rtol=1e-9, atol=1e-7
+    )
 
     # The CLI's --input path (a folder on disk) gives the same hits.
-    lib = run_external_query(index, [service_archive / case], None, mode, topq=3,
-                             distance="euclidean").to_dict()
+    lib = run_external_query(
+        index, [service_archive / case], None, mode, topq=3, distance="euclidean"
+    ).to_dict()
     assert lib["results"][mode]["hits"] == hits
     assert lib["query"] == body["query"]
 
@@ -56,9 +69,11 @@ def test_upload_of_a_new_case_at_a_chosen_slice(client, service, service_archive
     """Under another name the case is not excluded: its own volume comes first, at distance 0."""
     index = service.index
     case = index.cases[0]
-    r = client.post("/api/query/upload",
-                    files=upload_files(service_archive, case, ("t1", "t1ce", "t2", "flair")),
-                    data={"case_id": "PATIENT_X", "slice": "7", "mode": "all", "topq": "2"})
+    r = client.post(
+        "/api/query/upload",
+        files=upload_files(service_archive, case, ("t1", "t1ce", "t2", "flair")),
+        data={"case_id": "PATIENT_X", "slice": "7", "mode": "all", "topq": "2"},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["query"] == "PATIENT_X slice 7 (external)"

@@ -12,17 +12,45 @@ from cli.main import main
 
 def test_synth_writes_an_archive_and_reports_it(tmp_path):
     out = tmp_path / "archive"
-    result = CliRunner().invoke(main, ["synth", str(out), "--cases", "2", "--healthy-fraction",
-                                       "0.5", "--seed", "3", "--size", "16", "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "synth",
+            str(out),
+            "--cases",
+            "2",
+            "--healthy-fraction",
+            "0.5",
+            "--seed",
+            "3",
+            "--size",
+            "16",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["cases"] == ["SYN_000", "SYN_001"] and len(summary["healthy"]) == 1
     assert sorted(p.name for p in (out / "SYN_001").iterdir()) == [
-        f"SYN_001_{k}.nii.gz" for k in sorted(
-            ["anat", "flair", "pseudohealthy", "seg", "t1", "t1ce", "t2"])]
+        f"SYN_001_{k}.nii.gz"
+        for k in sorted(["anat", "flair", "pseudohealthy", "seg", "t1", "t1ce", "t2"])
+    ]
 
-    text = CliRunner().invoke(main, ["synth", str(out), "--cases", "2", "--healthy-fraction",
-                                     "0.5", "--seed", "3", "--size", "16"])
+    text = CliRunner().invoke(
+        main,
+        [
+            "synth",
+            str(out),
+            "--cases",
+            "2",
+            "--healthy-fraction",
+            "0.5",
+            "--seed",
+            "3",
+            "--size",
+            "16",
+        ],
+    )
     assert text.exit_code == 0, text.output
     assert "Wrote 2 cases (1 healthy)" in text.output
 
@@ -43,11 +71,13 @@ def test_synth_rejects_bad_options(tmp_path):
 
 def test_show_renders_the_largest_lesion_slice(small_archive, tmp_path):
     png = tmp_path / "preview.png"
-    result = CliRunner().invoke(main, ["show", str(small_archive / "SYN_000"), "-o", str(png),
-                                       "--json"])
+    result = CliRunner().invoke(
+        main, ["show", str(small_archive / "SYN_000"), "-o", str(png), "--json"]
+    )
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)
     import nibabel as nib
+
     seg = np.asarray(nib.load(small_archive / "SYN_000" / "SYN_000_seg.nii.gz").dataobj)
     assert shown["slice"] == int(np.argmax((seg > 0).sum((0, 1))))
     image = matplotlib.image.imread(png)
@@ -56,16 +86,19 @@ def test_show_renders_the_largest_lesion_slice(small_archive, tmp_path):
 
 
 def test_show_defaults_to_the_middle_slice_of_a_healthy_case(small_archive, tmp_path):
-    result = CliRunner().invoke(main, ["show", str(small_archive / "SYN_001"), "-o",
-                                       str(tmp_path / "p.png")])
+    result = CliRunner().invoke(
+        main, ["show", str(small_archive / "SYN_001"), "-o", str(tmp_path / "p.png")]
+    )
     assert result.exit_code == 0, result.output
     assert "slice 13" in result.output  # 26 slices at size 40, no lesion
 
 
 def test_show_reports_bad_input_clearly(small_archive, tmp_path):
     runner = CliRunner()
-    out_of_range = runner.invoke(main, ["show", str(small_archive / "SYN_000"), "--slice", "99",
-                                        "-o", str(tmp_path / "a.png")])
+    out_of_range = runner.invoke(
+        main,
+        ["show", str(small_archive / "SYN_000"), "--slice", "99", "-o", str(tmp_path / "a.png")],
+    )
     assert out_of_range.exit_code != 0 and "out of range" in out_of_range.output
     assert not (tmp_path / "a.png").exists()
 

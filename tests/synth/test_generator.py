@@ -29,12 +29,13 @@ def healthy():
 
 def test_geometry_follows_the_brats_field_of_view():
     assert SynthConfig(size=240).shape == (240, 240, 155)
-    assert SynthConfig(size=64).shape == (64, 64, 41)    # round(155 * 64 / 240) = round(41.33)
-    assert SynthConfig(size=48).shape == (48, 48, 31)    # round(31.0)
+    assert SynthConfig(size=64).shape == (64, 64, 41)  # round(155 * 64 / 240) = round(41.33)
+    assert SynthConfig(size=48).shape == (48, 48, 31)  # round(31.0)
     affine = SynthConfig(size=64).affine
     # each spacing is one float64 division (240 / 64 is exact): within one rounding, u64
-    np.testing.assert_allclose(np.diag(affine)[:3], [3.75, 3.75, 155 / 41],
-                               rtol=np.finfo(np.float64).eps / 2, atol=0)
+    np.testing.assert_allclose(
+        np.diag(affine)[:3], [3.75, 3.75, 155 / 41], rtol=np.finfo(np.float64).eps / 2, atol=0
+    )
 
 
 def test_arrays_have_the_documented_types(diseased):
@@ -80,8 +81,7 @@ def test_healthy_case_has_an_empty_seg_and_equals_its_pseudohealthy(healthy):
 
 def test_all_six_anatomy_labels_appear_in_a_middle_axial_slice():
     for index in range(3):
-        case = synthesize_case(seed=0, case_index=index, healthy=True,
-                               config=SynthConfig(size=48))
+        case = synthesize_case(seed=0, case_index=index, healthy=True, config=SynthConfig(size=48))
         depth = case.anat.shape[2]
         middle = range(depth // 4, 3 * depth // 4)
         assert any(set(np.unique(case.anat[:, :, z])) == {0, *ANAT_LABELS} for z in middle)
@@ -103,21 +103,27 @@ def test_contrasts_have_plausible_relative_intensities(diseased):
     cerebrum = np.isin(diseased.anat, [1, 2]) & (diseased.seg == 0)
     edema = diseased.seg == 2
     enhancing = diseased.seg == 4
-    assert median(T1, ventricles) < median(T1, cerebrum)      # T1: CSF dark
-    assert median(T2, ventricles) > median(T2, cerebrum)      # T2: CSF bright
+    assert median(T1, ventricles) < median(T1, cerebrum)  # T1: CSF dark
+    assert median(T2, ventricles) > median(T2, cerebrum)  # T2: CSF bright
     assert median(FLAIR, ventricles) < median(FLAIR, cerebrum)  # FLAIR: CSF dark
-    assert median(FLAIR, edema) > median(FLAIR, cerebrum)     # FLAIR: edema bright
-    assert median(T2, edema) > median(T2, cerebrum)           # T2: edema bright
+    assert median(FLAIR, edema) > median(FLAIR, cerebrum)  # FLAIR: edema bright
+    assert median(T2, edema) > median(T2, cerebrum)  # T2: edema bright
     assert median(T1CE, enhancing) > 1.3 * median(T1CE, cerebrum)  # T1Gd: bright rim
     assert median(T1, enhancing) < median(T1CE, enhancing) * median(T1, cerebrum) / median(
-        T1CE, cerebrum)                                        # enhancement is T1Gd only
+        T1CE, cerebrum
+    )  # enhancement is T1Gd only
 
 
 def test_pseudohealthy_differs_only_around_the_lesion(diseased):
     near = ndimage.binary_dilation(diseased.seg > 0, np.ones((3, 3, 3), bool), iterations=3)
     np.testing.assert_array_equal(diseased.images[~near], diseased.pseudohealthy[~near])
-    assert np.abs(diseased.images[diseased.seg == 4].astype(int)
-                  - diseased.pseudohealthy[diseased.seg == 4]).mean() > 20
+    assert (
+        np.abs(
+            diseased.images[diseased.seg == 4].astype(int)
+            - diseased.pseudohealthy[diseased.seg == 4]
+        ).mean()
+        > 20
+    )
 
 
 def test_mass_effect_moves_anatomy_near_the_lesion_only(diseased, healthy):
@@ -135,8 +141,7 @@ def test_mass_effect_moves_anatomy_near_the_lesion_only(diseased, healthy):
 def test_subjects_vary_in_shape_position_and_lesion_side():
     sides, brain_sizes, lowest = set(), [], []
     for index in range(8):
-        case = synthesize_case(seed=1, case_index=index, healthy=False,
-                               config=SynthConfig(size=24))
+        case = synthesize_case(seed=1, case_index=index, healthy=False, config=SynthConfig(size=24))
         sides.add(case.lesion_centre_mm[0] > 0)
         brain = (case.images != 0).any(-1)
         brain_sizes.append(brain.sum())
@@ -157,8 +162,13 @@ def test_healthy_fraction_is_rounded_and_seeded():
 def test_archive_files_are_byte_identical_for_the_same_seed(small_archive, tmp_path):
     recorded = json.loads((small_archive / "synth.json").read_text())
     again = tmp_path / "again"
-    ids = synthesize_archive(again, recorded["cases"], recorded["healthy_fraction"],
-                             recorded["seed"], size=recorded["size"])
+    ids = synthesize_archive(
+        again,
+        recorded["cases"],
+        recorded["healthy_fraction"],
+        recorded["seed"],
+        size=recorded["size"],
+    )
     assert ids == ["SYN_000", "SYN_001", "SYN_002"]
     for case in ids:
         names = sorted(p.name for p in (small_archive / case).iterdir())
@@ -208,10 +218,14 @@ def test_an_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"n_cases": 0}, "n_cases"), ({"healthy_fraction": 1.5}, "healthy_fraction"),
-    ({"size": 4}, "size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"n_cases": 0}, "n_cases"),
+        ({"healthy_fraction": 1.5}, "healthy_fraction"),
+        ({"size": 4}, "size"),
+    ],
+)
 def test_bad_parameters_raise_value_error(tmp_path, kwargs, words):
     arguments = {"n_cases": 1, "healthy_fraction": 0.0, "seed": 0, "size": 16} | kwargs
     with pytest.raises(ValueError, match=words):
