@@ -119,6 +119,8 @@ def finish(
         return acc.astype(np.float64)
     if distance == "euclidean":
         return np.sqrt(np.maximum(acc, 0.0))
+    if r_sqnorm is None:
+        raise ValueError("the angular distance needs the rows' squared norms")
     denom = np.sqrt(q_sqnorm * r_sqnorm)
     with np.errstate(divide="ignore", invalid="ignore"):
         cos = np.clip(np.where(denom > 0, acc / denom, 0.0), -1.0, 1.0)

@@ -18,6 +18,7 @@ for every engine, so lut and numpy agree bit for bit.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import faiss
 import numpy as np
@@ -100,14 +101,15 @@ class FaissHamming:
     def search(self, x: np.ndarray, k: int, nprobe: int | None = None):
         """(D (n, k) int32, I (n, k) int64) for packed queries x (n, nbytes) uint8."""
         if self.is_ivf:
-            self.cpu.nprobe = int(nprobe) if nprobe is not None else min(8, self.nlist)
+            self.cpu.nprobe = int(nprobe) if nprobe is not None else min(8, int(self.nlist or 8))
         gpu = self._gpu_index()
         index = gpu if (gpu is not None and k <= GPU_K_LIMIT) else self.cpu
         # hamming_batch_size rows of the database are scanned per block; with long codes the
         # default 65,536 blows the cache for codes of kilobytes, so keep a block near 8 MB.
-        old = faiss.cvar.hamming_batch_size
-        faiss.cvar.hamming_batch_size = int(max(256, min(65536, (8 << 20) // self.nbytes)))
+        cvar: Any = faiss.cvar  # SWIG globals: untyped
+        old = cvar.hamming_batch_size
+        cvar.hamming_batch_size = int(max(256, min(65536, (8 << 20) // self.nbytes)))
         try:
             return index.search(np.ascontiguousarray(x), k)
         finally:
-            faiss.cvar.hamming_batch_size = old
+            cvar.hamming_batch_size = old

@@ -126,18 +126,19 @@ def integer_sums(
     )
     acc = accumulate_into is not None
     tables = np.ascontiguousarray(bounds.tables)
-    args = (codes_t, tables, out, B, S, first_position, P)
+
+    def run(start: int, end: int) -> None:
+        _fastscan.lower_bounds(
+            codes_t, tables, out, B, S, first_position, P, start, end, acc, False
+        )
+
     if _THREADS == 1 or nblocks < 256:
-        _fastscan.lower_bounds(*args, 0, nblocks, acc, False)
+        run(0, nblocks)
         return out
     if _pool is None:
         _pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="fastscan")
     edges = np.linspace(0, nblocks, _THREADS + 1).astype(int)
-    jobs = [
-        _pool.submit(_fastscan.lower_bounds, *args, int(a), int(b), acc, False)
-        for a, b in zip(edges[:-1], edges[1:])
-        if b > a
-    ]
+    jobs = [_pool.submit(run, int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
     for job in jobs:
         job.result()
     return out
@@ -235,6 +236,7 @@ class FastScan:
             if normalized:
                 d = d / self.scales[f"{book}/{distance}"]
             total = d if total is None else total + d
+        assert total is not None, "at least one codebook"
         return total
 
     def _top(

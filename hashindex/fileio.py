@@ -146,7 +146,7 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     """
     import shutil
 
-    removed = []
+    removed: list[Path] = []
     directory = Path(directory)
     if not directory.is_dir():
         return removed

@@ -23,7 +23,6 @@ Semantics (all engines):
 from __future__ import annotations
 
 import logging
-import threading
 
 import numpy as np
 
@@ -31,7 +30,6 @@ from hashindex.binarize import check_codebook, hyperplane_bits, round_small_norm
 from hashindex.concordance import concordance
 from hashindex.distances import BOOKS, DISTANCES, MODES, CodebookTables, finish
 from hashindex.engines import SCANS, FaissHamming
-from hashindex.fastscan import FastScan
 from hashindex.optimize import apply_bit_budget, hamming_table, optimize_codebook
 from hashindex.packing import pack_grids
 from hashindex.search import IndexSearch, _check_codes
@@ -120,25 +118,6 @@ class HashIndex(IndexSearch, IndexStorage):
     persist with `write` / `HashIndex.read`. Row ids are 0..ntotal-1 in order of addition.
     """
 
-    def __init__(self, tables: dict, report: dict, *, ivf_nlist=None, seed=0, faiss_indexes=True):
-        self.tables: dict[str, CodebookTables] = tables
-        self._report = report
-        self.ivf_nlist = ivf_nlist
-        self.seed = seed
-        self.faiss_indexes = faiss_indexes
-        self.grid: tuple[int, int] | None = None
-        self.codes = {b: None for b in BOOKS}  # (N, P) representative ids
-        self.row_sqnorm = {b: None for b in BOOKS}  # (N,) float64
-        self.volume_ids = np.zeros(0, np.int64)
-        self.scales: dict[str, float] = {}
-        self._fast: FastScan | None = None  # built by the first fastscan query
-        self._torch = None  # TorchScan, built by the first torch query (imports torch)
-        self.flat: dict[str, FaissHamming] = {}
-        self.ivf: dict[str, FaissHamming] = {}
-        # FAISS files opened by `read` and loaded on first use: name -> (open file, entry, verify)
-        self._pending: dict[str, tuple] = {}
-        self._pending_lock = threading.Lock()
-
     # ------------------------------------------------------------------ construction
     @classmethod
     def build(
@@ -177,14 +156,6 @@ class HashIndex(IndexSearch, IndexStorage):
             report[book] = _codebook_report(tables[book], opt, extra["sqdist"])
         return cls(tables, report, ivf_nlist=ivf_nlist, seed=seed, faiss_indexes=faiss_indexes)
 
-    @property
-    def ntotal(self) -> int:
-        return int(self.volume_ids.size)
-
-    @property
-    def report(self) -> dict:
-        return self._report
-
     def _packed_modes(self, codes_n: np.ndarray, codes_a: np.ndarray) -> dict:
         """Packed bit strings of grids (N, h, w) for each mode (S_sum: concatenation)."""
         pn = pack_grids(self.tables["normal"].packed, codes_n)
@@ -194,6 +165,7 @@ class HashIndex(IndexSearch, IndexStorage):
     def _stored_as_codes(self, book: str) -> np.ndarray:
         """(N, h, w) original-index grids equivalent to the stored rows (via representatives)."""
         t = self.tables[book]
+        assert self.grid is not None, "no rows stored yet"
         return t.reps[self.codes[book]].reshape(-1, *self.grid).astype(np.uint16)
 
     def add(
@@ -235,7 +207,7 @@ class HashIndex(IndexSearch, IndexStorage):
                 f"volume_ids {volume_ids.shape} must agree on N"
             )
         if self.grid is None:
-            self.grid = tuple(int(s) for s in codes_normal.shape[1:])
+            self.grid = (int(codes_normal.shape[1]), int(codes_normal.shape[2]))
         for book, codes in (("normal", codes_normal), ("abnormal", codes_abnormal)):
             t = self.tables[book]
             rc = _to_reps(t, codes)
@@ -255,6 +227,7 @@ class HashIndex(IndexSearch, IndexStorage):
     def _estimate_scales(self) -> dict:
         """Mean distance between random grids of live codes, per codebook and distance."""
         rng = np.random.default_rng(self.seed)
+        assert self.grid is not None, "scales are estimated after the first add"
         P = self.grid[0] * self.grid[1]
         scales = {}
         for book in BOOKS:

@@ -10,6 +10,9 @@ bit ``b & 63`` (``np.packbits(..., bitorder="little")`` viewed as ``<u8``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -284,7 +287,7 @@ def greedy_bit_removal(cols, dist, near, mins, has_dups, keep):
 
 
 # The registry, defined once after every kernel: callers select kernels by name.
-KERNELS = {
+KERNELS: dict[str, Callable[..., Any]] = {
     "hamming_matrix": hamming_matrix,
     "greedy_bit_removal": greedy_bit_removal,
     "lut_scan": lut_scan,

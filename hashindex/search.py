@@ -11,6 +11,7 @@ from hashindex.distances import BOOKS, DISTANCES, MODES, finish
 from hashindex.engines import ENGINES, SCANS
 from hashindex.fastscan import FastScan
 from hashindex.kernels import KERNELS
+from hashindex.state import IndexState
 from hashindex.storage import FLAT_FILES, IVF_FILES, _is_int
 from hashindex.volumes import (
     VolumeHits,
@@ -34,7 +35,7 @@ def _check_codes(codes, name: str, K: int, shape=None) -> None:
         raise ValueError(f"{name} holds code {int(codes.max())} but the codebook has K={K}")
 
 
-class IndexSearch:
+class IndexSearch(IndexState):
     """`HashIndex.search` and `HashIndex.search_volumes` over the rows `HashIndex.add` stored."""
 
     def _check_query(

@@ -17,7 +17,7 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Self
 
 import faiss
 import numpy as np
@@ -26,9 +26,7 @@ from hashindex.distances import BOOKS, DISTANCES, MODES, CodebookTables
 from hashindex.engines import ENGINES, FaissHamming
 from hashindex.errors import IndexFormatError
 from hashindex.fileio import atomic_write
-
-if TYPE_CHECKING:
-    from hashindex.index import HashIndex
+from hashindex.state import IndexState
 
 # 2: hashindex.json lists the size and sha256 of every file ("files"); FAISS files serialized.
 FORMAT_VERSION = 2
@@ -100,7 +98,8 @@ def _read_faiss_checked(f, path: Path, entry: dict, verify: bool, fix: str):
         return chunk
 
     try:
-        raw = faiss.read_index_binary(faiss.PyCallbackIOReader(read))
+        reader: Any = vars(faiss)["PyCallbackIOReader"]  # a SWIG class, not in the stubs
+        raw = faiss.read_index_binary(reader(read))
     except Exception as exc:  # faiss raises RuntimeError and others on bad input
         raise IndexFormatError(f"{path}: corrupt FAISS index ({str(exc)[:80]}); {fix}") from None
     digest.update(f.read())
@@ -197,7 +196,7 @@ def _check_meta(meta, path: Path, fix: str) -> dict:
             raise bad(f"'scales' lacks {', '.join(missing)}")
     names = meta["faiss_files"]
     flat, ivf = sorted(FLAT_FILES.values()), sorted(IVF_FILES.values())
-    allowed = [[]]
+    allowed: list[list[str]] = [[]]
     if meta["faiss_indexes"] and grid is not None:
         allowed = [flat] + ([sorted(flat + ivf)] if meta["ivf_nlist"] is not None else [])
     if sorted(names) not in allowed:
@@ -216,7 +215,7 @@ def _check_meta(meta, path: Path, fix: str) -> dict:
     return meta
 
 
-class IndexStorage:
+class IndexStorage(IndexState):
     """`HashIndex.write` / `HashIndex.read` and the lazy loading of FAISS files."""
 
     def _faiss_files(self) -> dict:
@@ -314,7 +313,7 @@ class IndexStorage:
     @classmethod
     def read(
         cls, directory, codes_normal, codes_abnormal, volume_ids, *, verify: bool = True
-    ) -> HashIndex:
+    ) -> Self:
         """Load an index written by `write`, with the caller's code grids and volume ids.
 
         Every file is checked against the size and sha256 hashindex.json records (``verify``:

@@ -147,7 +147,7 @@ class TorchScan:
         V = np.full((B, topq), -1, np.int64)
         rows = torch.arange(self.n, device=self.device)
         for i in range(B):
-            sums = {}
+            sums: dict = {}
             d = self.distances(
                 {b: q_reps[b][i] for b in q_reps},
                 {b: q_sq[b][i] for b in q_sq},

@@ -1,0 +1,64 @@
+"""The state of a `HashIndex`, shared by its construction, search and storage modules.
+
+`hashindex.index` builds an index and adds rows, `hashindex.search` answers queries and
+`hashindex.storage` writes and reads it; each is a class over this one set of attributes.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hashindex.distances import BOOKS, CodebookTables
+from hashindex.engines import FaissHamming
+
+if TYPE_CHECKING:
+    from hashindex.fastscan import FastScan
+
+
+class IndexState:
+    """Codebook tables, stored rows and the engines' copies of them.
+
+    tables: per codebook its `CodebookTables`; grid: (h, w) of the stored grids, None while
+    empty; codes: per codebook (N, P) representative ids; row_sqnorm: per codebook (N,) ‖r‖²;
+    volume_ids: (N,) int64; scales: the normalized-sum scales; flat / ivf: FAISS indexes per
+    mode.
+    """
+
+    codes: dict[str, Any]
+    row_sqnorm: dict[str, Any]
+    _vol_unique: np.ndarray
+    _vol_index: np.ndarray
+
+    def __init__(self, tables: dict, report: dict, *, ivf_nlist=None, seed=0, faiss_indexes=True):
+        self.tables: dict[str, CodebookTables] = tables
+        self._report = report
+        self.ivf_nlist = ivf_nlist
+        self.seed = seed
+        self.faiss_indexes = faiss_indexes
+        self.grid: tuple[int, int] | None = None
+        self.codes = {b: None for b in BOOKS}  # (N, P) representative ids
+        self.row_sqnorm = {b: None for b in BOOKS}  # (N,) float64
+        self.volume_ids = np.zeros(0, np.int64)
+        self.scales: dict[str, float] = {}
+        self._fast: FastScan | None = None  # built by the first fastscan query
+        self._torch: Any = None  # TorchScan, built by the first torch query (imports torch)
+        self.flat: dict[str, FaissHamming] = {}
+        self.ivf: dict[str, FaissHamming] = {}
+        # FAISS files opened by `read` and loaded on first use: name -> (open file, entry, verify)
+        self._pending: dict[str, tuple] = {}
+        self._pending_lock = threading.Lock()
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.volume_ids.size)
+
+    @property
+    def report(self) -> dict:
+        return self._report
+
+    def _append(self, codes_normal, codes_abnormal, volume_ids, *, estimate_scales=True) -> None:
+        """Store rows (defined by `hashindex.index.HashIndex`)."""
+        raise NotImplementedError
