@@ -50,6 +50,8 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fdn hashindex cli benchmarks tests
+	$(VENV)/bin/ruff format --check fdn hashindex cli benchmarks tests
+	$(VENV)/bin/mypy
 
 # The main job on an embedded default: a fresh synthetic archive (never seen in training), the
 # shipped CPU model (models/cpu-64, trained by the command in its TRAIN_COMMAND.txt), an index,

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
+from zarr.codecs import BloscCodec
 
 from fdn import __version__
 from fdn.checkpoint import CONFIG_FILE, WEIGHTS_FILE
@@ -116,7 +117,11 @@ def _assemble(
 ):
     """Write codes.zarr, slices.parquet and the hash indexes into `staging` from the encoded
     cases of `index_dir`."""
-    normals, abnormals, volume_ids, columns = (
+    columns: dict[str, list]
+    normals: list[np.ndarray]
+    abnormals: list[np.ndarray]
+    volume_id_parts: list[np.ndarray]
+    normals, abnormals, volume_id_parts, columns = (
         [],
         [],
         [],
@@ -149,7 +154,7 @@ def _assemble(
         start = len(columns["row"])
         normals.append(normal)
         abnormals.append(abnormal)
-        volume_ids.append(np.full(n, volume_id, dtype=np.int64))
+        volume_id_parts.append(np.full(n, volume_id, dtype=np.int64))
         columns["row"].extend(range(start, start + n))
         columns["case"].extend([case] * n)
         columns["slice"].extend(range(n))
@@ -161,7 +166,7 @@ def _assemble(
         columns["series_uids"].extend([series_uids or None] * n)
     normal = np.concatenate(normals)
     abnormal = np.concatenate(abnormals)
-    volume_ids = np.concatenate(volume_ids)
+    volume_ids = np.concatenate(volume_id_parts)
 
     _write_codes(staging / CODES, normal, abnormal, checksum)
 
@@ -207,7 +212,7 @@ def _write_codes(target: Path, normal: np.ndarray, abnormal: np.ndarray, checksu
             chunks=(CHUNK_ROWS, *array.shape[1:]),
             dtype="uint16",
             # lz4 on byte-shuffled codes: as small as zstd here, 3x faster to open (1M slices)
-            compressors=zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+            compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
             config={"write_empty_chunks": True},
         )
         stored[:] = array

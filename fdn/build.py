@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fdn.assemble import assemble_index, grid_of
 from fdn.checkpoint import CONFIG_FILE, load_model, model_checksum
@@ -283,7 +284,7 @@ def _make_plan(
             f"directory, or delete this one to rebuild it with this model."
         )
     grid = grid_of(config)
-    plan = {
+    plan: dict[str, Any] = {
         "model_checksum": checksum,
         "model_dir": str(model_dir),
         "preset": _preset_of(model_dir),

@@ -184,7 +184,9 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tup
             "belongs to another config; retrain or restore it"
         ) from e
     # channels_last, as in training: the same memory format gives bit-identical outputs
-    model.to(device).to(memory_format=torch.channels_last).eval()
+    model.to(device)
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack it
+    model.eval()
     return model, config
 
 

@@ -82,7 +82,7 @@ def evaluate_model(
     archive = Archive(archive_root)
     rec_plus, rec_minus, n_pixels = [], [], None
     dices: dict[str, list[float]] = {name: [] for name in CLASS_NAMES.values()}
-    leak = {
+    leak: dict[str, Any] = {
         "xhat_minus_in_lesion": [],
         "xhat_minus_outside": [],
         "x_in_lesion": [],

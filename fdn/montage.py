@@ -64,7 +64,7 @@ class SliceLoader:
     def __init__(self, size: int, roots: list[str]):
         self.size = size
         self.roots = list(roots)
-        self._volumes = {}
+        self._volumes: dict = {}
 
     def load(self, case: str, source: str, slice_index: int):
         if case not in self._volumes:
@@ -102,6 +102,8 @@ def draw_retrieval_montage(
     check_write_target(out_path)
     loader = SliceLoader(index.manifest.input_size, index.manifest.archive_roots)
     if query_image is None:
+        if query_case is None or query_source is None:
+            raise ValueError("a montage needs the query's image, or its case and source")
         query_image, seg, anat = loader.load(query_case, query_source, query_slice)
     else:
         seg, anat = query_labels or (None, None)

@@ -30,6 +30,7 @@ import time
 import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -438,6 +439,7 @@ def load_query_slice(files: dict[str, Path], size: int, case_id: str, slice_inde
     mean, std = zscore(raw.image, brain) if brain.any() else (None, None)
     if mean is None or np.any(std <= 1e-6 * np.maximum(np.abs(mean), 1)):
         preprocess(raw, size)  # raises the archive reader's own error for this case
+    assert mean is not None and std is not None  # preprocess raised otherwise
     shift = mean.astype(np.float32).reshape(-1, 1, 1)
     scale = std.astype(np.float32).reshape(-1, 1, 1)
     x = raw.image[..., slice_index]  # (C, H, W)
@@ -459,7 +461,8 @@ def check_nifti_sizes(case_id: str, files: dict[str, Path], max_voxels: int) -> 
 
     for key, path in files.items():
         try:
-            shape = tuple(int(n) for n in nib.load(path).shape)  # reads the header only
+            header: Any = nib.load(path)  # reads the header only
+            shape = tuple(int(n) for n in header.shape)
         except Exception as exc:  # nibabel raises many types for a file that is not NIfTI
             raise CaseError(
                 case_id,

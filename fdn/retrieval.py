@@ -17,6 +17,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -304,7 +305,7 @@ def _read_codes(index_dir: Path, manifest: Manifest, verify: bool) -> tuple[np.n
         path = index_dir / CODES / name
         try:
             group = zarr.open_group(zarr.storage.MemoryStore(store, read_only=True), mode="r")
-            stored = group[name]
+            stored: Any = group[name]  # a zarr Array (the group holds only arrays)
             n_chunks = sum(1 for key in store if key.startswith(f"{name}/c"))
             if n_chunks != stored.nchunks:
                 raise IndexDirError(

@@ -191,6 +191,8 @@ class ShardedIndex:
         self.client = client
         self.paths = [str((folder / s["path"]).resolve()) for s in listing["shards"]]
         self.offsets = np.array([s["row_offset"] for s in listing["shards"]], np.int64)
+        # open here (threads) or on the workers (None here)
+        self.shards: list[ArchiveIndex] | None
         if client is None:
             with ThreadPoolExecutor(len(self.paths)) as pool:
                 self.shards = list(pool.map(_shard, self.paths))
@@ -211,12 +213,14 @@ class ShardedIndex:
         self._volume = {c: v for v, c in enumerate(self._cases)}
         self.codes_normal = _GlobalCodes(self, "normal")
         self.codes_abnormal = _GlobalCodes(self, "abnormal")
-        first = open_index(self.paths[0], verify=False) if client is not None else self.shards[0]
+        first = (
+            self.shards[0] if self.shards is not None else open_index(self.paths[0], verify=False)
+        )
         self.manifest = replace(
             first.manifest, n_slices=int(listing["n_slices"]), n_cases=len(self._cases)
         )
         self._first = first
-        self._table = None
+        self._table: dict | None = None
 
     @property
     def cases(self) -> list[str]:

@@ -87,7 +87,8 @@ class Trainer:
         self.config, self.slices, self.preset, self.seed = config, slices, preset, seed
         self.device = device
         torch.manual_seed(seed)
-        self.model = FDN(config).to(device).to(memory_format=torch.channels_last)
+        self.model = FDN(config).to(device)
+        self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack it
         self.critic = Critic(config.code_dim, config.latent_size).to(device)
         self.opt_model = torch.optim.Adam(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -61,7 +61,7 @@ class Slice(NamedTuple):
     """One axial slice: image (4, size, size) float32; seg, anat (size, size) uint8 or None."""
 
     case: str
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index: the slice number reads best
     image: np.ndarray
     seg: np.ndarray | None
     anat: np.ndarray | None
@@ -136,7 +136,9 @@ def read_case(files: dict[str, Path], case_id: str) -> RawCase:
             )
 
     channels = []
-    reference_key, reference_shape, reference_affine = None, None, None
+    reference_key: str | None = None
+    reference_shape: tuple | None = None
+    reference_affine: Any = None
     raw: dict[str, np.ndarray] = {}
     for key in (*SEQUENCES, *[k for k in OPTIONAL_FILES if k in files]):
         path = files[key]
@@ -222,15 +224,17 @@ def preprocess(raw: RawCase, size: int) -> Volume:
             else np.ascontiguousarray(resize_labels(np.transpose(y, (2, 0, 1)), size))
         )
 
+    brain_mask = labels(brain)
+    assert brain_mask is not None
     return Volume(
         case=raw.case,
         image=normalise(raw.image),
-        brain=labels(brain),
+        brain=brain_mask,
         seg=labels(raw.seg),
         anat=labels(raw.anat),
         pseudohealthy=None if raw.pseudohealthy is None else normalise(raw.pseudohealthy),
         files=dict(raw.files),
-        shape=tuple(int(n) for n in raw.image.shape[1:]),
+        shape=(int(raw.image.shape[1]), int(raw.image.shape[2]), int(raw.image.shape[3])),
     )
 
 

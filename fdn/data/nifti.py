@@ -23,6 +23,7 @@ import os
 import stat
 import zlib
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -125,12 +126,13 @@ def _header(head: bytes, path: Path, file_bytes: int | None):
     return image_class, end
 
 
-def _gunzip(f, path: Path) -> tuple[bytes, type, int]:
+def _gunzip(f, path: Path) -> tuple[bytes, Any, int]:
     """Decompress a whole gzip file, checking each member's CRC-32 and length, and stopping as
     soon as the output passes what the NIfTI header claims. Returns (bytes, image class, end)."""
     pieces, size = [], 0
     limit = None  # set once the header is parsed
-    image_class = end = None
+    image_class: Any = None
+    end: Any = None
     d = zlib.decompressobj(wbits=31)
     buf = b""
     try:

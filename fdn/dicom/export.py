@@ -20,6 +20,7 @@ import argparse
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -72,7 +73,7 @@ def _uid(*parts) -> str:
     return generate_uid(UID_ROOT, entropy_srcs=[str(p) for p in parts])
 
 
-def _ds_number(value: float) -> str:
+def _ds_number(value: float | np.floating) -> str:
     """A DS value: at most 16 characters."""
     text = f"{value:.6f}".rstrip("0").rstrip(".")
     return text if len(text) <= 16 else f"{value:.10g}"[:16]
@@ -110,7 +111,7 @@ def export_series(
     folder.mkdir(parents=True, exist_ok=True)
     nx, ny, nz = stored.shape
     for k in range(nz):
-        sop_uid = _uid(series_uid, k)
+        sop_uid: Any = _uid(series_uid, k)  # a str that pydicom takes as a UID
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = MRImageStorage
         meta.MediaStorageSOPInstanceUID = sop_uid
@@ -190,7 +191,7 @@ def export_case(
     }
     exported = ExportedStudy(out, study_uid)
     for number, sequence in enumerate(sequences, start=1):
-        image = nib.load(files[sequence])
+        image: Any = nib.load(files[sequence])  # a Nifti1Image
         volume = np.asarray(image.dataobj, dtype=np.float32)
         affine = rotated_affine(image.affine, volume.shape, rotate_deg)
         series_uid = _uid("series", patient_id, seed, sequence)

@@ -329,6 +329,7 @@ def load_series(
         pixels.append(raw.astype(np.float64) * slope + intercept)  # (rows, cols)
         if first is None:
             first = dataset
+    assert first is not None, "a series has at least one instance"
     thickness = first.get("SliceThickness")
     try:
         stack = stack_slices(headers, float(thickness) if thickness else None)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -60,10 +61,10 @@ class BearerAuth(requests.auth.AuthBase):
 
 
 def load_credentials(
-    auth_file: str | Path | None = None, environ: dict | None = None
+    auth_file: str | Path | None = None, environ: Mapping[str, str] | None = None
 ) -> requests.auth.AuthBase | None:
     """HTTP auth from `auth_file`, else the environment, else None (no authentication)."""
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     if auth_file is not None:
         path = Path(auth_file)
         try:
@@ -85,12 +86,12 @@ def load_credentials(
         raise DicomImportError(
             f'auth file {path} must hold "username" and "password", or "token" (strings)'
         )
-    if environ.get(ENV_TOKEN):
-        return BearerAuth(environ[ENV_TOKEN])
-    if environ.get(ENV_USERNAME):
-        if ENV_PASSWORD not in environ:
+    if env.get(ENV_TOKEN):
+        return BearerAuth(env[ENV_TOKEN])
+    if env.get(ENV_USERNAME):
+        if ENV_PASSWORD not in env:
             raise DicomImportError(f"{ENV_USERNAME} is set but {ENV_PASSWORD} is not; set both")
-        return requests.auth.HTTPBasicAuth(environ[ENV_USERNAME], environ[ENV_PASSWORD])
+        return requests.auth.HTTPBasicAuth(env[ENV_USERNAME], env[ENV_PASSWORD])
     return None
 
 

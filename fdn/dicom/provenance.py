@@ -47,7 +47,7 @@ def read_provenance(case_dir: str | Path, case: str) -> tuple[str | None, str | 
 def imported_studies(archive: str | Path) -> dict[str, str]:
     """StudyInstanceUID → case id of every case already imported into `archive`."""
     archive = Path(archive)
-    found = {}
+    found: dict = {}
     if not archive.is_dir():
         return found
     for case_dir in sorted(

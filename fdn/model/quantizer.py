@@ -31,6 +31,12 @@ class VectorQuantizer(nn.Module):
     that codes start where the data is).
     """
 
+    # buffers (register_buffer), declared for type checkers
+    codebook: torch.Tensor
+    cluster_size: torch.Tensor
+    embed_avg: torch.Tensor
+    initted: torch.Tensor
+
     def __init__(self, codebook_size: int, code_dim: int, decay: float = 0.99, eps: float = 1e-5):
         super().__init__()
         if not 0.0 <= decay < 1.0:

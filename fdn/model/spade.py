@@ -27,7 +27,7 @@ class SPADE(nn.Module):
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         if label.shape[-2:] != x.shape[-2:]:
             # Fig. 3: the layout is downsampled to each layer's resolution (area = mean pooling).
-            label = F.adaptive_avg_pool2d(label, x.shape[-2:])
+            label = F.adaptive_avg_pool2d(label, (int(x.shape[-2]), int(x.shape[-1])))
         actv = self.mlp_shared(label)
         return self.norm(x) * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
 

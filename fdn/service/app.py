@@ -450,7 +450,7 @@ class SecurityHeaders:
 
 def openapi_schema(routes) -> dict:
     """OpenAPI 3.1 from the operations attached to the route functions with `@openapi`."""
-    paths = {}
+    paths: dict = {}
     for route in routes:
         operation = getattr(route.endpoint, "openapi", None)
         if operation is None:

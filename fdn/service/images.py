@@ -60,7 +60,7 @@ class SliceImages:
         self.max_bytes = int(max_bytes)  # the cache keeps at least the last case read
         cases = np.asarray(index.table["case"]).astype(str)
         sources = np.asarray(index.table["source"]).astype(str)
-        self._source = {}
+        self._source: dict = {}
         for case, source in zip(cases, sources):
             self._source.setdefault(case, source)
         self._cache: OrderedDict[str, CaseImages] = OrderedDict()

