@@ -110,7 +110,10 @@ def test_packed_hamming_equals_table_sum(small_index):
     for book, g in (("normal", gn), ("abnormal", ga)):
         t = index.tables[book]
         packed = pack_grids(t.packed, g)
-        assert (packed.shape[1] * 8) % 8 == 0
+        # one byte-aligned block of ⌈E*/8⌉ bytes per grid position, in position order
+        P = g.shape[1] * g.shape[2]
+        assert packed.shape == (g.shape[0], P * t.packed.shape[1])
+        np.testing.assert_array_equal(packed[3, : t.packed.shape[1]], t.packed[g[3].ravel()[0]])
         bits = np.unpackbits(packed, axis=1)
         for a in range(0, 60, 7):
             for b in range(0, 60, 5):
