@@ -59,7 +59,9 @@ from hashindex.fileio import WriteTargetError, check_write_target
     help="Number of volumes to return (each hit from a different volume).",
 )
 @click.option(
+    "--engine",
     "--backend",
+    "engine",
     type=click.Choice(ENGINES),
     default="lut",
     show_default=True,
@@ -70,7 +72,7 @@ from hashindex.fileio import WriteTargetError, check_write_target
     "--nprobe",
     type=click.IntRange(1),
     default=None,
-    help="Lists probed by --backend faiss-ivf (1 to the index's nlist; only for faiss-ivf).",
+    help="Lists probed by --engine faiss-ivf (1 to the index's nlist; only for faiss-ivf).",
 )
 @click.option(
     "--normalized-sum",
@@ -94,7 +96,7 @@ def query(
     mode,
     distance,
     topq,
-    backend,
+    engine,
     nprobe,
     normalized_sum,
     include_same_volume,
@@ -123,7 +125,7 @@ def query(
             mode,
             distance=distance,
             topq=topq,
-            backend=backend,
+            engine=engine,
             nprobe=nprobe,
             normalized_sum=normalized_sum,
             include_same_volume=include_same_volume,
@@ -172,7 +174,7 @@ def query(
     results = {m: (r.hits, r.search_seconds) for m, r in result.results.items()}
     for m, (hits, secs) in results.items():
         click.echo(
-            f"\nQuery {query_name} — mode {m}, {distance} distance, {backend}: "
+            f"\nQuery {query_name} — mode {m}, {distance} distance, {engine}: "
             f"{len(hits)} volumes in {secs * 1000:.1f} ms"
         )
         dicom = any(h.study_uid for h in hits)  # imported with import-dicom: show the study

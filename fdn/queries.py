@@ -12,7 +12,7 @@ with the index's own model. Either way the answer is a `QueryResult` whose `to_d
 one JSON schema shared by `query --json` and the HTTP API:
 
     {"query": "SYN_003 slice 30", "index": "...", "query_case": "SYN_003", "query_slice": 30,
-     "external": false, "modes": [...], "distance": "hamming", "backend": "lut", "topq": 6,
+     "external": false, "modes": [...], "distance": "hamming", "engine": "lut", "topq": 6,
      "normalized_sum": false, "include_same_volume": false, "nprobe": null,
      "load_seconds": 0.0, "encode_seconds": 0.0, "query_seconds": 0.004,
      "results": {"normal": {"search_seconds": 0.001, "hits": [{rank, row, case, slice,
@@ -59,7 +59,7 @@ class QueryOptions:
     modes: tuple[str, ...]
     distance: str = "hamming"
     topq: int = 10
-    backend: str = "lut"
+    engine: str = "lut"
     nprobe: int | None = None
     normalized_sum: bool = False
     include_same_volume: bool = False
@@ -69,7 +69,7 @@ class QueryOptions:
         return dict(
             distance=self.distance,
             topq=self.topq,
-            engine=self.backend,
+            engine=self.engine,
             nprobe=self.nprobe,
             normalized_sum=self.normalized_sum,
         )
@@ -80,7 +80,7 @@ def query_options(
     *,
     distance: str = "hamming",
     topq: int = 10,
-    backend: str = "lut",
+    engine: str = "lut",
     nprobe: int | None = None,
     normalized_sum: bool = False,
     include_same_volume: bool = False,
@@ -103,8 +103,8 @@ def query_options(
                 expanded.append(one)
     if distance not in DISTANCES:
         raise QueryError(f"distance must be one of {', '.join(DISTANCES)}; got {distance!r}")
-    if backend not in ENGINES:
-        raise QueryError(f"backend must be one of {', '.join(ENGINES)}; got {backend!r}")
+    if engine not in ENGINES:
+        raise QueryError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
     topq = _as_int("topq", topq)
     if topq < 1:
         raise QueryError(f"topq must be at least 1; got {topq}")
@@ -118,7 +118,7 @@ def query_options(
         modes=tuple(expanded),
         distance=distance,
         topq=topq,
-        backend=backend,
+        engine=engine,
         nprobe=nprobe,
         normalized_sum=bool(normalized_sum),
         include_same_volume=bool(include_same_volume),
@@ -182,7 +182,7 @@ class QueryResult:
             "external": self.external,
             "modes": list(o.modes),
             "distance": o.distance,
-            "backend": o.backend,
+            "engine": o.engine,
             "topq": o.topq,
             "normalized_sum": o.normalized_sum,
             "include_same_volume": o.include_same_volume,
@@ -330,7 +330,7 @@ def run_slice_query(
     """Volume-wise top-Q for slice `slice_index` of `case`, a case of the index (its
     largest-lesion slice, else its middle one, when None).
 
-    option_values: those of `query_options` (distance, topq, backend, nprobe, normalized_sum,
+    option_values: those of `query_options` (distance, topq, engine, nprobe, normalized_sum,
     include_same_volume), or pass checked `options`. lock: held around each search (a shared
     index is searched by one thread at a time).
     """

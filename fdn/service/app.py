@@ -99,7 +99,7 @@ QUERY_PARAMS = [
         default=10,
         description="Number of volumes (each hit from a different volume).",
     ),
-    _param("backend", enum=list(ENGINES), default="lut", description="Search engine."),
+    _param("engine", enum=list(ENGINES), default="lut", description="Search engine."),
     _param("nprobe", kind="integer", minimum=1, description="Lists probed by faiss-ivf."),
     _param(
         "normalized_sum",
@@ -498,7 +498,7 @@ def openapi_schema(routes) -> dict:
             "external": {"type": "boolean"},
             "modes": {"type": "array", "items": {"type": "string"}},
             "distance": {"type": "string"},
-            "backend": {"type": "string"},
+            "engine": {"type": "string"},
             "topq": {"type": "integer"},
             "normalized_sum": {"type": "boolean"},
             "include_same_volume": {"type": "boolean"},

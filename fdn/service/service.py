@@ -65,7 +65,8 @@ def parse_options(params) -> dict:
         mode=[m for m in str(mode).split(",") if m] or ["sum"],
         distance=params.get("distance") or "hamming",
         topq=params.get("topq") or 10,
-        backend=params.get("backend") or "lut",
+        # "backend" is the name an earlier API used for the engine
+        engine=params.get("engine") or params.get("backend") or "lut",
         nprobe=None if nprobe in (None, "") else nprobe,
         normalized_sum=parse_bool("normalized_sum", params.get("normalized_sum", "")),
         include_same_volume=parse_bool(
@@ -132,7 +133,7 @@ class QueryService:
             "fdn_index_version": m.fdn_index_version,
             "modes": [*MODES, "all"],
             "distances": list(DISTANCES),
-            "backends": list(ENGINES),
+            "engines": list(ENGINES),
             "sequences": list(SEQUENCES),
             "overlays": list(OVERLAYS),
             "upload_keys": list(UPLOAD_KEYS),

@@ -121,8 +121,8 @@ def test_reordered_rows_of_faiss_sum_are_refused_on_first_faiss_use(index):
     swapped = faiss.IndexBinaryFlat(flat.d)
     swapped.add(np.ascontiguousarray(rows[order]))
     (index / "faiss_sum.index").write_bytes(faiss.serialize_index_binary(swapped).tobytes())
-    assert query(index, "--backend", "lut").exit_code == 0  # lut never reads the FAISS files
-    result = query(index, "--backend", "faiss-flat", "--mode", "sum")
+    assert query(index, "--engine", "lut").exit_code == 0  # lut never reads the FAISS files
+    result = query(index, "--engine", "faiss-flat", "--mode", "sum")
     assert result.exit_code != 0
     assert "faiss_sum.index: sha256" in result.output
 
@@ -205,7 +205,7 @@ def test_manifest_names_outside_the_folder_are_refused(index):
 def test_a_fifo_in_place_of_a_file_is_refused_without_hanging(index, name):
     (index / name).unlink()
     os.mkfifo(index / name)
-    result = query(index, "--backend", "faiss-flat")
+    result = query(index, "--engine", "faiss-flat")
     assert result.exit_code != 0
     assert f"{name}: not a regular file" in result.output
 
@@ -244,9 +244,9 @@ def test_a_huge_topq_is_capped_at_the_number_of_volumes(built_index):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--backend", "lut", "--nprobe", 2], "nprobe"),
-        (["--backend", "faiss-flat", "--nprobe", 2], "nprobe"),
-        (["--backend", "faiss-ivf", "--nprobe", 0], "--nprobe"),
+        (["--engine", "lut", "--nprobe", 2], "nprobe"),
+        (["--engine", "faiss-flat", "--nprobe", 2], "nprobe"),
+        (["--engine", "faiss-ivf", "--nprobe", 0], "--nprobe"),
     ],
 )
 def test_nprobe_is_refused_where_it_does_nothing(built_index, args, message):

@@ -44,8 +44,8 @@ EXACT = [b for b in ENGINES if b not in ("faiss-flat", "faiss-ivf")]  # lut, num
 ENGINE_DISTANCES = [(b, d) for b in EXACT for d in DISTANCES]
 
 
-@pytest.mark.parametrize("backend, distance", [*ENGINE_DISTANCES, ("faiss-flat", "hamming")])
-def test_query_hits_equal_numpy_brute_force(client, service, brute, distance, backend):
+@pytest.mark.parametrize("engine, distance", [*ENGINE_DISTANCES, ("faiss-flat", "hamming")])
+def test_query_hits_equal_numpy_brute_force(client, service, brute, distance, engine):
     index = service.index
     case, z, row = lesion_slice(index)
     r = client.get(
@@ -56,7 +56,7 @@ def test_query_hits_equal_numpy_brute_force(client, service, brute, distance, ba
             "mode": "all",
             "distance": distance,
             "topq": 3,
-            "backend": backend,
+            "engine": engine,
         },
     )
     assert r.status_code == 200, r.text
@@ -118,7 +118,7 @@ def test_api_result_is_the_library_result(client, service):
     [
         ({"mode": "lesion"}, "mode"),
         ({"distance": "cosine"}, "distance"),
-        ({"backend": "gpu"}, "backend"),
+        ({"engine": "gpu"}, "engine"),
         ({"topq": "0"}, "topq"),
         ({"topq": "ten"}, "topq"),
         ({"topq": "1000"}, "topq"),
@@ -132,8 +132,8 @@ def test_bad_options_get_the_library_message(client, service, params, field):
     assert r.status_code == 400
     message = r.json()["error"]
     assert message.startswith(f"{field} must be")
-    if field in ("mode", "distance", "backend", "topq") and params.get("topq") != "1000":
-        keyword = {"mode": "mode", "distance": "distance", "backend": "backend", "topq": "topq"}
+    if field in ("mode", "distance", "engine", "topq") and params.get("topq") != "1000":
+        keyword = {"mode": "mode", "distance": "distance", "engine": "engine", "topq": "topq"}
         with pytest.raises(QueryError) as caught:
             query_options(**{keyword[field]: list(params.values())[0]})
         assert message == str(caught.value)
@@ -158,12 +158,12 @@ def test_info_and_health(client, service):
         m.input_size,
     )
     assert info["sequences"] == ["t1", "t1ce", "t2", "flair"]
-    assert info["backends"] == list(ENGINES)
+    assert info["engines"] == list(ENGINES)
     spec = client.get("/openapi.json").json()
-    backend = next(
-        p for p in spec["paths"]["/api/query"]["get"]["parameters"] if p["name"] == "backend"
+    engine = next(
+        p for p in spec["paths"]["/api/query"]["get"]["parameters"] if p["name"] == "engine"
     )
-    assert backend["schema"]["enum"] == list(ENGINES)
+    assert engine["schema"]["enum"] == list(ENGINES)
     health = client.get("/api/health").json()
     assert health["status"] == "ok" and health["n_slices"] == m.n_slices
 

@@ -119,7 +119,7 @@ function queryParams() {
     mode: state.mode,
     distance: $("distance").value,
     topq: $("topq").value || "6",
-    backend: $("backend").value,
+    engine: $("engine").value,
   });
   if ($("normalized-sum").checked) p.set("normalized_sum", "true");
   return p;
@@ -157,7 +157,7 @@ function showResult(result, roundTripMs) {
     block.className = "mode-block";
     block.dataset.mode = mode;
     const title = document.createElement("h3");
-    title.textContent = `${MODE_TITLES[mode] || mode} (${result.distance}, ${result.backend})`;
+    title.textContent = `${MODE_TITLES[mode] || mode} (${result.distance}, ${result.engine})`;
     block.appendChild(title);
     const grid = document.createElement("div");
     grid.className = "grid";
@@ -234,7 +234,7 @@ async function main() {
     `${info.index}: ${info.n_cases} cases, ${info.n_slices} slices · model ${info.preset || "custom"} ` +
     `(${info.input_size}², grid ${info.grid.join("×")})`;
   fillSelect($("distance"), info.distances, "hamming");
-  fillSelect($("backend"), info.backends, "lut");
+  fillSelect($("engine"), info.engines, "lut");
   await loadCases();
 
   $("case-filter").addEventListener("input", () => loadCases().catch((e) => setMessage(e.message, true)));
@@ -248,7 +248,7 @@ async function main() {
     clearTimeout(sliderTimer);
     sliderTimer = setTimeout(() => navigate({ slice }, false), 60);
   });
-  for (const id of ["sequence", "overlay-seg", "overlay-anat", "distance", "topq", "backend", "normalized-sum"]) {
+  for (const id of ["sequence", "overlay-seg", "overlay-anat", "distance", "topq", "engine", "normalized-sum"]) {
     $(id).addEventListener("change", () => render());
   }
   for (const tab of document.querySelectorAll("#mode-tabs button")) {
