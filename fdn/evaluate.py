@@ -26,7 +26,7 @@ from fdn.model import FDN, FDNConfig
 from hashindex.binarize import ZERO_NORM
 from hashindex.fileio import check_write_target, save_figure
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 CLASS_NAMES = {1: "NET", 2: "ED", 3: "ET"}
 

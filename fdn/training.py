@@ -47,7 +47,7 @@ from fdn.model import FDN, Critic, FDNConfig
 from fdn.training_data import HalfHalfSampler, SliceSet, augment, load_slices
 from hashindex.fileio import atomic_write, check_write_target, save_figure
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 COMMAND_FILE = "TRAIN_COMMAND.txt"
@@ -263,7 +263,7 @@ def train(
     if kwargs.get("resume"):
         size = read_config(model_dir).image_size
     slices = load_slices(archive_root, size, skip_bad=kwargs.pop("skip_bad", False))
-    logger.info("%d training slices (%d diseased)", len(slices), int(slices.diseased.sum()))
+    log.info("%d training slices (%d diseased)", len(slices), int(slices.diseased.sum()))
     return train_on_slices(slices, model_dir, config, preset, **kwargs)
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from fdn.errors import ArchiveError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,7 +62,7 @@ def load_slices(archive_root: str | Path, size: int, skip_bad: bool = False) -> 
     for vol in archive.iter_volumes(size, skip_bad=skip_bad):
         keep = np.flatnonzero(vol.brain.reshape(vol.brain.shape[0], -1).any(1))
         if keep.size == 0:
-            logger.warning("case %s has no brain voxel at all; skipped", vol.case)
+            log.warning("case %s has no brain voxel at all; skipped", vol.case)
             continue
         images.append(torch.from_numpy(np.ascontiguousarray(vol.image[keep])).half())
         if vol.seg is None:

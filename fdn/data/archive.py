@@ -27,7 +27,7 @@ from fdn.data.case import (
 from fdn.data.labels import OPTIONAL_FILES, SEQUENCES
 from fdn.errors import ArchiveError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 FILE_KEYS = SEQUENCES + OPTIONAL_FILES
 EXTENSIONS = (".nii.gz", ".nii")
@@ -271,7 +271,7 @@ class Archive:
 
     def _record(self, error: CaseError) -> None:
         bad = BadCase(error.case, error.file, error.fault)
-        logger.warning("skipping bad case: %s", error)
+        log.warning("skipping bad case: %s", error)
         if all(b.case != bad.case for b in self.bad):
             self.bad.append(bad)
 

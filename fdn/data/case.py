@@ -21,7 +21,7 @@ from fdn.data.nifti import NiftiError, read_nifti
 from fdn.data.resize import resize_images, resize_labels
 from fdn.errors import ArchiveError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 AFFINE_TOLERANCE_MM = 1e-3
 

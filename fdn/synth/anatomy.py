@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # FreeSurfer aseg / Desikan–Killiany codes -> our six normal-anatomy labels
 # (1 left cerebrum, 2 right cerebrum, 3 left cerebellum, 4 right cerebellum,
@@ -132,5 +132,5 @@ def load_template() -> Template:
     codes_filled = codes_on_template[tuple(nearest)]
     anat = freesurfer_to_anat(codes_filled, xyz[0]) * (brain > 0.5)
     depth = ndimage.distance_transform_edt(brain > 0.5).astype(np.float32)
-    logger.debug("template loaded: shape %s, anat labels %s", brain.shape, np.unique(anat))
+    log.debug("template loaded: shape %s, anat labels %s", brain.shape, np.unique(anat))
     return Template(gm, wm, csf, brain, anat.astype(np.uint8), depth, affine)

@@ -44,10 +44,10 @@ from scipy import ndimage
 from fdn.data.labels import ANAT_LABELS, SEQUENCES
 from fdn.synth.anatomy import Template, load_template
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
-MANIFEST = "synth.json"
+SYNTH_LISTING = "synth.json"
 FOV_MM = (240.0, 240.0, 155.0)
 # The field of view is centred here (MNI mm): the middle of the template's brain mask in x/y,
 # slightly above it in z so that, when the FOV is too short, the lower brain stem is cut first.
@@ -466,7 +466,7 @@ def synthesize_archive(
     if out.exists():
         if not out.is_dir():
             raise FileExistsError(f"{out} exists and is not a folder; choose another output path")
-        previous = out / MANIFEST
+        previous = out / SYNTH_LISTING
         if previous.is_file() and not overwrite:
             try:
                 same = {
@@ -475,7 +475,7 @@ def synthesize_archive(
             except (OSError, json.JSONDecodeError):
                 same = False
             if same and all((out / cid).is_dir() for cid in ids):
-                logger.info("%s already holds this archive; nothing to do", out)
+                log.info("%s already holds this archive; nothing to do", out)
                 return ids
         if any(out.iterdir()) and not overwrite:
             raise FileExistsError(
@@ -508,7 +508,7 @@ def synthesize_archive(
         manifest["shape"] = list(config.shape)
         manifest["anat_labels"] = ANAT_LABELS
         manifest["case_list"] = cases
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        (staging / SYNTH_LISTING).write_text(json.dumps(manifest, indent=2))
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
