@@ -87,7 +87,7 @@ class CodebookTables:
     def to_reps(self, codes: np.ndarray) -> np.ndarray:
         """(N, h, w) uint16 code indices → (N, P) representative ids (uint8 when R ≤ 256)."""
         return np.ascontiguousarray(
-            self.rep_of[codes.reshape(codes.shape[0], -1)].astype(self.code_dtype)
+            self.rep_of[codes.reshape(codes.shape[0], _positions(codes))].astype(self.code_dtype)
         )
 
     def row_sqnorms(self, rep_codes: np.ndarray) -> np.ndarray:
@@ -106,6 +106,11 @@ class CodebookTables:
         if distance == "angular":
             return np.ascontiguousarray(self.gram[q_reps])
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+
+
+def _positions(codes: np.ndarray) -> int:
+    """h·w of grids (N, h, w), also for N = 0 (where reshape(N, -1) cannot infer it)."""
+    return int(np.prod(codes.shape[1:]))
 
 
 def finish(
@@ -127,3 +132,25 @@ def finish(
     out = np.arccos(cos) / np.pi
     out[(q_sqnorm == 0) & (r_sqnorm == 0)] = 0.0
     return out
+
+
+def image_distance(
+    distance: str,
+    sums: dict[str, np.ndarray],
+    q_sqnorm: dict[str, float],
+    r_sqnorm: dict[str, np.ndarray],
+    scales: dict[str, float] | None = None,
+) -> np.ndarray:
+    """S_normal, S_abnormal or S_sum from per-codebook table sums (N,): each codebook's sums
+    turned into its distance by `finish`, divided by its scale when `scales` are given (the
+    normalized S_sum), and added in the order of `sums`. Every engine ends here, so their
+    distances agree bit for bit."""
+    total = None
+    for book, acc in sums.items():
+        d = finish(distance, acc, q_sqnorm[book], r_sqnorm[book])
+        if scales is not None:
+            d = d / scales[book]
+        total = d if total is None else total + d
+    if total is None:
+        raise ValueError("image_distance needs the sums of at least one codebook")
+    return total

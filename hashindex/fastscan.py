@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hashindex import _fastscan
-from hashindex.distances import finish
+from hashindex.distances import image_distance
 
 BLOCK = 64
 TABLE = 256
@@ -225,19 +225,21 @@ class FastScan:
         self, rows: np.ndarray, tables: dict, q_sq: dict, books, distance: str, normalized: bool
     ) -> np.ndarray:
         """Exact distances of `rows`, summed in position order as the reference engines do."""
-        total = None
+        sums = {}
         for book in books:
             table = tables[book]
             codes = self.codes[book][rows]
             acc = np.zeros(rows.size, np.int64 if table.dtype == np.int32 else np.float64)
             for p in range(table.shape[0]):
                 acc += table[p][codes[:, p]]
-            d = finish(distance, acc, q_sq[book], self.row_sqnorm[book][rows])
-            if normalized:
-                d = d / self.scales[f"{book}/{distance}"]
-            total = d if total is None else total + d
-        assert total is not None, "at least one codebook"
-        return total
+            sums[book] = acc
+        return image_distance(
+            distance,
+            sums,
+            q_sq,
+            {book: self.row_sqnorm[book][rows] for book in books},
+            {book: self.scales[f"{book}/{distance}"] for book in books} if normalized else None,
+        )
 
     def _top(
         self, rows: np.ndarray, dist: np.ndarray, q: int, exclude: int | None, by_volume: bool

@@ -27,5 +27,7 @@ def pack_grids(packed_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
     -------
     (N, h·w·nbytes) uint8
     """
-    flat = codes.reshape(codes.shape[0], -1)
-    return np.ascontiguousarray(packed_codes[flat].reshape(flat.shape[0], -1))
+    flat = codes.reshape(codes.shape[0], int(np.prod(codes.shape[1:])))
+    return np.ascontiguousarray(
+        packed_codes[flat].reshape(flat.shape[0], flat.shape[1] * packed_codes.shape[1])
+    )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hashindex.distances import BOOKS, DISTANCES, MODES, finish
+from hashindex.distances import BOOKS, DISTANCES, MODES, image_distance
 from hashindex.engines import ENGINES, SCANS
 from hashindex.fastscan import FastScan
 from hashindex.kernels import KERNELS
@@ -103,15 +103,22 @@ class IndexSearch(IndexState):
                 out,
             )
             return out
-        total = None
-        for book in books:
-            t = self.tables[book]
-            acc = SCANS[engine](self.codes[book], t.query_table(q_reps[book][b], distance))
-            d = finish(distance, acc, q_sq[book][b], self.row_sqnorm[book])
-            if normalized_sum and mode == "sum":
-                d = d / self.scales[f"{book}/{distance}"]
-            total = d if total is None else total + d
-        return total
+        sums = {
+            book: SCANS[engine](
+                self.codes[book], self.tables[book].query_table(q_reps[book][b], distance)
+            )
+            for book in books
+        }
+        scales = None
+        if normalized_sum and mode == "sum":
+            scales = {book: self.scales[f"{book}/{distance}"] for book in books}
+        return image_distance(
+            distance,
+            sums,
+            {book: q_sq[book][b] for book in books},
+            {book: self.row_sqnorm[book] for book in books},
+            scales,
+        )
 
     def _fastscan(self) -> FastScan:
         """The fastscan engine's block-transposed codes, made on first use after an add."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hashindex.distances import finish
+from hashindex.distances import image_distance
 
 CHUNK_ROWS = 1 << 22
 
@@ -180,15 +180,10 @@ class TorchScan:
 
     def _host_distances(self, sums, rows_dev, rows, q_sq, i, distance, normalized):
         """The hits' distances computed by `finish` from their sums, as the lut engine does."""
-        total = None
-        for book, acc in sums.items():
-            d = finish(
-                distance,
-                acc[rows_dev].cpu().numpy(),
-                q_sq[book][i],
-                self.row_sqnorm_host[book][rows],
-            )
-            if normalized:
-                d = d / self.scales[f"{book}/{distance}"]
-            total = d if total is None else total + d
-        return total
+        return image_distance(
+            distance,
+            {book: acc[rows_dev].cpu().numpy() for book, acc in sums.items()},
+            {book: q_sq[book][i] for book in sums},
+            {book: self.row_sqnorm_host[book][rows] for book in sums},
+            {book: self.scales[f"{book}/{distance}"] for book in sums} if normalized else None,
+        )

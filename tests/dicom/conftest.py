@@ -10,40 +10,21 @@ import shutil
 import socket
 import subprocess
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import requests
-import torch
 
-from fdn.checkpoint import save_checkpoint
 from fdn.data import Archive
 from fdn.dicom.export import export_case
 from fdn.dicom.importer import import_dicom
-from fdn.model import FDN, PRESETS
+from tests.pipeline.conftest import make_model_dir
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins")
 DICOMWEB_PLUGIN = ORTHANC_PLUGINS / "libOrthancDicomWeb.so"
 SLOPE, INTERCEPT = 0.5, -16.0
 ROTATE = (8.0, -12.0, 15.0)
-
-
-def make_model_dir(path, seed):
-    """A tiny FDN with seeded random weights (as tests/pipeline/conftest.py makes one)."""
-    torch.manual_seed(seed)
-    model = FDN(PRESETS["tiny"])
-    save_checkpoint(
-        path,
-        {
-            "model": model.state_dict(),
-            "config": asdict(PRESETS["tiny"]),
-            "preset": "tiny",
-            "step": 0,
-        },
-    )
-    return path
 
 
 def export_study(archive_root, case, out, **options):

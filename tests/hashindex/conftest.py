@@ -1,23 +1,10 @@
 """Fixtures for hashindex tests: small seeded codebooks (random, many zeros) and code grids."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-# tests/conftest.py puts tests/ on sys.path, where this folder (tests/hashindex, no __init__)
-# would be picked up as a namespace package named `hashindex` ahead of the editable install's
-# finder. Putting the repository root first makes `import hashindex` mean the real package.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if sys.path[0] != _ROOT:
-    sys.path.insert(0, _ROOT)
-if getattr(sys.modules.get("hashindex"), "__file__", "") is None:
-    del sys.modules["hashindex"]
-
-from hashindex_reference import make_codebook, make_grids  # noqa: E402
-
-from hashindex import HashIndex  # noqa: E402
+from hashindex import HashIndex
+from tests.hashindex.hashindex_reference import make_codebook, make_grids
 
 
 @pytest.fixture(scope="module", params=["random", "zeros"])

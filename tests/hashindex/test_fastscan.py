@@ -3,16 +3,16 @@ break pruning, checked against the numpy brute force and against the plain `lut`
 
 import numpy as np
 import pytest
-from hashindex_reference import (
+
+from hashindex import HashIndex, _fastscan
+from hashindex.fastscan import BLOCK, block_transpose, levels_for, quantize
+from tests.hashindex.hashindex_reference import (
     all_distances,
     assert_same_hits,
     make_codebook,
     make_grids,
     volume_topq,
 )
-
-from hashindex import HashIndex, _fastscan
-from hashindex.fastscan import BLOCK, block_transpose, levels_for, quantize
 
 MODES = ("normal", "abnormal", "sum")
 DISTANCES = ("hamming", "euclidean", "angular")

@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from hashindex_reference import code_bits, make_codebook
 
 from hashindex import HashIndex
 from hashindex.binarize import pair_indices, round_small_norms
 from hashindex.optimize import optimize_codebook
+from tests.hashindex.hashindex_reference import code_bits, make_codebook
 
 
 def nearest_sets(bits):

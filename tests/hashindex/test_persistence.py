@@ -8,9 +8,9 @@ import shutil
 import faiss
 import numpy as np
 import pytest
-from hashindex_reference import make_codebook, make_grids
 
 from hashindex import HashIndex, IndexFormatError
+from tests.hashindex.hashindex_reference import make_codebook, make_grids
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,16 @@
 
 import numpy as np
 import pytest
-from hashindex_reference import all_distances, assert_same_hits, code_bits, volume_topq
 
 from hashindex import DISTANCES, MODES, HashIndex
 from hashindex.engines import gpu_available
 from hashindex.packing import pack_grids
+from tests.hashindex.hashindex_reference import (
+    all_distances,
+    assert_same_hits,
+    code_bits,
+    volume_topq,
+)
 
 EXACT = ("lut", "fastscan", "torch", "numpy", "faiss-flat")
 
@@ -177,3 +182,13 @@ def test_gpu_flat_matches_cpu(small_index):
     b = index.search_volumes(gn[:4], ga[:4], 5, engine="lut")
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("engine", EXACT)
+def test_an_empty_batch_of_queries_gets_empty_answers(small_index, engine):
+    index, gn, ga, *_ = small_index
+    none = gn[:0]
+    hits = index.search_volumes(none, ga[:0], 3, engine=engine)
+    assert hits.rows.shape == hits.distances.shape == (0, 3)
+    D, I = index.search(none, ga[:0], 4, engine=engine)
+    assert D.shape == I.shape == (0, 4)

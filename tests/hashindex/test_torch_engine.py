@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from hashindex_reference import make_codebook, make_grids
 
 import hashindex.torch_engine as torch_engine
 from hashindex import HashIndex
+from tests.hashindex.hashindex_reference import make_codebook, make_grids
 
 torch = pytest.importorskip("torch")
 

@@ -1,9 +1,7 @@
 """Sharded indexes: split a built index, query every shard in parallel (threads, or a Dask
 LocalCluster) and merge; the hits equal the unsharded index's and the numpy brute force."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,15 +13,12 @@ from fdn.queries import run_slice_query
 from fdn.retrieval import open_index
 from fdn.shards import open_sharded, split_index
 
-REFERENCE = Path(__file__).resolve().parents[1] / "hashindex" / "hashindex_reference.py"
-
 
 @pytest.fixture(scope="module")
 def ref():
-    spec = importlib.util.spec_from_file_location("shards_hashindex_reference", REFERENCE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import tests.hashindex.hashindex_reference as reference
+
+    return reference
 
 
 @pytest.fixture(scope="module")

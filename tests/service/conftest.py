@@ -9,51 +9,31 @@ Everything is written inside pytest's tmp folders.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import threading
 import time
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-import torch
 
 from fdn.build import build_index
-from fdn.checkpoint import save_checkpoint
-from fdn.model import FDN, PRESETS
+from fdn.model import PRESETS
 from fdn.synth import synthesize_archive
 
 with warnings.catch_warnings():  # on import, starlette says it prefers httpx2 to the pinned httpx
     warnings.simplefilter("ignore")
     import starlette.testclient  # noqa: F401
 
+from tests.pipeline.conftest import make_model_dir  # noqa: E402  (after the warning filter)
+
 SIZE = PRESETS["tiny"].image_size
-REFERENCE = Path(__file__).resolve().parents[1] / "hashindex" / "hashindex_reference.py"
 
 
 def load_reference():
     """tests/hashindex/hashindex_reference.py: the plain-numpy brute force of the search tests."""
-    spec = importlib.util.spec_from_file_location("service_hashindex_reference", REFERENCE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import tests.hashindex.hashindex_reference as reference
 
-
-def make_model_dir(path, seed):
-    """A tiny FDN with seeded random weights, saved as a model directory (as tests/pipeline)."""
-    torch.manual_seed(seed)
-    model = FDN(PRESETS["tiny"])
-    save_checkpoint(
-        path,
-        {
-            "model": model.state_dict(),
-            "config": asdict(PRESETS["tiny"]),
-            "preset": "tiny",
-            "step": 0,
-        },
-    )
-    return path
+    return reference
 
 
 def checksums(folder: Path) -> dict[str, str]:

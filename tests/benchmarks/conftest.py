@@ -1,8 +1,0 @@
-"""The benchmarks package lives at the repository root and is not installed: import it from there."""
-
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
