@@ -8,6 +8,7 @@ import click
 
 from cli.options import device_option, skip_bad_option
 from fdn.errors import FdnError
+from fdn.model.config import PRESETS  # no torch: the config module is plain dataclasses
 from hashindex.fileio import WriteTargetError
 
 
@@ -30,9 +31,7 @@ def _command_line(ctx: click.Context) -> str:
 @click.argument("archive", type=click.Path(exists=True, file_okay=False))
 @click.option(
     "--preset",
-    type=click.Choice(
-        ["fdn-4x4", "fdn-8x8", "fdn-16x16", "fdn-32x32", "cpu-64", "cpu-128", "tiny"]
-    ),
+    type=click.Choice(list(PRESETS)),
     default="cpu-64",
     show_default=True,
     help="Model configuration: the paper's fdn-HxW (256² input, GPU), or a CPU "
@@ -130,7 +129,6 @@ def train(
     import torch
 
     from fdn.device import resolve_device, training_threads
-    from fdn.model import PRESETS
     from fdn.training import train as run_training
 
     try:
