@@ -6,10 +6,7 @@ from dataclasses import asdict
 import click
 from tqdm import tqdm
 
-from cli.options import device_option, index_option, skip_bad_option
-from fdn.errors import FdnError
-from hashindex.errors import HashIndexError
-from hashindex.fileio import WriteTargetError
+from cli.options import LIBRARY_ERRORS, device_option, index_option, skip_bad_option
 
 
 @click.command()
@@ -99,10 +96,10 @@ def build(
                 on_case=lambda case: bar.update(1),
                 client=client,
             )
-    except (FdnError, HashIndexError, WriteTargetError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except LIBRARY_ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:  # a scheduler that cannot be reached, from dask.distributed
-        raise click.ClickException(f"--scheduler {scheduler}: {exc}") from exc
+        raise click.ClickException(f"--scheduler {scheduler}: {exc}") from None
     if as_json:
         click.echo(json.dumps(asdict(report), indent=2, default=str))
         return

@@ -5,9 +5,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import device_option, skip_bad_option
-from fdn.errors import FdnError
-from hashindex.fileio import WriteTargetError
+from cli.options import LIBRARY_ERRORS, device_option, skip_bad_option
 
 
 def _fmt(v, digits: int = 4) -> str:
@@ -43,8 +41,8 @@ def evaluate_model(model_dir, archive, histogram, skip_bad, device, as_json):
             histogram_path=hist,
             progress=not as_json,
         )
-    except (WriteTargetError, FdnError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+    except LIBRARY_ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(r))
         return

@@ -7,7 +7,7 @@ from functools import partial
 import click
 from tqdm import tqdm
 
-from fdn.errors import FdnError
+from cli.options import LIBRARY_ERRORS
 
 
 @click.command("import-dicom")
@@ -67,8 +67,8 @@ def import_dicom(paths, pacs, mapping, auth_file, as_json):
             )
         else:
             report = run_import(paths[0], paths[1], mapping=rules, progress=progress)
-    except FdnError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except LIBRARY_ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps({**asdict(report), "failed": report.failed}, indent=2))
     else:

@@ -6,11 +6,9 @@ from pathlib import Path
 
 import click
 
-from cli.options import index_option
-from fdn.errors import FdnError
+from cli.options import LIBRARY_ERRORS, index_option
 from hashindex import DISTANCES, ENGINES, MODES
-from hashindex.errors import HashIndexError
-from hashindex.fileio import WriteTargetError, check_write_target
+from hashindex.fileio import check_write_target
 
 
 @click.command()
@@ -155,10 +153,10 @@ def query(
                 query_image=result.query_image,
                 query_labels=result.query_labels,
             )
-    except (FdnError, HashIndexError, ValueError, WriteTargetError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except LIBRARY_ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:  # a scheduler that cannot be reached
-        raise click.ClickException(f"--scheduler {scheduler}: {exc}") from exc
+        raise click.ClickException(f"--scheduler {scheduler}: {exc}") from None
 
     if as_json:
         out = result.to_dict()

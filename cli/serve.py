@@ -2,7 +2,7 @@
 
 import click
 
-from cli.options import index_option
+from cli.options import LIBRARY_ERRORS, index_option
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -50,7 +50,6 @@ def serve(index_dir, host, port, max_upload_mb, cache_mb, log_level):
     """
     import uvicorn
 
-    from fdn.errors import FdnError
     from fdn.service import QueryService, create_app
 
     try:
@@ -60,8 +59,8 @@ def serve(index_dir, host, port, max_upload_mb, cache_mb, log_level):
             cache_bytes=int(cache_mb * 2**20),
         )
         warm = service.warm_up()
-    except FdnError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except LIBRARY_ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
     # Against DNS rebinding: a loopback server answers only requests addressed to loopback names.
     allowed = ["127.0.0.1", "localhost"] if host in LOOPBACK else None
     app = create_app(service, allowed_hosts=allowed)

@@ -5,9 +5,7 @@ import json
 import click
 from tqdm import tqdm
 
-from fdn.errors import FdnError
-from hashindex.errors import HashIndexError
-from hashindex.fileio import WriteTargetError
+from cli.options import LIBRARY_ERRORS
 
 
 @click.command()
@@ -32,8 +30,8 @@ def shard(index_dir, out_dir, n_shards, as_json):
     try:
         with tqdm(total=n_shards, desc="assemble", unit="shard", disable=as_json) as bar:
             listing = split_index(index_dir, out_dir, n_shards, on_shard=lambda s: bar.update(1))
-    except (FdnError, HashIndexError, WriteTargetError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except LIBRARY_ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(listing, indent=2))
         return

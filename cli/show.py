@@ -5,8 +5,7 @@ from pathlib import Path
 
 import click
 
-from fdn.errors import FdnError
-from hashindex.fileio import WriteTargetError
+from cli.options import LIBRARY_ERRORS
 
 
 @click.command()
@@ -33,8 +32,8 @@ def show(case_dir, slice_index, output, as_json):
 
     try:
         shown = render_case(Path(case_dir), Path(output), slice_index)
-    except (WriteTargetError, ValueError, FdnError) as error:
-        raise click.ClickException(str(error)) from None
+    except LIBRARY_ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps({"case": shown.case, "slice": shown.slice, "output": output}))
     else:

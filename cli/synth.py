@@ -4,8 +4,7 @@ import json
 
 import click
 
-from fdn.errors import FdnError
-from hashindex.fileio import WriteTargetError
+from cli.options import LIBRARY_ERRORS
 
 
 @click.command()
@@ -65,8 +64,8 @@ def synth(out, n_cases, healthy_fraction, seed, size, overwrite, as_json):
             progress=not as_json,
             overwrite=overwrite,
         )
-    except (WriteTargetError, FileExistsError, ValueError, FdnError) as error:
-        raise click.ClickException(str(error)) from None
+    except (*LIBRARY_ERRORS, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from None
     healthy = healthy_cases(n_cases, healthy_fraction, seed)
     healthy_ids = [cid for cid, is_healthy in zip(ids, healthy, strict=True) if is_healthy]
     summary = {

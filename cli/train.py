@@ -6,10 +6,8 @@ from dataclasses import replace
 
 import click
 
-from cli.options import device_option, skip_bad_option
-from fdn.errors import FdnError
+from cli.options import LIBRARY_ERRORS, device_option, skip_bad_option
 from fdn.model.config import PRESETS  # no torch: the config module is plain dataclasses
-from hashindex.fileio import WriteTargetError
 
 
 def _command_line(ctx: click.Context) -> str:
@@ -133,8 +131,8 @@ def train(
 
     try:
         resolved = resolve_device(device)
-    except FdnError as error:
-        raise click.ClickException(str(error)) from None
+    except LIBRARY_ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
     config = PRESETS[preset]
     threads = training_threads(resolved, config.image_size, threads)
     if threads is not None:
@@ -164,8 +162,8 @@ def train(
             skip_bad=skip_bad,
             command=command,
         )
-    except (WriteTargetError, FdnError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+    except LIBRARY_ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
     summary = {
         "model_dir": str(result.model_dir),
         "steps": result.steps,
