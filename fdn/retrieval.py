@@ -104,12 +104,9 @@ class ArchiveIndex:
         volume = self._volume_of_case[case]
         start = self.table.starts[volume]
         rows = np.arange(start, start + self.table.counts[volume])
-        areas = np.array(
-            [a if a is not None and a == a else 0 for a in self.table["lesion_area"][rows]]
-        )
-        if areas.max() > 0:
-            return int(self.table["slice"][rows[int(np.argmax(areas))]])
-        return int(self.table["slice"][rows[len(rows) // 2]])
+        from fdn.data.render import largest_lesion_slice
+
+        return int(self.table["slice"][rows[largest_lesion_slice(self.table["lesion_area"][rows])]])
 
     def row_of(self, case: str, slice_index: int) -> int:
         """The row of slice `slice_index` of `case`; IndexDirError naming what exists otherwise."""

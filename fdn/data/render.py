@@ -32,16 +32,25 @@ class Shown(NamedTuple):
     slice: int
 
 
+def largest_lesion_slice(areas) -> int:
+    """Index of the slice with the largest lesion area (the first on ties), else the middle one.
+
+    areas: (Z,) lesion area per slice; None or NaN where the slice has no label.
+    """
+    area = np.array([0 if a is None or a != a else a for a in areas], dtype=np.float64)
+    if area.size and area.max() > 0:
+        return int(np.argmax(area))
+    return len(area) // 2
+
+
 def default_slice(seg: np.ndarray | None, depth: int) -> int:
     """The axial slice with the largest lesion area; the middle slice if there is no lesion.
 
     seg: (H, W, Z) labels or None.
     """
-    if seg is not None:
-        area = (seg > 0).sum(axis=(0, 1))
-        if area.max() > 0:
-            return int(np.argmax(area))
-    return depth // 2
+    if seg is None:
+        return depth // 2
+    return largest_lesion_slice((seg > 0).sum(axis=(0, 1)))
 
 
 def display_window(volume: np.ndarray) -> tuple[float, float]:
