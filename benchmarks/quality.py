@@ -42,28 +42,17 @@ from benchmarks.quality_binarization import (
     lut_timing,
 )
 from benchmarks.quality_dice import LESION_CLASSES, NORMAL_CLASSES, LabelDice, best_volumes
+from benchmarks.quality_labels import (
+    DISTANCES,
+    METRIC_OF_MODE,
+    METRICS,
+    MODES,
+    ORACLE_OF_MODE,
+)
 from benchmarks.quality_models import model_figures, snapshot_model
 
 log = logging.getLogger(__name__)
 
-MODES = ("normal", "abnormal", "sum", "sum-normalized")
-DISTANCES = ("euclidean", "angular", "hamming")
-DISTANCE_NAMES = {"euclidean": "D_E", "angular": "D_A", "hamming": "D_H"}
-MODE_NAMES = {
-    "normal": "S_normal",
-    "abnormal": "S_abnormal",
-    "sum": "S_sum",
-    "sum-normalized": "S_sum (normalised)",
-}
-# the Dice each mode is judged on (4.4.6) and the oracle that maximises it
-METRIC_OF_MODE = {"normal": "normal", "abnormal": "lesion", "sum": "sum", "sum-normalized": "sum"}
-ORACLE_OF_MODE = {
-    "normal": "oracle/normal",
-    "abnormal": "oracle/abnormal",
-    "sum": "oracle/sum",
-    "sum-normalized": "oracle/sum",
-}
-METRICS = ("normal", "lesion", "sum")
 TARGET_RATIO = 0.85
 PAPER_RATIO = {"normal": 0.50 / 0.62, "abnormal": 0.28 / 0.37}
 

@@ -7,21 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import report as rp
+from benchmarks.quality_labels import DISTANCE_NAMES, METRIC_OF_MODE, MODE_NAMES, ORACLE_OF_MODE
 
-DIST = {"euclidean": "D_E", "angular": "D_A", "hamming": "D_H"}
-MODE = {
-    "normal": "S_normal",
-    "abnormal": "S_abnormal",
-    "sum": "S_sum",
-    "sum-normalized": "S_sum normalised",
-}
-METRIC = {"normal": "normal", "abnormal": "lesion", "sum": "sum", "sum-normalized": "sum"}
-ORACLE = {
-    "normal": "oracle/normal",
-    "abnormal": "oracle/abnormal",
-    "sum": "oracle/sum",
-    "sum-normalized": "oracle/sum",
-}
+DIST, MODE, METRIC, ORACLE = DISTANCE_NAMES, MODE_NAMES, METRIC_OF_MODE, ORACLE_OF_MODE
 
 
 def _pm(s: dict) -> str:
