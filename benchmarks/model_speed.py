@@ -12,8 +12,8 @@ Paper-size presets run 1 timed step at a small batch; CPU presets a few steps at
 writes benchmarks/results/model_speed.json and .md.
 """
 
-import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -22,6 +22,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import click
 import numpy as np
 import torch
 
@@ -101,27 +102,36 @@ def measure(preset: str) -> dict:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--presets", default=",".join(PLAN))
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--one", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.one:
-        print(json.dumps(measure(args.one)))
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--presets",
+    default=",".join(PLAN),
+    show_default=True,
+    help="Comma-separated presets to time, each in a fresh process.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    default=None,
+    help="torch threads (default: torch's choice).",
+)
+@click.option("--one", hidden=True, help="Time this one preset and print its row as JSON.")
+def main(presets: str, threads: int | None, one: str | None) -> None:
+    """Seconds per training step and encoding throughput of every preset."""
+    if threads:
+        torch.set_num_threads(threads)
+    if one:
+        click.echo(json.dumps(measure(one)))
         return
     rows = []
-    for preset in args.presets.split(","):
-        cmd = [sys.executable, __file__, "--one", preset]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
+    for preset in presets.split(","):
+        cmd = [sys.executable, "-m", "benchmarks.model_speed", "--one", preset]
+        if threads:
+            cmd += ["--threads", str(threads)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(rows[-1], file=sys.stderr)
-    with open("/proc/loadavg") as f:
-        load = f.read().split()[:3]
+    load = [f"{v:.2f}" for v in os.getloadavg()]
     meta = {
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,

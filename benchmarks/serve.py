@@ -20,7 +20,6 @@ Writes benchmarks/results/serve/report.md and results.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import socket
@@ -30,6 +29,7 @@ import threading
 import time
 from pathlib import Path
 
+import click
 import numpy as np
 
 from benchmarks.report import machine_info, machine_markdown, results_dir, write_json, write_text
@@ -401,31 +401,78 @@ def report_markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--index",
-        default=None,
-        help="Index directory [default: demo/index, else one built under the work folder].",
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--index",
+    default=None,
+    help="Index directory [default: demo/index, else one built under the work folder].",
+)
+@click.option(
+    "--queries",
+    type=click.IntRange(1),
+    default=300,
+    show_default=True,
+    help="Queries per latency series.",
+)
+@click.option(
+    "--uploads",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    help="Uploads of the BraTS-size case.",
+)
+@click.option(
+    "--clients",
+    type=click.IntRange(1),
+    default=16,
+    show_default=True,
+    help="Concurrent clients of the load test.",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(0.1),
+    default=30.0,
+    show_default=True,
+    help="Length of the load test.",
+)
+@click.option(
+    "--screenshot",
+    default=None,
+    help="Only write a screenshot of the viewer to this PNG (with --query), then stop.",
+)
+@click.option(
+    "--query",
+    "view_query",
+    default="mode=all",
+    show_default=True,
+    help="The viewer's URL query for --screenshot, e.g. case=SYN_010&slice=22&mode=all.",
+)
+@click.option(
+    "--out",
+    default="serve",
+    show_default=True,
+    help="Results folder (name under benchmarks/results/, or a path).",
+)
+def main(index, queries, uploads, clients, seconds, screenshot, view_query, out) -> None:
+    """HTTP latency, uploads and a bounded load test of `fdn-index serve` on 127.0.0.1."""
+    sys.exit(
+        run(
+            SimpleNamespace(
+                index=index,
+                queries=queries,
+                uploads=uploads,
+                clients=clients,
+                seconds=seconds,
+                screenshot=screenshot,
+                query=view_query,
+                out=out,
+            )
+        )
     )
-    parser.add_argument("--queries", type=int, default=300, help="Queries per latency series.")
-    parser.add_argument("--uploads", type=int, default=5, help="Uploads of the BraTS-size case.")
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument(
-        "--screenshot",
-        default=None,
-        help="Only write a screenshot of the viewer to this PNG (with --query), then stop.",
-    )
-    parser.add_argument(
-        "--query",
-        default="mode=all",
-        help="The viewer's URL query for --screenshot, e.g. case=SYN_010&slice=22&mode=all.",
-    )
-    parser.add_argument(
-        "--out", default="serve", help="Results folder (name under benchmarks/results/, or a path)."
-    )
-    args = parser.parse_args(argv)
+
+
+def run(args) -> int:
+    """The benchmark; returns 0 when the load test saw no error."""
     if args.screenshot:
         server = Server(Path(args.index or ROOT / "demo" / "index"))
         try:
@@ -493,4 +540,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

@@ -242,9 +242,9 @@ class FastScan:
         )
 
     def _top(
-        self, rows: np.ndarray, dist: np.ndarray, q: int, exclude: int | None, by_volume: bool
+        self, rows: np.ndarray, dist: np.ndarray, topq: int, exclude: int | None, by_volume: bool
     ):
-        """Top-q of evaluated rows ordered by (distance, row): (distances, rows, volume ids).
+        """Top-Q of evaluated rows ordered by (distance, row): (distances, rows, volume ids).
 
         by_volume: each volume once, at its first (closest, then smallest) row; else rows."""
         if exclude is not None:
@@ -257,9 +257,9 @@ class FastScan:
         vols = self.volume_index[rows]
         if by_volume:
             _, first = np.unique(vols, return_index=True)
-            first = np.sort(first)[:q]
+            first = np.sort(first)[:topq]
         else:
-            first = np.arange(min(q, rows.size))
+            first = np.arange(min(topq, rows.size))
         return dist[first], rows[first], self.volume_ids[vols[first]]
 
     # ------------------------------------------------------------------ search

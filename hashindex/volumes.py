@@ -50,7 +50,11 @@ def topk_rows(dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def topq_volumes(
-    dist: np.ndarray, volume_index: np.ndarray, volume_ids: np.ndarray, q: int, exclude: int | None
+    dist: np.ndarray,
+    volume_index: np.ndarray,
+    volume_ids: np.ndarray,
+    topq: int,
+    exclude: int | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Volume-wise top-Q of one distance vector (N,) (dense ``volume_index`` (N,) into
     ``volume_ids`` (V,)); ``exclude`` is a volume id or None. Returns (Q,) distances, rows, volumes.
@@ -61,10 +65,10 @@ def topq_volumes(
     KERNELS["volume_best"](dist, volume_index, V, best_d, best_r)
     if exclude is not None:
         best_d[volume_ids == exclude] = np.inf
-    vols = smallest(best_d, q, best_r)
-    D = np.full(q, np.inf)
-    R = np.full(q, -1, np.int64)
-    Vo = np.full(q, -1, np.int64)
+    vols = smallest(best_d, topq, best_r)
+    D = np.full(topq, np.inf)
+    R = np.full(topq, -1, np.int64)
+    Vo = np.full(topq, -1, np.int64)
     D[: vols.size] = best_d[vols]
     R[: vols.size] = best_r[vols]
     Vo[: vols.size] = volume_ids[vols]
@@ -104,7 +108,7 @@ def rows_from_knn(knn: KnnFn, B: int, N: int, k: int) -> tuple[np.ndarray, np.nd
 
 
 def volumes_from_knn(
-    knn: KnnFn, B: int, N: int, q: int, volume_of_row: np.ndarray, exclude: np.ndarray | None
+    knn: KnnFn, B: int, N: int, topq: int, volume_of_row: np.ndarray, exclude: np.ndarray | None
 ) -> VolumeHits:
     """Volume-wise top-Q from a k-NN engine, growing k until Q volumes are certain.
 
@@ -112,11 +116,11 @@ def volumes_from_knn(
     returned (every row at least as close was seen), when k reached N, or when the engine
     returned fewer than k rows (an approximate engine found nothing more).
     """
-    D = np.full((B, q), np.inf)
-    R = np.full((B, q), -1, np.int64)
-    Vo = np.full((B, q), -1, np.int64)
+    D = np.full((B, topq), np.inf)
+    R = np.full((B, topq), -1, np.int64)
+    Vo = np.full((B, topq), -1, np.int64)
     pending = np.arange(B)
-    kk = min(N, max(4 * q, 32))
+    kk = min(N, max(4 * topq, 32))
     while pending.size and N > 0:
         Dk, Ik = knn(pending, kk)
         again = []
@@ -129,8 +133,8 @@ def volumes_from_knn(
             else:
                 dq, rq, vq = d, r, vols
             _, first = np.unique(vq, return_index=True)
-            first = np.sort(first)[:q]
-            complete = kk >= N or r.size < kk or (first.size == q and dq[first[-1]] < d[-1])
+            first = np.sort(first)[:topq]
+            complete = kk >= N or r.size < kk or (first.size == topq and dq[first[-1]] < d[-1])
             if complete:
                 m = first.size
                 D[b, :m], R[b, :m], Vo[b, :m] = dq[first], rq[first], vq[first]
