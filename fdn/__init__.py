@@ -20,6 +20,10 @@ _EXPORTS = {
     "encode_images": "fdn.encode",
     "build_index": "fdn.build",
     "open_index": "fdn.retrieval",
+    "resolve_device": "fdn.device",
+    "open_sharded": "fdn.shards",
+    "run_slice_query": "fdn.queries",
+    "run_external_query": "fdn.queries",
 }
 
 __all__ = ["__version__", *_EXPORTS]
