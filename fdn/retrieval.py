@@ -17,13 +17,16 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 from zarr.core.buffer import default_buffer_prototype
 
 from fdn.errors import IndexDirError
+
+if TYPE_CHECKING:  # the model loads torch, which a slice query never needs
+    from fdn.model import FDN
 from fdn.indexdir import (
     CODES,
     MODEL_DIR,
@@ -123,7 +126,7 @@ class ArchiveIndex:
             )
         return int(self.table.starts[volume]) + int(slice_index)
 
-    def model(self):
+    def model(self) -> FDN:
         """The index's own FDN (loaded once, on first use), its files checked against the
         manifest first: the weights' sha256 is the model checksum the codes were made with."""
         if self._model is None:
@@ -140,7 +143,12 @@ class ArchiveIndex:
         return self._model
 
     def query_slice(
-        self, case: str, slice_index: int, *, include_same_volume: bool = False, **options
+        self,
+        case: str,
+        slice_index: int,
+        *,
+        include_same_volume: bool = False,
+        **options: Any,
     ) -> list[Hit]:
         """Volume-wise top-Q for a slice that is already in the index.
 

@@ -23,6 +23,8 @@ Semantics (all engines):
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -128,7 +130,7 @@ class HashIndex(IndexSearch, IndexStorage):
         bit_budget: int | None = None,
         ivf_nlist: int | None = None,
         seed: int = 0,
-        progress=None,
+        progress: Callable[[str], None] | Any = None,
         faiss_indexes: bool = True,
     ) -> HashIndex:
         """Binarize and optimize both codebooks (K, D) float32.

@@ -168,16 +168,16 @@ class IndexSearch(IndexState):
 
     def search(
         self,
-        q_normal,
-        q_abnormal,
+        q_normal: np.ndarray,
+        q_abnormal: np.ndarray,
         k: int,
         *,
-        mode="sum",
-        distance="hamming",
-        engine="lut",
-        normalized_sum=False,
-        nprobe=None,
-    ):
+        mode: str = "sum",
+        distance: str = "hamming",
+        engine: str = "lut",
+        normalized_sum: bool = False,
+        nprobe: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Row-wise top-k: D (B, k) float64, I (B, k) int64 row ids (-1 / inf padded)."""
         self._check_query(q_normal, q_abnormal, mode, distance, engine, normalized_sum, nprobe)
         if not _is_int(k):
@@ -219,16 +219,16 @@ class IndexSearch(IndexState):
 
     def search_volumes(
         self,
-        q_normal,
-        q_abnormal,
+        q_normal: np.ndarray,
+        q_abnormal: np.ndarray,
         topq: int,
         *,
-        mode="sum",
-        distance="hamming",
-        engine="lut",
-        exclude_volumes=None,
-        normalized_sum=False,
-        nprobe=None,
+        mode: str = "sum",
+        distance: str = "hamming",
+        engine: str = "lut",
+        exclude_volumes: np.ndarray | None = None,
+        normalized_sum: bool = False,
+        nprobe: int | None = None,
     ) -> VolumeHits:
         """Volume-wise top-Q (section 4.4.6): each hit is a different volume's closest row.
 

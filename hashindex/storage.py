@@ -264,7 +264,7 @@ class IndexStorage(IndexState):
                     self.flat[mode] = FaissHamming(raw.code_size, index=raw)
                 del self._pending[name]
 
-    def write(self, directory) -> None:
+    def write(self, directory: str | Path) -> None:
         """Write codebooks, bit tables, FAISS indexes and hashindex.json into ``directory``.
 
         Every file goes through `hashindex.fileio.atomic_write`; hashindex.json, written last,
@@ -312,7 +312,13 @@ class IndexStorage(IndexState):
 
     @classmethod
     def read(
-        cls, directory, codes_normal, codes_abnormal, volume_ids, *, verify: bool = True
+        cls,
+        directory: str | Path,
+        codes_normal: np.ndarray,
+        codes_abnormal: np.ndarray,
+        volume_ids: np.ndarray,
+        *,
+        verify: bool = True,
     ) -> Self:
         """Load an index written by `write`, with the caller's code grids and volume ids.
 
