@@ -11,6 +11,7 @@ from benchmarks.speed_measure import DISTANCES, MODES, TOPQ, select_rows
 
 ENGINE_STYLE = {  # (colour, marker) per engine in the figure
     "lut": ("tab:blue", "o"),
+    "fastscan": ("tab:purple", "P"),
     "numpy": ("tab:gray", "x"),
     "faiss-binary-flat": ("tab:red", "s"),
     "faiss-binary-ivf": ("tab:orange", "v"),

@@ -89,6 +89,8 @@ def test_bytes_per_slice(suite):
         books = 2 if r["mode"] == "sum" else 1
         if r["engine"] in ("lut", "numpy"):
             assert r["ram_bytes_per_slice"] == books * (P + 8) + 8
+        elif r["engine"] == "fastscan":  # lut's arrays and the block-transposed ids
+            assert r["ram_bytes_per_slice"] == books * (P + 8) + 8 + books * P
         elif r["engine"] == "faiss-binary-flat":
             assert r["ram_bytes_per_slice"] == books * P * BIT_BUDGET // 8
         elif r["engine"] == "faiss-binary-ivf":
@@ -103,6 +105,7 @@ def test_exact_engines_agree(suite):
     names = " ".join(c["check"] for c in checks)
     for part in (
         "numpy == lut",
+        "fastscan == lut",
         "faiss-flat == lut",
         "faiss-float-l2 == lut",
         "faiss-float-ip == lut",
