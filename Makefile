@@ -44,6 +44,8 @@ TRAIN_ARCHIVE := benchmarks/results/quality-cpu/work/train-archive
 bench: $(STAMP)
 	$(PY) -m benchmarks.speed
 	$(PY) -m benchmarks.optimization
+	$(PY) -m benchmarks.scale
+	$(PY) -m benchmarks.build_scale
 	$(FDN) synth $(TRAIN_ARCHIVE) --cases 40 --size 64 --seed 100 --healthy-fraction 0.3
 	$(PY) -m benchmarks.quality --model $(MODEL) --model-no-dm models/cpu-64-nodm \
 		--train-archive $(TRAIN_ARCHIVE)
