@@ -18,79 +18,15 @@ The report goes to ``benchmarks/results/import-dicom/`` (report.md, results.json
 
 from __future__ import annotations
 
-import json
 import shutil
-import socket
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import click
-import requests
 
 from benchmarks import report as rp
-
-ORTHANC = Path("/usr/sbin/Orthanc")
-ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Orthanc:
-    """Orthanc on 127.0.0.1 with a temporary storage folder (as the tests start it)."""
-
-    def __init__(self, folder: Path):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = {
-            "Name": "fdn-bench",
-            "StorageDirectory": str(folder / "db"),
-            "IndexDirectory": str(folder / "db"),
-            "HttpPort": self.port,
-            "DicomPort": _free_port(),
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "Plugins": [str(ORTHANC_PLUGINS)],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        }
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "orthanc.json").write_text(json.dumps(config))
-        self.log = open(folder / "orthanc.log", "wb")
-        self.process = subprocess.Popen(
-            [str(ORTHANC), str(folder / "orthanc.json")], stdout=self.log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{self.url}/system", timeout=1).ok:
-                    return
-            except requests.ConnectionError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"Orthanc did not start; see {folder / 'orthanc.log'}")
-            time.sleep(0.1)
-
-    def upload(self, files: list[Path]) -> None:
-        with requests.Session() as session:
-            for path in files:
-                session.post(
-                    f"{self.url}/instances", data=path.read_bytes(), timeout=30
-                ).raise_for_status()
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
+from benchmarks.orthanc import OrthancServer, available
 
 
 def _timed(fn) -> tuple[float, object]:
@@ -165,10 +101,10 @@ def main(cases: int, size: int, repeats: int, out: str) -> None:
             seconds.append(elapsed)
         rows.append(_row("files", seconds, cases, nbytes))
 
-        if ORTHANC.exists() and (ORTHANC_PLUGINS / "libOrthancDicomWeb.so").exists():
-            server = Orthanc(work / "orthanc")
+        if available():
+            server = OrthancServer(work / "orthanc")
             try:
-                upload_s, _ = _timed(lambda: server.upload(files))
+                upload_s, _ = _timed(lambda: server.upload(work / "dicom"))
                 url = f"{server.url}/dicom-web"
                 seconds, again = [], []
                 for run in range(repeats):

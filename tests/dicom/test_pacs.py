@@ -192,9 +192,9 @@ def test_load_credentials(tmp_path):
 
 
 def test_unreachable_pacs_is_a_clear_error(tmp_path):
-    from tests.dicom.conftest import _free_port
+    from benchmarks.orthanc import free_port
 
-    url = f"http://127.0.0.1:{_free_port()}/dicom-web"
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"
     with pytest.raises(DicomImportError, match="cannot list the studies of") as caught:
         sync_pacs(url, tmp_path / "archive", client=make_client(url, attempts=1))
     assert "ConnectionError" in str(caught.value)
