@@ -172,7 +172,9 @@ class FastScan:
 
     tables: per codebook ("normal", "abnormal") its `CodebookTables`; codes: (N, P) uint8
     representative ids per codebook; row_sqnorm: (N,) float64 ‖r‖²; volume_index: (N,) int64
-    dense volume number into volume_ids (V,); scales: the index's normalized-sum scales.
+    dense volume number into volume_ids (V,); scales: the index's normalized-sum scales;
+    codes_t: the block-transposed layout of both books side by side when it was stored (e.g.
+    memory-mapped from the index folder), else it is made here.
     """
 
     BOOKS = ("normal", "abnormal")
@@ -185,13 +187,22 @@ class FastScan:
         volume_index: np.ndarray,
         volume_ids: np.ndarray,
         scales: dict,
+        codes_t: np.ndarray | None = None,
     ):
         self.tables, self.codes, self.row_sqnorm = tables, codes, row_sqnorm
         self.volume_index, self.volume_ids, self.scales = volume_index, volume_ids, scales
         self.n = int(volume_index.size)
         self.P = int(codes["normal"].shape[1])
         # both codebooks side by side: positions 0..P-1 normal, P..2P-1 abnormal
-        self.codes_t = block_transpose(np.concatenate([codes["normal"], codes["abnormal"]], 1))
+        if codes_t is None:
+            codes_t = block_transpose(np.concatenate([codes["normal"], codes["abnormal"]], 1))
+        expected = (max(1, -(-self.n // BLOCK)), 2 * self.P, BLOCK)
+        if codes_t.shape != expected or codes_t.dtype != np.uint8:
+            raise ValueError(
+                f"codes_t must be uint8 {expected} (block_transpose of both books' codes), "
+                f"got {codes_t.dtype} {codes_t.shape}"
+            )
+        self.codes_t = codes_t
         self.first = {"normal": 0, "abnormal": self.P}
 
     # ------------------------------------------------------------------ bounds and exact sums
