@@ -7,7 +7,7 @@ from dataclasses import replace
 import click
 
 from cli.options import LIBRARY_ERRORS, device_option, skip_bad_option
-from fdn.model.config import PRESETS  # no torch: the config module is plain dataclasses
+from fdn.model.config import PRESETS, parse_overrides  # no torch: plain dataclasses
 
 
 def _command_line(ctx: click.Context) -> str:
@@ -17,6 +17,10 @@ def _command_line(ctx: click.Context) -> str:
         value = ctx.params.get(param.name)
         if isinstance(param, click.Argument):
             parts.append(str(value))
+        elif param.multiple:
+            flag = max(param.opts, key=len)
+            for item in value or ():
+                parts += [flag, str(item)]
         elif param.name == "preset" or (
             value is not None and value is not False and value != param.default
         ):
@@ -89,6 +93,14 @@ def _command_line(ctx: click.Context) -> str:
 @click.option(
     "--no-dm", is_flag=True, help="Switch off distribution matching (no critic, no L_reg)."
 )
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="Set any field of the model config over the preset, e.g. --set null_code_weight=1 "
+    "or --set spade_masked_layout=false (repeatable; fields as in config.json).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @skip_bad_option
 @device_option("training")
@@ -113,6 +125,7 @@ def train(
     checkpoint_minutes,
     resume,
     no_dm,
+    overrides,
     seed,
     skip_bad,
     device,
@@ -144,7 +157,11 @@ def train(
     }
     if no_dm:
         changes["distribution_matching"] = False
-    config = replace(config, **changes)
+    try:
+        changes.update(parse_overrides(overrides))
+        config = replace(config, **changes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--set") from None
     command = _command_line(click.get_current_context())
     try:
         result = run_training(

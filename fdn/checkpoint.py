@@ -29,6 +29,7 @@ import torch
 from fdn import __version__
 from fdn.errors import ModelError
 from fdn.model import FDN, FDNConfig
+from fdn.model.config import LEGACY_VALUES
 from hashindex.fileio import WriteTargetError, atomic_write, atomic_write_text
 
 CONFIG_FILE = "config.json"
@@ -80,6 +81,7 @@ def config_from_dict(d: Any, source: str) -> FDNConfig:
             f"found {type(d).__name__}; restore the file or retrain"
         )
     names = {f.name for f in fields(FDNConfig)}
+    d = {**{k: v for k, v in LEGACY_VALUES.items() if k not in d}, **d}
     missing = names - d.keys()
     if missing:
         raise ModelError(

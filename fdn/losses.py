@@ -24,6 +24,19 @@ def latent_loss(z_e: torch.Tensor, e: torch.Tensor, beta: float) -> torch.Tensor
     return F.mse_loss(e, z_e.detach()) + beta * F.mse_loss(z_e, e.detach())
 
 
+def null_code_loss(
+    z_e: torch.Tensor, null_vector: torch.Tensor, cells: torch.Tensor
+) -> torch.Tensor:
+    """Pull of the abnormal features of lesion-free cells to the null code (our addition).
+
+    ‖z_e - sg[e_0]‖²₂ averaged over the D features of the cells where ``cells`` is True, 0
+    without such cells. z_e: (B, D, h, w); null_vector e_0: (D,); cells: (B, h, w) bool.
+    """
+    diff = (z_e - null_vector.detach()[None, :, None, None]).pow(2).mean(1)  # (B, h, w)
+    n = cells.sum()
+    return (diff * cells).sum() / n.clamp_min(1)
+
+
 # --- eq. 5-7: segmentation loss -------------------------------------------------------------
 
 
@@ -175,6 +188,7 @@ __all__ = [
     "l2_ssim_loss",
     "latent_loss",
     "lesion_mask_from_target",
+    "null_code_loss",
     "reconstruction_loss",
     "regularization_loss",
     "segmentation_loss",

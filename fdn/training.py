@@ -4,7 +4,8 @@ One step:
   1. x, y <- a batch, half healthy and half diseased (`HalfHalfSampler`), augmented;
   2. forward: codes, ỹ, x̂^+, x̂^-; L_lat, L_seg, L_rec (the EMA codebooks update here);
   3. m times: one Adam step of the critic g on λ5 · L_critic with sg(z_h^-), sg(z_d^-);
-  4. one Adam step of encoder and decoders on λ1 L_lat + λ2 L_seg + λ3 L_rec + λ4 L_reg.
+  4. one Adam step of encoder and decoders on λ1 L_lat + λ2 L_seg + λ3 L_rec + λ4 L_reg
+     (+ null_code_weight · L_null under the null-code prior, `fdn.model.fdn`).
 Without distribution matching, steps 3 and L_reg are skipped.
 
 A run writes into MODEL_DIR (see `fdn.checkpoint`): checkpoints at intervals and at the end,
@@ -115,11 +116,12 @@ class Trainer:
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         y = y.to(self.device)
         n_h = cfg.batch_size // 2  # rows [0, n_h) healthy, [n_h, B) diseased
+        lesion_mask = lesion_mask_from_target(y)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            out = self.model(x)
+            out = self.model(x, lesion_mask)
             l_seg = segmentation_loss(out.seg_logits, y, cfg.focal_gamma)
             rec_minus, rec_plus = reconstruction_loss(
-                x, out.x_hat_plus, out.x_hat_minus, lesion_mask_from_target(y), cfg.ssim_data_range
+                x, out.x_hat_plus, out.x_hat_minus, lesion_mask, cfg.ssim_data_range
             )
         l_rec = rec_minus + rec_plus
         metrics = {
@@ -131,6 +133,9 @@ class Trainer:
             "dice_lesion": _whole_lesion_dice(out.seg_logits.detach(), y),
         }
         total = cfg.lambda_lat * out.lat_loss + cfg.lambda_seg * l_seg + cfg.lambda_rec * l_rec
+        if cfg.null_code_weight > 0:
+            total = total + cfg.null_code_weight * out.null_loss
+            metrics["null"] = out.null_loss.item()
         if cfg.distribution_matching:
             z = out.z_q_normal.float()
             n = min(n_h, z.shape[0] - n_h)

@@ -26,6 +26,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "critic_steps": (0, 1000),
     "batch_size": (2, 65536),  # half healthy, half diseased
     "epochs": (1, 10**7),
+    "null_code_weight": (0, 1e6),
     "ema_decay": (0, 1),
     "ema_eps": (0, 1),
     "rotation_degrees": (0, 180),
@@ -47,6 +48,19 @@ class FDNConfig:
     beta: float = 0.25  # commitment weight of eq. 3 (VQ-VAE's value; the paper gives none)
     ema_decay: float = 0.99
     ema_eps: float = 1e-5  # Laplace smoothing of the cluster sizes
+    # --- SPADE conditioning of the image decoder (Fig. 3) ---
+    # True: the layout is ỹ ⊙ onehot(ŷ) over all S classes, background included, as Fig. 3
+    # draws it; False: the softmax of the S - 1 lesion classes (our first reading, kept so
+    # that older models load and for the A/B of the quality benchmark).
+    spade_masked_layout: bool = True
+    # True: x̂^+ and x̂^- are decoded in two passes, so BatchNorm normalises each with its own
+    # batch statistics as two calls of f do; False: one pass over the doubled batch.
+    separate_decoder_passes: bool = True
+    # Null-code prior (our addition, issue #13): > 0 reserves abnormal code 0 for grid cells
+    # without lesion. While training, such cells are assigned code 0 and their abnormal
+    # features are pulled towards it with this weight; lesion cells take the nearest of codes
+    # 1..K-1. Healthy tissue then maps to one code and S_abnormal ignores it. 0 disables it.
+    null_code_weight: float = 0.0
     # --- losses (eq. 5-12) and Algorithm 1 (Section 4.3.1) ---
     lambda_lat: float = 0.25  # λ1
     lambda_seg: float = 5.0  # λ2
@@ -114,6 +128,14 @@ class FDNConfig:
         return max(4, int(round(base * self.width)))
 
 
+# Fields added after models were first shipped, with the value that reproduces those models:
+# a config file without them describes a model trained before they existed.
+LEGACY_VALUES: dict[str, object] = {
+    "spade_masked_layout": False,
+    "separate_decoder_passes": False,
+    "null_code_weight": 0.0,
+}
+
 _PAPER = FDNConfig()
 
 PRESETS: dict[str, FDNConfig] = {
@@ -161,3 +183,32 @@ PRESETS: dict[str, FDNConfig] = {
         epochs=1,
     ),
 }
+
+
+def parse_overrides(items) -> dict[str, object]:
+    """["field=value", ...] -> {field: typed value} for FDNConfig fields (ValueError otherwise).
+
+    Values take the field's type: integers, finite numbers, or true/false for flags.
+    """
+    kinds = {f.name: f.type for f in fields(FDNConfig)}
+    out: dict[str, object] = {}
+    for item in items:
+        name, sep, text = str(item).partition("=")
+        name, text = name.strip(), text.strip()
+        if not sep or name not in kinds:
+            raise ValueError(
+                f"{item!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(kinds))}"
+            )
+        kind = kinds[name]
+        try:
+            if kind in (bool, "bool"):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                out[name] = text.lower() in ("true", "1")
+            elif kind in (int, "int"):
+                out[name] = int(text)
+            else:
+                out[name] = float(text)
+        except ValueError:
+            raise ValueError(f"{item!r}: {text!r} is not a valid {name}") from None
+    return out

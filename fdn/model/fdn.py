@@ -4,23 +4,27 @@ x -> encoder -> (z_e^-, z_e^+) -> two EMA vector quantizers -> (z_q^-, z_q^+);
 z_q^+ -> segmentation decoder -> ỹ (softmax), ŷ (argmax);
 z_q^- -> SPADE image decoder -> x̂^+ = f(z_q^-, sg(ỹ)) and x̂^- = f(z_q^-, 0).
 
-SPADE layout: the softmax of the S - 1 lesion classes (background dropped), so that a slice
-the decoder sees as lesion-free gives nearly the same layout as the null input of x̂^-. This
-is our reading of Fig. 3 ("ỹ multiplied by the segmentation mask"); eq. 8-9 and Algorithm 1
-are unchanged.
+SPADE layout (`FDNConfig.spade_masked_layout`): as Fig. 3 draws it, ỹ multiplied by the
+one-hot segmentation mask ŷ over all S classes, background included; models trained before
+that option use the softmax of the S - 1 lesion classes (background dropped).
+
+Null-code prior (`FDNConfig.null_code_weight` > 0, our addition): given the lesion mask while
+training, abnormal code 0 is assigned to every grid cell without lesion and the abnormal
+features of those cells are pulled towards it, so that healthy tissue has one abnormal code.
 """
 
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from fdn.losses import latent_loss
+from fdn.losses import latent_loss, null_code_loss
 from fdn.model.blocks import init_he
 from fdn.model.config import FDNConfig
 from fdn.model.decoders import ImageDecoder, SegmentationDecoder, stage_widths
 from fdn.model.encoder import Encoder
-from fdn.model.quantizer import VectorQuantizer
+from fdn.model.quantizer import NULL_CODE, VectorQuantizer
 from fdn.precision import at_least_fp32
 
 
@@ -36,6 +40,7 @@ class FDNOutput(NamedTuple):
     x_hat_plus: torch.Tensor  # x̂^+: (B, C, H, W)
     x_hat_minus: torch.Tensor  # x̂^-: (B, C, H, W)
     lat_loss: torch.Tensor  # L_lat = L_lat^- + L_lat^+ (eq. 3-4), scalar
+    null_loss: torch.Tensor  # pull of lesion-free cells' z_e^+ to the null code (0 if unused)
 
 
 class FDN(nn.Module):
@@ -60,7 +65,7 @@ class FDN(nn.Module):
             widths,
             c(128),
             config.in_channels,
-            config.num_classes - 1,
+            self.layout_channels,
             config.spade_hidden,
         )
         init_he(self)
@@ -79,28 +84,60 @@ class FDN(nn.Module):
                 f"{cfg.image_size}), got {tuple(x.shape)}"
             )
 
-    @staticmethod
-    def spade_layout(seg_soft: torch.Tensor) -> torch.Tensor:
-        """ỹ: (B, S, H, W) -> the lesion-class probabilities (B, S-1, H, W)."""
+    @property
+    def layout_channels(self) -> int:
+        """Channels of the SPADE layout: S (masked ỹ) or S - 1 (lesion softmax)."""
+        s = self.config.num_classes
+        return s if self.config.spade_masked_layout else s - 1
+
+    def spade_layout(self, seg_soft: torch.Tensor) -> torch.Tensor:
+        """ỹ: (B, S, H, W) -> the layout (B, layout_channels, H, W)."""
+        if self.config.spade_masked_layout:
+            hard = F.one_hot(seg_soft.argmax(1), seg_soft.shape[1]).permute(0, 3, 1, 2)
+            return seg_soft * hard.to(seg_soft.dtype)
         return seg_soft[:, 1:]
 
-    def forward(self, x: torch.Tensor) -> FDNOutput:
-        """x: (B, C, H, W) -> FDNOutput (updates the EMA codebooks when training)."""
+    def null_cells(self, lesion_mask: torch.Tensor) -> torch.Tensor:
+        """Grid cells without lesion: (B, 1, H, W) {0, 1} mask -> (B, h, w) bool."""
+        h = self.config.latent_size
+        return F.adaptive_max_pool2d(lesion_mask.float(), (h, h))[:, 0] == 0
+
+    def decode_both(
+        self, z_q_normal: torch.Tensor, layout: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x̂^+, x̂^-) = (f(z_q^-, layout), f(z_q^-, 0)), in one or two decoder passes."""
+        null = torch.zeros_like(layout)
+        if self.config.separate_decoder_passes:
+            return self.image_decoder(z_q_normal, layout), self.image_decoder(z_q_normal, null)
+        both = self.image_decoder(torch.cat([z_q_normal, z_q_normal]), torch.cat([layout, null]))
+        plus, minus = both.chunk(2)
+        return plus, minus
+
+    def forward(self, x: torch.Tensor, lesion_mask: torch.Tensor | None = None) -> FDNOutput:
+        """x: (B, C, H, W) -> FDNOutput (updates the EMA codebooks when training).
+
+        lesion_mask: (B, 1, H, W) {0, 1}, the ground truth M^+; used only by the null-code
+        prior while training (the codes of eval mode never depend on it).
+        """
         self._check_input(x)
         z_e_n, z_e_a = self.encoder(x)
         q_n = self.quantizer_normal(z_e_n)
-        q_a = self.quantizer_abnormal(z_e_a)
+        null_cells = None
+        if self.training and self.config.null_code_weight > 0 and lesion_mask is not None:
+            null_cells = self.null_cells(lesion_mask)
+        q_a = self.quantizer_abnormal(z_e_a, null_cells)
         lat = latent_loss(z_e_n, q_n.z_q_raw, self.config.beta) + latent_loss(
             z_e_a, q_a.z_q_raw, self.config.beta
         )
+        if null_cells is None:
+            null_loss = lat.new_zeros(())
+        else:
+            null_vector = self.quantizer_abnormal.codebook[NULL_CODE]
+            null_loss = null_code_loss(z_e_a, null_vector, null_cells)
         seg_logits = self.seg_decoder(q_a.z_q)
         seg_soft = torch.softmax(at_least_fp32(seg_logits), dim=1)
         layout = self.spade_layout(seg_soft).detach()  # sg(ỹ) of Algorithm 1
-        # x̂^+ and x̂^- in one decoder pass over a doubled batch: (2B, D, h, w)
-        both = self.image_decoder(
-            torch.cat([q_n.z_q, q_n.z_q]), torch.cat([layout, torch.zeros_like(layout)])
-        )
-        x_hat_plus, x_hat_minus = both.chunk(2)
+        x_hat_plus, x_hat_minus = self.decode_both(q_n.z_q, layout)
         return FDNOutput(
             z_e_normal=z_e_n,
             z_e_abnormal=z_e_a,
@@ -113,6 +150,7 @@ class FDN(nn.Module):
             x_hat_plus=x_hat_plus,
             x_hat_minus=x_hat_minus,
             lat_loss=lat,
+            null_loss=null_loss,
         )
 
     @torch.no_grad()
@@ -147,7 +185,7 @@ class FDN(nn.Module):
             if codes_abnormal is None:
                 b, _, h, w = z_n.shape
                 size = self.config.image_size
-                zeros = z_n.new_zeros(b, self.config.num_classes - 1, size, size)
+                zeros = z_n.new_zeros(b, self.layout_channels, size, size)
                 return self.image_decoder(z_n, zeros), None
             seg_soft = torch.softmax(
                 at_least_fp32(self.seg_decoder(self.quantizer_abnormal.embed(codes_abnormal))),

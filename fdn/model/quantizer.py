@@ -15,6 +15,8 @@ from torch import nn
 
 from fdn.precision import at_least_fp32
 
+NULL_CODE = 0  # the code of cells without lesion under the null-code prior
+
 
 class Quantized(NamedTuple):
     z_q: torch.Tensor  # (B, D, h, w) straight-through: value of e_k, gradient of z_e
@@ -49,16 +51,25 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("embed_avg", embed.clone())
         self.register_buffer("initted", torch.tensor(False))
 
-    def lookup(self, z_e: torch.Tensor) -> torch.Tensor:
-        """Eq. 1: index of the nearest code vector. z_e: (B, D, h, w) -> (B, h, w) int64"""
+    def lookup(self, z_e: torch.Tensor, skip_null: bool = False) -> torch.Tensor:
+        """Eq. 1: index of the nearest code vector. z_e: (B, D, h, w) -> (B, h, w) int64
+
+        Always in fp32, autocast or not: under bf16 autocast the distance matmul would run in
+        bf16 and pick another code than training's fp32 assignment. skip_null: choose among
+        codes 1..K-1 only (the lesion cells of the null-code prior).
+        """
         b, d, h, w = z_e.shape
-        flat = at_least_fp32(z_e.permute(0, 2, 3, 1).reshape(-1, d))  # (B·h·w, D)
-        dist = (
-            flat.pow(2).sum(1, keepdim=True)
-            - 2 * flat @ self.codebook.t()
-            + self.codebook.pow(2).sum(1)[None, :]
-        )  # (B·h·w, K) squared Euclidean distances
-        return dist.argmin(dim=1).view(b, h, w)
+        with torch.autocast(device_type=z_e.device.type, enabled=False):
+            flat = at_least_fp32(z_e.permute(0, 2, 3, 1).reshape(-1, d))  # (B·h·w, D)
+            codebook = at_least_fp32(self.codebook).to(flat.dtype)
+            dist = (
+                flat.pow(2).sum(1, keepdim=True)
+                - 2 * flat @ codebook.t()
+                + codebook.pow(2).sum(1)[None, :]
+            )  # (B·h·w, K) squared Euclidean distances
+            if skip_null:
+                dist[:, NULL_CODE] = torch.inf
+            return dist.argmin(dim=1).view(b, h, w)
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
         """Eq. 2: code vectors of indices. codes: (B, h, w) -> (B, D, h, w)"""
@@ -92,8 +103,13 @@ class VectorQuantizer(nn.Module):
         smoothed = (self.cluster_size + self.eps) / (total + self.codebook_size * self.eps) * total
         self.codebook.copy_(self.embed_avg / smoothed[:, None])
 
-    def forward(self, z_e: torch.Tensor) -> Quantized:
-        """z_e: (B, D, h, w) -> Quantized; updates the codebook when training."""
+    def forward(self, z_e: torch.Tensor, null_cells: torch.Tensor | None = None) -> Quantized:
+        """z_e: (B, D, h, w) -> Quantized; updates the codebook when training.
+
+        null_cells: (B, h, w) bool, the cells assigned the null code 0 whatever their nearest
+        code (the null-code prior); every other cell takes its nearest code among 1..K-1.
+        None: every cell takes its nearest code (eq. 1).
+        """
         if z_e.shape[1] != self.code_dim:
             raise ValueError(f"expected {self.code_dim} channels, got shape {tuple(z_e.shape)}")
         with torch.autocast(device_type=z_e.device.type, enabled=False):
@@ -102,7 +118,11 @@ class VectorQuantizer(nn.Module):
                 flat = z_e32.detach().permute(0, 2, 3, 1).reshape(-1, self.code_dim)
                 if not bool(self.initted):
                     self.init_from_data(flat)
-            codes = self.lookup(z_e32)
+            if null_cells is None:
+                codes = self.lookup(z_e32)
+            else:
+                nearest = self.lookup(z_e32, skip_null=True)
+                codes = torch.where(null_cells, torch.zeros_like(nearest), nearest)
             z_q_raw = self.embed(codes)  # e_k before this step's update, as in VQ-VAE
             if self.training:
                 self.ema_update(flat, codes.reshape(-1))

@@ -76,3 +76,19 @@ def test_train_refuses_existing_model_without_resume(small_archive, tmp_path):
     assert runner.invoke(main, args).exit_code == 0
     r = runner.invoke(main, args)
     assert r.exit_code != 0 and "--resume" in r.output
+
+
+def test_train_set_overrides_reach_the_config_and_the_command_file(small_archive, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "m"
+    base = ["train", str(small_archive), "--preset", "tiny", "--out", str(out)]
+    r = runner.invoke(main, [*base, "--set", "code_dim=2.5", "--max-steps", "1"])
+    assert r.exit_code == 2 and "code_dim" in r.output
+    assert not out.exists()  # refused before anything was written
+    args = ["--set", "null_code_weight=0.5", "--set", "spade_masked_layout=false"]
+    r = runner.invoke(main, [*base, *args, "--batch-size", "8", "--max-steps", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["null_code_weight"] == 0.5 and config["spade_masked_layout"] is False
+    command = (out / "TRAIN_COMMAND.txt").read_text().splitlines()[0]
+    assert "--set null_code_weight=0.5 --set spade_masked_layout=false" in command
