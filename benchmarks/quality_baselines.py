@@ -2,6 +2,9 @@
 
 - Random retrieval: Q distinct volumes drawn uniformly from the reference volumes (the query's
   own excluded), one slice drawn uniformly within each; seeded, repeated ``draws`` times.
+- Same-level retrieval: Q distinct random volumes as above, in each the slice at the query's
+  axial level (relative position z / (Z - 1) in the volume, nearest slice). Normal Dice is
+  dominated by the level of a slice, so this is the baseline S_normal has to beat.
 - Raw-pixel retrieval: the preprocessed slice (4, S, S), already z-scored per volume and
   channel, block-averaged to (4, side, side) and compared with the Euclidean distance; the
   volume-wise top-Q is exact (brute force), ties to the smaller row as everywhere else.
@@ -59,4 +62,38 @@ def random_hits(
     for v in chosen:
         candidates = np.flatnonzero(volume_of_row == v)
         rows.append(candidates[rng.integers(candidates.size)])
+    return np.asarray(rows, dtype=np.int64)
+
+
+def relative_levels(volume_of_row: np.ndarray, slice_of_row: np.ndarray) -> np.ndarray:
+    """Axial level of every row in [0, 1]: z / (Z - 1) within its volume (0 for one slice)."""
+    volume_of_row = np.asarray(volume_of_row)
+    slice_of_row = np.asarray(slice_of_row, dtype=np.float64)
+    levels = np.zeros(volume_of_row.shape, np.float64)
+    for v in np.unique(volume_of_row):
+        rows = volume_of_row == v
+        z = slice_of_row[rows]
+        span = z.max() - z.min()
+        levels[rows] = (z - z.min()) / span if span else 0.0
+    return levels
+
+
+def same_level_hits(
+    query_row: int,
+    volume_of_row: np.ndarray,
+    level_of_row: np.ndarray,
+    topq: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """One same-level draw: (≤ Q,) int64 rows of distinct random volumes (own excluded), in
+    each the row whose level is nearest the query's (the lower row on a tie)."""
+    volume_of_row = np.asarray(volume_of_row)
+    own = volume_of_row[query_row]
+    volumes = np.unique(volume_of_row[volume_of_row != own])
+    chosen = rng.choice(volumes, size=min(topq, volumes.size), replace=False)
+    rows = []
+    for v in chosen:
+        candidates = np.flatnonzero(volume_of_row == v)
+        gaps = np.abs(level_of_row[candidates] - level_of_row[query_row])
+        rows.append(candidates[int(np.argmin(gaps))])
     return np.asarray(rows, dtype=np.int64)

@@ -11,8 +11,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from benchmarks.quality import QualityConfig, main, run_quality
-from benchmarks.quality_baselines import downsample_slices, random_hits, raw_pixel_hits
+from benchmarks.quality import QualityConfig, abnormal_code_usage, main, run_quality
+from benchmarks.quality_baselines import (
+    downsample_slices,
+    random_hits,
+    raw_pixel_hits,
+    relative_levels,
+    same_level_hits,
+)
 from benchmarks.quality_dice import (
     LESION_CLASSES,
     NORMAL_CLASSES,
@@ -123,6 +129,45 @@ def test_random_hits_are_distinct_other_volumes():
     assert len(random_hits(0, volumes, 50, rng)) == 7  # fewer volumes than Q
 
 
+def test_same_level_hits_take_the_query_level_in_other_volumes():
+    # volume 0: 5 slices (levels 0, .25, .5, .75, 1); volume 1: 3 slices (0, .5, 1);
+    # volume 2: 2 slices (0, 1); volume 3: one slice (level 0)
+    volumes = np.array([0] * 5 + [1] * 3 + [2] * 2 + [3])
+    slices = np.array([0, 1, 2, 3, 4, 10, 11, 12, 7, 8, 5])
+    levels = relative_levels(volumes, slices)
+    np.testing.assert_allclose(levels, [0, 0.25, 0.5, 0.75, 1, 0, 0.5, 1, 0, 1, 0])
+    rng = np.random.default_rng(0)
+    rows = same_level_hits(4, volumes, levels, 3, rng)  # level 1
+    assert sorted(rows.tolist()) == [7, 9, 10]  # levels 1, 1 and the only slice
+    rows = same_level_hits(2, volumes, levels, 3, rng)  # level .5: a tie in volume 2
+    assert sorted(rows.tolist()) == [6, 8, 10]  # the lower row wins the tie
+    rows = same_level_hits(3, volumes, levels, 3, rng)  # level .75: a tie in volume 1
+    assert sorted(rows.tolist()) == [6, 9, 10]
+    assert 0 not in volumes[same_level_hits(2, volumes, levels, 9, rng)]
+
+
+class _Codes:
+    def __init__(self, codes):
+        self.codes_abnormal = codes
+
+
+def test_abnormal_code_usage_by_hand():
+    # 3 rows of 2×2 cells over 4×4 label maps (2×2 pixels per cell)
+    codes = np.array([[[0, 0], [0, 5]], [[0, 7], [0, 0]], [[3, 0], [0, 0]]])
+    lesion = np.zeros((3, 4, 4), np.int64)
+    lesion[1, 0, 3] = 2  # row 1: one lesion pixel in cell (0, 1)
+    lesion[2, 3, 0] = 1  # row 2: one lesion pixel in cell (1, 0)
+    usage = abnormal_code_usage(_Codes(codes), lesion, np.array([0, 1, 2]))
+    assert usage["healthy_slices"] == 1  # row 0 only
+    assert usage["healthy_distinct_codes"] == 2 and usage["null_code"] == 0
+    assert usage["healthy_null_share"] == 0.75
+    assert usage["lesion_cells"] == 2
+    assert usage["lesion_cells_flagged"] == 0.5  # row 1's cell has 7, row 2's cell has 0
+    # cells off the lesion: row 0's four and the three others of rows 1 and 2 each
+    assert usage["non_lesion_cells_flagged"] == pytest.approx(2 / 10)
+    assert usage["met"]  # 2 <= 3
+
+
 def test_classifier_figures_by_hand():
     labels = np.array([1, 1, 0, 0, 0], bool)
     pred = np.array([1, 0, 1, 0, 0], bool)
@@ -231,6 +276,13 @@ def test_figures_finite_and_in_range(smoke):
         assert 0 <= c["prevalence"] <= 1
         assert c["ppv"] is None or 0 <= c["ppv"] <= 1
         assert c["steps"] >= 1
+    lift = r["summary"]["targets"]["normal_lift"]
+    for d, v in lift["lift"].items():
+        normal = r["scores"][f"normal/{d}"]["normal"]["mean"]
+        expected = (normal - lift["same_level"]) / (lift["oracle"] - lift["same_level"])
+        assert v == pytest.approx(expected), d
+    usage = r["summary"]["abnormal_codes"]
+    assert 1 <= usage["healthy_distinct_codes"] and 0 < usage["healthy_null_share"] <= 1
     ev = r["model"]["models"]["dm"]
     assert ev["reconstruction"]["l1_plus_per_pixel"] > 0
     assert 0 <= ev["compactness"]["normal"] <= 1
@@ -248,6 +300,7 @@ def test_oracle_bounds_every_method_on_its_own_metric(smoke):
         bound = np.array(scores[oracle][metric]["per_query"])
         for name in [f"{mode}/{d}" for d in ("euclidean", "angular", "hamming")] + [
             "random",
+            "same-level",
             "raw-pixel",
         ]:
             got = np.array(scores[name][metric]["per_query"])
@@ -315,6 +368,13 @@ def test_one_run_reads_one_frozen_copy_of_the_weights(smoke):
     from fdn.checkpoint import model_checksum
 
     r = smoke["results"]
+    lift = r["summary"]["targets"]["normal_lift"]
+    for d, v in lift["lift"].items():
+        normal = r["scores"][f"normal/{d}"]["normal"]["mean"]
+        expected = (normal - lift["same_level"]) / (lift["oracle"] - lift["same_level"])
+        assert v == pytest.approx(expected), d
+    usage = r["summary"]["abnormal_codes"]
+    assert 1 <= usage["healthy_distinct_codes"] and 0 < usage["healthy_null_share"] <= 1
     ev = r["model"]["models"]["dm"]
     snapshot = Path(ev["model_snapshot"])
     assert snapshot.parent.parent == smoke["out"] / "work"
