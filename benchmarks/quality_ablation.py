@@ -40,6 +40,16 @@ def _model_config(results: dict) -> dict:
     return vars(config_from_dict(json.loads(path.read_text()), str(path)))
 
 
+def latent_loss_trend(model_dir: Path) -> tuple[float | None, float | None]:
+    """L_lat of the first and the last epoch in the model's metrics.jsonl (None if absent)."""
+    path = model_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None, None
+    values = [json.loads(line).get("lat") for line in path.read_text().splitlines() if line]
+    values = [v for v in values if v is not None]
+    return (values[0], values[-1]) if values else (None, None)
+
+
 def ablation_row(name: str, results: dict) -> dict:
     """The issue's figures of one quality run."""
     summary, model = results["summary"], results["model"]
@@ -51,10 +61,13 @@ def ablation_row(name: str, results: dict) -> dict:
         if clf["xhat_minus_dm"]["ppv"] is not None and clf["pseudohealthy"]["ppv"] is not None:
             ppv_gap = clf["xhat_minus_dm"]["ppv"] - clf["pseudohealthy"]["ppv"]
     usage = summary.get("abnormal_codes", {})
+    lat_first, lat_last = latent_loss_trend(Path(ev["model_dir"]))
     return {
         "name": name,
         "config": _model_config(results),
         "train_steps": ev.get("train_steps"),
+        "lat_first_epoch": lat_first,
+        "lat_last_epoch": lat_last,
         "normal_ratio": targets["normal"]["ratios"],
         "abnormal_ratio": targets["abnormal"]["ratios"],
         "normal_lift": targets["normal_lift"]["lift"],
@@ -97,15 +110,17 @@ def markdown(rows: list[dict]) -> str:
         f"First row's config: {base}; later rows list what they change.\n",
         "Targets: S_abnormal ≥ 80 %, S_normal ≥ 88 % with lift ≥ 0.40, healthy slices on ≤ 3 "
         "abnormal codes, abnormal compactness > 0, PPV gap ≤ 0.05, decomposition holds.\n",
-        "| run | changes | steps | S_normal | lift | S_abnormal | healthy codes (share on null) "
-        "| lesion cells flagged | abnormal compactness | PPV gap | decomposition |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | changes | steps | L_lat first → last epoch | S_normal | lift | S_abnormal "
+        "| healthy codes (share on null) | lesion cells flagged | abnormal compactness "
+        "| PPV gap | decomposition |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         failed = [DISTANCE_NAMES[d] for d, ok in row["decomposition"].items() if not ok]
         decomposition = "fails: " + ", ".join(failed) if failed else "holds"
         lines.append(
             f"| {row['name']} | {_changes(row, first)} | {row['train_steps'] or '—'} | "
+            f"{rp.fmt(row['lat_first_epoch'], 3)} → {rp.fmt(row['lat_last_epoch'], 3)} | "
             f"{_triple(row['normal_ratio'])} | {_triple(row['normal_lift'], percent=False)} | "
             f"{_triple(row['abnormal_ratio'])} | {row['healthy_distinct_codes']} "
             f"({rp.fmt(row['healthy_null_share'], 3)}) | "

@@ -381,3 +381,27 @@ def test_one_run_reads_one_frozen_copy_of_the_weights(smoke):
     assert model_checksum(snapshot) == model_checksum(smoke["model"]) == r["index"]["checksum"]
     assert model_checksum(Path(r["index"]["dir"]) / "model") == r["index"]["checksum"]
     assert ev["model_dir"] == str(smoke["model"]) and ev["train_steps"] == 0
+
+
+def test_ablation_tabulates_runs_and_refuses_different_test_archives(smoke, tmp_path):
+    import shutil
+
+    from benchmarks.quality_ablation import main as ablation
+
+    a, b = tmp_path / "run-a", tmp_path / "run-b"
+    shutil.copytree(smoke["out"], a)
+    shutil.copytree(smoke["out"], b)
+    runner = CliRunner()
+    r = runner.invoke(ablation, [str(a), str(b), "--out", str(tmp_path / "table")])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "table" / "results.json").read_text())["rows"]
+    assert [row["name"] for row in rows] == ["run-a", "run-b"]
+    ratios = smoke["results"]["summary"]["targets"]["abnormal"]["ratios"]
+    assert rows[0]["abnormal_ratio"] == pytest.approx(ratios)
+    text = (tmp_path / "table" / "report.md").read_text()
+    assert text.count("| run-") == 2
+    other = json.loads((b / "results.json").read_text())
+    other["test_archive"]["path"] = "/elsewhere/another-archive"
+    (b / "results.json").write_text(json.dumps(other))
+    r = runner.invoke(ablation, [str(a), str(b), "--out", str(tmp_path / "table2")])
+    assert r.exit_code != 0 and "different test archives" in r.output
