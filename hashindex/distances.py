@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from hashindex.binarize import hyperplane_bits, representatives, squared_distances
-from hashindex.optimize import hamming_table
 
 DISTANCES = ("hamming", "euclidean", "angular")
 # S_normal, S_abnormal and their sum S_sum (eq. 17); the two codebooks of an index
@@ -61,7 +60,7 @@ class CodebookTables:
             packed=packed,
             reps=reps,
             rep_of=rep_of,
-            hamming=hamming_table(packed[reps]),
+            hamming=bit_hamming_table(packed[reps]),
             sqeuclid=sq[np.ix_(reps, reps)],
             gram=v @ v.T,
             sqnorm=np.einsum("rd,rd->r", v, v),
@@ -106,6 +105,26 @@ class CodebookTables:
         if distance == "angular":
             return np.ascontiguousarray(self.gram[q_reps])
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+
+
+def bit_hamming_table(packed: np.ndarray, block_elements: int = 1 << 22) -> np.ndarray:
+    """(C, C) int32 Hamming distances between packed bit rows (C, nbytes) uint8, in numpy.
+
+    popcount(a xor b) over 64-bit words, a block of rows at a time (at most ``block_elements``
+    words in flight). It equals `hashindex.optimize.hamming_table` (a Numba kernel), but needs
+    no Numba: opening an index builds this table for the kept bits, and importing Numba would
+    cost more than the table (~150 ms).
+    """
+    C, nbytes = packed.shape
+    words = np.zeros((C, -(-nbytes // 8) * 8), np.uint8)
+    words[:, :nbytes] = packed
+    w = words.view(np.uint64)  # (C, W)
+    out = np.empty((C, C), np.int32)
+    step = max(1, block_elements // max(1, C * w.shape[1]))
+    for start in range(0, C, step):
+        xor = w[start : start + step, None, :] ^ w[None, :, :]
+        out[start : start + step] = np.bitwise_count(xor).sum(axis=2, dtype=np.int32)
+    return out
 
 
 def _positions(codes: np.ndarray) -> int:

@@ -13,6 +13,9 @@
 
 The two scans return raw per-row sums; `hashindex.distances.finish` turns them into distances
 for every engine, so lut and numpy agree bit for bit.
+
+faiss and the Numba kernels (numba alone takes ~150 ms to import) are imported on first use, so
+a process that queries with ``fastscan`` never loads them.
 """
 
 from __future__ import annotations
@@ -20,10 +23,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import faiss
 import numpy as np
-
-from hashindex.kernels import KERNELS
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ GPU_K_LIMIT = 2048
 
 def scan_lut(rep_codes: np.ndarray, table: np.ndarray) -> np.ndarray:
     """(N,) sums Σ_p table[p, rep_codes[n, p]] with the Numba kernel (int64 or float64)."""
+    from hashindex.kernels import KERNELS
+
     if table.dtype == np.int32:
         out = np.empty(rep_codes.shape[0], np.int64)
         KERNELS["lut_scan_int"](rep_codes, table, out)
@@ -55,6 +57,8 @@ SCANS = {"lut": scan_lut, "numpy": scan_numpy}
 
 def gpu_available() -> bool:
     """True when this faiss build sees at least one GPU."""
+    import faiss
+
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
 
@@ -62,6 +66,8 @@ class FaissHamming:
     """A FAISS binary index over packed image codes of ``nbytes`` bytes (d = 8·nbytes bits)."""
 
     def __init__(self, nbytes: int, nlist: int | None = None, index=None):
+        import faiss
+
         self.nbytes = nbytes
         self.nlist = nlist
         if index is not None:
@@ -77,6 +83,8 @@ class FaissHamming:
 
     @property
     def is_ivf(self) -> bool:
+        import faiss
+
         return isinstance(self.cpu, faiss.IndexBinaryIVF)
 
     @property
@@ -91,6 +99,8 @@ class FaissHamming:
         self.cpu.add(np.ascontiguousarray(x))
 
     def _gpu_index(self):
+        import faiss
+
         if self.is_ivf or not gpu_available():
             return None
         if self._gpu is None or self._gpu.ntotal != self.cpu.ntotal:
@@ -100,6 +110,8 @@ class FaissHamming:
 
     def search(self, x: np.ndarray, k: int, nprobe: int | None = None):
         """(D (n, k) int32, I (n, k) int64) for packed queries x (n, nbytes) uint8."""
+        import faiss
+
         if self.is_ivf:
             self.cpu.nprobe = int(nprobe) if nprobe is not None else min(8, int(self.nlist or 8))
         gpu = self._gpu_index()

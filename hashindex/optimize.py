@@ -28,7 +28,6 @@ import numpy as np
 
 from hashindex.binarize import hyperplane_bits, pair_indices, representatives, squared_distances
 from hashindex.concordance import concordance
-from hashindex.kernels import KERNELS
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +111,8 @@ def optimize_codebook(codebook: np.ndarray, progress=None) -> tuple[OptimizedBit
         sq_rows = sq[reps]  # (R, K): identical vectors have identical bits, keep one row each
         cols = _columns(sq_rows, pi, pj)
         rows = _to_words(hyperplane_bits(sq, pi, pj, codes=reps))
+        from hashindex.kernels import KERNELS  # numba: imported on first use
+
         dist = np.empty((R, R), np.int32)
         KERNELS["hamming_matrix"](rows, dist)
         near, mins = _neighbour_masks(dist, has_dups)
@@ -130,6 +131,8 @@ def optimize_codebook(codebook: np.ndarray, progress=None) -> tuple[OptimizedBit
 
 def hamming_table(packed: np.ndarray) -> np.ndarray:
     """(C, C) int32 Hamming distances between packed bit rows (C, nbytes) uint8."""
+    from hashindex.kernels import KERNELS  # numba: imported on first use
+
     words = _to_words(packed)
     out = np.empty((packed.shape[0], packed.shape[0]), np.int32)
     KERNELS["hamming_matrix"](words, out)

@@ -13,8 +13,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from hashindex.kernels import KERNELS
-
 
 class VolumeHits(NamedTuple):
     """Volume-wise top-Q of a batch: (B, Q) arrays, distances inf and rows/volumes -1 padded."""
@@ -62,6 +60,8 @@ def topq_volumes(
     V = volume_ids.size
     best_d = np.empty(V)
     best_r = np.empty(V, np.int64)
+    from hashindex.kernels import KERNELS  # numba: imported on first use
+
     KERNELS["volume_best"](dist, volume_index, V, best_d, best_r)
     if exclude is not None:
         best_d[volume_ids == exclude] = np.inf
