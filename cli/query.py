@@ -61,10 +61,10 @@ from hashindex.fileio import check_write_target
     "--backend",
     "engine",
     type=click.Choice(ENGINES),
-    default="lut",
-    show_default=True,
+    default=None,
     help="Search engine: exact look-up tables (lut, fastscan, torch on a GPU), FAISS flat/IVF "
-    "on packed bits, or numpy.",
+    "on packed bits, or numpy [default: fastscan where the index's codebooks have at most 256 "
+    "distinct vectors, else lut].",
 )
 @click.option(
     "--nprobe",
@@ -172,7 +172,7 @@ def query(
     results = {m: (r.hits, r.search_seconds) for m, r in result.results.items()}
     for m, (hits, secs) in results.items():
         click.echo(
-            f"\nQuery {query_name} — mode {m}, {distance} distance, {engine}: "
+            f"\nQuery {query_name} — mode {m}, {distance} distance, {result.options.engine}: "
             f"{len(hits)} volumes in {secs * 1000:.1f} ms"
         )
         dicom = any(h.study_uid for h in hits)  # imported with import-dicom: show the study

@@ -7,16 +7,20 @@ An index directory (the output of `fdn-index build`) holds, by the names docs/ar
     model/                  the model's config.json and weights, so queries encode with the same model
     codes.zarr/             arrays `normal` and `abnormal`, (N, h, w) uint16, chunked along N
     slices.parquet          row i describes row i of the code arrays
-    codebook_*.npy, bits_*.npz, hashindex.json, faiss_*.index   written by `hashindex`
+    codebook_*.npy, bits_*.npz, codes_*.npy, row_sqnorm_*.npy, volume_*.npy,
+    fastscan_codes_t.npy, hashindex.json, faiss_*.index   written by `hashindex`: a query
+                            reads these (memory-mapped), never codes.zarr
     encoded/<case>.npz      the build journal: one file per encoded case (see `fdn.build`)
     build_plan.json         the cases of this index in row order, and the model they are encoded with
     .build.lock, .swap.lock the lock files (see below)
 
 Trust. A reader trusts nothing but the manifest: every file it lists is checked for its size,
-and for its sha256 before it is used (the code arrays, the slice table and the hash index's
-small files when the index is opened; the FAISS files and the model weights on first use, as
-only some queries need them). Names come from a fixed list (`is_index_file`), never from a
-file's content, so no file can send a reader out of the folder.
+and for its sha256 before it is used (the slice table and hashindex.json when the index is
+opened; the FAISS files, the model weights and codes.zarr on first use, as only some queries
+need them). hashindex.json, itself checked so, records the checksums by which `HashIndex.read`
+checks the hash index's files (a fast `sum64` for its large row arrays). Names come from a
+fixed list (`is_index_file`), never from a file's content, so no file can send a reader out of
+the folder.
 
 Locks (fcntl.flock on two empty files). A build holds `.build.lock` exclusively for its whole
 run, so a second build of the same directory fails at once. It assembles the new files in a
@@ -49,6 +53,8 @@ import pyarrow.parquet as pq
 from fdn.errors import IndexDirError
 from hashindex.fileio import atomic_write_json
 from hashindex.index import INDEX_FILES as HASHINDEX_FILES
+from hashindex.storage import ARRAY_FILES as HASHINDEX_ARRAYS
+from hashindex.storage import FASTSCAN_FILE
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +75,12 @@ SWAP_LOCK = ".swap.lock"
 STATUS_BUILDING = "building"
 STATUS_COMPLETE = "complete"
 
-# Files every complete index lists in its manifest (FAISS files only when built).
+# Files every complete index lists in its manifest (FAISS files only when built, the fastscan
+# layout only for codebooks of at most 256 distinct vectors).
 REQUIRED_FILES = (
     SLICES,
     *MODEL_FILES,
-    *(name for name in HASHINDEX_FILES if not name.startswith("faiss_")),
+    *(n for n in HASHINDEX_FILES if not n.startswith("faiss_") and n != FASTSCAN_FILE),
     f"{CODES}/zarr.json",
     f"{CODES}/normal/zarr.json",
     f"{CODES}/abnormal/zarr.json",
@@ -210,6 +217,12 @@ def parse_manifest(data, path: Path) -> Manifest:
     manifest = Manifest(**values)
     if manifest.status == STATUS_COMPLETE:
         missing = [name for name in REQUIRED_FILES if name not in manifest.files]
+        if missing and set(missing) <= set(HASHINDEX_ARRAYS):
+            raise IndexDirError(
+                f"{path}: an index written before the hash index stored its rows (it lists no "
+                f"{', '.join(missing)}); this version opens it without reading codes.zarr. "
+                f"{fix}."
+            )
         if missing:
             raise IndexDirError(
                 f"{path}: the manifest lists no {', '.join(missing)}; a complete index lists "
@@ -407,6 +420,42 @@ SLICE_COLUMNS = {
 }
 
 
+_NUMPY_TYPES = {
+    pa.int8(): np.int8,
+    pa.int16(): np.int16,
+    pa.int32(): np.int32,
+    pa.int64(): np.int64,
+    pa.uint8(): np.uint8,
+    pa.uint16(): np.uint16,
+    pa.uint32(): np.uint32,
+    pa.uint64(): np.uint64,
+    pa.float32(): np.float32,
+    pa.float64(): np.float64,
+}
+
+
+def _indices(values: np.ndarray) -> pa.Array:
+    """int64 numpy indices as an arrow array, zero-copy (pa.array would import pandas)."""
+    values = np.ascontiguousarray(values, dtype=np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
+
+
+def column_to_numpy(column: pa.ChunkedArray) -> np.ndarray:
+    """(N,) numpy array of a slice-table column, as ``to_numpy(zero_copy_only=False)`` gives it
+    (integers with nulls as float64 with NaN, strings as objects with None), without pyarrow's
+    conversion, which imports pandas (~0.5 s of a query's start-up)."""
+    if pa.types.is_integer(column.type) and column.null_count:
+        column = pc.fill_null(pc.cast(column, pa.float64()), float("nan"))
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if array.type in _NUMPY_TYPES and not array.null_count:
+        dtype = np.dtype(_NUMPY_TYPES[array.type])
+        data = array.buffers()[1]
+        if data is None:
+            return np.zeros(0, dtype)
+        return np.frombuffer(data, dtype, count=len(array), offset=array.offset * dtype.itemsize)
+    return np.array(array.to_pylist(), dtype=object)
+
+
 class SliceTable(Mapping):
     """The checked slice table: column name -> (N,) numpy array, converted on first access.
 
@@ -425,7 +474,7 @@ class SliceTable(Mapping):
         if name not in self._columns:
             if name not in self.arrow.column_names:
                 raise KeyError(name)
-            self._columns[name] = self.arrow.column(name).to_numpy(zero_copy_only=False)
+            self._columns[name] = column_to_numpy(self.arrow.column(name))
         return self._columns[name]
 
     def __iter__(self):
@@ -436,6 +485,10 @@ class SliceTable(Mapping):
 
     def __len__(self) -> int:
         return self.arrow.num_columns
+
+    def slice_range(self, volume: int) -> range:
+        """The slice numbers of volume ``volume``: 0 .. its row count - 1 (checked at read)."""
+        return range(int(self.counts[volume]))
 
     def value(self, name: str, row: int):
         """One cell as a Python value (None for a null), without converting the whole column."""
@@ -451,7 +504,8 @@ def read_slice_table(
     """Parse and check slices.parquet (its bytes); IndexDirError naming the fault and the fix."""
     fix = fix_for(path.parent)
     try:
-        arrow = pq.read_table(pa.BufferReader(data))
+        # ParquetFile, not read_table: that one imports pyarrow.dataset and pandas (~0.5 s)
+        arrow = pq.ParquetFile(pa.BufferReader(data)).read()
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
         raise IndexDirError(
             f"{path}: unreadable slice table ({type(exc).__name__}: {str(exc)[:80]}). {fix}."
@@ -474,7 +528,7 @@ def read_slice_table(
         raise IndexDirError(f"{path}: {n} rows, the manifest says {n_rows} slices. {fix}.")
 
     def ints(name):
-        return arrow.column(name).to_numpy().astype(np.int64, copy=False)
+        return column_to_numpy(arrow.column(name)).astype(np.int64, copy=False)
 
     if not np.array_equal(ints("row"), np.arange(n)):
         raise IndexDirError(f"{path}: column 'row' is not 0..{n - 1} in order. {fix}.")
@@ -497,13 +551,14 @@ def read_slice_table(
             f"{path}: column 'slice' should count 0, 1, … within each volume. {fix}."
         )
     case = arrow.column("case")
-    if n and not pc.all(pc.equal(case, pc.take(case, pa.array(starts[volume])))).as_py():
+    if n and not pc.all(pc.equal(case, pc.take(case, _indices(starts[volume])))).as_py():
         raise IndexDirError(f"{path}: a volume's rows name more than one case. {fix}.")
-    cases = pc.take(case, pa.array(starts)).to_pylist()
+    cases = pc.take(case, _indices(starts)).to_pylist()
     if len(set(cases)) != len(cases):
         raise IndexDirError(f"{path}: a case appears as more than one volume. {fix}.")
     checksums = arrow.column("model_checksum")
-    if n and not pc.all(pc.equal(checksums, model_checksum)).as_py():
+    # unique, not equal: a Python str argument goes through pyarrow's conversion (imports pandas)
+    if n and pc.unique(checksums).to_pylist() != [model_checksum]:
         raise IndexDirError(
             f"{path}: rows encoded with another model than the manifest's "
             f"({model_checksum[:12]}…). {fix}."

@@ -12,7 +12,7 @@ with the index's own model. Either way the answer is a `QueryResult` whose `to_d
 one JSON schema shared by `query --json` and the HTTP API:
 
     {"query": "SYN_003 slice 30", "index": "...", "query_case": "SYN_003", "query_slice": 30,
-     "external": false, "modes": [...], "distance": "hamming", "engine": "lut", "topq": 6,
+     "external": false, "modes": [...], "distance": "hamming", "engine": "fastscan", "topq": 6,
      "normalized_sum": false, "include_same_volume": false, "nprobe": null,
      "load_seconds": 0.0, "encode_seconds": 0.0, "query_seconds": 0.004,
      "results": {"normal": {"search_seconds": 0.001, "hits": [{rank, row, case, slice,
@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 import weakref
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ class QueryOptions:
     modes: tuple[str, ...]
     distance: str = "hamming"
     topq: int = 10
-    engine: str = "lut"
+    engine: str | None = None  # None: the index's default_engine (fastscan where it applies)
     nprobe: int | None = None
     normalized_sum: bool = False
     include_same_volume: bool = False
@@ -80,7 +80,7 @@ def query_options(
     *,
     distance: str = "hamming",
     topq: int = 10,
-    engine: str = "lut",
+    engine: str | None = None,
     nprobe: int | None = None,
     normalized_sum: bool = False,
     include_same_volume: bool = False,
@@ -89,6 +89,8 @@ def query_options(
     """Check the options of a query; QueryError names the bad one and what is allowed.
 
     mode: one of normal, abnormal, sum, all (all three), or a list of modes.
+    engine: one of ENGINES, or None for the index's default (fastscan when both codebooks have
+    at most 256 distinct vectors, else lut; both exact).
     max_topq: an upper bound on topq (the service sets one), None for none.
     """
     modes = [mode] if isinstance(mode, str) else list(mode)
@@ -103,7 +105,7 @@ def query_options(
                 expanded.append(one)
     if distance not in DISTANCES:
         raise QueryError(f"distance must be one of {', '.join(DISTANCES)}; got {distance!r}")
-    if engine not in ENGINES:
+    if engine is not None and engine not in ENGINES:
         raise QueryError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
     topq = _as_int("topq", topq)
     if topq < 1:
@@ -297,7 +299,8 @@ def check_slice(index, case: str, slice_index) -> int:
     """The slice number if (case, slice) is in the index; QueryError / UnknownCaseError otherwise."""
     check_case(index, case)
     slice_index = _as_int("slice", slice_index)
-    slices = _case_slices(index, case)
+    # an index that knows each case's slices answers at once; else one pass over the table
+    slices = index.slice_range(case) if hasattr(index, "slice_range") else _case_slices(index, case)
     if slice_index not in slices:
         raise QueryError(
             f"case {case!r} has slices {min(slices)}..{max(slices)}; "
@@ -342,9 +345,9 @@ def run_slice_query(
     slice_index = check_slice(index, case, slice_index)
     row = index.row_of(case, slice_index)
     exclude = None if options.include_same_volume else index.volume_of(case)
-    results = _search_modes(
-        index, index.codes_normal[row], index.codes_abnormal[row], exclude, options, lock
-    )
+    options = _with_engine(options, index)
+    normal, abnormal = index.codes_of_row(row)
+    results = _search_modes(index, normal, abnormal, exclude, options, lock)
     return QueryResult(
         query=f"{case} slice {slice_index}",
         index=str(index.index_dir),
@@ -395,6 +398,7 @@ def run_external_query(
         normal, abnormal = index.encode(image)
     encoded = time.perf_counter()
     exclude = None if options.include_same_volume else index.volume_of(case_id)
+    options = _with_engine(options, index)
     results = _search_modes(index, normal, abnormal, exclude, options, lock)
     return QueryResult(
         query=f"{case_id} slice {slice_index} (external)",
@@ -478,6 +482,11 @@ def check_nifti_sizes(case_id: str, files: dict[str, Path], max_voxels: int) -> 
                 f"the {key} volume has shape {shape} "
                 f"({voxels:,} voxels); at most {max_voxels:,} voxels are accepted",
             )
+
+
+def _with_engine(options: QueryOptions, index) -> QueryOptions:
+    """``options`` with the index's default engine where they name none."""
+    return options if options.engine else replace(options, engine=index.default_engine)
 
 
 def _search_modes(index, normal, abnormal, exclude, options: QueryOptions, lock) -> dict:

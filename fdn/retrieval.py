@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
-from zarr.core.buffer import default_buffer_prototype
 
 from fdn.errors import IndexDirError
 
@@ -42,6 +40,7 @@ from fdn.indexdir import (
 )
 from hashindex import DISTANCES, ENGINES, MODES, HashIndex
 from hashindex.errors import HashIndexError
+from hashindex.fastscan import TABLE as FASTSCAN_CODES
 from hashindex.index import INDEX_FILES as HASHINDEX_FILES
 from hashindex.index import META_FILE as HASHINDEX_META
 
@@ -71,8 +70,6 @@ class ArchiveIndex:
         self,
         index_dir: Path,
         manifest: Manifest,
-        codes_normal: np.ndarray,
-        codes_abnormal: np.ndarray,
         table: SliceTable,
         hash_index: HashIndex,
         *,
@@ -80,18 +77,47 @@ class ArchiveIndex:
     ):
         self.index_dir = Path(index_dir)
         self.manifest = manifest
-        self.codes_normal = codes_normal  # (N, h, w) uint16
-        self.codes_abnormal = codes_abnormal  # (N, h, w) uint16
         # column name -> (N,) array, converted on first access; row i describes codes[i]
         self.table = table
         self.hash_index = hash_index
         self.verify = verify
         self._volume_of_case = {c: v for v, c in enumerate(table.cases)}
         self._model = None
+        self._codes: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def ntotal(self) -> int:
-        return int(self.codes_normal.shape[0])
+        return self.hash_index.ntotal
+
+    @property
+    def default_engine(self) -> str:
+        """The engine a query runs on unless it names one: fastscan where both codebooks have
+        at most 256 distinct vectors (one byte per code), else lut. Both are exact."""
+        tables = self.hash_index.tables.values()
+        return "fastscan" if all(t.n_reps <= FASTSCAN_CODES for t in tables) else "lut"
+
+    @property
+    def codes_normal(self) -> np.ndarray:
+        """(N, h, w) uint16 codes of codes.zarr, read and checked on first use (queries never
+        need them: `codes_of_row` takes a row's codes from the hash index)."""
+        return self._code_arrays()[0]
+
+    @property
+    def codes_abnormal(self) -> np.ndarray:
+        """(N, h, w) uint16, as `codes_normal`."""
+        return self._code_arrays()[1]
+
+    def _code_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._codes is None:
+            with swap_lock(self.index_dir, shared=True):
+                self._codes = _read_codes(self.index_dir, self.manifest, self.verify)
+        return self._codes
+
+    def codes_of_row(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """The code grids (normal, abnormal), each (h, w) uint16, of one row, as the hash
+        index stores them (`HashIndex.reconstruct`: every code is its representative, so a
+        search with them gives the answer the codes of codes.zarr give)."""
+        return self.hash_index.reconstruct(int(row))
 
     @property
     def cases(self) -> list[str]:
@@ -107,9 +133,14 @@ class ArchiveIndex:
         volume = self._volume_of_case[case]
         start = self.table.starts[volume]
         rows = np.arange(start, start + self.table.counts[volume])
-        from fdn.data.render import largest_lesion_slice
+        from fdn.data.labels import largest_lesion_slice  # not render: no nibabel
 
         return int(self.table["slice"][rows[largest_lesion_slice(self.table["lesion_area"][rows])]])
+
+    def slice_range(self, case: str) -> range:
+        """The slice numbers of ``case`` (IndexDirError for a case not in the index)."""
+        self.row_of(case, 0)  # raises the unknown-case error
+        return self.table.slice_range(self._volume_of_case[case])
 
     def row_of(self, case: str, slice_index: int) -> int:
         """The row of slice `slice_index` of `case`; IndexDirError naming what exists otherwise."""
@@ -156,9 +187,7 @@ class ArchiveIndex:
         """
         row = self.row_of(case, slice_index)
         exclude = None if include_same_volume else self._volume_of_case[case]
-        return self.search_codes(
-            self.codes_normal[row], self.codes_abnormal[row], exclude_volume=exclude, **options
-        )
+        return self.search_codes(*self.codes_of_row(row), exclude_volume=exclude, **options)
 
     def encode(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Codes of one preprocessed image (4, S, S) float32 with the index's model: two (h, w) uint16."""
@@ -174,8 +203,8 @@ class ArchiveIndex:
 
     def _provenance(self, row: int) -> dict:
         """study_uid and series_uids of a row (columns absent in indexes built before them)."""
-        study = self.table["study_uid"][row] if "study_uid" in self.table else None
-        series = self.table["series_uids"][row] if "series_uids" in self.table else None
+        study = self.table.value("study_uid", row) if "study_uid" in self.table else None
+        series = self.table.value("series_uids", row) if "series_uids" in self.table else None
         return {
             "study_uid": str(study) if isinstance(study, str) and study else None,
             "series_uids": json.loads(series) if isinstance(series, str) and series else None,
@@ -189,12 +218,14 @@ class ArchiveIndex:
         mode: str = "sum",
         distance: str = "hamming",
         topq: int = 10,
-        engine: str = "lut",
+        engine: str | None = None,
         exclude_volume: int | None = None,
         normalized_sum: bool = False,
         nprobe: int | None = None,
     ) -> list[Hit]:
-        """Volume-wise top-Q for one pair of code grids (h, w) uint16."""
+        """Volume-wise top-Q for one pair of code grids (h, w) uint16; ``engine`` None: the
+        index's `default_engine`."""
+        engine = engine or self.default_engine
         for name, value, allowed in (
             ("mode", mode, MODES),
             ("distance", distance, DISTANCES),
@@ -220,15 +251,15 @@ class ArchiveIndex:
         for rank, (dist, row) in enumerate(zip(result.distances[0], result.rows[0]), start=1):
             if row < 0:
                 break
-            area = self.table["lesion_area"][row]
+            area = self.table.value("lesion_area", row)  # cells: no column of strings made
             hits.append(
                 Hit(
                     rank=rank,
                     row=int(row),
-                    case=str(self.table["case"][row]),
+                    case=str(self.table.value("case", row)),
                     slice=int(self.table["slice"][row]),
                     distance=float(dist),
-                    source=str(self.table["source"][row]),
+                    source=str(self.table.value("source", row)),
                     lesion_area=None
                     if area is None or (isinstance(area, float) and np.isnan(area))
                     else int(area),
@@ -241,16 +272,16 @@ class ArchiveIndex:
 def open_index(index_dir: str | Path, *, verify: bool = True) -> ArchiveIndex:
     """Load a finished index directory; IndexDirError says what is wrong and how to fix it.
 
-    Every file the manifest lists is checked for its size and (``verify``) its sha256 before it
-    is used: the code arrays, the slice table and the hash index's small files now, the FAISS
-    files and the model weights on first use. The files are read (or, for those used later,
-    opened) under the directory's shared swap lock, so a build finishing meanwhile changes
-    nothing this index sees.
+    Every file the manifest lists is checked before it is used: the slice table and
+    hashindex.json for size and (``verify``) sha256 now; the hash index's own files by
+    `HashIndex.read` (its row arrays memory-mapped and checked by size and sum64); the FAISS
+    files, the model weights and codes.zarr on first use (a query needs none of them). The
+    files are read (or, for those used later, opened) under the directory's shared swap lock,
+    so a build finishing meanwhile changes nothing this index sees.
     """
     index_dir = Path(index_dir)
     with swap_lock(index_dir, shared=True):
         manifest = read_manifest(index_dir)
-        codes_normal, codes_abnormal = _read_codes(index_dir, manifest, verify)
         table = read_slice_table(
             read_listed(index_dir, manifest, SLICES, verify=verify),
             index_dir / SLICES,
@@ -262,14 +293,18 @@ def open_index(index_dir: str | Path, *, verify: bool = True) -> ArchiveIndex:
         meta = read_listed(index_dir, manifest, HASHINDEX_META, verify=verify)
         _check_hashindex_listing(index_dir, manifest, meta)
         try:
-            hash_index = HashIndex.read(
-                index_dir, codes_normal, codes_abnormal, table["volume"], verify=verify
-            )
+            hash_index = HashIndex.read(index_dir, verify=verify)
         except HashIndexError as exc:
             raise IndexDirError(f"{exc} ({fix_for(index_dir)}.)") from None
-    return ArchiveIndex(
-        index_dir, manifest, codes_normal, codes_abnormal, table, hash_index, verify=verify
-    )
+    if hash_index.grid != manifest.grid or not np.array_equal(
+        hash_index.volume_ids, table["volume"]
+    ):
+        raise IndexDirError(
+            f"{index_dir / HASHINDEX_META}: the hash index holds {hash_index.ntotal} rows of grid "
+            f"{hash_index.grid}, but the manifest and {SLICES} describe {manifest.n_slices} rows "
+            f"of grid {manifest.grid} in other volumes. {fix_for(index_dir)}."
+        )
+    return ArchiveIndex(index_dir, manifest, table, hash_index, verify=verify)
 
 
 def _check_hashindex_listing(index_dir: Path, manifest: Manifest, meta: bytes) -> None:
@@ -278,8 +313,12 @@ def _check_hashindex_listing(index_dir: Path, manifest: Manifest, meta: bytes) -
         listed = json.loads(meta)["files"]
     except (ValueError, KeyError, TypeError, RecursionError):
         return  # HashIndex.read reports a malformed hashindex.json in detail
+
+    def checksum(entry):  # hashindex.json also records sum64 of its row arrays
+        return None if not isinstance(entry, dict) else (entry.get("size"), entry.get("sha256"))
+
     for name in HASHINDEX_FILES:
-        if name != HASHINDEX_META and manifest.files.get(name) != (
+        if name != HASHINDEX_META and checksum(manifest.files.get(name)) != checksum(
             listed.get(name) if isinstance(listed, dict) else None
         ):
             raise IndexDirError(
@@ -293,8 +332,11 @@ def _read_codes(index_dir: Path, manifest: Manifest, verify: bool) -> tuple[np.n
 
     The store is read into memory and decoded from there, so a file the manifest does not list
     is never read, and a chunk missing from the manifest and the disk is an error (zarr alone
-    would read it as zeros).
+    would read it as zeros). zarr is imported here: no query needs codes.zarr.
     """
+    import zarr
+    from zarr.core.buffer import default_buffer_prototype
+
     prefix = CODES + "/"
     buffer = default_buffer_prototype().buffer
     store = {

@@ -163,8 +163,7 @@ def _search_shard(path: str, normal, abnormal, exclude_case: str | None, options
 
 def _query_codes(path: str, case: str, slice_index: int):
     index = _shard(path)
-    row = index.row_of(case, slice_index)
-    return index.codes_normal[row], index.codes_abnormal[row]
+    return index.codes_of_row(index.row_of(case, slice_index))
 
 
 class _GlobalCodes:
@@ -174,14 +173,14 @@ class _GlobalCodes:
         self.owner, self.which = owner, which
 
     def __getitem__(self, row: int) -> np.ndarray:
-        return self.owner._codes_of_row(int(row))[0 if self.which == "normal" else 1]
+        return self.owner.codes_of_row(int(row))[0 if self.which == "normal" else 1]
 
 
 class ShardedIndex:
     """Shards of one index, searched together; see the module docstring.
 
     It offers what `fdn.queries` uses of an `ArchiveIndex`: cases, volume_of, default_slice,
-    row_of, codes_normal/codes_abnormal[row], table, manifest, encode and search_codes. Volume
+    row_of, codes_of_row, default_engine, table, manifest, encode and search_codes. Volume
     ids and rows are those of the unsharded index.
     """
 
@@ -269,15 +268,22 @@ class ShardedIndex:
     def default_slice(self, case: str) -> int:
         return self._local(self._owner(case)).default_slice(case)
 
+    def slice_range(self, case: str) -> range:
+        return self._local(self._owner(case)).slice_range(case)
+
     def row_of(self, case: str, slice_index: int) -> int:
         k = self._owner(case)
         return int(self.offsets[k]) + self._local(k).row_of(case, slice_index)
 
-    def _codes_of_row(self, row: int):
+    def codes_of_row(self, row: int):
+        """The code grids (normal, abnormal) of a global row, from the shard that holds it."""
         k = int(np.searchsorted(self.offsets, row, side="right") - 1)
-        local = self._local(k)
-        r = row - int(self.offsets[k])
-        return local.codes_normal[r], local.codes_abnormal[r]
+        return self._local(k).codes_of_row(row - int(self.offsets[k]))
+
+    @property
+    def default_engine(self) -> str:
+        """The shards' default engine (they share one model, hence one pair of codebooks)."""
+        return self._first.default_engine
 
     def encode(self, image: np.ndarray):
         """Codes of an external image with the model every shard shares."""

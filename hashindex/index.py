@@ -170,6 +170,27 @@ class HashIndex(IndexSearch, IndexStorage):
         assert self.grid is not None, "no rows stored yet"
         return t.reps[self.codes[book]].reshape(-1, *self.grid).astype(np.uint16)
 
+    def reconstruct(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        """The stored grids of ``rows`` (int or (B,) ints): (normal, abnormal), each (h, w) or
+        (B, h, w) uint16.
+
+        Each code is its representative's index (the smallest index of an identical code
+        vector), so the grids can differ from those `add` was given but every distance to them
+        is the same: searching with them gives the same answer.
+        """
+        if self.grid is None:
+            raise ValueError("the index is empty: add rows before reconstructing them")
+        rows = np.asarray(rows)
+        if not np.issubdtype(rows.dtype, np.integer):
+            raise TypeError(f"rows must be integers, got {rows.dtype}")
+        if rows.size and (int(rows.min()) < 0 or int(rows.max()) >= self.ntotal):
+            raise ValueError(f"rows must be in 0..{self.ntotal - 1}")
+        out = []
+        for book in BOOKS:
+            t = self.tables[book]
+            out.append(t.reps[self.codes[book][rows]].reshape(*rows.shape, *self.grid))
+        return out[0].astype(np.uint16), out[1].astype(np.uint16)
+
     def add(
         self, codes_normal: np.ndarray, codes_abnormal: np.ndarray, volume_ids: np.ndarray
     ) -> None:
@@ -220,6 +241,7 @@ class HashIndex(IndexSearch, IndexStorage):
             self.row_sqnorm[book] = (
                 sq if self.row_sqnorm[book] is None else np.concatenate([self.row_sqnorm[book], sq])
             )
+        self._codes_t = None  # the stored layout no longer covers every row
         self.volume_ids = np.concatenate([self.volume_ids, volume_ids])
         self._vol_unique, self._vol_index = np.unique(self.volume_ids, return_inverse=True)
         self._vol_index = self._vol_index.astype(np.int64)

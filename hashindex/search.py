@@ -10,7 +10,6 @@ import numpy as np
 from hashindex.distances import BOOKS, DISTANCES, MODES, image_distance
 from hashindex.engines import ENGINES, SCANS
 from hashindex.fastscan import FastScan
-from hashindex.kernels import KERNELS
 from hashindex.state import IndexState
 from hashindex.storage import FLAT_FILES, IVF_FILES, _is_int
 from hashindex.volumes import (
@@ -93,6 +92,8 @@ class IndexSearch(IndexState):
         books = BOOKS if mode == "sum" else (mode,)
         if engine == "lut" and distance == "hamming" and mode == "sum" and not normalized_sum:
             # fused single pass; integer sums, so identical to adding the two distances
+            from hashindex.kernels import KERNELS  # numba: imported on first use
+
             out = np.empty(self.ntotal)
             tn, ta = self.tables["normal"], self.tables["abnormal"]
             KERNELS["lut_scan_int_pair"](
@@ -121,7 +122,8 @@ class IndexSearch(IndexState):
         )
 
     def _fastscan(self) -> FastScan:
-        """The fastscan engine's block-transposed codes, made on first use after an add."""
+        """The fastscan engine over the stored rows: on the layout `read` mapped from the index
+        folder, else on block-transposed codes made on first use after an add."""
         if self._fast is None or self._fast.n != self.ntotal:
             self._fast = FastScan(
                 self.tables,
@@ -130,6 +132,7 @@ class IndexSearch(IndexState):
                 self._vol_index,
                 self._vol_unique,
                 self.scales,
+                codes_t=self._codes_t,
             )
         return self._fast
 

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hashindex.distances import BOOKS, CodebookTables
-from hashindex.engines import FaissHamming
 
 if TYPE_CHECKING:
+    from hashindex.engines import FaissHamming
     from hashindex.fastscan import FastScan
 
 
@@ -24,7 +24,8 @@ class IndexState:
     tables: per codebook its `CodebookTables`; grid: (h, w) of the stored grids, None while
     empty; codes: per codebook (N, P) representative ids; row_sqnorm: per codebook (N,) ‖r‖²;
     volume_ids: (N,) int64; scales: the normalized-sum scales; flat / ivf: FAISS indexes per
-    mode.
+    mode. An index from `read` holds read-only memory maps of its files in codes, row_sqnorm
+    and the volume arrays; `add` replaces them by arrays in memory.
     """
 
     codes: dict[str, Any]
@@ -44,6 +45,8 @@ class IndexState:
         self.volume_ids = np.zeros(0, np.int64)
         self.scales: dict[str, float] = {}
         self._fast: FastScan | None = None  # built by the first fastscan query
+        # the fastscan layout of the stored rows as `read` mapped it (None: made on first use)
+        self._codes_t: np.ndarray | None = None
         self._torch: Any = None  # TorchScan, built by the first torch query (imports torch)
         self.flat: dict[str, FaissHamming] = {}
         self.ivf: dict[str, FaissHamming] = {}
@@ -61,4 +64,8 @@ class IndexState:
 
     def _append(self, codes_normal, codes_abnormal, volume_ids, *, estimate_scales=True) -> None:
         """Store rows (defined by `hashindex.index.HashIndex`)."""
+        raise NotImplementedError
+
+    def _fastscan(self) -> FastScan:
+        """The fastscan engine over the stored rows (defined by `hashindex.search`)."""
         raise NotImplementedError

@@ -66,7 +66,8 @@ class TorchScan:
             # on CUDA; ids < 32,768 always suffice for K ≤ 65,536 as stored by hashindex)
             if a.dtype == np.uint16:
                 a = a.astype(np.int16)
-            return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+            # a copy of a read-only memory map (`HashIndex.read`): torch wants writable arrays
+            return torch.from_numpy(np.require(a, requirements=["C", "W"])).to(self.device)
 
         self.codes = {b: put(c) for b, c in codes.items()}
         self.row_sqnorm_host = row_sqnorm

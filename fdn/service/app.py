@@ -99,7 +99,11 @@ QUERY_PARAMS = [
         default=10,
         description="Number of volumes (each hit from a different volume).",
     ),
-    _param("engine", enum=list(ENGINES), default="lut", description="Search engine."),
+    _param(
+        "engine",
+        enum=list(ENGINES),
+        description="Search engine [default: fastscan where the index allows it, else lut].",
+    ),
     _param("nprobe", kind="integer", minimum=1, description="Lists probed by faiss-ivf."),
     _param(
         "normalized_sum",

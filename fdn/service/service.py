@@ -66,7 +66,7 @@ def parse_options(params) -> dict:
         distance=params.get("distance") or "hamming",
         topq=params.get("topq") or 10,
         # "backend" is the name an earlier API used for the engine
-        engine=params.get("engine") or params.get("backend") or "lut",
+        engine=params.get("engine") or params.get("backend") or None,
         nprobe=None if nprobe in (None, "") else nprobe,
         normalized_sum=parse_bool("normalized_sum", params.get("normalized_sum", "")),
         include_same_volume=parse_bool(

@@ -162,13 +162,11 @@ def test_missing_index_fails_clearly(tmp_path):
     assert "no index directory" in result.output
 
 
-def corrupt_zarr(index):
-    chunk = next(
-        p
-        for p in (index / "codes.zarr" / "normal").rglob("*")
-        if p.is_file() and p.name != "zarr.json"
-    )
-    chunk.write_bytes(b"\x00garbage")
+def corrupt_rows(index):
+    """The rows a query reads (codes.zarr is not among them: see test_index_integrity)."""
+    raw = bytearray((index / "codes_abnormal.npy").read_bytes())
+    raw[-1] ^= 0x10
+    (index / "codes_abnormal.npy").write_bytes(bytes(raw))
 
 
 def corrupt_parquet(index):
@@ -185,7 +183,7 @@ def incomplete_build(index):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (corrupt_zarr, "codes.zarr"),
+        (corrupt_rows, "codes_abnormal.npy: sum64"),
         (corrupt_parquet, "slices.parquet"),
         (incomplete_build, "did not finish"),
     ],
