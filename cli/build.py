@@ -4,7 +4,6 @@ import json
 from dataclasses import asdict
 
 import click
-from tqdm import tqdm
 
 from cli.options import LIBRARY_ERRORS, device_option, index_option, skip_bad_option
 
@@ -71,6 +70,8 @@ def build(
     as_json,
 ):
     """Encode every slice of ARCHIVE into Zarr code grids and build the hash indexes."""
+    from tqdm import tqdm  # here: every command's start-up would pay for it
+
     from fdn.build import build_index
     from fdn.data import Archive
     from fdn.distributed import cluster_client

@@ -5,7 +5,6 @@ from dataclasses import asdict
 from functools import partial
 
 import click
-from tqdm import tqdm
 
 from cli.options import LIBRARY_ERRORS
 
@@ -48,6 +47,8 @@ def import_dicom(paths, pacs, mapping, auth_file, as_json):
     Studies already in ARCHIVE are not imported again. Bad studies and files are listed with
     the reason and nothing is written for them; the command fails when nothing was imported.
     """
+    from tqdm import tqdm  # here: every command's start-up would pay for it
+
     from fdn.dicom.importer import import_dicom as run_import
     from fdn.dicom.pacs import load_credentials, sync_pacs
     from fdn.dicom.sequences import load_mapping

@@ -3,7 +3,6 @@
 import json
 
 import click
-from tqdm import tqdm
 
 from cli.options import LIBRARY_ERRORS
 
@@ -25,6 +24,8 @@ def shard(index_dir, out_dir, n_shards, as_json):
     Each shard is a complete index of a contiguous run of INDEX's cases, assembled from its
     build journal; a query on OUT searches every shard and merges the hits exactly.
     """
+    from tqdm import tqdm  # here: every command's start-up would pay for it
+
     from fdn.shards import split_index
 
     try:

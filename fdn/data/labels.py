@@ -30,3 +30,14 @@ def seg_to_classes(seg: np.ndarray) -> np.ndarray:
     if bad:
         raise ValueError(f"seg labels must be in {SEG_LABELS}, found {bad[:8]}")
     return _SEG_TO_CLASS[seg.astype(np.int64)]
+
+
+def largest_lesion_slice(areas) -> int:
+    """Index of the slice with the largest lesion area (the first on ties), else the middle one.
+
+    areas: (Z,) lesion area per slice; None or NaN where the slice has no label.
+    """
+    area = np.array([0 if a is None or a != a else a for a in areas], dtype=np.float64)
+    if area.size and area.max() > 0:
+        return int(np.argmax(area))
+    return len(area) // 2

@@ -10,7 +10,7 @@ import numpy as np
 
 from fdn.data.archive import case_files_in
 from fdn.data.case import read_case
-from fdn.data.labels import ANAT_LABELS, SEQUENCES
+from fdn.data.labels import ANAT_LABELS, SEQUENCES, largest_lesion_slice
 from fdn.errors import ArchiveError
 from hashindex.fileio import check_write_target, save_figure
 
@@ -30,17 +30,6 @@ ANAT_COLOURS = {
 class Shown(NamedTuple):
     case: str
     slice: int
-
-
-def largest_lesion_slice(areas) -> int:
-    """Index of the slice with the largest lesion area (the first on ties), else the middle one.
-
-    areas: (Z,) lesion area per slice; None or NaN where the slice has no label.
-    """
-    area = np.array([0 if a is None or a != a else a for a in areas], dtype=np.float64)
-    if area.size and area.max() > 0:
-        return int(np.argmax(area))
-    return len(area) // 2
 
 
 def default_slice(seg: np.ndarray | None, depth: int) -> int:
