@@ -19,3 +19,30 @@ def lower_bounds(
     /,
 ) -> None: ...
 def simd_name() -> str: ...
+def prune_scan(
+    codes_t: Buffer,
+    S: int,
+    n_rows: int,
+    n_codes: int,
+    tables: Buffer,
+    order: Buffer,
+    chunk_acc: Buffer,
+    n_queries: int,
+    n_pos: int,
+    lim: Buffer,
+    room: Buffer,
+    room_stride: int,
+    coarse: Buffer,
+    out_rows: Buffer,
+    out_keys: Buffer,
+    out_count: Buffer,
+    capacity: int,
+    heap: bool,
+    block_start: int,
+    block_end: int,
+    portable: bool,
+    /,
+) -> None: ...
+def exact_sums(
+    codes: Buffer, P: int, tables: Buffer, R: int, rows: Buffer, qidx: Buffer, out: Buffer, /
+) -> None: ...

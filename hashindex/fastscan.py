@@ -7,19 +7,24 @@ query table (`hashindex.distances`). The engine
    with one step Δ for all positions, so ``Σ_p min_p T + Δ · Σ_p q[p, c_p] ≤ Σ_p T[p, c_p]``
    (for D_A the table of dot products is negated first, so the bound is an upper bound on the
    dot product and hence a lower bound on the angle);
-2. sums the bounds of every row with the C kernel `hashindex._fastscan` — 64 rows per step
-   with the tables in AVX-512 registers where the CPU has VBMI, in the manner of FAISS's
-   fast-scan — reading one byte per code instead of gathering from a float table;
-3. computes exact distances for a few rows with the smallest bounds, which gives an upper
-   bound θ of the Q-th best volume's distance;
-4. computes exact distances, in the reference summation order, for every row whose lower bound
-   is ≤ θ, and returns the volume-wise top-Q of those rows.
+2. seeds a threshold θ: the C kernel `hashindex._fastscan.prune_scan` keeps, per query, the rows
+   with the smallest bounds among every SAMPLE_STRIDE-th row, and the exact distance of the Q-th
+   best volume among them bounds the true Q-th distance from above;
+3. scans every row again with `prune_scan`, keeping only rows whose bound is ≤ θ. The kernel
+   works in the manner of FAISS's fast-scan: 64 rows per step, with the tables of a few
+   positions held in AVX-512 registers (`vpermi2b`) where the CPU has VBMI; it visits each
+   query's positions most informative first and leaves a block of 64 rows as soon as its
+   partial sums rule all of them out. A batch of queries shares one pass over the codes;
+4. computes exact distances, in the reference summation order, for the rows kept, and returns
+   the volume-wise top-Q of those rows — for a whole batch at once.
 
 A row left out has a distance above θ, so it can be neither a hit nor the best row of a hit's
 volume: the answer equals the brute force's, ties included (distance, then row id). The float
-comparisons of step 4 carry a margin far above rounding error, so rounding can only add rows.
-How many rows step 4 evaluates depends on the data: grids of similar slices have tight bounds,
-uniformly random codes (the worst case) do not, and then the engine degrades to a scan.
+comparisons carry a margin far above rounding error, so rounding can only add rows. How many
+rows step 4 evaluates depends on the data: grids of similar slices have tight bounds, uniformly
+random codes (the worst case) do not; a query whose rows overflow the kernel's buffers, and
+every D_A query (its bound needs each row's norm), sum the bounds of all rows instead
+(`_search_full`). FDN_FASTSCAN_PORTABLE=1 forces the portable C loops (tests of that path).
 
 Limits: at most 256 distinct code vectors per codebook (one byte per code; trained EMA codebooks
 have far fewer live codes). Otherwise use ``lut``.
@@ -40,10 +45,17 @@ BLOCK = 64
 TABLE = 256
 MAX_SUM = 65535  # uint16 accumulators
 # θ is seeded from the SEED_ROWS smallest bounds among every SAMPLE_STRIDE-th row.
-SEED_ROWS = 256
+SEED_ROWS = 64
 SAMPLE_STRIDE = 8
 MARGIN = 1e-9  # relative slack of the float comparisons (rounding is ~1e-15)
 QUERY_BYTES = 256 << 20  # integer sums of a chunk of batched queries, per array
+CHUNK = 8  # positions scanned between two checks whether a block can be left
+COARSE = 64  # steps of the staircase the kernel checks the two sums against
+PRUNE_LEVELS = 63  # levels of the pruned scan's tables: 4 positions add up in 8 bits
+BATCH = 64  # queries that share one pruned pass over the codes
+CAPACITY = 8192  # candidate rows per query and thread; a query with more is rescanned in full
+# FDN_FASTSCAN_PORTABLE=1 runs the portable C loops instead of AVX-512 VBMI (for tests)
+PORTABLE = os.environ.get("FDN_FASTSCAN_PORTABLE", "") not in ("", "0")
 
 _THREADS = max(1, min(os.cpu_count() or 1, 8))
 _pool: ThreadPoolExecutor | None = None
@@ -51,7 +63,7 @@ _pool: ThreadPoolExecutor | None = None
 
 def simd() -> str:
     """The kernel this CPU runs: "avx512-vbmi" or "portable"."""
-    return _fastscan.simd_name()
+    return "portable" if PORTABLE else _fastscan.simd_name()
 
 
 def block_transpose(rep_codes: np.ndarray) -> np.ndarray:
@@ -129,7 +141,7 @@ def integer_sums(
 
     def run(start: int, end: int) -> None:
         _fastscan.lower_bounds(
-            codes_t, tables, out, B, S, first_position, P, start, end, acc, False
+            codes_t, tables, out, B, S, first_position, P, start, end, acc, PORTABLE
         )
 
     if _THREADS == 1 or nblocks < 256:
@@ -142,6 +154,19 @@ def integer_sums(
     for job in jobs:
         job.result()
     return out
+
+
+def _row(b: Bounds, i: int) -> Bounds:
+    """Query i of a batch of bounds."""
+    return Bounds(b.tables[i : i + 1], b.offset[i : i + 1], b.step[i : i + 1], b.negated)
+
+
+def _take(plan: dict, queries: np.ndarray) -> dict:
+    """The scan plan of some queries of a batch."""
+    return {
+        k: np.ascontiguousarray(v[queries]) if isinstance(v, np.ndarray) else v
+        for k, v in plan.items()
+    }
 
 
 def _stack(bounds: list[Bounds]) -> Bounds:
@@ -204,6 +229,9 @@ class FastScan:
             )
         self.codes_t = codes_t
         self.first = {"normal": 0, "abnormal": self.P}
+        self._sample_t: np.ndarray | None = None  # every SAMPLE_STRIDE-th row, made on first use
+        self._sample_rows = np.zeros(0, np.int64)
+        self._freq = np.zeros((2 * self.P, TABLE))
 
     # ------------------------------------------------------------------ bounds and exact sums
     def _bound_to_distance(
@@ -290,8 +318,329 @@ class FastScan:
 
         q_reps: per codebook (B, P) representative ids; q_sq: per codebook (B,) ‖q‖²;
         exclude: (B,) volume ids or None; by_volume: volume-wise (4.4.6) or row-wise top-Q.
-        The bounds of a chunk of queries are summed in one pass over the codes.
+
+        D_H and D_E: a batch is answered in two pruned passes of `_fastscan.prune_scan`, each
+        block of codes loaded once for every query of the batch: one over a sample of the rows
+        seeds θ, one over all rows keeps those whose bound is ≤ θ; both leave a block as soon
+        as no row of it can qualify. The rows kept are re-ranked for the whole batch at once.
         """
+        books = self.BOOKS if mode == "sum" else (mode,)
+        normalized = normalized_sum and mode == "sum"
+        B = next(iter(q_reps.values())).shape[0]
+        if self.n == 0:  # nothing to find: every slot padded
+            return (
+                np.full((B, topq), np.inf),
+                np.full((B, topq), -1, np.int64),
+                np.full((B, topq), -1, np.int64),
+                np.zeros(B, np.int64),
+            )
+        if distance == "angular" or B == 0:
+            return self._search_full(
+                q_reps, q_sq, topq, mode, distance, normalized_sum, exclude, by_volume
+            )
+        D = np.full((B, topq), np.inf)
+        R = np.full((B, topq), -1, np.int64)
+        V = np.full((B, topq), -1, np.int64)
+        evaluated = np.zeros(B, np.int64)
+        for c0 in range(0, B, BATCH):
+            qs = np.arange(c0, min(B, c0 + BATCH))
+            out = self._search_pruned(
+                {b: q_reps[b][qs] for b in books},
+                {b: np.asarray(q_sq[b], np.float64)[qs] for b in books},
+                topq,
+                books,
+                distance,
+                normalized,
+                None if exclude is None else exclude[qs],
+                by_volume,
+            )
+            D[qs], R[qs], V[qs], evaluated[qs], overflow = out
+            if overflow.any():  # too many candidates for the buffers: sum every row's bound
+                redo = qs[overflow]
+                d, r, v, e = self._search_full(
+                    {b: q_reps[b][redo] for b in self.BOOKS},
+                    {b: q_sq[b][redo] for b in self.BOOKS},
+                    topq,
+                    mode,
+                    distance,
+                    normalized_sum,
+                    None if exclude is None else exclude[redo],
+                    by_volume,
+                )
+                D[redo], R[redo], V[redo], evaluated[redo] = d, r, v, e
+        return D, R, V, evaluated
+
+    def _search_pruned(self, q_reps, q_sq, topq, books, distance, normalized, exclude, by_volume):
+        """`search` of at most BATCH queries by the pruned scan (D_H, D_E): (B, Q) distances,
+        rows, volumes, (B,) rows evaluated and (B,) bool, the queries whose candidates
+        overflowed (their answers are left to the caller)."""
+        B = next(iter(q_reps.values())).shape[0]
+        # exact tables (B, P, R) and their 8-bit bounds with one step per query
+        tables = {
+            b: np.stack([self.tables[b].query_table(q_reps[b][i], distance) for i in range(B)])
+            for b in books
+        }
+        bounds = dict(
+            zip(
+                books,
+                quantize([tables[b] for b in books], PRUNE_LEVELS),
+                strict=True,
+            )
+        )
+        plan = self._plan(bounds, books)
+        # θ: the exact distance of the Q-th best volume among the rows of a sample with the
+        # smallest bounds (more of them while fewer than Q volumes are found)
+        theta = np.full(B, np.inf)
+        evaluated = np.zeros(B, np.int64)
+        todo = np.arange(B)
+        sample_t, sample_rows = self._sample()
+        keep = SEED_ROWS
+        while todo.size:
+            per_thread = min(-(-keep // _THREADS), sample_rows.size)
+            qidx, rows, _ = self._run(sample_t, sample_rows.size, _take(plan, todo), per_thread)
+            qidx, rows = todo[qidx], sample_rows[rows]
+            dist = self._exact_batch(rows, qidx, tables, q_sq, books, distance, normalized)
+            evaluated += np.bincount(qidx, minlength=B)
+            d, _, _ = self._top_batch(rows, qidx, dist, B, topq, exclude, by_volume)
+            full = np.isfinite(d[todo, topq - 1])
+            theta[todo[full]] = d[todo[full], topq - 1]
+            if keep >= sample_rows.size:
+                break  # the whole sample holds fewer than Q volumes: θ stays infinite
+            todo = todo[~full]
+            keep *= 8
+        lim, room, coarse = self._limits(bounds, books, distance, normalized, theta)
+        capacity = int(min(CAPACITY, self.codes_t.shape[0] * BLOCK))
+        qidx, rows, overflow = self._run(
+            self.codes_t, self.n, dict(plan, lim=lim, room=room, coarse=coarse), capacity
+        )
+        dist = self._exact_batch(rows, qidx, tables, q_sq, books, distance, normalized)
+        D, R, V = self._top_batch(rows, qidx, dist, B, topq, exclude, by_volume)
+        evaluated += np.bincount(qidx, minlength=B)
+        return D, R, V, evaluated, overflow
+
+    # ------------------------------------------------------------------ pruned scan helpers
+    def _sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every SAMPLE_STRIDE-th row, block-transposed: (layout, (n_sample,) row ids); made on
+        first use (never written into codes_t, which may be a read-only memory map)."""
+        if self._sample_t is None:
+            rows = np.arange(0, self.n, SAMPLE_STRIDE)
+            both = np.concatenate([self.codes[b][rows] for b in self.BOOKS], axis=1)
+            self._sample_t = block_transpose(np.ascontiguousarray(both, dtype=np.uint8))
+            # how often each code occurs at each position: (2P, 256), to order the positions
+            freq = np.zeros((both.shape[1], TABLE))
+            for s in range(both.shape[1]):
+                freq[s] = np.bincount(both[:, s], minlength=TABLE) / max(rows.size, 1)
+            self._freq = freq
+            self._sample_rows = rows
+        return self._sample_t, self._sample_rows
+
+    def _plan(self, bounds: dict, books) -> dict:
+        """The order in which the scan visits each query's positions: chunks of CHUNK
+        positions of one codebook, the chunks whose bounds are expected to grow most (under the
+        sample's code frequencies) first, so that blocks are left early.
+
+        Returns tables (B, n_pos, 256) uint8, order (B, n_pos) int32 (positions in codes_t)
+        and acc (B, n_pos / CHUNK) uint8 (0: first codebook, 1: second)."""
+        self._sample()
+        tabs, pos, score, acc = [], [], [], []
+        for a, book in enumerate(books):
+            t = bounds[book].tables  # (B, P, 256)
+            Bq, P, _ = t.shape
+            each = np.arange(Bq)[:, None]
+            first = self.first[book]
+            freq = self._freq[first : first + P].astype(np.float32)
+            gain = np.einsum("bpc,pc->bp", t.astype(np.float32), freq)
+            perm = np.argsort(-gain, axis=1, kind="stable")
+            t, where, gain = t[each, perm], perm + first, gain[each, perm]
+            pad = -P % CHUNK  # zero tables add nothing
+            if pad:
+                t = np.concatenate([t, np.zeros((Bq, pad, TABLE), np.uint8)], axis=1)
+                where = np.concatenate([where, np.full((Bq, pad), first)], axis=1)
+                gain = np.concatenate([gain, np.zeros((Bq, pad), np.float32)], axis=1)
+            n = (P + pad) // CHUNK
+            tabs.append(t.reshape(Bq, n, CHUNK, TABLE))
+            pos.append(where.reshape(Bq, n, CHUNK))
+            score.append(gain.reshape(Bq, n, CHUNK).sum(axis=2))
+            acc.append(np.full((Bq, n), a, np.uint8))
+        t, where, sc, ac = (np.concatenate(x, axis=1) for x in (tabs, pos, score, acc))
+        Bq = t.shape[0]
+        each = np.arange(Bq)[:, None]
+        chunks = np.argsort(-sc, axis=1, kind="stable")
+        return {
+            "n_codes": max(self.tables[b].n_reps for b in books),
+            "tables": np.ascontiguousarray(t[each, chunks].reshape(Bq, -1, TABLE)),
+            "order": np.ascontiguousarray(where[each, chunks].reshape(Bq, -1), dtype=np.int32),
+            "acc": np.ascontiguousarray(ac[each, chunks]),
+        }
+
+    def _run(self, codes_t, n_rows, plan, capacity):
+        """One `prune_scan` of `codes_t` (n_rows real rows) for the queries of `plan`, blocks
+        split over threads: (query, row) of the rows kept, and (B,) bool, the queries whose
+        candidates overflowed. With limits in `plan` (filter mode) every row within them is
+        kept, else (heap mode) the `capacity` rows of smallest bound per query and thread."""
+        global _pool
+        filter_mode = "lim" in plan
+        B, n_pos = plan["order"].shape
+        nblocks, S, _ = codes_t.shape
+        threads = 1 if _THREADS == 1 or nblocks < 256 else _THREADS
+        edges = np.linspace(0, nblocks, threads + 1).astype(int)
+        if filter_mode:
+            lim, room, coarse = plan["lim"], plan["room"], plan["coarse"]
+            lims = [lim] * threads
+        else:
+            lim = np.full((B, 4), MAX_SUM, np.int32)
+            lim[:, 3] = 0
+            room = np.zeros((B, 0), np.int32)
+            coarse = np.full((B, COARSE), MAX_SUM, np.uint16)
+            lims = [lim.copy() for _ in range(threads)]
+        rows = np.empty((threads, B, capacity), np.int64)
+        keys = np.empty((threads, B, capacity), np.uint32)
+        count = np.zeros((threads, B), np.int64)
+
+        def run(t: int) -> None:
+            _fastscan.prune_scan(
+                codes_t,
+                S,
+                n_rows,
+                plan["n_codes"],
+                plan["tables"],
+                plan["order"],
+                plan["acc"],
+                B,
+                n_pos,
+                lims[t],
+                room,
+                room.shape[1],
+                coarse,
+                rows[t],
+                keys[t],
+                count[t],
+                capacity,
+                not filter_mode,
+                int(edges[t]),
+                int(edges[t + 1]),
+                PORTABLE,
+            )
+
+        if threads == 1:
+            run(0)
+        else:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="fastscan")
+            for job in [_pool.submit(run, t) for t in range(threads)]:
+                job.result()
+        kept = np.minimum(count, capacity)
+        mask = np.arange(capacity)[None, None, :] < kept[:, :, None]  # (threads, B, capacity)
+        qidx = np.broadcast_to(np.arange(B)[None, :, None], mask.shape)[mask]
+        found = rows[mask]
+        return qidx, found, (count > capacity).any(axis=0)
+
+    def _limits(self, bounds, books, distance, normalized, theta):
+        """Per query the integer limits of the filter pass for threshold θ: lim (B, 3) int32
+        (L0 max, L1 max, L0 + L1 max) and room (B, L0 max + 1) int32, the largest L1 each L0
+        admits. Every row whose float bound is ≤ θ passes (rounding only lets more through)."""
+        B = theta.size
+        lim = np.full((B, 4), -1, np.int32)
+        rooms = []
+        joint = len(books) == 2 and distance == "hamming" and not normalized
+        for i in range(B):
+            th = float(theta[i])
+            if joint:  # the bound is offset + Δ·(L0 + L1)
+                offset = sum(float(bounds[b].offset[i]) for b in books)
+                T = _threshold(th - offset, float(bounds["normal"].step[i]))
+                lim[i, :3] = T
+                rooms.append(T - np.arange(max(T, -1) + 1))
+                continue
+            limit = th + MARGIN * (abs(th) + 1.0) if np.isfinite(th) else np.inf
+            g = [self._bound_table(b, _row(bounds[b], i), distance, normalized) for b in books]
+            if len(books) == 1:
+                top = int(np.searchsorted(g[0], limit, side="right")) - 1
+                lim[i, :3] = (top, 0, top)
+                rooms.append(np.zeros(top + 1, np.int32))
+                continue
+            room = np.searchsorted(g[1], limit - g[0], side="right") - 1
+            top = int(np.count_nonzero(room >= 0)) - 1  # room is non-increasing
+            room = room[: top + 1]
+            if top >= 0:
+                lim[i, :3] = (top, room[0], int((np.arange(top + 1) + room).max()))
+            rooms.append(room)
+        stride = max(1, max(r.size for r in rooms))
+        room = np.full((B, stride), -1, np.int32)
+        coarse = np.zeros((B, COARSE), np.uint16)
+        for i, r in enumerate(rooms):
+            room[i, : r.size] = r
+            # the staircase the kernel checks while it scans: step k covers L0 >> shift == k
+            # and holds room's largest value there, its first (room is non-increasing)
+            shift = max(0, int(r.size - 1).bit_length() - COARSE.bit_length() + 1)
+            lim[i, 3] = shift
+            if r.size:
+                steps = np.minimum(np.arange(COARSE) << shift, r.size - 1)
+                coarse[i] = np.clip(r[steps], 0, MAX_SUM)
+        return lim, room, coarse
+
+    def _exact_batch(self, rows, qidx, tables, q_sq, books, distance, normalized):
+        """Exact distances of rows (M,) to their queries qidx (M,), summed in position order
+        as the reference engines do. tables: per codebook (B, P, R); q_sq: per codebook (B,)."""
+        sums = {}
+        rows = np.ascontiguousarray(rows, np.int64)
+        qidx = np.ascontiguousarray(qidx, np.int64)
+        for book in books:
+            # float64 sums of small integers (D_H) are exact: the same numbers as int64 sums
+            table = np.ascontiguousarray(tables[book], np.float64)
+            acc = np.empty(rows.size)
+            codes = self.codes[book]
+            if not (isinstance(codes, np.ndarray) and codes.flags.c_contiguous):
+                codes = np.ascontiguousarray(codes)
+            _fastscan.exact_sums(codes, self.P, table, table.shape[2], rows, qidx, acc)
+            sums[book] = acc
+        return image_distance(
+            distance,
+            sums,
+            {book: q_sq[book][qidx] for book in books},
+            {book: self.row_sqnorm[book][rows] for book in books},
+            {book: self.scales[f"{book}/{distance}"] for book in books} if normalized else None,
+        )
+
+    def _top_batch(self, rows, qidx, dist, B, topq, exclude, by_volume):
+        """`_top` of every query at once: (B, Q) distances, rows, volume ids (inf / -1 padded)
+        of the evaluated rows (M,) of queries qidx (M,)."""
+        D = np.full((B, topq), np.inf)
+        R = np.full((B, topq), -1, np.int64)
+        V = np.full((B, topq), -1, np.int64)
+        ok = np.isfinite(dist)
+        if exclude is not None:
+            ok &= self.volume_ids[self.volume_index[rows]] != exclude[qidx]
+        rows, qidx, dist = rows[ok], qidx[ok], dist[ok]
+        order = np.lexsort((rows, dist, qidx))
+        rows, qidx, dist = rows[order], qidx[order], dist[order]
+        vols = self.volume_index[rows]
+        if by_volume:  # each (query, volume) once, at its first (closest, then smallest) row
+            _, first = np.unique(qidx * self.volume_ids.size + vols, return_index=True)
+            first = np.sort(first)
+        else:
+            first = np.arange(rows.size)
+        q = qidx[first]
+        rank = np.arange(first.size) - np.searchsorted(q, np.arange(B))[q]
+        sel = rank < topq
+        first, q, rank = first[sel], q[sel], rank[sel]
+        D[q, rank], R[q, rank], V[q, rank] = dist[first], rows[first], self.volume_ids[vols[first]]
+        return D, R, V
+
+    # ------------------------------------------------------------------ full sums (D_A, fallback)
+    def _search_full(
+        self,
+        q_reps: dict,
+        q_sq: dict,
+        topq: int,
+        mode: str,
+        distance: str,
+        normalized_sum: bool,
+        exclude: np.ndarray | None,
+        by_volume: bool = True,
+    ):
+        """`search` by the bounds of every row: integer sums of all rows (a chunk of queries
+        per pass), then numpy per query. D_A takes this path (its bound needs each row's
+        norm), and so does a query whose candidates overflow the pruned scan's buffers."""
         books = self.BOOKS if mode == "sum" else (mode,)
         normalized = normalized_sum and mode == "sum"
         joint = mode == "sum" and not normalized and distance == "hamming"
