@@ -408,16 +408,27 @@ def swap_lock(index_dir: Path, *, shared: bool) -> Iterator[None]:
 
 # ---------------------------------------------------------------------------- slice table
 
+
 # column -> (what it holds, type check)
+def _is_text(t: pa.DataType) -> bool:
+    """Strings, plain or dictionary-encoded (as `read_slice_table` reads the repetitive ones)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
 SLICE_COLUMNS = {
     "row": ("integers", pa.types.is_integer),
-    "case": ("strings", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
+    "case": ("strings", _is_text),
     "slice": ("integers", pa.types.is_integer),
     "volume": ("integers", pa.types.is_integer),
-    "source": ("strings", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
+    "source": ("strings", _is_text),
     "lesion_area": ("integers or nulls", lambda t: pa.types.is_integer(t) or pa.types.is_null(t)),
-    "model_checksum": ("strings", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
+    "model_checksum": ("strings", _is_text),
 }
+# Read dictionary-encoded: one value per case (or one per index) repeated on every row; as plain
+# strings they cost ~0.5 s to read at 1M rows (model_checksum alone is 64 MB of text).
+DICTIONARY_COLUMNS = ("case", "source", "model_checksum")
 
 
 _NUMPY_TYPES = {
@@ -434,10 +445,15 @@ _NUMPY_TYPES = {
 }
 
 
-def _indices(values: np.ndarray) -> pa.Array:
-    """int64 numpy indices as an arrow array, zero-copy (pa.array would import pandas)."""
-    values = np.ascontiguousarray(values, dtype=np.int64)
-    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
+def _text_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list]:
+    """A text column as (N,) int64 codes into a list of values: its dictionary, or one made
+    here. Two codes may name the same value only in a crafted file, which is then refused."""
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    column = column.unify_dictionaries()
+    values = column.chunk(0).dictionary.to_pylist() if column.num_chunks else []
+    indices = pa.chunked_array([c.indices for c in column.chunks], column.type.index_type)
+    return column_to_numpy(indices).astype(np.int64, copy=False), values
 
 
 def column_to_numpy(column: pa.ChunkedArray) -> np.ndarray:
@@ -505,7 +521,11 @@ def read_slice_table(
     fix = fix_for(path.parent)
     try:
         # ParquetFile, not read_table: that one imports pyarrow.dataset and pandas (~0.5 s)
-        arrow = pq.ParquetFile(pa.BufferReader(data)).read()
+        present = pq.ParquetFile(pa.BufferReader(data)).schema_arrow.names
+        arrow = pq.ParquetFile(
+            pa.BufferReader(data),
+            read_dictionary=[c for c in DICTIONARY_COLUMNS if c in present],
+        ).read()
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
         raise IndexDirError(
             f"{path}: unreadable slice table ({type(exc).__name__}: {str(exc)[:80]}). {fix}."
@@ -550,15 +570,15 @@ def read_slice_table(
         raise IndexDirError(
             f"{path}: column 'slice' should count 0, 1, … within each volume. {fix}."
         )
-    case = arrow.column("case")
-    if n and not pc.all(pc.equal(case, pc.take(case, _indices(starts[volume])))).as_py():
+    case, case_names = _text_codes(arrow.column("case"))
+    if n and np.any(case != case[starts[volume]]):
         raise IndexDirError(f"{path}: a volume's rows name more than one case. {fix}.")
-    cases = pc.take(case, _indices(starts)).to_pylist()
+    cases = [case_names[i] for i in case[starts]]
     if len(set(cases)) != len(cases):
         raise IndexDirError(f"{path}: a case appears as more than one volume. {fix}.")
-    checksums = arrow.column("model_checksum")
-    # unique, not equal: a Python str argument goes through pyarrow's conversion (imports pandas)
-    if n and pc.unique(checksums).to_pylist() != [model_checksum]:
+    checksum, checksum_names = _text_codes(arrow.column("model_checksum"))
+    used = np.flatnonzero(np.bincount(checksum, minlength=len(checksum_names)))
+    if n and {checksum_names[i] for i in used} != {model_checksum}:
         raise IndexDirError(
             f"{path}: rows encoded with another model than the manifest's "
             f"({model_checksum[:12]}…). {fix}."
