@@ -469,6 +469,9 @@ def column_to_numpy(column: pa.ChunkedArray) -> np.ndarray:
         if data is None:
             return np.zeros(0, dtype)
         return np.frombuffer(data, dtype, count=len(array), offset=array.offset * dtype.itemsize)
+    if pa.types.is_dictionary(array.type) and not array.null_count:  # text read as codes
+        values = np.array(array.dictionary.to_pylist(), dtype=object)
+        return values[column_to_numpy(pa.chunked_array([array.indices]))]
     return np.array(array.to_pylist(), dtype=object)
 
 
