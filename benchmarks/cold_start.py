@@ -345,6 +345,8 @@ def render_markdown(r: dict) -> str:
     ]
     if not cli:
         L.append(f"The command-line path was not measured: {r.get('cli_skipped')}.\n")
+    if r.get("note"):
+        L += ["## Note\n", r["note"] + "\n"]
     return "\n".join(L)
 
 
@@ -370,7 +372,8 @@ def render_markdown(r: dict) -> str:
     help="Results folder (a bare name is under benchmarks/results/).",
 )
 @click.option("--skip-cli", is_flag=True, help="Measure the library path only.")
-def main(slices, runs, seed, work, out, skip_cli):
+@click.option("--note", default="", help="A paragraph to add to the report (what was compared).")
+def main(slices, runs, seed, work, out, skip_cli, note):
     """Open an index of N slices in a new process and answer the first query; p50 of runs."""
     out_dir = rp.results_dir(out)
     work_dir = Path(work) if work else out_dir / "work"
@@ -399,6 +402,7 @@ def main(slices, runs, seed, work, out, skip_cli):
         "library": library,
         "disk": disk_bytes(index_dir, slices),
         "target_ms": TARGET_MS,
+        "note": note,
     }
     if skip_cli:
         results["cli_skipped"] = "--skip-cli was given"
