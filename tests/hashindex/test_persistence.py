@@ -427,3 +427,33 @@ def test_sum64_sees_any_one_byte_change():
             changed[pos] ^= delta
             assert sum64(changed.tobytes()) != base, (pos, delta)
     assert sum64(b"") == sum64(b"") and len(sum64(b"abc")) == 16
+
+
+def test_empty_and_wide_indexes_round_trip(tmp_path):
+    """No rows (no row files), zero rows of a known grid, and codebooks of more than 256
+    distinct vectors (uint16 ids, no fastscan layout) all read back as they were written."""
+    rng = np.random.default_rng(5)
+    empty = HashIndex.build(make_codebook(rng, 20, 4), make_codebook(rng, 12, 3))
+    empty.write(tmp_path / "empty")
+    assert HashIndex.read(tmp_path / "empty").grid is None
+    none = np.zeros((0, 2, 3), np.uint16)
+    empty.add(none, none, np.zeros(0, np.int64))
+    empty.write(tmp_path / "zero")
+    zero = HashIndex.read(tmp_path / "zero")
+    assert zero.grid == (2, 3) and zero.ntotal == 0
+    wide = HashIndex.build(
+        rng.normal(size=(300, 4)).astype(np.float32), make_codebook(rng, 12, 3), bit_budget=16
+    )
+    gn = rng.integers(0, 300, (50, 2, 3)).astype(np.uint16)
+    ga = rng.integers(0, 12, (50, 2, 3)).astype(np.uint16)
+    vol = np.repeat(np.arange(10), 5).astype(np.int64)
+    wide.add(gn, ga, vol)
+    wide.write(tmp_path / "wide")
+    again = HashIndex.read(tmp_path / "wide")
+    assert again.codes["normal"].dtype == np.uint16 and again._codes_t is None
+    assert not (tmp_path / "wide" / "fastscan_codes_t.npy").exists()
+    for x, y in zip(
+        wide.search_volumes(gn[:3], ga[:3], 4, distance="euclidean"),
+        again.search_volumes(gn[:3], ga[:3], 4, distance="euclidean"),
+    ):
+        np.testing.assert_array_equal(x, y)
