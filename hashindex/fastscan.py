@@ -47,6 +47,7 @@ MAX_SUM = 65535  # uint16 accumulators
 # θ is seeded from the SEED_ROWS smallest bounds among every SAMPLE_STRIDE-th row.
 SEED_ROWS = 64
 SAMPLE_STRIDE = 8
+FREQ_STRIDE = 256  # code frequencies per position (to order the positions): every 256th row
 MARGIN = 1e-9  # relative slack of the float comparisons (rounding is ~1e-15)
 QUERY_BYTES = 256 << 20  # integer sums of a chunk of batched queries, per array
 CHUNK = 8  # positions scanned between two checks whether a block can be left
@@ -424,13 +425,24 @@ class FastScan:
         first use (never written into codes_t, which may be a read-only memory map)."""
         if self._sample_t is None:
             rows = np.arange(0, self.n, SAMPLE_STRIDE)
-            both = np.concatenate([self.codes[b][rows] for b in self.BOOKS], axis=1)
-            self._sample_t = block_transpose(np.ascontiguousarray(both, dtype=np.uint8))
-            # how often each code occurs at each position: (2P, 256), to order the positions
-            freq = np.zeros((both.shape[1], TABLE))
-            for s in range(both.shape[1]):
-                freq[s] = np.bincount(both[:, s], minlength=TABLE) / max(rows.size, 1)
-            self._freq = freq
+            nblocks = max(1, -(-rows.size // BLOCK))
+            layout = np.zeros((nblocks, 2 * self.P, BLOCK), np.uint8)
+            freq = []
+            for book in self.BOOKS:  # strided views of the codes, copied once, transposed
+                view = self.codes[book][::SAMPLE_STRIDE]  # (n_sample, P)
+                first, full = self.first[book], rows.size // BLOCK
+                part = layout[:, first : first + self.P, :]
+                part[:full] = view[: full * BLOCK].reshape(full, BLOCK, self.P).transpose(0, 2, 1)
+                part[full, :, : rows.size - full * BLOCK] = view[full * BLOCK :].T
+                # how often each code occurs at each position, from a sparser sample: it only
+                # orders the positions
+                sparse = np.asarray(view[:: FREQ_STRIDE // SAMPLE_STRIDE], np.int64)
+                counts = np.bincount(
+                    (np.arange(self.P) * TABLE + sparse).ravel(), minlength=self.P * TABLE
+                )
+                freq.append(counts.reshape(self.P, TABLE) / max(sparse.shape[0], 1))
+            self._sample_t = layout
+            self._freq = np.concatenate(freq)
             self._sample_rows = rows
         return self._sample_t, self._sample_rows
 
