@@ -397,8 +397,7 @@ class FastScan:
         sample_t, sample_rows = self._sample()
         keep = SEED_ROWS
         while todo.size:
-            per_thread = min(-(-keep // _THREADS), sample_rows.size)
-            qidx, rows, _ = self._run(sample_t, sample_rows.size, _take(plan, todo), per_thread)
+            qidx, rows, _ = self._run(sample_t, sample_rows.size, _take(plan, todo), keep)
             qidx, rows = todo[qidx], sample_rows[rows]
             dist = self._exact_batch(rows, qidx, tables, q_sq, books, distance, normalized)
             evaluated += np.bincount(qidx, minlength=B)
@@ -489,7 +488,8 @@ class FastScan:
         """One `prune_scan` of `codes_t` (n_rows real rows) for the queries of `plan`, blocks
         split over threads: (query, row) of the rows kept, and (B,) bool, the queries whose
         candidates overflowed. With limits in `plan` (filter mode) every row within them is
-        kept, else (heap mode) the `capacity` rows of smallest bound per query and thread."""
+        kept (up to `capacity` per query and thread), else (heap mode) about `capacity` rows
+        of smallest bound per query: as many per thread as make up `capacity`."""
         global _pool
         filter_mode = "lim" in plan
         B, n_pos = plan["order"].shape
@@ -499,7 +499,8 @@ class FastScan:
         if filter_mode:
             lim, room, coarse = plan["lim"], plan["room"], plan["coarse"]
             lims = [lim] * threads
-        else:
+        else:  # no limits but the heap's top; each thread keeps its share of `capacity`
+            capacity = max(1, min(-(-capacity // threads), n_rows))
             lim = np.full((B, 4), MAX_SUM, np.int32)
             lim[:, 3] = 0
             room = np.zeros((B, 0), np.int32)
