@@ -250,9 +250,12 @@ def _map_npy(d: Path, name: str, entry: dict, verify: bool, fix: str) -> np.ndar
     )
 
 
-def _spot_rows(n: int) -> np.ndarray:
-    """Up to SPOT_CHECK_ROWS rows spread over 0..n-1, the first and last included."""
-    return np.unique(np.linspace(0, n - 1, min(n, SPOT_CHECK_ROWS)).astype(np.int64))
+def _spot_rows(n: int, k: int = SPOT_CHECK_ROWS) -> np.ndarray:
+    """Up to k rows spread over 0..n-1, the first and last included, increasing.
+
+    Not np.unique, which imports numpy.ma (~10 ms of a new process's first query)."""
+    rows = np.linspace(0, n - 1, min(n, k)).astype(np.int64)
+    return rows[np.diff(rows, prepend=-1) != 0]
 
 
 _SHA256_HEX = frozenset("0123456789abcdef")
@@ -610,7 +613,7 @@ def _checked_tables(
         raise bad("identical codes have different bits")
     e = vectors.astype(np.float64)
     v = e[reps]
-    for i in np.unique(np.linspace(0, R - 1, min(R, SPOT_CHECK_CODES)).astype(np.int64)):
+    for i in _spot_rows(R, SPOT_CHECK_CODES).tolist():
         diff = e - e[reps[i]]  # as binarize.squared_distances computes row reps[i]
         row = np.einsum("kd,kd->k", diff, diff)
         bits = hyperplane_bits(row[None], t.pairs[:, 0], t.pairs[:, 1], codes=np.zeros(1, int))
