@@ -1,13 +1,51 @@
 """Root of the `fdn-index` command: one click group, each command in its own module."""
 
+import importlib
 import logging
 
 import click
 
 from fdn import __version__
 
+# Commands, one module each (cli/<command>.py): name -> "module:attribute". A command's module is
+# imported when that command runs (or when --help lists them all), so that `fdn-index query`
+# does not import what `build`, `train` or `import-dicom` need at start-up.
+COMMANDS = {
+    "build": "cli.build:build",
+    "evaluate-model": "cli.evaluate_model:evaluate_model",
+    "import-dicom": "cli.import_dicom:import_dicom",
+    "query": "cli.query:query",
+    "serve": "cli.serve:serve",
+    "shard": "cli.shard:shard",
+    "show": "cli.show:show",
+    "synth": "cli.synth:synth",
+    "train": "cli.train:train",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A click group whose commands (`lazy_commands`, name -> "module:attribute") are imported
+    on first use."""
+
+    def __init__(self, *args, lazy_commands: dict[str, str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = lazy_commands
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy_commands:
+            module, attribute = self.lazy_commands[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return self.commands.get(cmd_name)
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy_commands=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="fdn-index")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages to stderr.")
 def main(verbose: bool) -> None:
@@ -21,33 +59,3 @@ def main(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-
-
-# Commands register themselves below, one module each (cli/<command>.py).
-from cli.synth import synth  # noqa: E402
-
-main.add_command(synth)
-from cli.show import show  # noqa: E402
-
-main.add_command(show)
-from cli.build import build  # noqa: E402
-
-main.add_command(build)
-from cli.query import query  # noqa: E402
-
-main.add_command(query)
-from cli.train import train  # noqa: E402
-
-main.add_command(train)
-from cli.evaluate_model import evaluate_model  # noqa: E402
-
-main.add_command(evaluate_model)
-from cli.import_dicom import import_dicom  # noqa: E402
-
-main.add_command(import_dicom)
-from cli.serve import serve  # noqa: E402
-
-main.add_command(serve)
-from cli.shard import shard  # noqa: E402
-
-main.add_command(shard)

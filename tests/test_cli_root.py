@@ -1,6 +1,7 @@
+import click
 from click.testing import CliRunner
 
-from cli.main import main
+from cli.main import COMMANDS, main
 from fdn import __version__
 
 
@@ -14,3 +15,21 @@ def test_help_lists_the_group():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0, result.output
     assert "normal anatomy" in result.output
+
+
+def test_every_command_loads_under_its_name_and_has_help():
+    ctx = click.Context(main)
+    assert main.list_commands(ctx) == sorted(COMMANDS)
+    for name in COMMANDS:
+        command = main.get_command(ctx, name)
+        assert command is not None and command.name == name
+        result = CliRunner().invoke(main, [name, "--help"])
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith(f"Usage: main {name} [OPTIONS]")
+    assert main.get_command(ctx, "no-such-command") is None
+
+
+def test_an_unknown_command_is_a_clear_error():
+    result = CliRunner().invoke(main, ["no-such-command"])
+    assert result.exit_code != 0
+    assert "No such command 'no-such-command'" in result.output

@@ -324,11 +324,14 @@ def test_upload_query_unpickles_nothing_and_never_writes_the_index(
 
 
 def test_serve_binds_loopback_by_default():
+    import click
     from click.testing import CliRunner
 
     from cli.main import main
 
-    host = next(p for p in main.commands["serve"].params if p.name == "host")
+    serve = main.get_command(click.Context(main), "serve")  # commands are loaded on use
+    assert serve is not None
+    host = next(p for p in serve.params if p.name == "host")
     assert host.default == "127.0.0.1"
     result = CliRunner().invoke(main, ["serve", "--help"])
     assert result.exit_code == 0, result.output
