@@ -1,8 +1,9 @@
 """Assembly of an index directory from build-journal entries, and the swap that publishes it.
 
-`assemble_index` writes `codes.zarr`, `slices.parquet`, the hash index files and a copy of the
-model into a staging folder, then `_swap_in` renames them into place under the swap lock and
-writes the manifest, listing every file with its sha256, last (docs/architecture.md).
+`assemble_index` writes `codes.zarr`, `slices.parquet` (and `slice_arrays.npz`, its columns that
+a query reads), the hash index files and a copy of the model into a staging folder, then
+`_swap_in` renames them into place under the swap lock and writes the manifest, listing every
+file with its sha256, last (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -27,11 +28,19 @@ from fdn.indexdir import (
     ENCODED_DIR,
     MANIFEST,
     MODEL_DIR,
+    SLICE_ARRAYS,
     SLICES,
     STATUS_COMPLETE,
     Manifest,
+    build_lock,
+    derive_slice_arrays,
     file_entries,
+    load_slice_arrays,
+    read_listed,
+    read_manifest,
+    read_slice_table,
     sha256_bytes,
+    slice_arrays_source,
     swap_lock,
     write_manifest,
 )
@@ -185,7 +194,9 @@ def _assemble(
     )
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    atomic_write(staging / SLICES, sink.getvalue().to_pybytes())
+    parquet = sink.getvalue().to_pybytes()
+    atomic_write(staging / SLICES, parquet)
+    _write_slice_arrays(staging, parquet, len(columns["row"]), len(cases), checksum)
 
     codebook_normal = model.quantizer_normal.codebook.detach().cpu().numpy().astype(np.float32)
     codebook_abnormal = model.quantizer_abnormal.codebook.detach().cpu().numpy().astype(np.float32)
@@ -195,6 +206,54 @@ def _assemble(
     hash_index.add(normal, abnormal, volume_ids)
     hash_index.write(staging)
     return hash_index.report, int(normal.shape[0])
+
+
+def _write_slice_arrays(
+    folder: Path, parquet: bytes, n_rows: int, n_cases: int, checksum: str
+) -> bytes | None:
+    """Write slice_arrays.npz, the columns a query reads, derived from `parquet` (the bytes of
+    slices.parquet) as a reader reads them; returns its bytes, or None where the table does not
+    fit its layout (queries then read slices.parquet)."""
+    table = read_slice_table(
+        parquet,
+        folder / SLICES,
+        n_rows=n_rows,
+        n_cases=n_cases,
+        model_checksum=checksum,
+    )
+    data = derive_slice_arrays(table, sha256_bytes(parquet))
+    if data is None:
+        log.warning("%s: not written (the slice table does not fit it)", SLICE_ARRAYS)
+        return None
+    atomic_write(folder / SLICE_ARRAYS, data)
+    return data
+
+
+def add_slice_arrays(index_dir: str | Path) -> bool:
+    """Give an index built before slice_arrays.npz existed (or whose copy is stale) a current
+    one, listed in its manifest, so that its queries read no Parquet. Holds the build lock,
+    and writes the file and the manifest under the swap lock. Returns whether it wrote one."""
+    index_dir = Path(index_dir)
+    with build_lock(index_dir):
+        manifest = read_manifest(index_dir)
+        parquet = read_listed(index_dir, manifest, SLICES, verify=True)
+        listed = manifest.files.get(SLICE_ARRAYS)
+        if listed is not None:
+            arrays = load_slice_arrays(
+                read_listed(index_dir, manifest, SLICE_ARRAYS, verify=True),
+                index_dir / SLICE_ARRAYS,
+            )
+            if slice_arrays_source(arrays) == manifest.files[SLICES]["sha256"]:
+                return False
+        with swap_lock(index_dir, shared=False):
+            data = _write_slice_arrays(
+                index_dir, parquet, manifest.n_slices, manifest.n_cases, manifest.model_checksum
+            )
+            if data is None:
+                return False
+            manifest.files[SLICE_ARRAYS] = {"sha256": sha256_bytes(data), "size": len(data)}
+            write_manifest(index_dir, manifest)
+    return True
 
 
 def _write_codes(target: Path, normal: np.ndarray, abnormal: np.ndarray, checksum: str) -> None:
@@ -262,7 +321,7 @@ def _swap_in(index_dir: Path, staging: Path, manifest: Manifest) -> None:
                     shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(source, target)
-        for name in HASHINDEX_FILES:  # e.g. the IVF files of a previous build with --ivf-nlist
+        for name in (*HASHINDEX_FILES, SLICE_ARRAYS):  # e.g. the IVF files of a previous build
             if name not in staged:
                 (index_dir / name).unlink(missing_ok=True)
         fsync_directory(index_dir)

@@ -7,6 +7,8 @@ An index directory (the output of `fdn-index build`) holds, by the names docs/ar
     model/                  the model's config.json and weights, so queries encode with the same model
     codes.zarr/             arrays `normal` and `abnormal`, (N, h, w) uint16, chunked along N
     slices.parquet          row i describes row i of the code arrays
+    slice_arrays.npz        the columns of slices.parquet a query reads, derived from it at
+                            build time (see "slice arrays" below), so a query reads no Parquet
     codebook_*.npy, bits_*.npz, codes_*.npy, row_sqnorm_*.npy, volume_*.npy,
     fastscan_codes_t.npy, hashindex.json, faiss_*.index   written by `hashindex`: a query
                             reads these (memory-mapped), never codes.zarr
@@ -15,12 +17,12 @@ An index directory (the output of `fdn-index build`) holds, by the names docs/ar
     .build.lock, .swap.lock the lock files (see below)
 
 Trust. A reader trusts nothing but the manifest: every file it lists is checked for its size,
-and for its sha256 before it is used (the slice table and hashindex.json when the index is
-opened; the FAISS files, the model weights and codes.zarr on first use, as only some queries
-need them). hashindex.json, itself checked so, records the checksums by which `HashIndex.read`
-checks the hash index's files (a fast `sum64` for its large row arrays). Names come from a
-fixed list (`is_index_file`), never from a file's content, so no file can send a reader out of
-the folder.
+and for its sha256 before it is used (the slice table, slice_arrays.npz and hashindex.json
+when the index is opened; the FAISS files, the model weights and codes.zarr on first use, as
+only some queries need them). hashindex.json, itself checked so, records the checksums by
+which `HashIndex.read` checks the hash index's files (a fast `sum64` for its large row arrays).
+Names come from a fixed list (`is_index_file`), never from a file's content, so no file can
+send a reader out of the folder.
 
 Locks (fcntl.flock on two empty files). A build holds `.build.lock` exclusively for its whole
 run, so a second build of the same directory fails at once. It assembles the new files in a
@@ -44,17 +46,18 @@ import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from fdn.errors import IndexDirError
 from hashindex.fileio import atomic_write_json
 from hashindex.index import INDEX_FILES as HASHINDEX_FILES
 from hashindex.storage import ARRAY_FILES as HASHINDEX_ARRAYS
 from hashindex.storage import FASTSCAN_FILE
+
+if TYPE_CHECKING:  # pyarrow is imported where a slice table is parsed (~0.1 s)
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,7 @@ MANIFEST = "manifest.json"
 PLAN = "build_plan.json"
 CODES = "codes.zarr"
 SLICES = "slices.parquet"
+SLICE_ARRAYS = "slice_arrays.npz"
 MODEL_DIR = "model"
 MODEL_FILES = (f"{MODEL_DIR}/config.json", f"{MODEL_DIR}/weights.pt")
 ENCODED_DIR = "encoded"
@@ -85,7 +89,7 @@ REQUIRED_FILES = (
     f"{CODES}/normal/zarr.json",
     f"{CODES}/abnormal/zarr.json",
 )
-_TOP_FILES = frozenset((SLICES, *MODEL_FILES, *HASHINDEX_FILES))
+_TOP_FILES = frozenset((SLICES, SLICE_ARRAYS, *MODEL_FILES, *HASHINDEX_FILES))
 _ZARR_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 MAX_ZARR_DEPTH = 8
@@ -409,45 +413,55 @@ def swap_lock(index_dir: Path, *, shared: bool) -> Iterator[None]:
 # ---------------------------------------------------------------------------- slice table
 
 
-# column -> (what it holds, type check)
 def _is_text(t: pa.DataType) -> bool:
     """Strings, plain or dictionary-encoded (as `read_slice_table` reads the repetitive ones)."""
+    import pyarrow as pa
+
     if pa.types.is_dictionary(t):
         t = t.value_type
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
+def _is_integer(t: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_integer(t)
+
+
+def _is_integer_or_null(t: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_integer(t) or pa.types.is_null(t)
+
+
+# column -> (what it holds, type check)
 SLICE_COLUMNS = {
-    "row": ("integers", pa.types.is_integer),
+    "row": ("integers", _is_integer),
     "case": ("strings", _is_text),
-    "slice": ("integers", pa.types.is_integer),
-    "volume": ("integers", pa.types.is_integer),
+    "slice": ("integers", _is_integer),
+    "volume": ("integers", _is_integer),
     "source": ("strings", _is_text),
-    "lesion_area": ("integers or nulls", lambda t: pa.types.is_integer(t) or pa.types.is_null(t)),
+    "lesion_area": ("integers or nulls", _is_integer_or_null),
     "model_checksum": ("strings", _is_text),
 }
 # Read dictionary-encoded: one value per case (or one per index) repeated on every row; as plain
 # strings they cost ~0.5 s to read at 1M rows (model_checksum alone is 64 MB of text).
 DICTIONARY_COLUMNS = ("case", "source", "model_checksum")
 
-
+# pyarrow's name of a fixed-width type -> numpy's (pyarrow itself is imported on use)
 _NUMPY_TYPES = {
-    pa.int8(): np.int8,
-    pa.int16(): np.int16,
-    pa.int32(): np.int32,
-    pa.int64(): np.int64,
-    pa.uint8(): np.uint8,
-    pa.uint16(): np.uint16,
-    pa.uint32(): np.uint32,
-    pa.uint64(): np.uint64,
-    pa.float32(): np.float32,
-    pa.float64(): np.float64,
+    **{t: t for t in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")},
+    "float": "float32",
+    "double": "float64",
 }
 
 
 def _text_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list]:
     """A text column as (N,) int64 codes into a list of values: its dictionary, or one made
     here. Two codes may name the same value only in a crafted file, which is then refused."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     if not pa.types.is_dictionary(column.type):
         column = pc.dictionary_encode(column)
     column = column.unify_dictionaries()
@@ -460,11 +474,14 @@ def column_to_numpy(column: pa.ChunkedArray) -> np.ndarray:
     """(N,) numpy array of a slice-table column, as ``to_numpy(zero_copy_only=False)`` gives it
     (integers with nulls as float64 with NaN, strings as objects with None), without pyarrow's
     conversion, which imports pandas (~0.5 s of a query's start-up)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     if pa.types.is_integer(column.type) and column.null_count:
         column = pc.fill_null(pc.cast(column, pa.float64()), float("nan"))
     array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if array.type in _NUMPY_TYPES and not array.null_count:
-        dtype = np.dtype(_NUMPY_TYPES[array.type])
+    if str(array.type) in _NUMPY_TYPES and not array.null_count:
+        dtype = np.dtype(_NUMPY_TYPES[str(array.type)])
         data = array.buffers()[1]
         if data is None:
             return np.zeros(0, dtype)
@@ -479,31 +496,64 @@ class SliceTable(Mapping):
     """The checked slice table: column name -> (N,) numpy array, converted on first access.
 
     Rows of one volume are contiguous, in slice order 0..n-1; `starts[v]`, `counts[v]` and
-    `cases[v]` describe volume v.
+    `cases[v]` describe volume v. The columns come from slices.parquet (`arrow`, a pyarrow
+    Table) or, where the index has a current slice_arrays.npz, from it (`arrow` is None, and
+    pyarrow is not imported): row and slice follow from the volumes, lesion_area is stored
+    per row, and every text column per volume (`text`).
     """
 
-    def __init__(self, arrow: pa.Table, volume: np.ndarray, starts: np.ndarray, cases: list[str]):
+    def __init__(
+        self,
+        volume: np.ndarray,
+        starts: np.ndarray,
+        cases: list[str],
+        *,
+        arrow: pa.Table | None = None,
+        names: list[str] | None = None,
+        text: dict[str, list] | None = None,
+        lesion_area: np.ndarray | None = None,
+    ):
         self.arrow = arrow
+        self.names = list(arrow.column_names) if arrow is not None else list(names or [])
         self.starts = starts  # (V,) int64 first row of each volume
         self.counts = np.diff(np.append(starts, len(volume))).astype(np.int64)
         self.cases = cases  # (V,) case id of each volume
+        self._text = text or {}  # name -> (V,) values, None for a null
+        self._lesion_area = lesion_area  # (N,) int32, -1 for a null
         self._columns: dict[str, np.ndarray] = {"volume": volume}
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._columns:
-            if name not in self.arrow.column_names:
+            if name not in self.names:
                 raise KeyError(name)
-            self._columns[name] = column_to_numpy(self.arrow.column(name))
+            self._columns[name] = self._column(name)
         return self._columns[name]
 
+    def _column(self, name: str) -> np.ndarray:
+        if self.arrow is not None:
+            return column_to_numpy(self.arrow.column(name))
+        volume = self._columns["volume"]
+        n = len(volume)
+        if name == "row":
+            return np.arange(n, dtype=np.int64)
+        if name == "slice":
+            return (np.arange(n, dtype=np.int64) - self.starts[volume]).astype(np.int32)
+        if name == "lesion_area":
+            assert self._lesion_area is not None
+            area = self._lesion_area
+            if np.any(area < 0):
+                return np.where(area < 0, np.nan, area.astype(np.float64))
+            return area.astype(np.int64)
+        return np.array(self._text[name], dtype=object)[volume]
+
     def __iter__(self):
-        return iter(self.arrow.column_names)
+        return iter(self.names)
 
     def __contains__(self, name) -> bool:  # without converting the column
-        return name in self.arrow.column_names
+        return name in self.names
 
     def __len__(self) -> int:
-        return self.arrow.num_columns
+        return len(self.names)
 
     def slice_range(self, volume: int) -> range:
         """The slice numbers of volume ``volume``: 0 .. its row count - 1 (checked at read)."""
@@ -511,16 +561,35 @@ class SliceTable(Mapping):
 
     def value(self, name: str, row: int):
         """One cell as a Python value (None for a null), without converting the whole column."""
+        row = int(row)
         if name in self._columns:
             value = self._columns[name][row]
-            return None if value is None or (isinstance(value, float) and value != value) else value
-        return self.arrow.column(name)[int(row)].as_py()
+            if value is None or (isinstance(value, float) and value != value):
+                return None
+            return value.item() if isinstance(value, np.generic) else value
+        if self.arrow is not None:
+            return self.arrow.column(name)[row].as_py()
+        if name not in self.names:
+            raise KeyError(name)
+        volume = int(self._columns["volume"][row])
+        if name == "row":
+            return row
+        if name == "slice":
+            return row - int(self.starts[volume])
+        if name == "lesion_area":
+            assert self._lesion_area is not None
+            area = int(self._lesion_area[row])
+            return None if area < 0 else area
+        return self._text[name][volume]
 
 
 def read_slice_table(
     data: bytes, path: Path, *, n_rows: int, n_cases: int, model_checksum: str
 ) -> SliceTable:
     """Parse and check slices.parquet (its bytes); IndexDirError naming the fault and the fix."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     fix = fix_for(path.parent)
     try:
         # ParquetFile, not read_table: that one imports pyarrow.dataset and pandas (~0.5 s)
@@ -556,19 +625,12 @@ def read_slice_table(
     if not np.array_equal(ints("row"), np.arange(n)):
         raise IndexDirError(f"{path}: column 'row' is not 0..{n - 1} in order. {fix}.")
     volume = ints("volume")
-    steps = np.diff(volume)
-    if n and (volume[0] != 0 or np.any((steps != 0) & (steps != 1)) or volume[-1] != n_cases - 1):
+    starts = volume_starts(volume, n_cases)
+    if starts is None:
         raise IndexDirError(
             f"{path}: column 'volume' should number the manifest's {n_cases} cases 0..{n_cases - 1} "
             f"in row order. {fix}."
         )
-    if n == 0 and n_cases != 0:
-        raise IndexDirError(f"{path}: no rows, the manifest says {n_cases} cases. {fix}.")
-    starts = (
-        np.concatenate([[0], np.flatnonzero(steps) + 1]).astype(np.int64)
-        if n
-        else np.zeros(0, np.int64)
-    )
     if not np.array_equal(ints("slice"), np.arange(n) - starts[volume]):
         raise IndexDirError(
             f"{path}: column 'slice' should count 0, 1, … within each volume. {fix}."
@@ -586,4 +648,172 @@ def read_slice_table(
             f"{path}: rows encoded with another model than the manifest's "
             f"({model_checksum[:12]}…). {fix}."
         )
-    return SliceTable(arrow, volume, starts, cases)
+    return SliceTable(volume, starts, cases, arrow=arrow)
+
+
+def volume_starts(volume: np.ndarray, n_cases: int) -> np.ndarray | None:
+    """(V,) int64 first row of each volume where `volume` numbers 0..n_cases-1 in row order
+    (each volume's rows contiguous), else None."""
+    n = len(volume)
+    if n == 0:
+        return np.zeros(0, np.int64) if n_cases == 0 else None
+    steps = np.diff(volume)
+    if volume[0] != 0 or volume[-1] != n_cases - 1 or np.any((steps != 0) & (steps != 1)):
+        return None
+    return np.concatenate([[0], np.flatnonzero(steps) + 1]).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------- slice arrays
+#
+# slice_arrays.npz: the columns of slices.parquet that a query reads, in numpy's own format, so
+# that a query imports and parses no Parquet (~0.15 s at 1M rows). It is derived from the
+# Parquet file at build time and records that file's sha256: a reader uses it only where the
+# manifest lists the same sha256 for slices.parquet, and reads slices.parquet otherwise (an
+# index built before it, or a slice table changed since). Its members:
+#
+#     parquet_sha256          () str, the sha256 of the slices.parquet it was derived from
+#     columns                 (C,) str, the column names of slices.parquet, in order
+#     volume_counts           (V,) int64, the rows of each volume
+#     lesion_area             (N,) int32, -1 for a null
+#     values__NAME, codes__NAME   for each text column NAME (case, source, model_checksum, …):
+#                             its distinct values (K,) str and, per volume, (V,) int32 indices
+#                             into them (-1 for a null); every row of a volume holds one value
+#
+# row, slice and volume are not stored: rows are 0..N-1, volumes contiguous and slices count
+# 0, 1, … within each volume (`read_slice_table` checks all three), and the hash index holds
+# the volume of every row (volume_ids.npy), which the reader checks against volume_counts.
+
+_DERIVED = ("row", "slice", "volume", "lesion_area")
+
+
+def derive_slice_arrays(table: SliceTable, parquet_sha256: str) -> bytes | None:
+    """The bytes of slice_arrays.npz for a checked slice table, or None where a column does not
+    fit its layout (a text column that varies within a volume, a lesion area past int32)."""
+    import io
+
+    n = len(table["volume"])
+    members: dict[str, np.ndarray] = {
+        "parquet_sha256": np.array(parquet_sha256),
+        "columns": np.array(list(table), dtype=str),
+        "volume_counts": table.counts.astype(np.int64),
+    }
+    area = table["lesion_area"]
+    if area.dtype == object:  # a column of nulls only
+        area = np.array([np.nan if a is None else a for a in area], dtype=np.float64)
+    known = ~np.isnan(area) if area.dtype.kind == "f" else np.ones(n, bool)
+    if np.any(area[known] < 0) or np.any(area[known] > np.iinfo(np.int32).max):
+        return None
+    members["lesion_area"] = np.where(known, np.nan_to_num(area), -1).astype(np.int32)
+    volume = table["volume"]
+    for name in table:
+        if name in _DERIVED:
+            continue
+        column = table[name]
+        per_volume = column[table.starts]
+        if column.dtype != object or not all(
+            v is None or isinstance(v, str) for v in per_volume.tolist()
+        ):
+            return None
+        if n and not np.array_equal(column, per_volume[volume]):
+            return None
+        values = sorted({v for v in per_volume.tolist() if v is not None})
+        stored = np.array(values, dtype=str)
+        if stored.tolist() != values:  # numpy drops trailing NUL characters
+            return None
+        index = {v: i for i, v in enumerate(values)}
+        members[f"values__{name}"] = stored
+        members[f"codes__{name}"] = np.array(
+            [-1 if v is None else index[v] for v in per_volume.tolist()], dtype=np.int32
+        )
+    out = io.BytesIO()
+    np.savez(out, allow_pickle=False, **members)
+    return out.getvalue()
+
+
+def load_slice_arrays(data: bytes, path: Path) -> dict[str, np.ndarray]:
+    """The members of slice_arrays.npz (its bytes, checked against the manifest);
+    IndexDirError for a file numpy cannot read."""
+    import io
+
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except Exception as exc:  # numpy raises ValueError, OSError, zipfile errors, …
+        raise IndexDirError(
+            f"{path}: unreadable ({type(exc).__name__}: {str(exc)[:80]}). {fix_for(path.parent)}."
+        ) from None
+
+
+def slice_arrays_source(members: dict[str, np.ndarray]) -> str:
+    """The sha256 of the slices.parquet that slice_arrays.npz was derived from ('' if none)."""
+    sha = members.get("parquet_sha256")
+    return str(sha) if sha is not None and sha.dtype.kind == "U" and sha.ndim == 0 else ""
+
+
+def read_slice_arrays(
+    members: dict[str, np.ndarray],
+    path: Path,
+    *,
+    volume: np.ndarray,
+    n_cases: int,
+    model_checksum: str,
+) -> SliceTable:
+    """The slice table from the members of slice_arrays.npz (`load_slice_arrays`) and the hash
+    index's (N,) volume ids; IndexDirError naming the fault and the fix.
+
+    The caller has checked that the file was derived from the slices.parquet the manifest lists
+    (`slice_arrays_source`); that file's own checks hold for it, and are not repeated here.
+    """
+    fix = fix_for(path.parent)
+
+    def bad(what: str) -> IndexDirError:
+        return IndexDirError(f"{path}: {what}. {fix}.")
+
+    for key in ("parquet_sha256", "columns", "volume_counts", "lesion_area"):
+        if key not in members:
+            raise bad(f"no member {key!r}")
+    n = len(volume)
+    names = members["columns"]
+    counts = members["volume_counts"]
+    area = members["lesion_area"]
+    if names.dtype.kind != "U" or names.ndim != 1 or set(SLICE_COLUMNS) - set(names.tolist()):
+        raise bad(f"'columns' should name the columns of {SLICES}")
+    if counts.dtype != np.int64 or counts.shape != (n_cases,):
+        raise bad(f"'volume_counts' should be ({n_cases},) int64 as the manifest says")
+    if area.dtype != np.int32 or area.shape != (n,) or (n and int(area.min()) < -1):
+        raise bad(f"'lesion_area' should be ({n},) int32, areas or -1")
+    starts = volume_starts(volume, n_cases)
+    if starts is None or not np.array_equal(np.diff(np.append(starts, n)), counts):
+        raise bad(
+            f"the hash index's volumes (volume_ids.npy, {n} rows) differ from the "
+            f"{n_cases} volumes of {sum(counts.tolist())} rows recorded here"
+        )
+    text = {}
+    for name in names.tolist():
+        if name in _DERIVED:
+            continue
+        values, codes = members.get(f"values__{name}"), members.get(f"codes__{name}")
+        if (
+            values is None
+            or codes is None
+            or values.dtype.kind != "U"
+            or values.ndim != 1
+            or codes.dtype != np.int32
+            or codes.shape != (n_cases,)
+            or (n_cases and not -1 <= int(codes.min()) <= int(codes.max()) < len(values))
+        ):
+            raise bad(
+                f"column {name!r} should be values__{name} (K,) str, codes__{name} "
+                f"({n_cases},) int32 in -1..K-1"
+            )
+        listed = values.tolist() + [None]  # code -1: a null
+        text[name] = [listed[c] for c in codes.tolist()]
+    for name in ("case", "source", "model_checksum"):
+        if None in text[name]:
+            raise bad(f"column {name!r} has nulls")
+    cases = text["case"]
+    if len(set(cases)) != len(cases):
+        raise bad("a case appears as more than one volume")
+    if n and set(text["model_checksum"]) != {model_checksum}:
+        raise bad(f"rows encoded with another model than the manifest's ({model_checksum[:12]}…)")
+    return SliceTable(volume, starts, cases, names=names.tolist(), text=text, lesion_area=area)

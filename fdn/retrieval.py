@@ -29,13 +29,17 @@ from fdn.indexdir import (
     CODES,
     MODEL_DIR,
     MODEL_FILES,
+    SLICE_ARRAYS,
     SLICES,
     Manifest,
     SliceTable,
     fix_for,
+    load_slice_arrays,
     read_listed,
     read_manifest,
+    read_slice_arrays,
     read_slice_table,
+    slice_arrays_source,
     swap_lock,
 )
 from hashindex import DISTANCES, ENGINES, MODES, HashIndex
@@ -135,7 +139,9 @@ class ArchiveIndex:
         rows = np.arange(start, start + self.table.counts[volume])
         from fdn.data.labels import largest_lesion_slice  # not render: no nibabel
 
-        return int(self.table["slice"][rows[largest_lesion_slice(self.table["lesion_area"][rows])]])
+        return int(
+            self.table.value("slice", rows[largest_lesion_slice(self.table["lesion_area"][rows])])
+        )
 
     def slice_range(self, case: str) -> range:
         """The slice numbers of ``case`` (IndexDirError for a case not in the index)."""
@@ -257,7 +263,7 @@ class ArchiveIndex:
                     rank=rank,
                     row=int(row),
                     case=str(self.table.value("case", row)),
-                    slice=int(self.table["slice"][row]),
+                    slice=int(self.table.value("slice", row)),
                     distance=float(dist),
                     source=str(self.table.value("source", row)),
                     lesion_area=None
@@ -272,9 +278,10 @@ class ArchiveIndex:
 def open_index(index_dir: str | Path, *, verify: bool = True) -> ArchiveIndex:
     """Load a finished index directory; IndexDirError says what is wrong and how to fix it.
 
-    Every file the manifest lists is checked before it is used: the slice table and
-    hashindex.json for size and (``verify``) sha256 now; the hash index's own files by
-    `HashIndex.read` (its row arrays memory-mapped and checked by size and sum64); the FAISS
+    Every file the manifest lists is checked before it is used: the slice table,
+    slice_arrays.npz (read in its place where it was derived from it) and hashindex.json for
+    size and (``verify``) sha256 now; the hash index's own files by `HashIndex.read` (its row
+    arrays memory-mapped and checked by size and sum64); the FAISS
     files, the model weights and codes.zarr on first use (a query needs none of them). The
     files are read (or, for those used later, opened) under the directory's shared swap lock,
     so a build finishing meanwhile changes nothing this index sees.
@@ -282,13 +289,27 @@ def open_index(index_dir: str | Path, *, verify: bool = True) -> ArchiveIndex:
     index_dir = Path(index_dir)
     with swap_lock(index_dir, shared=True):
         manifest = read_manifest(index_dir)
-        table = read_slice_table(
-            read_listed(index_dir, manifest, SLICES, verify=verify),
-            index_dir / SLICES,
-            n_rows=manifest.n_slices,
-            n_cases=manifest.n_cases,
-            model_checksum=manifest.model_checksum,
-        )
+        parquet = read_listed(index_dir, manifest, SLICES, verify=verify)
+        # slice_arrays.npz, where the build wrote one from this slices.parquet, holds the columns
+        # a query reads: no pyarrow to import, no Parquet to parse. The volumes come from the
+        # hash index, so the table is made once it is read.
+        arrays = None
+        if SLICE_ARRAYS in manifest.files:
+            arrays = load_slice_arrays(
+                read_listed(index_dir, manifest, SLICE_ARRAYS, verify=verify),
+                index_dir / SLICE_ARRAYS,
+            )
+            if slice_arrays_source(arrays) != manifest.files[SLICES]["sha256"]:
+                arrays = None  # derived from another slices.parquet: read that one itself
+        table = None
+        if arrays is None:
+            table = read_slice_table(
+                parquet,
+                index_dir / SLICES,
+                n_rows=manifest.n_slices,
+                n_cases=manifest.n_cases,
+                model_checksum=manifest.model_checksum,
+            )
         # hashindex.json, checked here, lists the checksums HashIndex.read checks its files by.
         meta = read_listed(index_dir, manifest, HASHINDEX_META, verify=verify)
         _check_hashindex_listing(index_dir, manifest, meta)
@@ -296,14 +317,24 @@ def open_index(index_dir: str | Path, *, verify: bool = True) -> ArchiveIndex:
             hash_index = HashIndex.read(index_dir, verify=verify)
         except HashIndexError as exc:
             raise IndexDirError(f"{exc} ({fix_for(index_dir)}.)") from None
-    if hash_index.grid != manifest.grid or not np.array_equal(
-        hash_index.volume_ids, table["volume"]
-    ):
-        raise IndexDirError(
-            f"{index_dir / HASHINDEX_META}: the hash index holds {hash_index.ntotal} rows of grid "
-            f"{hash_index.grid}, but the manifest and {SLICES} describe {manifest.n_slices} rows "
-            f"of grid {manifest.grid} in other volumes. {fix_for(index_dir)}."
+    mismatch = IndexDirError(
+        f"{index_dir / HASHINDEX_META}: the hash index holds {hash_index.ntotal} rows of grid "
+        f"{hash_index.grid}, but the manifest and {SLICES} describe {manifest.n_slices} rows "
+        f"of grid {manifest.grid} in other volumes. {fix_for(index_dir)}."
+    )
+    if hash_index.grid != manifest.grid or hash_index.ntotal != manifest.n_slices:
+        raise mismatch
+    if arrays is not None:
+        table = read_slice_arrays(
+            arrays,
+            index_dir / SLICE_ARRAYS,
+            volume=np.asarray(hash_index.volume_ids),
+            n_cases=manifest.n_cases,
+            model_checksum=manifest.model_checksum,
         )
+    assert table is not None
+    if arrays is None and not np.array_equal(hash_index.volume_ids, table["volume"]):
+        raise mismatch
     return ArchiveIndex(index_dir, manifest, table, hash_index, verify=verify)
 
 
