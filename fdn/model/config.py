@@ -61,6 +61,10 @@ class FDNConfig:
     # features are pulled towards it with this weight; lesion cells take the nearest of codes
     # 1..K-1. Healthy tissue then maps to one code and S_abnormal ignores it. 0 disables it.
     null_code_weight: float = 0.0
+    # Encoding with the null-code prior: a cell where the model's own segmentation ŷ finds no
+    # lesion pixel gets the null code, whatever its nearest code (the healthy cells the
+    # encoder did not collapse). Changes `encode` only, never training; needs the prior.
+    gate_abnormal_codes: bool = False
     # --- losses (eq. 5-12) and Algorithm 1 (Section 4.3.1) ---
     lambda_lat: float = 0.25  # λ1
     lambda_seg: float = 5.0  # λ2
@@ -115,6 +119,11 @@ class FDNConfig:
             raise ValueError(
                 f"FDNConfig.latent_size must be a power of two, got {self.latent_size}"
             )
+        if self.gate_abnormal_codes and self.null_code_weight <= 0:
+            raise ValueError(
+                "FDNConfig.gate_abnormal_codes needs the null-code prior (null_code_weight > 0): "
+                "without it no code means 'no lesion'"
+            )
         if self.width <= 0:
             raise ValueError(f"FDNConfig.width must be > 0, got {self.width}")
 
@@ -134,6 +143,7 @@ LEGACY_VALUES: dict[str, object] = {
     "spade_masked_layout": False,
     "separate_decoder_passes": False,
     "null_code_weight": 0.0,
+    "gate_abnormal_codes": False,
 }
 
 _PAPER = FDNConfig()

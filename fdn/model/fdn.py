@@ -157,15 +157,22 @@ class FDN(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, C, H, W) -> (codes_normal, codes_abnormal), each (B, h, w) int64.
 
-        Runs in eval mode (the module's mode is restored afterwards); no decoder runs and the
-        codebooks are not updated.
+        Runs in eval mode (the module's mode is restored afterwards); the codebooks are not
+        updated. No decoder runs, except the segmentation decoder under
+        `FDNConfig.gate_abnormal_codes`: cells where ŷ has no lesion pixel get the null code.
         """
         self._check_input(x)
         was_training = self.training
         self.eval()
         try:
             z_e_n, z_e_a = self.encoder(x)
-            return self.quantizer_normal.lookup(z_e_n), self.quantizer_abnormal.lookup(z_e_a)
+            codes_n = self.quantizer_normal.lookup(z_e_n)
+            codes_a = self.quantizer_abnormal.lookup(z_e_a)
+            if self.config.gate_abnormal_codes:
+                seg = self.seg_decoder(self.quantizer_abnormal.embed(codes_a))
+                lesion = (seg.argmax(1, keepdim=True) > 0).to(torch.float32)
+                codes_a = codes_a.masked_fill(self.null_cells(lesion), NULL_CODE)
+            return codes_n, codes_a
         finally:
             self.train(was_training)
 

@@ -160,3 +160,24 @@ def test_parse_overrides_types_and_errors():
     for bad in ("nonsense=1", "code_dim=1.5", "spade_masked_layout=maybe", "beta"):
         with pytest.raises(ValueError, match="beta|nonsense|code_dim|spade"):
             parse_overrides([bad])
+
+
+def test_gated_encoding_gives_the_null_code_where_the_segmentation_finds_no_lesion():
+    torch.manual_seed(0)
+    cfg = replace(PRESETS["tiny"], null_code_weight=1.0, gate_abnormal_codes=True)
+    model = FDN(cfg).eval()
+    x = torch.randn(6, 4, 32, 32)
+    x[:3] *= 4  # wilder inputs, so that an untrained decoder predicts some lesion pixels
+    codes_n, codes_a = model.encode(x)
+    out = model(x)  # eval mode: the same nearest codes, and ŷ from the same code vectors
+    lesion = (out.seg_logits.argmax(1) > 0).numpy()  # (B, 32, 32)
+    cells = lesion.reshape(6, 4, 8, 4, 8).any(axis=(2, 4))  # (B, 4, 4) cells with lesion
+    expected = np.where(cells, out.codes_abnormal.numpy(), 0)
+    assert 0 < cells.sum() < cells.size  # both kinds of cell occur
+    assert np.array_equal(codes_a.numpy(), expected)
+    assert torch.equal(codes_n, out.codes_normal)
+
+
+def test_gating_needs_the_null_code_prior():
+    with pytest.raises(ValueError, match="null_code_weight"):
+        replace(PRESETS["tiny"], gate_abnormal_codes=True)
