@@ -782,8 +782,17 @@ def read_slice_arrays(
         raise bad(f"'volume_counts' should be ({n_cases},) int64 as the manifest says")
     if area.dtype != np.int32 or area.shape != (n,) or (n and int(area.min()) < -1):
         raise bad(f"'lesion_area' should be ({n},) int32, areas or -1")
-    starts = volume_starts(volume, n_cases)
-    if starts is None or not np.array_equal(np.diff(np.append(starts, n)), counts):
+    # volume v is rows starts[v] .. ends[v] - 1: the ids never decrease and are v at both ends
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    ids = np.arange(n_cases)
+    if (
+        (n_cases and int(counts.min()) < 1)
+        or (int(ends[-1]) if n_cases else 0) != n
+        or not np.array_equal(volume[starts], ids)
+        or not np.array_equal(volume[ends - 1], ids)
+        or np.any(volume[1:] < volume[:-1])
+    ):
         raise bad(
             f"the hash index's volumes (volume_ids.npy, {n} rows) differ from the "
             f"{n_cases} volumes of {sum(counts.tolist())} rows recorded here"

@@ -139,9 +139,8 @@ class ArchiveIndex:
         rows = np.arange(start, start + self.table.counts[volume])
         from fdn.data.labels import largest_lesion_slice  # not render: no nibabel
 
-        return int(
-            self.table.value("slice", rows[largest_lesion_slice(self.table["lesion_area"][rows])])
-        )
+        areas = [self.table.value("lesion_area", row) for row in rows]  # not the whole column
+        return int(self.table.value("slice", rows[largest_lesion_slice(areas)]))
 
     def slice_range(self, case: str) -> range:
         """The slice numbers of ``case`` (IndexDirError for a case not in the index)."""
