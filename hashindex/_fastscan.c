@@ -151,7 +151,11 @@ static PyObject *lower_bounds(PyObject *self, PyObject *args) {
  * they are widened to 16 bits; tables of at most 255 / WIDEN levels never saturate. */
 #define WIDEN 4
 #define PREFETCH 2         /* blocks ahead */
-#define PREFETCH_LINES 80  /* positions of a block prefetched for a single query */
+/* Positions of a block prefetched a tile ahead for a single query: the first two chunks, which
+ * every block reads. Fetching more (80 lines, the first ten chunks) fetched lines that most
+ * blocks never read, since they are left after about six chunks, and cost memory bandwidth:
+ * 1M S_sum D_H went from 8.4 to 7.6 ms a query with 16 (2 threads, side by side, load 2.4). */
+#define PREFETCH_LINES 16
 #define LIMS 4     /* per query: L0 max, L1 max, L0 + L1 max, staircase shift */
 #define COARSE 64  /* staircase steps: coarse[k] >= room[L0] for every L0 >> shift == k */
 
@@ -285,7 +289,8 @@ VBMI static inline __attribute__((always_inline)) void scan_tile_vbmi(const scan
                                                                         Py_ssize_t q,
                                                                         Py_ssize_t b0,
                                                                         Py_ssize_t b1,
-                                                                        const int width) {
+                                                                        const int width,
+                                                                        const int single) {
     const uint8_t *tab = a->tables + q * a->n_pos * TABLE;
     const int32_t *order = a->order + q * a->n_pos;
     const uint8_t *acc_of = a->chunk_acc + q * (a->n_pos / CHUNK);
@@ -307,13 +312,17 @@ VBMI static inline __attribute__((always_inline)) void scan_tile_vbmi(const scan
     const __m512i m0 = _mm512_set1_epi16((short)(lim[0] > 65535 ? 65535 : lim[0]));
     const __m512i m1 = _mm512_set1_epi16((short)(lim[1] > 65535 ? 65535 : lim[1]));
     const __m512i m2 = _mm512_set1_epi16((short)(lim[2] > 65535 ? 65535 : lim[2]));
+    /* single: every chunk adds to L0, so L1 stays 0 and the four conditions reduce to
+     * L0 <= min(lim[0], lim[2]) (lim[1] >= 0 and coarse >= 0 hold) */
+    const int l0max = lim[0] < lim[2] ? lim[0] : lim[2];
+    const __m512i ms = _mm512_set1_epi16((short)(l0max > 65535 ? 65535 : l0max));
     const __m512i c_lo = _mm512_loadu_si512((const void *)(a->coarse + q * COARSE));
     const __m512i c_hi = _mm512_loadu_si512((const void *)(a->coarse + q * COARSE + 32));
     const __m512i top = _mm512_set1_epi16(COARSE - 1);
     const __m128i shift = _mm_cvtsi32_si128(lim[3]);
     const Py_ssize_t stride = a->S * ROWS;
     for (Py_ssize_t c = 0; c * CHUNK < a->n_pos && n_alive; c++) {
-        const int w = 2 * acc_of[c];
+        const int w = single ? 0 : 2 * acc_of[c];
         for (int h = 0; h < CHUNK; h += WIDEN) {
             __m512i t[WIDEN][4];
             Py_ssize_t off[WIDEN];
@@ -340,6 +349,12 @@ VBMI static inline __attribute__((always_inline)) void scan_tile_vbmi(const scan
         int kept = 0;
         for (int n = 0; n < n_alive; n++) {
             int i = alive[n];
+            if (single) {
+                ke[i] = _mm512_mask_cmple_epu16_mask(ke[i], acc[i][0], ms);
+                ko[i] = _mm512_mask_cmple_epu16_mask(ko[i], acc[i][1], ms);
+                if (ke[i] | ko[i]) alive[kept++] = i;
+                continue;
+            }
             __m512i e0 = acc[i][0], o0 = acc[i][1], e1 = acc[i][2], o1 = acc[i][3];
             /* the staircase: L1 <= coarse[min(L0 >> shift, 63)], room's value at the step */
             __m512i se = _mm512_permutex2var_epi16(
@@ -375,14 +390,28 @@ VBMI static inline __attribute__((always_inline)) void scan_tile_vbmi(const scan
     }
 }
 
-VBMI static void scan_tile_vbmi2(const scan_args *a, Py_ssize_t q, Py_ssize_t b0, Py_ssize_t b1) {
-    scan_tile_vbmi(a, q, b0, b1, 2);
-}
-VBMI static void scan_tile_vbmi3(const scan_args *a, Py_ssize_t q, Py_ssize_t b0, Py_ssize_t b1) {
-    scan_tile_vbmi(a, q, b0, b1, 3);
-}
-VBMI static void scan_tile_vbmi4(const scan_args *a, Py_ssize_t q, Py_ssize_t b0, Py_ssize_t b1) {
-    scan_tile_vbmi(a, q, b0, b1, 4);
+#define TILE_FN(name, width, single)                                                           \
+    VBMI static void name(const scan_args *a, Py_ssize_t q, Py_ssize_t b0, Py_ssize_t b1) {     \
+        scan_tile_vbmi(a, q, b0, b1, width, single);                                           \
+    }
+TILE_FN(scan_tile_vbmi2, 2, 0)
+TILE_FN(scan_tile_vbmi3, 3, 0)
+TILE_FN(scan_tile_vbmi4, 4, 0)
+TILE_FN(scan_tile_vbmi2s, 2, 1)
+TILE_FN(scan_tile_vbmi3s, 3, 1)
+TILE_FN(scan_tile_vbmi4s, 4, 1)
+
+typedef void (*tile_fn)(const scan_args *, Py_ssize_t, Py_ssize_t, Py_ssize_t);
+
+/* Query q's tile kernel: its table width, and whether all its chunks add to L0. */
+static tile_fn pick_tile(const scan_args *a, Py_ssize_t q, Py_ssize_t n_codes, int portable) {
+    if (portable || !have_vbmi()) return scan_tile_portable;
+    int single = 1;
+    for (Py_ssize_t c = 0; c < a->n_pos / CHUNK; c++)
+        single &= a->chunk_acc[q * (a->n_pos / CHUNK) + c] == 0;
+    if (n_codes <= 128) return single ? scan_tile_vbmi2s : scan_tile_vbmi2;
+    if (n_codes <= 192) return single ? scan_tile_vbmi3s : scan_tile_vbmi3;
+    return single ? scan_tile_vbmi4s : scan_tile_vbmi4;
 }
 
 /* prune_scan(codes_t, S, n_rows, n_codes, tables, order, chunk_acc, n_queries, n_pos, lim, room,
@@ -439,13 +468,8 @@ static PyObject *prune_scan(PyObject *self, PyObject *args) {
             scan_args a = {codes.buf, S, n_rows, n_pos, tables.buf, acc, ord, room.buf,
                            coarse.buf, lim.buf, room_stride, capacity, out_rows.buf, out_count.buf,
                            out_keys.buf, heap};
-            void (*fn)(const scan_args *, Py_ssize_t, Py_ssize_t, Py_ssize_t) =
-                (portable || !have_vbmi()) ? scan_tile_portable
-                : n_codes <= 128           ? scan_tile_vbmi2
-                : n_codes <= 192           ? scan_tile_vbmi3
-                                           : scan_tile_vbmi4;
             /* Before the queries of a tile, the next tile is fetched: the first lines of each
-             * block in scan order when there is one query (the rest is seldom read), every
+             * block in scan order when there is one query (the rest is read less often), every
              * line for a batch (which reads most of them, and from L2 after the first query). */
             Py_ssize_t lines = B == 1 ? (n_pos < PREFETCH_LINES ? n_pos : PREFETCH_LINES) : S;
             const uint8_t *cb = codes.buf;
@@ -455,7 +479,8 @@ static PyObject *prune_scan(PyObject *self, PyObject *args) {
                 for (Py_ssize_t b = stop; b < stop + TILE && b < end; b++)
                     for (Py_ssize_t k = 0; k < lines; k++)
                         __builtin_prefetch(cb + (b * S + (B == 1 ? ord[k] : k)) * ROWS, 0, 3);
-                for (Py_ssize_t q = 0; q < B; q++) fn(&a, q, tile, stop);
+                for (Py_ssize_t q = 0; q < B; q++)  /* picking costs n_pos / 8 reads */
+                    pick_tile(&a, q, n_codes, portable)(&a, q, tile, stop);
             }
             Py_END_ALLOW_THREADS
             result = Py_NewRef(Py_None);
