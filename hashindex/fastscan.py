@@ -131,7 +131,6 @@ def integer_sums(
 
     codes_t: (nblocks, S, 64) uint8; the tables cover positions first_position .. +P-1.
     """
-    global _pool
     B, P, _ = bounds.tables.shape
     nblocks, S, _ = codes_t.shape
     out = (
@@ -147,16 +146,23 @@ def integer_sums(
             codes_t, tables, out, B, S, first_position, P, start, end, acc, PORTABLE
         )
 
-    if _THREADS == 1 or nblocks < 256:
-        run(0, nblocks)
-        return out
-    if _pool is None:
-        _pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="fastscan")
-    edges = np.linspace(0, nblocks, _THREADS + 1).astype(int)
-    jobs = [_pool.submit(run, int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-    for job in jobs:
-        job.result()
+    threads = 1 if nblocks < 256 else _THREADS
+    edges = np.linspace(0, nblocks, threads + 1).astype(int)
+    _parallel(lambda t: run(int(edges[t]), int(edges[t + 1])), threads)
     return out
+
+
+def _parallel(run, threads: int) -> None:
+    """run(0) .. run(threads − 1), the last one on the calling thread (one hand-off fewer)."""
+    global _pool
+    if threads > 1 and _pool is None:
+        _pool = ThreadPoolExecutor(_THREADS - 1, thread_name_prefix="fastscan")
+    jobs = [_pool.submit(run, t) for t in range(threads - 1)] if _pool is not None else []
+    try:
+        run(threads - 1)
+    finally:
+        for job in jobs:
+            job.result()
 
 
 def _row(b: Bounds, i: int) -> Bounds:
@@ -390,7 +396,10 @@ class FastScan:
                 strict=True,
             )
         )
-        plan = self._plan(bounds, books)
+        # the re-rank's float64 tables, converted once for both passes
+        tables = {b: np.ascontiguousarray(tables[b], np.float64) for b in books}
+        joint = len(books) == 2 and distance == "hamming" and not normalized
+        plan = self._plan(bounds, books, joint)
         # θ: the exact distance of the Q-th best volume among the rows of a sample with the
         # smallest bounds (more of them while fewer than Q volumes are found)
         theta = np.full(B, np.inf)
@@ -399,7 +408,8 @@ class FastScan:
         sample_t, sample_rows = self._sample()
         keep = SEED_ROWS
         while todo.size:
-            qidx, rows, _ = self._run(sample_t, sample_rows.size, _take(plan, todo), keep)
+            part = plan if todo.size == B else _take(plan, todo)
+            qidx, rows, _ = self._run(sample_t, sample_rows.size, part, keep)
             qidx, rows = todo[qidx], sample_rows[rows]
             dist = self._exact_batch(rows, qidx, tables, q_sq, books, distance, normalized)
             evaluated += np.bincount(qidx, minlength=B)
@@ -447,13 +457,14 @@ class FastScan:
             self._sample_rows = rows
         return self._sample_t, self._sample_rows
 
-    def _plan(self, bounds: dict, books) -> dict:
+    def _plan(self, bounds: dict, books, joint: bool = False) -> dict:
         """The order in which the scan visits each query's positions: chunks of CHUNK
         positions of one codebook, the chunks whose bounds are expected to grow most (under the
         sample's code frequencies) first, so that blocks are left early.
 
         Returns tables (B, n_pos, 256) uint8, order (B, n_pos) int32 (positions in codes_t)
-        and acc (B, n_pos / CHUNK) uint8 (0: first codebook, 1: second)."""
+        and acc (B, n_pos / CHUNK) uint8 (0: first codebook, 1: second; ``joint``, where the
+        bound is one sum over both books: all 0, and the kernel checks one accumulator)."""
         self._sample()
         tabs, pos, score, acc = [], [], [], []
         for a, book in enumerate(books):
@@ -474,7 +485,7 @@ class FastScan:
             tabs.append(t.reshape(Bq, n, CHUNK, TABLE))
             pos.append(where.reshape(Bq, n, CHUNK))
             score.append(gain.reshape(Bq, n, CHUNK).sum(axis=2))
-            acc.append(np.full((Bq, n), a, np.uint8))
+            acc.append(np.full((Bq, n), 0 if joint else a, np.uint8))
         t, where, sc, ac = (np.concatenate(x, axis=1) for x in (tabs, pos, score, acc))
         Bq = t.shape[0]
         each = np.arange(Bq)[:, None]
@@ -492,7 +503,6 @@ class FastScan:
         candidates overflowed. With limits in `plan` (filter mode) every row within them is
         kept (up to `capacity` per query and thread), else (heap mode) about `capacity` rows
         of smallest bound per query: as many per thread as make up `capacity`."""
-        global _pool
         filter_mode = "lim" in plan
         B, n_pos = plan["order"].shape
         nblocks, S, _ = codes_t.shape
@@ -537,17 +547,15 @@ class FastScan:
                 PORTABLE,
             )
 
-        if threads == 1:
-            run(0)
-        else:
-            if _pool is None:
-                _pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="fastscan")
-            for job in [_pool.submit(run, t) for t in range(threads)]:
-                job.result()
+        _parallel(run, threads)
         kept = np.minimum(count, capacity)
-        mask = np.arange(capacity)[None, None, :] < kept[:, :, None]  # (threads, B, capacity)
-        qidx = np.broadcast_to(np.arange(B)[None, :, None], mask.shape)[mask]
-        found = rows[mask]
+        if B == 1:  # one query: its rows, thread by thread (in row order)
+            found = np.concatenate([rows[t, 0, : kept[t, 0]] for t in range(threads)])
+            qidx = np.zeros(found.size, np.int64)
+        else:
+            mask = np.arange(capacity)[None, None, :] < kept[:, :, None]  # (threads, B, capacity)
+            qidx = np.broadcast_to(np.arange(B)[None, :, None], mask.shape)[mask]
+            found = rows[mask]
         return qidx, found, (count > capacity).any(axis=0)
 
     def _limits(self, bounds, books, distance, normalized, theta):
