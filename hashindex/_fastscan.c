@@ -175,7 +175,29 @@ typedef struct {
     int64_t *out_rows, *out_count;
     uint32_t *out_keys;
     int heap;
+    /* per query and chunk c the largest L0, L1 any row can have after chunks 0..c, (B, n_pos /
+     * CHUNK, 2): while the limits admit those, no row can fail and the check is skipped */
+    const int32_t *reach;
 } scan_args;
+
+/* reach (see scan_args) of every query: Σ of each position's largest table entry among the
+ * first n_codes, in scan order (an upper bound: the kernel's 8-bit sums only saturate lower). */
+static void max_reach(scan_args *a, Py_ssize_t B, Py_ssize_t n_codes, int32_t *reach) {
+    Py_ssize_t chunks = a->n_pos / CHUNK;
+    for (Py_ssize_t q = 0; q < B; q++) {
+        int32_t sum[2] = {0, 0};
+        for (Py_ssize_t c = 0; c < chunks; c++) {
+            for (Py_ssize_t k = c * CHUNK; k < (c + 1) * CHUNK; k++) {
+                const uint8_t *t = a->tables + (q * a->n_pos + k) * TABLE;
+                int m = 0;
+                for (Py_ssize_t j = 0; j < n_codes; j++) m = t[j] > m ? t[j] : m;
+                sum[a->chunk_acc[q * chunks + c]] += m;
+            }
+            reach[(q * chunks + c) * 2] = sum[0];
+            reach[(q * chunks + c) * 2 + 1] = sum[1];
+        }
+    }
+}
 
 static void heap_push(uint32_t *keys, int64_t *rows, int64_t *count, Py_ssize_t cap,
                       uint32_t key, int64_t row, int32_t *lim2) {
@@ -321,6 +343,8 @@ VBMI static inline __attribute__((always_inline)) void scan_tile_vbmi(const scan
     const __m512i top = _mm512_set1_epi16(COARSE - 1);
     const __m128i shift = _mm_cvtsi32_si128(lim[3]);
     const Py_ssize_t stride = a->S * ROWS;
+    const int32_t *reach = a->reach + q * (a->n_pos / CHUNK) * 2;
+    const uint16_t *coarse = a->coarse + q * COARSE;
     for (Py_ssize_t c = 0; c * CHUNK < a->n_pos && n_alive; c++) {
         const int w = single ? 0 : 2 * acc_of[c];
         for (int h = 0; h < CHUNK; h += WIDEN) {
@@ -346,6 +370,10 @@ VBMI static inline __attribute__((always_inline)) void scan_tile_vbmi(const scan
                 acc[i][w + 1] = _mm512_add_epi16(acc[i][w + 1], _mm512_srli_epi16(sum8, 8));
             }
         }
+        const int32_t r0 = reach[2 * c], r1 = reach[2 * c + 1];
+        if (r0 <= lim[0] && r1 <= lim[1] && r0 + r1 <= lim[2] &&
+            r1 <= coarse[stair(r0 > 65535 ? 65535 : r0, lim[3])])
+            continue; /* every row still passes */
         int kept = 0;
         for (int n = 0; n < n_alive; n++) {
             int i = alive[n];
@@ -467,7 +495,14 @@ static PyObject *prune_scan(PyObject *self, PyObject *args) {
         } else {
             scan_args a = {codes.buf, S, n_rows, n_pos, tables.buf, acc, ord, room.buf,
                            coarse.buf, lim.buf, room_stride, capacity, out_rows.buf, out_count.buf,
-                           out_keys.buf, heap};
+                           out_keys.buf, heap, NULL};
+            int32_t *reach = PyMem_Malloc((B * (n_pos / CHUNK) * 2 + 1) * sizeof(int32_t));
+            if (!reach) {
+                PyErr_NoMemory();
+                goto release;
+            }
+            max_reach(&a, B, n_codes, reach);
+            a.reach = reach;
             /* Before the queries of a tile, the next tile is fetched: the first lines of each
              * block in scan order when there is one query (the rest is read less often), every
              * line for a batch (which reads most of them, and from L2 after the first query). */
@@ -483,9 +518,11 @@ static PyObject *prune_scan(PyObject *self, PyObject *args) {
                     pick_tile(&a, q, n_codes, portable)(&a, q, tile, stop);
             }
             Py_END_ALLOW_THREADS
+            PyMem_Free(reach);
             result = Py_NewRef(Py_None);
         }
     }
+release:
     PyBuffer_Release(&codes);
     PyBuffer_Release(&tables);
     PyBuffer_Release(&order);
