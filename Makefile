@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO := demo
-MODEL := models/cpu-64
+MODEL := models/cpu-64-null
 FDN := $(VENV)/bin/fdn-index
 # The query: the demo archive's case with the largest lesion (synth.json lists every case).
 DEMO_CASE = $$($(PY) -c "import json; cases = json.load(open('$(DEMO)/archive/synth.json'))['case_list']; \
@@ -47,8 +47,10 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.scale
 	$(PY) -m benchmarks.build_scale
 	$(FDN) synth $(TRAIN_ARCHIVE) --cases 40 --size 64 --seed 100 --healthy-fraction 0.3
-	$(PY) -m benchmarks.quality --model $(MODEL) --model-no-dm models/cpu-64-nodm \
+	$(PY) -m benchmarks.quality --model models/cpu-64 --model-no-dm models/cpu-64-nodm \
 		--train-archive $(TRAIN_ARCHIVE)
+	$(PY) -m benchmarks.quality --model $(MODEL) --train-archive $(TRAIN_ARCHIVE) \
+		--out benchmarks/results/quality-ablation/null-gated
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fdn hashindex cli benchmarks tests
@@ -56,7 +58,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 # The main job on an embedded default: a fresh synthetic archive (never seen in training), the
-# shipped CPU model (models/cpu-64, trained by the command in its TRAIN_COMMAND.txt), an index,
+# shipped CPU model (models/cpu-64-null, trained by the commands in its TRAIN_COMMAND.txt), an index,
 # and one lesion slice queried by normal anatomy, by lesion and by both.
 demo: $(STAMP)
 	$(FDN) synth $(DEMO)/archive --cases 16 --size 64 --seed 7 --healthy-fraction 0.3

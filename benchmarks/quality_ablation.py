@@ -24,6 +24,7 @@ VARIED = (
     "spade_masked_layout",
     "separate_decoder_passes",
     "null_code_weight",
+    "gate_abnormal_codes",
     "beta",
     "distribution_matching",
     "codebook_size",

@@ -167,6 +167,25 @@ PRESETS: dict[str, FDNConfig] = {
         batch_size=16,
         epochs=20,
     ),
+    # cpu-64 with the null-code prior and gated encoding (issue #13), on the first-release
+    # decoder (lesion-softmax layout, one decoder pass): the A/B in
+    # benchmarks/results/quality-ablation found it best for S_abnormal. models/cpu-64-null.
+    "cpu-64-null": replace(
+        _PAPER,
+        image_size=64,
+        latent_size=8,
+        width=0.25,
+        code_dim=32,
+        codebook_size=128,
+        spade_hidden=16,
+        lr=1e-3,
+        batch_size=16,
+        epochs=20,
+        spade_masked_layout=False,
+        separate_decoder_passes=False,
+        null_code_weight=1.0,
+        gate_abnormal_codes=True,
+    ),
     "cpu-128": replace(
         _PAPER,
         image_size=128,

@@ -180,7 +180,7 @@ def test_config_limits_accept_every_preset_and_reject_past_the_limit():
     assert replace(PRESETS["tiny"], codebook_size=65536).codebook_size == 65536
 
 
-@pytest.mark.parametrize("name", ["cpu-64", "cpu-64-nodm"])
+@pytest.mark.parametrize("name", ["cpu-64", "cpu-64-nodm", "cpu-64-null"])
 def test_shipped_models_still_load(tmp_path, name):
     if not (SHIPPED / name / "weights.pt").is_file():
         pytest.skip(f"models/{name} is not in this checkout")
