@@ -346,6 +346,13 @@ def render_markdown(r: dict) -> str:
         f"({lib['p50_ms']['wall_s']:.0f} ms; max {lib['max_ms']['wall_s']:.0f} ms), of which "
         f"{r['floor']['p50_ms']['wall_s']:.0f} ms is what a process that only imports numpy "
         "takes on this machine at the same moment (the floor row).\n",
+        (
+            f"Command line, wall ≤ {TARGET_MS:.0f} ms: "
+            f"**{'met' if cli['p50_ms']['wall_s'] <= TARGET_MS else 'not met'}** "
+            f"({cli['p50_ms']['wall_s']:.0f} ms; max {cli['max_ms']['wall_s']:.0f} ms).\n"
+            if cli
+            else ""
+        ),
         f"Heavy modules the library process had imported when it answered: "
         f"{', '.join(lib['samples'][0]['heavy_modules']) or 'none'} (of {', '.join(HEAVY)}). "
         f"Import of `hashindex` alone: {r['imports']['hashindex_import_ms']:.0f} ms "
