@@ -64,7 +64,7 @@ from hashindex.fileio import check_write_target
     default=None,
     help="Search engine: exact look-up tables (lut, fastscan, torch on a GPU), FAISS flat/IVF "
     "on packed bits, or numpy [default: fastscan where the index's codebooks have at most 256 "
-    "distinct vectors, else lut].",
+    "distinct vectors, except for D_A, else lut].",
 )
 @click.option(
     "--nprobe",

@@ -491,8 +491,12 @@ def check_nifti_sizes(case_id: str, files: dict[str, Path], max_voxels: int) -> 
 
 
 def _with_engine(options: QueryOptions, index) -> QueryOptions:
-    """``options`` with the index's default engine where they name none."""
-    return options if options.engine else replace(options, engine=index.default_engine)
+    """``options`` with the index's default engine for their distance where they name none."""
+    from fdn.retrieval import engine_for_distance
+
+    if options.engine:
+        return options
+    return replace(options, engine=engine_for_distance(index.default_engine, options.distance))
 
 
 def _search_modes(index, normal, abnormal, exclude, options: QueryOptions, lock) -> dict:

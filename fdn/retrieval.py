@@ -67,6 +67,16 @@ class Hit:
     series_uids: dict[str, str] | None = None
 
 
+def engine_for_distance(default: str, distance: str) -> str:
+    """The engine a query of ``distance`` runs on when it names none, given the index's default.
+
+    fastscan does not prune D_A (its bound needs each row's norm): on the code statistics of a
+    built index it re-ranked 40-90 % of the rows and ran about 5x slower than lut
+    (benchmarks/results/scale-from-index), so D_A queries default to lut.
+    """
+    return "lut" if default == "fastscan" and distance == "angular" else default
+
+
 class ArchiveIndex:
     """A finished index directory, loaded for search. Use `open_index` to make one."""
 
@@ -229,8 +239,8 @@ class ArchiveIndex:
         nprobe: int | None = None,
     ) -> list[Hit]:
         """Volume-wise top-Q for one pair of code grids (h, w) uint16; ``engine`` None: the
-        index's `default_engine`."""
-        engine = engine or self.default_engine
+        index's `default_engine` for that distance (`engine_for_distance`)."""
+        engine = engine or engine_for_distance(self.default_engine, distance)
         for name, value, allowed in (
             ("mode", mode, MODES),
             ("distance", distance, DISTANCES),

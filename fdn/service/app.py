@@ -102,7 +102,8 @@ QUERY_PARAMS = [
     _param(
         "engine",
         enum=list(ENGINES),
-        description="Search engine [default: fastscan where the index allows it, else lut].",
+        description="Search engine [default: fastscan where the index allows it, except for "
+        "D_A, else lut].",
     ),
     _param("nprobe", kind="integer", minimum=1, description="Lists probed by faiss-ivf."),
     _param(

@@ -100,6 +100,24 @@ def test_the_default_engine_answers_as_lut(built_index):
         assert default.hits(mode) == lut.hits(mode)
 
 
+def test_angular_queries_default_to_lut(built_index):
+    # fastscan does not prune D_A, so a query that names no engine runs it on lut
+    from fdn.queries import run_slice_query
+    from fdn.retrieval import open_index
+
+    index = open_index(built_index)
+    case = index.cases[1]
+    angular = run_slice_query(index, case, None, "abnormal", distance="angular")
+    assert angular.options.engine == "lut"
+    explicit = run_slice_query(index, case, None, "abnormal", distance="angular", engine="fastscan")
+    assert explicit.options.engine == "fastscan"
+    assert angular.hits("abnormal") == explicit.hits("abnormal")
+    hits = index.search_codes(*index.codes_of_row(0), distance="angular", topq=3)
+    assert hits == index.search_codes(
+        *index.codes_of_row(0), distance="angular", topq=3, engine="lut"
+    )
+
+
 # --- slice_arrays.npz: the slice table a query reads -------------------------------------------
 
 
