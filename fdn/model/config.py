@@ -147,6 +147,19 @@ LEGACY_VALUES: dict[str, object] = {
 }
 
 _PAPER = FDNConfig()
+# CPU presets: same code, narrower, smaller codebooks, a faster learning rate.
+_CPU_64 = replace(
+    _PAPER,
+    image_size=64,
+    latent_size=8,
+    width=0.25,
+    code_dim=32,
+    codebook_size=128,
+    spade_hidden=16,
+    lr=1e-3,
+    batch_size=16,
+    epochs=20,
+)
 
 PRESETS: dict[str, FDNConfig] = {
     # The paper's configurations (4.3.1): λ4 = λ5 = 1e-4 for 4x4/8x8, 5e-4 for 16x16/32x32.
@@ -154,50 +167,18 @@ PRESETS: dict[str, FDNConfig] = {
     "fdn-8x8": replace(_PAPER, latent_size=8),
     "fdn-16x16": replace(_PAPER, latent_size=16, lambda_reg=5e-4, lambda_critic=5e-4),
     "fdn-32x32": replace(_PAPER, latent_size=32, lambda_reg=5e-4, lambda_critic=5e-4),
-    # CPU presets: same code, narrower, smaller codebooks, a faster learning rate.
-    "cpu-64": replace(
-        _PAPER,
-        image_size=64,
-        latent_size=8,
-        width=0.25,
-        code_dim=32,
-        codebook_size=128,
-        spade_hidden=16,
-        lr=1e-3,
-        batch_size=16,
-        epochs=20,
-    ),
+    "cpu-64": _CPU_64,
     # cpu-64 with the null-code prior and gated encoding (issue #13), on the first-release
     # decoder (lesion-softmax layout, one decoder pass): the A/B in
     # benchmarks/results/quality-ablation found it best for S_abnormal. models/cpu-64-null.
     "cpu-64-null": replace(
-        _PAPER,
-        image_size=64,
-        latent_size=8,
-        width=0.25,
-        code_dim=32,
-        codebook_size=128,
-        spade_hidden=16,
-        lr=1e-3,
-        batch_size=16,
-        epochs=20,
+        _CPU_64,
         spade_masked_layout=False,
         separate_decoder_passes=False,
         null_code_weight=1.0,
         gate_abnormal_codes=True,
     ),
-    "cpu-128": replace(
-        _PAPER,
-        image_size=128,
-        latent_size=8,
-        width=0.25,
-        code_dim=32,
-        codebook_size=256,
-        spade_hidden=16,
-        lr=1e-3,
-        batch_size=16,
-        epochs=20,
-    ),
+    "cpu-128": replace(_CPU_64, image_size=128, codebook_size=256),
     # For tests only: 32² input, 4x4 latent, very narrow.
     "tiny": replace(
         _PAPER,
