@@ -8,7 +8,8 @@ Run ``python -m benchmarks.quality --model MODEL_DIR`` (``--help`` for options).
 2. builds the model's index of it (``work/index-<model checksum>``, reused when complete);
 3. queries the largest-lesion slice of every diseased case, volume-wise top-Q (Q = 10), the
    query's own case excluded, with S_normal, S_abnormal, S_sum (and the normalised sum) under
-   D_E, D_A and D_H, beside the Dice oracle, random retrieval and raw-pixel retrieval;
+   D_E, D_A and D_H, beside the Dice oracle, random, same-level and raw-pixel retrieval, and
+   retrieval by the Dice of the model's own segmentation ŷ (the ceiling it sets on S_abnormal);
 4. scores each hit list by the mean Dice of the hits' label maps with the query's
    (`benchmarks.quality_dice`): normal Dice on the six anatomy labels, lesion Dice on the three
    lesion classes, and their mean for S_sum; every method gets all three, which gives the
@@ -40,6 +41,7 @@ from benchmarks.quality_baselines import (
     raw_pixel_hits,
     relative_levels,
     same_level_hits,
+    segmentation_hits,
 )
 from benchmarks.quality_binarization import (
     appendix_f_image_timing,
@@ -55,7 +57,7 @@ from benchmarks.quality_labels import (
     MODES,
     ORACLE_OF_MODE,
 )
-from benchmarks.quality_models import model_figures, snapshot_model
+from benchmarks.quality_models import decoded_lesion_maps, model_figures, snapshot_model
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +262,7 @@ def retrieve_all(
     dice_lesion: np.ndarray,
     features: np.ndarray,
     cfg: QualityConfig,
+    predicted_lesion: np.ndarray,
     progress=None,
 ) -> dict:
     """Hit rows of every method: {method: [(≤Q,) rows per query]} (DRAWN methods: per draw)."""
@@ -294,7 +297,9 @@ def retrieve_all(
             best_volumes(scores[i], volume, cfg.topq, int(volume[q["row"]]))
             for i, q in enumerate(queries)
         ]
-    methods["raw-pixel"] = raw_pixel_hits(features, [q["row"] for q in queries], volume, cfg.topq)
+    query_rows = [q["row"] for q in queries]
+    methods["raw-pixel"] = raw_pixel_hits(features, query_rows, volume, cfg.topq)
+    methods["model-seg"] = segmentation_hits(predicted_lesion, query_rows, volume, cfg.topq)
     rng = np.random.default_rng(cfg.seed)
     methods["random"] = [
         [random_hits(q["row"], volume, cfg.topq, rng) for q in queries]
@@ -359,7 +364,14 @@ def summarise(scores: dict) -> dict:
                 }
             )
     baselines = {}
-    for name in (*DRAWN, "raw-pixel", "oracle/normal", "oracle/abnormal", "oracle/sum"):
+    for name in (
+        *DRAWN,
+        "raw-pixel",
+        "model-seg",
+        "oracle/normal",
+        "oracle/abnormal",
+        "oracle/sum",
+    ):
         baselines[name] = {m: scores[name][m]["mean"] for m in METRICS}
         baselines[name].update({f"{m}_std": scores[name][m]["std"] for m in METRICS})
     decomposition = {}
@@ -531,7 +543,12 @@ def run_quality(cfg: QualityConfig, progress: bool = False) -> dict:
     n_steps = len(MODES) * len(DISTANCES) + 1 + 3 + (1 if cfg.model_no_dm else 0)
     bar = tqdm(total=n_steps, disable=not progress, desc="quality", unit="step")
     t = time.monotonic()
-    methods = retrieve_all(index, queries, dice_normal, dice_lesion, test.features, cfg, bar)
+    predicted_lesion = decoded_lesion_maps(
+        model_path, np.asarray(index.codes_normal), np.asarray(index.codes_abnormal)
+    )
+    methods = retrieve_all(
+        index, queries, dice_normal, dice_lesion, test.features, cfg, predicted_lesion, bar
+    )
     scores = score_methods(methods, dice_normal, dice_lesion)
     summary = summarise(scores)
     summary["abnormal_codes"] = abnormal_code_usage(index, test.lesion, test.brain_rows)

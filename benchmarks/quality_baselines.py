@@ -1,4 +1,4 @@
-"""Retrieval baselines of the quality benchmark that use no FDN code: random and raw pixels.
+"""Retrieval baselines of the quality benchmark: random, same level, raw pixels, ŷ Dice.
 
 - Random retrieval: Q distinct volumes drawn uniformly from the reference volumes (the query's
   own excluded), one slice drawn uniformly within each; seeded, repeated ``draws`` times.
@@ -8,13 +8,17 @@
 - Raw-pixel retrieval: the preprocessed slice (4, S, S), already z-scored per volume and
   channel, block-averaged to (4, side, side) and compared with the Euclidean distance; the
   volume-wise top-Q is exact (brute force), ties to the smaller row as everywhere else.
+- ŷ-Dice retrieval: the lesion Dice between the model's own segmentations ŷ, decoded from
+  each row's abnormal codes, brute force. No distance between abnormal codes can rank better
+  than the segmentations those codes decode to, unless it knows more than the model does, so
+  this is the ceiling that the model's segmentation sets on S_abnormal.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.quality_dice import best_volumes
+from benchmarks.quality_dice import LESION_CLASSES, LabelDice, best_volumes
 
 
 def downsample_slices(images: np.ndarray, side: int) -> np.ndarray:
@@ -47,6 +51,23 @@ def raw_pixel_hits(
         q = features[row]
         dist2 = np.maximum(sq - 2.0 * features @ q + q @ q, 0.0)  # (N,)
         out.append(best_volumes(-dist2, volume_of_row, topq, int(volume_of_row[row])))
+    return out
+
+
+def segmentation_hits(
+    labels: np.ndarray, query_rows, volume_of_row: np.ndarray, topq: int
+) -> list[np.ndarray]:
+    """Volume-wise top-Q by the lesion Dice of label maps (N, S, S) class 0..3; own volume
+    excluded. Dice as `LabelDice` (a map without lesion matches an empty query with 1).
+
+    Returns one (≤ Q,) int64 row array per query row, best first.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    dice = LabelDice(labels, LESION_CLASSES)
+    out = []
+    for row in query_rows:
+        scores = dice.against(labels[row])
+        out.append(best_volumes(scores, volume_of_row, topq, int(volume_of_row[row])))
     return out
 
 

@@ -14,6 +14,7 @@ BARS = (
     ("angular", "D_A", "tab:cyan"),
     ("hamming", "D_H", "tab:purple"),
     ("raw-pixel", "raw pixels", "tab:olive"),
+    ("model-seg", "model's ŷ Dice", "tab:pink"),
     ("random", "random", "tab:gray"),
     ("same-level", "same level", "tab:brown"),
     ("oracle", "Dice oracle", "tab:red"),
@@ -34,7 +35,7 @@ ORACLE = {
 
 
 def _method(bar: str, mode: str) -> str:
-    if bar in ("raw-pixel", "random", "same-level"):
+    if bar in ("raw-pixel", "model-seg", "random", "same-level"):
         return bar
     if bar == "oracle":
         return ORACLE[mode]

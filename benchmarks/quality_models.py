@@ -43,6 +43,27 @@ def _archive_slices(root: Path, size: int, max_slices: int, seed: int):
     return images, pseudo, diseased
 
 
+def decoded_lesion_maps(
+    model_dir: Path, codes_normal: np.ndarray, codes_abnormal: np.ndarray, batch: int = 256
+) -> np.ndarray:
+    """The model's segmentation ŷ of every row, decoded from its code grids (N, h, w):
+    (N, S, S) int64 classes 0..3, argmax of the segmentation decoder's softmax."""
+    import torch
+
+    from fdn.checkpoint import load_model
+
+    model, _ = load_model(model_dir, device="cpu")
+    maps = []
+    for start in range(0, codes_normal.shape[0], batch):
+        stop = start + batch
+        _, seg_soft = model.decode(
+            torch.from_numpy(np.asarray(codes_normal[start:stop], dtype=np.int64)),
+            torch.from_numpy(np.asarray(codes_abnormal[start:stop], dtype=np.int64)),
+        )
+        maps.append(seg_soft.argmax(1).numpy())
+    return np.concatenate(maps).astype(np.int64)
+
+
 def snapshot_model(model_dir: str | Path, work: Path) -> tuple[Path, int | None]:
     """Copy a model's config and weights into ``work/models/<checksum>``; return it and its step.
 

@@ -18,6 +18,7 @@ from benchmarks.quality_baselines import (
     raw_pixel_hits,
     relative_levels,
     same_level_hits,
+    segmentation_hits,
 )
 from benchmarks.quality_dice import (
     LESION_CLASSES,
@@ -118,6 +119,39 @@ def test_raw_pixel_hits_match_brute_force():
                 best[v] = r
         expected = sorted(best.values(), key=lambda r: d[r])[:3]
         np.testing.assert_array_equal(raw_pixel_hits(features, [row], volumes, 3)[0], expected)
+
+
+def test_segmentation_hits_match_brute_force():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 4, size=(24, 6, 6)) * (rng.random((24, 6, 6)) < 0.3)
+    labels[3] = 0  # a row without lesion scores 0 against a query with one
+    volumes = np.repeat(np.arange(6), 4)
+    for row in (1, 14):
+        d = [multiclass_dice(labels[row], labels[r], LESION_CLASSES) for r in range(24)]
+        best = {}
+        for r in range(24):
+            v = volumes[r]
+            if v != volumes[row] and (v not in best or d[r] > d[best[v]]):
+                best[v] = r
+        expected = sorted(best.values(), key=lambda r: (-d[r], r))[:3]
+        got = segmentation_hits(labels, [row], volumes, 3)[0]
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_decoded_lesion_maps_are_the_models_segmentation(tmp_path):
+    """ŷ decoded from the stored codes equals ŷ of the forward pass on the images."""
+    from benchmarks.quality_models import decoded_lesion_maps
+    from fdn.checkpoint import load_model
+
+    model_dir = _tiny_model(tmp_path / "model")
+    model, _ = load_model(model_dir, device="cpu")
+    model.eval()
+    x = torch.from_numpy(np.random.default_rng(6).normal(size=(5, 4, SIZE, SIZE)).astype("f4"))
+    with torch.no_grad():
+        codes_n, codes_a = model.encode(x)
+        expected = model(x).seg_logits.argmax(1).numpy()
+    got = decoded_lesion_maps(model_dir, codes_n.numpy(), codes_a.numpy(), batch=2)
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_random_hits_are_distinct_other_volumes():
@@ -302,6 +336,7 @@ def test_oracle_bounds_every_method_on_its_own_metric(smoke):
             "random",
             "same-level",
             "raw-pixel",
+            "model-seg",
         ]:
             got = np.array(scores[name][metric]["per_query"])
             assert np.all(got <= bound + 1e-12), (mode, name)
