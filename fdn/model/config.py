@@ -65,6 +65,11 @@ class FDNConfig:
     # lesion pixel gets the null code, whatever its nearest code (the healthy cells the
     # encoder did not collapse). Changes `encode` only, never training; needs the prior.
     gate_abnormal_codes: bool = False
+    # With the null-code prior: hold the null code at the zero vector instead of letting the
+    # EMA follow the lesion-free cells, so that "no abnormality" is the zero abnormal feature,
+    # the insignificant code of the paper's compactness (4.4.4), and the prior pulls healthy
+    # features to zero. Needs the prior.
+    null_code_at_origin: bool = False
     # --- losses (eq. 5-12) and Algorithm 1 (Section 4.3.1) ---
     lambda_lat: float = 0.25  # λ1
     lambda_seg: float = 5.0  # λ2
@@ -124,6 +129,10 @@ class FDNConfig:
                 "FDNConfig.gate_abnormal_codes needs the null-code prior (null_code_weight > 0): "
                 "without it no code means 'no lesion'"
             )
+        if self.null_code_at_origin and self.null_code_weight <= 0:
+            raise ValueError(
+                "FDNConfig.null_code_at_origin needs the null-code prior (null_code_weight > 0)"
+            )
         if self.width <= 0:
             raise ValueError(f"FDNConfig.width must be > 0, got {self.width}")
 
@@ -144,6 +153,7 @@ LEGACY_VALUES: dict[str, object] = {
     "separate_decoder_passes": False,
     "null_code_weight": 0.0,
     "gate_abnormal_codes": False,
+    "null_code_at_origin": False,
 }
 
 _PAPER = FDNConfig()

@@ -56,7 +56,11 @@ class FDN(nn.Module):
             config.codebook_size, config.code_dim, config.ema_decay, config.ema_eps
         )
         self.quantizer_abnormal = VectorQuantizer(
-            config.codebook_size, config.code_dim, config.ema_decay, config.ema_eps
+            config.codebook_size,
+            config.code_dim,
+            config.ema_decay,
+            config.ema_eps,
+            null_at_origin=config.null_code_at_origin,
         )
         widths = stage_widths(n, c)
         self.seg_decoder = SegmentationDecoder(config.code_dim, widths, c(128), config.num_classes)

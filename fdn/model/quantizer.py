@@ -39,13 +39,24 @@ class VectorQuantizer(nn.Module):
     embed_avg: torch.Tensor
     initted: torch.Tensor
 
-    def __init__(self, codebook_size: int, code_dim: int, decay: float = 0.99, eps: float = 1e-5):
+    def __init__(
+        self,
+        codebook_size: int,
+        code_dim: int,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        null_at_origin: bool = False,
+    ):
+        """null_at_origin: code NULL_CODE is the zero vector, before and after every EMA step."""
         super().__init__()
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         self.codebook_size, self.code_dim = codebook_size, code_dim
         self.decay, self.eps = decay, eps
+        self.null_at_origin = null_at_origin
         embed = torch.randn(codebook_size, code_dim)
+        if null_at_origin:
+            embed[NULL_CODE] = 0.0
         self.register_buffer("codebook", embed)
         self.register_buffer("cluster_size", torch.ones(codebook_size))
         self.register_buffer("embed_avg", embed.clone())
@@ -85,7 +96,14 @@ class VectorQuantizer(nn.Module):
         self.codebook.copy_(flat[idx])
         self.embed_avg.copy_(flat[idx])
         self.cluster_size.fill_(1.0)
+        self._pin_null()
         self.initted.fill_(True)
+
+    @torch.no_grad()
+    def _pin_null(self) -> None:
+        if self.null_at_origin:
+            self.codebook[NULL_CODE] = 0.0
+            self.embed_avg[NULL_CODE] = 0.0
 
     @torch.no_grad()
     def ema_update(self, flat: torch.Tensor, codes: torch.Tensor) -> None:
@@ -102,6 +120,7 @@ class VectorQuantizer(nn.Module):
         total = self.cluster_size.sum()
         smoothed = (self.cluster_size + self.eps) / (total + self.codebook_size * self.eps) * total
         self.codebook.copy_(self.embed_avg / smoothed[:, None])
+        self._pin_null()
 
     def forward(self, z_e: torch.Tensor, null_cells: torch.Tensor | None = None) -> Quantized:
         """z_e: (B, D, h, w) -> Quantized; updates the codebook when training.

@@ -181,3 +181,34 @@ def test_gated_encoding_gives_the_null_code_where_the_segmentation_finds_no_lesi
 def test_gating_needs_the_null_code_prior():
     with pytest.raises(ValueError, match="null_code_weight"):
         replace(PRESETS["tiny"], gate_abnormal_codes=True)
+
+
+def test_null_code_at_origin_stays_zero_and_pulls_healthy_features_to_zero(
+    make_slices, tiny_config
+):
+    from fdn.evaluate import codebook_compactness
+
+    cfg = tiny_config(null_code_weight=1.0, null_code_at_origin=True, batch_size=8)
+    trainer = Trainer(cfg, make_slices(16, 32), "tiny", seed=0, device=torch.device("cpu"))
+    for _ in range(3):
+        trainer.train_step()
+    quantizer = trainer.model.quantizer_abnormal
+    assert bool((quantizer.codebook[0] == 0).all()) and bool((quantizer.embed_avg[0] == 0).all())
+    assert bool((quantizer.codebook[1:].norm(dim=1) > 0).all())
+    share, norms = codebook_compactness(quantizer.codebook)
+    assert norms[0] == 0 and share >= 1 / cfg.codebook_size
+    # L_null is now the mean square of the lesion-free cells' abnormal features (numpy)
+    x, y = trainer.slices.batch(torch.arange(8))
+    mask = (y > 0).float()[:, None]
+    out = trainer.model.train()(x.float(), mask)
+    z = out.z_e_abnormal.detach().numpy().astype(np.float64)  # (B, D, h, w)
+    lesion = mask.numpy()[:, 0].reshape(8, 4, 8, 4, 8).max(axis=(2, 4)) > 0
+    expected = (z**2).mean(1)[~lesion].mean()
+    assert float(out.null_loss.detach()) == pytest.approx(expected, rel=1e-5)
+    # the normal codebook is untouched by the option
+    assert bool((trainer.model.quantizer_normal.codebook.norm(dim=1) > 0).all())
+
+
+def test_null_code_at_origin_needs_the_prior():
+    with pytest.raises(ValueError, match="null_code_at_origin"):
+        replace(PRESETS["tiny"], null_code_at_origin=True)
