@@ -9,7 +9,7 @@ Run ``python -m benchmarks.quality --model MODEL_DIR`` (``--help`` for options).
 3. queries the largest-lesion slice of every diseased case, volume-wise top-Q (Q = 10), the
    query's own case excluded, with S_normal, S_abnormal, S_sum (and the normalised sum) under
    D_E, D_A and D_H, beside the Dice oracle, random, same-level and raw-pixel retrieval, and
-   retrieval by the Dice of the model's own segmentation ŷ (the ceiling it sets on S_abnormal);
+   retrieval by the lesion Dice of the model's own segmentations ŷ (what its segmentation gives);
 4. scores each hit list by the mean Dice of the hits' label maps with the query's
    (`benchmarks.quality_dice`): normal Dice on the six anatomy labels, lesion Dice on the three
    lesion classes, and their mean for S_sum; every method gets all three, which gives the

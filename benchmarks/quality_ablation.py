@@ -64,11 +64,11 @@ def ablation_row(name: str, results: dict) -> dict:
         if clf["xhat_minus_dm"]["ppv"] is not None and clf["pseudohealthy"]["ppv"] is not None:
             ppv_gap = clf["xhat_minus_dm"]["ppv"] - clf["pseudohealthy"]["ppv"]
     usage = summary.get("abnormal_codes", {})
-    # S_abnormal's ceiling from the model's own segmentation (runs before it was measured
-    # lack the row)
+    # S_abnormal by the model's own segmentation, beside the code distances (runs made before
+    # it was measured lack the row)
     seg = summary["baselines"].get("model-seg")
     oracle = summary["baselines"]["oracle/abnormal"]["lesion"]
-    seg_ceiling = seg["lesion"] / oracle if seg is not None and oracle else None
+    seg_ranking = seg["lesion"] / oracle if seg is not None and oracle else None
     lat_first, lat_last = latent_loss_trend(Path(ev["model_dir"]))
     return {
         "name": name,
@@ -78,7 +78,7 @@ def ablation_row(name: str, results: dict) -> dict:
         "lat_last_epoch": lat_last,
         "normal_ratio": targets["normal"]["ratios"],
         "abnormal_ratio": targets["abnormal"]["ratios"],
-        "abnormal_seg_ceiling": seg_ceiling,
+        "abnormal_seg_ranking": seg_ranking,
         "normal_lift": targets["normal_lift"]["lift"],
         "healthy_distinct_codes": usage.get("healthy_distinct_codes"),
         "healthy_null_share": usage.get("healthy_null_share"),
@@ -119,14 +119,14 @@ def markdown(rows: list[dict]) -> str:
         "`python -m benchmarks.quality` on the same test archive (never trained on). Ratios "
         "are shares of the Dice oracle, per distance D_E / D_A / D_H; lift is S_normal's gain "
         "over the same-level baseline as a share of that baseline's gap to the oracle; PPV gap "
-        "is the classifier PPV of x̂⁻ minus that of the pseudo-healthy truth; ŷ ceiling is the "
+        "is the classifier PPV of x̂⁻ minus that of the pseudo-healthy truth; ŷ ranking is the "
         "share of the oracle reached by ranking on the lesion Dice of the model's own "
         "segmentations, decoded from the abnormal codes.\n",
         f"First row's config: {base}; later rows list what they change.\n",
         "Targets: S_abnormal ≥ 80 %, S_normal ≥ 88 % with lift ≥ 0.40, healthy slices on ≤ 3 "
         "abnormal codes, abnormal compactness > 0, PPV gap ≤ 0.05, decomposition holds.\n",
         "| run | changes | steps | L_lat first → last epoch | S_normal | lift | S_abnormal "
-        "| ŷ ceiling | healthy codes (share on null) | lesion cells flagged | abnormal compactness "
+        "| ŷ ranking | healthy codes (share on null) | lesion cells flagged | abnormal compactness "
         "| PPV gap | decomposition |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -137,7 +137,7 @@ def markdown(rows: list[dict]) -> str:
             f"| {row['name']} | {_changes(row, first)} | {row['train_steps'] or '—'} | "
             f"{rp.fmt(row['lat_first_epoch'], 3)} → {rp.fmt(row['lat_last_epoch'], 3)} | "
             f"{_triple(row['normal_ratio'])} | {_triple(row['normal_lift'], percent=False)} | "
-            f"{_triple(row['abnormal_ratio'])} | {_share(row['abnormal_seg_ceiling'])} | "
+            f"{_triple(row['abnormal_ratio'])} | {_share(row['abnormal_seg_ranking'])} | "
             f"{row['healthy_distinct_codes']} "
             f"({rp.fmt(row['healthy_null_share'], 3)}) | "
             f"{rp.fmt(row['lesion_cells_flagged'], 3)} | "

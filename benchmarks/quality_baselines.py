@@ -9,9 +9,10 @@
   channel, block-averaged to (4, side, side) and compared with the Euclidean distance; the
   volume-wise top-Q is exact (brute force), ties to the smaller row as everywhere else.
 - ŷ-Dice retrieval: the lesion Dice between the model's own segmentations ŷ, decoded from
-  each row's abnormal codes, brute force. No distance between abnormal codes can rank better
-  than the segmentations those codes decode to, unless it knows more than the model does, so
-  this is the ceiling that the model's segmentation sets on S_abnormal.
+  each row's abnormal codes, brute force. It measures what the model's segmentation alone
+  gives S_abnormal, so a gap to the oracle can be put on the segmentation or on the code
+  distance. It is no ceiling: the codes hold more than ŷ's argmax (how sure the decoder is,
+  the lesion's texture), and a code distance may rank better.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def retrieval_section(r: dict) -> str:
         rows.append([name] + [_cell(scores, f"{m}/{dist}", m) for m in modes])
     for method, label in (
         ("raw-pixel", "raw pixels (16×16×4, Euclidean)"),
-        ("model-seg", "the model's ŷ, lesion Dice (ceiling of S_abnormal)"),
+        ("model-seg", "the model's ŷ, lesion Dice (the segmentation alone)"),
         ("random", f"random ({r['config']['random_draws']} draws)"),
         ("same-level", f"same level, random volumes ({r['config']['random_draws']} draws)"),
     ):
@@ -69,9 +69,8 @@ def retrieval_section(r: dict) -> str:
         "reference volumes of a query have a lesion, anywhere in the cerebrum. Lesion Dice "
         "needs the lesions to overlap in place, so it is low for every method, the oracle "
         "included. The model's ŷ row ranks by the lesion Dice between the segmentations the "
-        "model decodes from the abnormal codes: a code distance can rank no better without "
-        "knowing more than the model, so it bounds S_abnormal from what the segmentation "
-        "gets right.\n"
+        "model decodes from the abnormal codes: what the segmentation alone gives S_abnormal, "
+        "beside which the code distances show what they add or lose.\n"
     )
     text += "\n### Targets: shares of the oracle, and S_normal's lift over the same level\n\n"
     t_rows = []
