@@ -25,6 +25,7 @@ VARIED = (
     "separate_decoder_passes",
     "null_code_weight",
     "gate_abnormal_codes",
+    "null_code_at_origin",
     "beta",
     "distribution_matching",
     "codebook_size",
@@ -43,14 +44,25 @@ def _model_config(results: dict) -> dict:
     return vars(config_from_dict(json.loads(path.read_text()), str(path)))
 
 
-def latent_loss_trend(model_dir: Path) -> tuple[float | None, float | None]:
-    """L_lat of the first and the last epoch in the model's metrics.jsonl (None if absent)."""
+def _metrics(model_dir: Path) -> list[dict]:
+    """The per-epoch rows of the model's metrics.jsonl ([] if absent)."""
     path = model_dir / "metrics.jsonl"
     if not path.is_file():
-        return None, None
-    values = [json.loads(line).get("lat") for line in path.read_text().splitlines() if line]
-    values = [v for v in values if v is not None]
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def latent_loss_trend(model_dir: Path) -> tuple[float | None, float | None]:
+    """L_lat of the first and the last epoch in the model's metrics.jsonl (None if absent)."""
+    values = [row["lat"] for row in _metrics(model_dir) if row.get("lat") is not None]
     return (values[0], values[-1]) if values else (None, None)
+
+
+def trained_steps(model_dir: Path) -> int | None:
+    """The step of the last row of the model's metrics.jsonl: the weights a training writes
+    last, with or without a checkpoint.pt beside them (shipped models have none)."""
+    steps = [row["step"] for row in _metrics(model_dir) if row.get("step") is not None]
+    return int(steps[-1]) if steps else None
 
 
 def ablation_row(name: str, results: dict) -> dict:
@@ -73,7 +85,7 @@ def ablation_row(name: str, results: dict) -> dict:
     return {
         "name": name,
         "config": _model_config(results),
-        "train_steps": ev.get("train_steps"),
+        "train_steps": ev.get("train_steps") or trained_steps(Path(ev["model_dir"])),
         "lat_first_epoch": lat_first,
         "lat_last_epoch": lat_last,
         "normal_ratio": targets["normal"]["ratios"],

@@ -440,3 +440,12 @@ def test_ablation_tabulates_runs_and_refuses_different_test_archives(smoke, tmp_
     (b / "results.json").write_text(json.dumps(other))
     r = runner.invoke(ablation, [str(a), str(b), "--out", str(tmp_path / "table2")])
     assert r.exit_code != 0 and "different test archives" in r.output
+
+
+def test_trained_steps_reads_the_last_metrics_row(tmp_path):
+    from benchmarks.quality_ablation import trained_steps
+
+    assert trained_steps(tmp_path) is None
+    rows = [{"step": 99, "lat": 5.0}, {"step": 6978, "lat": 9.6, "partial": True}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert trained_steps(tmp_path) == 6978
