@@ -178,8 +178,8 @@ PRESETS: dict[str, FDNConfig] = {
     "fdn-16x16": replace(_PAPER, latent_size=16, lambda_reg=5e-4, lambda_critic=5e-4),
     "fdn-32x32": replace(_PAPER, latent_size=32, lambda_reg=5e-4, lambda_critic=5e-4),
     "cpu-64": _CPU_64,
-    # cpu-64 with the null-code prior and gated encoding (issue #13), on the first-release
-    # decoder (lesion-softmax layout, one decoder pass): the A/B in
+    # cpu-64 with the null-code prior at the zero vector and gated encoding (issue #13), on
+    # the first-release decoder (lesion-softmax layout, one decoder pass): the A/B in
     # benchmarks/results/quality-ablation found it best for S_abnormal. models/cpu-64-null.
     "cpu-64-null": replace(
         _CPU_64,
@@ -187,6 +187,7 @@ PRESETS: dict[str, FDNConfig] = {
         separate_decoder_passes=False,
         null_code_weight=1.0,
         gate_abnormal_codes=True,
+        null_code_at_origin=True,
     ),
     "cpu-128": replace(_CPU_64, image_size=128, codebook_size=256),
     # For tests only: 32² input, 4x4 latent, very narrow.
