@@ -149,9 +149,14 @@ def test_decoded_lesion_maps_are_the_models_segmentation(tmp_path):
     x = torch.from_numpy(np.random.default_rng(6).normal(size=(5, 4, SIZE, SIZE)).astype("f4"))
     with torch.no_grad():
         codes_n, codes_a = model.encode(x)
-        expected = model(x).seg_logits.argmax(1).numpy()
+        logits = model(x).seg_logits
     got = decoded_lesion_maps(model_dir, codes_n.numpy(), codes_a.numpy(), batch=2)
-    np.testing.assert_array_equal(got, expected)
+    # the forward pass feeds z_e + (e_k - z_e), equal to e_k up to fp32 rounding, so only
+    # pixels whose two best classes are that close may differ
+    top2 = logits.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]).numpy() > 1e-3
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(got[clear], logits.argmax(1).numpy()[clear])
 
 
 def test_random_hits_are_distinct_other_volumes():
