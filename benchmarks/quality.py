@@ -543,9 +543,7 @@ def run_quality(cfg: QualityConfig, progress: bool = False) -> dict:
     n_steps = len(MODES) * len(DISTANCES) + 1 + 3 + (1 if cfg.model_no_dm else 0)
     bar = tqdm(total=n_steps, disable=not progress, desc="quality", unit="step")
     t = time.monotonic()
-    predicted_lesion = decoded_lesion_maps(
-        model_path, np.asarray(index.codes_normal), np.asarray(index.codes_abnormal)
-    )
+    predicted_lesion = decoded_lesion_maps(model_path, np.asarray(index.codes_abnormal))
     methods = retrieve_all(
         index, queries, dice_normal, dice_lesion, test.features, cfg, predicted_lesion, bar
     )

@@ -44,23 +44,21 @@ def _archive_slices(root: Path, size: int, max_slices: int, seed: int):
 
 
 def decoded_lesion_maps(
-    model_dir: Path, codes_normal: np.ndarray, codes_abnormal: np.ndarray, batch: int = 256
+    model_dir: Path, codes_abnormal: np.ndarray, batch: int = 256
 ) -> np.ndarray:
-    """The model's segmentation ŷ of every row, decoded from its code grids (N, h, w):
-    (N, S, S) int64 classes 0..3, argmax of the segmentation decoder's softmax."""
+    """The model's segmentation ŷ of every row, decoded from its abnormal code grids (N, h, w):
+    (N, S, S) int64 classes 0..3, argmax of the segmentation decoder."""
     import torch
 
     from fdn.checkpoint import load_model
 
     model, _ = load_model(model_dir, device="cpu")
+    model.eval()
     maps = []
-    for start in range(0, codes_normal.shape[0], batch):
-        stop = start + batch
-        _, seg_soft = model.decode(
-            torch.from_numpy(np.asarray(codes_normal[start:stop], dtype=np.int64)),
-            torch.from_numpy(np.asarray(codes_abnormal[start:stop], dtype=np.int64)),
-        )
-        maps.append(seg_soft.argmax(1).numpy())
+    with torch.no_grad():
+        for start in range(0, codes_abnormal.shape[0], batch):
+            codes = np.asarray(codes_abnormal[start : start + batch], dtype=np.int64)
+            maps.append(model.segment_codes(torch.from_numpy(codes)).argmax(1).numpy())
     return np.concatenate(maps).astype(np.int64)
 
 

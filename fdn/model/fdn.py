@@ -157,6 +157,14 @@ class FDN(nn.Module):
             null_loss=null_loss,
         )
 
+    def segment_codes(self, codes_abnormal: torch.Tensor) -> torch.Tensor:
+        """Segmentation logits of abnormal code grids: (B, h, w) -> (B, S, H, W).
+
+        The segmentation decoder alone, in the module's current mode; `encode` (for gating)
+        and `decode` call it in eval mode.
+        """
+        return self.seg_decoder(self.quantizer_abnormal.embed(codes_abnormal))
+
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, C, H, W) -> (codes_normal, codes_abnormal), each (B, h, w) int64.
@@ -173,7 +181,7 @@ class FDN(nn.Module):
             codes_n = self.quantizer_normal.lookup(z_e_n)
             codes_a = self.quantizer_abnormal.lookup(z_e_a)
             if self.config.gate_abnormal_codes:
-                seg = self.seg_decoder(self.quantizer_abnormal.embed(codes_a))
+                seg = self.segment_codes(codes_a)
                 lesion = (seg.argmax(1, keepdim=True) > 0).to(torch.float32)
                 codes_a = codes_a.masked_fill(self.null_cells(lesion), NULL_CODE)
             return codes_n, codes_a
@@ -198,10 +206,7 @@ class FDN(nn.Module):
                 size = self.config.image_size
                 zeros = z_n.new_zeros(b, self.layout_channels, size, size)
                 return self.image_decoder(z_n, zeros), None
-            seg_soft = torch.softmax(
-                at_least_fp32(self.seg_decoder(self.quantizer_abnormal.embed(codes_abnormal))),
-                dim=1,
-            )
+            seg_soft = torch.softmax(at_least_fp32(self.segment_codes(codes_abnormal)), dim=1)
             return self.image_decoder(z_n, self.spade_layout(seg_soft)), seg_soft
         finally:
             self.train(was_training)
