@@ -124,15 +124,12 @@ class FDNConfig:
             raise ValueError(
                 f"FDNConfig.latent_size must be a power of two, got {self.latent_size}"
             )
-        if self.gate_abnormal_codes and self.null_code_weight <= 0:
-            raise ValueError(
-                "FDNConfig.gate_abnormal_codes needs the null-code prior (null_code_weight > 0): "
-                "without it no code means 'no lesion'"
-            )
-        if self.null_code_at_origin and self.null_code_weight <= 0:
-            raise ValueError(
-                "FDNConfig.null_code_at_origin needs the null-code prior (null_code_weight > 0)"
-            )
+        for name in ("gate_abnormal_codes", "null_code_at_origin"):
+            if getattr(self, name) and self.null_code_weight <= 0:
+                raise ValueError(
+                    f"FDNConfig.{name} needs the null-code prior (null_code_weight > 0): "
+                    "without it no code means 'no lesion'"
+                )
         if self.width <= 0:
             raise ValueError(f"FDNConfig.width must be > 0, got {self.width}")
 
