@@ -51,6 +51,7 @@ from benchmarks.quality_binarization import (
 )
 from benchmarks.quality_dice import LESION_CLASSES, NORMAL_CLASSES, LabelDice, best_volumes
 from benchmarks.quality_labels import (
+    BASELINES,
     DISTANCES,
     METRIC_OF_MODE,
     METRICS,
@@ -364,14 +365,7 @@ def summarise(scores: dict) -> dict:
                 }
             )
     baselines = {}
-    for name in (
-        *DRAWN,
-        "raw-pixel",
-        "model-seg",
-        "oracle/normal",
-        "oracle/abnormal",
-        "oracle/sum",
-    ):
+    for name in (*BASELINES, "oracle/normal", "oracle/abnormal", "oracle/sum"):
         baselines[name] = {m: scores[name][m]["mean"] for m in METRICS}
         baselines[name].update({f"{m}_std": scores[name][m]["std"] for m in METRICS})
     decomposition = {}

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import report as rp
+from benchmarks.quality_labels import BASELINES
 
 BARS = (
     ("euclidean", "D_E", "tab:blue"),
@@ -35,7 +36,7 @@ ORACLE = {
 
 
 def _method(bar: str, mode: str) -> str:
-    if bar in ("raw-pixel", "model-seg", "random", "same-level"):
+    if bar in BASELINES:
         return bar
     if bar == "oracle":
         return ORACLE[mode]

@@ -19,3 +19,5 @@ ORACLE_OF_MODE = {
     "sum-normalized": "oracle/sum",
 }
 METRICS = ("normal", "lesion", "sum")
+# retrieval baselines scored beside the code distances (`benchmarks.quality_baselines`)
+BASELINES = ("raw-pixel", "model-seg", "random", "same-level")
