@@ -65,6 +65,11 @@ class FDNConfig:
     # lesion pixel gets the null code, whatever its nearest code (the healthy cells the
     # encoder did not collapse). Changes `encode` only, never training; needs the prior.
     gate_abnormal_codes: bool = False
+    # Gating repeated on the gated grid until no cell changes (`FDN.gate_codes`), so that
+    # every non-null cell of a stored grid is a lesion cell of the ŷ it decodes to. On
+    # models/cpu-64-null: S_abnormal (D_A) 75.0 -> 76.6 % of the oracle, healthy slices with
+    # a non-null cell 65 -> 17 of 1,747. Changes `encode` only; needs the gate.
+    gate_to_fixed_point: bool = False
     # With the null-code prior: hold the null code at the zero vector instead of letting the
     # EMA follow the lesion-free cells, so that "no abnormality" is the zero abnormal feature,
     # the insignificant code of the paper's compactness (4.4.4), and the prior pulls healthy
@@ -130,6 +135,10 @@ class FDNConfig:
                     f"FDNConfig.{name} needs the null-code prior (null_code_weight > 0): "
                     "without it no code means 'no lesion'"
                 )
+        if self.gate_to_fixed_point and not self.gate_abnormal_codes:
+            raise ValueError(
+                "FDNConfig.gate_to_fixed_point repeats the gate: it needs gate_abnormal_codes"
+            )
         if self.width <= 0:
             raise ValueError(f"FDNConfig.width must be > 0, got {self.width}")
 
@@ -151,6 +160,7 @@ LEGACY_VALUES: dict[str, object] = {
     "null_code_weight": 0.0,
     "gate_abnormal_codes": False,
     "null_code_at_origin": False,
+    "gate_to_fixed_point": False,
 }
 
 _PAPER = FDNConfig()
@@ -184,6 +194,7 @@ PRESETS: dict[str, FDNConfig] = {
         separate_decoder_passes=False,
         null_code_weight=1.0,
         gate_abnormal_codes=True,
+        gate_to_fixed_point=True,
         null_code_at_origin=True,
     ),
     "cpu-128": replace(_CPU_64, image_size=128, codebook_size=256),

@@ -171,7 +171,8 @@ class FDN(nn.Module):
 
         Runs in eval mode (the module's mode is restored afterwards); the codebooks are not
         updated. No decoder runs, except the segmentation decoder under
-        `FDNConfig.gate_abnormal_codes`: cells where ŷ has no lesion pixel get the null code.
+        `FDNConfig.gate_abnormal_codes`: cells where ŷ has no lesion pixel get the null code
+        (`gate_codes`).
         """
         self._check_input(x)
         was_training = self.training
@@ -181,12 +182,34 @@ class FDN(nn.Module):
             codes_n = self.quantizer_normal.lookup(z_e_n)
             codes_a = self.quantizer_abnormal.lookup(z_e_a)
             if self.config.gate_abnormal_codes:
-                seg = self.segment_codes(codes_a)
-                lesion = (seg.argmax(1, keepdim=True) > 0).to(torch.float32)
-                codes_a = codes_a.masked_fill(self.null_cells(lesion), NULL_CODE)
+                codes_a = self.gate_codes(codes_a)
             return codes_n, codes_a
         finally:
             self.train(was_training)
+
+    def gate_codes(self, codes_abnormal: torch.Tensor) -> torch.Tensor:
+        """Abnormal codes (B, h, w) with the null code on every cell where the segmentation
+        decoded from them finds no lesion pixel (`FDNConfig.gate_abnormal_codes`).
+
+        With `FDNConfig.gate_to_fixed_point` the gate is applied again to the gated grid until
+        no cell changes: nulling a cell changes the context the decoder sees, and a lesion the
+        decoder drew only from its neighbours may vanish. In the result every non-null cell is
+        a lesion cell of the grid's own ŷ, as in training, where every cell without lesion in
+        the truth is null. Each pass only adds null cells,
+        so it stops after at most h·w passes; a slice stops as soon as it is stable, so the
+        result does not depend on the batch it was encoded in.
+        """
+        codes = codes_abnormal.clone()
+        active = torch.arange(codes.shape[0], device=codes.device)
+        while active.numel():
+            grids = codes[active]
+            lesion = self.segment_codes(grids).argmax(1, keepdim=True) > 0
+            gated = grids.masked_fill(self.null_cells(lesion), NULL_CODE)
+            codes[active] = gated
+            if not self.config.gate_to_fixed_point:
+                break
+            active = active[(gated != grids).flatten(1).any(1)]
+        return codes
 
     @torch.no_grad()
     def decode(

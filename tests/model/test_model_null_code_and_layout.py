@@ -178,6 +178,55 @@ def test_gated_encoding_gives_the_null_code_where_the_segmentation_finds_no_lesi
     assert torch.equal(codes_n, out.codes_normal)
 
 
+def _cells_with_lesion(model: FDN, codes: torch.Tensor) -> np.ndarray:
+    """(B, h, w) bool: grid cells holding a lesion pixel of the ŷ decoded from ``codes``."""
+    lesion = (model.segment_codes(codes).argmax(1) > 0).numpy()
+    b, size, _ = lesion.shape
+    h = codes.shape[1]
+    f = size // h
+    return lesion.reshape(b, h, f, h, f).any(axis=(2, 4))
+
+
+def test_gating_to_a_fixed_point_leaves_non_null_codes_only_on_lesion_cells_of_y_hat():
+    torch.manual_seed(8)  # a draw where one pass is not yet stable (asserted below)
+    once_cfg = replace(PRESETS["tiny"], null_code_weight=1.0, gate_abnormal_codes=True)
+    once = FDN(once_cfg).eval()
+    fixed = FDN(replace(once_cfg, gate_to_fixed_point=True)).eval()
+    fixed.load_state_dict(once.state_dict())
+    x = torch.randn(6, 4, 32, 32)
+    x[:3] *= 4  # wilder inputs, so that an untrained decoder predicts some lesion pixels
+    codes_n, codes_a = fixed.encode(x)
+    with torch.no_grad():
+        # reference: the gate written out with numpy cells, one slice at a time, to stability
+        expected, passes = [], []
+        for grid in once.forward(x).codes_abnormal:
+            grid, n = grid[None].clone(), 0
+            while True:
+                n += 1
+                gated = np.where(_cells_with_lesion(once, grid), grid.numpy(), 0)
+                if np.array_equal(gated, grid.numpy()):
+                    break
+                grid = torch.from_numpy(gated)
+            expected.append(gated[0])
+            passes.append(n)
+        assert max(passes) > 2  # some slice needed a second gate, so the test can tell
+        assert np.array_equal(codes_a.numpy(), np.stack(expected))
+        # the defining property: every non-null cell is a lesion cell of the stored grid's ŷ
+        assert not ((codes_a.numpy() != 0) & ~_cells_with_lesion(once, codes_a)).any()
+        # one pass leaves a superset of non-null cells; the normal codes are untouched
+        _, single = once.encode(x)
+        assert bool(((codes_a != 0) <= (single != 0)).all()) and not torch.equal(codes_a, single)
+        assert torch.equal(codes_n, once.encode(x)[0])
+        # the same slices encoded alone get the same codes (no dependence on the batch)
+        alone = torch.cat([fixed.encode(x[i : i + 1])[1] for i in range(6)])
+        assert torch.equal(alone, codes_a)
+
+
+def test_gating_to_a_fixed_point_needs_the_gate():
+    with pytest.raises(ValueError, match="gate_abnormal_codes"):
+        replace(PRESETS["tiny"], null_code_weight=1.0, gate_to_fixed_point=True)
+
+
 def test_gating_needs_the_null_code_prior():
     with pytest.raises(ValueError, match="null_code_weight"):
         replace(PRESETS["tiny"], gate_abnormal_codes=True)
