@@ -37,6 +37,7 @@ import numpy as np
 from benchmarks import report as rp
 from benchmarks.quality_baselines import (
     downsample_slices,
+    grid_truth_hits,
     random_hits,
     raw_pixel_hits,
     relative_levels,
@@ -261,12 +262,15 @@ def retrieve_all(
     queries: list[dict],
     dice_normal: np.ndarray,
     dice_lesion: np.ndarray,
-    features: np.ndarray,
+    test: TestSlices,
     cfg: QualityConfig,
     predicted_lesion: np.ndarray,
     progress=None,
 ) -> dict:
-    """Hit rows of every method: {method: [(≤Q,) rows per query]} (DRAWN methods: per draw)."""
+    """Hit rows of every method: {method: [(≤Q,) rows per query]} (DRAWN methods: per draw).
+
+    predicted_lesion: (N, S, S) the model's ŷ of every row, decoded from its abnormal codes.
+    """
     volume = np.asarray(index.table["volume"], dtype=np.int64)
     methods: dict[str, list] = {}
     for mode in MODES:
@@ -299,8 +303,10 @@ def retrieve_all(
             for i, q in enumerate(queries)
         ]
     query_rows = [q["row"] for q in queries]
-    methods["raw-pixel"] = raw_pixel_hits(features, query_rows, volume, cfg.topq)
+    methods["raw-pixel"] = raw_pixel_hits(test.features, query_rows, volume, cfg.topq)
     methods["model-seg"] = segmentation_hits(predicted_lesion, query_rows, volume, cfg.topq)
+    grid = int(np.asarray(index.codes_abnormal).shape[1])
+    methods["grid-truth"] = grid_truth_hits(test.lesion, grid, query_rows, volume, cfg.topq)
     rng = np.random.default_rng(cfg.seed)
     methods["random"] = [
         [random_hits(q["row"], volume, cfg.topq, rng) for q in queries]
@@ -539,7 +545,7 @@ def run_quality(cfg: QualityConfig, progress: bool = False) -> dict:
     t = time.monotonic()
     predicted_lesion = decoded_lesion_maps(model_path, np.asarray(index.codes_abnormal))
     methods = retrieve_all(
-        index, queries, dice_normal, dice_lesion, test.features, cfg, predicted_lesion, bar
+        index, queries, dice_normal, dice_lesion, test, cfg, predicted_lesion, bar
     )
     scores = score_methods(methods, dice_normal, dice_lesion)
     summary = summarise(scores)

@@ -25,6 +25,7 @@ VARIED = (
     "separate_decoder_passes",
     "null_code_weight",
     "gate_abnormal_codes",
+    "gate_to_fixed_point",
     "null_code_at_origin",
     "beta",
     "distribution_matching",
@@ -78,9 +79,12 @@ def ablation_row(name: str, results: dict) -> dict:
     usage = summary.get("abnormal_codes", {})
     # S_abnormal by the model's own segmentation, beside the code distances (runs made before
     # it was measured lack the row)
-    seg = summary["baselines"].get("model-seg")
     oracle = summary["baselines"]["oracle/abnormal"]["lesion"]
-    seg_ranking = seg["lesion"] / oracle if seg is not None and oracle else None
+
+    def share_of_oracle(baseline: str) -> float | None:
+        found = summary["baselines"].get(baseline)
+        return found["lesion"] / oracle if found is not None and oracle else None
+
     lat_first, lat_last = latent_loss_trend(Path(ev["model_dir"]))
     return {
         "name": name,
@@ -90,7 +94,8 @@ def ablation_row(name: str, results: dict) -> dict:
         "lat_last_epoch": lat_last,
         "normal_ratio": targets["normal"]["ratios"],
         "abnormal_ratio": targets["abnormal"]["ratios"],
-        "abnormal_seg_ranking": seg_ranking,
+        "abnormal_seg_ranking": share_of_oracle("model-seg"),
+        "abnormal_grid_truth": share_of_oracle("grid-truth"),
         "normal_lift": targets["normal_lift"]["lift"],
         "healthy_distinct_codes": usage.get("healthy_distinct_codes"),
         "healthy_null_share": usage.get("healthy_null_share"),
@@ -118,8 +123,8 @@ def _triple(values: dict, digits: int = 2, percent: bool = True) -> str:
     )
 
 
-def _share(value: float | None) -> str:
-    return f"{value:.0%}" if value is not None else "—"
+def _share(value: float | None, digits: int = 0) -> str:
+    return f"{value:.{digits}%}" if value is not None else "—"
 
 
 def markdown(rows: list[dict]) -> str:
@@ -133,14 +138,16 @@ def markdown(rows: list[dict]) -> str:
         "over the same-level baseline as a share of that baseline's gap to the oracle; PPV gap "
         "is the classifier PPV of x̂⁻ minus that of the pseudo-healthy truth; ŷ ranking is the "
         "share of the oracle reached by ranking on the lesion Dice of the model's own "
-        "segmentations, decoded from the abnormal codes.\n",
+        "segmentations, decoded from the abnormal codes; grid truth ranks by the cosine of the "
+        "true lesion classes counted per cell of the code grid, what codes holding exactly "
+        "their cell's lesion content would give.\n",
         f"First row's config: {base}; later rows list what they change.\n",
         "Targets: S_abnormal ≥ 80 %, S_normal ≥ 88 % with lift ≥ 0.40, healthy slices on ≤ 3 "
         "abnormal codes, abnormal compactness > 0, PPV gap ≤ 0.05, decomposition holds.\n",
         "| run | changes | steps | L_lat first → last epoch | S_normal | lift | S_abnormal "
-        "| ŷ ranking | healthy codes (share on null) | lesion cells flagged | abnormal compactness "
-        "| PPV gap | decomposition |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| ŷ ranking | grid truth | healthy codes (share on null) | lesion cells flagged "
+        "| abnormal compactness | PPV gap | decomposition |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         failed = [DISTANCE_NAMES[d] for d, ok in row["decomposition"].items() if not ok]
@@ -150,8 +157,9 @@ def markdown(rows: list[dict]) -> str:
             f"{rp.fmt(row['lat_first_epoch'], 3)} → {rp.fmt(row['lat_last_epoch'], 3)} | "
             f"{_triple(row['normal_ratio'])} | {_triple(row['normal_lift'], percent=False)} | "
             f"{_triple(row['abnormal_ratio'])} | {_share(row['abnormal_seg_ranking'])} | "
+            f"{_share(row['abnormal_grid_truth'])} | "
             f"{row['healthy_distinct_codes']} "
-            f"({rp.fmt(row['healthy_null_share'], 3)}) | "
+            f"({_share(row['healthy_null_share'], digits=2)}) | "
             f"{rp.fmt(row['lesion_cells_flagged'], 3)} | "
             f"{rp.fmt(row['abnormal_compactness'], 3)} | {rp.fmt(row['ppv_gap'], 3)} | "
             f"{decomposition} |"

@@ -1,4 +1,5 @@
-"""Retrieval baselines of the quality benchmark: random, same level, raw pixels, ŷ Dice.
+"""Retrieval baselines of the quality benchmark: random, same level, raw pixels, ŷ Dice and
+the truth on the code grid.
 
 - Random retrieval: Q distinct volumes drawn uniformly from the reference volumes (the query's
   own excluded), one slice drawn uniformly within each; seeded, repeated ``draws`` times.
@@ -13,6 +14,11 @@
   gives S_abnormal, so a gap to the oracle can be put on the segmentation or on the code
   distance. It is no ceiling: the codes hold more than ŷ's argmax (how sure the decoder is,
   the lesion's texture), and a code distance may rank better.
+- Grid-truth retrieval: the true lesion labels counted per class in each cell of the model's
+  code grid, ranked by the cosine of those counts. It is what a per-cell code distance would
+  give if every cell's code held its cell's lesion content exactly and nothing else: a
+  reference for the resolution of the grid, not a bound (codes may hold where in its cell a
+  lesion lies).
 """
 
 from __future__ import annotations
@@ -69,6 +75,34 @@ def segmentation_hits(
     for row in query_rows:
         scores = dice.against(labels[row])
         out.append(best_volumes(scores, volume_of_row, topq, int(volume_of_row[row])))
+    return out
+
+
+def cell_class_counts(labels: np.ndarray, grid: int) -> np.ndarray:
+    """Lesion pixels of each class in each cell of a grid × grid partition: label maps
+    (N, S, S) -> (N, grid·grid·len(LESION_CLASSES)) float64. S must be a multiple of grid."""
+    labels = np.asarray(labels)
+    n, s, _ = labels.shape
+    if grid < 1 or s % grid:
+        raise ValueError(f"grid {grid} must divide the map size {s}")
+    f = s // grid
+    per_class = np.stack([labels == c for c in LESION_CLASSES], axis=-1)  # (N, S, S, C)
+    cells = per_class.reshape(n, grid, f, grid, f, len(LESION_CLASSES)).sum(axis=(2, 4))
+    return cells.reshape(n, -1).astype(np.float64)
+
+
+def grid_truth_hits(
+    labels: np.ndarray, grid: int, query_rows, volume_of_row: np.ndarray, topq: int
+) -> list[np.ndarray]:
+    """Volume-wise top-Q by the cosine of `cell_class_counts` (a map without lesion scores 0);
+    own volume excluded. Returns one (≤ Q,) int64 row array per query row, best first."""
+    counts = cell_class_counts(labels, grid)
+    norms = np.linalg.norm(counts, axis=1)
+    out = []
+    for row in query_rows:
+        scale = norms * norms[row]
+        cosine = np.divide(counts @ counts[row], scale, out=np.zeros_like(scale), where=scale > 0)
+        out.append(best_volumes(cosine, volume_of_row, topq, int(volume_of_row[row])))
     return out
 
 

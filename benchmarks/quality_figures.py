@@ -16,6 +16,7 @@ BARS = (
     ("hamming", "D_H", "tab:purple"),
     ("raw-pixel", "raw pixels", "tab:olive"),
     ("model-seg", "model's ŷ Dice", "tab:pink"),
+    ("grid-truth", "truth on the grid", "tab:orange"),
     ("random", "random", "tab:gray"),
     ("same-level", "same level", "tab:brown"),
     ("oracle", "Dice oracle", "tab:red"),

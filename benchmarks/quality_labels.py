@@ -20,4 +20,4 @@ ORACLE_OF_MODE = {
 }
 METRICS = ("normal", "lesion", "sum")
 # retrieval baselines scored beside the code distances (`benchmarks.quality_baselines`)
-BASELINES = ("raw-pixel", "model-seg", "random", "same-level")
+BASELINES = ("raw-pixel", "model-seg", "grid-truth", "random", "same-level")

@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import report as rp
-from benchmarks.quality_labels import DISTANCE_NAMES, METRIC_OF_MODE, MODE_NAMES, ORACLE_OF_MODE
+from benchmarks.quality_labels import (
+    BASELINES,
+    DISTANCE_NAMES,
+    METRIC_OF_MODE,
+    MODE_NAMES,
+    ORACLE_OF_MODE,
+)
 
 DIST, MODE, METRIC, ORACLE = DISTANCE_NAMES, MODE_NAMES, METRIC_OF_MODE, ORACLE_OF_MODE
 
@@ -44,6 +50,7 @@ def retrieval_section(r: dict) -> str:
     for method, label in (
         ("raw-pixel", "raw pixels (16×16×4, Euclidean)"),
         ("model-seg", "the model's ŷ, lesion Dice (the segmentation alone)"),
+        ("grid-truth", "true lesion classes per code-grid cell, cosine (the grid's resolution)"),
         ("random", f"random ({r['config']['random_draws']} draws)"),
         ("same-level", f"same level, random volumes ({r['config']['random_draws']} draws)"),
     ):
@@ -113,15 +120,7 @@ def retrieval_section(r: dict) -> str:
         for dist, name in DIST.items():
             s = scores[f"{mode}/{dist}"]
             rows.append([MODE[mode], name, _pm(s["normal"]), _pm(s["lesion"]), _pm(s["sum"])])
-    for method in (
-        "oracle/normal",
-        "oracle/abnormal",
-        "oracle/sum",
-        "raw-pixel",
-        "model-seg",
-        "random",
-        "same-level",
-    ):
+    for method in ("oracle/normal", "oracle/abnormal", "oracle/sum", *BASELINES):
         s = scores[method]
         rows.append([method, "", _pm(s["normal"]), _pm(s["lesion"]), _pm(s["sum"])])
     text += _table(["mode", "distance", "normal Dice", "lesion Dice", "mean of both"], rows)

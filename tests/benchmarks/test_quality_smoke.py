@@ -13,7 +13,9 @@ from click.testing import CliRunner
 
 from benchmarks.quality import QualityConfig, abnormal_code_usage, main, run_quality
 from benchmarks.quality_baselines import (
+    cell_class_counts,
     downsample_slices,
+    grid_truth_hits,
     random_hits,
     raw_pixel_hits,
     relative_levels,
@@ -135,6 +137,56 @@ def test_segmentation_hits_match_brute_force():
                 best[v] = r
         expected = sorted(best.values(), key=lambda r: (-d[r], r))[:3]
         got = segmentation_hits(labels, [row], volumes, 3)[0]
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_cell_class_counts_hand_computed():
+    labels = np.zeros((1, 4, 4), np.int64)
+    labels[0, 0, 0] = 2  # cell (0, 0): one ED pixel
+    labels[0, 1, 1] = 2  # cell (0, 0): a second ED pixel
+    labels[0, 3, 2] = 3  # cell (1, 1): one ET pixel
+    labels[0, 2, 1] = 1  # cell (1, 0): one NET pixel
+    expected = np.zeros((2, 2, 3))
+    expected[0, 0, 1] = 2
+    expected[1, 1, 2] = 1
+    expected[1, 0, 0] = 1
+    np.testing.assert_array_equal(cell_class_counts(labels, 2)[0], expected.ravel())
+    with pytest.raises(ValueError, match="grid 3"):
+        cell_class_counts(labels, 3)
+
+
+def test_grid_truth_hits_match_brute_force_cosine():
+    rng = np.random.default_rng(9)
+    labels = rng.integers(0, 4, size=(24, 8, 8)) * (rng.random((24, 8, 8)) < 0.3)
+    labels[5] = 0  # no lesion: cosine 0 with everything
+    volumes = np.repeat(np.arange(6), 4)
+    for row in (2, 17):
+
+        def counts(m):
+            return np.array(
+                [
+                    np.sum(m[i : i + 2, j : j + 2] == c)
+                    for i in range(0, 8, 2)
+                    for j in range(0, 8, 2)
+                    for c in LESION_CLASSES
+                ],
+                float,
+            )
+
+        q = counts(labels[row])
+        score = []
+        for r in range(24):
+            v = counts(labels[r])
+            norm = np.linalg.norm(q) * np.linalg.norm(v)
+            score.append(q @ v / norm if norm else 0.0)
+        best = {}
+        for r in range(24):
+            if volumes[r] != volumes[row] and (
+                volumes[r] not in best or score[r] > score[best[volumes[r]]]
+            ):
+                best[volumes[r]] = r
+        expected = sorted(best.values(), key=lambda r: (-score[r], r))[:3]
+        got = grid_truth_hits(labels, 4, [row], volumes, 3)[0]
         np.testing.assert_array_equal(got, expected)
 
 
