@@ -50,7 +50,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.quality --model models/cpu-64 --model-no-dm models/cpu-64-nodm \
 		--train-archive $(TRAIN_ARCHIVE)
 	$(PY) -m benchmarks.quality --model $(MODEL) --train-archive $(TRAIN_ARCHIVE) \
-		--out benchmarks/results/quality-ablation/null-origin-6978
+		--out benchmarks/results/quality-ablation/null-origin-fixed-point
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fdn hashindex cli benchmarks tests
