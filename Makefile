@@ -51,6 +51,7 @@ bench: $(STAMP)
 		--train-archive $(TRAIN_ARCHIVE)
 	$(PY) -m benchmarks.quality --model $(MODEL) --train-archive $(TRAIN_ARCHIVE) \
 		--out benchmarks/results/quality-ablation/null-origin-fixed-point
+	$(PY) -m benchmarks.gate_cost --model $(MODEL)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fdn hashindex cli benchmarks tests
