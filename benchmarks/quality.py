@@ -320,6 +320,20 @@ def retrieve_all(
     return methods
 
 
+def hit_level_gaps(methods: dict, queries: list[dict], levels: np.ndarray) -> dict:
+    """{method: mean over queries of the mean |level(hit) - level(query)|} for S_normal under
+    every distance and its oracle; levels (N,) relative axial levels in [0, 1]."""
+    out = {}
+    for name in (*(f"normal/{d}" for d in DISTANCES), "oracle/normal"):
+        gaps = [
+            np.abs(levels[hits] - levels[q["row"]]).mean()
+            for hits, q in zip(methods[name], queries)
+            if len(hits)
+        ]
+        out[name] = float(np.mean(gaps)) if gaps else None
+    return out
+
+
 def score_hits(
     hits: list[np.ndarray], dice_normal: np.ndarray, dice_lesion: np.ndarray
 ) -> dict[str, np.ndarray]:
@@ -550,6 +564,10 @@ def run_quality(cfg: QualityConfig, progress: bool = False) -> dict:
     scores = score_methods(methods, dice_normal, dice_lesion)
     summary = summarise(scores)
     summary["abnormal_codes"] = abnormal_code_usage(index, test.lesion, test.brain_rows)
+    levels = relative_levels(
+        np.asarray(index.table["volume"], np.int64), np.asarray(index.table["slice"])
+    )
+    summary["hit_level_gap"] = hit_level_gaps(methods, queries, levels)
     timings["retrieval_s"] = time.monotonic() - t
 
     t = time.monotonic()

@@ -114,6 +114,19 @@ def retrieval_section(r: dict) -> str:
             for d, name in DIST.items()
         ],
     )
+    gaps = summary.get("hit_level_gap")  # absent from runs made before it was measured
+    if gaps:
+        text += (
+            "\nAxial level of S_normal's hits: the mean gap between a hit's relative level "
+            "(z / (Z − 1) in its volume) and the query's. Normal Dice is dominated by level, "
+            "so a distance whose hits stray from the query's level has stopped comparing "
+            "anatomy.\n\n"
+        )
+        text += _table(
+            ["method", "mean level gap"],
+            [[name, _f(gaps[f"normal/{d}"], 3)] for d, name in DIST.items()]
+            + [["Dice oracle", _f(gaps["oracle/normal"], 3)]],
+        )
     text += "\n### All three Dice of every method (cross-scores included)\n\n"
     rows = []
     for mode in modes:

@@ -11,7 +11,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from benchmarks.quality import QualityConfig, abnormal_code_usage, main, run_quality
+from benchmarks.quality import (
+    QualityConfig,
+    abnormal_code_usage,
+    hit_level_gaps,
+    main,
+    run_quality,
+)
 from benchmarks.quality_baselines import (
     cell_class_counts,
     downsample_slices,
@@ -211,6 +217,22 @@ def test_decoded_lesion_maps_are_the_models_segmentation(tmp_path):
     np.testing.assert_array_equal(got[clear], logits.argmax(1).numpy()[clear])
 
 
+def test_hit_level_gaps_hand_computed():
+    levels = np.array([0.0, 0.25, 0.5, 1.0, 0.75])
+    queries = [{"row": 0}, {"row": 2}]
+    hits = {
+        "normal/euclidean": [np.array([1, 3]), np.array([2])],  # (.25 + 1) / 2, 0
+        "normal/angular": [np.array([4]), np.array([], np.int64)],  # .75; the empty one skipped
+        "normal/hamming": [np.array([0]), np.array([0, 3])],  # 0, (.5 + .5) / 2
+        "oracle/normal": [np.array([], np.int64), np.array([], np.int64)],  # nothing: None
+    }
+    gaps = hit_level_gaps(hits, queries, levels)
+    assert gaps["normal/euclidean"] == pytest.approx((0.625 + 0.0) / 2)
+    assert gaps["normal/angular"] == pytest.approx(0.75)
+    assert gaps["normal/hamming"] == pytest.approx(0.25)
+    assert gaps["oracle/normal"] is None
+
+
 def test_random_hits_are_distinct_other_volumes():
     volumes = np.repeat(np.arange(8), 4)
     rng = np.random.default_rng(3)
@@ -336,8 +358,12 @@ def test_report_files_exist(smoke):
         "Binarization",
         "Appendix F",
         "classifier PPV",
+        "Axial level of S_normal's hits",
+        "true lesion classes per code-grid cell",
     ):
         assert heading in text
+    gaps = smoke["results"]["summary"]["hit_level_gap"]
+    assert all(0 <= g <= 1 for g in gaps.values() if g is not None)
     on_disk = json.loads((out / "results.json").read_text())
     assert len(on_disk["queries"]) == 3  # 3 diseased of the 5 test cases
 
