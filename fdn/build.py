@@ -49,6 +49,7 @@ from fdn.indexdir import (
     looks_like_archive,
 )
 from fdn.journal import encoded_is_valid
+from fdn.model.config import encoding_settings
 from hashindex.fileio import (
     atomic_write_json,
     remove_stale_temporaries,
@@ -283,9 +284,24 @@ def _make_plan(
             f"this model is {checksum[:12]}…). An index never mixes models: use a new --index "
             f"directory, or delete this one to rebuild it with this model."
         )
+    encoding = encoding_settings(config)
+    if old_plan is not None:
+        # A plan without "encoding" predates gate_to_fixed_point, so it was off; whether that
+        # build gated at all was not recorded, and is taken as unchanged.
+        old_encoding = old_plan.get("encoding", {**encoding, "gate_to_fixed_point": False})
+        changed = [k for k in encoding if old_encoding.get(k) != encoding[k]]
+        if changed:
+            was = ", ".join(f"{k}={old_encoding.get(k)}" for k in changed)
+            now = ", ".join(f"{k}={encoding[k]}" for k in changed)
+            raise IndexDirError(
+                f"{index_dir}: encoded with {was}, but {model_dir / CONFIG_FILE} now says {now}; "
+                "the same weights then give other codes, and an index never mixes them. Use a "
+                "new --index directory, or set the field back in config.json."
+            )
     grid = grid_of(config)
     plan: dict[str, Any] = {
         "model_checksum": checksum,
+        "encoding": encoding,
         "model_dir": str(model_dir),
         "preset": _preset_of(model_dir),
         "input_size": int(config.image_size),
@@ -333,6 +349,7 @@ def read_plan(path: Path) -> dict:
         and isinstance(skipped, list)
         and all(isinstance(e, dict) and isinstance(e.get("case"), str) for e in skipped)
         and isinstance(plan.get("model_checksum"), str)
+        and isinstance(plan.get("encoding", {}), dict)
     )
     if not ok:
         raise IndexDirError(f"{path}: not a build plan of this fdn-index. {fix}")

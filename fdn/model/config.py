@@ -163,6 +163,16 @@ LEGACY_VALUES: dict[str, object] = {
     "gate_to_fixed_point": False,
 }
 
+# Fields that change the codes `FDN.encode` gives with the same weights. An index records
+# them beside the weights' checksum, so that it never mixes codes of two encodings.
+ENCODING_FIELDS = ("gate_abnormal_codes", "gate_to_fixed_point")
+
+
+def encoding_settings(config: FDNConfig) -> dict[str, object]:
+    """{field: value} of `ENCODING_FIELDS` in ``config``."""
+    return {name: getattr(config, name) for name in ENCODING_FIELDS}
+
+
 _PAPER = FDNConfig()
 # CPU presets: same code, narrower, smaller codebooks, a faster learning rate.
 _CPU_64 = replace(

@@ -193,6 +193,32 @@ def test_another_model_is_refused(tmp_path, built_index, pipeline_archive, other
         build_index(pipeline_archive, other_model_dir, index)
 
 
+def test_a_changed_encoding_of_the_same_weights_is_refused(
+    tmp_path, pipeline_archive, extra_archive, model_dir
+):
+    """config.json turned to the fixed-point gate after the build: same weights, other codes."""
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    config.update(null_code_weight=1.0, gate_abnormal_codes=True, gate_to_fixed_point=False)
+    (model / "config.json").write_text(json.dumps(config))
+    index = tmp_path / "index"
+    build_index(pipeline_archive, model, index)
+    plan = json.loads((index / "build_plan.json").read_text())
+    assert plan["encoding"] == {"gate_abnormal_codes": True, "gate_to_fixed_point": False}
+    before = {f: f.read_bytes() for f in sorted(index.rglob("*")) if f.is_file()}
+    config["gate_to_fixed_point"] = True
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(IndexDirError, match="gate_to_fixed_point=False.*gate_to_fixed_point=True"):
+        build_index(extra_archive, model, index, add=True)
+    assert {f: f.read_bytes() for f in sorted(index.rglob("*")) if f.is_file()} == before
+    # a plan written before the encoding was recorded had no fixed-point gate
+    del plan["encoding"]
+    (index / "build_plan.json").write_text(json.dumps(plan))
+    with pytest.raises(IndexDirError, match="gate_to_fixed_point=False"):
+        build_index(pipeline_archive, model, index)
+
+
 def test_another_format_version_is_refused(tmp_path, built_index, pipeline_archive, model_dir):
     index = tmp_path / "index"
     shutil.copytree(built_index, index)
