@@ -195,9 +195,9 @@ class FDN(nn.Module):
         no cell changes: nulling a cell changes the context the decoder sees, and a lesion the
         decoder drew only from its neighbours may vanish. In the result every non-null cell is
         a lesion cell of the grid's own ŷ, as in training, where every cell without lesion in
-        the truth is null. Each pass only adds null cells,
-        so it stops after at most h·w passes; a slice stops as soon as it is stable, so the
-        result does not depend on the batch it was encoded in.
+        the truth is null. Each pass only adds null cells, so it stops after at most h·w
+        passes; a slice stops as soon as it is stable, so the result does not depend on the
+        batch it was encoded in.
         """
         codes = codes_abnormal.clone()
         active = torch.arange(codes.shape[0], device=codes.device)
