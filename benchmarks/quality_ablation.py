@@ -30,6 +30,7 @@ VARIED = (
     "beta",
     "distribution_matching",
     "codebook_size",
+    "width",
     "latent_size",
     "lambda_reg",
     "lambda_critic",
