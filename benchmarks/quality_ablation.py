@@ -78,8 +78,8 @@ def ablation_row(name: str, results: dict) -> dict:
         if clf["xhat_minus_dm"]["ppv"] is not None and clf["pseudohealthy"]["ppv"] is not None:
             ppv_gap = clf["xhat_minus_dm"]["ppv"] - clf["pseudohealthy"]["ppv"]
     usage = summary.get("abnormal_codes", {})
-    # S_abnormal by the model's own segmentation, beside the code distances (runs made before
-    # it was measured lack the row)
+    # S_abnormal by the two reference rankings (the model's own ŷ, the truth on the code grid)
+    # beside the code distances; a run made before a reference was measured lacks its row
     oracle = summary["baselines"]["oracle/abnormal"]["lesion"]
 
     def share_of_oracle(baseline: str) -> float | None:
