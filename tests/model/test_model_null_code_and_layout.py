@@ -178,48 +178,64 @@ def test_gated_encoding_gives_the_null_code_where_the_segmentation_finds_no_lesi
     assert torch.equal(codes_n, out.codes_normal)
 
 
-def _cells_with_lesion(model: FDN, codes: torch.Tensor) -> np.ndarray:
-    """(B, h, w) bool: grid cells holding a lesion pixel of the ŷ decoded from ``codes``."""
-    lesion = (model.segment_codes(codes).argmax(1) > 0).numpy()
+def _cells_with_lesion(model: FDN, codes: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Grid cells holding a lesion pixel of the ŷ decoded from ``codes`` (B, h, w), as (B, h, w)
+    bool, and (B,) each slice's smallest gap between a pixel's background logit and its best
+    lesion logit: how near ŷ's lesion-or-not call comes to a tie."""
+    logits = model.segment_codes(codes)
+    lesion = (logits.argmax(1) > 0).numpy()
+    gap = (logits[:, 0] - logits[:, 1:].max(1).values).abs().flatten(1).min(1).values.numpy()
     b, size, _ = lesion.shape
     h = codes.shape[1]
     f = size // h
-    return lesion.reshape(b, h, f, h, f).any(axis=(2, 4))
+    return lesion.reshape(b, h, f, h, f).any(axis=(2, 4)), gap
+
+
+# fp32 logits of the tiny decoder differ between batch sizes and CPUs by ~1e-6; slices whose
+# lesion-or-background call comes nearer a tie than this are left out of exact comparisons.
+TIE_GAP = 1e-4
 
 
 def test_gating_to_a_fixed_point_leaves_non_null_codes_only_on_lesion_cells_of_y_hat():
-    torch.manual_seed(8)  # a draw where one pass is not yet stable (asserted below)
+    torch.manual_seed(10)  # a draw where one pass is not yet stable (asserted below)
     once_cfg = replace(PRESETS["tiny"], null_code_weight=1.0, gate_abnormal_codes=True)
     once = FDN(once_cfg).eval()
-    fixed = FDN(replace(once_cfg, gate_to_fixed_point=True)).eval()
-    fixed.load_state_dict(once.state_dict())
     x = torch.randn(6, 4, 32, 32)
     x[:3] *= 4  # wilder inputs, so that an untrained decoder predicts some lesion pixels
+    fixed = FDN(replace(once_cfg, gate_to_fixed_point=True)).eval()
+    fixed.load_state_dict(once.state_dict())
     codes_n, codes_a = fixed.encode(x)
     with torch.no_grad():
         # reference: the gate written out with numpy cells, one slice at a time, to stability
-        expected, passes = [], []
+        expected, passes, gaps = [], [], []
         for grid in once.forward(x).codes_abnormal:
-            grid, n = grid[None].clone(), 0
+            grid, n, gap = grid[None].clone(), 0, np.inf
             while True:
                 n += 1
-                gated = np.where(_cells_with_lesion(once, grid), grid.numpy(), 0)
+                cells, pass_gap = _cells_with_lesion(once, grid)
+                gap = min(gap, float(pass_gap[0]))
+                gated = np.where(cells, grid.numpy(), 0)
                 if np.array_equal(gated, grid.numpy()):
                     break
                 grid = torch.from_numpy(gated)
             expected.append(gated[0])
             passes.append(n)
-        assert max(passes) > 2  # some slice needed a second gate, so the test can tell
-        assert np.array_equal(codes_a.numpy(), np.stack(expected))
+            gaps.append(gap)
+        clear = np.array(gaps) > TIE_GAP
+        assert clear.sum() >= 4, gaps  # most slices are far from a tie, so the test can tell
+        assert max(np.array(passes)[clear]) > 2  # and one of them needed a second gate
+        assert np.array_equal(codes_a.numpy()[clear], np.stack(expected)[clear])
         # the defining property: every non-null cell is a lesion cell of the stored grid's ŷ
-        assert not ((codes_a.numpy() != 0) & ~_cells_with_lesion(once, codes_a)).any()
+        cells, _ = _cells_with_lesion(once, codes_a)
+        assert not ((codes_a.numpy() != 0) & ~cells)[clear].any()
         # one pass leaves a superset of non-null cells; the normal codes are untouched
         _, single = once.encode(x)
-        assert bool(((codes_a != 0) <= (single != 0)).all()) and not torch.equal(codes_a, single)
+        assert bool(((codes_a != 0) <= (single != 0))[clear].all())
+        assert not torch.equal(codes_a[clear], single[clear])
         assert torch.equal(codes_n, once.encode(x)[0])
         # the same slices encoded alone get the same codes (no dependence on the batch)
         alone = torch.cat([fixed.encode(x[i : i + 1])[1] for i in range(6)])
-        assert torch.equal(alone, codes_a)
+        assert torch.equal(alone[clear], codes_a[clear])
 
 
 def test_gating_to_a_fixed_point_needs_the_gate():
