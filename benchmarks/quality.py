@@ -265,11 +265,13 @@ def retrieve_all(
     test: TestSlices,
     cfg: QualityConfig,
     predicted_lesion: np.ndarray,
+    levels: np.ndarray,
     progress=None,
 ) -> dict:
     """Hit rows of every method: {method: [(≤Q,) rows per query]} (DRAWN methods: per draw).
 
-    predicted_lesion: (N, S, S) the model's ŷ of every row, decoded from its abnormal codes.
+    predicted_lesion: (N, S, S) the model's ŷ of every row, decoded from its abnormal codes;
+    levels: (N,) every row's relative axial level (`relative_levels`).
     """
     volume = np.asarray(index.table["volume"], dtype=np.int64)
     methods: dict[str, list] = {}
@@ -312,7 +314,6 @@ def retrieve_all(
         [random_hits(q["row"], volume, cfg.topq, rng) for q in queries]
         for _ in range(cfg.random_draws)
     ]
-    levels = relative_levels(volume, np.asarray(index.table["slice"]))
     methods["same-level"] = [
         [same_level_hits(q["row"], volume, levels, cfg.topq, rng) for q in queries]
         for _ in range(cfg.random_draws)
@@ -558,15 +559,15 @@ def run_quality(cfg: QualityConfig, progress: bool = False) -> dict:
     bar = tqdm(total=n_steps, disable=not progress, desc="quality", unit="step")
     t = time.monotonic()
     predicted_lesion = decoded_lesion_maps(model_path, np.asarray(index.codes_abnormal))
+    levels = relative_levels(
+        np.asarray(index.table["volume"], np.int64), np.asarray(index.table["slice"])
+    )
     methods = retrieve_all(
-        index, queries, dice_normal, dice_lesion, test, cfg, predicted_lesion, bar
+        index, queries, dice_normal, dice_lesion, test, cfg, predicted_lesion, levels, bar
     )
     scores = score_methods(methods, dice_normal, dice_lesion)
     summary = summarise(scores)
     summary["abnormal_codes"] = abnormal_code_usage(index, test.lesion, test.brain_rows)
-    levels = relative_levels(
-        np.asarray(index.table["volume"], np.int64), np.asarray(index.table["slice"])
-    )
     summary["hit_level_gap"] = hit_level_gaps(methods, queries, levels)
     timings["retrieval_s"] = time.monotonic() - t
 
