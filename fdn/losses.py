@@ -163,7 +163,11 @@ def critic_loss(
             f"and {tuple(z_d.shape)}"
         )
     d_w = critic(z_d).mean() - critic(z_h).mean()
-    eps = torch.rand(z_h.shape[0], 1, 1, 1, device=z_h.device, generator=generator)
+    # ε is drawn where the generator lives (the trainer's is a CPU generator, so a resumed run
+    # repeats it on any device) and then moved: torch refuses a CPU generator for a CUDA draw
+    eps_device = generator.device if generator is not None else z_h.device
+    eps = torch.rand(z_h.shape[0], 1, 1, 1, device=eps_device, generator=generator)
+    eps = eps.to(device=z_h.device, dtype=z_h.dtype)
     z_m = (eps * z_h + (1 - eps) * z_d).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(z_m).sum(), z_m, create_graph=True)
     sq_norm = grad.flatten(1).pow(2).sum(1)  # (n,) ‖∇g‖²₂ per pair
