@@ -200,19 +200,7 @@ class IndexSearch(IndexState):
             )
             return D, I
         if engine == "torch":
-            D = np.full((B, k), np.inf)
-            I = np.full((B, k), -1, np.int64)
-            scan = self._torchscan()
-            for b in range(B):
-                dist = scan.distances(
-                    {m: q_reps[m][b] for m in BOOKS},
-                    {m: q_sq[m][b] for m in BOOKS},
-                    mode,
-                    distance,
-                    normalized_sum,
-                )
-                D[b], I[b] = topk_rows(dist.cpu().numpy(), k)
-            return D, I
+            return self._torchscan().search_rows(q_reps, q_sq, k, mode, distance, normalized_sum)
         D = np.full((B, k), np.inf)
         I = np.full((B, k), -1, np.int64)
         for b in range(B):
