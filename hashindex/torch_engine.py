@@ -7,23 +7,24 @@ option through ``faiss-flat``. `hashindex` imports torch only when this engine i
 Two passes, the pattern of the fastscan engine on the CPU:
 
 1. **Bounds, on the device.** The code grids live there position-major, (P, N) per codebook, so
-   one coalesced read of position p serves every query of a batch. One fused pass (a Triton
-   kernel on CUDA; torch gathers elsewhere) sums each row's float32 table entries for a batch of
-   queries. Rounding the float64 tables to float32 and adding P of them in any order errs by at
-   most ``(P + 1)·u·M`` (u = 2⁻²⁴, M = Σ_p max_k |table[p, k]|, Higham's γ bound); twice that is
-   taken. Through `finish`'s monotone steps (√ for D_E, arccos for D_A) and a relative slack for
-   the float32 roundings after the sum, every row gets an interval [lo, hi] holding its exact
-   distance.
-2. **Exact re-rank, on the host.** Volume-wise: the Q-th smallest per-volume ``hi`` is a θ that the
-   exact Q-th best volume cannot exceed, so only rows with ``lo ≤ θ`` can be hits or tie with one
-   (row-wise: the k-th smallest ``hi``). Those rows' sums are recomputed from the host's codes in
-   float64 in position order (the same additions as the `lut` scan), turned into distances by
-   `hashindex.distances.image_distance`, and selected with the same tie rules as
-   `hashindex.volumes`: the answers are lut's, bit for bit, ties included.
+   one coalesced read of position p serves every query of a batch. One pass sums each row's
+   float32 table entries for a batch of queries. Rounding the float64 tables to float32 and
+   adding P of them in any order errs by at most ``(P + 1)·u·M`` (u = 2⁻²⁴, M = Σ_p max_k
+   |table[p, k]|, Higham's γ bound); twice that is taken. Through `finish`'s monotone steps (√ for
+   D_E, arccos for D_A) and a relative slack for the float32 roundings after the sum, every row
+   gets an interval [lo, hi] holding its exact distance.
+2. **Exact re-rank.** Volume-wise: the Q-th smallest per-volume ``hi`` is a θ that the exact Q-th
+   best volume cannot exceed, so only rows with ``lo ≤ θ`` can be hits or tie with one (row-wise:
+   the k-th smallest ``hi``). Those rows' sums are recomputed in float64 (int64 for D_H) in
+   position order from position 0's entry, the additions of the `lut` kernel, turned into
+   distances by `hashindex.distances.image_distance` on the host, and selected with the tie rules
+   of `hashindex.volumes`: the answers are lut's, bit for bit, ties included.
 
-``FDN_TORCH_KERNEL`` forces the bound pass: ``triton`` or ``torch`` (default: Triton on CUDA when
-it imports, else torch); with ``TRITON_INTERPRET=1`` the Triton kernel also runs on the CPU, which
-is how a machine without a GPU tests it.
+Two implementations of both passes: Triton kernels (`hashindex.torch_kernels`: one launch per
+pass, the per-volume minimum by atomics) on CUDA, and torch operations (pass 1) and numpy (pass 2)
+elsewhere. ``FDN_TORCH_KERNEL`` forces one: ``triton`` or ``torch`` (default: Triton on CUDA where
+it imports); with ``TRITON_INTERPRET=1`` the Triton kernels run on the CPU, which is how a machine
+without a GPU tests them.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ U32 = 2.0**-24  # unit roundoff of float32
 AFTER_SUM_SLACK = 16 * U32
 MAX_BATCH = 64  # queries per bound pass
 MAX_BATCH_ELEMENTS = 1 << 27  # queries × rows of one float32 array in flight (512 MB)
+HOST_PAIRS = 1 << 16  # (query, row) pairs re-ranked at a time on the host: P × 8 bytes each
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 KERNEL_ENV = "FDN_TORCH_KERNEL"
 BOOKS_OF_MODE = {"normal": ("normal",), "abnormal": ("abnormal",), "sum": ("normal", "abnormal")}
 
@@ -62,66 +65,20 @@ def _interpreting() -> bool:
 
 
 @cache
-def _triton_table_sums(interpret: bool = False):
-    """The Triton bound kernel as ``f(codes_t, tables, out)``, or None where Triton is missing.
-
-    On a GPU the tile width and warps are tuned on first use per (N, P, queries) shape; the
-    interpreter (no GPU to time) runs one fixed tile."""
+def _triton_kernels():
+    """`hashindex.torch_kernels`, or None where Triton is not installed."""
     try:
-        import triton
-        import triton.language as tl
+        from hashindex import torch_kernels
     except ImportError:
         return None
-
-    @triton.jit
-    def table_sums(
-        codes_ptr, table_ptr, out_ptr, N, P, R, B, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr
-    ):
-        # out[b, n] = Σ_p table[b, p, codes[p, n]] for a (BLOCK_B queries × BLOCK_N rows) tile:
-        # each code is read once for all the tile's queries; the tables stay in L1/L2
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        queries = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
-        row_ok = rows < N
-        tile_ok = (queries < B)[:, None] & row_ok[None, :]
-        code_ptrs = codes_ptr + rows  # advanced by N per position: 64-bit pointer arithmetic
-        table_ptrs = table_ptr + queries[:, None].to(tl.int64) * P * R  # advanced by R
-        acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-        for _ in range(0, P):
-            codes = tl.load(code_ptrs, mask=row_ok, other=0).to(tl.int32)
-            acc += tl.load(table_ptrs + codes[None, :], mask=tile_ok, other=0.0)
-            code_ptrs += N
-            table_ptrs += R
-        out = out_ptr + queries[:, None].to(tl.int64) * N + rows[None, :]
-        tl.store(out, acc, mask=tile_ok)
-
-    fixed = {"BLOCK_N": 256}
-    kernel = table_sums
-    if not interpret:
-        configs = [
-            triton.Config({"BLOCK_N": n}, num_warps=w)
-            for n, w in ((256, 4), (512, 4), (512, 8), (1024, 4), (1024, 8))
-        ]
-        kernel = triton.autotune(configs=configs, key=["N", "P", "BLOCK_B"])(table_sums)
-        fixed = {}
-
-    def run(codes_t, tables, out):
-        P, N = codes_t.shape
-        B, _, R = tables.shape
-        block_b = min(16, triton.next_power_of_2(B))
-
-        def grid(meta):
-            return (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(B, block_b))
-
-        kernel[grid](codes_t, tables, out, N, P, R, B, BLOCK_B=block_b, **fixed)
-
-    return run
+    return torch_kernels
 
 
 class TorchScan:
     """An index's code grids on a torch device, and exact row- and volume-wise search over them.
 
     codes: per codebook (N, P) uint8/uint16 representative ids; row_sqnorm: per codebook (N,)
-    float64; volume_index: (N,) int64 dense volume numbers into volume_ids (V,).
+    float64; volume_index: (N,) int64 dense volume numbers into volume_ids (V,), sorted.
     """
 
     def __init__(
@@ -153,8 +110,9 @@ class TorchScan:
 
         self.codes_t = {b: put(np.ascontiguousarray(c.T)) for b, c in codes.items()}  # (P, N)
         self.row_sqnorm32 = {b: put(s.astype(np.float32)) for b, s in row_sqnorm.items()}
-        self.row_zero = {b: put(s == 0) for b, s in row_sqnorm.items()}
+        self.row_zero = {b: put((s == 0).astype(np.int8)) for b, s in row_sqnorm.items()}
         self.volume_index = put(volume_index.astype(np.int64))
+        self.volume_index32 = self.volume_index.to(torch.int32)
 
     def _choose_kernel(self) -> str:
         asked = os.environ.get(KERNEL_ENV, "")
@@ -162,52 +120,55 @@ class TorchScan:
             raise ValueError(f"{KERNEL_ENV} must be triton or torch, got {asked!r}")
         runs_here = self.device.type == "cuda" or _interpreting()
         if asked == "triton":
-            if _triton_table_sums(_interpreting()) is None or not runs_here:
+            if _triton_kernels() is None or not runs_here:
                 raise RuntimeError(
                     f"{KERNEL_ENV}=triton: Triton needs a CUDA device (or TRITON_INTERPRET=1) "
                     f"and the triton package; device {self.device}"
                 )
             return "triton"
-        if asked == "torch" or not runs_here or _triton_table_sums(_interpreting()) is None:
+        if asked == "torch" or not runs_here or _triton_kernels() is None:
             return "torch"
         return "triton"
 
-    # --- pass 1: float32 sums and distance intervals on the device -------------------------
+    # --- pass 1: distance intervals on the device ---------------------------------------------
 
-    def _table_sums(self, book: str, tables32):
-        """(b, N) float32 Σ_p tables32[:, p, codes[n, p]]; tables32 (b, P, R) on the device."""
+    def _book_inputs(self, book: str, table: np.ndarray, q_sq: np.ndarray, scale: float) -> dict:
+        """One codebook's device inputs for a batch: its exact table (int32 / float64), the
+        float32 copy, the error bound of float32 sums, the queries' norms and zero flags."""
         torch = _torch()
-        codes_t = self.codes_t[book]
-        out = torch.zeros(tables32.shape[0], self.n, dtype=torch.float32, device=self.device)
-        if self.n == 0:
-            return out
-        if self.kernel == "triton":
-            _triton_table_sums(_interpreting())(codes_t, tables32, out)
-            return out
-        for p in range(codes_t.shape[0]):
-            out += tables32[:, p, :][:, codes_t[p].long()]
-        return out
+        P = table.shape[1]
+        magnitude = np.abs(table.astype(np.float64)).max(axis=2).sum(axis=1)  # (b,) M
+        err = 2.0 * (P + 1) * U32 * magnitude * (1 + 4 * U32)  # ≥ the bound after rounding
+        exact = torch.from_numpy(np.ascontiguousarray(table)).to(self.device)
+        return {
+            "codes_t": self.codes_t[book],
+            "exact": exact,
+            "table": exact.to(torch.float32),
+            "err": torch.from_numpy(err.astype(np.float32)).to(self.device),
+            "q": torch.from_numpy(q_sq.astype(np.float32)).to(self.device),
+            "q_zero": torch.from_numpy((q_sq == 0).astype(np.int8)).to(self.device),
+            "r": self.row_sqnorm32[book],
+            "r_zero": self.row_zero[book],
+            "scale": scale,
+        }
 
-    def _bounds(self, tables: dict, q_sq: dict, distance: str, normalized: bool):
-        """(b, N) float32 lo ≤ exact distance ≤ hi for a batch; tables: per book (b, P, R)."""
+    def _torch_bounds(self, books: list, distance: str):
+        """(b, N) float32 lo ≤ exact distance ≤ hi, with torch operations."""
         torch = _torch()
         lo_total = hi_total = None
-        for book, table in tables.items():
-            P = table.shape[1]
-            magnitude = np.abs(table.astype(np.float64)).max(axis=2).sum(axis=1)  # (b,) M
-            err = 2.0 * (P + 1) * U32 * magnitude * (1 + 4 * U32)  # rounding err ≥ float32(err)
-            err = torch.from_numpy(err.astype(np.float32)).to(self.device)[:, None]
-            t32 = torch.from_numpy(table.astype(np.float32)).to(self.device)
-            y = self._table_sums(book, t32)
+        for book in books:
+            codes_t, t32 = book["codes_t"], book["table"]
+            y = torch.zeros(t32.shape[0], self.n, dtype=torch.float32, device=self.device)
+            for p in range(codes_t.shape[0]):
+                y += t32[:, p, :][:, codes_t[p].long()]
+            err = book["err"][:, None]
             if distance == "hamming":
                 lo, hi = y - err, y + err
             elif distance == "euclidean":
                 lo, hi = torch.sqrt(torch.clamp(y - err, min=0)), torch.sqrt(y + err)
             else:
-                lo, hi = self._angular_bounds(book, y, err, q_sq[book])
-            if normalized:
-                scale = float(self.scales[f"{book}/{distance}"])
-                lo, hi = lo / scale, hi / scale
+                lo, hi = self._angular_bounds(book, y, err)
+            lo, hi = lo / book["scale"], hi / book["scale"]
             lo_total = lo if lo_total is None else lo_total + lo
             hi_total = hi if hi_total is None else hi_total + hi
         assert lo_total is not None and hi_total is not None
@@ -215,61 +176,136 @@ class TorchScan:
         hi_total += hi_total.abs() * AFTER_SUM_SLACK
         return lo_total, hi_total
 
-    def _angular_bounds(self, book: str, y, err, q_sq: np.ndarray):
+    def _angular_bounds(self, book: dict, y, err):
         """D_A = arccos(clip(acc / √(q·r), -1, 1)) / π (`finish`) over acc ∈ [y - err, y + err];
         a row or query of zero norm has cos 0 (D_A = 0.5), or D_A = 0 when both are zero."""
         torch = _torch()
-        q = torch.from_numpy(q_sq.astype(np.float32)).to(self.device)[:, None]
-        denom = torch.sqrt(q * self.row_sqnorm32[book][None, :])
+        denom = torch.sqrt(book["q"][:, None] * book["r"][None, :])
         safe = torch.where(denom > 0, denom, 1.0)
         # √(q·r) in float32 is off by a few u relative: widen the numerator by as much
         slack = (y.abs() + err) * AFTER_SUM_SLACK
         cos_lo = ((y - err - slack) / safe).clamp(-1.0, 1.0)
         cos_hi = ((y + err + slack) / safe).clamp(-1.0, 1.0)
         lo, hi = torch.arccos(cos_hi) / math.pi, torch.arccos(cos_lo) / math.pi
-        q_zero = torch.from_numpy(q_sq == 0).to(self.device)[:, None]
-        r_zero = self.row_zero[book][None, :]
+        q_zero, r_zero = book["q_zero"][:, None] != 0, book["r_zero"][None, :] != 0
         fixed = torch.where(q_zero & r_zero, 0.0, 0.5)
         degenerate = q_zero | r_zero
-        return torch.where(degenerate, fixed, lo), torch.where(degenerate, fixed, hi)
+        lost = (denom == 0) & ~degenerate  # float32 norms underflowed: any distance
+        lo = torch.where(degenerate, fixed, torch.where(lost, 0.0, lo))
+        hi = torch.where(degenerate, fixed, torch.where(lost, 1.0, hi))
+        return lo, hi
 
-    # --- pass 2: exact sums of the surviving rows, on the host --------------------------------
+    def _volume_race(self, books: list, distance: str, excluded):
+        """lo (b, N), with the excluded volume's rows at +inf, and upper (b, V): the smallest
+        hi of each volume's rows."""
+        torch = _torch()
+        b = excluded.shape[0]
+        upper = torch.full((b, self.n_volumes), math.inf, device=self.device)
+        if self.kernel == "triton":
+            lo = torch.empty(b, self.n, dtype=torch.float32, device=self.device)
+            bits = upper.view(torch.int32)
+            _triton_kernels().bounds(
+                books, self.volume_index32, excluded, lo, None, bits, distance,
+                AFTER_SUM_SLACK, _interpreting(),
+            )  # fmt: skip
+            return lo, upper
+        lo, hi = self._torch_bounds(books, distance)
+        out = self.volume_index[None, :] == excluded.long()[:, None]
+        lo.masked_fill_(out, math.inf)
+        hi.masked_fill_(out, math.inf)
+        upper.scatter_reduce_(1, self.volume_index.expand(b, -1), hi, reduce="amin")
+        return lo, upper
 
-    def _exact_distances(self, tables, pair_query, pair_row, q_sq, query_ids, distance, normalized):
-        """(C,) float64 exact distances of (query, row) pairs; pair_query indexes the batch."""
+    def _row_race(self, books: list, distance: str):
+        """lo and hi (b, N)."""
+        torch = _torch()
+        if self.kernel == "triton":
+            b = books[0]["table"].shape[0]
+            lo = torch.empty(b, self.n, dtype=torch.float32, device=self.device)
+            hi = torch.empty_like(lo)
+            none = torch.full((b,), -1, dtype=torch.int32, device=self.device)
+            _triton_kernels().bounds(
+                books, self.volume_index32, none, lo, hi, None, distance, AFTER_SUM_SLACK,
+                _interpreting(),
+            )  # fmt: skip
+            return lo, hi
+        return self._torch_bounds(books, distance)
+
+    # --- pass 2: exact sums of the rows that can still win ----------------------------------
+
+    def _exact_distances(self, books, tables, pairs, q_sq, query_ids, distance, normalized):
+        """(C,) float64 exact distances of (query, row) pairs; pairs (2, C) device int64, the
+        query as an index into the batch."""
+        torch = _torch()
+        pair_query, pair_row = (a.cpu().numpy() for a in pairs)
         sums = {}
-        for book, table in tables.items():
-            codes = self.codes_host[book]
-            acc_dtype = np.int64 if table.dtype == np.int32 else np.float64
-            acc = np.zeros(pair_row.size, acc_dtype)
-            for p in range(table.shape[1]):  # position order: lut's additions
-                acc += table[pair_query, p, codes[pair_row, p]]
-            sums[book] = acc
-        books = list(tables)
-        return image_distance(
-            distance,
-            sums,
-            {book: q_sq[book][query_ids[pair_query]] for book in books},
-            {book: self.row_sqnorm_host[book][pair_row] for book in books},
-            {book: self.scales[f"{book}/{distance}"] for book in books} if normalized else None,
+        for name, book in zip(tables, books, strict=True):
+            table = tables[name]
+            if self.kernel == "triton":
+                dtype = torch.int64 if table.dtype == np.int32 else torch.float64
+                out = torch.empty(pair_row.size, dtype=dtype, device=self.device)
+                _triton_kernels().exact_sums(book["codes_t"], book["exact"], *pairs, out)
+                sums[name] = out.cpu().numpy()
+            else:
+                sums[name] = self._host_sums(name, table, pair_query, pair_row)
+        return (
+            pair_query,
+            pair_row,
+            image_distance(
+                distance,
+                sums,
+                {name: q_sq[name][query_ids[pair_query]] for name in tables},
+                {name: self.row_sqnorm_host[name][pair_row] for name in tables},
+                {name: self.scales[f"{name}/{distance}"] for name in tables}
+                if normalized
+                else None,
+            ),
         )
+
+    def _host_sums(self, book: str, table: np.ndarray, pair_query, pair_row) -> np.ndarray:
+        """Pass 2 in numpy: ``np.add.accumulate`` adds along a row one position after another."""
+        b, P, R = table.shape
+        flat = table.reshape(b, P * R)
+        out = np.empty(pair_row.size, np.int64 if table.dtype == np.int32 else np.float64)
+        offsets = np.arange(P) * R
+        for s in range(0, pair_row.size, HOST_PAIRS):
+            rows, queries = pair_row[s : s + HOST_PAIRS], pair_query[s : s + HOST_PAIRS]
+            terms = flat[queries[:, None], self.codes_host[book][rows].astype(np.intp) + offsets]
+            out[s : s + rows.size] = np.add.accumulate(terms.astype(out.dtype), axis=1)[:, -1]
+        return out
+
+    # --- the searches -------------------------------------------------------------------------
 
     def _batches(self, n_queries: int):
         step = max(1, min(MAX_BATCH, MAX_BATCH_ELEMENTS // max(self.n, 1)))
         for start in range(0, n_queries, step):
             yield np.arange(start, min(n_queries, start + step))
 
-    def _prepare(self, q_reps, query_ids, mode, distance):
-        return {
-            book: np.stack([self.tables[book].query_table(q_reps[book][i], distance) for i in query_ids])
+    def _inputs(self, q_reps, q_sq, ids, mode, distance, normalized):
+        tables = {
+            book: np.stack([self.tables[book].query_table(q_reps[book][i], distance) for i in ids])
             for book in BOOKS_OF_MODE[mode]
-        }  # fmt: skip
+        }
+        books = [
+            self._book_inputs(
+                book,
+                table,
+                q_sq[book][ids],
+                float(self.scales[f"{book}/{distance}"]) if normalized else 1.0,
+            )
+            for book, table in tables.items()
+        ]
+        return tables, books
 
-    @staticmethod
-    def _pairs(mask):
-        """Host (query, row) arrays of a (b, N) device mask, ordered by query, then row."""
-        pairs = _torch().nonzero(mask).cpu().numpy()
-        return pairs[:, 0], pairs[:, 1]
+    def _dense_volumes(self, volume_ids: np.ndarray | None, b: int) -> np.ndarray:
+        """(b,) int32 dense numbers of volume ids (sorted `self.volume_ids`), -1 where absent."""
+        dense = np.full(b, -1, np.int32)
+        if volume_ids is None:
+            return dense
+        at = np.minimum(np.searchsorted(self.volume_ids, volume_ids), self.n_volumes - 1)
+        found = self.volume_ids[at] == volume_ids
+        dense[found] = at[found]
+        return dense
 
     def search(
         self,
@@ -294,30 +330,23 @@ class TorchScan:
             return D, R, V
         normalized = normalized_sum and mode == "sum"
         for ids in self._batches(B):
-            tables = self._prepare(q_reps, ids, mode, distance)
-            lo, hi = self._bounds(tables, {b: q_sq[b][ids] for b in tables}, distance, normalized)
-            # dense number of each query's excluded volume (-1: none), its rows out of the race
-            excluded = np.full(ids.size, -1, np.int64)
-            if exclude is not None:
-                for j, i in enumerate(ids):
-                    hit = np.flatnonzero(self.volume_ids == exclude[i])
-                    excluded[j] = hit[0] if hit.size else -1
-            excluded_t = torch.from_numpy(excluded).to(self.device)[:, None]
-            out = self.volume_index[None, :] == excluded_t
-            hi.masked_fill_(out, math.inf)
-            upper = torch.full((ids.size, self.n_volumes), math.inf, device=self.device)
-            upper.scatter_reduce_(1, self.volume_index.expand(ids.size, -1), hi, reduce="amin")
+            tables, books = self._inputs(q_reps, q_sq, ids, mode, distance, normalized)
+            excluded = self._dense_volumes(None if exclude is None else exclude[ids], ids.size)
+            excluded_t = torch.from_numpy(excluded).to(self.device)
+            lo, upper = self._volume_race(books, distance, excluded_t)
             k = min(topq, self.n_volumes)
             theta = torch.topk(upper, k, dim=1, largest=False).values[:, -1:]
-            pair_query, pair_row = self._pairs((lo <= theta) & ~out)
-            dist = self._exact_distances(
-                tables, pair_query, pair_row, q_sq, ids, distance, normalized
+            # a finite θ: rows out of the race (lo = +inf) never pass, even when fewer volumes
+            # than Q are left (θ = +inf)
+            theta = theta.clamp(max=FLOAT32_MAX)
+            pairs = torch.nonzero(lo <= theta).T.contiguous()
+            pair_query, pair_row, dist = self._exact_distances(
+                books, tables, pairs, q_sq, ids, distance, normalized
             )
             # (query, distance, row) order; then each volume's first pair is its best row
             order = np.lexsort((pair_row, dist, pair_query))
             pair_query, pair_row, dist = pair_query[order], pair_row[order], dist[order]
-            pair_volume = self.volume_index_host[pair_row]
-            key = pair_query * self.n_volumes + pair_volume
+            key = pair_query * self.n_volumes + self.volume_index_host[pair_row]
             _, first = np.unique(key, return_index=True)
             first.sort()  # back to (query, distance, row) order
             self._fill(D, R, ids, topq, pair_query[first], dist[first], pair_row[first])
@@ -337,12 +366,12 @@ class TorchScan:
             return D, R
         normalized = normalized_sum and mode == "sum"
         for ids in self._batches(B):
-            tables = self._prepare(q_reps, ids, mode, distance)
-            lo, hi = self._bounds(tables, {b: q_sq[b][ids] for b in tables}, distance, normalized)
+            tables, books = self._inputs(q_reps, q_sq, ids, mode, distance, normalized)
+            lo, hi = self._row_race(books, distance)
             theta = torch.topk(hi, min(k, self.n), dim=1, largest=False).values[:, -1:]
-            pair_query, pair_row = self._pairs(lo <= theta)
-            dist = self._exact_distances(
-                tables, pair_query, pair_row, q_sq, ids, distance, normalized
+            pairs = torch.nonzero(lo <= theta).T.contiguous()
+            pair_query, pair_row, dist = self._exact_distances(
+                books, tables, pairs, q_sq, ids, distance, normalized
             )
             order = np.lexsort((pair_row, dist, pair_query))
             self._fill(D, R, ids, k, pair_query[order], dist[order], pair_row[order])
