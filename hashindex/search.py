@@ -10,8 +10,9 @@ import numpy as np
 from hashindex.distances import BOOKS, DISTANCES, MODES, image_distance
 from hashindex.engines import ENGINES, SCANS
 from hashindex.fastscan import FastScan
+from hashindex.files import FLAT_FILES, IVF_FILES
+from hashindex.index_meta import is_int
 from hashindex.state import IndexState
-from hashindex.storage import FLAT_FILES, IVF_FILES, _is_int
 from hashindex.volumes import (
     VolumeHits,
     rows_from_knn,
@@ -82,7 +83,7 @@ class IndexSearch(IndexState):
                     f"nprobe (lists probed) applies only to engine='faiss-ivf'; "
                     f"engine {engine!r} scans every row, so leave nprobe out"
                 )
-            if not _is_int(nprobe) or not 1 <= nprobe <= self.ivf_nlist:
+            if not is_int(nprobe) or not 1 <= nprobe <= self.ivf_nlist:
                 raise ValueError(
                     f"nprobe must be an integer from 1 to nlist={self.ivf_nlist}, got {nprobe!r}"
                 )
@@ -183,7 +184,7 @@ class IndexSearch(IndexState):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Row-wise top-k: D (B, k) float64, I (B, k) int64 row ids (-1 / inf padded)."""
         self._check_query(q_normal, q_abnormal, mode, distance, engine, normalized_sum, nprobe)
-        if not _is_int(k):
+        if not is_int(k):
             raise TypeError(f"k must be an integer, got {type(k).__name__}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -239,7 +240,7 @@ class IndexSearch(IndexState):
         volumes qualify (the query's own volume excluded, or an approximate engine).
         """
         self._check_query(q_normal, q_abnormal, mode, distance, engine, normalized_sum, nprobe)
-        if not _is_int(topq):
+        if not is_int(topq):
             raise TypeError(f"topq must be an integer, got {type(topq).__name__}")
         if topq < 1:
             raise ValueError(f"topq must be >= 1, got {topq}")
