@@ -33,7 +33,7 @@ from hashindex.checked_files import (
 from hashindex.distances import BOOKS, MODES, CodebookTables
 from hashindex.engines import ENGINES, FaissHamming
 from hashindex.errors import IndexFormatError
-from hashindex.fastscan import BLOCK
+from hashindex.fastscan_layout import BLOCK
 from hashindex.fileio import atomic_write
 from hashindex.files import (
     ARRAY_FILES,
