@@ -31,8 +31,8 @@ from hashindex.checked_files import (
     read_faiss_checked,
 )
 from hashindex.distances import BOOKS, MODES, CodebookTables
-from hashindex.engines import ENGINES, FaissHamming
 from hashindex.errors import IndexFormatError
+from hashindex.faiss_binary import FaissHamming
 from hashindex.fastscan_layout import BLOCK
 from hashindex.fileio import atomic_write
 from hashindex.files import (
@@ -174,13 +174,7 @@ class IndexStorage(IndexState):
             "faiss_indexes": self.faiss_indexes,
             "faiss_files": sorted(self._faiss_files()),
             "scales": self.scales,
-            "engines": [
-                e
-                for e in ENGINES
-                if not e.startswith("faiss")
-                or (e == "faiss-flat" and self.flat)
-                or (e == "faiss-ivf" and self.ivf)
-            ],
+            "engines": list(self.available_engines()),
             "report": self._report,
             "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "files": files,
