@@ -220,7 +220,7 @@ def phase_engine(n_tiles: int, tile: int, exact_queries: int, modes=MODES) -> di
     exclude = np.full(qn.shape[0], -1, np.int64)
     for kernel in ("triton", "torch"):
         os.environ[torch_engine.KERNEL_ENV] = kernel
-        index._torch = None  # a fresh TorchScan with this kernel
+        index._engines.pop("torch", None)  # a fresh TorchScan with this kernel
         t = time.perf_counter()
         scan = index._torchscan()
         res: dict = {

@@ -21,6 +21,7 @@ from hashindex.binarize import ZERO_NORM  # noqa: E402
 from hashindex.distances import DISTANCES  # noqa: E402
 from hashindex.engines import ENGINES  # noqa: E402
 from hashindex.errors import HashIndexError, IndexFormatError  # noqa: E402
+from hashindex.files import IndexFiles, index_files  # noqa: E402
 from hashindex.index import FORMAT_VERSION, MODES, HashIndex  # noqa: E402
 from hashindex.volumes import VolumeHits  # noqa: E402
 
@@ -32,6 +33,8 @@ __all__ = [
     "ZERO_NORM",
     "HashIndex",
     "HashIndexError",
+    "IndexFiles",
     "IndexFormatError",
     "VolumeHits",
+    "index_files",
 ]

@@ -1,127 +1,413 @@
-"""Search engines behind one interface.
+"""Search engines behind one interface, and the one registry that names them.
 
-- ``lut``: exact, compiled (Numba) scan of the (N, P) representative-id grids summing
-  per-position table entries; cost independent of E*. The plain reference scan.
-- ``fastscan``: exact; scans 8-bit lower bounds held in SIMD registers, then re-ranks the few
-  rows that can still win (`hashindex.fastscan`); codebooks of at most 256 distinct vectors.
-- ``torch``: exact; the lut scan on a CUDA GPU with torch (`hashindex.torch_engine`), on the
-  CPU when torch sees no GPU.
-- ``numpy``: the same sums written in plain numpy (reference, slow but obvious).
-- ``faiss-flat``: exact Hamming on packed bits with ``faiss.IndexBinaryFlat`` (on the GPU with
-  ``GpuIndexBinaryFlat`` when faiss sees one; k > 2048 then falls back to the CPU copy).
-- ``faiss-ivf``: approximate Hamming with ``faiss.IndexBinaryIVF`` (nlist, nprobe).
+Each engine is one class: what it supports as class attributes (modes, distances, the
+normalized sum, nprobe, a per-position mask), `Engine.check` for what the index must hold, and
+`search` (row-wise top-k) / `search_volumes` (volume-wise top-Q), both with the semantics of
+`hashindex.index`. `REGISTRY` maps a name to its class, in the manner of pynndescent's
+`named_distances`; `ENGINES` is its names, in order. A `HashIndex` looks an engine up by name
+once and keeps the instance, so that copies of the rows an engine makes (the fastscan layout,
+the torch device copy) are made on first use only.
 
-The two scans return raw per-row sums; `hashindex.distances.finish` turns them into distances
-for every engine, so lut and numpy agree bit for bit.
+Adding an engine means one class below and one entry in `REGISTRY` (docs/engines.md).
 
-faiss and the Numba kernels (numba alone takes ~150 ms to import) are imported on first use, so
-a process that queries with ``fastscan`` never loads them.
+The two table scans return raw per-row sums; `hashindex.distances.finish` turns them into
+distances for every engine, so lut and numpy agree bit for bit. faiss, torch and the Numba
+kernels are imported on first use, so a process that queries with ``fastscan`` never loads them.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Any
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from hashindex.distances import BOOKS, DISTANCES, MODES, image_distance
+from hashindex.faiss_binary import FaissHamming, gpu_available
+from hashindex.fastscan import FastScan
+from hashindex.fastscan_layout import TABLE
+from hashindex.files import FLAT_FILES, IVF_FILES
+from hashindex.index_meta import is_int
+from hashindex.scans import SCANS
+from hashindex.volumes import (
+    VolumeHits,
+    rows_from_knn,
+    topk_rows,
+    topq_volumes,
+    volumes_from_knn,
+)
 
-ENGINES = ("lut", "fastscan", "torch", "faiss-flat", "faiss-ivf", "numpy")
-GPU_K_LIMIT = 2048
+if TYPE_CHECKING:
+    from hashindex.index import HashIndex
+    from hashindex.state import IndexState
 
-
-def scan_lut(rep_codes: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """(N,) sums Σ_p table[p, rep_codes[n, p]] with the Numba kernel (int64 or float64)."""
-    from hashindex.kernels import KERNELS
-
-    if table.dtype == np.int32:
-        out = np.empty(rep_codes.shape[0], np.int64)
-        KERNELS["lut_scan_int"](rep_codes, table, out)
-    else:
-        out = np.empty(rep_codes.shape[0], np.float64)
-        KERNELS["lut_scan"](rep_codes, table, out)
-    return out
-
-
-def scan_numpy(rep_codes: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """(N,) sums Σ_p table[p, rep_codes[n, p]] in plain numpy, in position order."""
-    acc = np.zeros(rep_codes.shape[0], np.int64 if table.dtype == np.int32 else np.float64)
-    for p in range(rep_codes.shape[1]):
-        acc += table[p][rep_codes[:, p]]
-    return acc
+# gpu_available and SCANS: benchmarks import them from here
+__all__ = ["ENGINES", "REGISTRY", "SCANS", "Engine", "Query", "gpu_available"]
 
 
-SCANS = {"lut": scan_lut, "numpy": scan_numpy}
+@dataclass(frozen=True)
+class Query:
+    """B queries and how to compare them: what every engine's search receives, checked.
 
+    normal, abnormal: (B, h, w) uint16 code grids; mode, distance, normalized_sum: as
+    `HashIndex.search` takes them; nprobe: lists probed (engines with ``takes_nprobe``).
+    """
 
-def gpu_available() -> bool:
-    """True when this faiss build sees at least one GPU."""
-    import faiss
-
-    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
-
-
-class FaissHamming:
-    """A FAISS binary index over packed image codes of ``nbytes`` bytes (d = 8·nbytes bits)."""
-
-    def __init__(self, nbytes: int, nlist: int | None = None, index=None):
-        import faiss
-
-        self.nbytes = nbytes
-        self.nlist = nlist
-        if index is not None:
-            self.cpu = index
-        elif nlist is None:
-            self.cpu = faiss.IndexBinaryFlat(8 * nbytes)
-        else:
-            self.quantizer = faiss.IndexBinaryFlat(8 * nbytes)
-            self.cpu = faiss.IndexBinaryIVF(self.quantizer, 8 * nbytes, nlist)
-            self.cpu.own_fields = False
-        self._gpu = None
-        self._gpu_res = None
+    normal: np.ndarray
+    abnormal: np.ndarray
+    mode: str
+    distance: str
+    normalized_sum: bool
+    nprobe: int | None = None
 
     @property
-    def is_ivf(self) -> bool:
-        import faiss
+    def B(self) -> int:
+        return int(self.normal.shape[0])
 
-        return isinstance(self.cpu, faiss.IndexBinaryIVF)
 
-    @property
-    def ntotal(self) -> int:
-        return int(self.cpu.ntotal)
+def _either(name: str, values) -> str:
+    return " or ".join(f"{name}={v!r}" for v in values)
 
-    def train(self, x: np.ndarray) -> None:
-        self.cpu.train(x)
 
-    def add(self, x: np.ndarray) -> None:
-        """Append packed codes x (n, nbytes) uint8."""
-        self.cpu.add(np.ascontiguousarray(x))
+class Engine(ABC):
+    """One search engine over one index's stored rows (an instance per index, made on first use).
 
-    def _gpu_index(self):
-        import faiss
+    Class attributes say what it supports; `check` refuses what it does not, naming the fix;
+    `search` and `search_volumes` answer queries that passed `check`.
+    """
 
-        if self.is_ivf or not gpu_available():
-            return None
-        if self._gpu is None or self._gpu.ntotal != self.cpu.ntotal:
-            self._gpu_res = faiss.StandardGpuResources()
-            self._gpu = faiss.GpuIndexBinaryFlat(self._gpu_res, self.cpu)
-        return self._gpu
+    name: ClassVar[str]
+    exact: ClassVar[bool] = True  # the same answers as the numpy brute force
+    modes: ClassVar[tuple[str, ...]] = MODES
+    distances: ClassVar[tuple[str, ...]] = DISTANCES
+    normalized_sum: ClassVar[bool] = True
+    # why normalized_sum is refused, where it is (part of the message)
+    no_normalized_sum: ClassVar[str] = ""
+    takes_nprobe: ClassVar[bool] = False
+    # a mask of the grid positions a query compares (the region query); none takes one yet
+    supports_position_mask: ClassVar[bool] = False
 
-    def search(self, x: np.ndarray, k: int, nprobe: int | None = None):
-        """(D (n, k) int32, I (n, k) int64) for packed queries x (n, nbytes) uint8."""
-        import faiss
+    def __init__(self, index: HashIndex):
+        self.index = index
 
-        if self.is_ivf:
-            self.cpu.nprobe = int(nprobe) if nprobe is not None else min(8, int(self.nlist or 8))
-        gpu = self._gpu_index()
-        index = gpu if (gpu is not None and k <= GPU_K_LIMIT) else self.cpu
-        # hamming_batch_size rows of the database are scanned per block; with long codes the
-        # default 65,536 blows the cache for codes of kilobytes, so keep a block near 8 MB.
-        cvar: Any = faiss.cvar  # SWIG globals: untyped
-        old = cvar.hamming_batch_size
-        cvar.hamming_batch_size = int(max(256, min(65536, (8 << 20) // self.nbytes)))
-        try:
-            return index.search(np.ascontiguousarray(x), k)
-        finally:
-            cvar.hamming_batch_size = old
+    @classmethod
+    def available(cls, index: IndexState) -> bool:
+        """Whether ``index`` holds what this engine searches (its codebooks fit, its files
+        were built); `check` refuses the engine otherwise. Loads nothing."""
+        return True
+
+    def check(self, mode: str, distance: str, normalized_sum: bool, nprobe: int | None) -> None:
+        """ValueError, naming the fix, unless this engine can answer these options on its index.
+
+        ``mode`` and ``distance`` are valid names (checked by the caller)."""
+        if mode not in self.modes:
+            raise ValueError(f"engine {self.name!r} supports only {_either('mode', self.modes)}")
+        if distance not in self.distances:
+            raise ValueError(
+                f"engine {self.name!r} supports only {_either('distance', self.distances)}; use "
+                f"engine='lut' for {distance!r}"
+            )
+        if normalized_sum and mode == "sum" and not self.normalized_sum:
+            able = [n for n, e in REGISTRY.items() if e.normalized_sum]
+            raise ValueError(
+                f"normalized_sum needs {_either('engine', able)} ({self.no_normalized_sum})"
+            )
+        self.check_index(mode)
+        if nprobe is not None:
+            self.check_nprobe(nprobe)
+
+    def check_index(self, mode: str) -> None:  # noqa: B027 (a hook: most engines need nothing)
+        """ValueError unless the index holds what a search in ``mode`` needs."""
+
+    def check_nprobe(self, nprobe: Any) -> None:
+        """ValueError unless ``nprobe`` suits this engine (by default it takes none)."""
+        takes = [n for n, e in REGISTRY.items() if e.takes_nprobe]
+        raise ValueError(
+            f"nprobe (lists probed) applies only to {_either('engine', takes)}; engine "
+            f"{self.name!r} scans every row, so leave nprobe out"
+        )
+
+    @abstractmethod
+    def search(self, query: Query, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row-wise top-k: D (B, k) float64, I (B, k) int64 rows (-1 / inf padded);
+        1 <= k <= max(ntotal, 1)."""
+
+    @abstractmethod
+    def search_volumes(self, query: Query, topq: int, exclude: np.ndarray | None) -> VolumeHits:
+        """Volume-wise top-Q: (B, Q) hits; 1 <= topq <= number of volumes; exclude: (B,) int64
+        volume ids or None."""
+
+    def _prepare(self, query: Query) -> tuple[dict, dict]:
+        """Per codebook the queries' (B, P) representative ids and (B,) squared norms."""
+        return self.index._prepare(query.normal, query.abnormal)
+
+
+class RowDistanceEngine(Engine):
+    """An engine that computes each query's distance to every row; the top rows or volumes are
+    then selected on the host (`hashindex.volumes`)."""
+
+    @abstractmethod
+    def row_distances(self, q_reps: dict, q_sq: dict, b: int, query: Query) -> np.ndarray:
+        """(N,) float64 distances of query b to every row."""
+
+    def search(self, query: Query, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q_reps, q_sq = self._prepare(query)
+        D = np.full((query.B, k), np.inf)
+        I = np.full((query.B, k), -1, np.int64)
+        for b in range(query.B):
+            D[b], I[b] = topk_rows(self.row_distances(q_reps, q_sq, b, query), k)
+        return D, I
+
+    def search_volumes(self, query: Query, topq: int, exclude: np.ndarray | None) -> VolumeHits:
+        q_reps, q_sq = self._prepare(query)
+        hits = VolumeHits.padded(query.B, topq)
+        for b in range(query.B):
+            dist = self.row_distances(q_reps, q_sq, b, query)
+            ex = None if exclude is None else int(exclude[b])
+            hit = topq_volumes(dist, self.index._vol_index, self.index._vol_unique, topq, ex)
+            hits.distances[b], hits.rows[b], hits.volumes[b] = hit
+        return hits
+
+
+class TableScanEngine(RowDistanceEngine):
+    """Sums of per-position table entries over the (N, P) representative ids (`scan`), turned
+    into distances by `hashindex.distances.image_distance`."""
+
+    scan: ClassVar[str]  # the name of its kernel in `hashindex.scans.SCANS`
+
+    def row_distances(self, q_reps: dict, q_sq: dict, b: int, query: Query) -> np.ndarray:
+        idx, distance = self.index, query.distance
+        books = BOOKS if query.mode == "sum" else (query.mode,)
+        scan = SCANS[self.scan]
+        sums = {
+            book: scan(idx.codes[book], idx.tables[book].query_table(q_reps[book][b], distance))
+            for book in books
+        }
+        scales = None
+        if query.normalized_sum and query.mode == "sum":
+            scales = {book: idx.scales[f"{book}/{distance}"] for book in books}
+        return image_distance(
+            distance,
+            sums,
+            {book: q_sq[book][b] for book in books},
+            {book: idx.row_sqnorm[book] for book in books},
+            scales,
+        )
+
+
+class LutEngine(TableScanEngine):
+    """Exact, compiled (Numba) scan of the (N, P) representative-id grids summing per-position
+    table entries; cost independent of E*. The plain reference scan."""
+
+    name = "lut"
+    scan = "lut"
+
+    def row_distances(self, q_reps: dict, q_sq: dict, b: int, query: Query) -> np.ndarray:
+        if query.distance != "hamming" or query.mode != "sum" or query.normalized_sum:
+            return super().row_distances(q_reps, q_sq, b, query)
+        # fused single pass; integer sums, so identical to adding the two distances
+        from hashindex.kernels import KERNELS  # numba: imported on first use
+
+        idx = self.index
+        out = np.empty(idx.ntotal)
+        KERNELS["lut_scan_int_pair"](
+            idx.codes["normal"],
+            idx.tables["normal"].query_table(q_reps["normal"][b], "hamming"),
+            idx.codes["abnormal"],
+            idx.tables["abnormal"].query_table(q_reps["abnormal"][b], "hamming"),
+            out,
+        )
+        return out
+
+
+class NumpyEngine(TableScanEngine):
+    """The same sums as ``lut`` written in plain numpy (reference, slow but obvious)."""
+
+    name = "numpy"
+    scan = "numpy"
+
+
+class RowCopyEngine(Engine):
+    """An engine that searches its own copy of the stored rows (a layout, a device copy), made
+    on first use and again once `add` has changed the rows. The copy's ``search`` answers the
+    volume-wise top-Q: (q_reps, q_sq, topq, mode, distance, normalized_sum, exclude) ->
+    (B, Q) distances, rows, volume ids, and possibly more."""
+
+    _copy: Any = None
+
+    @abstractmethod
+    def make_copy(self) -> Any:
+        """The copy of the index's stored rows this engine searches."""
+
+    def copy(self) -> Any:
+        if self._copy is None or self._copy.n != self.index.ntotal:
+            self._copy = self.make_copy()
+        return self._copy
+
+    def search_volumes(self, query: Query, topq: int, exclude: np.ndarray | None) -> VolumeHits:
+        q_reps, q_sq = self._prepare(query)
+        D, R, V = self.copy().search(
+            q_reps, q_sq, topq, query.mode, query.distance, query.normalized_sum, exclude
+        )[:3]
+        return VolumeHits(D, R, V)
+
+
+class FastScanEngine(RowCopyEngine):
+    """Exact; scans 8-bit lower bounds held in SIMD registers, then re-ranks the few rows that
+    can still win (`hashindex.fastscan`); codebooks of at most 256 distinct vectors."""
+
+    name = "fastscan"
+
+    @classmethod
+    def available(cls, index: IndexState) -> bool:
+        return all(index.tables[b].n_reps <= TABLE for b in BOOKS)
+
+    def check_index(self, mode: str) -> None:
+        wide = [b for b in BOOKS if self.index.tables[b].n_reps > TABLE]
+        if wide:
+            raise ValueError(
+                f"engine 'fastscan' stores one byte per code and the {wide[0]} codebook has "
+                f"{self.index.tables[wide[0]].n_reps} distinct vectors (> 256); use engine='lut'"
+            )
+
+    def make_copy(self) -> FastScan:
+        """On the layout `read` mapped from the index folder, else on block-transposed codes
+        made here."""
+        idx = self.index
+        return FastScan(
+            idx.tables,
+            idx.codes,
+            idx.row_sqnorm,
+            idx._vol_index,
+            idx._vol_unique,
+            idx.scales,
+            codes_t=idx._codes_t,
+        )
+
+    def search(self, query: Query, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q_reps, q_sq = self._prepare(query)
+        D, I, _, _ = self.copy().search(
+            q_reps,
+            q_sq,
+            k,
+            query.mode,
+            query.distance,
+            query.normalized_sum,
+            None,
+            by_volume=False,
+        )
+        return D, I
+
+
+class TorchEngine(RowCopyEngine):
+    """Exact; float32 bounds on a CUDA GPU (Triton) or with torch on the CPU, then an exact
+    re-rank of the rows that can still win (`hashindex.torch_engine`): lut's answers."""
+
+    name = "torch"
+
+    def make_copy(self) -> Any:
+        from hashindex.torch_engine import TorchScan  # torch: imported on first use
+
+        idx = self.index
+        return TorchScan(
+            idx.tables, idx.codes, idx.row_sqnorm, idx._vol_index, idx._vol_unique, idx.scales
+        )
+
+    def search(self, query: Query, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q_reps, q_sq = self._prepare(query)
+        return self.copy().search_rows(
+            q_reps, q_sq, k, query.mode, query.distance, query.normalized_sum
+        )
+
+
+class FaissEngine(Engine):
+    """Hamming distances of the packed bits with a FAISS binary index per mode (S_sum: of the
+    concatenated bits); k is grown until the volume-wise answer is certain."""
+
+    distances = ("hamming",)
+    normalized_sum = False
+    no_normalized_sum = "FAISS adds the plain Hamming distances of the concatenated bits"
+    files: ClassVar[dict[str, str]]  # per mode, the index file (`hashindex.files`)
+
+    @classmethod
+    @abstractmethod
+    def indexes(cls, index: IndexState) -> dict[str, FaissHamming]:
+        """The index's FAISS indexes this engine searches, per mode (those loaded)."""
+
+    @classmethod
+    def available(cls, index: IndexState) -> bool:
+        return bool(cls.indexes(index)) or any(n in index._pending for n in cls.files.values())
+
+    def check_index(self, mode: str) -> None:
+        if not self.index.faiss_indexes:
+            raise ValueError("this index was built with faiss_indexes=False")
+        self.index._load_faiss([self.files[mode]])
+
+    def _knn(self, query: Query):
+        index = self.indexes(self.index)[query.mode]
+        x = self.index._packed_modes(query.normal, query.abnormal)[query.mode]
+
+        def knn(ids, k):
+            D, I = index.search(x[ids], k, nprobe=query.nprobe)
+            return D.astype(np.float64), I.astype(np.int64)
+
+        return knn
+
+    def search(self, query: Query, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return rows_from_knn(self._knn(query), query.B, self.index.ntotal, k)
+
+    def search_volumes(self, query: Query, topq: int, exclude: np.ndarray | None) -> VolumeHits:
+        return volumes_from_knn(
+            self._knn(query), query.B, self.index.ntotal, topq, self.index.volume_ids, exclude
+        )
+
+
+class FaissFlatEngine(FaissEngine):
+    """Exact Hamming on packed bits with ``faiss.IndexBinaryFlat`` (on the GPU with
+    ``GpuIndexBinaryFlat`` when faiss sees one; k > 2048 then falls back to the CPU copy)."""
+
+    name = "faiss-flat"
+    files = FLAT_FILES
+
+    @classmethod
+    def indexes(cls, index: IndexState) -> dict[str, FaissHamming]:
+        return index.flat
+
+
+class FaissIvfEngine(FaissEngine):
+    """Approximate Hamming with ``faiss.IndexBinaryIVF`` (nlist lists, nprobe probed)."""
+
+    name = "faiss-ivf"
+    exact = False
+    takes_nprobe = True
+    files = IVF_FILES
+
+    @classmethod
+    def indexes(cls, index: IndexState) -> dict[str, FaissHamming]:
+        return index.ivf
+
+    def check_index(self, mode: str) -> None:
+        super().check_index(mode)
+        if not self.index.ivf:
+            raise ValueError("no IVF index: build with ivf_nlist=... or call train_ivf()")
+
+    def check_nprobe(self, nprobe: Any) -> None:
+        nlist = self.index.ivf_nlist
+        if not is_int(nprobe) or not 1 <= nprobe <= (nlist or 0):
+            raise ValueError(f"nprobe must be an integer from 1 to nlist={nlist}, got {nprobe!r}")
+
+
+# The engines by name, in the order users see them. Adding an engine: its class, and a line here.
+REGISTRY: dict[str, type[Engine]] = {
+    engine.name: engine
+    for engine in (
+        LutEngine,
+        FastScanEngine,
+        TorchEngine,
+        FaissFlatEngine,
+        FaissIvfEngine,
+        NumpyEngine,
+    )
+}
+ENGINES = tuple(REGISTRY)

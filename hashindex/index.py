@@ -31,15 +31,19 @@ import numpy as np
 from hashindex.binarize import check_codebook, hyperplane_bits, round_small_norms
 from hashindex.concordance import concordance
 from hashindex.distances import BOOKS, DISTANCES, MODES, CodebookTables, _positions, finish
-from hashindex.engines import SCANS, FaissHamming
+from hashindex.faiss_binary import FaissHamming
+from hashindex.files import INDEX_FILES, META_FILE
+from hashindex.index_meta import FORMAT_VERSION
 from hashindex.optimize import apply_bit_budget, hamming_table, optimize_codebook
 from hashindex.packing import pack_grids
+from hashindex.scans import SCANS
 from hashindex.search import IndexSearch, _check_codes
-from hashindex.storage import FORMAT_VERSION, INDEX_FILES, META_FILE, IndexStorage
+from hashindex.storage import IndexStorage
 
 log = logging.getLogger(__name__)
 
-# Re-exported: the index directory contract of `fdn` names these files.
+# Re-exported: the index directory contract of `fdn` names these files (until it calls
+# `hashindex.index_files()`, the public list).
 __all__ = ["FORMAT_VERSION", "INDEX_FILES", "META_FILE", "MODES", "HashIndex"]
 
 SCALE_PAIRS = 2048

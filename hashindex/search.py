@@ -1,24 +1,24 @@
-"""Search of a `HashIndex`: query checks, the engines, row-wise top-k and volume-wise top-Q.
+"""Search of a `HashIndex`: query checks, the engine lookup, row-wise top-k and volume-wise top-Q.
 
-The semantics every engine shares are in the `hashindex.index` docstring.
+The engines are `hashindex.engines`; the semantics every engine shares are in the
+`hashindex.index` docstring.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import numpy as np
 
-from hashindex.distances import BOOKS, DISTANCES, MODES, image_distance
-from hashindex.engines import ENGINES, SCANS
+from hashindex.distances import DISTANCES, MODES
+from hashindex.engines import ENGINES, REGISTRY, Engine, Query, RowCopyEngine
 from hashindex.fastscan import FastScan
+from hashindex.index_meta import is_int
 from hashindex.state import IndexState
-from hashindex.storage import FLAT_FILES, IVF_FILES, _is_int
-from hashindex.volumes import (
-    VolumeHits,
-    rows_from_knn,
-    topk_rows,
-    topq_volumes,
-    volumes_from_knn,
-)
+from hashindex.volumes import VolumeHits
+
+if TYPE_CHECKING:
+    from hashindex.index import HashIndex
 
 
 def _check_codes(codes, name: str, K: int, shape=None) -> None:
@@ -37,119 +37,53 @@ def _check_codes(codes, name: str, K: int, shape=None) -> None:
 class IndexSearch(IndexState):
     """`HashIndex.search` and `HashIndex.search_volumes` over the rows `HashIndex.add` stored."""
 
+    def _engine(self, name) -> Engine:
+        """The engine called ``name``, looked up in the registry on first use, then kept."""
+        engine = self._engines.get(name) if isinstance(name, str) else None
+        if engine is None:
+            found = REGISTRY.get(name) if isinstance(name, str) else None
+            if found is None:
+                raise ValueError(f"engine must be one of {ENGINES}, got {name!r}")
+            engine = self._engines[name] = found(cast("HashIndex", self))
+        return engine
+
+    def available_engines(self) -> tuple[str, ...]:
+        """The names of the engines this index can search with: those whose codebooks fit
+        (fastscan: at most 256 distinct vectors per codebook) and whose files it holds (the
+        FAISS engines). Loads nothing."""
+        return tuple(name for name, engine in REGISTRY.items() if engine.available(self))
+
+    def _rows_copy(self, name: str):
+        """The copy of the rows the engine ``name`` searches (made on first use)."""
+        engine = self._engine(name)
+        assert isinstance(engine, RowCopyEngine)
+        return engine.copy()
+
+    def _fastscan(self) -> FastScan:
+        """The fastscan engine's copy of the rows (the layout `write` stores)."""
+        return self._rows_copy("fastscan")
+
+    def _torchscan(self):
+        """The torch engine's copy of the rows on its device (benchmarks/scale.py reads it)."""
+        return self._rows_copy("torch")
+
     def _check_query(
         self, q_normal, q_abnormal, mode, distance, engine, normalized_sum, nprobe=None
-    ):
+    ) -> Engine:
+        """The engine that answers this query; ValueError / TypeError for what it cannot."""
         if self.grid is None:
             raise ValueError("the index is empty: add rows before searching")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-        if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        found = self._engine(engine)
         _check_codes(q_normal, "q_normal", self.tables["normal"].K, self.grid)
         _check_codes(q_abnormal, "q_abnormal", self.tables["abnormal"].K, self.grid)
         if q_normal.shape[0] != q_abnormal.shape[0]:
             raise ValueError("q_normal and q_abnormal must hold the same number of queries")
-        if engine.startswith("faiss"):
-            if distance != "hamming":
-                raise ValueError(
-                    f"engine {engine!r} supports only distance='hamming'; use "
-                    f"engine='lut' for {distance!r}"
-                )
-            if normalized_sum and mode == "sum":
-                raise ValueError(
-                    "normalized_sum needs engine='lut' or 'numpy' (FAISS adds "
-                    "the plain Hamming distances of the concatenated bits)"
-                )
-            if not self.faiss_indexes:
-                raise ValueError("this index was built with faiss_indexes=False")
-            files = FLAT_FILES if engine == "faiss-flat" else IVF_FILES
-            self._load_faiss([files[mode]] if mode in files else None)
-            if engine == "faiss-ivf" and not self.ivf:
-                raise ValueError("no IVF index: build with ivf_nlist=... or call train_ivf()")
-        if engine == "fastscan":
-            wide = [b for b in BOOKS if self.tables[b].n_reps > 256]
-            if wide:
-                raise ValueError(
-                    f"engine 'fastscan' stores one byte per code and the {wide[0]} codebook has "
-                    f"{self.tables[wide[0]].n_reps} distinct vectors (> 256); use engine='lut'"
-                )
-        if nprobe is not None:
-            if engine != "faiss-ivf":
-                raise ValueError(
-                    f"nprobe (lists probed) applies only to engine='faiss-ivf'; "
-                    f"engine {engine!r} scans every row, so leave nprobe out"
-                )
-            if not _is_int(nprobe) or not 1 <= nprobe <= self.ivf_nlist:
-                raise ValueError(
-                    f"nprobe must be an integer from 1 to nlist={self.ivf_nlist}, got {nprobe!r}"
-                )
-
-    def _row_distances(self, b, q_reps, q_sq, mode, distance, engine, normalized_sum):
-        """(N,) float64 distances of query b to every row (lut / numpy engines)."""
-        books = BOOKS if mode == "sum" else (mode,)
-        if engine == "lut" and distance == "hamming" and mode == "sum" and not normalized_sum:
-            # fused single pass; integer sums, so identical to adding the two distances
-            from hashindex.kernels import KERNELS  # numba: imported on first use
-
-            out = np.empty(self.ntotal)
-            tn, ta = self.tables["normal"], self.tables["abnormal"]
-            KERNELS["lut_scan_int_pair"](
-                self.codes["normal"],
-                tn.query_table(q_reps["normal"][b], distance),
-                self.codes["abnormal"],
-                ta.query_table(q_reps["abnormal"][b], distance),
-                out,
-            )
-            return out
-        sums = {
-            book: SCANS[engine](
-                self.codes[book], self.tables[book].query_table(q_reps[book][b], distance)
-            )
-            for book in books
-        }
-        scales = None
-        if normalized_sum and mode == "sum":
-            scales = {book: self.scales[f"{book}/{distance}"] for book in books}
-        return image_distance(
-            distance,
-            sums,
-            {book: q_sq[book][b] for book in books},
-            {book: self.row_sqnorm[book] for book in books},
-            scales,
-        )
-
-    def _fastscan(self) -> FastScan:
-        """The fastscan engine over the stored rows: on the layout `read` mapped from the index
-        folder, else on block-transposed codes made on first use after an add."""
-        if self._fast is None or self._fast.n != self.ntotal:
-            self._fast = FastScan(
-                self.tables,
-                self.codes,
-                self.row_sqnorm,
-                self._vol_index,
-                self._vol_unique,
-                self.scales,
-                codes_t=self._codes_t,
-            )
-        return self._fast
-
-    def _torchscan(self):
-        """The torch engine's copy of the code grids on its device, made on first use."""
-        from hashindex.torch_engine import TorchScan
-
-        if self._torch is None or self._torch.n != self.ntotal:
-            self._torch = TorchScan(
-                self.tables,
-                self.codes,
-                self.row_sqnorm,
-                self._vol_index,
-                self._vol_unique,
-                self.scales,
-            )
-        return self._torch
+        found.check(mode, distance, normalized_sum, nprobe)
+        return found
 
     def _prepare(self, q_normal, q_abnormal):
         q_reps, q_sq = {}, {}
@@ -158,16 +92,6 @@ class IndexSearch(IndexState):
             q_reps[book] = t.to_reps(q)
             q_sq[book] = t.row_sqnorms(q_reps[book])
         return q_reps, q_sq
-
-    def _faiss_knn(self, engine, mode, q_normal, q_abnormal, nprobe):
-        index = (self.flat if engine == "faiss-flat" else self.ivf)[mode]
-        x = self._packed_modes(q_normal, q_abnormal)[mode]
-
-        def knn(ids, k):
-            D, I = index.search(x[ids], k, nprobe=nprobe)
-            return D.astype(np.float64), I.astype(np.int64)
-
-        return knn
 
     def search(
         self,
@@ -182,31 +106,16 @@ class IndexSearch(IndexState):
         nprobe: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Row-wise top-k: D (B, k) float64, I (B, k) int64 row ids (-1 / inf padded)."""
-        self._check_query(q_normal, q_abnormal, mode, distance, engine, normalized_sum, nprobe)
-        if not _is_int(k):
+        found = self._check_query(
+            q_normal, q_abnormal, mode, distance, engine, normalized_sum, nprobe
+        )
+        if not is_int(k):
             raise TypeError(f"k must be an integer, got {type(k).__name__}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         # Never more columns than rows: k is the caller's, the memory is ours.
         k = int(min(k, max(self.ntotal, 1)))
-        B = q_normal.shape[0]
-        if engine.startswith("faiss"):
-            knn = self._faiss_knn(engine, mode, q_normal, q_abnormal, nprobe)
-            return rows_from_knn(knn, B, self.ntotal, k)
-        q_reps, q_sq = self._prepare(q_normal, q_abnormal)
-        if engine == "fastscan":
-            D, I, _, _ = self._fastscan().search(
-                q_reps, q_sq, k, mode, distance, normalized_sum, None, by_volume=False
-            )
-            return D, I
-        if engine == "torch":
-            return self._torchscan().search_rows(q_reps, q_sq, k, mode, distance, normalized_sum)
-        D = np.full((B, k), np.inf)
-        I = np.full((B, k), -1, np.int64)
-        for b in range(B):
-            dist = self._row_distances(b, q_reps, q_sq, mode, distance, engine, normalized_sum)
-            D[b], I[b] = topk_rows(dist, k)
-        return D, I
+        return found.search(Query(q_normal, q_abnormal, mode, distance, normalized_sum, nprobe), k)
 
     def search_volumes(
         self,
@@ -226,8 +135,10 @@ class IndexSearch(IndexState):
         The result has min(topq, number of volumes) columns, -1 / inf padded where fewer
         volumes qualify (the query's own volume excluded, or an approximate engine).
         """
-        self._check_query(q_normal, q_abnormal, mode, distance, engine, normalized_sum, nprobe)
-        if not _is_int(topq):
+        found = self._check_query(
+            q_normal, q_abnormal, mode, distance, engine, normalized_sum, nprobe
+        )
+        if not is_int(topq):
             raise TypeError(f"topq must be an integer, got {type(topq).__name__}")
         if topq < 1:
             raise ValueError(f"topq must be >= 1, got {topq}")
@@ -241,26 +152,5 @@ class IndexSearch(IndexState):
                 raise ValueError(
                     f"exclude_volumes must have shape ({B},), got {exclude_volumes.shape}"
                 )
-        if engine.startswith("faiss"):
-            knn = self._faiss_knn(engine, mode, q_normal, q_abnormal, nprobe)
-            return volumes_from_knn(knn, B, self.ntotal, topq, self.volume_ids, exclude_volumes)
-        q_reps, q_sq = self._prepare(q_normal, q_abnormal)
-        if engine == "fastscan":
-            D, R, V, _ = self._fastscan().search(
-                q_reps, q_sq, topq, mode, distance, normalized_sum, exclude_volumes
-            )
-            return VolumeHits(D, R, V)
-        if engine == "torch":
-            return VolumeHits(
-                *self._torchscan().search(
-                    q_reps, q_sq, topq, mode, distance, normalized_sum, exclude_volumes
-                )
-            )
-        D = np.full((B, topq), np.inf)
-        R = np.full((B, topq), -1, np.int64)
-        V = np.full((B, topq), -1, np.int64)
-        for b in range(B):
-            dist = self._row_distances(b, q_reps, q_sq, mode, distance, engine, normalized_sum)
-            ex = None if exclude_volumes is None else int(exclude_volumes[b])
-            D[b], R[b], V[b] = topq_volumes(dist, self._vol_index, self._vol_unique, topq, ex)
-        return VolumeHits(D, R, V)
+        query = Query(q_normal, q_abnormal, mode, distance, normalized_sum, nprobe)
+        return found.search_volumes(query, topq, exclude_volumes)

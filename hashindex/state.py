@@ -14,12 +14,13 @@ import numpy as np
 from hashindex.distances import BOOKS, CodebookTables
 
 if TYPE_CHECKING:
-    from hashindex.engines import FaissHamming
+    from hashindex.engines import Engine
+    from hashindex.faiss_binary import FaissHamming
     from hashindex.fastscan import FastScan
 
 
 class IndexState:
-    """Codebook tables, stored rows and the engines' copies of them.
+    """Codebook tables, stored rows and the engines that search them.
 
     tables: per codebook its `CodebookTables`; grid: (h, w) of the stored grids, None while
     empty; codes: per codebook (N, P) representative ids; row_sqnorm: per codebook (N,) ‖r‖²;
@@ -44,10 +45,11 @@ class IndexState:
         self.row_sqnorm = {b: None for b in BOOKS}  # (N,) float64
         self.volume_ids = np.zeros(0, np.int64)
         self.scales: dict[str, float] = {}
-        self._fast: FastScan | None = None  # built by the first fastscan query
+        # the engines this index has searched with, by name (`hashindex.engines.REGISTRY`);
+        # fastscan and torch hold copies of the rows made by their first query
+        self._engines: dict[str, Engine] = {}
         # the fastscan layout of the stored rows as `read` mapped it (None: made on first use)
         self._codes_t: np.ndarray | None = None
-        self._torch: Any = None  # TorchScan, built by the first torch query (imports torch)
         self.flat: dict[str, FaissHamming] = {}
         self.ivf: dict[str, FaissHamming] = {}
         # FAISS files opened by `read` and loaded on first use: name -> (open file, entry, verify)
@@ -64,6 +66,10 @@ class IndexState:
 
     def _append(self, codes_normal, codes_abnormal, volume_ids, *, estimate_scales=True) -> None:
         """Store rows (defined by `hashindex.index.HashIndex`)."""
+        raise NotImplementedError
+
+    def available_engines(self) -> tuple[str, ...]:
+        """The engines this index can search with (defined by `hashindex.search`)."""
         raise NotImplementedError
 
     def _fastscan(self) -> FastScan:

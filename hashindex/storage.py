@@ -1,11 +1,9 @@
-"""Persistence of a `HashIndex`: its files, their checksums, and reading them back safely.
+"""Persistence of a `HashIndex`: `write` and `read` of its directory, the rows checked on read.
 
-An index directory holds ``hashindex.json`` (written last: format, shapes, scales, and the size
-and checksums of every other file), the codebooks (``codebook_*.npy``), the kept hyperplanes and
-packed bits (``bits_*.npz``), the stored rows (`ARRAY_FILES`: representative ids, row norms,
-volumes and, for codebooks of at most 256 distinct vectors, the fastscan engine's
-block-transposed layout) and the FAISS indexes (``faiss_*.index``). Names come from the fixed
-list `INDEX_FILES`, never from a file's content.
+The names of the files are the fixed list of `hashindex.files`; hashindex.json and its checks
+are `hashindex.index_meta`; the checked reads and checksums are `hashindex.checked_files`.
+(`fdn` still imports ARRAY_FILES and FASTSCAN_FILE from here; `hashindex.index_files()` is the
+public list it moves to.)
 
 `read` needs nothing but the folder: the small files are read and verified (sha256), the row
 arrays memory-mapped and verified with `sum64`, a FAISS file hashed while faiss reads it when
@@ -14,240 +12,50 @@ an engine first needs it. Nothing here imports faiss until a FAISS file is read 
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import io
 import json
-import mmap
-import os
-import stat
 import time
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 import numpy as np
 
 from hashindex.binarize import hyperplane_bits
-from hashindex.distances import BOOKS, DISTANCES, MODES, CodebookTables
-from hashindex.engines import ENGINES, FaissHamming
+from hashindex.checked_files import (
+    check_bytes,
+    file_entry,
+    map_npy,
+    npy_bytes,
+    npz_bytes,
+    open_listed,
+    read_faiss_checked,
+)
+from hashindex.distances import BOOKS, MODES, CodebookTables
 from hashindex.errors import IndexFormatError
-from hashindex.fastscan import BLOCK
+from hashindex.faiss_binary import FaissHamming
+from hashindex.fastscan_layout import BLOCK
 from hashindex.fileio import atomic_write
+from hashindex.files import (
+    ARRAY_FILES,
+    BITS_FILES,
+    CODEBOOK_FILES,
+    CODES_FILES,
+    FASTSCAN_FILE,
+    FLAT_FILES,
+    IVF_FILES,
+    META_FILE,
+    SQNORM_FILES,
+    VOLUME_FILES,
+)
+from hashindex.index_meta import FORMAT_VERSION, check_meta
 from hashindex.state import IndexState
 
-# 3: the stored rows are files of the index (ARRAY_FILES, memory-mapped, checked by sum64), so
-#    `read` takes no code arrays. 2: hashindex.json lists the size and sha256 of every file.
-FORMAT_VERSION = 3
-# The file names of an index: a fixed list, so that no name read from a file is ever opened.
-META_FILE = "hashindex.json"
-CODEBOOK_FILES = {b: f"codebook_{b}.npy" for b in BOOKS}
-BITS_FILES = {b: f"bits_{b}.npz" for b in BOOKS}
-# (N, P) representative ids per codebook, uint8 (at most 256 distinct vectors) or uint16
-CODES_FILES = {b: f"codes_{b}.npy" for b in BOOKS}
-# (N,) float64 squared norm of every stored grid, per codebook (the angular distance needs them)
-SQNORM_FILES = {b: f"row_sqnorm_{b}.npy" for b in BOOKS}
-# (N,) int64 volume id of each row; (N,) int64 its dense number; (V,) int64 the sorted volume ids
-VOLUME_FILES = {
-    "volume_ids": "volume_ids.npy",
-    "volume_index": "volume_index.npy",
-    "volume_unique": "volume_unique.npy",
-}
-# (ceil(N / 64), 2P, 64) uint8: `hashindex.fastscan.block_transpose` of both books side by side;
-# written only when both codebooks fit one byte per code
-FASTSCAN_FILE = "fastscan_codes_t.npy"
-ARRAY_FILES = (
-    *CODES_FILES.values(),
-    *SQNORM_FILES.values(),
-    *VOLUME_FILES.values(),
-    FASTSCAN_FILE,
-)
-FLAT_FILES = {m: f"faiss_{m}.index" for m in MODES}
-IVF_FILES = {m: f"faiss_ivf_{m}.index" for m in MODES}
-INDEX_FILES = (
-    META_FILE,
-    *CODEBOOK_FILES.values(),
-    *BITS_FILES.values(),
-    *ARRAY_FILES,
-    *FLAT_FILES.values(),
-    *IVF_FILES.values(),
-)
 # Rows of every stored array compared with the rows they derive from when an index is read.
 SPOT_CHECK_ROWS = 1024
 # What bits_*.npz holds: the kept hyperplanes, the packed bits and the tables of `CodebookTables`
 TABLE_ARRAYS = ("pairs", "packed", "reps", "rep_of", "hamming", "sqeuclid", "gram", "sqnorm")
 # Representatives whose tables `read` computes again from the codebook and compares.
 SPOT_CHECK_CODES = 16
-
-# Integrity of the row arrays. sha256 runs at ~1.8 GB/s on this project's CPUs: ~150 ms for the
-# ~290 MB of a 1M-slice index on every open, half the 300 ms a cold query may take. `sum64`
-# reads the same bytes at memory speed (~30 GB/s; measured 33 ms for 290 MB memory-mapped in a
-# fresh process, page faults included, 10 ms once mapped) and still detects any change within
-# one 32 KiB block (a flipped byte or bit always). It is checked at open, not lazily: the
-# fastscan engine's first query reads the whole layout anyway, so the pass mostly pre-faults
-# pages the query would fault in, and a damaged file is refused before any answer. It guards
-# against damage, not against a forger: sha256 would not either, as whoever can change a file
-# can rewrite hashindex.json (a build's manifest also records each file's sha256).
-SUM64_BLOCK = 4096  # 64-bit words per block
-
-
-def sum64(buffer) -> str:
-    """Checksum of a byte buffer: Σ_b (2b + 1) · Σ_{w in block b} w (mod 2^64), as 16 hex digits.
-
-    Blocks b are `SUM64_BLOCK` little-endian 64-bit words (the last shorter; trailing bytes are
-    one zero-padded word). A change confined to one block changes that block's sum by δ ≠ 0
-    mod 2^64 unless its words' changes cancel; the odd weight keeps δ · (2b + 1) ≠ 0, so any
-    flipped bit or byte is detected, as is a swap of blocks whose sums differ.
-    """
-    data = np.frombuffer(buffer, np.uint8)
-    n_words = data.size // 8
-    words = data[: n_words * 8].view(np.uint64)
-    tail = data[n_words * 8 :]
-    if tail.size:
-        padded = np.zeros(8, np.uint8)
-        padded[: tail.size] = tail
-        words = np.concatenate([words, padded.view(np.uint64)])
-    full = words.size // SUM64_BLOCK * SUM64_BLOCK
-    sums = words[:full].reshape(-1, SUM64_BLOCK).sum(axis=1, dtype=np.uint64)
-    if full < words.size:
-        sums = np.append(sums, words[full:].sum(dtype=np.uint64))
-    weights = np.arange(1, 2 * sums.size, 2, dtype=np.uint64)
-    return f"{int((sums * weights).sum(dtype=np.uint64)):016x}"
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def _npz_bytes(**arrays) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _file_entry(data: bytes, *, fast: bool = False) -> dict:
-    """size and sha256 of a file's bytes; ``fast``: also its `sum64` (what `read` checks)."""
-    entry = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-    if fast:
-        entry["sum64"] = sum64(data)
-    return entry
-
-
-def _check_bytes(path: Path, data: bytes, entry: dict, verify: bool, fix: str) -> bytes:
-    """``data`` (read from ``path``) if it has the size and sha256 hashindex.json records."""
-    if len(data) != entry["size"]:
-        raise IndexFormatError(
-            f"{path}: {len(data)} bytes, {META_FILE} records {entry['size']}; the file was "
-            f"truncated or changed after it was written; {fix}"
-        )
-    if verify:
-        found = hashlib.sha256(data).hexdigest()
-        if found != entry["sha256"]:
-            raise IndexFormatError(
-                f"{path}: sha256 {found[:16]}…, {META_FILE} records {entry['sha256'][:16]}…; the "
-                f"file was damaged or changed after it was written; {fix}"
-            )
-    return data
-
-
-def _read_faiss_checked(f, path: Path, entry: dict, verify: bool, fix: str):
-    """The FAISS binary index in the open file ``f``, hashed while faiss reads it (one pass)."""
-    size = os.fstat(f.fileno()).st_size
-    if size != entry["size"]:
-        raise IndexFormatError(
-            f"{path}: {size} bytes, {META_FILE} records {entry['size']}; the file was "
-            f"truncated or changed after it was written; {fix}"
-        )
-    import faiss
-
-    digest = hashlib.sha256()
-
-    def read(n):
-        chunk = f.read(n)
-        digest.update(chunk)
-        return chunk
-
-    try:
-        reader: Any = vars(faiss)["PyCallbackIOReader"]  # a SWIG class, not in the stubs
-        raw = faiss.read_index_binary(reader(read))
-    except Exception as exc:  # faiss raises RuntimeError and others on bad input
-        raise IndexFormatError(f"{path}: corrupt FAISS index ({str(exc)[:80]}); {fix}") from None
-    digest.update(f.read())
-    if verify and digest.hexdigest() != entry["sha256"]:
-        raise IndexFormatError(
-            f"{path}: sha256 {digest.hexdigest()[:16]}…, {META_FILE} records "
-            f"{entry['sha256'][:16]}…; the file was damaged or changed after it was written; "
-            f"{fix}"
-        )
-    return raw
-
-
-def _open_listed(d: Path, name: str, fix: str):
-    """An open binary file of the listed file ``name`` in ``d`` (never through a symlink)."""
-    path = d / name
-    try:
-        # O_NONBLOCK: a FIFO put in place of a file must not hang the reader
-        f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb")
-    except FileNotFoundError:
-        listed = "" if name == META_FILE else f" ({META_FILE} lists it)"
-        raise IndexFormatError(f"{path}: missing{listed}; {fix}") from None
-    except OSError as exc:
-        what = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
-        raise IndexFormatError(f"{path}: cannot read it ({what}); {fix}") from None
-    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-        f.close()
-        raise IndexFormatError(f"{path}: not a regular file; {fix}")
-    return f
-
-
-def _map_npy(d: Path, name: str, entry: dict, verify: bool, fix: str) -> np.ndarray:
-    """The .npy file ``name`` as a read-only array on a memory map of the file.
-
-    Size, and (``verify``) `sum64`, as hashindex.json records; a plain C-order array whose
-    data fills the rest of the file. The caller checks dtype and shape. The map holds the file
-    that was opened, so a later replacement of the file (a new build renames) changes nothing.
-    """
-    path = d / name
-    with _open_listed(d, name, fix) as f:
-        size = os.fstat(f.fileno()).st_size
-        if size != entry["size"]:
-            raise IndexFormatError(
-                f"{path}: {size} bytes, {META_FILE} records {entry['size']}; the file was "
-                f"truncated or changed after it was written; {fix}"
-            )
-        try:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        except Exception as exc:  # numpy raises ValueError and others on a damaged header
-            raise IndexFormatError(
-                f"{path}: corrupt .npy header ({type(exc).__name__}: {str(exc)[:80]}); {fix}"
-            ) from None
-        offset = f.tell()
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if fortran or dtype.hasobject or offset + nbytes != size:
-            raise IndexFormatError(
-                f"{path}: expected a C-order array of {nbytes} bytes after a {offset}-byte "
-                f"header, found a {size}-byte file (fortran_order={fortran}, {dtype}); {fix}"
-            )
-        buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-    if verify and sum64(buffer) != entry["sum64"]:
-        raise IndexFormatError(
-            f"{path}: sum64 {sum64(buffer)}, {META_FILE} records {entry['sum64']}; the file was "
-            f"damaged or changed after it was written; {fix}"
-        )
-    if nbytes == 0:
-        return np.zeros(shape, dtype)
-    return np.frombuffer(buffer, dtype, count=nbytes // dtype.itemsize, offset=offset).reshape(
-        shape
-    )
 
 
 def _spot_rows(n: int, k: int = SPOT_CHECK_ROWS) -> np.ndarray:
@@ -256,109 +64,6 @@ def _spot_rows(n: int, k: int = SPOT_CHECK_ROWS) -> np.ndarray:
     Not np.unique, which imports numpy.ma (~10 ms of a new process's first query)."""
     rows = np.linspace(0, n - 1, min(n, k)).astype(np.int64)
     return rows[np.diff(rows, prepend=-1) != 0]
-
-
-_SHA256_HEX = frozenset("0123456789abcdef")
-_SUM64_HEX = frozenset("0123456789abcdef")
-
-
-def _check_meta(meta, path: Path, fix: str) -> dict:
-    """hashindex.json's content, every field checked; IndexFormatError naming the first fault."""
-
-    def bad(what):
-        return IndexFormatError(f"{path}: {what}; {fix}")
-
-    if not isinstance(meta, dict):
-        raise bad(f"expected a JSON object, found a JSON {type(meta).__name__}")
-    if meta.get("format_version") != FORMAT_VERSION or not _is_int(meta.get("format_version")):
-        raise IndexFormatError(
-            f"{path}: format version {str(meta.get('format_version'))[:20]}, expected "
-            f"{FORMAT_VERSION} (an index of an older version lacks the stored rows this version "
-            f"reads); {fix} with this version of hashindex"
-        )
-    for key in ("K", "D", "E_star"):
-        value = meta.get(key)
-        if not isinstance(value, dict) or not all(
-            _is_int(value.get(b)) and value[b] >= (0 if key == "E_star" else 1) for b in BOOKS
-        ):
-            raise bad(
-                f"{key!r} should map normal and abnormal to integers, found {str(value)[:60]!r}"
-            )
-    grid = meta.get("grid")
-    if grid is not None and not (
-        isinstance(grid, list) and len(grid) == 2 and all(_is_int(g) and g >= 1 for g in grid)
-    ):
-        raise bad(f"'grid' should be null or two positive integers, found {str(grid)[:60]!r}")
-    checks = {
-        "ntotal": lambda v: _is_int(v) and v >= 0,
-        "n_volumes": lambda v: _is_int(v) and v >= 0,
-        "fastscan_layout": lambda v: isinstance(v, bool),
-        "ivf_nlist": lambda v: v is None or (_is_int(v) and v >= 1),
-        "seed": _is_int,
-        "faiss_indexes": lambda v: isinstance(v, bool),
-        "faiss_files": lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
-        "scales": lambda v: (
-            isinstance(v, dict)
-            and all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) and x > 0
-                for x in v.values()
-            )
-        ),
-        "report": lambda v: isinstance(v, dict),
-        "files": lambda v: (
-            isinstance(v, dict)
-            and all(
-                n in INDEX_FILES
-                and isinstance(e, dict)
-                and isinstance(e.get("sha256"), str)
-                and len(e["sha256"]) == 64
-                and set(e["sha256"]) <= _SHA256_HEX
-                and _is_int(e.get("size"))
-                and e["size"] >= 0
-                and (
-                    n not in ARRAY_FILES
-                    or (
-                        isinstance(e.get("sum64"), str)
-                        and len(e["sum64"]) == 16
-                        and set(e["sum64"]) <= _SUM64_HEX
-                    )
-                )
-                for n, e in v.items()
-            )
-        ),
-    }
-    for key, check in checks.items():
-        if key not in meta or not check(meta[key]):
-            raise bad(f"{key!r} is missing or malformed (found {str(meta.get(key))[:60]!r})")
-    if grid is not None:
-        missing = [f"{b}/{d}" for b in BOOKS for d in DISTANCES if f"{b}/{d}" not in meta["scales"]]
-        if missing:
-            raise bad(f"'scales' lacks {', '.join(missing)}")
-    names = meta["faiss_files"]
-    flat, ivf = sorted(FLAT_FILES.values()), sorted(IVF_FILES.values())
-    allowed: list[list[str]] = [[]]
-    if meta["faiss_indexes"] and grid is not None:
-        allowed = [flat] + ([sorted(flat + ivf)] if meta["ivf_nlist"] is not None else [])
-    if sorted(names) not in allowed:
-        raise bad(
-            f"'faiss_files' lists {str(names)[:120]}, expected "
-            f"{' or '.join(str(a) for a in allowed)} for faiss_indexes="
-            f"{meta['faiss_indexes']}, ivf_nlist={meta['ivf_nlist']}"
-        )
-    arrays: list[str] = []
-    if grid is not None:
-        arrays = [*CODES_FILES.values(), *SQNORM_FILES.values(), *VOLUME_FILES.values()]
-        arrays += [FASTSCAN_FILE] if meta["fastscan_layout"] else []
-    elif meta["ntotal"] or meta["n_volumes"] or meta["fastscan_layout"]:
-        raise bad("an index without a grid holds no rows (ntotal 0, n_volumes 0, no layout)")
-    unlisted = [
-        n
-        for n in (*CODEBOOK_FILES.values(), *BITS_FILES.values(), *arrays, *names)
-        if n not in meta["files"]
-    ]
-    if unlisted:
-        raise bad(f"'files' lacks the checksums of {', '.join(unlisted)}")
-    return meta
 
 
 class IndexStorage(IndexState):
@@ -393,7 +98,7 @@ class IndexStorage(IndexState):
                 f, entry, verify, fix = self._pending[name]
                 path = Path(f.name) if isinstance(f.name, str) else Path(name)
                 with f:
-                    raw = _read_faiss_checked(f, path, entry, verify, fix)
+                    raw = read_faiss_checked(f, path, entry, verify, fix)
                 ivf = name in IVF_FILES.values()
                 mode = next(m for m in MODES if name in (FLAT_FILES[m], IVF_FILES[m]))
                 if isinstance(raw, faiss.IndexBinaryIVF) != ivf:
@@ -430,25 +135,25 @@ class IndexStorage(IndexState):
 
         def put(name: str, data: bytes) -> None:
             atomic_write(d / name, data)
-            files[name] = _file_entry(data, fast=name in ARRAY_FILES)
+            files[name] = file_entry(data, fast=name in ARRAY_FILES)
 
         for book in BOOKS:
             t = self.tables[book]
-            put(CODEBOOK_FILES[book], _npy_bytes(t.vectors))
+            put(CODEBOOK_FILES[book], npy_bytes(t.vectors))
             # the tables too: computing them again from the codebook costs ~100 ms per book
             put(
                 BITS_FILES[book],
-                _npz_bytes(**{name: getattr(t, name) for name in TABLE_ARRAYS}),
+                npz_bytes(**{name: getattr(t, name) for name in TABLE_ARRAYS}),
             )
         if self.grid is not None:
             for book in BOOKS:
-                put(CODES_FILES[book], _npy_bytes(self.codes[book]))
-                put(SQNORM_FILES[book], _npy_bytes(self.row_sqnorm[book]))
-            put(VOLUME_FILES["volume_ids"], _npy_bytes(self.volume_ids))
-            put(VOLUME_FILES["volume_index"], _npy_bytes(self._vol_index))
-            put(VOLUME_FILES["volume_unique"], _npy_bytes(self._vol_unique))
+                put(CODES_FILES[book], npy_bytes(self.codes[book]))
+                put(SQNORM_FILES[book], npy_bytes(self.row_sqnorm[book]))
+            put(VOLUME_FILES["volume_ids"], npy_bytes(self.volume_ids))
+            put(VOLUME_FILES["volume_index"], npy_bytes(self._vol_index))
+            put(VOLUME_FILES["volume_unique"], npy_bytes(self._vol_unique))
             if self._fastscan_layout():
-                put(FASTSCAN_FILE, _npy_bytes(self._fastscan().codes_t))
+                put(FASTSCAN_FILE, npy_bytes(self._fastscan().codes_t))
         if self._faiss_files():
             import faiss
 
@@ -469,13 +174,7 @@ class IndexStorage(IndexState):
             "faiss_indexes": self.faiss_indexes,
             "faiss_files": sorted(self._faiss_files()),
             "scales": self.scales,
-            "engines": [
-                e
-                for e in ENGINES
-                if not e.startswith("faiss")
-                or (e == "faiss-flat" and self.flat)
-                or (e == "faiss-ivf" and self.ivf)
-            ],
+            "engines": list(self.available_engines()),
             "report": self._report,
             "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "files": files,
@@ -502,15 +201,15 @@ class IndexStorage(IndexState):
         fix = "rebuild the index directory (fdn-index build)"
         meta_path = d / META_FILE
         try:
-            with _open_listed(d, META_FILE, fix) as f:
+            with open_listed(d, META_FILE, fix) as f:
                 meta = json.loads(f.read())
         except (OSError, ValueError, RecursionError) as exc:
             raise IndexFormatError(f"{meta_path}: cannot read ({str(exc)[:80]}); {fix}") from None
-        meta = _check_meta(meta, meta_path, fix)
+        meta = check_meta(meta, meta_path, fix)
 
         def load(name, reader):
-            with _open_listed(d, name, fix) as f:
-                data = _check_bytes(d / name, f.read(), meta["files"][name], verify, fix)
+            with open_listed(d, name, fix) as f:
+                data = check_bytes(d / name, f.read(), meta["files"][name], verify, fix)
             try:
                 return reader(io.BytesIO(data))
             except Exception as exc:  # numpy and zipfile raise many kinds on damaged data
@@ -566,7 +265,7 @@ class IndexStorage(IndexState):
             # cost seconds on every open.
             idx.scales = meta["scales"]
         for name in meta["faiss_files"]:  # validated against FLAT_FILES / IVF_FILES
-            idx._pending[name] = (_open_listed(d, name, fix), meta["files"][name], verify, fix)
+            idx._pending[name] = (open_listed(d, name, fix), meta["files"][name], verify, fix)
         return idx
 
 
@@ -646,7 +345,7 @@ def _read_rows(idx: IndexStorage, d: Path, meta: dict, verify: bool, fix: str) -
     P = idx.grid[0] * idx.grid[1]
 
     def mapped(name: str, dtype, shape: tuple) -> np.ndarray:
-        array = _map_npy(d, name, meta["files"][name], verify, fix)
+        array = map_npy(d, name, meta["files"][name], verify, fix)
         if array.dtype != dtype or array.shape != shape:
             raise IndexFormatError(
                 f"{d / name}: expected {np.dtype(dtype)} {shape} ({META_FILE}: ntotal {n}, "

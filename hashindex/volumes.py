@@ -21,6 +21,13 @@ class VolumeHits(NamedTuple):
     rows: np.ndarray
     volumes: np.ndarray
 
+    @classmethod
+    def padded(cls, B: int, q: int) -> VolumeHits:
+        """B queries without hits yet: (B, q) inf distances, -1 rows and volumes."""
+        return cls(
+            np.full((B, q), np.inf), np.full((B, q), -1, np.int64), np.full((B, q), -1, np.int64)
+        )
+
 
 def smallest(values: np.ndarray, k: int, tiebreak: np.ndarray | None = None) -> np.ndarray:
     """Indices of the k smallest finite values ordered by (value, tiebreak); tiebreak = index."""

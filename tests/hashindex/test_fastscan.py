@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from hashindex import HashIndex, _fastscan
-from hashindex.fastscan import BLOCK, block_transpose, levels_for, quantize
+from hashindex.fastscan_layout import BLOCK, block_transpose, levels_for, quantize
 from tests.hashindex.hashindex_reference import (
     all_distances,
     assert_same_hits,

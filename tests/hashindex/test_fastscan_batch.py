@@ -6,9 +6,10 @@ when candidates overflow. Also the pruned-scan and exact-sum kernels against num
 import numpy as np
 import pytest
 
-from hashindex import HashIndex, _fastscan
-from hashindex import fastscan as fs
-from hashindex.fastscan import BLOCK, CHUNK, COARSE, FastScan, block_transpose
+from hashindex import HashIndex, _fastscan, fastscan_kernels, fastscan_pruned
+from hashindex.fastscan import FastScan
+from hashindex.fastscan_kernels import CHUNK, COARSE
+from hashindex.fastscan_layout import BLOCK, block_transpose
 from tests.hashindex.hashindex_reference import (
     all_distances,
     assert_same_hits,
@@ -25,7 +26,7 @@ NOWHERE = -12345  # a volume id no index holds: "exclude nothing" inside a batch
 @pytest.fixture(params=["vbmi", "portable"])
 def kernel(request, monkeypatch):
     """Run each test on the CPU's kernel and again on the portable C loops."""
-    monkeypatch.setattr(fs, "PORTABLE", request.param == "portable")
+    monkeypatch.setattr(fastscan_kernels, "PORTABLE", request.param == "portable")
     return request.param
 
 
@@ -180,7 +181,7 @@ def test_batch_over_threads_and_row_wise_top_k(threaded, kernel, distance):
 
 def test_overflowing_candidates_fall_back_to_the_full_scan(threaded, monkeypatch):
     index, gn, ga, vol, q = threaded
-    monkeypatch.setattr(fs, "CAPACITY", 3)  # every query overflows its buffer
+    monkeypatch.setattr(fastscan_pruned, "CAPACITY", 3)  # every query overflows its buffer
     for distance in ("hamming", "euclidean"):
         _both(index, gn[q], ga[q], 10, mode="sum", distance=distance, exclude_volumes=vol[q])
 

@@ -9,8 +9,9 @@ import faiss
 import numpy as np
 import pytest
 
-from hashindex import HashIndex, IndexFormatError
-from hashindex.storage import ARRAY_FILES, sum64
+from hashindex import HashIndex, IndexFormatError, index_files
+from hashindex.checked_files import sum64
+from hashindex.files import ARRAY_FILES
 from tests.hashindex.hashindex_reference import (
     all_distances,
     make_codebook,
@@ -457,3 +458,31 @@ def test_empty_and_wide_indexes_round_trip(tmp_path):
         again.search_volumes(gn[:3], ga[:3], 4, distance="euclidean"),
     ):
         np.testing.assert_array_equal(x, y)
+
+
+def test_index_files_names_exactly_what_write_puts_in_the_folder(written, tmp_path):
+    """`index_files()` is the public file list: every file written is named, the required ones
+    are always written, and a build without FAISS or a fastscan layout leaves out only optional
+    ones."""
+    _, d, *_ = written
+    files = index_files()
+    names = {p.name for p in d.iterdir()}
+    assert files.meta == "hashindex.json" and files.meta in files.names
+    assert names == set(files.names)  # this build has FAISS (flat and IVF) and the layout
+    assert set(files.required) | set(files.optional) == set(files.names)
+    assert not set(files.required) & set(files.optional)
+    assert set(files.rows) == set(ARRAY_FILES) <= set(files.names)
+    assert len(set(files.names)) == len(files.names)
+    # no FAISS files, and more than 256 distinct vectors: no fastscan layout
+    rng = np.random.default_rng(2)
+    index = HashIndex.build(
+        rng.normal(size=(300, 4)).astype(np.float32),
+        make_codebook(rng, 12, 3),
+        bit_budget=16,
+        faiss_indexes=False,
+    )
+    gn = rng.integers(0, 300, (6, 2, 3)).astype(np.uint16)
+    ga = rng.integers(0, 12, (6, 2, 3)).astype(np.uint16)
+    index.add(gn, ga, np.arange(6, dtype=np.int64))
+    index.write(tmp_path / "bare")
+    assert {p.name for p in (tmp_path / "bare").iterdir()} == set(files.required)

@@ -1,10 +1,14 @@
 """Every engine against the independent numpy brute force, for every mode and distance."""
 
+import json
+
 import numpy as np
 import pytest
 
+import hashindex
 from hashindex import DISTANCES, MODES, HashIndex
-from hashindex.engines import gpu_available
+from hashindex.engines import ENGINES, REGISTRY, NumpyEngine
+from hashindex.faiss_binary import gpu_available
 from hashindex.packing import pack_grids
 from tests.hashindex.hashindex_reference import (
     all_distances,
@@ -13,7 +17,8 @@ from tests.hashindex.hashindex_reference import (
     volume_topq,
 )
 
-EXACT = ("lut", "fastscan", "torch", "numpy", "faiss-flat")
+# every registered engine that promises the brute force's answers
+EXACT = tuple(name for name, engine in REGISTRY.items() if engine.exact)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -21,7 +26,7 @@ EXACT = ("lut", "fastscan", "torch", "numpy", "faiss-flat")
 @pytest.mark.parametrize("engine", EXACT)
 def test_volume_topq_matches_reference(small_index, mode, distance, engine):
     index, gn, ga, vol, cn, ca = small_index
-    if engine == "faiss-flat" and distance != "hamming":
+    if distance not in REGISTRY[engine].distances:
         with pytest.raises(ValueError, match="hamming"):
             index.search_volumes(gn[:1], ga[:1], 3, mode=mode, distance=distance, engine=engine)
         return
@@ -192,3 +197,110 @@ def test_an_empty_batch_of_queries_gets_empty_answers(small_index, engine):
     assert hits.rows.shape == hits.distances.shape == (0, 3)
     D, I = index.search(none, ga[:0], 4, engine=engine)
     assert D.shape == I.shape == (0, 4)
+
+
+# ---------------------------------------------------------------------------- the registry
+def test_the_registry_names_the_engines_in_order():
+    assert (
+        ENGINES
+        == hashindex.ENGINES
+        == tuple(REGISTRY)
+        == (
+            "lut",
+            "fastscan",
+            "torch",
+            "faiss-flat",
+            "faiss-ivf",
+            "numpy",
+        )
+    )
+    assert {"lut", "fastscan", "torch", "faiss-flat", "numpy"} <= set(EXACT)
+    for name, engine in REGISTRY.items():
+        assert engine.name == name
+        assert not engine.supports_position_mask  # no engine takes a position mask yet
+
+
+@pytest.mark.parametrize("bad", ["bogus", "LUT", "", None, 3, ["lut"]])
+def test_an_unknown_engine_is_refused_with_the_list(small_index, bad):
+    index, gn, ga, *_ = small_index
+    message = f"engine must be one of {ENGINES}, got {bad!r}"
+    for search in (index.search, index.search_volumes):
+        with pytest.raises(ValueError) as caught:
+            search(gn[:1], ga[:1], 3, engine=bad)
+        assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_each_engine_refuses_what_its_class_does_not_support(small_index, engine):
+    index, gn, ga, *_ = small_index
+    supports = REGISTRY[engine]
+    q = (gn[:1], ga[:1], 3)
+    for distance in DISTANCES:
+        if distance not in supports.distances:
+            with pytest.raises(ValueError, match=f"engine {engine!r} supports only distance="):
+                index.search_volumes(*q, distance=distance, engine=engine)
+    if not supports.normalized_sum:
+        with pytest.raises(ValueError, match="normalized_sum needs engine='lut'"):
+            index.search_volumes(*q, engine=engine, normalized_sum=True)
+    if not supports.takes_nprobe:
+        with pytest.raises(ValueError, match="nprobe .* applies only to engine='faiss-ivf'"):
+            index.search_volumes(*q, engine=engine, nprobe=1)
+    else:
+        for nprobe in (0, 5, 1.0, True):  # nlist = 4
+            with pytest.raises(ValueError, match="nprobe must be an integer from 1 to nlist=4"):
+                index.search_volumes(*q, engine=engine, nprobe=nprobe)
+
+
+def test_an_index_looks_an_engine_up_once_and_a_new_engine_is_one_class(small_index, monkeypatch):
+    """Registering a class is all a new engine needs; the index makes it on its first query
+    and keeps it."""
+    index, gn, ga, vol, *_ = small_index
+    made = []
+
+    class Counted(NumpyEngine):
+        name = "counted"
+
+        def __init__(self, index):
+            super().__init__(index)
+            made.append(self)
+
+    monkeypatch.setitem(REGISTRY, "counted", Counted)
+    try:
+        for _ in range(3):
+            hits = index.search_volumes(gn[:4], ga[:4], 5, engine="counted", distance="euclidean")
+            ref = index.search_volumes(gn[:4], ga[:4], 5, engine="numpy", distance="euclidean")
+            for x, y in zip(hits, ref):
+                np.testing.assert_array_equal(x, y)
+            D, I = index.search(gn[:2], ga[:2], 7, engine="counted")
+            D0, I0 = index.search(gn[:2], ga[:2], 7, engine="numpy")
+            np.testing.assert_array_equal(D, D0)
+            np.testing.assert_array_equal(I, I0)
+        assert len(made) == 1
+        assert "counted" in index.available_engines()
+    finally:
+        index._engines.pop("counted", None)  # the module-scoped index outlives the registry entry
+
+
+def test_available_engines_follow_the_codebooks_and_the_files(small_index, tmp_path):
+    index, gn, ga, vol, *_ = small_index
+    assert index.available_engines() == ENGINES  # 24/32 codes, FAISS flat and IVF built
+    index.write(tmp_path / "all")
+    meta = json.loads((tmp_path / "all" / "hashindex.json").read_text())
+    assert meta["engines"] == list(ENGINES)
+    # FAISS files not loaded yet: available all the same
+    assert HashIndex.read(tmp_path / "all").available_engines() == ENGINES
+    rng = np.random.default_rng(4)
+    wide = HashIndex.build(
+        rng.normal(size=(300, 4)).astype(np.float32),
+        rng.normal(size=(12, 3)).astype(np.float32),
+        bit_budget=16,
+        faiss_indexes=False,
+    )
+    wn = rng.integers(0, 300, (6, 2, 3)).astype(np.uint16)
+    wa = rng.integers(0, 12, (6, 2, 3)).astype(np.uint16)
+    wide.add(wn, wa, np.arange(6, dtype=np.int64))
+    assert wide.available_engines() == ("lut", "torch", "numpy")
+    with pytest.raises(ValueError, match="this index was built with faiss_indexes=False"):
+        wide.search_volumes(wn[:1], wa[:1], 3, engine="faiss-flat")
+    with pytest.raises(ValueError, match="300 distinct vectors"):
+        wide.search_volumes(wn[:1], wa[:1], 3, engine="fastscan")

@@ -1,0 +1,135 @@
+"""The fastscan engine's C kernels (`hashindex._fastscan`), run over threads.
+
+`integer_sums` adds quantized tables over every row of a layout; `prune_scan` keeps, per query,
+the rows whose integer sums stay within limits (or the rows of smallest sums). Both run the
+AVX-512 VBMI kernels where the CPU has them, else the portable C loops.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from hashindex import _fastscan
+from hashindex.fastscan_layout import BLOCK, MAX_SUM, Bounds
+
+CHUNK = 8  # positions scanned between two checks whether a block can be left
+COARSE = 64  # steps of the staircase the kernel checks the two sums against
+# FDN_FASTSCAN_PORTABLE=1 runs the portable C loops instead of AVX-512 VBMI (for tests)
+PORTABLE = os.environ.get("FDN_FASTSCAN_PORTABLE", "") not in ("", "0")
+
+_THREADS = max(1, min(os.cpu_count() or 1, 8))
+_pool: ThreadPoolExecutor | None = None
+
+
+def simd() -> str:
+    """The kernel this CPU runs: "avx512-vbmi" or "portable"."""
+    return "portable" if PORTABLE else _fastscan.simd_name()
+
+
+def integer_sums(
+    codes_t: np.ndarray,
+    bounds: Bounds,
+    first_position: int,
+    accumulate_into: np.ndarray | None = None,
+) -> np.ndarray:
+    """(B, nblocks·64) uint16 sums of the quantized tables over every row, in one pass.
+
+    codes_t: (nblocks, S, 64) uint8; the tables cover positions first_position .. +P-1.
+    """
+    B, P, _ = bounds.tables.shape
+    nblocks, S, _ = codes_t.shape
+    out = (
+        accumulate_into
+        if accumulate_into is not None
+        else np.empty((B, nblocks * BLOCK), np.uint16)
+    )
+    acc = accumulate_into is not None
+    tables = np.ascontiguousarray(bounds.tables)
+
+    def run(start: int, end: int) -> None:
+        _fastscan.lower_bounds(
+            codes_t, tables, out, B, S, first_position, P, start, end, acc, PORTABLE
+        )
+
+    threads = 1 if nblocks < 256 else _THREADS
+    edges = np.linspace(0, nblocks, threads + 1).astype(int)
+    parallel(lambda t: run(int(edges[t]), int(edges[t + 1])), threads)
+    return out
+
+
+def parallel(run, threads: int) -> None:
+    """run(0) .. run(threads − 1), the last one on the calling thread (one hand-off fewer)."""
+    global _pool
+    if threads > 1 and _pool is None:
+        _pool = ThreadPoolExecutor(_THREADS - 1, thread_name_prefix="fastscan")
+    jobs = [_pool.submit(run, t) for t in range(threads - 1)] if _pool is not None else []
+    try:
+        run(threads - 1)
+    finally:
+        for job in jobs:
+            job.result()
+
+
+def prune_scan(codes_t: np.ndarray, n_rows: int, plan: dict, capacity: int):
+    """One `prune_scan` of `codes_t` (n_rows real rows) for the queries of `plan`, blocks
+    split over threads: (query, row) of the rows kept, and (B,) bool, the queries whose
+    candidates overflowed. With limits in `plan` (filter mode) every row within them is
+    kept (up to `capacity` per query and thread), else (heap mode) about `capacity` rows
+    of smallest bound per query: as many per thread as make up `capacity`."""
+    filter_mode = "lim" in plan
+    B, n_pos = plan["order"].shape
+    nblocks, S, _ = codes_t.shape
+    threads = 1 if _THREADS == 1 or nblocks < 256 else _THREADS
+    edges = np.linspace(0, nblocks, threads + 1).astype(int)
+    if filter_mode:
+        lim, room, coarse = plan["lim"], plan["room"], plan["coarse"]
+        lims = [lim] * threads
+    else:  # no limits but the heap's top; each thread keeps its share of `capacity`
+        capacity = max(1, min(-(-capacity // threads), n_rows))
+        lim = np.full((B, 4), MAX_SUM, np.int32)
+        lim[:, 3] = 0
+        room = np.zeros((B, 0), np.int32)
+        coarse = np.full((B, COARSE), MAX_SUM, np.uint16)
+        lims = [lim.copy() for _ in range(threads)]
+    rows = np.empty((threads, B, capacity), np.int64)
+    keys = np.empty((threads, B, capacity), np.uint32)
+    count = np.zeros((threads, B), np.int64)
+
+    def run(t: int) -> None:
+        _fastscan.prune_scan(
+            codes_t,
+            S,
+            n_rows,
+            plan["n_codes"],
+            plan["tables"],
+            plan["order"],
+            plan["acc"],
+            B,
+            n_pos,
+            lims[t],
+            room,
+            room.shape[1],
+            coarse,
+            rows[t],
+            keys[t],
+            count[t],
+            capacity,
+            not filter_mode,
+            int(edges[t]),
+            int(edges[t + 1]),
+            PORTABLE,
+        )
+
+    parallel(run, threads)
+    kept = np.minimum(count, capacity)
+    if B == 1:  # one query: its rows, thread by thread (in row order)
+        found = np.concatenate([rows[t, 0, : kept[t, 0]] for t in range(threads)])
+        qidx = np.zeros(found.size, np.int64)
+    else:
+        mask = np.arange(capacity)[None, None, :] < kept[:, :, None]  # (threads, B, capacity)
+        qidx = np.broadcast_to(np.arange(B)[None, :, None], mask.shape)[mask]
+        found = rows[mask]
+    return qidx, found, (count > capacity).any(axis=0)
