@@ -72,9 +72,9 @@ def build(
     """Encode every slice of ARCHIVE into Zarr code grids and build the hash indexes."""
     from tqdm import tqdm  # here: every command's start-up would pay for it
 
-    from fdn.build import build_index
+    from fdn.archive_index.build import build_index
+    from fdn.archive_index.distributed import cluster_client
     from fdn.data import Archive
-    from fdn.distributed import cluster_client
 
     if workers and scheduler:
         raise click.UsageError("Give --workers (a local cluster) or --scheduler, not both.")

@@ -26,8 +26,8 @@ def _fmt(v, digits: int = 4) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def evaluate_model(model_dir, archive, histogram, skip_bad, device, as_json):
     """Evaluate the model in MODEL_DIR on the cases of ARCHIVE (paper 4.4)."""
-    from fdn.checkpoint import load_model
-    from fdn.evaluate import evaluate_model as run
+    from fdn.training.checkpoint import load_model
+    from fdn.training.evaluate import evaluate_model as run
 
     hist = Path(histogram) if histogram else Path(model_dir) / "codebook_norms.png"
     try:

@@ -106,10 +106,10 @@ def query(
     --index may also be a folder of shards (`fdn-index shard`): the query then runs on every
     shard in parallel, in threads here or, with --scheduler, on the Dask cluster's workers.
     """
-    from fdn.distributed import cluster_client
-    from fdn.queries import query_options, run_external_query, run_slice_query
-    from fdn.retrieval import open_index
-    from fdn.shards import is_sharded, open_sharded
+    from fdn.archive_index.distributed import cluster_client
+    from fdn.archive_index.queries import query_options, run_external_query, run_slice_query
+    from fdn.archive_index.retrieval import open_index
+    from fdn.archive_index.shards import is_sharded, open_sharded
 
     if bool(case) == bool(inputs):
         raise click.UsageError("Give the query as either --case ID or --input PATH (not both).")
@@ -140,7 +140,7 @@ def query(
                 result = run_external_query(index, list(inputs), slice_index, options=options)
             total = time.perf_counter() - started
         if montage:
-            from fdn.montage import draw_retrieval_montage
+            from fdn.archive_index.montage import draw_retrieval_montage
 
             draw_retrieval_montage(
                 Path(montage),

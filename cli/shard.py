@@ -26,7 +26,7 @@ def shard(index_dir, out_dir, n_shards, as_json):
     """
     from tqdm import tqdm  # here: every command's start-up would pay for it
 
-    from fdn.shards import split_index
+    from fdn.archive_index.shards import split_index
 
     try:
         with tqdm(total=n_shards, desc="assemble", unit="shard", disable=as_json) as bar:

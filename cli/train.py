@@ -140,7 +140,7 @@ def train(
     import torch
 
     from fdn.device import resolve_device, training_threads
-    from fdn.training import train as run_training
+    from fdn.training.trainer import train as run_training
 
     try:
         resolved = resolve_device(device)

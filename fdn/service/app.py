@@ -30,8 +30,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fdn import __version__
+from fdn.archive_index.queries import MODE_CHOICES, QueryError, UnknownCaseError
 from fdn.errors import ArchiveError, FdnError
-from fdn.queries import MODE_CHOICES, QueryError, UnknownCaseError
 from fdn.service.images import ImageAccessError
 from fdn.service.service import UPLOAD_KEYS, QueryService
 from hashindex import DISTANCES, ENGINES
@@ -278,7 +278,7 @@ def slice_png(request: Request) -> Response:
         "summary": "Query by a slice of the index",
         "tags": ["query"],
         "description": "Volume-wise top-Q: each hit is the closest slice of a different volume. "
-        "The hits are those of fdn.queries.run_slice_query, the call behind `fdn-index query`.",
+        "The hits are those of fdn.archive_index.queries.run_slice_query, the call behind `fdn-index query`.",
         "parameters": [
             _param("case", required=True, description="A case of the index."),
             _param(

@@ -1,7 +1,7 @@
 """The query service: one open index, kept warm, behind the methods the HTTP routes call.
 
     service = QueryService.open("demo/index")
-    service.query("SYN_010", 22, {"mode": "all", "topq": "6"})      # -> fdn.queries.QueryResult
+    service.query("SYN_010", 22, {"mode": "all", "topq": "6"})      # -> fdn.archive_index.queries.QueryResult
     service.query_upload({"t1": b"...", ...}, {"slice": "40"})      # external case, in a tmp dir
 
 Routes only translate HTTP to these calls and back (`fdn.service.app`). The index is never
@@ -19,9 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fdn.data.labels import SEQUENCES
-from fdn.errors import FdnError
-from fdn.queries import (
+from fdn.archive_index.queries import (
     QueryError,
     case_catalog,
     check_case,
@@ -29,6 +27,8 @@ from fdn.queries import (
     run_external_query,
     run_slice_query,
 )
+from fdn.data.labels import SEQUENCES
+from fdn.errors import FdnError
 from fdn.service.images import OVERLAYS, SliceImages
 from hashindex import DISTANCES, ENGINES, MODES
 
@@ -58,7 +58,7 @@ def parse_bool(name: str, value) -> bool:
 
 def parse_options(params) -> dict:
     """The query options of request parameters (strings) as keyword arguments of
-    `fdn.queries.query_options`; unknown values are refused there, with the CLI's messages."""
+    `fdn.archive_index.queries.query_options`; unknown values are refused there, with the CLI's messages."""
     mode = params.get("mode") or "sum"
     nprobe = params.get("nprobe")
     return dict(
@@ -105,7 +105,7 @@ class QueryService:
 
     @classmethod
     def open(cls, index_dir: str | Path, **settings) -> QueryService:
-        from fdn.retrieval import open_index
+        from fdn.archive_index.retrieval import open_index
 
         return cls(open_index(index_dir), **settings)
 

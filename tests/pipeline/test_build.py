@@ -15,13 +15,13 @@ import zarr
 from click.testing import CliRunner
 
 from cli.main import main
-from fdn.build import build_index
-from fdn.checkpoint import load_model
+from fdn.archive_index.build import build_index
+from fdn.archive_index.indexdir import ENCODED_DIR, MANIFEST
+from fdn.archive_index.retrieval import open_index
 from fdn.data import Archive
 from fdn.errors import IndexDirError
-from fdn.indexdir import ENCODED_DIR, MANIFEST
 from fdn.model import PRESETS
-from fdn.retrieval import open_index
+from fdn.training.checkpoint import load_model
 
 SIZE = PRESETS["tiny"].image_size
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import fdn.assemble
+import fdn.archive_index.assemble
 from cli.main import main
-from fdn.build import build_index
+from fdn.archive_index.build import build_index
+from fdn.archive_index.indexdir import ENCODED_DIR, build_lock
+from fdn.archive_index.retrieval import open_index
 from fdn.data import Archive
 from fdn.errors import ArchiveError, IndexDirError
-from fdn.indexdir import ENCODED_DIR, build_lock
-from fdn.retrieval import open_index
 
 
 def codes_of(index_dir):
@@ -221,7 +221,7 @@ def test_a_build_killed_during_the_swap_is_refused_then_finished(
                 raise KeyboardInterrupt  # stands for a kill between two renames of the swap
         return real_replace(src, dst)
 
-    monkeypatch.setattr(fdn.assemble.os, "replace", replace_then_die)
+    monkeypatch.setattr(fdn.archive_index.assemble.os, "replace", replace_then_die)
     with pytest.raises(KeyboardInterrupt):
         build_index(pipeline_archive, model_dir, index)
     monkeypatch.undo()
@@ -263,7 +263,7 @@ def test_two_build_processes_never_run_at_once(tmp_path, pipeline_archive, model
     # the test lets it go: the second build is sure to meet a held lock.
     script = textwrap.dedent(f"""
         import pathlib, sys, time
-        from fdn.build import build_index
+        from fdn.archive_index.build import build_index
         def pause(case):
             if not pathlib.Path({str(holding)!r}).exists():
                 pathlib.Path({str(holding)!r}).write_text(case)

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fdn.archive_index.indexdir import REQUIRED_FILES, Manifest, parse_manifest, read_slice_table
 from fdn.errors import IndexDirError
-from fdn.indexdir import REQUIRED_FILES, Manifest, parse_manifest, read_slice_table
 
 PATH = Path("/nonexistent/index/manifest.json")  # only named in messages, never opened
 SETTINGS = settings(

@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import main
+from fdn.archive_index.queries import run_slice_query
+from fdn.archive_index.retrieval import open_index
+from fdn.archive_index.shards import open_sharded, split_index
 from fdn.errors import IndexDirError
-from fdn.queries import run_slice_query
-from fdn.retrieval import open_index
-from fdn.shards import open_sharded, split_index
 
 
 @pytest.fixture(scope="module")

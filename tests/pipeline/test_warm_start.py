@@ -15,7 +15,13 @@ import sys
 import numpy as np
 import pytest
 
-from fdn.indexdir import SLICE_ARRAYS, SLICES, read_listed, read_manifest, read_slice_table
+from fdn.archive_index.indexdir import (
+    SLICE_ARRAYS,
+    SLICES,
+    read_listed,
+    read_manifest,
+    read_slice_table,
+)
 
 HEAVY = ("numba", "faiss", "zarr", "torch", "pandas", "nibabel", "pydicom", "dask")
 # Imported by a --case query before they were made lazy.
@@ -87,8 +93,8 @@ print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)), file=sys.std
 
 
 def test_the_default_engine_answers_as_lut(built_index):
-    from fdn.queries import run_slice_query
-    from fdn.retrieval import open_index
+    from fdn.archive_index.queries import run_slice_query
+    from fdn.archive_index.retrieval import open_index
 
     index = open_index(built_index)
     assert index.default_engine == "fastscan"
@@ -102,8 +108,8 @@ def test_the_default_engine_answers_as_lut(built_index):
 
 def test_angular_queries_default_to_lut(built_index):
     # fastscan does not prune D_A, so a query that names no engine runs it on lut
-    from fdn.queries import run_slice_query
-    from fdn.retrieval import open_index
+    from fdn.archive_index.queries import run_slice_query
+    from fdn.archive_index.retrieval import open_index
 
     index = open_index(built_index)
     case = index.cases[1]
@@ -149,7 +155,7 @@ def assert_same_table(found, expected):
 
 
 def test_the_index_reads_slice_arrays_equal_to_the_parquet_table(built_index):
-    from fdn.retrieval import open_index
+    from fdn.archive_index.retrieval import open_index
 
     assert SLICE_ARRAYS in read_manifest(built_index).files
     index = open_index(built_index)
@@ -175,8 +181,8 @@ def unlist(index_dir, name):
 
 
 def answers(index_dir):
-    from fdn.queries import run_slice_query
-    from fdn.retrieval import open_index
+    from fdn.archive_index.queries import run_slice_query
+    from fdn.archive_index.retrieval import open_index
 
     index = open_index(index_dir)
     result = run_slice_query(index, index.cases[1], None, "all")
@@ -186,7 +192,7 @@ def answers(index_dir):
 def test_an_index_without_slice_arrays_reads_the_parquet_table_and_answers_the_same(
     copy, built_index
 ):
-    from fdn.assemble import add_slice_arrays
+    from fdn.archive_index.assemble import add_slice_arrays
 
     _, expected, source = answers(built_index)
     unlist(copy, SLICE_ARRAYS)
@@ -236,8 +242,8 @@ def test_changed_slice_arrays_are_refused(copy):
 def test_slice_arrays_that_disagree_with_the_hash_index_are_refused(copy):
     """A consistent but wrong writer (the file relisted): the volumes recorded in it must match
     the hash index's."""
+    from fdn.archive_index.retrieval import open_index
     from fdn.errors import IndexDirError
-    from fdn.retrieval import open_index
 
     with np.load(copy / SLICE_ARRAYS) as npz:
         members = {k: npz[k] for k in npz.files}

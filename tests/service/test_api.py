@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fdn.queries import QueryError, query_options, run_slice_query
+from fdn.archive_index.queries import QueryError, query_options, run_slice_query
 from hashindex import DISTANCES, ENGINES
 from tests.service.conftest import load_reference
 

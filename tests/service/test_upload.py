@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fdn.queries import run_external_query
+from fdn.archive_index.queries import run_external_query
 from tests.service.conftest import load_reference
 
 reference = load_reference()

@@ -6,7 +6,7 @@
         print(hit.rank, hit.case, hit.slice, hit.distance)
 
 A query is a slice already in the index (`query_slice`) or the codes of any 4-channel image
-encoded with the index's own model (`encode`, then `search_codes`); `fdn.queries` runs both
+encoded with the index's own model (`encode`, then `search_codes`); `fdn.archive_index.queries` runs both
 kinds for the command line and the service. Hits are volume-wise (4.4.6): each from a different
 volume, at its closest slice, the query's own volume excluded unless asked for.
 """
@@ -25,7 +25,7 @@ from fdn.errors import IndexDirError
 
 if TYPE_CHECKING:  # the model loads torch, which a slice query never needs
     from fdn.model import FDN
-from fdn.indexdir import (
+from fdn.archive_index.indexdir import (
     CODES,
     MODEL_DIR,
     MODEL_FILES,
@@ -176,8 +176,8 @@ class ArchiveIndex:
         """The index's own FDN (loaded once, on first use), its files checked against the
         manifest first: the weights' sha256 is the model checksum the codes were made with."""
         if self._model is None:
-            from fdn.checkpoint import load_model
             from fdn.errors import ModelError
+            from fdn.training.checkpoint import load_model
 
             with swap_lock(self.index_dir, shared=True):
                 for name in MODEL_FILES:
@@ -206,7 +206,7 @@ class ArchiveIndex:
 
     def encode(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Codes of one preprocessed image (4, S, S) float32 with the index's model: two (h, w) uint16."""
-        from fdn.encode import encode_images
+        from fdn.archive_index.encode import encode_images
 
         size = self.manifest.input_size
         if image.shape != (4, size, size):

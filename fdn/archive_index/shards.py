@@ -4,7 +4,7 @@
     index = open_sharded("shards/")                    # every shard opened here, searched in threads
     index = open_sharded("shards/", client=client)     # each shard opened on a Dask worker
 
-A shard is a complete index directory (`fdn.retrieval.open_index` opens it) holding whole
+A shard is a complete index directory (`fdn.archive_index.retrieval.open_index` opens it) holding whole
 volumes: a contiguous run of the source index's cases, assembled from its build journal with
 the same model and code tables. Shard k's row r is row ``row_offset[k] + r`` of the source.
 A query runs on every shard in parallel; each shard returns its own volume-wise top-Q, and the
@@ -12,7 +12,7 @@ merge keeps the Q best of their union by (distance, global row). A volume lives 
 so its closest row is its shard's answer, and the result equals the unsharded index's, ties
 included.
 
-`ShardedIndex` answers the calls `fdn.queries` makes of an index, so `fdn-index query` and the
+`ShardedIndex` answers the calls `fdn.archive_index.queries` makes of an index, so `fdn-index query` and the
 library run sharded queries through the one query path.
 """
 
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fdn.archive_index.retrieval import ArchiveIndex, Hit, open_index
 from fdn.errors import IndexDirError
-from fdn.retrieval import ArchiveIndex, Hit, open_index
 from hashindex.fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,10 @@ def split_index(index_dir: str | Path, out_dir: str | Path, n_shards: int, on_sh
     Cases are split in row order into contiguous runs of about equal slice counts. Needs the
     index's build journal (encoded/) and model copy. Returns the contents of shards.json.
     """
-    from fdn.assemble import assemble_index
-    from fdn.build import read_plan
-    from fdn.checkpoint import load_model, model_checksum
-    from fdn.indexdir import ENCODED_DIR, MODEL_DIR, PLAN
+    from fdn.archive_index.assemble import assemble_index
+    from fdn.archive_index.build import read_plan
+    from fdn.archive_index.indexdir import ENCODED_DIR, MODEL_DIR, PLAN
+    from fdn.training.checkpoint import load_model, model_checksum
 
     index_dir, out_dir = Path(index_dir), Path(out_dir)
     source = open_index(index_dir)
@@ -179,7 +179,7 @@ class _GlobalCodes:
 class ShardedIndex:
     """Shards of one index, searched together; see the module docstring.
 
-    It offers what `fdn.queries` uses of an `ArchiveIndex`: cases, volume_of, default_slice,
+    It offers what `fdn.archive_index.queries` uses of an `ArchiveIndex`: cases, volume_of, default_slice,
     row_of, codes_of_row, default_engine, table, manifest, encode and search_codes. Volume
     ids and rows are those of the unsharded index.
     """

@@ -9,7 +9,7 @@ A build runs in two phases so that it can be killed at any point and run again:
    bad (--skip-bad) is retried once its files change.
 2. Assemble. The code arrays, the slice table, the hash indexes and a copy of the model are
    written afresh from the encoded cases in plan order, into a staging folder. Then, holding the
-   swap lock (see `fdn.indexdir`), they are renamed into place and the manifest, listing every
+   swap lock (see `fdn.archive_index.indexdir`), they are renamed into place and the manifest, listing every
    file with its sha256, is written last.
 
 Because assembly is a pure function of the encoded cases and the plan, a build that was killed
@@ -29,13 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fdn.assemble import assemble_index, grid_of
-from fdn.checkpoint import CONFIG_FILE, load_model, model_checksum
-from fdn.data import Archive
-from fdn.device import resolve_device
-from fdn.distributed import _MODELS, CaseTask, encode_cases
-from fdn.errors import ArchiveError, IndexDirError
-from fdn.indexdir import (
+from fdn.archive_index.assemble import assemble_index, grid_of
+from fdn.archive_index.distributed import _MODELS, CaseTask, encode_cases
+from fdn.archive_index.indexdir import (
     BUILD_LOCK,
     CODES,
     ENCODED_DIR,
@@ -48,8 +44,12 @@ from fdn.indexdir import (
     build_lock,
     looks_like_archive,
 )
-from fdn.journal import encoded_is_valid
+from fdn.archive_index.journal import encoded_is_valid
+from fdn.data import Archive
+from fdn.device import resolve_device
+from fdn.errors import ArchiveError, IndexDirError
 from fdn.model.config import encoding_settings
+from fdn.training.checkpoint import CONFIG_FILE, load_model, model_checksum
 from hashindex.fileio import (
     atomic_write_json,
     remove_stale_temporaries,
@@ -91,7 +91,7 @@ def build_index(
 
     on_case, when given, is called with each case id as it is finished (for a progress bar).
     client: a `dask.distributed` client to encode one task per case on its workers, which must
-    reach the archive, the model and the index folder by the same paths (`fdn.distributed`).
+    reach the archive, the model and the index folder by the same paths (`fdn.archive_index.distributed`).
     Raises ArchiveError for a bad case (unless skip_bad), IndexDirError when `index_dir`
     belongs to another model or format, ModelError for a bad model directory.
     """
@@ -181,7 +181,7 @@ def _build_locked(
                 device if client is None else None,
             )
         )
-    # Encode here, or one task per case on a Dask cluster (`fdn.distributed`); either way each
+    # Encode here, or one task per case on a Dask cluster (`fdn.archive_index.distributed`); either way each
     # case ends as a journal entry, and assembly below reads only the journal.
     if client is None:
         _MODELS[(str(model_dir), checksum, device)] = model  # the model loaded above

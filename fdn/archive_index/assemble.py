@@ -21,9 +21,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from fdn import __version__
-from fdn.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-from fdn.errors import IndexDirError
-from fdn.indexdir import (
+from fdn.archive_index.indexdir import (
     CODES,
     ENCODED_DIR,
     MANIFEST,
@@ -44,6 +42,8 @@ from fdn.indexdir import (
     swap_lock,
     write_manifest,
 )
+from fdn.errors import IndexDirError
+from fdn.training.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from hashindex import HashIndex
 from hashindex.fileio import (
     TEMP_SUFFIX,

@@ -1,7 +1,7 @@
 """Running a query against an open index: the one code path of `fdn-index query`, the query
 service (`fdn-index serve`) and library users.
 
-    from fdn.queries import run_slice_query, run_external_query
+    from fdn.archive_index.queries import run_slice_query, run_external_query
     result = run_slice_query(index, "SYN_003", 30, "all", topq=6)
     result = run_external_query(index, ["scans/PAT_1/"], None, "abnormal", distance="euclidean")
     print(json.dumps(result.to_dict()))
@@ -144,7 +144,7 @@ class ModeResult:
     """The hits of one mode and the time the search took."""
 
     search_seconds: float
-    hits: list  # [fdn.retrieval.Hit]
+    hits: list  # [fdn.archive_index.retrieval.Hit]
 
 
 @dataclass
@@ -492,7 +492,7 @@ def check_nifti_sizes(case_id: str, files: dict[str, Path], max_voxels: int) -> 
 
 def _with_engine(options: QueryOptions, index) -> QueryOptions:
     """``options`` with the index's default engine for their distance where they name none."""
-    from fdn.retrieval import engine_for_distance
+    from fdn.archive_index.retrieval import engine_for_distance
 
     if options.engine:
         return options

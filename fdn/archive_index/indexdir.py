@@ -12,7 +12,7 @@ An index directory (the output of `fdn-index build`) holds, by the names docs/ar
     codebook_*.npy, bits_*.npz, codes_*.npy, row_sqnorm_*.npy, volume_*.npy,
     fastscan_codes_t.npy, hashindex.json, faiss_*.index   written by `hashindex`: a query
                             reads these (memory-mapped), never codes.zarr
-    encoded/<case>.npz      the build journal: one file per encoded case (see `fdn.build`)
+    encoded/<case>.npz      the build journal: one file per encoded case (see `fdn.archive_index.build`)
     build_plan.json         the cases of this index in row order, and the model they are encoded with
     .build.lock, .swap.lock the lock files (see below)
 

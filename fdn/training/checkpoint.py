@@ -56,7 +56,7 @@ def make_dir(path: str | Path) -> Path:
     return path
 
 
-# The keys every checkpoint.pt holds, and the type of each (see `fdn.training.Trainer.state`).
+# The keys every checkpoint.pt holds, and the type of each (see `fdn.training.trainer.Trainer.state`).
 CHECKPOINT_KEYS: dict[str, type | tuple[type, ...]] = {
     "model": dict,
     "critic": dict,
