@@ -135,9 +135,9 @@ def query(
             index = open_sharded(index_dir, client) if sharded else open_index(index_dir)
             opened = time.perf_counter()
             if case:
-                result = run_slice_query(index, case, slice_index, options=options)
+                result = run_slice_query(index, case, slice_index, options)
             else:
-                result = run_external_query(index, list(inputs), slice_index, options=options)
+                result = run_external_query(index, list(inputs), slice_index, options)
             total = time.perf_counter() - started
         if montage:
             from fdn.archive_index.montage import draw_retrieval_montage
@@ -153,9 +153,9 @@ def query(
                 query_image=result.query_image,
                 query_labels=result.query_labels,
             )
-    except LIBRARY_ERRORS as exc:
-        raise click.ClickException(str(exc)) from None
     except OSError as exc:  # a scheduler that cannot be reached
+        if isinstance(exc, LIBRARY_ERRORS):  # WriteTargetError: the group reports it as is
+            raise
         raise click.ClickException(f"--scheduler {scheduler}: {exc}") from None
 
     if as_json:

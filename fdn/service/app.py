@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fdn import __version__
-from fdn.archive_index.queries import MODE_CHOICES, QueryError, UnknownCaseError
+from fdn.archive_index.query_options import MODE_CHOICES, QueryError, UnknownCaseError
 from fdn.errors import ArchiveError, FdnError
 from fdn.service.images import ImageAccessError
 from fdn.service.service import UPLOAD_KEYS, QueryService

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fdn.archive_index.catalog import case_catalog
 from fdn.archive_index.queries import (
     QueryError,
-    case_catalog,
     check_case,
     query_options,
     run_external_query,
@@ -115,7 +115,7 @@ class QueryService:
         size = self.index.manifest.input_size
         self.index.encode(np.zeros((4, size, size), np.float32))  # loads the model, runs it once
         case = self.index.cases[0]
-        run_slice_query(self.index, case, None, "all", topq=1, lock=self.search_lock)
+        run_slice_query(self.index, case, None, query_options("all", topq=1), lock=self.search_lock)
         return time.perf_counter() - started
 
     # --- what the routes call -----------------------------------------------------------------
@@ -176,9 +176,7 @@ class QueryService:
         """A query by a slice of the index; slice_index None or "" for the case's default."""
         options = query_options(**parse_options(params), max_topq=MAX_TOPQ)
         slice_index = None if slice_index in (None, "") else slice_index
-        return run_slice_query(
-            self.index, case, slice_index, options=options, lock=self.search_lock
-        )
+        return run_slice_query(self.index, case, slice_index, options, lock=self.search_lock)
 
     def query_upload(self, uploads: dict[str, bytes], params):
         """A query by an uploaded case: {key: NIfTI bytes} for t1, t1ce, t2, flair (seg, anat
@@ -218,7 +216,7 @@ class QueryService:
                     self.index,
                     [folder],
                     slice_index,
-                    options=options,
+                    options,
                     max_voxels=self.max_voxels,
                     lock=self.search_lock,
                     encode_lock=self.encode_lock,

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import fdn.archive_index.assemble
 from cli.main import main
-from fdn.archive_index.build import build_index
+from fdn.archive_index.build import BuildOptions, build_index
 from fdn.archive_index.indexdir import ENCODED_DIR, build_lock
 from fdn.archive_index.retrieval import open_index
 from fdn.data import Archive
@@ -53,7 +53,7 @@ def test_a_failed_add_leaves_the_previous_index_queryable(
     before = codes_of(index)
     root, bad = bad_extra_archive
     with pytest.raises(ArchiveError, match=bad):
-        build_index(root, model_dir, index, add=True)
+        build_index(root, model_dir, index, BuildOptions(add=True))
     assert_same_index(codes_of(index), before)
     case = before[2][0]
     result = CliRunner().invoke(
@@ -72,7 +72,9 @@ def test_a_query_during_an_add_sees_the_previous_index(index, extra_archive, mod
         hits = opened.query_slice(opened.cases[0], 0, topq=2)
         assert len(hits) == 2
 
-    report = build_index(extra_archive, model_dir, index, add=True, on_case=during_encoding)
+    report = build_index(
+        extra_archive, model_dir, index, BuildOptions(add=True), on_case=during_encoding
+    )
     assert len(report.encoded_now) == 2
     assert seen and set(seen) == {before[0].shape[0]}
     assert open_index(index).ntotal > before[0].shape[0]
@@ -83,7 +85,9 @@ def test_an_index_opened_before_an_add_keeps_answering_from_its_own_files(
 ):
     old = open_index(index)
     case = old.cases[0]
-    build_index(extra_archive, model_dir, index, add=True)  # renames new files over the old
+    build_index(
+        extra_archive, model_dir, index, BuildOptions(add=True)
+    )  # renames new files over the old
     hits = old.query_slice(case, 0, topq=10, engine="faiss-flat", mode="sum")
     expect = old.query_slice(case, 0, topq=10, engine="lut", mode="sum")
     assert [(h.row, h.distance) for h in hits] == [(h.row, h.distance) for h in expect]
@@ -135,7 +139,7 @@ def test_a_damaged_journal_entry_is_encoded_again(
     assert_same_index(codes_of(index), codes_of(built_index))
     # and so is the same damage before an --add
     damage(index / ENCODED_DIR / f"{case}.npz")
-    report = build_index(pipeline_archive, model_dir, index, add=True)
+    report = build_index(pipeline_archive, model_dir, index, BuildOptions(add=True))
     assert report.encoded_now == [case]
 
 
@@ -168,12 +172,14 @@ def test_a_skipped_case_is_retried_once_its_files_are_fixed(tmp_path, pipeline_a
     kept = tmp_path / "flair.nii.gz"
     shutil.move(flair, kept)
     index = tmp_path / "index"
-    report = build_index(root, model_dir, index, skip_bad=True)
+    report = build_index(root, model_dir, index, BuildOptions(skip_bad=True))
     assert [e["case"] for e in report.skipped] == [bad]
-    report = build_index(root, model_dir, index, skip_bad=True)  # unchanged: still skipped
+    report = build_index(
+        root, model_dir, index, BuildOptions(skip_bad=True)
+    )  # unchanged: still skipped
     assert [e["case"] for e in report.skipped] == [bad] and report.encoded_now == []
     shutil.move(kept, flair)
-    report = build_index(root, model_dir, index, skip_bad=True)
+    report = build_index(root, model_dir, index, BuildOptions(skip_bad=True))
     assert report.encoded_now == [bad] and report.skipped == []
     opened = open_index(index)
     assert bad in opened.cases and opened.manifest.skipped_cases == []
@@ -235,7 +241,7 @@ def test_a_build_killed_during_the_swap_is_refused_then_finished(
 
 def test_a_rebuild_without_ivf_removes_the_old_ivf_files(tmp_path, pipeline_archive, model_dir):
     index = tmp_path / "index"
-    build_index(pipeline_archive, model_dir, index, ivf_nlist=2)
+    build_index(pipeline_archive, model_dir, index, BuildOptions(ivf_nlist=2))
     assert (index / "faiss_ivf_sum.index").is_file()
     build_index(pipeline_archive, model_dir, index)
     assert not list(index.glob("faiss_ivf_*"))

@@ -93,14 +93,14 @@ print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)), file=sys.std
 
 
 def test_the_default_engine_answers_as_lut(built_index):
-    from fdn.archive_index.queries import run_slice_query
+    from fdn.archive_index.queries import query_options, run_slice_query
     from fdn.archive_index.retrieval import open_index
 
     index = open_index(built_index)
     assert index.default_engine == "fastscan"
     case = index.cases[1]
-    default = run_slice_query(index, case, None, "all")
-    lut = run_slice_query(index, case, None, "all", engine="lut")
+    default = run_slice_query(index, case, None, query_options("all"))
+    lut = run_slice_query(index, case, None, query_options("all", engine="lut"))
     assert default.options.engine == "fastscan" and default.to_dict()["engine"] == "fastscan"
     for mode in ("normal", "abnormal", "sum"):
         assert default.hits(mode) == lut.hits(mode)
@@ -108,14 +108,16 @@ def test_the_default_engine_answers_as_lut(built_index):
 
 def test_angular_queries_default_to_lut(built_index):
     # fastscan does not prune D_A, so a query that names no engine runs it on lut
-    from fdn.archive_index.queries import run_slice_query
+    from fdn.archive_index.queries import query_options, run_slice_query
     from fdn.archive_index.retrieval import open_index
 
     index = open_index(built_index)
     case = index.cases[1]
-    angular = run_slice_query(index, case, None, "abnormal", distance="angular")
+    angular = run_slice_query(index, case, None, query_options("abnormal", distance="angular"))
     assert angular.options.engine == "lut"
-    explicit = run_slice_query(index, case, None, "abnormal", distance="angular", engine="fastscan")
+    explicit = run_slice_query(
+        index, case, None, query_options("abnormal", distance="angular", engine="fastscan")
+    )
     assert explicit.options.engine == "fastscan"
     assert angular.hits("abnormal") == explicit.hits("abnormal")
     hits = index.search_codes(*index.codes_of_row(0), distance="angular", topq=3)
@@ -181,11 +183,11 @@ def unlist(index_dir, name):
 
 
 def answers(index_dir):
-    from fdn.archive_index.queries import run_slice_query
+    from fdn.archive_index.queries import query_options, run_slice_query
     from fdn.archive_index.retrieval import open_index
 
     index = open_index(index_dir)
-    result = run_slice_query(index, index.cases[1], None, "all")
+    result = run_slice_query(index, index.cases[1], None, query_options("all"))
     return index, {m: result.hits(m) for m in result.options.modes}, result.query_source
 
 
