@@ -2,9 +2,9 @@
 
 import click
 
+from crashsafe import WriteTargetError
 from fdn.errors import FdnError
 from hashindex.errors import HashIndexError
-from hashindex.fileio import WriteTargetError
 
 # What the library raises on purpose for bad input: every command turns these into a clean
 # error message (click.ClickException, exit code 1) and nothing else. ValueError covers the

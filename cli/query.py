@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from cli.options import LIBRARY_ERRORS, index_option
+from crashsafe import check_write_target
 from hashindex import DISTANCES, ENGINES, MODES
-from hashindex.fileio import check_write_target
 
 
 @click.command()

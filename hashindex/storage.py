@@ -27,12 +27,12 @@ from typing import Any, Self
 
 import numpy as np
 
+from crashsafe import atomic_write
 from hashindex.binarize import hyperplane_bits
 from hashindex.distances import BOOKS, DISTANCES, MODES, CodebookTables
 from hashindex.engines import ENGINES, FaissHamming
 from hashindex.errors import IndexFormatError
 from hashindex.fastscan import BLOCK
-from hashindex.fileio import atomic_write
 from hashindex.state import IndexState
 
 # 3: the stored rows are files of the index (ARRAY_FILES, memory-mapped, checked by sum64), so

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crashsafe import atomic_write_json, remove_stale_temporaries
 from fdn.archive_index.assemble import assemble_index, grid_of
 from fdn.archive_index.distributed import _MODELS, CaseTask, encode_cases
 from fdn.archive_index.indexdir import (
@@ -50,10 +51,6 @@ from fdn.device import resolve_device
 from fdn.errors import ArchiveError, IndexDirError
 from fdn.model.config import encoding_settings
 from fdn.training.checkpoint import CONFIG_FILE, load_model, model_checksum
-from hashindex.fileio import (
-    atomic_write_json,
-    remove_stale_temporaries,
-)
 
 log = logging.getLogger(__name__)
 

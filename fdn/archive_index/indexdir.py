@@ -35,14 +35,11 @@ complete index, never a mix; what they opened stays theirs after a later swap.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
 import re
-import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,8 +47,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from crashsafe import (
+    CheckedReadError,
+    atomic_write_json,
+    checked_read,
+    exclusive_lock,
+    read_checked,
+    sha256_hex,
+)
 from fdn.errors import IndexDirError
-from hashindex.fileio import atomic_write_json
 from hashindex.index import INDEX_FILES as HASHINDEX_FILES
 from hashindex.storage import ARRAY_FILES as HASHINDEX_ARRAYS
 from hashindex.storage import FASTSCAN_FILE
@@ -302,10 +306,6 @@ def read_manifest(index_dir: Path, *, require_complete: bool = True) -> Manifest
 # ---------------------------------------------------------------------------- checksums
 
 
-def sha256_bytes(data: bytes | memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def file_entries(folder: Path, prefix: str = "") -> dict[str, dict]:
     """{relative name: {sha256, size}} of every regular file under `folder` (sorted)."""
     entries = {}
@@ -313,55 +313,41 @@ def file_entries(folder: Path, prefix: str = "") -> dict[str, dict]:
         if path.is_file() and not path.is_symlink():
             data = path.read_bytes()
             name = prefix + path.relative_to(folder).as_posix()
-            entries[name] = {"sha256": sha256_bytes(data), "size": len(data)}
+            entries[name] = {"sha256": sha256_hex(data), "size": len(data)}
     return entries
 
 
-def check_bytes(path: Path, data: bytes, entry: dict, *, verify: bool, fix: str) -> bytes:
-    """`data` (the content of `path`) if it has the size and sha256 the manifest records."""
-    if len(data) != entry["size"]:
-        raise IndexDirError(
-            f"{path}: {len(data)} bytes, the manifest records {entry['size']}; the file was "
-            f"truncated or changed after the build. {fix}."
-        )
-    if verify:
-        found = sha256_bytes(data)
-        if found != entry["sha256"]:
-            raise IndexDirError(
-                f"{path}: sha256 {found[:16]}…, the manifest records {entry['sha256'][:16]}…; "
-                f"the file was damaged or changed after the build. {fix}."
-            )
-    return data
-
-
 def read_listed(index_dir: Path, manifest: Manifest, name: str, *, verify: bool) -> bytes:
-    """The content of the listed file `name`, checked against the manifest."""
+    """The content of the listed file `name`, checked against the manifest (its size before
+    it is read, and with ``verify`` its sha256); IndexDirError naming the fault and the fix."""
     path = index_dir / name
     entry = manifest.files.get(name)
     fix = fix_for(index_dir)
     if entry is None:
         raise IndexDirError(f"{index_dir / MANIFEST}: does not list {name}. {fix}.")
     try:
-        # O_NONBLOCK: a FIFO put in place of a file must not hang the reader
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise IndexDirError(
-            f"{path}: missing; the manifest lists it ({entry['size']} bytes). {fix}."
-        ) from None
-    except OSError as exc:
-        what = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
-        raise IndexDirError(f"{path}: cannot read it ({what}). {fix}.") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise IndexDirError(f"{path}: not a regular file. {fix}.")
-        if st.st_size != entry["size"]:  # before reading: a huge file is never read whole
-            raise IndexDirError(
-                f"{path}: {st.st_size} bytes, the manifest records {entry['size']}; the file "
-                f"was truncated or changed after the build. {fix}."
-            )
-        data = f.read()
-    return check_bytes(path, data, entry, verify=verify, fix=fix)
+        return read_checked(path, entry["size"], entry["sha256"] if verify else None)
+    except CheckedReadError as exc:
+        raise IndexDirError(_listed_fault(exc, entry, fix)) from None
+
+
+def _listed_fault(exc: CheckedReadError, entry: dict, fix: str) -> str:
+    path = exc.path
+    if exc.fault == checked_read.MISSING:
+        return f"{path}: missing; the manifest lists it ({entry['size']} bytes). {fix}."
+    if exc.fault == checked_read.UNREADABLE:
+        return f"{path}: cannot read it ({exc.found}). {fix}."
+    if exc.fault == checked_read.NOT_REGULAR:
+        return f"{path}: not a regular file. {fix}."
+    if exc.fault == checked_read.SIZE:
+        return (
+            f"{path}: {exc.found} bytes, the manifest records {exc.expected}; the file was "
+            f"truncated or changed after the build. {fix}."
+        )
+    return (
+        f"{path}: sha256 {exc.found[:16]}…, the manifest records {exc.expected[:16]}…; "
+        f"the file was damaged or changed after the build. {fix}."
+    )
 
 
 # ---------------------------------------------------------------------------- locks
@@ -371,18 +357,14 @@ def read_listed(index_dir: Path, manifest: Manifest, name: str, *, verify: bool)
 def build_lock(index_dir: Path) -> Iterator[None]:
     """Hold the directory's build lock (exclusive, non-blocking) for the duration."""
     path = Path(index_dir) / BUILD_LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise IndexDirError(
-                f"{index_dir}: another build holds this index directory (lock {path}). Wait for "
-                f"it to finish, then run this build again."
-            ) from None
+    with exclusive_lock(
+        path,
+        held=lambda: IndexDirError(
+            f"{index_dir}: another build holds this index directory (lock {path}). Wait for "
+            f"it to finish, then run this build again."
+        ),
+    ):
         yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
 
 
 @contextlib.contextmanager

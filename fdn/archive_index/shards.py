@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from crashsafe import atomic_write_json
 from fdn.archive_index.query_options import QueryOptions
 from fdn.archive_index.retrieval import ArchiveIndex, open_index
 from fdn.archive_index.searchable import Hit
 from fdn.errors import IndexDirError
-from hashindex.fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,6 @@ StudyInstanceUID in a sidecar) is not imported again, so re-running an import is
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -39,6 +38,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from crashsafe import exclusive_lock
 from fdn import __version__
 from fdn.data.labels import SEQUENCES
 from fdn.dicom.geometry import (
@@ -407,17 +407,13 @@ def archive_lock(archive: Path):
     """Hold ``ARCHIVE/.import.lock`` (flock) for one import or sync at a time, since each run
     deletes the temporary folders it finds; a second run fails at once instead of waiting."""
     archive.mkdir(parents=True, exist_ok=True)
-    handle = open(archive / LOCK_FILE, "a+b")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DicomImportError(
-                f"{archive} is being written by another import-dicom run; wait for it to finish"
-            ) from None
+    with exclusive_lock(
+        archive / LOCK_FILE,
+        held=lambda: DicomImportError(
+            f"{archive} is being written by another import-dicom run; wait for it to finish"
+        ),
+    ):
         yield
-    finally:
-        handle.close()
 
 
 def clean_partial(archive: Path) -> None:

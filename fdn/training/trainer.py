@@ -25,8 +25,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from crashsafe import atomic_write, check_write_target
 from fdn.device import resolve_device
 from fdn.errors import ModelError
+from fdn.figures import save_figure
 from fdn.model import FDN, Critic, FDNConfig
 from fdn.training.checkpoint import (
     CHECKPOINT_FILE,
@@ -46,7 +48,6 @@ from fdn.training.losses import (
     regularization_loss,
     segmentation_loss,
 )
-from hashindex.fileio import atomic_write, check_write_target, save_figure
 
 log = logging.getLogger(__name__)
 
