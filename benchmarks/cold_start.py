@@ -81,7 +81,7 @@ def build_index_dir(n: int, target: Path, seed: int) -> dict:
 
     from benchmarks import workload as wl
     from fdn.archive_index.assemble import assemble_index
-    from fdn.archive_index.indexdir import ENCODED_DIR
+    from fdn.archive_index.layout import ENCODED_DIR
     from fdn.model import FDN, PRESETS
     from fdn.training.checkpoint import model_checksum, save_checkpoint
 

@@ -22,7 +22,7 @@ from zarr.codecs import BloscCodec
 
 from crashsafe import TEMP_SUFFIX, atomic_write, fsync_directory, sha256_hex
 from fdn import __version__
-from fdn.archive_index.indexdir import (
+from fdn.archive_index.layout import (
     CODES,
     ENCODED_DIR,
     MANIFEST,
@@ -30,18 +30,21 @@ from fdn.archive_index.indexdir import (
     SLICE_ARRAYS,
     SLICES,
     STATUS_COMPLETE,
+)
+from fdn.archive_index.locks import build_lock, swap_lock
+from fdn.archive_index.manifest import (
     Manifest,
-    build_lock,
-    derive_slice_arrays,
     file_entries,
-    load_slice_arrays,
     read_listed,
     read_manifest,
-    read_slice_table,
-    slice_arrays_source,
-    swap_lock,
     write_manifest,
 )
+from fdn.archive_index.slice_arrays import (
+    derive_slice_arrays,
+    load_slice_arrays,
+    slice_arrays_source,
+)
+from fdn.archive_index.slice_table import read_slice_table
 from fdn.errors import IndexDirError
 from fdn.training.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from hashindex import HashIndex

@@ -9,8 +9,8 @@ A build runs in two phases so that it can be killed at any point and run again:
    bad (--skip-bad) is retried once its files change.
 2. Assemble. The code arrays, the slice table, the hash indexes and a copy of the model are
    written afresh from the encoded cases in plan order, into a staging folder. Then, holding the
-   swap lock (see `fdn.archive_index.indexdir`), they are renamed into place and the manifest, listing every
-   file with its sha256, is written last.
+   swap lock (see `fdn.archive_index.locks`), they are renamed into place and the manifest,
+   listing every file with its sha256, is written last.
 
 Because assembly is a pure function of the encoded cases and the plan, a build that was killed
 and resumed ends with exactly the files of an uninterrupted one. `add=True` appends new cases
@@ -32,7 +32,8 @@ from typing import Any
 from crashsafe import atomic_write_json, remove_stale_temporaries
 from fdn.archive_index.assemble import assemble_index, grid_of
 from fdn.archive_index.distributed import _MODELS, CaseTask, encode_cases
-from fdn.archive_index.indexdir import (
+from fdn.archive_index.journal import encoded_is_valid
+from fdn.archive_index.layout import (
     BUILD_LOCK,
     CODES,
     ENCODED_DIR,
@@ -42,10 +43,9 @@ from fdn.archive_index.indexdir import (
     MODEL_DIR,
     PLAN,
     SWAP_LOCK,
-    build_lock,
-    looks_like_archive,
 )
-from fdn.archive_index.journal import encoded_is_valid
+from fdn.archive_index.locks import build_lock
+from fdn.archive_index.manifest import looks_like_archive
 from fdn.data import Archive
 from fdn.device import resolve_device
 from fdn.errors import ArchiveError, IndexDirError

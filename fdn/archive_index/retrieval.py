@@ -26,25 +26,13 @@ from fdn.errors import IndexDirError
 
 if TYPE_CHECKING:  # the model loads torch, which a slice query never needs
     from fdn.model import FDN
-from fdn.archive_index.indexdir import (
-    CODES,
-    MODEL_DIR,
-    MODEL_FILES,
-    SLICE_ARRAYS,
-    SLICES,
-    Manifest,
-    SliceTable,
-    fix_for,
-    load_slice_arrays,
-    read_listed,
-    read_manifest,
-    read_slice_arrays,
-    read_slice_table,
-    slice_arrays_source,
-    swap_lock,
-)
+from fdn.archive_index.layout import CODES, MODEL_DIR, MODEL_FILES, SLICE_ARRAYS, SLICES, fix_for
+from fdn.archive_index.locks import swap_lock
+from fdn.archive_index.manifest import Manifest, read_listed, read_manifest
 from fdn.archive_index.query_options import QueryOptions
 from fdn.archive_index.searchable import Hit
+from fdn.archive_index.slice_arrays import load_slice_arrays, read_slice_arrays, slice_arrays_source
+from fdn.archive_index.slice_table import SliceTable, read_slice_table
 from hashindex import HashIndex
 from hashindex.errors import HashIndexError
 from hashindex.fastscan import TABLE as FASTSCAN_CODES

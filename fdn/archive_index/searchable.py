@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    from fdn.archive_index.indexdir import Manifest
+    from fdn.archive_index.manifest import Manifest
     from fdn.archive_index.query_options import QueryOptions
 
 

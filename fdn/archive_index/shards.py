@@ -54,7 +54,7 @@ def split_index(index_dir: str | Path, out_dir: str | Path, n_shards: int, on_sh
     """
     from fdn.archive_index.assemble import assemble_index
     from fdn.archive_index.build import read_plan
-    from fdn.archive_index.indexdir import ENCODED_DIR, MODEL_DIR, PLAN
+    from fdn.archive_index.layout import ENCODED_DIR, MODEL_DIR, PLAN
     from fdn.training.checkpoint import load_model, model_checksum
 
     index_dir, out_dir = Path(index_dir), Path(out_dir)

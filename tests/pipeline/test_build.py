@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from cli.main import main
 from fdn.archive_index.build import BuildOptions, build_index
-from fdn.archive_index.indexdir import ENCODED_DIR, MANIFEST
+from fdn.archive_index.layout import ENCODED_DIR, MANIFEST
 from fdn.archive_index.retrieval import open_index
 from fdn.data import Archive
 from fdn.errors import IndexDirError

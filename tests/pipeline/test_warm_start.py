@@ -15,13 +15,9 @@ import sys
 import numpy as np
 import pytest
 
-from fdn.archive_index.indexdir import (
-    SLICE_ARRAYS,
-    SLICES,
-    read_listed,
-    read_manifest,
-    read_slice_table,
-)
+from fdn.archive_index.layout import SLICE_ARRAYS, SLICES
+from fdn.archive_index.manifest import read_listed, read_manifest
+from fdn.archive_index.slice_table import read_slice_table
 
 HEAVY = ("numba", "faiss", "zarr", "torch", "pandas", "nibabel", "pydicom", "dask")
 # Imported by a --case query before they were made lazy.
