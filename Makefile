@@ -54,8 +54,8 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.gate_cost --model $(MODEL)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check fdn hashindex cli benchmarks tests
-	$(VENV)/bin/ruff format --check fdn hashindex cli benchmarks tests
+	$(VENV)/bin/ruff check fdn hashindex cli crashsafe benchmarks tests
+	$(VENV)/bin/ruff format --check fdn hashindex cli crashsafe benchmarks tests
 	$(VENV)/bin/mypy
 
 # The main job on an embedded default: a fresh synthetic archive (never seen in training), the

@@ -29,8 +29,8 @@ STAGES = ("read_s", "preprocess_s", "encode_s", "write_s", "model_s")
 
 
 def _build(archive: Path, model: Path, index: Path, workers: int | None) -> dict:
-    from fdn.build import build_index
-    from fdn.distributed import cluster_client
+    from fdn.archive_index.build import build_index
+    from fdn.archive_index.distributed import cluster_client
 
     shutil.rmtree(index, ignore_errors=True)
     with cluster_client(workers, None) as client:

@@ -80,10 +80,10 @@ def build_index_dir(n: int, target: Path, seed: int) -> dict:
     import torch
 
     from benchmarks import workload as wl
-    from fdn.assemble import assemble_index
-    from fdn.checkpoint import model_checksum, save_checkpoint
-    from fdn.indexdir import ENCODED_DIR
+    from fdn.archive_index.assemble import assemble_index
+    from fdn.archive_index.layout import ENCODED_DIR
     from fdn.model import FDN, PRESETS
+    from fdn.training.checkpoint import model_checksum, save_checkpoint
 
     t = time.perf_counter()
     w = wl.synthetic(n, n_queries=16, seed=seed, K=512, D=64, grid=(8, 8))
@@ -413,7 +413,7 @@ def main(slices, runs, seed, work, out, skip_cli, note):
         info = build_index_dir(slices, index_dir, seed)
     else:
         _say(f"reusing the index in {index_dir}")
-        from fdn.assemble import add_slice_arrays
+        from fdn.archive_index.assemble import add_slice_arrays
 
         if add_slice_arrays(index_dir):  # an index assembled before slice_arrays.npz existed
             _say(f"added {index_dir / 'slice_arrays.npz'}")

@@ -48,7 +48,7 @@ def brain_slices(archive_root: Path, size: int) -> torch.Tensor:
 
 
 def measure(model_dir: Path, slices: torch.Tensor, rounds: int, batch: int) -> dict:
-    from fdn.checkpoint import load_model
+    from fdn.training.checkpoint import load_model
 
     model, config = load_model(model_dir, device="cpu")
     decoded_rows = [0]
@@ -138,8 +138,8 @@ def main(
     model_dir: Path, archive: Path | None, rounds: int, batch: int, threads: int, out: Path
 ) -> None:
     """Slices per second of `encode` with no gate, one gate pass and the fixed point."""
-    from fdn.checkpoint import load_model
     from fdn.synth import synthesize_archive
+    from fdn.training.checkpoint import load_model
 
     torch.set_num_threads(threads)
     config = load_model(model_dir, device="cpu")[1]

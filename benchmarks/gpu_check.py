@@ -94,9 +94,9 @@ def phase_train(work: Path) -> dict:
 def phase_encode(work: Path) -> dict:
     import torch
 
-    from fdn.checkpoint import load_model
+    from fdn.archive_index.encode import encode_images
     from fdn.data import Archive
-    from fdn.encode import encode_images
+    from fdn.training.checkpoint import load_model
 
     archive = Archive(work / "archive")
     model, config = load_model(SHIPPED_MODEL, device="cpu")

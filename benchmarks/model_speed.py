@@ -41,7 +41,7 @@ PLAN = {  # preset: (batch size for training, timed steps, encode slices)
 
 
 def random_slices(n: int, size: int):
-    from fdn.training_data import SliceSet
+    from fdn.training.data import SliceSet
 
     g = torch.Generator().manual_seed(0)
     images = torch.randn(n, 4, size, size, generator=g).half()
@@ -51,9 +51,9 @@ def random_slices(n: int, size: int):
 
 
 def measure(preset: str) -> dict:
-    from fdn.encode import resolve_device
+    from fdn.archive_index.encode import resolve_device
     from fdn.model import PRESETS
-    from fdn.training import Trainer
+    from fdn.training.trainer import Trainer
 
     batch, steps, n_encode = PLAN[preset]
     dev = resolve_device("auto")

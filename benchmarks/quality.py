@@ -490,10 +490,10 @@ def run_quality(cfg: QualityConfig, progress: bool = False) -> dict:
 
     from benchmarks.quality_figures import write_figures
     from benchmarks.quality_markdown import write_markdown
-    from fdn.build import build_index
-    from fdn.checkpoint import load_model, model_checksum
-    from fdn.retrieval import open_index
+    from fdn.archive_index.build import build_index
+    from fdn.archive_index.retrieval import open_index
     from fdn.synth import synthesize_archive
+    from fdn.training.checkpoint import load_model, model_checksum
 
     started = time.monotonic()
     out = rp.results_dir(cfg.out)

@@ -41,7 +41,7 @@ def _model_config(results: dict) -> dict:
     path = Path(results["model"]["models"]["dm"]["model_snapshot"]) / "config.json"
     if not path.is_file():
         path = Path(results["index"]["model"]) / "config.json"
-    from fdn.checkpoint import config_from_dict
+    from fdn.training.checkpoint import config_from_dict
 
     return vars(config_from_dict(json.loads(path.read_text()), str(path)))
 

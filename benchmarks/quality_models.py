@@ -50,7 +50,7 @@ def decoded_lesion_maps(
     (N, S, S) int64 classes 0..3, argmax of the segmentation decoder."""
     import torch
 
-    from fdn.checkpoint import load_model
+    from fdn.training.checkpoint import load_model
 
     model, _ = load_model(model_dir, device="cpu")
     model.eval()
@@ -73,7 +73,7 @@ def snapshot_model(model_dir: str | Path, work: Path) -> tuple[Path, int | None]
 
     import torch
 
-    from fdn.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, model_checksum
+    from fdn.training.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, model_checksum
 
     model_dir = Path(model_dir)
     for _ in range(3):  # a checkpoint written between the two reads: read again
@@ -118,8 +118,8 @@ def model_figures(
     directory, training step)}.
     """
     from benchmarks.quality_leakiness import normal_reconstructions, train_and_test
-    from fdn.checkpoint import load_model
-    from fdn.evaluate import evaluate_model
+    from fdn.training.checkpoint import load_model
+    from fdn.training.evaluate import evaluate_model
 
     result: dict = {"models": {}, "classifier": {}}
     train_cache: dict[str, tuple] = {}

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hashindex import fileio
+import crashsafe
+from fdn import figures
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
@@ -46,16 +47,16 @@ def jsonable(obj):
 
 
 def write_json(path: Path, obj) -> None:
-    fileio.atomic_write(path, (json.dumps(jsonable(obj), indent=2) + "\n").encode())
+    crashsafe.atomic_write(path, (json.dumps(jsonable(obj), indent=2) + "\n").encode())
 
 
 def write_text(path: Path, text: str) -> None:
-    fileio.atomic_write_text(path, text)
+    crashsafe.atomic_write_text(path, text)
 
 
 def save_figure(fig, path: Path) -> None:
     """Save a matplotlib figure as PNG (the reports' resolution and margins) and close it."""
-    fileio.save_figure(fig, path, dpi=120, bbox_inches="tight")
+    figures.save_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
 # ---------------------------------------------------------------------------- machine

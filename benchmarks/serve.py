@@ -318,7 +318,7 @@ def default_index(work: Path) -> Path:
     demo = ROOT / "demo" / "index"
     if (demo / "manifest.json").is_file():
         return demo
-    from fdn.build import build_index
+    from fdn.archive_index.build import build_index
     from fdn.synth import synthesize_archive
 
     archive = work / "archive"

@@ -72,12 +72,20 @@ def build(
     """Encode every slice of ARCHIVE into Zarr code grids and build the hash indexes."""
     from tqdm import tqdm  # here: every command's start-up would pay for it
 
-    from fdn.build import build_index
+    from fdn.archive_index.build import BuildOptions, build_index
+    from fdn.archive_index.distributed import cluster_client
     from fdn.data import Archive
-    from fdn.distributed import cluster_client
 
     if workers and scheduler:
         raise click.UsageError("Give --workers (a local cluster) or --scheduler, not both.")
+    options = BuildOptions(
+        add=add,
+        skip_bad=skip_bad,
+        batch_size=batch_size,
+        bit_budget=bit_budget,
+        ivf_nlist=ivf_nlist,
+        device=None if device == "auto" else device,
+    )
     try:
         n_cases = len(Archive(archive).case_ids)
         with (
@@ -88,18 +96,13 @@ def build(
                 archive,
                 model_dir,
                 index_dir,
-                add=add,
-                skip_bad=skip_bad,
-                batch_size=batch_size,
-                bit_budget=bit_budget,
-                ivf_nlist=ivf_nlist,
-                device=None if device == "auto" else device,
+                options,
                 on_case=lambda case: bar.update(1),
                 client=client,
             )
-    except LIBRARY_ERRORS as exc:
-        raise click.ClickException(str(exc)) from None
     except OSError as exc:  # a scheduler that cannot be reached, from dask.distributed
+        if isinstance(exc, LIBRARY_ERRORS):  # WriteTargetError: the group reports it as is
+            raise
         raise click.ClickException(f"--scheduler {scheduler}: {exc}") from None
     if as_json:
         click.echo(json.dumps(asdict(report), indent=2, default=str))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import LIBRARY_ERRORS, device_option, skip_bad_option
+from cli.options import device_option, skip_bad_option
 
 
 def _fmt(v, digits: int = 4) -> str:
@@ -26,23 +26,20 @@ def _fmt(v, digits: int = 4) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def evaluate_model(model_dir, archive, histogram, skip_bad, device, as_json):
     """Evaluate the model in MODEL_DIR on the cases of ARCHIVE (paper 4.4)."""
-    from fdn.checkpoint import load_model
-    from fdn.evaluate import evaluate_model as run
+    from fdn.training.checkpoint import load_model
+    from fdn.training.evaluate import evaluate_model as run
 
     hist = Path(histogram) if histogram else Path(model_dir) / "codebook_norms.png"
-    try:
-        model, config = load_model(model_dir, device="cpu")
-        r = run(
-            model,
-            config,
-            archive,
-            skip_bad=skip_bad,
-            device=device,
-            histogram_path=hist,
-            progress=not as_json,
-        )
-    except LIBRARY_ERRORS as exc:
-        raise click.ClickException(str(exc)) from None
+    model, config = load_model(model_dir, device="cpu")
+    r = run(
+        model,
+        config,
+        archive,
+        skip_bad=skip_bad,
+        device=device,
+        histogram_path=hist,
+        progress=not as_json,
+    )
     if as_json:
         click.echo(json.dumps(r))
         return

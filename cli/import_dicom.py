@@ -6,8 +6,6 @@ from functools import partial
 
 import click
 
-from cli.options import LIBRARY_ERRORS
-
 
 @click.command("import-dicom")
 @click.argument(
@@ -60,16 +58,13 @@ def import_dicom(paths, pacs, mapping, auth_file, as_json):
     if auth_file and pacs is None:
         raise click.UsageError("--auth-file is for --pacs")
     progress = partial(tqdm, disable=as_json, leave=False)
-    try:
-        rules = load_mapping(mapping) if mapping else None
-        if pacs is not None:
-            report = sync_pacs(
-                pacs, paths[0], mapping=rules, auth=load_credentials(auth_file), progress=progress
-            )
-        else:
-            report = run_import(paths[0], paths[1], mapping=rules, progress=progress)
-    except LIBRARY_ERRORS as exc:
-        raise click.ClickException(str(exc)) from None
+    rules = load_mapping(mapping) if mapping else None
+    if pacs is not None:
+        report = sync_pacs(
+            pacs, paths[0], mapping=rules, auth=load_credentials(auth_file), progress=progress
+        )
+    else:
+        report = run_import(paths[0], paths[1], mapping=rules, progress=progress)
     if as_json:
         click.echo(json.dumps({**asdict(report), "failed": report.failed}, indent=2))
     else:

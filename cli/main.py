@@ -5,6 +5,7 @@ import logging
 
 import click
 
+from cli.options import LIBRARY_ERRORS
 from fdn import __version__
 
 # Commands, one module each (cli/<command>.py): name -> "module:attribute". A command's module is
@@ -25,7 +26,12 @@ COMMANDS = {
 
 class LazyGroup(click.Group):
     """A click group whose commands (`lazy_commands`, name -> "module:attribute") are imported
-    on first use."""
+    on first use, and whose commands' library errors become clean command-line errors.
+
+    Commands only parse and call the library: what the library raises on purpose for bad
+    input (`LIBRARY_ERRORS`) is reported here, once for all of them, as its message and exit
+    code 1 (click.ClickException), never as a traceback.
+    """
 
     def __init__(self, *args, lazy_commands: dict[str, str], **kwargs):
         super().__init__(*args, **kwargs)
@@ -39,6 +45,12 @@ class LazyGroup(click.Group):
             module, attribute = self.lazy_commands[cmd_name].split(":")
             self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
         return self.commands.get(cmd_name)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LIBRARY_ERRORS as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 @click.group(

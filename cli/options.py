@@ -2,13 +2,13 @@
 
 import click
 
+from crashsafe import WriteTargetError
 from fdn.errors import FdnError
 from hashindex.errors import HashIndexError
-from hashindex.fileio import WriteTargetError
 
 # What the library raises on purpose for bad input: every command turns these into a clean
 # error message (click.ClickException, exit code 1) and nothing else. ValueError covers the
-# argument checks of numpy-facing functions (and fdn.queries.QueryError).
+# argument checks of numpy-facing functions (and fdn.archive_index.queries.QueryError).
 LIBRARY_ERRORS = (FdnError, HashIndexError, WriteTargetError, ValueError)
 
 DEVICES = ("auto", "cpu", "cuda")

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from cli.options import LIBRARY_ERRORS, index_option
+from crashsafe import check_write_target
 from hashindex import DISTANCES, ENGINES, MODES
-from hashindex.fileio import check_write_target
 
 
 @click.command()
@@ -106,10 +106,10 @@ def query(
     --index may also be a folder of shards (`fdn-index shard`): the query then runs on every
     shard in parallel, in threads here or, with --scheduler, on the Dask cluster's workers.
     """
-    from fdn.distributed import cluster_client
-    from fdn.queries import query_options, run_external_query, run_slice_query
-    from fdn.retrieval import open_index
-    from fdn.shards import is_sharded, open_sharded
+    from fdn.archive_index.distributed import cluster_client
+    from fdn.archive_index.queries import query_options, run_external_query, run_slice_query
+    from fdn.archive_index.retrieval import open_index
+    from fdn.archive_index.shards import is_sharded, open_sharded
 
     if bool(case) == bool(inputs):
         raise click.UsageError("Give the query as either --case ID or --input PATH (not both).")
@@ -135,12 +135,12 @@ def query(
             index = open_sharded(index_dir, client) if sharded else open_index(index_dir)
             opened = time.perf_counter()
             if case:
-                result = run_slice_query(index, case, slice_index, options=options)
+                result = run_slice_query(index, case, slice_index, options)
             else:
-                result = run_external_query(index, list(inputs), slice_index, options=options)
+                result = run_external_query(index, list(inputs), slice_index, options)
             total = time.perf_counter() - started
         if montage:
-            from fdn.montage import draw_retrieval_montage
+            from fdn.archive_index.montage import draw_retrieval_montage
 
             draw_retrieval_montage(
                 Path(montage),
@@ -153,9 +153,9 @@ def query(
                 query_image=result.query_image,
                 query_labels=result.query_labels,
             )
-    except LIBRARY_ERRORS as exc:
-        raise click.ClickException(str(exc)) from None
     except OSError as exc:  # a scheduler that cannot be reached
+        if isinstance(exc, LIBRARY_ERRORS):  # WriteTargetError: the group reports it as is
+            raise
         raise click.ClickException(f"--scheduler {scheduler}: {exc}") from None
 
     if as_json:

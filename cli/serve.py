@@ -2,7 +2,7 @@
 
 import click
 
-from cli.options import LIBRARY_ERRORS, index_option
+from cli.options import index_option
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -52,15 +52,12 @@ def serve(index_dir, host, port, max_upload_mb, cache_mb, log_level):
 
     from fdn.service import QueryService, create_app
 
-    try:
-        service = QueryService.open(
-            index_dir,
-            max_upload_bytes=int(max_upload_mb * 2**20),
-            cache_bytes=int(cache_mb * 2**20),
-        )
-        warm = service.warm_up()
-    except LIBRARY_ERRORS as exc:
-        raise click.ClickException(str(exc)) from None
+    service = QueryService.open(
+        index_dir,
+        max_upload_bytes=int(max_upload_mb * 2**20),
+        cache_bytes=int(cache_mb * 2**20),
+    )
+    warm = service.warm_up()
     # Against DNS rebinding: a loopback server answers only requests addressed to loopback names.
     allowed = ["127.0.0.1", "localhost"] if host in LOOPBACK else None
     app = create_app(service, allowed_hosts=allowed)

@@ -4,8 +4,6 @@ import json
 
 import click
 
-from cli.options import LIBRARY_ERRORS
-
 
 @click.command()
 @click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, file_okay=False))
@@ -26,13 +24,10 @@ def shard(index_dir, out_dir, n_shards, as_json):
     """
     from tqdm import tqdm  # here: every command's start-up would pay for it
 
-    from fdn.shards import split_index
+    from fdn.archive_index.shards import split_index
 
-    try:
-        with tqdm(total=n_shards, desc="assemble", unit="shard", disable=as_json) as bar:
-            listing = split_index(index_dir, out_dir, n_shards, on_shard=lambda s: bar.update(1))
-    except LIBRARY_ERRORS as exc:
-        raise click.ClickException(str(exc)) from None
+    with tqdm(total=n_shards, desc="assemble", unit="shard", disable=as_json) as bar:
+        listing = split_index(index_dir, out_dir, n_shards, on_shard=lambda s: bar.update(1))
     if as_json:
         click.echo(json.dumps(listing, indent=2))
         return

@@ -5,8 +5,6 @@ from pathlib import Path
 
 import click
 
-from cli.options import LIBRARY_ERRORS
-
 
 @click.command()
 @click.argument("case_dir", type=click.Path(exists=True, file_okay=False))
@@ -30,10 +28,7 @@ def show(case_dir, slice_index, output, as_json):
     """Render the case in CASE_DIR (BraTS layout, CASE_DIR/CASE_t1.nii.gz, …) to a PNG."""
     from fdn.data.render import render_case
 
-    try:
-        shown = render_case(Path(case_dir), Path(output), slice_index)
-    except LIBRARY_ERRORS as exc:
-        raise click.ClickException(str(exc)) from None
+    shown = render_case(Path(case_dir), Path(output), slice_index)
     if as_json:
         click.echo(json.dumps({"case": shown.case, "slice": shown.slice, "output": output}))
     else:

@@ -4,8 +4,6 @@ import json
 
 import click
 
-from cli.options import LIBRARY_ERRORS
-
 
 @click.command()
 @click.argument("out", type=click.Path(file_okay=False, writable=True))
@@ -64,7 +62,7 @@ def synth(out, n_cases, healthy_fraction, seed, size, overwrite, as_json):
             progress=not as_json,
             overwrite=overwrite,
         )
-    except (*LIBRARY_ERRORS, FileExistsError) as exc:
+    except FileExistsError as exc:
         raise click.ClickException(str(exc)) from None
     healthy = healthy_cases(n_cases, healthy_fraction, seed)
     healthy_ids = [cid for cid, is_healthy in zip(ids, healthy, strict=True) if is_healthy]

@@ -2,12 +2,11 @@
 
 import json
 import shlex
-from dataclasses import replace
 
 import click
 
-from cli.options import LIBRARY_ERRORS, device_option, skip_bad_option
-from fdn.model.config import PRESETS, parse_overrides  # no torch: plain dataclasses
+from cli.options import device_option, skip_bad_option
+from fdn.model.config import PRESETS, parse_overrides, resolve_config  # no torch
 
 
 def _command_line(ctx: click.Context) -> str:
@@ -140,14 +139,11 @@ def train(
     import torch
 
     from fdn.device import resolve_device, training_threads
-    from fdn.training import train as run_training
+    from fdn.training.trainer import train as run_training
 
-    try:
-        resolved = resolve_device(device)
-    except LIBRARY_ERRORS as exc:
-        raise click.ClickException(str(exc)) from None
-    config = PRESETS[preset]
-    threads = training_threads(resolved, config.image_size, threads)
+    resolved = resolve_device(device)
+    # chosen by the preset's input size (a --set image_size does not change it)
+    threads = training_threads(resolved, PRESETS[preset].image_size, threads)
     if threads is not None:
         torch.set_num_threads(threads)
     changes = {
@@ -158,29 +154,25 @@ def train(
     if no_dm:
         changes["distribution_matching"] = False
     try:
-        changes.update(parse_overrides(overrides))
-        config = replace(config, **changes)
+        config = resolve_config(preset, {**changes, **parse_overrides(overrides)})
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--set") from None
     command = _command_line(click.get_current_context())
-    try:
-        result = run_training(
-            archive,
-            out,
-            config,
-            preset,
-            resume=resume,
-            seed=seed,
-            max_minutes=max_minutes,
-            max_steps=max_steps,
-            device=device,
-            progress=not as_json,
-            checkpoint_minutes=checkpoint_minutes,
-            skip_bad=skip_bad,
-            command=command,
-        )
-    except LIBRARY_ERRORS as exc:
-        raise click.ClickException(str(exc)) from None
+    result = run_training(
+        archive,
+        out,
+        config,
+        preset,
+        resume=resume,
+        seed=seed,
+        max_minutes=max_minutes,
+        max_steps=max_steps,
+        device=device,
+        progress=not as_json,
+        checkpoint_minutes=checkpoint_minutes,
+        skip_bad=skip_bad,
+        command=command,
+    )
     summary = {
         "model_dir": str(result.model_dir),
         "steps": result.steps,

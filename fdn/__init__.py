@@ -16,14 +16,14 @@ _EXPORTS = {
     "FDN": "fdn.model",
     "FDNConfig": "fdn.model",
     "PRESETS": "fdn.model",
-    "load_model": "fdn.checkpoint",
-    "encode_images": "fdn.encode",
-    "build_index": "fdn.build",
-    "open_index": "fdn.retrieval",
+    "load_model": "fdn.training.checkpoint",
+    "encode_images": "fdn.archive_index.encode",
+    "build_index": "fdn.archive_index.build",
+    "open_index": "fdn.archive_index.retrieval",
     "resolve_device": "fdn.device",
-    "open_sharded": "fdn.shards",
-    "run_slice_query": "fdn.queries",
-    "run_external_query": "fdn.queries",
+    "open_sharded": "fdn.archive_index.shards",
+    "run_slice_query": "fdn.archive_index.queries",
+    "run_external_query": "fdn.archive_index.queries",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -20,6 +20,7 @@ from typing import Self
 
 import numpy as np
 
+from crashsafe import atomic_write
 from hashindex.binarize import hyperplane_bits
 from hashindex.checked_files import (
     check_bytes,
@@ -34,7 +35,6 @@ from hashindex.distances import BOOKS, MODES, CodebookTables
 from hashindex.errors import IndexFormatError
 from hashindex.faiss_binary import FaissHamming
 from hashindex.fastscan_layout import BLOCK
-from hashindex.fileio import atomic_write
 from hashindex.files import (
     ARRAY_FILES,
     BITS_FILES,
@@ -124,7 +124,7 @@ class IndexStorage(IndexState):
     def write(self, directory: str | Path) -> None:
         """Write codebooks, bit tables, the stored rows, FAISS indexes and hashindex.json.
 
-        Every file goes through `hashindex.fileio.atomic_write`; hashindex.json, written last,
+        Every file goes through `crashsafe.atomic_write`; hashindex.json, written last,
         records the size and sha256 of each (and the `sum64` of the row arrays), and `read`
         trusts nothing else. The rows are everything a search needs, so `read` takes nothing
         but the folder.

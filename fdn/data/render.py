@@ -8,11 +8,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from crashsafe import check_write_target
 from fdn.data.archive import case_files_in
 from fdn.data.case import read_case
 from fdn.data.labels import ANAT_LABELS, SEQUENCES, largest_lesion_slice
 from fdn.errors import ArchiveError
-from hashindex.fileio import check_write_target, save_figure
+from fdn.figures import save_figure
 
 _TITLES = {"t1": "T1", "t1ce": "T1Gd", "t2": "T2", "flair": "FLAIR"}
 # BraTS convention: NET red, ED green, ET yellow.
@@ -66,7 +67,7 @@ def render_case(case_dir: Path, output: Path, slice_index: int | None = None) ->
 
     Raises ArchiveError for a bad case (naming the file and the fault), ValueError for a slice
     index out of range, WriteTargetError when `output` is a symlink, a special file or a folder,
-    or cannot be written. The PNG is written with `hashindex.fileio.save_figure` (crash-safe).
+    or cannot be written. The PNG is written with `fdn.figures.save_figure` (crash-safe).
     """
     import matplotlib
 

@@ -21,26 +21,20 @@ StudyInstanceUID in a sidecar) is not imported again, so re-running an import is
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import json
 import logging
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
 from fdn import __version__
 from fdn.data.labels import SEQUENCES
+from fdn.dicom.archive_writer import archive_lock, clean_partial, write_case
 from fdn.dicom.geometry import (
     LPS_TO_RAS,
     GeometryError,
@@ -49,15 +43,13 @@ from fdn.dicom.geometry import (
     stack_slices,
     volume_from_slices,
 )
-from fdn.dicom.provenance import imported_studies, sidecar_path
+from fdn.dicom.provenance import imported_studies
 from fdn.dicom.sequences import identify
 from fdn.errors import DicomImportError
 
 log = logging.getLogger(__name__)
 
 REFERENCE = "t1"  # the grid every sequence is resampled onto
-PARTIAL_PREFIX = ".partial-"
-LOCK_FILE = ".import.lock"
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 
 
@@ -360,71 +352,6 @@ def load_study(study: StudyFiles, chosen: dict[str, SeriesFiles]) -> tuple[dict,
         for seq, v in loaded.items()
     }
     return volumes, reference.affine
-
-
-def _save_nifti(path: Path, volume: np.ndarray, affine: np.ndarray) -> None:
-    image = nib.Nifti1Image(np.asarray(volume, dtype=np.float32), affine)
-    image.set_qform(affine, code=1)  # scanner-anatomical
-    image.set_sform(affine, code=1)
-    image.header.set_xyzt_units("mm")
-    nib.save(image, path)
-
-
-def write_case(
-    archive: Path, case: str, volumes: dict, affine: np.ndarray, provenance: dict
-) -> Path:
-    """Write one case into a temporary folder of `archive`, then rename it into place."""
-    target = archive / case
-    if target.exists():
-        raise DicomImportError(
-            f"{target} already exists and holds another study; move it "
-            "away or import into another archive",
-            study=provenance["study_uid"],
-        )
-    staging = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{case}-", dir=archive))
-    try:
-        staging.chmod(0o755)
-        for sequence in SEQUENCES:
-            _save_nifti(staging / f"{case}_{sequence}.nii.gz", volumes[sequence], affine)
-        sidecar_path(staging, case).write_text(json.dumps(provenance, indent=2) + "\n")
-        for path in staging.iterdir():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-        os.rename(staging, target)
-        folder = os.open(archive, os.O_RDONLY)  # make the rename itself durable
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
-
-
-@contextmanager
-def archive_lock(archive: Path):
-    """Hold ``ARCHIVE/.import.lock`` (flock) for one import or sync at a time, since each run
-    deletes the temporary folders it finds; a second run fails at once instead of waiting."""
-    archive.mkdir(parents=True, exist_ok=True)
-    handle = open(archive / LOCK_FILE, "a+b")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DicomImportError(
-                f"{archive} is being written by another import-dicom run; wait for it to finish"
-            ) from None
-        yield
-    finally:
-        handle.close()
-
-
-def clean_partial(archive: Path) -> None:
-    """Remove the temporary folders an interrupted import left in `archive`."""
-    for leftover in archive.glob(f"{PARTIAL_PREFIX}*"):
-        log.info("removing %s, left by an interrupted import", leftover)
-        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def import_study(

@@ -29,14 +29,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from fdn.dicom.importer import (
-    ImportReport,
-    archive_lock,
-    clean_partial,
-    import_studies,
-    no_progress,
-    scan,
-)
+from fdn.dicom.archive_writer import archive_lock, clean_partial
+from fdn.dicom.importer import ImportReport, import_studies, no_progress, scan
 from fdn.dicom.provenance import imported_studies
 from fdn.errors import DicomImportError
 

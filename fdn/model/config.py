@@ -8,7 +8,9 @@ configurations built by the same code with a width multiplier.
 
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 # Accepted range of each size-like field. The upper limits are far above any model this
 # project trains (the paper's largest: 256² input, 32² codes, K = 512, D = 64, batch 112), and
@@ -251,3 +253,14 @@ def parse_overrides(items) -> dict[str, object]:
         except ValueError:
             raise ValueError(f"{item!r}: {text!r} is not a valid {name}") from None
     return out
+
+
+def resolve_config(preset: str, overrides: Mapping[str, Any] | None = None) -> FDNConfig:
+    """The config of `preset` with the fields in `overrides` ({field: typed value}, e.g. from
+    `parse_overrides`) set over it; ValueError naming an unknown preset or a bad field."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    try:
+        return replace(PRESETS[preset], **(overrides or {}))
+    except TypeError as exc:  # a field FDNConfig does not have
+        raise ValueError(f"{exc}; the fields are those of config.json") from None

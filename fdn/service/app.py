@@ -29,12 +29,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from fdn import __version__
+from fdn.archive_index.query_options import QueryError, UnknownCaseError
 from fdn.errors import ArchiveError, FdnError
-from fdn.queries import MODE_CHOICES, QueryError, UnknownCaseError
 from fdn.service.images import ImageAccessError
+from fdn.service.openapi import (
+    QUERY_PARAMS,
+    error_responses,
+    json_content,
+    openapi,
+    openapi_schema,
+    param,
+)
 from fdn.service.service import UPLOAD_KEYS, QueryService
-from hashindex import DISTANCES, ENGINES
 
 log = logging.getLogger(__name__)
 
@@ -56,85 +62,6 @@ SECURITY_HEADERS = [
     ),
 ]
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost"]
-
-
-def openapi(operation: dict):
-    """Attach an OpenAPI operation object to a route function (collected by `openapi_schema`)."""
-
-    def attach(func):
-        func.openapi = operation
-        return func
-
-    return attach
-
-
-def _param(name, where="query", kind="string", description="", required=False, **schema):
-    return {
-        "name": name,
-        "in": where,
-        "required": required or where == "path",
-        "description": description,
-        "schema": {"type": kind, **schema},
-    }
-
-
-QUERY_PARAMS = [
-    _param(
-        "mode",
-        enum=list(MODE_CHOICES),
-        default="sum",
-        description="Similarity: normal anatomy, lesion, their sum, or all three.",
-    ),
-    _param(
-        "distance",
-        enum=list(DISTANCES),
-        default="hamming",
-        description="Per-image distance between code grids.",
-    ),
-    _param(
-        "topq",
-        kind="integer",
-        minimum=1,
-        maximum=100,
-        default=10,
-        description="Number of volumes (each hit from a different volume).",
-    ),
-    _param(
-        "engine",
-        enum=list(ENGINES),
-        description="Search engine [default: fastscan where the index allows it, except for "
-        "D_A, else lut].",
-    ),
-    _param("nprobe", kind="integer", minimum=1, description="Lists probed by faiss-ivf."),
-    _param(
-        "normalized_sum",
-        kind="boolean",
-        default=False,
-        description="For mode sum: divide each distance by its scale before adding.",
-    ),
-    _param(
-        "include_same_volume",
-        kind="boolean",
-        default=False,
-        description="Allow hits from the query's own volume.",
-    ),
-]
-ERROR = {"$ref": "#/components/schemas/Error"}
-
-
-def _json(description, schema):
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _errors(*codes):
-    text = {
-        400: "Invalid input",
-        403: "Refused: outside the archive",
-        404: "Unknown case",
-        413: "Upload too large",
-        503: "Too many uploads at once",
-    }
-    return {str(c): _json(text[c], ERROR) for c in codes}
 
 
 # --- routes ------------------------------------------------------------------------------------
@@ -173,7 +100,7 @@ def _static(request: Request, name: str) -> Response:
 @openapi(
     {
         "summary": "OpenAPI description of this API",
-        "responses": {"200": _json("OpenAPI 3.1", {"type": "object"})},
+        "responses": {"200": json_content("OpenAPI 3.1", {"type": "object"})},
     }
 )
 def openapi_json(request: Request) -> JSONResponse:
@@ -184,7 +111,7 @@ def openapi_json(request: Request) -> JSONResponse:
     {
         "summary": "Health",
         "tags": ["index"],
-        "responses": {"200": _json("The service is up", {"type": "object"})},
+        "responses": {"200": json_content("The service is up", {"type": "object"})},
     }
 )
 def health(request: Request) -> JSONResponse:
@@ -195,7 +122,7 @@ def health(request: Request) -> JSONResponse:
     {
         "summary": "Index information and the service's limits",
         "tags": ["index"],
-        "responses": {"200": _json("Index info", {"$ref": "#/components/schemas/Info"})},
+        "responses": {"200": json_content("Index info", {"$ref": "#/components/schemas/Info"})},
     }
 )
 def info(request: Request) -> JSONResponse:
@@ -207,19 +134,19 @@ def info(request: Request) -> JSONResponse:
         "summary": "Cases of the index, paged and filtered",
         "tags": ["cases"],
         "parameters": [
-            _param("q", description="Substring of the case id (case-insensitive)."),
-            _param(
+            param("q", description="Substring of the case id (case-insensitive)."),
+            param(
                 "has_lesion",
                 kind="boolean",
                 description="Only cases with (true) or without "
                 "(false) a lesion in their label file.",
             ),
-            _param("offset", kind="integer", minimum=0, default=0),
-            _param("limit", kind="integer", minimum=1, maximum=500, default=50),
+            param("offset", kind="integer", minimum=0, default=0),
+            param("limit", kind="integer", minimum=1, maximum=500, default=50),
         ],
         "responses": {
-            "200": _json("A page of cases", {"$ref": "#/components/schemas/CasePage"}),
-            **_errors(400),
+            "200": json_content("A page of cases", {"$ref": "#/components/schemas/CasePage"}),
+            **error_responses(400),
         },
     }
 )
@@ -231,10 +158,10 @@ def cases(request: Request) -> JSONResponse:
     {
         "summary": "One case's metadata",
         "tags": ["cases"],
-        "parameters": [_param("case", "path")],
+        "parameters": [param("case", "path")],
         "responses": {
-            "200": _json("The case", {"$ref": "#/components/schemas/Case"}),
-            **_errors(404),
+            "200": json_content("The case", {"$ref": "#/components/schemas/Case"}),
+            **error_responses(404),
         },
     }
 )
@@ -247,17 +174,17 @@ def case(request: Request) -> JSONResponse:
         "summary": "One axial slice as PNG, with optional label overlays",
         "tags": ["cases"],
         "parameters": [
-            _param("case", "path"),
-            _param("slice", "path", kind="integer", minimum=0),
-            _param("sequence", enum=["t1", "t1ce", "t2", "flair"], default="flair"),
-            _param(
+            param("case", "path"),
+            param("slice", "path", kind="integer", minimum=0),
+            param("sequence", enum=["t1", "t1ce", "t2", "flair"], default="flair"),
+            param(
                 "overlay",
                 description="Comma-separated label overlays among seg, anat (repeatable).",
             ),
         ],
         "responses": {
             "200": {"description": "PNG", "content": {"image/png": {}}},
-            **_errors(400, 403, 404),
+            **error_responses(400, 403, 404),
         },
     }
 )
@@ -278,10 +205,10 @@ def slice_png(request: Request) -> Response:
         "summary": "Query by a slice of the index",
         "tags": ["query"],
         "description": "Volume-wise top-Q: each hit is the closest slice of a different volume. "
-        "The hits are those of fdn.queries.run_slice_query, the call behind `fdn-index query`.",
+        "The hits are those of fdn.archive_index.queries.run_slice_query, the call behind `fdn-index query`.",
         "parameters": [
-            _param("case", required=True, description="A case of the index."),
-            _param(
+            param("case", required=True, description="A case of the index."),
+            param(
                 "slice",
                 kind="integer",
                 minimum=0,
@@ -290,8 +217,8 @@ def slice_png(request: Request) -> Response:
             *QUERY_PARAMS,
         ],
         "responses": {
-            "200": _json("The result", {"$ref": "#/components/schemas/QueryResult"}),
-            **_errors(400, 404),
+            "200": json_content("The result", {"$ref": "#/components/schemas/QueryResult"}),
+            **error_responses(400, 404),
         },
     }
 )
@@ -333,8 +260,8 @@ def query(request: Request) -> JSONResponse:
             },
         },
         "responses": {
-            "200": _json("The result", {"$ref": "#/components/schemas/QueryResult"}),
-            **_errors(400, 413, 503),
+            "200": json_content("The result", {"$ref": "#/components/schemas/QueryResult"}),
+            **error_responses(400, 413, 503),
         },
     }
 )
@@ -451,109 +378,6 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
-
-
-def openapi_schema(routes) -> dict:
-    """OpenAPI 3.1 from the operations attached to the route functions with `@openapi`."""
-    paths: dict = {}
-    for route in routes:
-        operation = getattr(route.endpoint, "openapi", None)
-        if operation is None:
-            continue
-        path = route.path.replace("{slice:int}", "{slice}")
-        for method in sorted(route.methods - {"HEAD"}):
-            paths.setdefault(path, {})[method.lower()] = {
-                "operationId": route.endpoint.__name__,
-                **operation,
-            }
-    case = {
-        "type": "object",
-        "properties": {
-            "case": {"type": "string"},
-            "volume": {"type": "integer"},
-            "n_slices": {"type": "integer"},
-            "first_slice": {"type": "integer"},
-            "last_slice": {"type": "integer"},
-            "default_slice": {"type": "integer"},
-            "has_lesion": {"type": ["boolean", "null"]},
-            "max_lesion_area": {"type": ["integer", "null"]},
-            "lesion_slices": {"type": ["integer", "null"]},
-        },
-    }
-    hit = {
-        "type": "object",
-        "properties": {
-            "rank": {"type": "integer"},
-            "row": {"type": "integer"},
-            "case": {"type": "string"},
-            "slice": {"type": "integer"},
-            "distance": {"type": "number"},
-            "source": {"type": "string"},
-            "lesion_area": {"type": ["integer", "null"]},
-        },
-    }
-    result = {
-        "type": "object",
-        "description": "The schema of `fdn-index query --json` too.",
-        "properties": {
-            "query": {"type": "string"},
-            "index": {"type": "string"},
-            "query_case": {"type": "string"},
-            "query_slice": {"type": "integer"},
-            "external": {"type": "boolean"},
-            "modes": {"type": "array", "items": {"type": "string"}},
-            "distance": {"type": "string"},
-            "engine": {"type": "string"},
-            "topq": {"type": "integer"},
-            "normalized_sum": {"type": "boolean"},
-            "include_same_volume": {"type": "boolean"},
-            "nprobe": {"type": ["integer", "null"]},
-            "load_seconds": {"type": "number"},
-            "encode_seconds": {"type": "number"},
-            "query_seconds": {"type": "number"},
-            "results": {
-                "type": "object",
-                "additionalProperties": {
-                    "type": "object",
-                    "properties": {
-                        "search_seconds": {"type": "number"},
-                        "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
-                    },
-                },
-            },
-        },
-    }
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "fdn-index query service",
-            "version": __version__,
-            "description": "Content-based retrieval of brain MRI by normal anatomy and by "
-            "lesion (Kobayashi et al. 2021).",
-        },
-        "paths": paths,
-        "components": {
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "properties": {"error": {"type": "string"}, "status": {"type": "integer"}},
-                },
-                "Info": {"type": "object"},
-                "Case": case,
-                "CasePage": {
-                    "type": "object",
-                    "properties": {
-                        "total": {"type": "integer"},
-                        "offset": {"type": "integer"},
-                        "limit": {"type": "integer"},
-                        "cases": {"type": "array", "items": {"$ref": "#/components/schemas/Case"}},
-                    },
-                },
-                "Hit": hit,
-                "QueryResult": result,
-            }
-        },
-    }
 
 
 def load_assets() -> dict[str, bytes]:

@@ -22,12 +22,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fdn.archive_index.queries import check_case, check_slice
 from fdn.data.archive import case_files_in
 from fdn.data.case import read_case
 from fdn.data.labels import SEQUENCES
 from fdn.data.render import ANAT_COLOURS, SEG_COLOURS, display_window
 from fdn.errors import FdnError
-from fdn.queries import check_case, check_slice
 
 log = logging.getLogger(__name__)
 

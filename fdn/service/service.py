@@ -1,7 +1,7 @@
 """The query service: one open index, kept warm, behind the methods the HTTP routes call.
 
     service = QueryService.open("demo/index")
-    service.query("SYN_010", 22, {"mode": "all", "topq": "6"})      # -> fdn.queries.QueryResult
+    service.query("SYN_010", 22, {"mode": "all", "topq": "6"})      # -> fdn.archive_index.queries.QueryResult
     service.query_upload({"t1": b"...", ...}, {"slice": "40"})      # external case, in a tmp dir
 
 Routes only translate HTTP to these calls and back (`fdn.service.app`). The index is never
@@ -19,16 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from fdn.data.labels import SEQUENCES
-from fdn.errors import FdnError
-from fdn.queries import (
+from fdn.archive_index.catalog import case_catalog
+from fdn.archive_index.queries import (
     QueryError,
-    case_catalog,
     check_case,
     query_options,
     run_external_query,
     run_slice_query,
 )
+from fdn.data.labels import SEQUENCES
+from fdn.errors import FdnError
 from fdn.service.images import OVERLAYS, SliceImages
 from hashindex import DISTANCES, ENGINES, MODES
 
@@ -58,7 +58,7 @@ def parse_bool(name: str, value) -> bool:
 
 def parse_options(params) -> dict:
     """The query options of request parameters (strings) as keyword arguments of
-    `fdn.queries.query_options`; unknown values are refused there, with the CLI's messages."""
+    `fdn.archive_index.queries.query_options`; unknown values are refused there, with the CLI's messages."""
     mode = params.get("mode") or "sum"
     nprobe = params.get("nprobe")
     return dict(
@@ -105,7 +105,7 @@ class QueryService:
 
     @classmethod
     def open(cls, index_dir: str | Path, **settings) -> QueryService:
-        from fdn.retrieval import open_index
+        from fdn.archive_index.retrieval import open_index
 
         return cls(open_index(index_dir), **settings)
 
@@ -115,7 +115,7 @@ class QueryService:
         size = self.index.manifest.input_size
         self.index.encode(np.zeros((4, size, size), np.float32))  # loads the model, runs it once
         case = self.index.cases[0]
-        run_slice_query(self.index, case, None, "all", topq=1, lock=self.search_lock)
+        run_slice_query(self.index, case, None, query_options("all", topq=1), lock=self.search_lock)
         return time.perf_counter() - started
 
     # --- what the routes call -----------------------------------------------------------------
@@ -176,9 +176,7 @@ class QueryService:
         """A query by a slice of the index; slice_index None or "" for the case's default."""
         options = query_options(**parse_options(params), max_topq=MAX_TOPQ)
         slice_index = None if slice_index in (None, "") else slice_index
-        return run_slice_query(
-            self.index, case, slice_index, options=options, lock=self.search_lock
-        )
+        return run_slice_query(self.index, case, slice_index, options, lock=self.search_lock)
 
     def query_upload(self, uploads: dict[str, bytes], params):
         """A query by an uploaded case: {key: NIfTI bytes} for t1, t1ce, t2, flair (seg, anat
@@ -218,7 +216,7 @@ class QueryService:
                     self.index,
                     [folder],
                     slice_index,
-                    options=options,
+                    options,
                     max_voxels=self.max_voxels,
                     lock=self.search_lock,
                     encode_lock=self.encode_lock,

@@ -42,7 +42,15 @@ import numpy as np
 from scipy import ndimage
 
 from fdn.data.labels import ANAT_LABELS, SEQUENCES
-from fdn.synth.anatomy import Template, load_template
+from fdn.synth.anatomy import load_template
+from fdn.synth.fields import rotation_matrix, smooth_field, upsample
+from fdn.synth.lesion import (
+    choose_lesion,
+    lesion_labels,
+    mass_effect,
+    padded_box,
+    render_lesion,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,174 +123,6 @@ class SynthCase(NamedTuple):
     lesion_centre_mm: tuple[float, float, float] | None
 
 
-def _rotation(angles_deg: np.ndarray) -> np.ndarray:
-    ax, ay, az = np.deg2rad(angles_deg)
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-def _smooth_field(rng: np.random.Generator, grid: int, shape: tuple[int, ...]) -> np.ndarray:
-    """A smooth random field: (grid,)*3 standard normals, cubic-upsampled to `shape`."""
-    control = rng.standard_normal((grid, grid, grid))
-    return ndimage.zoom(control, np.array(shape) / grid, order=3, mode="nearest", grid_mode=True)
-
-
-def _upsample(coarse: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """Linear interpolation of a field sampled at both ends of every axis onto `shape`."""
-    if coarse.shape == shape:
-        return coarse
-    return ndimage.zoom(
-        coarse,
-        np.array(shape) / np.array(coarse.shape),
-        order=1,
-        grid_mode=False,
-        mode="nearest",
-        output=np.float32,
-    )
-
-
-class _Lesion(NamedTuple):
-    centre: np.ndarray  # (3,) output-space mm
-    radius: float  # enhancing boundary, mm
-    core: float  # necrotic core radius / radius
-    edema: float  # edema radius / radius
-    push: float  # max outward displacement, mm
-    shape_seed: int
-
-
-def _choose_lesion(
-    rng: np.random.Generator,
-    config: SynthConfig,
-    template: Template,
-    to_template: np.ndarray,
-    to_template_offset: np.ndarray,
-) -> _Lesion:
-    """Pick a lesion in the cerebrum of a random hemisphere, deep enough to stay in the brain."""
-    radius = rng.uniform(*config.lesion_radius_mm)
-    hemisphere = rng.integers(1, 3)  # anat 1 = left, 2 = right cerebrum
-    candidates = np.flatnonzero(
-        (template.anat.ravel() == hemisphere)
-        & (template.depth.ravel() >= radius + 4.0)
-        & (template.wm.ravel() > 0.3)
-    )
-    if candidates.size == 0:  # very large radius: fall back to the deepest cerebrum voxels
-        candidates = np.flatnonzero(template.anat.ravel() == hemisphere)
-    voxel = np.array(np.unravel_index(rng.choice(candidates), template.anat.shape), float)
-    centre_template = template.affine[:3, :3] @ voxel + template.affine[:3, 3]
-    # Template -> output space through the inverse affine (the smooth warp is a few mm and
-    # the lesion is re-masked to the warped brain afterwards).
-    centre = np.linalg.solve(to_template, centre_template - to_template_offset)
-    return _Lesion(
-        centre=centre,
-        radius=radius,
-        core=rng.uniform(*config.core_fraction),
-        edema=rng.uniform(*config.edema_factor),
-        push=radius * rng.uniform(*config.mass_effect),
-        shape_seed=int(rng.integers(2**31)),
-    )
-
-
-def _mass_effect(points: np.ndarray, lesion: _Lesion) -> np.ndarray:
-    """Backward radial warp of output points (3, ...) mm: where each one's tissue came from.
-
-    Tissue is pushed outward by u(ρ) = push · (ρ/σ) · exp(½ − ρ²/2σ²) (maximal, = push, at
-    ρ = σ; σ = the edema radius). Since push ≤ 0.5 radius < 0.6 σ, ρ − u(ρ) is increasing,
-    so the warp folds nothing.
-    """
-    offset = points - lesion.centre.reshape(3, *([1] * (points.ndim - 1)))
-    rho = np.sqrt((offset**2).sum(0))
-    sigma = lesion.radius * lesion.edema
-    u = lesion.push * (rho / sigma) * np.exp(0.5 - rho**2 / (2 * sigma**2))
-    scale = np.where(rho > 1e-6, (rho - u) / np.maximum(rho, 1e-6), 1.0)
-    return lesion.centre.reshape(offset.shape[:1] + (1,) * (offset.ndim - 1)) + offset * scale
-
-
-def _lesion_labels(
-    lesion: _Lesion, config: SynthConfig, brain: np.ndarray, tissue_ok: np.ndarray
-) -> np.ndarray:
-    """(H, W, Z) uint8 seg in {0, 1, 2, 4}: irregular core/rim blob and edema around it."""
-    shape = config.shape
-    affine = config.affine
-    spacing = np.diag(affine)[:3]
-    reach = lesion.radius * lesion.edema * (1 + config.shape_irregularity) + 2 * spacing.max()
-    centre_vox = (lesion.centre - affine[:3, 3]) / spacing
-    lo = np.maximum(np.floor(centre_vox - reach / spacing).astype(int), 0)
-    hi = np.minimum(np.ceil(centre_vox + reach / spacing).astype(int) + 1, shape)
-    seg = np.zeros(shape, np.uint8)
-    if np.any(hi <= lo):
-        return seg
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    grid = np.meshgrid(
-        *[np.arange(a, b, dtype=np.float32) for a, b in zip(lo, hi, strict=True)], indexing="ij"
-    )
-    offset = np.stack(
-        [
-            (g * s + o) - c
-            for g, s, o, c in zip(grid, spacing, affine[:3, 3], lesion.centre, strict=True)
-        ]
-    )
-    rho = np.sqrt((offset**2).sum(0))
-    shape_rng = np.random.default_rng(lesion.shape_seed)
-    box_shape = rho.shape
-    # Two independent smooth fields in [-1, 1] make the tumour and its edema irregular.
-    tumour_noise = np.tanh(_smooth_field(shape_rng, 4, box_shape))
-    edema_noise = np.tanh(_smooth_field(shape_rng, 5, box_shape))
-    irregular = config.shape_irregularity
-    r_tumour = rho / (lesion.radius * (1 + irregular * tumour_noise))
-    r_edema = rho / (lesion.radius * lesion.edema * (1 + irregular * edema_noise))
-    labels = np.zeros(box_shape, np.uint8)
-    labels[(r_edema < 1) & tissue_ok[box]] = 2
-    labels[r_tumour < 1] = 4
-    labels[r_tumour < lesion.core] = 1
-    labels[~brain[box]] = 0
-    seg[box] = labels
-    return seg
-
-
-def _padded_box(mask: np.ndarray, pad: int) -> tuple[slice, ...] | None:
-    """The bounding box of `mask`, grown by `pad` voxels; None when the mask is empty."""
-    if not mask.any():
-        return None
-    box = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(max(int(hit[0]) - pad, 0), min(int(hit[-1]) + pad + 1, mask.shape[axis])))
-    return tuple(box)
-
-
-def _render_lesion(
-    healthy: np.ndarray,
-    masks: list[np.ndarray],
-    means: np.ndarray,
-    box: tuple[slice, ...] | None,
-    texture: np.ndarray | None,
-) -> np.ndarray:
-    """Paint the lesion (necrosis, enhancing rim, edema) into a copy of a healthy image.
-
-    The tumour replaces tissue; edema is mostly fluid added to the tissue that is still there,
-    so it is a 70/30 blend with the healthy intensity. A smooth texture (±10 %) keeps the
-    compartments from being flat, and a slight blur softens their boundaries (partial volume).
-    """
-    image = healthy.copy()
-    if box is None:
-        return image
-    local = healthy[box]
-    assert box is not None and texture is not None, "a lesion has a box and a texture"
-    weight = np.zeros(local.shape, np.float32)
-    target = np.zeros(local.shape, np.float32)
-    blends = (1.0, 1.0, 0.7)  # necrosis, enhancing, edema
-    for mask, mean, blend in zip(masks, means, blends, strict=True):
-        m = mask[box]
-        weight[m] = blend
-        target[m] = blend * mean * (1 + 0.1 * texture[m])
-    weight = ndimage.gaussian_filter(weight, 0.6)
-    target = ndimage.gaussian_filter(target, 0.6)
-    image[box] = local * (1 - weight) + target
-    return image
-
-
 def synthesize_case(
     seed: int, case_index: int, healthy: bool, config: SynthConfig | None = None
 ) -> SynthCase:
@@ -295,7 +135,7 @@ def synthesize_case(
 
     # Output mm -> template mm: q = M (p − c) + c + t + smooth displacement.
     scale = rng.uniform(*config.scale_range, size=3) * rng.uniform(0.97, 1.03)
-    rotation = _rotation(rng.uniform(-1, 1, 3) * config.rotation_deg)
+    rotation = rotation_matrix(rng.uniform(-1, 1, 3) * config.rotation_deg)
     to_template = rotation @ np.diag(1.0 / scale)
     translation = rng.uniform(-1, 1, 3) * np.array(config.translation_mm)
     to_template_offset = FOV_CENTRE_MM + translation - to_template @ FOV_CENTRE_MM
@@ -308,14 +148,14 @@ def synthesize_case(
     ijk = np.stack(np.meshgrid(*axes, indexing="ij"))
     points = np.tensordot(affine[:3, :3], ijk, axes=1) + affine[:3, 3].reshape(3, 1, 1, 1)
     displacement = (
-        np.stack([_smooth_field(rng, config.deformation_grid, coarse_shape) for _ in range(3)])
+        np.stack([smooth_field(rng, config.deformation_grid, coarse_shape) for _ in range(3)])
         * config.deformation_mm
     )
 
     lesion = None
     if not healthy:
-        lesion = _choose_lesion(rng, config, template, to_template, to_template_offset)
-        points = _mass_effect(points, lesion)
+        lesion = choose_lesion(rng, config, template, to_template, to_template_offset)
+        points = mass_effect(points, lesion)
     source = (
         np.tensordot(to_template, points, axes=1)
         + to_template_offset.reshape(3, 1, 1, 1)
@@ -325,7 +165,7 @@ def synthesize_case(
     source_vox = np.tensordot(to_voxel[:3, :3], source, axes=1) + to_voxel[:3, 3].reshape(
         3, 1, 1, 1
     )
-    coords = np.stack([_upsample(c.astype(np.float32), shape) for c in source_vox])
+    coords = np.stack([upsample(c.astype(np.float32), shape) for c in source_vox])
 
     def sample(volume: np.ndarray, order: int) -> np.ndarray:
         return ndimage.map_coordinates(volume, coords, order=order, mode="constant", cval=0.0)
@@ -344,13 +184,13 @@ def synthesize_case(
 
     seg = np.zeros(shape, np.uint8)
     if lesion is not None:
-        seg = _lesion_labels(lesion, config, brain, tissue_ok=(wm + gm) > 0.5)
+        seg = lesion_labels(lesion, config, brain, tissue_ok=(wm + gm) > 0.5)
 
-    lesion_box = _padded_box(seg > 0, pad=3)
+    lesion_box = padded_box(seg > 0, pad=3)
     lesion_texture = None
     if lesion_box is not None:
         box_shape = tuple(s.stop - s.start for s in lesion_box)
-        lesion_texture = np.tanh(_smooth_field(rng, 6, box_shape)).astype(np.float32)
+        lesion_texture = np.tanh(smooth_field(rng, 6, box_shape)).astype(np.float32)
 
     # Per-case contrast: jittered tissue intensities, a separable bias field, noise.
     axes_unit = [np.linspace(-1, 1, n, dtype=np.float32) for n in shape]
@@ -371,9 +211,7 @@ def synthesize_case(
         bias = np.exp(log_bias).astype(np.float32)
         noise = rng.standard_normal(shape, dtype=np.float32) * np.float32(config.noise_std)
         healthy_image = np.tensordot(means[:3].astype(np.float32), tissue, axes=1)
-        diseased = _render_lesion(
-            healthy_image, lesion_masks, means[3:], lesion_box, lesion_texture
-        )
+        diseased = render_lesion(healthy_image, lesion_masks, means[3:], lesion_box, lesion_texture)
         for out, clean in ((pseudo, healthy_image), (images, diseased)):
             value = (clean * bias + noise * means[0]) * gain
             value = np.where(brain, np.clip(value, 1, 32767), 0)

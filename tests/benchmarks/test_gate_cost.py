@@ -9,9 +9,9 @@ import torch
 from click.testing import CliRunner
 
 from benchmarks.gate_cost import main
-from fdn.checkpoint import save_checkpoint
 from fdn.model import FDN, PRESETS
 from fdn.synth import synthesize_archive
+from fdn.training.checkpoint import save_checkpoint
 
 
 @pytest.fixture()

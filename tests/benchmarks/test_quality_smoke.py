@@ -36,9 +36,9 @@ from benchmarks.quality_dice import (
     multiclass_dice,
 )
 from benchmarks.quality_leakiness import binary_figures, roc_auc
-from fdn.checkpoint import save_checkpoint
 from fdn.model import FDN, PRESETS
 from fdn.synth import synthesize_archive
+from fdn.training.checkpoint import save_checkpoint
 
 torch.set_num_threads(1)  # the machine is shared; the tiny model gains nothing from threads
 SIZE = PRESETS["tiny"].image_size
@@ -199,7 +199,7 @@ def test_grid_truth_hits_match_brute_force_cosine():
 def test_decoded_lesion_maps_are_the_models_segmentation(tmp_path):
     """ŷ decoded from the stored codes equals ŷ of the forward pass on the images."""
     from benchmarks.quality_models import decoded_lesion_maps
-    from fdn.checkpoint import load_model
+    from fdn.training.checkpoint import load_model
 
     model_dir = _tiny_model(tmp_path / "model")
     model, _ = load_model(model_dir, device="cpu")
@@ -468,7 +468,7 @@ def test_cli_needs_the_training_archive(smoke, tmp_path):
 def test_appendix_f_bits_are_the_index_hamming_distances(smoke):
     """The unpacked b* that Appendix F times give the index's own Hamming table."""
     from benchmarks.quality_binarization import unpacked_bits
-    from fdn.retrieval import open_index
+    from fdn.archive_index.retrieval import open_index
 
     index = open_index(smoke["results"]["index"]["dir"])
     for book in ("normal", "abnormal"):
@@ -483,7 +483,7 @@ def test_one_run_reads_one_frozen_copy_of_the_weights(smoke):
     """The index, the evaluation and the classifiers all use the snapshot of the model."""
     from pathlib import Path
 
-    from fdn.checkpoint import model_checksum
+    from fdn.training.checkpoint import model_checksum
 
     r = smoke["results"]
     lift = r["summary"]["targets"]["normal_lift"]

@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from cli.main import main
+from fdn.archive_index.retrieval import open_index
 from fdn.data import Archive
-from fdn.retrieval import open_index
 
 
 def build(archive, model, index):

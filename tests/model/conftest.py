@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fdn.model import PRESETS, FDNConfig
-from fdn.training_data import SliceSet
+from fdn.training.data import SliceSet
 
 # The tiny models are too small to gain from threads, and the 2-core machine is shared:
 # one thread avoids OpenMP spin-waiting against other processes.

@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cli.main import main
-from fdn.checkpoint import CHECKPOINT_FILE, load_checkpoint, load_model, save_checkpoint
 from fdn.errors import ModelError
 from fdn.model import PRESETS, FDNConfig
-from fdn.training import Trainer, train_on_slices
+from fdn.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, load_model, save_checkpoint
+from fdn.training.trainer import Trainer, train_on_slices
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models"
 
@@ -206,8 +206,8 @@ JSON_VALUES = st.one_of(
 @given(st.dictionaries(st.sampled_from(sorted(asdict(PRESETS["tiny"]))), JSON_VALUES, max_size=4))
 def test_any_config_values_give_a_config_or_a_model_error(changes):
     """Arbitrary JSON values in config fields: FDNConfig within the limits, or ModelError."""
-    from fdn.checkpoint import config_from_dict
     from fdn.model.config import LIMITS
+    from fdn.training.checkpoint import config_from_dict
 
     try:
         config = config_from_dict({**asdict(PRESETS["tiny"]), **changes}, "config.json")

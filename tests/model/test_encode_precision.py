@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fdn.encode import encode_images
+from fdn.archive_index.encode import encode_images
 from fdn.model import FDN
 
 

@@ -2,8 +2,8 @@
 
 import torch
 
-from fdn.losses import critic_loss, regularization_loss
 from fdn.model import FDN, Critic
+from fdn.training.losses import critic_loss, regularization_loss
 
 
 def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor | None]:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from fdn.losses import (
+from fdn.training.losses import (
     critic_loss,
     focal_loss,
     generalized_dice_loss,

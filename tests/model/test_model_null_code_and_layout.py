@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from fdn.checkpoint import config_from_dict, load_model
-from fdn.losses import null_code_loss
 from fdn.model import FDN, PRESETS
 from fdn.model.config import LEGACY_VALUES, parse_overrides
 from fdn.model.quantizer import VectorQuantizer
-from fdn.training import Trainer
+from fdn.training.checkpoint import config_from_dict, load_model
+from fdn.training.losses import null_code_loss
+from fdn.training.trainer import Trainer
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models"
 
@@ -251,7 +251,7 @@ def test_gating_needs_the_null_code_prior():
 def test_null_code_at_origin_stays_zero_and_pulls_healthy_features_to_zero(
     make_slices, tiny_config
 ):
-    from fdn.evaluate import codebook_compactness
+    from fdn.training.evaluate import codebook_compactness
 
     cfg = tiny_config(null_code_weight=1.0, null_code_at_origin=True, batch_size=8)
     trainer = Trainer(cfg, make_slices(16, 32), "tiny", seed=0, device=torch.device("cpu"))

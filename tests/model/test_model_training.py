@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fdn.checkpoint import load_model, model_checksum, save_checkpoint
-from fdn.encode import encode_images
+from fdn.archive_index.encode import encode_images
 from fdn.errors import ModelError
-from fdn.training import Trainer, train, train_on_slices
+from fdn.training.checkpoint import load_model, model_checksum, save_checkpoint
+from fdn.training.trainer import Trainer, train, train_on_slices
 
 
 def test_short_training_on_synthetic_archive_lowers_rec_and_seg(

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from fdn.losses import critic_loss
 from fdn.model.critic import Critic
-from fdn.training import Trainer
+from fdn.training.losses import critic_loss
+from fdn.training.trainer import Trainer
 
 
 def test_critic_loss_draws_eps_on_the_generators_device_for_tensors_elsewhere():
@@ -62,7 +62,7 @@ def test_every_seeded_draw_of_a_training_step_is_made_on_its_generators_device(
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is visible")
 def test_training_steps_and_resumes_on_cuda(tmp_path, tiny_config, make_slices):
-    from fdn.training import train_on_slices
+    from fdn.training.trainer import train_on_slices
 
     cfg = tiny_config(batch_size=4, epochs=2)
     slices = make_slices(16, cfg.image_size)

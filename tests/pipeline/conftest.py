@@ -10,10 +10,10 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from fdn.build import build_index
-from fdn.checkpoint import save_checkpoint
+from fdn.archive_index.build import build_index
 from fdn.model import FDN, PRESETS
 from fdn.synth import synthesize_archive
+from fdn.training.checkpoint import save_checkpoint
 
 SIZE = PRESETS["tiny"].image_size
 

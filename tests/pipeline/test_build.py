@@ -15,13 +15,13 @@ import zarr
 from click.testing import CliRunner
 
 from cli.main import main
-from fdn.build import build_index
-from fdn.checkpoint import load_model
+from fdn.archive_index.build import BuildOptions, build_index
+from fdn.archive_index.layout import ENCODED_DIR, MANIFEST
+from fdn.archive_index.retrieval import open_index
 from fdn.data import Archive
 from fdn.errors import IndexDirError
-from fdn.indexdir import ENCODED_DIR, MANIFEST
 from fdn.model import PRESETS
-from fdn.retrieval import open_index
+from fdn.training.checkpoint import load_model
 
 SIZE = PRESETS["tiny"].image_size
 
@@ -175,7 +175,7 @@ def test_add_appends_new_cases_and_keeps_old_rows(
     index = tmp_path / "index"
     shutil.copytree(built_index, index)
     old_normal, _, old_table, _, _ = index_contents(index)
-    report = build_index(extra_archive, model_dir, index, add=True)
+    report = build_index(extra_archive, model_dir, index, BuildOptions(add=True))
     assert sorted(report.encoded_now) == sorted(Archive(extra_archive).case_ids)
     normal, _, table, manifest, _ = index_contents(index)
     n_old = old_normal.shape[0]
@@ -210,7 +210,7 @@ def test_a_changed_encoding_of_the_same_weights_is_refused(
     config["gate_to_fixed_point"] = True
     (model / "config.json").write_text(json.dumps(config))
     with pytest.raises(IndexDirError, match="gate_to_fixed_point=False.*gate_to_fixed_point=True"):
-        build_index(extra_archive, model, index, add=True)
+        build_index(extra_archive, model, index, BuildOptions(add=True))
     assert {f: f.read_bytes() for f in sorted(index.rglob("*")) if f.is_file()} == before
     # a plan written before the encoding was recorded had no fixed-point gate
     del plan["encoding"]
@@ -251,7 +251,7 @@ def archive_with_a_bad_case(tmp_path, pipeline_archive):
 
 def test_skip_bad_lists_the_bad_case_and_indexes_the_rest(tmp_path, pipeline_archive, model_dir):
     root, bad = archive_with_a_bad_case(tmp_path, pipeline_archive)
-    report = build_index(root, model_dir, tmp_path / "index", skip_bad=True)
+    report = build_index(root, model_dir, tmp_path / "index", BuildOptions(skip_bad=True))
     assert [entry["case"] for entry in report.skipped] == [bad]
     assert "flair" in report.skipped[0]["fault"]
     index = open_index(tmp_path / "index")

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import fdn.assemble
+import fdn.archive_index.assemble
 from cli.main import main
-from fdn.build import build_index
+from fdn.archive_index.build import BuildOptions, build_index
+from fdn.archive_index.layout import ENCODED_DIR
+from fdn.archive_index.locks import build_lock
+from fdn.archive_index.retrieval import open_index
 from fdn.data import Archive
 from fdn.errors import ArchiveError, IndexDirError
-from fdn.indexdir import ENCODED_DIR, build_lock
-from fdn.retrieval import open_index
 
 
 def codes_of(index_dir):
@@ -53,7 +54,7 @@ def test_a_failed_add_leaves_the_previous_index_queryable(
     before = codes_of(index)
     root, bad = bad_extra_archive
     with pytest.raises(ArchiveError, match=bad):
-        build_index(root, model_dir, index, add=True)
+        build_index(root, model_dir, index, BuildOptions(add=True))
     assert_same_index(codes_of(index), before)
     case = before[2][0]
     result = CliRunner().invoke(
@@ -72,7 +73,9 @@ def test_a_query_during_an_add_sees_the_previous_index(index, extra_archive, mod
         hits = opened.query_slice(opened.cases[0], 0, topq=2)
         assert len(hits) == 2
 
-    report = build_index(extra_archive, model_dir, index, add=True, on_case=during_encoding)
+    report = build_index(
+        extra_archive, model_dir, index, BuildOptions(add=True), on_case=during_encoding
+    )
     assert len(report.encoded_now) == 2
     assert seen and set(seen) == {before[0].shape[0]}
     assert open_index(index).ntotal > before[0].shape[0]
@@ -83,7 +86,9 @@ def test_an_index_opened_before_an_add_keeps_answering_from_its_own_files(
 ):
     old = open_index(index)
     case = old.cases[0]
-    build_index(extra_archive, model_dir, index, add=True)  # renames new files over the old
+    build_index(
+        extra_archive, model_dir, index, BuildOptions(add=True)
+    )  # renames new files over the old
     hits = old.query_slice(case, 0, topq=10, engine="faiss-flat", mode="sum")
     expect = old.query_slice(case, 0, topq=10, engine="lut", mode="sum")
     assert [(h.row, h.distance) for h in hits] == [(h.row, h.distance) for h in expect]
@@ -135,7 +140,7 @@ def test_a_damaged_journal_entry_is_encoded_again(
     assert_same_index(codes_of(index), codes_of(built_index))
     # and so is the same damage before an --add
     damage(index / ENCODED_DIR / f"{case}.npz")
-    report = build_index(pipeline_archive, model_dir, index, add=True)
+    report = build_index(pipeline_archive, model_dir, index, BuildOptions(add=True))
     assert report.encoded_now == [case]
 
 
@@ -168,12 +173,14 @@ def test_a_skipped_case_is_retried_once_its_files_are_fixed(tmp_path, pipeline_a
     kept = tmp_path / "flair.nii.gz"
     shutil.move(flair, kept)
     index = tmp_path / "index"
-    report = build_index(root, model_dir, index, skip_bad=True)
+    report = build_index(root, model_dir, index, BuildOptions(skip_bad=True))
     assert [e["case"] for e in report.skipped] == [bad]
-    report = build_index(root, model_dir, index, skip_bad=True)  # unchanged: still skipped
+    report = build_index(
+        root, model_dir, index, BuildOptions(skip_bad=True)
+    )  # unchanged: still skipped
     assert [e["case"] for e in report.skipped] == [bad] and report.encoded_now == []
     shutil.move(kept, flair)
-    report = build_index(root, model_dir, index, skip_bad=True)
+    report = build_index(root, model_dir, index, BuildOptions(skip_bad=True))
     assert report.encoded_now == [bad] and report.skipped == []
     opened = open_index(index)
     assert bad in opened.cases and opened.manifest.skipped_cases == []
@@ -221,7 +228,7 @@ def test_a_build_killed_during_the_swap_is_refused_then_finished(
                 raise KeyboardInterrupt  # stands for a kill between two renames of the swap
         return real_replace(src, dst)
 
-    monkeypatch.setattr(fdn.assemble.os, "replace", replace_then_die)
+    monkeypatch.setattr(fdn.archive_index.assemble.os, "replace", replace_then_die)
     with pytest.raises(KeyboardInterrupt):
         build_index(pipeline_archive, model_dir, index)
     monkeypatch.undo()
@@ -235,7 +242,7 @@ def test_a_build_killed_during_the_swap_is_refused_then_finished(
 
 def test_a_rebuild_without_ivf_removes_the_old_ivf_files(tmp_path, pipeline_archive, model_dir):
     index = tmp_path / "index"
-    build_index(pipeline_archive, model_dir, index, ivf_nlist=2)
+    build_index(pipeline_archive, model_dir, index, BuildOptions(ivf_nlist=2))
     assert (index / "faiss_ivf_sum.index").is_file()
     build_index(pipeline_archive, model_dir, index)
     assert not list(index.glob("faiss_ivf_*"))
@@ -263,7 +270,7 @@ def test_two_build_processes_never_run_at_once(tmp_path, pipeline_archive, model
     # the test lets it go: the second build is sure to meet a held lock.
     script = textwrap.dedent(f"""
         import pathlib, sys, time
-        from fdn.build import build_index
+        from fdn.archive_index.build import build_index
         def pause(case):
             if not pathlib.Path({str(holding)!r}).exists():
                 pathlib.Path({str(holding)!r}).write_text(case)

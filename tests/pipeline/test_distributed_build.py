@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import main
-from fdn.build import build_index
-from fdn.retrieval import open_index
+from fdn.archive_index.build import build_index
+from fdn.archive_index.retrieval import open_index
 
 distributed = pytest.importorskip("distributed")
 

@@ -18,8 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import main
+from fdn.archive_index.retrieval import open_index
 from fdn.errors import IndexDirError
-from fdn.retrieval import open_index
 
 
 def run(*args):

@@ -9,9 +9,9 @@ import zarr
 from click.testing import CliRunner
 
 from cli.main import main
-from fdn.checkpoint import load_model
+from fdn.archive_index.retrieval import open_index
 from fdn.data import Archive
-from fdn.retrieval import open_index
+from fdn.training.checkpoint import load_model
 
 
 def run(*args):

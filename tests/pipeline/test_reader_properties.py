@@ -16,8 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fdn.archive_index.layout import REQUIRED_FILES
+from fdn.archive_index.manifest import Manifest, parse_manifest
+from fdn.archive_index.slice_table import read_slice_table
 from fdn.errors import IndexDirError
-from fdn.indexdir import REQUIRED_FILES, Manifest, parse_manifest, read_slice_table
 
 PATH = Path("/nonexistent/index/manifest.json")  # only named in messages, never opened
 SETTINGS = settings(

@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import main
+from fdn.archive_index.queries import query_options, run_slice_query
+from fdn.archive_index.retrieval import open_index
+from fdn.archive_index.shards import open_sharded, split_index
 from fdn.errors import IndexDirError
-from fdn.queries import run_slice_query
-from fdn.retrieval import open_index
-from fdn.shards import open_sharded, split_index
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,8 @@ def test_sharded_hits_equal_the_unsharded_index_and_the_brute_force(
         for case in full.cases:
             slice_index = full.default_slice(case)
             kw = dict(distance=distance, topq=3)
-            a = run_slice_query(full, case, slice_index, mode, **kw).hits(mode)
-            b = run_slice_query(sharded, case, slice_index, mode, **kw).hits(mode)
+            a = run_slice_query(full, case, slice_index, query_options(mode, **kw)).hits(mode)
+            b = run_slice_query(sharded, case, slice_index, query_options(mode, **kw)).hits(mode)
             assert _key(a) == _key(b)
             row = full.row_of(case, slice_index)
             brute = ref.volume_topq(
@@ -105,8 +105,8 @@ def test_sharded_query_on_a_dask_cluster(three_shards, built_index):
         sharded = open_sharded(out, client)
         assert len(set(sharded.workers)) == 2  # the shards are spread over both workers
         for case in full.cases:
-            a = run_slice_query(full, case, None, "sum", topq=4).hits("sum")
-            b = run_slice_query(sharded, case, None, "sum", topq=4).hits("sum")
+            a = run_slice_query(full, case, None, query_options("sum", topq=4)).hits("sum")
+            b = run_slice_query(sharded, case, None, query_options("sum", topq=4)).hits("sum")
             assert _key(a) == _key(b)
 
 

@@ -15,7 +15,9 @@ import sys
 import numpy as np
 import pytest
 
-from fdn.indexdir import SLICE_ARRAYS, SLICES, read_listed, read_manifest, read_slice_table
+from fdn.archive_index.layout import SLICE_ARRAYS, SLICES
+from fdn.archive_index.manifest import read_listed, read_manifest
+from fdn.archive_index.slice_table import read_slice_table
 
 HEAVY = ("numba", "faiss", "zarr", "torch", "pandas", "nibabel", "pydicom", "dask")
 # Imported by a --case query before they were made lazy.
@@ -87,14 +89,14 @@ print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)), file=sys.std
 
 
 def test_the_default_engine_answers_as_lut(built_index):
-    from fdn.queries import run_slice_query
-    from fdn.retrieval import open_index
+    from fdn.archive_index.queries import query_options, run_slice_query
+    from fdn.archive_index.retrieval import open_index
 
     index = open_index(built_index)
     assert index.default_engine == "fastscan"
     case = index.cases[1]
-    default = run_slice_query(index, case, None, "all")
-    lut = run_slice_query(index, case, None, "all", engine="lut")
+    default = run_slice_query(index, case, None, query_options("all"))
+    lut = run_slice_query(index, case, None, query_options("all", engine="lut"))
     assert default.options.engine == "fastscan" and default.to_dict()["engine"] == "fastscan"
     for mode in ("normal", "abnormal", "sum"):
         assert default.hits(mode) == lut.hits(mode)
@@ -102,14 +104,16 @@ def test_the_default_engine_answers_as_lut(built_index):
 
 def test_angular_queries_default_to_lut(built_index):
     # fastscan does not prune D_A, so a query that names no engine runs it on lut
-    from fdn.queries import run_slice_query
-    from fdn.retrieval import open_index
+    from fdn.archive_index.queries import query_options, run_slice_query
+    from fdn.archive_index.retrieval import open_index
 
     index = open_index(built_index)
     case = index.cases[1]
-    angular = run_slice_query(index, case, None, "abnormal", distance="angular")
+    angular = run_slice_query(index, case, None, query_options("abnormal", distance="angular"))
     assert angular.options.engine == "lut"
-    explicit = run_slice_query(index, case, None, "abnormal", distance="angular", engine="fastscan")
+    explicit = run_slice_query(
+        index, case, None, query_options("abnormal", distance="angular", engine="fastscan")
+    )
     assert explicit.options.engine == "fastscan"
     assert angular.hits("abnormal") == explicit.hits("abnormal")
     hits = index.search_codes(*index.codes_of_row(0), distance="angular", topq=3)
@@ -149,7 +153,7 @@ def assert_same_table(found, expected):
 
 
 def test_the_index_reads_slice_arrays_equal_to_the_parquet_table(built_index):
-    from fdn.retrieval import open_index
+    from fdn.archive_index.retrieval import open_index
 
     assert SLICE_ARRAYS in read_manifest(built_index).files
     index = open_index(built_index)
@@ -175,18 +179,18 @@ def unlist(index_dir, name):
 
 
 def answers(index_dir):
-    from fdn.queries import run_slice_query
-    from fdn.retrieval import open_index
+    from fdn.archive_index.queries import query_options, run_slice_query
+    from fdn.archive_index.retrieval import open_index
 
     index = open_index(index_dir)
-    result = run_slice_query(index, index.cases[1], None, "all")
+    result = run_slice_query(index, index.cases[1], None, query_options("all"))
     return index, {m: result.hits(m) for m in result.options.modes}, result.query_source
 
 
 def test_an_index_without_slice_arrays_reads_the_parquet_table_and_answers_the_same(
     copy, built_index
 ):
-    from fdn.assemble import add_slice_arrays
+    from fdn.archive_index.assemble import add_slice_arrays
 
     _, expected, source = answers(built_index)
     unlist(copy, SLICE_ARRAYS)
@@ -236,8 +240,8 @@ def test_changed_slice_arrays_are_refused(copy):
 def test_slice_arrays_that_disagree_with_the_hash_index_are_refused(copy):
     """A consistent but wrong writer (the file relisted): the volumes recorded in it must match
     the hash index's."""
+    from fdn.archive_index.retrieval import open_index
     from fdn.errors import IndexDirError
-    from fdn.retrieval import open_index
 
     with np.load(copy / SLICE_ARRAYS) as npz:
         members = {k: npz[k] for k in npz.files}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fdn.build import build_index
+from fdn.archive_index.build import build_index
 from fdn.model import PRESETS
 from fdn.synth import synthesize_archive
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fdn.queries import QueryError, query_options, run_slice_query
+from fdn.archive_index.queries import QueryError, query_options, run_slice_query
 from hashindex import DISTANCES, ENGINES
 from tests.service.conftest import load_reference
 
@@ -104,7 +104,7 @@ def test_api_result_is_the_library_result(client, service):
     """One schema: the API's JSON is `run_slice_query(...).to_dict()`, timings aside."""
     case = service.index.cases[1]
     body = client.get("/api/query", params={"case": case, "mode": "abnormal", "topq": 2}).json()
-    lib = run_slice_query(service.index, case, None, "abnormal", topq=2).to_dict()
+    lib = run_slice_query(service.index, case, None, query_options("abnormal", topq=2)).to_dict()
     timing = {"query_seconds", "load_seconds", "encode_seconds"}
     for key in lib:
         if key not in timing and key != "results":

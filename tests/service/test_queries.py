@@ -9,10 +9,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from fdn.archive_index.queries import QueryError, load_query_slice, query_options
 from fdn.data import case_files_from_paths, load_case_files
 from fdn.data.case import CaseError
 from fdn.data.render import default_slice
-from fdn.queries import QueryError, load_query_slice, query_options
 
 
 @pytest.mark.parametrize("size", [32, 24])

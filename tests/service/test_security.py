@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fdn.build import build_index
-from fdn.retrieval import open_index
+from fdn.archive_index.build import build_index
+from fdn.archive_index.retrieval import open_index
 from fdn.service import QueryService, create_app
 from fdn.synth import synthesize_archive
 from tests.service.conftest import SIZE, checksums
@@ -32,7 +32,7 @@ def make_client(service, **kw):
 @pytest.mark.parametrize(
     "path",
     [
-        "/static/../../fdn/retrieval.py",
+        "/static/../../fdn/archive_index/retrieval.py",
         "/static/%2e%2e/%2e%2e/etc/passwd",
         "/static/..%2F..%2Fetc%2Fpasswd",
         "/static//etc/passwd",

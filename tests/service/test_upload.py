@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fdn.queries import run_external_query
+from fdn.archive_index.queries import query_options, run_external_query
 from tests.service.conftest import load_reference
 
 reference = load_reference()
@@ -59,7 +59,7 @@ def test_upload_hits_equal_brute_force_and_the_cli_path(
 
     # The CLI's --input path (a folder on disk) gives the same hits.
     lib = run_external_query(
-        index, [service_archive / case], None, mode, topq=3, distance="euclidean"
+        index, [service_archive / case], None, query_options(mode, topq=3, distance="euclidean")
     ).to_dict()
     assert lib["results"][mode]["hits"] == hits
     assert lib["query"] == body["query"]

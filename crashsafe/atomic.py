@@ -13,8 +13,7 @@ symbolic link is refused: a rename would replace the node or the link itself (`-
 /dev/null` once replaced the device with a PNG), which is never what the user meant.
 
 Temporary files are named ``.NAME.<random>.tmp``; `remove_stale_temporaries` deletes those a
-killed writer left behind. `hashindex` is the lowest layer of the project, so the helper lives
-here and `fdn` imports it.
+killed writer left behind.
 """
 
 from __future__ import annotations
@@ -125,18 +124,6 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, obj) -> Path:
     """JSON with sorted keys and a final newline, so that equal objects give equal bytes."""
     return atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def save_figure(fig, path: str | Path, **savefig_options) -> Path:
-    """Save a matplotlib figure (format from the suffix, PNG by default) and close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    options = {"format": path.suffix.lstrip(".").lower() or "png", **savefig_options}
-    try:
-        return atomic_write(path, lambda f: fig.savefig(f, **options))
-    finally:
-        plt.close(fig)
 
 
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:

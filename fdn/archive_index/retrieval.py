@@ -5,17 +5,18 @@
     for hit in hits:
         print(hit.rank, hit.case, hit.slice, hit.distance)
 
-A query is a slice already in the index (`query_slice`) or the codes of any 4-channel image
-encoded with the index's own model (`encode`, then `search_codes`); `fdn.queries` runs both
-kinds for the command line and the service. Hits are volume-wise (4.4.6): each from a different
-volume, at its closest slice, the query's own volume excluded unless asked for.
+`ArchiveIndex` is a `SearchableIndex` (`fdn.archive_index.searchable`): its `search` takes
+checked `QueryOptions`. A query is a slice already in the index (`query_slice`) or the codes of
+any 4-channel image encoded with the index's own model (`encode`, then `search_codes`); those
+two make their `QueryOptions` from keywords, for library users. `fdn.archive_index.queries`
+runs both kinds for the command line and the service. Hits are volume-wise (4.4.6): each from
+a different volume, at its closest slice, the query's own volume excluded unless asked for.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,56 +26,20 @@ from fdn.errors import IndexDirError
 
 if TYPE_CHECKING:  # the model loads torch, which a slice query never needs
     from fdn.model import FDN
-from fdn.indexdir import (
-    CODES,
-    MODEL_DIR,
-    MODEL_FILES,
-    SLICE_ARRAYS,
-    SLICES,
-    Manifest,
-    SliceTable,
-    fix_for,
-    load_slice_arrays,
-    read_listed,
-    read_manifest,
-    read_slice_arrays,
-    read_slice_table,
-    slice_arrays_source,
-    swap_lock,
-)
-from hashindex import DISTANCES, ENGINES, MODES, HashIndex
+from fdn.archive_index.layout import CODES, MODEL_DIR, MODEL_FILES, SLICE_ARRAYS, SLICES, fix_for
+from fdn.archive_index.locks import swap_lock
+from fdn.archive_index.manifest import Manifest, read_listed, read_manifest
+from fdn.archive_index.query_options import QueryOptions
+from fdn.archive_index.searchable import Hit
+from fdn.archive_index.slice_arrays import load_slice_arrays, read_slice_arrays, slice_arrays_source
+from fdn.archive_index.slice_table import SliceTable, read_slice_table
+from hashindex import HashIndex
 from hashindex.errors import HashIndexError
 from hashindex.fastscan import TABLE as FASTSCAN_CODES
 from hashindex.index import INDEX_FILES as HASHINDEX_FILES
 from hashindex.index import META_FILE as HASHINDEX_META
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One retrieved slice: its rank (1-based), where it lies, and its distance to the query."""
-
-    rank: int
-    row: int
-    case: str
-    slice: int
-    distance: float
-    source: str
-    lesion_area: int | None
-    # DICOM provenance of an imported case (None otherwise), so a viewer can open the study.
-    study_uid: str | None = None
-    series_uids: dict[str, str] | None = None
-
-
-def engine_for_distance(default: str, distance: str) -> str:
-    """The engine a query of ``distance`` runs on when it names none, given the index's default.
-
-    fastscan does not prune D_A (its bound needs each row's norm): on the code statistics of a
-    built index it re-ranked 40-90 % of the rows and ran about 5x slower than lut
-    (benchmarks/results/scale-from-index), so D_A queries default to lut.
-    """
-    return "lut" if default == "fastscan" and distance == "angular" else default
 
 
 class ArchiveIndex:
@@ -176,8 +141,8 @@ class ArchiveIndex:
         """The index's own FDN (loaded once, on first use), its files checked against the
         manifest first: the weights' sha256 is the model checksum the codes were made with."""
         if self._model is None:
-            from fdn.checkpoint import load_model
             from fdn.errors import ModelError
+            from fdn.training.checkpoint import load_model
 
             with swap_lock(self.index_dir, shared=True):
                 for name in MODEL_FILES:
@@ -193,20 +158,23 @@ class ArchiveIndex:
         case: str,
         slice_index: int,
         *,
+        mode: str = "sum",
         include_same_volume: bool = False,
         **options: Any,
     ) -> list[Hit]:
         """Volume-wise top-Q for a slice that is already in the index.
 
-        options: those of `search_codes` (mode, distance, topq, engine, normalized_sum, nprobe).
+        options: the other fields of `QueryOptions` (distance, topq, engine, normalized_sum,
+        nprobe).
         """
+        checked = QueryOptions(modes=(mode,), include_same_volume=include_same_volume, **options)
         row = self.row_of(case, slice_index)
         exclude = None if include_same_volume else self._volume_of_case[case]
-        return self.search_codes(*self.codes_of_row(row), exclude_volume=exclude, **options)
+        return self.search(*self.codes_of_row(row), mode, checked, exclude)
 
     def encode(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Codes of one preprocessed image (4, S, S) float32 with the index's model: two (h, w) uint16."""
-        from fdn.encode import encode_images
+        from fdn.archive_index.encode import encode_images
 
         size = self.manifest.input_size
         if image.shape != (4, size, size):
@@ -231,36 +199,38 @@ class ArchiveIndex:
         abnormal: np.ndarray,
         *,
         mode: str = "sum",
-        distance: str = "hamming",
-        topq: int = 10,
-        engine: str | None = None,
         exclude_volume: int | None = None,
-        normalized_sum: bool = False,
-        nprobe: int | None = None,
+        **options: Any,
     ) -> list[Hit]:
-        """Volume-wise top-Q for one pair of code grids (h, w) uint16; ``engine`` None: the
-        index's `default_engine` for that distance (`engine_for_distance`)."""
-        engine = engine or engine_for_distance(self.default_engine, distance)
-        for name, value, allowed in (
-            ("mode", mode, MODES),
-            ("distance", distance, DISTANCES),
-            ("engine", engine, ENGINES),
-        ):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-        if topq < 1:
-            raise ValueError(f"topq must be at least 1; got {topq}")
+        """`search` with the `QueryOptions` made from keywords (distance, topq, engine,
+        normalized_sum, nprobe), for library users."""
+        return self.search(
+            normal, abnormal, mode, QueryOptions(modes=(mode,), **options), exclude_volume
+        )
+
+    def search(
+        self,
+        normal: np.ndarray,
+        abnormal: np.ndarray,
+        mode: str,
+        options: QueryOptions,
+        exclude_volume: int | None = None,
+    ) -> list[Hit]:
+        """Volume-wise top-Q for one pair of code grids (h, w) uint16 in ``mode``; options that
+        name no engine run on the index's default for their distance."""
+        options = options.with_default_engine(self.default_engine)
+        assert options.engine is not None  # decided by with_default_engine
         exclude = None if exclude_volume is None else np.array([exclude_volume], dtype=np.int64)
         result = self.hash_index.search_volumes(
             np.ascontiguousarray(normal[None], dtype=np.uint16),
             np.ascontiguousarray(abnormal[None], dtype=np.uint16),
-            topq,
+            options.topq,
             mode=mode,
-            distance=distance,
-            engine=engine,
+            distance=options.distance,
+            engine=options.engine,
             exclude_volumes=exclude,
-            normalized_sum=normalized_sum,
-            nprobe=nprobe,
+            normalized_sum=options.normalized_sum,
+            nprobe=options.nprobe,
         )
         hits = []
         for rank, (dist, row) in enumerate(zip(result.distances[0], result.rows[0]), start=1):

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from crashsafe import check_write_target
 from fdn.device import resolve_device
+from fdn.figures import save_figure
 from fdn.model import FDN, FDNConfig
 from hashindex.binarize import ZERO_NORM
-from hashindex.fileio import check_write_target, save_figure
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
     index = open_sharded("shards/")                    # every shard opened here, searched in threads
     index = open_sharded("shards/", client=client)     # each shard opened on a Dask worker
 
-A shard is a complete index directory (`fdn.retrieval.open_index` opens it) holding whole
+A shard is a complete index directory (`fdn.archive_index.retrieval.open_index` opens it) holding whole
 volumes: a contiguous run of the source index's cases, assembled from its build journal with
 the same model and code tables. Shard k's row r is row ``row_offset[k] + r`` of the source.
 A query runs on every shard in parallel; each shard returns its own volume-wise top-Q, and the
@@ -12,8 +12,8 @@ merge keeps the Q best of their union by (distance, global row). A volume lives 
 so its closest row is its shard's answer, and the result equals the unsharded index's, ties
 included.
 
-`ShardedIndex` answers the calls `fdn.queries` makes of an index, so `fdn-index query` and the
-library run sharded queries through the one query path.
+`ShardedIndex` is a `SearchableIndex` (`fdn.archive_index.searchable`), like one index, so
+`fdn-index query`, the service and the library run sharded queries through the one query path.
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from crashsafe import atomic_write_json
+from fdn.archive_index.query_options import QueryOptions
+from fdn.archive_index.retrieval import ArchiveIndex, open_index
+from fdn.archive_index.searchable import Hit
 from fdn.errors import IndexDirError
-from fdn.retrieval import ArchiveIndex, Hit, open_index
-from hashindex.fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +52,10 @@ def split_index(index_dir: str | Path, out_dir: str | Path, n_shards: int, on_sh
     Cases are split in row order into contiguous runs of about equal slice counts. Needs the
     index's build journal (encoded/) and model copy. Returns the contents of shards.json.
     """
-    from fdn.assemble import assemble_index
-    from fdn.build import read_plan
-    from fdn.checkpoint import load_model, model_checksum
-    from fdn.indexdir import ENCODED_DIR, MODEL_DIR, PLAN
+    from fdn.archive_index.assemble import assemble_index
+    from fdn.archive_index.build import read_plan
+    from fdn.archive_index.layout import ENCODED_DIR, MODEL_DIR, PLAN
+    from fdn.training.checkpoint import load_model, model_checksum
 
     index_dir, out_dir = Path(index_dir), Path(out_dir)
     source = open_index(index_dir)
@@ -154,11 +156,13 @@ def _open_shard(path: str) -> int:
     return _shard(path).ntotal
 
 
-def _search_shard(path: str, normal, abnormal, exclude_case: str | None, options: dict):
+def _search_shard(
+    path: str, normal, abnormal, mode: str, options: QueryOptions, exclude_case: str | None
+) -> list[Hit]:
     """One shard's volume-wise top-Q (runs here or on the worker that holds the shard)."""
     index = _shard(path)
     exclude = None if exclude_case is None else index.volume_of(exclude_case)
-    return index.search_codes(normal, abnormal, exclude_volume=exclude, **options)
+    return index.search(normal, abnormal, mode, options, exclude)
 
 
 def _query_codes(path: str, case: str, slice_index: int):
@@ -176,12 +180,22 @@ class _GlobalCodes:
         return self.owner.codes_of_row(int(row))[0 if self.which == "normal" else 1]
 
 
+class MergedSliceTable(dict):
+    """The slice table of every shard: column name -> (N,) array in the unsharded row order."""
+
+    def value(self, name: str, row: int):
+        """One cell as a Python value (None for a null), as `SliceTable.value` gives it."""
+        value = self[name][int(row)]
+        if value is None or (isinstance(value, float) and value != value):
+            return None
+        return value.item() if isinstance(value, np.generic) else value
+
+
 class ShardedIndex:
     """Shards of one index, searched together; see the module docstring.
 
-    It offers what `fdn.queries` uses of an `ArchiveIndex`: cases, volume_of, default_slice,
-    row_of, codes_of_row, default_engine, table, manifest, encode and search_codes. Volume
-    ids and rows are those of the unsharded index.
+    A `SearchableIndex`, as an `ArchiveIndex` is: volume ids and rows are those of the
+    unsharded index.
     """
 
     def __init__(self, folder: Path, listing: dict, client=None):
@@ -219,7 +233,7 @@ class ShardedIndex:
             first.manifest, n_slices=int(listing["n_slices"]), n_cases=len(self._cases)
         )
         self._first = first
-        self._table: dict | None = None
+        self._table: MergedSliceTable | None = None
 
     @property
     def cases(self) -> list[str]:
@@ -236,21 +250,23 @@ class ShardedIndex:
         return self.shards[k] if self.shards is not None else _shard(self.paths[k])
 
     @property
-    def table(self) -> dict:
+    def table(self) -> MergedSliceTable:
         """The slice table of every shard, rows in the unsharded order (read on first use)."""
         if self._table is None:
             parts = [self._local(k).table for k in range(len(self.paths))]
-            self._table = {
-                c: np.concatenate(
-                    [
-                        np.asarray(p[c], dtype=object)
-                        if c in ("case", "source", "study_uid", "series_uids")
-                        else np.asarray(p[c])
-                        for p in parts
-                    ]
-                )
-                for c in ("case", "slice", "source", "lesion_area")
-            }
+            self._table = MergedSliceTable(
+                {
+                    c: np.concatenate(
+                        [
+                            np.asarray(p[c], dtype=object)
+                            if c in ("case", "source", "study_uid", "series_uids")
+                            else np.asarray(p[c])
+                            for p in parts
+                        ]
+                    )
+                    for c in ("case", "slice", "source", "lesion_area")
+                }
+            )
             rows = np.concatenate(
                 [np.asarray(p["row"]) + off for p, off in zip(parts, self.offsets, strict=True)]
             )
@@ -289,17 +305,21 @@ class ShardedIndex:
         """Codes of an external image with the model every shard shares."""
         return self._first.encode(image)
 
-    def search_codes(
-        self, normal, abnormal, *, exclude_volume: int | None = None, topq: int = 10, **options
+    def search(
+        self,
+        normal: np.ndarray,
+        abnormal: np.ndarray,
+        mode: str,
+        options: QueryOptions,
+        exclude_volume: int | None = None,
     ) -> list[Hit]:
         """Volume-wise top-Q over every shard, merged exactly (see the module docstring)."""
         exclude_case = None if exclude_volume is None else self._cases[exclude_volume]
-        options = {**options, "topq": topq}
+        # decided here, once, so that every shard (they share the codebooks) runs the same engine
+        options = options.with_default_engine(self.default_engine)
+        args = (normal, abnormal, mode, options, exclude_case)
         if self.client is None:
-            jobs = [
-                self._pool.submit(_search_shard, p, normal, abnormal, exclude_case, options)
-                for p in self.paths
-            ]
+            jobs = [self._pool.submit(_search_shard, p, *args) for p in self.paths]
             per_shard = [j.result() for j in jobs]
         else:
             per_shard = self.client.gather(
@@ -307,10 +327,7 @@ class ShardedIndex:
                     self.client.submit(
                         _search_shard,
                         p,
-                        normal,
-                        abnormal,
-                        exclude_case,
-                        options,
+                        *args,
                         workers=[w],
                         pure=False,
                     )
@@ -323,7 +340,7 @@ class ShardedIndex:
             for h in shard_hits
         ]
         hits.sort(key=lambda h: (h.distance, h.row))
-        return [replace(h, rank=i + 1) for i, h in enumerate(hits[:topq])]
+        return [replace(h, rank=i + 1) for i, h in enumerate(hits[: options.topq])]
 
 
 def open_sharded(folder: str | Path, client=None) -> ShardedIndex:

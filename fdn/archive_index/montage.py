@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from crashsafe import check_write_target  # noqa: E402
 from fdn.data import SEQUENCES, load_case_files  # noqa: E402
 from fdn.data.archive import case_files_inside  # noqa: E402
 from fdn.data.render import (  # noqa: E402
@@ -24,7 +25,7 @@ from fdn.data.render import (  # noqa: E402
     label_overlay,
 )
 from fdn.errors import ArchiveError  # noqa: E402
-from hashindex.fileio import check_write_target, save_figure  # noqa: E402
+from fdn.figures import save_figure  # noqa: E402
 
 FLAIR = SEQUENCES.index("flair")
 MODE_TITLES = {

@@ -8,7 +8,7 @@ One step:
      (+ null_code_weight · L_null under the null-code prior, `fdn.model.fdn`).
 Without distribution matching, steps 3 and L_reg are skipped.
 
-A run writes into MODEL_DIR (see `fdn.checkpoint`): checkpoints at intervals and at the end,
+A run writes into MODEL_DIR (see `fdn.training.checkpoint`): checkpoints at intervals and at the end,
 metrics.jsonl (one JSON object per epoch), samples/epoch_XXXX.png (x, x̂^+, x̂^-, y, ŷ as in
 the paper's Fig. 5). `resume=True` reloads everything, RNG states included, and continues
 with the very batch where the previous run stopped.
@@ -25,7 +25,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fdn.checkpoint import (
+from crashsafe import atomic_write, check_write_target
+from fdn.device import resolve_device
+from fdn.errors import ModelError
+from fdn.figures import save_figure
+from fdn.model import FDN, Critic, FDNConfig
+from fdn.training.checkpoint import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -35,18 +40,14 @@ from fdn.checkpoint import (
     read_config,
     save_checkpoint,
 )
-from fdn.device import resolve_device
-from fdn.errors import ModelError
-from fdn.losses import (
+from fdn.training.data import HalfHalfSampler, SliceSet, augment, load_slices
+from fdn.training.losses import (
     critic_loss,
     lesion_mask_from_target,
     reconstruction_loss,
     regularization_loss,
     segmentation_loss,
 )
-from fdn.model import FDN, Critic, FDNConfig
-from fdn.training_data import HalfHalfSampler, SliceSet, augment, load_slices
-from hashindex.fileio import atomic_write, check_write_target, save_figure
 
 log = logging.getLogger(__name__)
 

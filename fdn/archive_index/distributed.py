@@ -1,6 +1,6 @@
 """Building and searching on a Dask cluster: one task per case, one shard per worker.
 
-`fdn.build` hands the cases that need encoding to `encode_cases`, which runs them in this
+`fdn.archive_index.build` hands the cases that need encoding to `encode_cases`, which runs them in this
 process or, given a `dask.distributed` client, as one task per case on the cluster's workers.
 A task reads, preprocesses and encodes its case where it runs (on the worker's GPU when it has
 one) and writes the case's build-journal entry atomically into the index folder, which every
@@ -60,8 +60,8 @@ class CaseResult:
 def _model(model_dir: str, checksum: str, device: str):
     key = (model_dir, checksum, device)
     if key not in _MODELS:
-        from fdn.checkpoint import load_model, model_checksum
         from fdn.errors import ModelError
+        from fdn.training.checkpoint import load_model, model_checksum
 
         if model_checksum(model_dir) != checksum:
             raise ModelError(
@@ -80,11 +80,11 @@ def encode_case(task: CaseTask) -> CaseResult:
     A bad case is reported in the result (the caller decides whether to skip it); any other
     error propagates.
     """
+    from fdn.archive_index.encode import encode_images
+    from fdn.archive_index.journal import write_encoded
     from fdn.data import Archive
     from fdn.device import resolve_device
-    from fdn.encode import encode_images
     from fdn.errors import ArchiveError
-    from fdn.journal import write_encoded
 
     device = resolve_device(task.device)
     stages = {}

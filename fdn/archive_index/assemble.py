@@ -20,10 +20,9 @@ import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import BloscCodec
 
+from crashsafe import TEMP_SUFFIX, atomic_write, fsync_directory, sha256_hex
 from fdn import __version__
-from fdn.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-from fdn.errors import IndexDirError
-from fdn.indexdir import (
+from fdn.archive_index.layout import (
     CODES,
     ENCODED_DIR,
     MANIFEST,
@@ -31,25 +30,24 @@ from fdn.indexdir import (
     SLICE_ARRAYS,
     SLICES,
     STATUS_COMPLETE,
+)
+from fdn.archive_index.locks import build_lock, swap_lock
+from fdn.archive_index.manifest import (
     Manifest,
-    build_lock,
-    derive_slice_arrays,
     file_entries,
-    load_slice_arrays,
     read_listed,
     read_manifest,
-    read_slice_table,
-    sha256_bytes,
-    slice_arrays_source,
-    swap_lock,
     write_manifest,
 )
-from hashindex import HashIndex
-from hashindex.fileio import (
-    TEMP_SUFFIX,
-    atomic_write,
-    fsync_directory,
+from fdn.archive_index.slice_arrays import (
+    derive_slice_arrays,
+    load_slice_arrays,
+    slice_arrays_source,
 )
+from fdn.archive_index.slice_table import read_slice_table
+from fdn.errors import IndexDirError
+from fdn.training.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from hashindex import HashIndex
 from hashindex.index import INDEX_FILES as HASHINDEX_FILES
 
 log = logging.getLogger(__name__)
@@ -221,7 +219,7 @@ def _write_slice_arrays(
         n_cases=n_cases,
         model_checksum=checksum,
     )
-    data = derive_slice_arrays(table, sha256_bytes(parquet))
+    data = derive_slice_arrays(table, sha256_hex(parquet))
     if data is None:
         log.warning("%s: not written (the slice table does not fit it)", SLICE_ARRAYS)
         return None
@@ -251,7 +249,7 @@ def add_slice_arrays(index_dir: str | Path) -> bool:
             )
             if data is None:
                 return False
-            manifest.files[SLICE_ARRAYS] = {"sha256": sha256_bytes(data), "size": len(data)}
+            manifest.files[SLICE_ARRAYS] = {"sha256": sha256_hex(data), "size": len(data)}
             write_manifest(index_dir, manifest)
     return True
 
@@ -288,7 +286,7 @@ def _copy_model(model_dir: Path, target: Path, checksum: str) -> None:
     target.mkdir()
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         data = (model_dir / name).read_bytes()
-        if name == WEIGHTS_FILE and sha256_bytes(data) != checksum:
+        if name == WEIGHTS_FILE and sha256_hex(data) != checksum:
             raise IndexDirError(
                 f"{model_dir / name}: changed during the build (sha256 differs from the one the "
                 f"cases were encoded with). Run the build again once the model is final."

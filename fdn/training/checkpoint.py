@@ -7,7 +7,7 @@ MODEL_DIR layout:
   weights.pt       the model's state_dict alone; `model_checksum` hashes this file, so the
                    index can refuse codes of another model
   metrics.jsonl, samples/*.png, TRAIN_COMMAND.txt  (written by training)
-Every file is written with `hashindex.fileio.atomic_write` (temporary file, fsync, rename,
+Every file is written with `crashsafe.atomic_write` (temporary file, fsync, rename,
 fsync of the folder), so an interrupted write never leaves a half-written checkpoint.
 
 Loading never runs code from a file: checkpoint.pt and weights.pt are read with
@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 
+from crashsafe import WriteTargetError, atomic_write, atomic_write_text
 from fdn import __version__
 from fdn.errors import ModelError
 from fdn.model import FDN, FDNConfig
 from fdn.model.config import LEGACY_VALUES
-from hashindex.fileio import WriteTargetError, atomic_write, atomic_write_text
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -56,7 +56,7 @@ def make_dir(path: str | Path) -> Path:
     return path
 
 
-# The keys every checkpoint.pt holds, and the type of each (see `fdn.training.Trainer.state`).
+# The keys every checkpoint.pt holds, and the type of each (see `fdn.training.trainer.Trainer.state`).
 CHECKPOINT_KEYS: dict[str, type | tuple[type, ...]] = {
     "model": dict,
     "critic": dict,

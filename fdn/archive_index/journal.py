@@ -2,7 +2,7 @@
 
 An entry holds the case's code grids (uint16), lesion areas, source folder, DICOM provenance,
 the model checksum and the size and mtime of each input file. It is written whole or not at
-all (`hashindex.fileio.atomic_write`), and reused only when every key, shape and dtype checks
+all (`crashsafe.atomic_write`), and reused only when every key, shape and dtype checks
 out and the case's files are unchanged (`journal_fault`).
 """
 
@@ -15,10 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from crashsafe import atomic_write
 from fdn.dicom.provenance import read_provenance
-from hashindex.fileio import (
-    atomic_write,
-)
 
 log = logging.getLogger(__name__)
 

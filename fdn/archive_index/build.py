@@ -9,8 +9,8 @@ A build runs in two phases so that it can be killed at any point and run again:
    bad (--skip-bad) is retried once its files change.
 2. Assemble. The code arrays, the slice table, the hash indexes and a copy of the model are
    written afresh from the encoded cases in plan order, into a staging folder. Then, holding the
-   swap lock (see `fdn.indexdir`), they are renamed into place and the manifest, listing every
-   file with its sha256, is written last.
+   swap lock (see `fdn.archive_index.locks`), they are renamed into place and the manifest,
+   listing every file with its sha256, is written last.
 
 Because assembly is a pure function of the encoded cases and the plan, a build that was killed
 and resumed ends with exactly the files of an uninterrupted one. `add=True` appends new cases
@@ -29,13 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fdn.assemble import assemble_index, grid_of
-from fdn.checkpoint import CONFIG_FILE, load_model, model_checksum
-from fdn.data import Archive
-from fdn.device import resolve_device
-from fdn.distributed import _MODELS, CaseTask, encode_cases
-from fdn.errors import ArchiveError, IndexDirError
-from fdn.indexdir import (
+from crashsafe import atomic_write_json, remove_stale_temporaries
+from fdn.archive_index.assemble import assemble_index, grid_of
+from fdn.archive_index.distributed import _MODELS, CaseTask, encode_cases
+from fdn.archive_index.journal import encoded_is_valid
+from fdn.archive_index.layout import (
     BUILD_LOCK,
     CODES,
     ENCODED_DIR,
@@ -45,15 +43,14 @@ from fdn.indexdir import (
     MODEL_DIR,
     PLAN,
     SWAP_LOCK,
-    build_lock,
-    looks_like_archive,
 )
-from fdn.journal import encoded_is_valid
+from fdn.archive_index.locks import build_lock
+from fdn.archive_index.manifest import looks_like_archive
+from fdn.data import Archive
+from fdn.device import resolve_device
+from fdn.errors import ArchiveError, IndexDirError
 from fdn.model.config import encoding_settings
-from hashindex.fileio import (
-    atomic_write_json,
-    remove_stale_temporaries,
-)
+from fdn.training.checkpoint import CONFIG_FILE, load_model, model_checksum
 
 log = logging.getLogger(__name__)
 
@@ -73,75 +70,86 @@ class BuildReport:
     workers: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class BuildOptions:
+    """How `build_index` builds; `fdn-index build` fills one from its options.
+
+    add: append the archive's new cases to an existing index. skip_bad: leave out the cases
+    that fail validation (listed in the report) instead of stopping. batch_size: slices per
+    forward pass. bit_budget: bits kept per grid position for the packed FAISS codes (None:
+    Algorithm A.1's length). ivf_nlist: also build a FAISS IndexBinaryIVF with this many lists.
+    device: where the encoder runs (None: CUDA when present, else the CPU).
+    """
+
+    add: bool = False
+    skip_bad: bool = False
+    batch_size: int = 64
+    bit_budget: int | None = None
+    ivf_nlist: int | None = None
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class _Encoder:
+    """The model a build encodes with, loaded once: its weights' checksum names the index."""
+
+    model: Any
+    config: Any
+    checksum: str
+    model_dir: Path
+    device: Any  # the resolved torch.device
+
+
 def build_index(
     archive_root: Path,
     model_dir: Path,
     index_dir: Path,
+    options: BuildOptions | None = None,
     *,
-    add: bool = False,
-    skip_bad: bool = False,
-    batch_size: int = 64,
-    bit_budget: int | None = None,
-    ivf_nlist: int | None = None,
-    device: str | None = None,
     on_case: Callable[[str], None] | None = None,
     client=None,
 ) -> BuildReport:
     """Encode every case of `archive_root` with the model in `model_dir` into `index_dir`.
 
-    on_case, when given, is called with each case id as it is finished (for a progress bar).
+    options: how (`BuildOptions`; None for the defaults). on_case, when given, is called with
+    each case id as it is finished (for a progress bar).
     client: a `dask.distributed` client to encode one task per case on its workers, which must
-    reach the archive, the model and the index folder by the same paths (`fdn.distributed`).
+    reach the archive, the model and the index folder by the same paths
+    (`fdn.archive_index.distributed`).
     Raises ArchiveError for a bad case (unless skip_bad), IndexDirError when `index_dir`
     belongs to another model or format, ModelError for a bad model directory.
     """
     archive_root, model_dir, index_dir = Path(archive_root), Path(model_dir), Path(index_dir)
-    device = resolve_device(device)
+    options = options or BuildOptions()
+    device = resolve_device(options.device)
     model, config = load_model(model_dir, device=device)
-    checksum = model_checksum(model_dir)
+    encoder = _Encoder(model, config, model_checksum(model_dir), model_dir, device)
     archive = Archive(archive_root)
     _check_target(index_dir, archive_root)
     index_dir.mkdir(parents=True, exist_ok=True)
     with build_lock(index_dir):
-        return _build_locked(
-            archive,
-            model,
-            config,
-            checksum,
-            model_dir,
-            index_dir,
-            add=add,
-            skip_bad=skip_bad,
-            batch_size=batch_size,
-            bit_budget=bit_budget,
-            ivf_nlist=ivf_nlist,
-            device=device,
-            on_case=on_case,
-            client=client,
-        )
+        return _build_locked(archive, encoder, index_dir, options, on_case, client)
 
 
 def _build_locked(
-    archive,
-    model,
-    config,
-    checksum,
-    model_dir,
-    index_dir,
-    *,
-    add,
-    skip_bad,
-    batch_size,
-    bit_budget,
-    ivf_nlist,
-    device,
-    on_case,
+    archive: Archive,
+    encoder: _Encoder,
+    index_dir: Path,
+    options: BuildOptions,
+    on_case: Callable[[str], None] | None,
     client,
 ) -> BuildReport:
     """`build_index` once the build lock is held."""
     archive_root = archive.root
+    model, config, checksum, model_dir, device = (
+        encoder.model,
+        encoder.config,
+        encoder.checksum,
+        encoder.model_dir,
+        encoder.device,
+    )
     _remove_leftovers(index_dir)
-    plan = _make_plan(index_dir, archive, checksum, config, model_dir, add=add)
+    plan = _make_plan(index_dir, archive, checksum, config, model_dir, add=options.add)
     (index_dir / ENCODED_DIR).mkdir(exist_ok=True)
     atomic_write_json(index_dir / PLAN, plan)
 
@@ -177,17 +185,17 @@ def _build_locked(
                 str(encoded_path),
                 plan["sources"][case],
                 inputs,
-                batch_size,
+                options.batch_size,
                 device if client is None else None,
             )
         )
-    # Encode here, or one task per case on a Dask cluster (`fdn.distributed`); either way each
+    # Encode here, or one task per case on a Dask cluster (`fdn.archive_index.distributed`); either way each
     # case ends as a journal entry, and assembly below reads only the journal.
     if client is None:
         _MODELS[(str(model_dir), checksum, device)] = model  # the model loaded above
     for result in encode_cases(todo, client):
         if result.fault is not None:
-            if not skip_bad:
+            if not options.skip_bad:
                 raise ArchiveError(result.fault)
             log.warning("skipping bad case %s: %s", result.case, result.fault)
             inputs = next(t.inputs for t in todo if t.case == result.case)
@@ -219,8 +227,8 @@ def _build_locked(
         preset=plan["preset"],
         skipped_cases=sorted(skipped),
         archive_roots=plan["archive_roots"],
-        bit_budget=bit_budget,
-        ivf_nlist=ivf_nlist,
+        bit_budget=options.bit_budget,
+        ivf_nlist=options.ivf_nlist,
     )
     report.stages["assemble_s"] = time.perf_counter() - assemble_started
     report.n_cases, report.n_slices, report.hashindex = len(cases), n_slices, hash_report

@@ -4,12 +4,7 @@ import os
 
 import pytest
 
-from hashindex.fileio import (
-    WriteTargetError,
-    atomic_write,
-    atomic_write_json,
-    remove_stale_temporaries,
-)
+from crashsafe import WriteTargetError, atomic_write, atomic_write_json, remove_stale_temporaries
 
 
 def test_writes_bytes_and_callables_and_replaces_whole(tmp_path):

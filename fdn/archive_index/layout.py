@@ -1,0 +1,82 @@
+"""The index directory's layout: the names of its files, fixed (docs/architecture.md).
+
+An index directory (the output of `fdn-index build`) holds, by the names docs/architecture.md fixes:
+
+    manifest.json           format name and version, build status, model checksum, counts, and
+                            the size and sha256 of every other file of the index (written last)
+    model/                  the model's config.json and weights, so queries encode with the same model
+    codes.zarr/             arrays `normal` and `abnormal`, (N, h, w) uint16, chunked along N
+    slices.parquet          row i describes row i of the code arrays
+    slice_arrays.npz        the columns of slices.parquet a query reads, derived from it at
+                            build time (see "slice arrays" below), so a query reads no Parquet
+    codebook_*.npy, bits_*.npz, codes_*.npy, row_sqnorm_*.npy, volume_*.npy,
+    fastscan_codes_t.npy, hashindex.json, faiss_*.index   written by `hashindex`: a query
+                            reads these (memory-mapped), never codes.zarr
+    encoded/<case>.npz      the build journal: one file per encoded case (see `fdn.archive_index.build`)
+    build_plan.json         the cases of this index in row order, and the model they are encoded with
+    .build.lock, .swap.lock the lock files (see below)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from hashindex.index import INDEX_FILES as HASHINDEX_FILES
+from hashindex.storage import FASTSCAN_FILE
+
+FORMAT_NAME = "fdn-index"
+# 2: the manifest lists every file with its size and sha256 ("files").
+FORMAT_VERSION = 2
+
+MANIFEST = "manifest.json"
+PLAN = "build_plan.json"
+CODES = "codes.zarr"
+SLICES = "slices.parquet"
+SLICE_ARRAYS = "slice_arrays.npz"
+MODEL_DIR = "model"
+MODEL_FILES = (f"{MODEL_DIR}/config.json", f"{MODEL_DIR}/weights.pt")
+ENCODED_DIR = "encoded"
+BUILD_LOCK = ".build.lock"
+SWAP_LOCK = ".swap.lock"
+
+STATUS_BUILDING = "building"
+STATUS_COMPLETE = "complete"
+
+# Files every complete index lists in its manifest (FAISS files only when built, the fastscan
+# layout only for codebooks of at most 256 distinct vectors).
+REQUIRED_FILES = (
+    SLICES,
+    *MODEL_FILES,
+    *(n for n in HASHINDEX_FILES if not n.startswith("faiss_") and n != FASTSCAN_FILE),
+    f"{CODES}/zarr.json",
+    f"{CODES}/normal/zarr.json",
+    f"{CODES}/abnormal/zarr.json",
+)
+_TOP_FILES = frozenset((SLICES, SLICE_ARRAYS, *MODEL_FILES, *HASHINDEX_FILES))
+_ZARR_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
+MAX_ZARR_DEPTH = 8
+
+
+def fix_for(index_dir: Path) -> str:
+    """The usual remedy for a damaged or inconsistent index directory."""
+    return (
+        f"Run `fdn-index build ARCHIVE --model MODEL --index {index_dir}` again: it re-assembles "
+        f"the index from its build journal ({ENCODED_DIR}/), re-encoding what is missing"
+    )
+
+
+def is_index_file(name: str) -> bool:
+    """Whether `name` (relative, '/'-separated) may appear in a manifest: a fixed list of names,
+    or a plain path of at most a few segments inside codes.zarr/ (no '..', no hidden names)."""
+    if not isinstance(name, str):
+        return False
+    if name in _TOP_FILES:
+        return True
+    parts = name.split("/")
+    return (
+        len(parts) >= 2
+        and len(parts) <= MAX_ZARR_DEPTH
+        and parts[0] == CODES
+        and all(_ZARR_SEGMENT.match(p) for p in parts[1:])
+    )

@@ -1,0 +1,256 @@
+"""Running a query against an open index: the one code path of `fdn-index query`, the query
+service (`fdn-index serve`) and library users.
+
+    from fdn.archive_index.queries import query_options, run_slice_query, run_external_query
+    result = run_slice_query(index, "SYN_003", 30, query_options("all", topq=6))
+    result = run_external_query(
+        index, ["scans/PAT_1/"], None, query_options("abnormal", distance="euclidean")
+    )
+    print(json.dumps(result.to_dict()))
+
+`index` is any `SearchableIndex`: an `ArchiveIndex` (`open_index`) or a `ShardedIndex`
+(`open_sharded`). A query is a slice of a case already in the index, or a slice of an external
+case (its folder or its NIfTI files) read, validated and preprocessed exactly like an archive
+case, then encoded with the index's own model. Either way the answer is a `QueryResult` whose
+`to_dict()` is the one JSON schema shared by `query --json` and the HTTP API:
+
+    {"query": "SYN_003 slice 30", "index": "...", "query_case": "SYN_003", "query_slice": 30,
+     "external": false, "modes": [...], "distance": "hamming", "engine": "fastscan", "topq": 6,
+     "normalized_sum": false, "include_same_volume": false, "nprobe": null,
+     "load_seconds": 0.0, "encode_seconds": 0.0, "query_seconds": 0.004,
+     "results": {"normal": {"search_seconds": 0.001, "hits": [{rank, row, case, slice,
+                 distance, source, lesion_area}, ...]}, ...}}
+
+The options are a `QueryOptions`, checked when it was made (`fdn.archive_index.query_options`),
+so the CLI and the API refuse the same inputs with the same message (`QueryError`); the engine
+a query names none of is decided here, once, and reported in the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fdn.archive_index.external_case import check_nifti_sizes, load_query_slice
+from fdn.archive_index.query_options import (
+    QueryError,
+    QueryOptions,
+    UnknownCaseError,
+    as_int,
+    query_options,
+)
+from fdn.archive_index.searchable import Hit, SearchableIndex
+
+# The names callers of a query use, importable from here with the functions that take them.
+__all__ = [
+    "ModeResult",
+    "QueryError",
+    "QueryOptions",
+    "QueryResult",
+    "UnknownCaseError",
+    "check_case",
+    "check_slice",
+    "load_query_slice",
+    "query_options",
+    "run_external_query",
+    "run_slice_query",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPTIONS = QueryOptions()  # mode sum, D_H, top 10, the index's default engine
+
+
+@dataclass
+class ModeResult:
+    """The hits of one mode and the time the search took."""
+
+    search_seconds: float
+    hits: list[Hit]
+
+
+@dataclass
+class QueryResult:
+    """The answer to one query: the query's identity, the options, and the hits of each mode.
+
+    `query_image` and `query_labels` hold the preprocessed query slice of an external case
+    ((4, S, S) float32; (seg, anat) (S, S) uint8 or None), for montages; they are not part of
+    `to_dict()`.
+    """
+
+    query: str
+    index: str
+    query_case: str
+    query_slice: int
+    external: bool
+    options: QueryOptions
+    results: dict[str, ModeResult]
+    load_seconds: float = 0.0
+    encode_seconds: float = 0.0
+    query_seconds: float = 0.0
+    query_source: str | None = None
+    query_image: np.ndarray | None = field(default=None, repr=False)
+    query_labels: tuple | None = field(default=None, repr=False)
+
+    def hits(self, mode: str) -> list[Hit]:
+        return self.results[mode].hits
+
+    def to_dict(self) -> dict:
+        """The JSON schema shared by `fdn-index query --json` and the HTTP API."""
+        o = self.options
+        return {
+            "query": self.query,
+            "index": self.index,
+            "query_case": self.query_case,
+            "query_slice": self.query_slice,
+            "external": self.external,
+            "modes": list(o.modes),
+            "distance": o.distance,
+            "engine": o.engine,
+            "topq": o.topq,
+            "normalized_sum": o.normalized_sum,
+            "include_same_volume": o.include_same_volume,
+            "nprobe": o.nprobe,
+            "load_seconds": self.load_seconds,
+            "encode_seconds": self.encode_seconds,
+            "query_seconds": self.query_seconds,
+            "results": {
+                m: {"search_seconds": r.search_seconds, "hits": [asdict(h) for h in r.hits]}
+                for m, r in self.results.items()
+            },
+        }
+
+
+def check_case(index: SearchableIndex, case: str) -> str:
+    """`case` if it is a case of the index; UnknownCaseError naming a few that are otherwise."""
+    if not isinstance(case, str) or index.volume_of(case) is None:
+        shown = ", ".join(index.cases[:3])
+        raise UnknownCaseError(
+            f"no case {case!r} in this index ({len(index.cases)} cases, e.g. {shown})"
+        )
+    return case
+
+
+def check_slice(index: SearchableIndex, case: str, slice_index) -> int:
+    """The slice number if (case, slice) is in the index; QueryError / UnknownCaseError otherwise."""
+    check_case(index, case)
+    slice_index = as_int("slice", slice_index)
+    slices = index.slice_range(case)
+    if slice_index not in slices:
+        raise QueryError(
+            f"case {case!r} has slices {min(slices)}..{max(slices)}; "
+            f"slice {slice_index} is out of range"
+        )
+    return slice_index
+
+
+def run_slice_query(
+    index: SearchableIndex,
+    case: str,
+    slice_index: int | None = None,
+    options: QueryOptions = DEFAULT_OPTIONS,
+    *,
+    lock: threading.Lock | None = None,
+) -> QueryResult:
+    """Volume-wise top-Q for slice `slice_index` of `case`, a case of the index (its
+    largest-lesion slice, else its middle one, when None).
+
+    lock: held around each search (a shared index is searched by one thread at a time).
+    """
+    started = time.perf_counter()
+    check_case(index, case)
+    if slice_index is None:
+        slice_index = index.default_slice(case)
+    slice_index = check_slice(index, case, slice_index)
+    row = index.row_of(case, slice_index)
+    exclude = None if options.include_same_volume else index.volume_of(case)
+    options = options.with_default_engine(index.default_engine)
+    normal, abnormal = index.codes_of_row(row)
+    results = _search_modes(index, normal, abnormal, exclude, options, lock)
+    return QueryResult(
+        query=f"{case} slice {slice_index}",
+        index=str(index.index_dir),
+        query_case=case,
+        query_slice=slice_index,
+        external=False,
+        options=options,
+        results=results,
+        query_seconds=time.perf_counter() - started,
+        query_source=str(index.table.value("source", row)),
+    )
+
+
+def run_external_query(
+    index: SearchableIndex,
+    paths: list[str | Path],
+    slice_index: int | None = None,
+    options: QueryOptions = DEFAULT_OPTIONS,
+    *,
+    max_voxels: int | None = None,
+    lock: threading.Lock | None = None,
+    encode_lock: threading.Lock | None = None,
+) -> QueryResult:
+    """Volume-wise top-Q for a slice of an external case: its folder, or its NIfTI files
+    (CASE_t1.nii.gz, CASE_t1ce…, CASE_t2…, CASE_flair…; optional _seg, _anat).
+
+    The case is read, validated and preprocessed like an archive case (`load_case_files`) and
+    the slice (default: its largest-lesion slice, else the middle one) is encoded with the
+    index's model. A case id that is also in the index is excluded from the hits unless
+    include_same_volume. max_voxels: refuse volumes larger than this before reading their
+    data (the service sets it). Raises QueryError, or ArchiveError for a bad case.
+    """
+    from fdn.data import case_files_from_paths
+
+    started = time.perf_counter()
+    case_id, files = case_files_from_paths([Path(p) for p in paths])
+    files = {k: v for k, v in files.items() if k != "pseudohealthy"}  # ground truth, not input
+    if max_voxels is not None:
+        check_nifti_sizes(case_id, files, max_voxels)
+    image, seg, anat, slice_index = load_query_slice(
+        files, index.manifest.input_size, case_id, slice_index
+    )
+    loaded = time.perf_counter()
+    with encode_lock or nullcontext():
+        normal, abnormal = index.encode(image)
+    encoded = time.perf_counter()
+    exclude = None if options.include_same_volume else index.volume_of(case_id)
+    options = options.with_default_engine(index.default_engine)
+    results = _search_modes(index, normal, abnormal, exclude, options, lock)
+    return QueryResult(
+        query=f"{case_id} slice {slice_index} (external)",
+        index=str(index.index_dir),
+        query_case=case_id,
+        query_slice=slice_index,
+        external=True,
+        options=options,
+        results=results,
+        load_seconds=loaded - started,
+        encode_seconds=encoded - loaded,
+        query_seconds=time.perf_counter() - started,
+        query_image=image,
+        query_labels=(seg, anat),
+    )
+
+
+def _search_modes(
+    index: SearchableIndex,
+    normal: np.ndarray,
+    abnormal: np.ndarray,
+    exclude: int | None,
+    options: QueryOptions,
+    lock: threading.Lock | None,
+) -> dict[str, ModeResult]:
+    results = {}
+    for m in options.modes:
+        with lock or nullcontext():
+            t0 = time.perf_counter()
+            hits = index.search(normal, abnormal, m, options, exclude)
+            results[m] = ModeResult(time.perf_counter() - t0, hits)
+    log.debug("query: %s", {m: len(r.hits) for m, r in results.items()})
+    return results
