@@ -11,14 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from benchmarks.quality import (
-    QualityConfig,
-    abnormal_code_usage,
-    hit_level_gaps,
-    main,
-    run_quality,
-)
-from benchmarks.quality_baselines import (
+from benchmarks.quality.baselines import (
     cell_class_counts,
     downsample_slices,
     grid_truth_hits,
@@ -28,14 +21,19 @@ from benchmarks.quality_baselines import (
     same_level_hits,
     segmentation_hits,
 )
-from benchmarks.quality_dice import (
+from benchmarks.quality.cli import main
+from benchmarks.quality.config import QualityConfig
+from benchmarks.quality.dice import (
     LESION_CLASSES,
     NORMAL_CLASSES,
     LabelDice,
     best_volumes,
     multiclass_dice,
 )
-from benchmarks.quality_leakiness import binary_figures, roc_auc
+from benchmarks.quality.leakiness import binary_figures, roc_auc
+from benchmarks.quality.retrieval import hit_level_gaps
+from benchmarks.quality.run import run_quality
+from benchmarks.quality.scores import abnormal_code_usage
 from fdn.checkpoint import save_checkpoint
 from fdn.model import FDN, PRESETS
 from fdn.synth import synthesize_archive
@@ -198,7 +196,7 @@ def test_grid_truth_hits_match_brute_force_cosine():
 
 def test_decoded_lesion_maps_are_the_models_segmentation(tmp_path):
     """ŷ decoded from the stored codes equals ŷ of the forward pass on the images."""
-    from benchmarks.quality_models import decoded_lesion_maps
+    from benchmarks.quality.models import decoded_lesion_maps
     from fdn.checkpoint import load_model
 
     model_dir = _tiny_model(tmp_path / "model")
@@ -467,7 +465,7 @@ def test_cli_needs_the_training_archive(smoke, tmp_path):
 
 def test_appendix_f_bits_are_the_index_hamming_distances(smoke):
     """The unpacked b* that Appendix F times give the index's own Hamming table."""
-    from benchmarks.quality_binarization import unpacked_bits
+    from benchmarks.quality.binarization import unpacked_bits
     from fdn.retrieval import open_index
 
     index = open_index(smoke["results"]["index"]["dir"])
@@ -504,7 +502,7 @@ def test_one_run_reads_one_frozen_copy_of_the_weights(smoke):
 def test_ablation_tabulates_runs_and_refuses_different_test_archives(smoke, tmp_path):
     import shutil
 
-    from benchmarks.quality_ablation import main as ablation
+    from benchmarks.quality.ablation import main as ablation
 
     a, b = tmp_path / "run-a", tmp_path / "run-b"
     shutil.copytree(smoke["out"], a)
@@ -526,7 +524,7 @@ def test_ablation_tabulates_runs_and_refuses_different_test_archives(smoke, tmp_
 
 
 def test_trained_steps_reads_the_last_metrics_row(tmp_path):
-    from benchmarks.quality_ablation import trained_steps
+    from benchmarks.quality.ablation import trained_steps
 
     assert trained_steps(tmp_path) is None
     rows = [{"step": 99, "lat": 5.0}, {"step": 6978, "lat": 9.6, "partial": True}]
