@@ -39,6 +39,7 @@ import click
 import numpy as np
 
 from benchmarks import report as rp
+from benchmarks.options import out_option
 
 TOPQ = 10
 TARGET_MS = 300.0
@@ -389,13 +390,7 @@ def render_markdown(r: dict) -> str:
     default=None,
     help="Folder of the index (reused when it holds one of N slices) [default: OUT/work].",
 )
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    default="cold-start",
-    show_default=True,
-    help="Results folder (a bare name is under benchmarks/results/).",
-)
+@out_option("cold-start")
 @click.option("--skip-cli", is_flag=True, help="Measure the library path only.")
 @click.option("--note", default="", help="A paragraph to add to the report (what was compared).")
 def main(slices, runs, seed, work, out, skip_cli, note):

@@ -30,6 +30,7 @@ from types import SimpleNamespace
 import click
 
 from benchmarks.chromium import headless_chromium
+from benchmarks.options import out_option
 from benchmarks.report import machine_info, machine_markdown, results_dir, write_json, write_text
 from benchmarks.serve_measure import (
     ROOT,
@@ -197,12 +198,7 @@ def report_markdown(r: dict) -> str:
     show_default=True,
     help="The viewer's URL query for --screenshot, e.g. case=SYN_010&slice=22&mode=all.",
 )
-@click.option(
-    "--out",
-    default="serve",
-    show_default=True,
-    help="Results folder (name under benchmarks/results/, or a path).",
-)
+@out_option("serve")
 def main(index, queries, uploads, clients, seconds, screenshot, view_query, out) -> None:
     """HTTP latency, uploads and a bounded load test of `fdn-index serve` on 127.0.0.1."""
     sys.exit(

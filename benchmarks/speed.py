@@ -37,6 +37,7 @@ import click
 
 from benchmarks import report as rp
 from benchmarks import workload as wl
+from benchmarks.options import out_option
 from benchmarks.speed_engines import SpeedRun, measure_mode
 from benchmarks.speed_measure import MODES, SpeedConfig, cpu_seconds
 from benchmarks.speed_report import evaluate_targets, write_report
@@ -216,13 +217,7 @@ def _int_list(ctx, param, value):
     help="Take the codebooks and per-position code usage from this "
     "index directory instead of the synthetic model.",
 )
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Results directory [benchmarks/results/speed-cpu; --quick: "
-    "benchmarks/results/speed-cpu-quick].",
-)
+@out_option(None, "speed-cpu; with --quick, speed-cpu-quick")
 @click.option("--quick", is_flag=True, help="Sizes 10k and 100k, 20 queries: a few minutes.")
 @click.option(
     "--bit-budget",
@@ -268,7 +263,7 @@ def main(sizes, queries, batch, from_index, out, quick, bit_budget, ivf_nlist, s
         results = run(cfg, progress=progress)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-    path = write_report(results, Path(out) if out else rp.RESULTS_ROOT / cfg.name)
+    path = write_report(results, rp.results_dir(out or cfg.name))
     if as_json:
         click.echo(json.dumps(rp.jsonable(results["targets"]), indent=2))
     else:

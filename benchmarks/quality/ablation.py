@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from benchmarks import report as rp
+from benchmarks.options import out_option
 from benchmarks.quality.labels import DISTANCE_NAMES
 
 # The config fields an ablation varies, shown per row when they differ from the first run.
@@ -170,12 +171,7 @@ def markdown(rows: list[dict]) -> str:
 
 @click.command()
 @click.argument("runs", nargs=-1, required=True)
-@click.option(
-    "--out",
-    default="quality-ablation",
-    show_default=True,
-    help="Output folder, or a bare name for benchmarks/results/NAME.",
-)
+@out_option("quality-ablation")
 def main(runs, out):
     """Tabulate quality runs (folders holding results.json, or bare names under
     benchmarks/results/) into OUT/report.md and OUT/results.json."""

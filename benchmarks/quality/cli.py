@@ -9,6 +9,7 @@ import logging
 import click
 
 from benchmarks import report as rp
+from benchmarks.options import out_option
 from benchmarks.quality.config import QualityConfig
 from benchmarks.quality.run import run_quality
 
@@ -68,13 +69,7 @@ from benchmarks.quality.run import run_quality
     default=None,
     help="In-plane size of the synthesised test archive [default: the model's input].",
 )
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    default="quality-cpu",
-    show_default=True,
-    help="Output folder, or a bare name for benchmarks/results/NAME.",
-)
+@out_option("quality-cpu")
 @click.option(
     "--topq",
     type=click.IntRange(min=1),
