@@ -4,7 +4,6 @@ weights, 3 queries) that checks the report and the invariants every run must sat
 
 import json
 import math
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -34,9 +33,9 @@ from benchmarks.quality.leakiness import binary_figures, roc_auc
 from benchmarks.quality.retrieval import hit_level_gaps
 from benchmarks.quality.run import run_quality
 from benchmarks.quality.scores import abnormal_code_usage
-from fdn.checkpoint import save_checkpoint
-from fdn.model import FDN, PRESETS
+from fdn.model import PRESETS
 from fdn.synth import synthesize_archive
+from tests.conftest import make_model_dir
 
 torch.set_num_threads(1)  # the machine is shared; the tiny model gains nothing from threads
 SIZE = PRESETS["tiny"].image_size
@@ -199,7 +198,7 @@ def test_decoded_lesion_maps_are_the_models_segmentation(tmp_path):
     from benchmarks.quality.models import decoded_lesion_maps
     from fdn.checkpoint import load_model
 
-    model_dir = _tiny_model(tmp_path / "model")
+    model_dir = make_model_dir(tmp_path / "model", seed=0)
     model, _ = load_model(model_dir, device="cpu")
     model.eval()
     x = torch.from_numpy(np.random.default_rng(6).normal(size=(5, 4, SIZE, SIZE)).astype("f4"))
@@ -293,21 +292,6 @@ def test_classifier_figures_by_hand():
 # ---------------------------------------------------------------------------- the whole run
 
 
-def _tiny_model(path, seed=0):
-    torch.manual_seed(seed)
-    model = FDN(PRESETS["tiny"])
-    save_checkpoint(
-        path,
-        {
-            "model": model.state_dict(),
-            "config": asdict(PRESETS["tiny"]),
-            "preset": "tiny",
-            "step": 0,
-        },
-    )
-    return path
-
-
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     root = tmp_path_factory.mktemp("quality")
@@ -315,7 +299,7 @@ def smoke(tmp_path_factory):
     test = root / "test"
     synthesize_archive(train, n_cases=4, healthy_fraction=0.5, seed=21, size=SIZE)
     synthesize_archive(test, n_cases=5, healthy_fraction=0.4, seed=22, size=SIZE)
-    model = _tiny_model(root / "model")
+    model = make_model_dir(root / "model", seed=0)
     cfg = QualityConfig(
         model=str(model),
         model_no_dm=None,

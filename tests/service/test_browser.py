@@ -170,14 +170,14 @@ def test_docs_page_renders_the_api(browser, live_server):
     assert "POST /api/query/upload" in browser.find_element("id", "docs").text
 
 
-def test_upload_from_the_page(browser, live_server, service, service_archive):
+def test_upload_from_the_page(browser, live_server, service, tiny_archive):
     """The page's upload form sends the four files and shows the external case's hits."""
     case = next(c for c in service.catalog.values() if c.has_lesion)
     browser.get(f"{live_server.url}/?case={case.case}&mode=abnormal")
     wait_for(browser, lambda d: settled(d, case.case, case.default_slice, "abnormal"), "page")
     browser.find_element("css selector", "#upload-box summary").click()
     for key in ("t1", "t1ce", "t2", "flair", "seg"):
-        path = service_archive / case.case / f"{case.case}_{key}.nii.gz"
+        path = tiny_archive / case.case / f"{case.case}_{key}.nii.gz"
         browser.find_element("css selector", f'#upload-form input[name="{key}"]').send_keys(
             str(path)
         )
