@@ -11,7 +11,7 @@ FDN := $(VENV)/bin/fdn-index
 DEMO_CASE = $$($(PY) -c "import json; cases = json.load(open('$(DEMO)/archive/synth.json'))['case_list']; \
 	print(max(cases, key=lambda c: c['lesion_voxels'])['case'])")
 
-.PHONY: demo test lint bench install clean system-deps serve
+.PHONY: demo test test-fast lint bench install clean system-deps serve
 
 install: $(STAMP)
 
@@ -22,6 +22,11 @@ $(STAMP): pyproject.toml constraints.txt setup.py hashindex/_fastscan.c
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The inner loop: every test but those marked slow (the pipeline, service, DICOM and benchmark
+# folders; see tests/conftest.py).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 # Real components of the tests, from Debian's packages: Orthanc with its DICOMweb plugin (a PACS),
 # dcm2niix (an independent DICOM converter), headless Chromium and its WebDriver (the viewer's

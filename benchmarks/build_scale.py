@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 
 from benchmarks import report as rp
+from benchmarks.options import out_option
 
 PACS_VOLUMES = 65_000
 SLICES_PER_VOLUME = 155
@@ -143,13 +144,7 @@ def render_markdown(results: dict) -> str:
     default=None,
     help="Scratch folder for the archive and indexes [default: under the results].",
 )
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    default="build-scale",
-    show_default=True,
-    help="Results folder (a bare name goes under benchmarks/results).",
-)
+@out_option("build-scale")
 def main(cases, size, model, work, out):
     """Time a build in one process and on 1 and 2 Dask workers, and project a PACS build."""
     from fdn.synth import synthesize_archive

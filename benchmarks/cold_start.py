@@ -5,11 +5,11 @@ Run ``python -m benchmarks.cold_start --slices 1000000`` (``--help`` for options
 
 It builds, once (``--work`` keeps it for the next run), an `fdn-index` directory of N slices:
 the synthetic workload of the speed and scale suites (`benchmarks.workload.synthetic`, K = 512,
-D = 64, 8 × 8 grids) written as a build journal and assembled by `fdn.assemble.assemble_index`
+D = 64, 8 × 8 grids) written as a build journal and assembled by `fdn.archive_index.assemble.assemble_index`
 with a model of seeded random weights whose codebooks are the workload's (the preset cpu-64
 with K and D widened to 512 and 64). The index folder is therefore what `fdn-index build`
 writes, and the hash index inside it is read by `HashIndex.read` alone too. A kept index
-assembled before slice_arrays.npz existed is given one (`fdn.assemble.add_slice_arrays`).
+assembled before slice_arrays.npz existed is given one (`fdn.archive_index.assemble.add_slice_arrays`).
 
 Then, in fresh processes (``--runs`` each, the file pages already in the OS cache: a warm
 start, not a cold disk), it measures
@@ -39,6 +39,7 @@ import click
 import numpy as np
 
 from benchmarks import report as rp
+from benchmarks.options import out_option
 
 TOPQ = 10
 TARGET_MS = 300.0
@@ -335,7 +336,7 @@ def render_markdown(r: dict) -> str:
         )
         + "\n",
         f"Index: {n:,} slices ({r['cases']:,} volumes of 155), grid 8 × 8, "
-        f"`{r['workload']}`, assembled by `fdn.assemble.assemble_index` (an `fdn-index` "
+        f"`{r['workload']}`, assembled by `fdn.archive_index.assemble.assemble_index` (an `fdn-index` "
         f"directory, with `--bit-budget {r.get('bit_budget')}`); query S_sum, D_H, top-10.\n",
         f"## N = {n:,}\n",
         rp.markdown_table(
@@ -389,13 +390,7 @@ def render_markdown(r: dict) -> str:
     default=None,
     help="Folder of the index (reused when it holds one of N slices) [default: OUT/work].",
 )
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    default="cold-start",
-    show_default=True,
-    help="Results folder (a bare name is under benchmarks/results/).",
-)
+@out_option("cold-start")
 @click.option("--skip-cli", is_flag=True, help="Measure the library path only.")
 @click.option("--note", default="", help="A paragraph to add to the report (what was compared).")
 def main(slices, runs, seed, work, out, skip_cli, note):

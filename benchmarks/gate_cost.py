@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from benchmarks import report as rp
+from benchmarks.options import out_option
 
-RESULTS = Path(__file__).parent / "results" / "gate-cost"
 SETTINGS = {  # name: (gate_abnormal_codes, gate_to_fixed_point)
     "no gate": (False, False),
     "one pass": (True, False),
@@ -133,9 +133,9 @@ def markdown(r: dict) -> str:
 @click.option("--rounds", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--batch", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=RESULTS, show_default=True)
+@out_option("gate-cost")
 def main(
-    model_dir: Path, archive: Path | None, rounds: int, batch: int, threads: int, out: Path
+    model_dir: Path, archive: Path | None, rounds: int, batch: int, threads: int, out: str
 ) -> None:
     """Slices per second of `encode` with no gate, one gate pass and the fixed point."""
     from fdn.synth import synthesize_archive
@@ -152,7 +152,7 @@ def main(
             synthesize_archive(archive, n_cases=12, size=size, seed=1000, healthy_fraction=0.25)
         with torch.no_grad():
             results = measure(model_dir, brain_slices(archive, size), rounds, batch)
-    out.mkdir(parents=True, exist_ok=True)
+    out = rp.results_dir(out)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "report.md").write_text(markdown(results))
     click.echo(markdown(results))

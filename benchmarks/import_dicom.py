@@ -26,6 +26,7 @@ from pathlib import Path
 import click
 
 from benchmarks import report as rp
+from benchmarks.options import out_option
 from benchmarks.orthanc import OrthancServer, available
 
 
@@ -66,13 +67,7 @@ def _row(name: str, seconds: list[float], n_studies: int, nbytes: int) -> dict:
     show_default=True,
     help="Timed runs of each path; the best is reported.",
 )
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    default="import-dicom",
-    show_default=True,
-    help="Results folder (a bare name goes under benchmarks/results).",
-)
+@out_option("import-dicom")
 def main(cases: int, size: int, repeats: int, out: str) -> None:
     """Measure DICOM import throughput from files and from Orthanc."""
     from fdn.dicom.export import export_archive

@@ -22,6 +22,7 @@ import click
 import numpy as np
 
 from benchmarks import report as rp
+from benchmarks.options import out_option
 from hashindex.binarize import hyperplane_bits, round_small_norms
 from hashindex.concordance import concordance
 from hashindex.optimize import hamming_table, optimize_codebook
@@ -107,13 +108,7 @@ def render_markdown(results: dict) -> str:
     show_default=True,
     help="Also time one random (all live) codebook, the worst case.",
 )
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    default="optimization",
-    show_default=True,
-    help="Results folder (a bare name goes under benchmarks/results).",
-)
+@out_option("optimization")
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
 def main(seeds: int, with_random: bool, out: str, as_json: bool) -> None:
     """Time Algorithm A.1 on K = 512 codebooks and write a report."""

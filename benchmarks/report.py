@@ -1,7 +1,7 @@
 """Shared machinery of the benchmark reports: result directories, machine, bandwidth, tables.
 
 Every suite writes ``benchmarks/results/<name>/`` with ``report.md``, ``results.json`` and PNG
-figures. Every file goes through `hashindex.fileio` (temporary file, fsync, rename, fsync of the
+figures. Every file goes through `crashsafe` (temporary file, fsync, rename, fsync of the
 folder), so a crashed run never leaves a half-written report beside a complete one.
 """
 

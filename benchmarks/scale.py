@@ -26,6 +26,7 @@ import numpy as np
 
 from benchmarks import report as rp
 from benchmarks import workload as wl
+from benchmarks.options import out_option
 from benchmarks.speed_measure import TOPQ, time_batch, time_single
 
 BASELINE = "lut"
@@ -236,13 +237,7 @@ def _sizes(ctx, param, value):
     show_default=True,
     help="Time budget of one latency figure.",
 )
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    default="scale",
-    show_default=True,
-    help="Results folder (a bare name goes under benchmarks/results).",
-)
+@out_option("scale")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def main(sizes, engines, queries, batch, from_index, seed, max_seconds, out, as_json):
     """Time exact engines against lut at 1M-10M slices and write a report."""

@@ -1,11 +1,13 @@
-"""Measurement primitives of the speed benchmark: single-query and batched latency, CPU time,
-recall, the float baseline (FAISS on decoded vectors) every engine is compared with, and the
-constants and row filter shared by the measurement, the figures and the report."""
+"""Measurement primitives of the speed benchmark: its configuration (`SpeedConfig`), single-query
+and batched latency, CPU time, recall, the float baseline (FAISS on decoded vectors) every engine
+is compared with, and the constants and row filter shared by the measurement, the figures and
+the report."""
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
@@ -18,6 +20,7 @@ __all__ = [
     "DISTANCES",
     "MODES",
     "RAW_K",
+    "SpeedConfig",
     "TOPQ",
     "FloatFlat",
     "cpu_seconds",
@@ -29,6 +32,35 @@ __all__ = [
 
 TOPQ = 10
 RAW_K = 100  # k of the raw single-round k-NN timing (scan cost without the grow-k rounds)
+
+
+@dataclass
+class SpeedConfig:
+    """Everything a run depends on (stored whole in results.json)."""
+
+    sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    queries: int = 50
+    batch: int = 64
+    seed: int = 0
+    K: int = 512
+    D: int = 64
+    bit_budget: int = 64
+    ivf_nlist: int = 128
+    nprobes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    hamming_batch_sizes: tuple[int, ...] = (256, 1024, 4096, 16384, 65536)
+    numpy_max_n: int = 100_000
+    float_budget_bytes: int = 4 << 30
+    max_seconds_per_figure: float = 8.0
+    from_index: str | None = None
+    name: str = "speed-cpu"
+    targets: dict = field(
+        default_factory=lambda: {
+            "sum_1m_ms": 30.0,
+            "speedup_vs_float_l2_100k": 20.0,
+            "ivf_recall": 0.95,
+            "ivf_speedup": 5.0,
+        }
+    )
 
 
 def select_rows(results: dict, **match) -> list[dict]:

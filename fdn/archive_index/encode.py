@@ -4,7 +4,7 @@ Codes are argmins over codebook distances, so a rounding difference can flip a n
 must never mix codes made with different arithmetic. ``fp32`` (the default, on any device) runs
 IEEE float32 throughout: on CUDA with TF32 off and cuDNN's deterministic algorithms, so a GPU
 gives the same codes run after run and as close to the CPU's as float32 allows. ``bf16`` (CUDA
-autocast, faster) is an explicit choice that the build records (`fdn.build`)."""
+autocast, faster) is an explicit choice that the build records (`fdn.archive_index.build`)."""
 
 import contextlib
 

@@ -4,21 +4,13 @@ weights, 3 queries) that checks the report and the invariants every run must sat
 
 import json
 import math
-from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-from benchmarks.quality import (
-    QualityConfig,
-    abnormal_code_usage,
-    hit_level_gaps,
-    main,
-    run_quality,
-)
-from benchmarks.quality_baselines import (
+from benchmarks.quality.baselines import (
     cell_class_counts,
     downsample_slices,
     grid_truth_hits,
@@ -28,17 +20,22 @@ from benchmarks.quality_baselines import (
     same_level_hits,
     segmentation_hits,
 )
-from benchmarks.quality_dice import (
+from benchmarks.quality.cli import main
+from benchmarks.quality.config import QualityConfig
+from benchmarks.quality.dice import (
     LESION_CLASSES,
     NORMAL_CLASSES,
     LabelDice,
     best_volumes,
     multiclass_dice,
 )
-from benchmarks.quality_leakiness import binary_figures, roc_auc
-from fdn.model import FDN, PRESETS
+from benchmarks.quality.leakiness import binary_figures, roc_auc
+from benchmarks.quality.retrieval import hit_level_gaps
+from benchmarks.quality.run import run_quality
+from benchmarks.quality.scores import abnormal_code_usage
+from fdn.model import PRESETS
 from fdn.synth import synthesize_archive
-from fdn.training.checkpoint import save_checkpoint
+from tests.conftest import make_model_dir
 
 torch.set_num_threads(1)  # the machine is shared; the tiny model gains nothing from threads
 SIZE = PRESETS["tiny"].image_size
@@ -198,10 +195,10 @@ def test_grid_truth_hits_match_brute_force_cosine():
 
 def test_decoded_lesion_maps_are_the_models_segmentation(tmp_path):
     """ŷ decoded from the stored codes equals ŷ of the forward pass on the images."""
-    from benchmarks.quality_models import decoded_lesion_maps
+    from benchmarks.quality.models import decoded_lesion_maps
     from fdn.training.checkpoint import load_model
 
-    model_dir = _tiny_model(tmp_path / "model")
+    model_dir = make_model_dir(tmp_path / "model", seed=0)
     model, _ = load_model(model_dir, device="cpu")
     model.eval()
     x = torch.from_numpy(np.random.default_rng(6).normal(size=(5, 4, SIZE, SIZE)).astype("f4"))
@@ -295,21 +292,6 @@ def test_classifier_figures_by_hand():
 # ---------------------------------------------------------------------------- the whole run
 
 
-def _tiny_model(path, seed=0):
-    torch.manual_seed(seed)
-    model = FDN(PRESETS["tiny"])
-    save_checkpoint(
-        path,
-        {
-            "model": model.state_dict(),
-            "config": asdict(PRESETS["tiny"]),
-            "preset": "tiny",
-            "step": 0,
-        },
-    )
-    return path
-
-
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     root = tmp_path_factory.mktemp("quality")
@@ -317,7 +299,7 @@ def smoke(tmp_path_factory):
     test = root / "test"
     synthesize_archive(train, n_cases=4, healthy_fraction=0.5, seed=21, size=SIZE)
     synthesize_archive(test, n_cases=5, healthy_fraction=0.4, seed=22, size=SIZE)
-    model = _tiny_model(root / "model")
+    model = make_model_dir(root / "model", seed=0)
     cfg = QualityConfig(
         model=str(model),
         model_no_dm=None,
@@ -467,7 +449,7 @@ def test_cli_needs_the_training_archive(smoke, tmp_path):
 
 def test_appendix_f_bits_are_the_index_hamming_distances(smoke):
     """The unpacked b* that Appendix F times give the index's own Hamming table."""
-    from benchmarks.quality_binarization import unpacked_bits
+    from benchmarks.quality.binarization import unpacked_bits
     from fdn.archive_index.retrieval import open_index
 
     index = open_index(smoke["results"]["index"]["dir"])
@@ -504,7 +486,7 @@ def test_one_run_reads_one_frozen_copy_of_the_weights(smoke):
 def test_ablation_tabulates_runs_and_refuses_different_test_archives(smoke, tmp_path):
     import shutil
 
-    from benchmarks.quality_ablation import main as ablation
+    from benchmarks.quality.ablation import main as ablation
 
     a, b = tmp_path / "run-a", tmp_path / "run-b"
     shutil.copytree(smoke["out"], a)
@@ -526,7 +508,7 @@ def test_ablation_tabulates_runs_and_refuses_different_test_archives(smoke, tmp_
 
 
 def test_trained_steps_reads_the_last_metrics_row(tmp_path):
-    from benchmarks.quality_ablation import trained_steps
+    from benchmarks.quality.ablation import trained_steps
 
     assert trained_steps(tmp_path) is None
     rows = [{"step": 99, "lat": 5.0}, {"step": 6978, "lat": 9.6, "partial": True}]

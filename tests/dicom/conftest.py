@@ -1,5 +1,5 @@
 """Fixtures of the DICOM import tests: DICOM studies exported from the small synthetic archive,
-their import, a tiny model, a real Orthanc PACS, and helpers to damage a study on purpose.
+their import, a real Orthanc PACS, and helpers to damage a study on purpose.
 
 Every export rotates the study by (8, -12, 15) degrees (an oblique ImageOrientationPatient)
 and stores values with RescaleSlope 0.5 and RescaleIntercept -16 (`fdn.dicom.export`).
@@ -14,7 +14,6 @@ from benchmarks.orthanc import MISSING, OrthancServer, available
 from fdn.data import Archive
 from fdn.dicom.export import export_case
 from fdn.dicom.importer import import_dicom
-from tests.pipeline.conftest import make_model_dir
 
 SLOPE, INTERCEPT = 0.5, -16.0
 ROTATE = (8.0, -12.0, 15.0)
@@ -45,11 +44,6 @@ def imported_archive(dicom_source, tmp_path_factory):
     archive = tmp_path_factory.mktemp("imported") / "archive"
     report = import_dicom(dicom_source[0], archive)
     return archive, report
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    return make_model_dir(tmp_path_factory.mktemp("dicom-model") / "model", seed=0)
 
 
 @pytest.fixture

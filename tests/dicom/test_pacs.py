@@ -18,7 +18,8 @@ from fdn.data import Archive
 from fdn.data.labels import SEQUENCES
 from fdn.dicom.pacs import load_credentials, make_client, sync_pacs
 from fdn.errors import DicomImportError
-from tests.dicom.conftest import case_dirs, make_model_dir
+from tests.conftest import make_model_dir
+from tests.dicom.conftest import case_dirs
 
 
 def sync(url, archive, *options, env=None):

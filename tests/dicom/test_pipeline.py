@@ -31,7 +31,7 @@ def build(archive, model, index):
 
 
 def test_build_and_query_match_the_nifti_archive(
-    small_archive, imported_archive, tiny_model, tmp_path
+    small_archive, imported_archive, model_dir, tmp_path
 ):
     archive, report = imported_archive
     source_of = {
@@ -41,8 +41,8 @@ def test_build_and_query_match_the_nifti_archive(
         for e in report.imported
     }
     imported_of = {v: k for k, v in source_of.items()}
-    original = open_index(build(small_archive, tiny_model, tmp_path / "index-nifti"))
-    imported = open_index(build(archive, tiny_model, tmp_path / "index-dicom"))
+    original = open_index(build(small_archive, model_dir, tmp_path / "index-nifti"))
+    imported = open_index(build(archive, model_dir, tmp_path / "index-dicom"))
     assert imported.ntotal == original.ntotal
     compared = 0
     for case in Archive(small_archive).case_ids:
@@ -63,9 +63,9 @@ def test_build_and_query_match_the_nifti_archive(
     assert hit.study_uid is None and hit.series_uids is None
 
 
-def test_provenance_reaches_the_table_and_the_answers(imported_archive, tiny_model, tmp_path):
+def test_provenance_reaches_the_table_and_the_answers(imported_archive, model_dir, tmp_path):
     archive, report = imported_archive
-    index = build(archive, tiny_model, tmp_path / "index")
+    index = build(archive, model_dir, tmp_path / "index")
     table = pq.read_table(index / "slices.parquet").to_pylist()
     expected = {e["case"]: e for e in report.imported}
     assert {row["case"] for row in table} == set(expected)

@@ -64,9 +64,9 @@ def index_contents(index_dir):
     return group["normal"][:], group["abnormal"][:], table, manifest, hashed
 
 
-def test_codes_equal_a_direct_encoding(built_index, pipeline_archive, model_dir):
+def test_codes_equal_a_direct_encoding(built_index, tiny_archive, model_dir):
     model, config = load_model(model_dir)
-    archive = Archive(pipeline_archive)
+    archive = Archive(tiny_archive)
     normal, abnormal, table, manifest, _ = index_contents(built_index)
     assert manifest["status"] == "complete"
     assert manifest["n_cases"] == len(archive.case_ids) == 4
@@ -92,9 +92,9 @@ def test_codes_equal_a_direct_encoding(built_index, pipeline_archive, model_dir)
     assert normal.dtype == np.uint16 and normal.shape[1:] == (4, 4)
 
 
-def test_rebuild_of_a_complete_index_changes_nothing(built_index, pipeline_archive, model_dir):
+def test_rebuild_of_a_complete_index_changes_nothing(built_index, tiny_archive, model_dir):
     before = index_contents(built_index)
-    report = build_index(pipeline_archive, model_dir, built_index)
+    report = build_index(tiny_archive, model_dir, built_index)
     assert report.encoded_now == [] and len(report.reused) == 4
     after = index_contents(built_index)
     for a, b in zip(before[:2], after[:2]):
@@ -140,7 +140,7 @@ def kill_when(process, condition, timeout=120):
 
 @pytest.mark.parametrize("stage", ["encoding", "assembling"])
 def test_sigkilled_build_resumes_to_the_uninterrupted_result(
-    stage, tmp_path, built_index, pipeline_archive, model_dir
+    stage, tmp_path, built_index, tiny_archive, model_dir
 ):
     index = tmp_path / "index"
     encoded = index / ENCODED_DIR
@@ -152,12 +152,12 @@ def test_sigkilled_build_resumes_to_the_uninterrupted_result(
         condition = lambda: n_encoded() >= 1  # noqa: E731
     else:  # the staging folder of the assembly exists
         condition = lambda: any(index.glob(".assemble.*.tmp"))  # noqa: E731
-    process = run_build(pipeline_archive, model_dir, index)
+    process = run_build(tiny_archive, model_dir, index)
     killed = kill_when(process, condition)
     assert killed and process.returncode == -signal.SIGKILL, "the build finished before the kill"
     with pytest.raises(IndexDirError):  # incomplete at the moment of the kill
         open_index(index)
-    finished = run_build(pipeline_archive, model_dir, index)
+    finished = run_build(tiny_archive, model_dir, index)
     output = finished.communicate(timeout=300)[0].decode()
     assert finished.returncode == 0, output
     expected, got = index_contents(built_index), index_contents(index)
@@ -170,7 +170,7 @@ def test_sigkilled_build_resumes_to_the_uninterrupted_result(
 
 
 def test_add_appends_new_cases_and_keeps_old_rows(
-    tmp_path, built_index, extra_archive, pipeline_archive, model_dir
+    tmp_path, built_index, extra_archive, tiny_archive, model_dir
 ):
     index = tmp_path / "index"
     shutil.copytree(built_index, index)
@@ -186,15 +186,15 @@ def test_add_appends_new_cases_and_keeps_old_rows(
     assert open_index(index).ntotal == normal.shape[0]
 
 
-def test_another_model_is_refused(tmp_path, built_index, pipeline_archive, other_model_dir):
+def test_another_model_is_refused(tmp_path, built_index, tiny_archive, other_model_dir):
     index = tmp_path / "index"
     shutil.copytree(built_index, index)
     with pytest.raises(IndexDirError, match="another model"):
-        build_index(pipeline_archive, other_model_dir, index)
+        build_index(tiny_archive, other_model_dir, index)
 
 
 def test_a_changed_encoding_of_the_same_weights_is_refused(
-    tmp_path, pipeline_archive, extra_archive, model_dir
+    tmp_path, tiny_archive, extra_archive, model_dir
 ):
     """config.json turned to the fixed-point gate after the build: same weights, other codes."""
     model = tmp_path / "model"
@@ -203,7 +203,7 @@ def test_a_changed_encoding_of_the_same_weights_is_refused(
     config.update(null_code_weight=1.0, gate_abnormal_codes=True, gate_to_fixed_point=False)
     (model / "config.json").write_text(json.dumps(config))
     index = tmp_path / "index"
-    build_index(pipeline_archive, model, index)
+    build_index(tiny_archive, model, index)
     plan = json.loads((index / "build_plan.json").read_text())
     assert plan["encoding"] == {"gate_abnormal_codes": True, "gate_to_fixed_point": False}
     before = {f: f.read_bytes() for f in sorted(index.rglob("*")) if f.is_file()}
@@ -216,10 +216,10 @@ def test_a_changed_encoding_of_the_same_weights_is_refused(
     del plan["encoding"]
     (index / "build_plan.json").write_text(json.dumps(plan))
     with pytest.raises(IndexDirError, match="gate_to_fixed_point=False"):
-        build_index(pipeline_archive, model, index)
+        build_index(tiny_archive, model, index)
 
 
-def test_another_format_version_is_refused(tmp_path, built_index, pipeline_archive, model_dir):
+def test_another_format_version_is_refused(tmp_path, built_index, tiny_archive, model_dir):
     index = tmp_path / "index"
     shutil.copytree(built_index, index)
     manifest = json.loads((index / MANIFEST).read_text())
@@ -228,29 +228,29 @@ def test_another_format_version_is_refused(tmp_path, built_index, pipeline_archi
     with pytest.raises(IndexDirError, match="version 999"):
         open_index(index)
     with pytest.raises(IndexDirError, match="version 999"):
-        build_index(pipeline_archive, model_dir, index)
+        build_index(tiny_archive, model_dir, index)
 
 
-def test_a_foreign_directory_is_not_overwritten(tmp_path, pipeline_archive, model_dir):
+def test_a_foreign_directory_is_not_overwritten(tmp_path, tiny_archive, model_dir):
     target = tmp_path / "photos"
     target.mkdir()
     (target / "holiday.jpg").write_bytes(b"not an index")
     with pytest.raises(IndexDirError, match="not an fdn-index directory"):
-        build_index(pipeline_archive, model_dir, target)
+        build_index(tiny_archive, model_dir, target)
     assert os.listdir(target) == ["holiday.jpg"]
 
 
-def archive_with_a_bad_case(tmp_path, pipeline_archive):
+def archive_with_a_bad_case(tmp_path, tiny_archive):
     """A copy of the archive whose second case has lost its FLAIR; returns (root, bad case)."""
     root = tmp_path / "archive"
-    shutil.copytree(pipeline_archive, root)
+    shutil.copytree(tiny_archive, root)
     bad = Archive(root).case_ids[1]
     Archive(root).case_files(bad)["flair"].unlink()
     return root, bad
 
 
-def test_skip_bad_lists_the_bad_case_and_indexes_the_rest(tmp_path, pipeline_archive, model_dir):
-    root, bad = archive_with_a_bad_case(tmp_path, pipeline_archive)
+def test_skip_bad_lists_the_bad_case_and_indexes_the_rest(tmp_path, tiny_archive, model_dir):
+    root, bad = archive_with_a_bad_case(tmp_path, tiny_archive)
     report = build_index(root, model_dir, tmp_path / "index", BuildOptions(skip_bad=True))
     assert [entry["case"] for entry in report.skipped] == [bad]
     assert "flair" in report.skipped[0]["fault"]
@@ -259,8 +259,8 @@ def test_skip_bad_lists_the_bad_case_and_indexes_the_rest(tmp_path, pipeline_arc
     assert index.manifest.skipped_cases == [bad]
 
 
-def test_a_bad_case_is_fatal_without_skip_bad(tmp_path, pipeline_archive, model_dir):
-    root, bad = archive_with_a_bad_case(tmp_path, pipeline_archive)
+def test_a_bad_case_is_fatal_without_skip_bad(tmp_path, tiny_archive, model_dir):
+    root, bad = archive_with_a_bad_case(tmp_path, tiny_archive)
     result = CliRunner().invoke(
         main, ["build", str(root), "--model", str(model_dir), "--index", str(tmp_path / "index")]
     )
@@ -271,10 +271,10 @@ def test_a_bad_case_is_fatal_without_skip_bad(tmp_path, pipeline_archive, model_
 
 
 def test_sources_are_absolute_when_the_archive_is_given_relative(
-    tmp_path, pipeline_archive, model_dir, monkeypatch
+    tmp_path, tiny_archive, model_dir, monkeypatch
 ):
-    monkeypatch.chdir(pipeline_archive.parent)
-    build_index(pipeline_archive.name, model_dir, tmp_path / "index")
+    monkeypatch.chdir(tiny_archive.parent)
+    build_index(tiny_archive.name, model_dir, tmp_path / "index")
     table = pq.read_table(tmp_path / "index" / "slices.parquet").to_pydict()
     assert {os.path.isabs(s) for s in table["source"]} == {True}
-    assert {os.path.basename(s) for s in table["source"]} == set(Archive(pipeline_archive).case_ids)
+    assert {os.path.basename(s) for s in table["source"]} == set(Archive(tiny_archive).case_ids)

@@ -131,22 +131,22 @@ def damage_bad_crc(path):
     "damage", [damage_truncate, damage_drop_key, damage_wrong_shape, damage_bad_crc]
 )
 def test_a_damaged_journal_entry_is_encoded_again(
-    index, built_index, pipeline_archive, model_dir, damage
+    index, built_index, tiny_archive, model_dir, damage
 ):
-    case = Archive(pipeline_archive).case_ids[1]
+    case = Archive(tiny_archive).case_ids[1]
     damage(index / ENCODED_DIR / f"{case}.npz")
-    report = build_index(pipeline_archive, model_dir, index)
+    report = build_index(tiny_archive, model_dir, index)
     assert report.encoded_now == [case]
     assert_same_index(codes_of(index), codes_of(built_index))
     # and so is the same damage before an --add
     damage(index / ENCODED_DIR / f"{case}.npz")
-    report = build_index(pipeline_archive, model_dir, index, BuildOptions(add=True))
+    report = build_index(tiny_archive, model_dir, index, BuildOptions(add=True))
     assert report.encoded_now == [case]
 
 
-def test_a_case_whose_files_changed_is_encoded_again(tmp_path, pipeline_archive, model_dir):
+def test_a_case_whose_files_changed_is_encoded_again(tmp_path, tiny_archive, model_dir):
     root = tmp_path / "archive"
-    shutil.copytree(pipeline_archive, root)
+    shutil.copytree(tiny_archive, root)
     index = tmp_path / "index"
     build_index(root, model_dir, index)
     cases = Archive(root).case_ids
@@ -165,9 +165,9 @@ def test_a_case_whose_files_changed_is_encoded_again(tmp_path, pipeline_archive,
     )
 
 
-def test_a_skipped_case_is_retried_once_its_files_are_fixed(tmp_path, pipeline_archive, model_dir):
+def test_a_skipped_case_is_retried_once_its_files_are_fixed(tmp_path, tiny_archive, model_dir):
     root = tmp_path / "archive"
-    shutil.copytree(pipeline_archive, root)
+    shutil.copytree(tiny_archive, root)
     bad = Archive(root).case_ids[1]
     flair = Archive(root).case_files(bad)["flair"]
     kept = tmp_path / "flair.nii.gz"
@@ -186,20 +186,20 @@ def test_a_skipped_case_is_retried_once_its_files_are_fixed(tmp_path, pipeline_a
     assert bad in opened.cases and opened.manifest.skipped_cases == []
 
 
-def test_a_second_build_of_the_same_directory_fails_at_once(index, pipeline_archive, model_dir):
+def test_a_second_build_of_the_same_directory_fails_at_once(index, tiny_archive, model_dir):
     with build_lock(index):
         with pytest.raises(IndexDirError, match="another build holds"):
-            build_index(pipeline_archive, model_dir, index)
+            build_index(tiny_archive, model_dir, index)
         result = CliRunner().invoke(
-            main, ["build", str(pipeline_archive), "--model", str(model_dir), "--index", str(index)]
+            main, ["build", str(tiny_archive), "--model", str(model_dir), "--index", str(index)]
         )
         assert result.exit_code != 0
         assert "another build holds" in result.output
         assert open_index(index).ntotal > 0  # readers are not blocked by a build
-    build_index(pipeline_archive, model_dir, index)  # the lock is released with its holder
+    build_index(tiny_archive, model_dir, index)  # the lock is released with its holder
 
 
-def test_leftovers_of_killed_writers_are_removed(index, built_index, pipeline_archive, model_dir):
+def test_leftovers_of_killed_writers_are_removed(index, built_index, tiny_archive, model_dir):
     planted = [
         index / ".manifest.json.k1.tmp",
         index / ".faiss_sum.index.k2.tmp",
@@ -210,13 +210,13 @@ def test_leftovers_of_killed_writers_are_removed(index, built_index, pipeline_ar
     for path in planted:
         path.write_bytes(b"\0" * 2048)
     (index / ".assemble.k6.tmp" / "codes.zarr").mkdir(parents=True)
-    build_index(pipeline_archive, model_dir, index)
+    build_index(tiny_archive, model_dir, index)
     assert [p for p in index.rglob(".*.tmp")] == []
     assert_same_index(codes_of(index), codes_of(built_index))
 
 
 def test_a_build_killed_during_the_swap_is_refused_then_finished(
-    index, built_index, pipeline_archive, model_dir, monkeypatch
+    index, built_index, tiny_archive, model_dir, monkeypatch
 ):
     calls = []
     real_replace = os.replace
@@ -230,36 +230,36 @@ def test_a_build_killed_during_the_swap_is_refused_then_finished(
 
     monkeypatch.setattr(fdn.archive_index.assemble.os, "replace", replace_then_die)
     with pytest.raises(KeyboardInterrupt):
-        build_index(pipeline_archive, model_dir, index)
+        build_index(tiny_archive, model_dir, index)
     monkeypatch.undo()
     assert len(calls) == 3
     with pytest.raises(IndexDirError, match="interrupted build"):
         open_index(index)
-    report = build_index(pipeline_archive, model_dir, index)
+    report = build_index(tiny_archive, model_dir, index)
     assert report.encoded_now == []  # the journal was intact: only assembled again
     assert_same_index(codes_of(index), codes_of(built_index))
 
 
-def test_a_rebuild_without_ivf_removes_the_old_ivf_files(tmp_path, pipeline_archive, model_dir):
+def test_a_rebuild_without_ivf_removes_the_old_ivf_files(tmp_path, tiny_archive, model_dir):
     index = tmp_path / "index"
-    build_index(pipeline_archive, model_dir, index, BuildOptions(ivf_nlist=2))
+    build_index(tiny_archive, model_dir, index, BuildOptions(ivf_nlist=2))
     assert (index / "faiss_ivf_sum.index").is_file()
-    build_index(pipeline_archive, model_dir, index)
+    build_index(tiny_archive, model_dir, index)
     assert not list(index.glob("faiss_ivf_*"))
     assert "faiss_ivf_sum.index" not in json.loads((index / "manifest.json").read_text())["files"]
     assert open_index(index).ntotal > 0
 
 
-def test_build_into_the_archive_itself_is_refused(tmp_path, pipeline_archive, model_dir):
+def test_build_into_the_archive_itself_is_refused(tmp_path, tiny_archive, model_dir):
     root = tmp_path / "archive"
-    shutil.copytree(pipeline_archive, root)
+    shutil.copytree(tiny_archive, root)
     before = sorted(p.name for p in root.iterdir())
     with pytest.raises(IndexDirError, match="looks like an image archive"):
         build_index(root, model_dir, root)
     assert sorted(p.name for p in root.iterdir()) == before
 
 
-def test_two_build_processes_never_run_at_once(tmp_path, pipeline_archive, model_dir):
+def test_two_build_processes_never_run_at_once(tmp_path, tiny_archive, model_dir):
     import subprocess
     import sys
     import textwrap
@@ -278,7 +278,7 @@ def test_two_build_processes_never_run_at_once(tmp_path, pipeline_archive, model
                 while not pathlib.Path({str(release)!r}).exists():
                     assert time.monotonic() < deadline, "never released"
                     time.sleep(0.01)
-        build_index({str(pipeline_archive)!r}, {str(model_dir)!r}, {str(index)!r}, on_case=pause)
+        build_index({str(tiny_archive)!r}, {str(model_dir)!r}, {str(index)!r}, on_case=pause)
     """)
     first = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -289,7 +289,7 @@ def test_two_build_processes_never_run_at_once(tmp_path, pipeline_archive, model
         assert time.monotonic() < deadline
         time.sleep(0.01)
     second = CliRunner().invoke(
-        main, ["build", str(pipeline_archive), "--model", str(model_dir), "--index", str(index)]
+        main, ["build", str(tiny_archive), "--model", str(model_dir), "--index", str(index)]
     )
     release.write_text("go")
     assert second.exit_code != 0

@@ -47,10 +47,10 @@ def _same_index(a, b):
 
 
 def test_cluster_build_equals_the_single_process_build(
-    tmp_path, client, pipeline_archive, model_dir, built_index
+    tmp_path, client, tiny_archive, model_dir, built_index
 ):
     index = tmp_path / "index"
-    report = build_index(pipeline_archive, model_dir, index, client=client)
+    report = build_index(tiny_archive, model_dir, index, client=client)
     assert sorted(report.encoded_now) == sorted(open_index(built_index).cases)
     assert report.stages["slices"] == report.n_slices
     assert all(report.stages[k] >= 0 for k in ("read_s", "preprocess_s", "encode_s", "write_s"))
@@ -59,7 +59,7 @@ def test_cluster_build_equals_the_single_process_build(
 
 
 def test_a_worker_killed_mid_build_loses_and_duplicates_nothing(
-    tmp_path, client, pipeline_archive, model_dir, built_index
+    tmp_path, client, tiny_archive, model_dir, built_index
 ):
     index = tmp_path / "index"
     pids = list(client.run(os.getpid).values())
@@ -70,7 +70,7 @@ def test_a_worker_killed_mid_build_loses_and_duplicates_nothing(
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
 
-    report = build_index(pipeline_archive, model_dir, index, client=client, on_case=kill_one_worker)
+    report = build_index(tiny_archive, model_dir, index, client=client, on_case=kill_one_worker)
     assert killed, "no worker was killed"
     with pytest.raises(ProcessLookupError):
         os.kill(killed[0], 0)
@@ -79,13 +79,13 @@ def test_a_worker_killed_mid_build_loses_and_duplicates_nothing(
     client.wait_for_workers(2, timeout=60)  # the nanny restarts it for the next test
 
 
-def test_cli_build_with_workers(tmp_path, pipeline_archive, model_dir, built_index):
+def test_cli_build_with_workers(tmp_path, tiny_archive, model_dir, built_index):
     index = tmp_path / "index"
     result = CliRunner().invoke(
         main,
         [
             "build",
-            str(pipeline_archive),
+            str(tiny_archive),
             "--model",
             str(model_dir),
             "--index",
@@ -101,7 +101,7 @@ def test_cli_build_with_workers(tmp_path, pipeline_archive, model_dir, built_ind
         main,
         [
             "build",
-            str(pipeline_archive),
+            str(tiny_archive),
             "--model",
             str(model_dir),
             "--index",

@@ -142,11 +142,11 @@ def test_swapped_case_names_in_the_slice_table_are_refused(index):
 
 
 def test_swapped_model_weights_are_refused_for_external_queries(
-    index, other_model_dir, pipeline_archive
+    index, other_model_dir, tiny_archive
 ):
     shutil.copy(other_model_dir / "weights.pt", index / "model" / "weights.pt")
     case = some_case_of(index)
-    result = run("query", "--index", index, "--input", pipeline_archive / case)
+    result = run("query", "--index", index, "--input", tiny_archive / case)
     assert result.exit_code != 0
     assert "model/weights.pt: sha256" in result.output
 
@@ -261,8 +261,8 @@ def test_nprobe_is_refused_where_it_does_nothing(built_index, args, message):
     assert "Traceback" not in result.output
 
 
-def test_an_archive_given_as_index_is_named_as_such(pipeline_archive):
-    result = run("query", "--index", pipeline_archive, "--case", "X", "--slice", 0)
+def test_an_archive_given_as_index_is_named_as_such(tiny_archive):
+    result = run("query", "--index", tiny_archive, "--case", "X", "--slice", 0)
     assert result.exit_code != 0
     assert "looks like an image archive" in result.output
     assert "interrupted" not in result.output

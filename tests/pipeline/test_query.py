@@ -115,10 +115,10 @@ def test_all_modes_with_montage_and_readable_table(built_index, tmp_path):
     assert png.stat().st_size > 10_000
 
 
-def test_external_case_folder_gives_the_same_hits(built_index, pipeline_archive):
+def test_external_case_folder_gives_the_same_hits(built_index, tiny_archive):
     index = open_index(built_index)
     case, z = lesion_query(index)
-    case_dir = Archive(pipeline_archive).case_files(case)["t1"].parent
+    case_dir = Archive(tiny_archive).case_files(case)["t1"].parent
     inside = run("query", "--index", built_index, "--case", case, "--slice", z, "--json")
     outside = run("query", "--index", built_index, "--input", case_dir, "--slice", z, "--json")
     assert inside.exit_code == 0 and outside.exit_code == 0, inside.output + outside.output
@@ -126,10 +126,10 @@ def test_external_case_folder_gives_the_same_hits(built_index, pipeline_archive)
     assert rows(inside) == rows(outside)
 
 
-def test_library_encode_matches_the_index(built_index, pipeline_archive, model_dir):
+def test_library_encode_matches_the_index(built_index, tiny_archive, model_dir):
     index = open_index(built_index)
     case = index.cases[0]
-    volume = Archive(pipeline_archive).load(case, index.manifest.input_size)
+    volume = Archive(tiny_archive).load(case, index.manifest.input_size)
     normal, abnormal = index.encode(volume.image[3])
     row = index.row_of(case, 3)
     np.testing.assert_array_equal(normal, index.codes_normal[row])
@@ -211,9 +211,9 @@ def test_default_slice_is_the_largest_lesion(built_index):
     assert json.loads(result.output)["query"] == f"{case} slice {z}"
 
 
-def test_external_case_missing_a_sequence_fails_clearly(built_index, pipeline_archive, tmp_path):
+def test_external_case_missing_a_sequence_fails_clearly(built_index, tiny_archive, tmp_path):
     case = open_index(built_index).cases[0]
-    source = Archive(pipeline_archive).case_files(case)["t1"].parent
+    source = Archive(tiny_archive).case_files(case)["t1"].parent
     broken = tmp_path / case
     shutil.copytree(source, broken)
     next(broken.glob("*_t2.nii.gz")).unlink()

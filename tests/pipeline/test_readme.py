@@ -18,11 +18,11 @@ def test_readme_has_library_examples():
     assert any("HashIndex.build" in b for b in blocks)
 
 
-def test_readme_examples_run(tmp_path, built_index, pipeline_archive, model_dir, capsys):
+def test_readme_examples_run(tmp_path, built_index, tiny_archive, model_dir, capsys):
     (tmp_path / "demo").mkdir()
     (tmp_path / "models").mkdir()
     os.symlink(built_index, tmp_path / "demo" / "index")
-    os.symlink(pipeline_archive, tmp_path / "demo" / "archive")
+    os.symlink(tiny_archive, tmp_path / "demo" / "archive")
     os.symlink(model_dir, tmp_path / "models" / "cpu-64")
     cwd = os.getcwd()
     os.chdir(tmp_path)

@@ -1,9 +1,9 @@
-"""Fixtures of the query-service tests: a tiny archive, a seeded tiny model, an index of them, an
-in-process client, and a real uvicorn server on 127.0.0.1 and a free port.
+"""Fixtures of the query-service tests: the service over the shared `built_index` (of
+`tiny_archive` by `model_dir`, tests/conftest.py), an in-process client, and a real uvicorn
+server on 127.0.0.1 and a free port.
 
-The model has seeded random weights (the "tiny" preset, as in tests/pipeline): the tests check
-that the service answers exactly what the library answers, which needs no trained model.
-Everything is written inside pytest's tmp folders.
+The model has seeded random weights: the tests check that the service answers exactly what the
+library answers, which needs no trained model. Everything is written inside pytest's tmp folders.
 """
 
 from __future__ import annotations
@@ -16,17 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from fdn.archive_index.build import build_index
-from fdn.model import PRESETS
-from fdn.synth import synthesize_archive
-
 with warnings.catch_warnings():  # on import, starlette says it prefers httpx2 to the pinned httpx
     warnings.simplefilter("ignore")
     import starlette.testclient  # noqa: F401
-
-from tests.pipeline.conftest import make_model_dir  # noqa: E402  (after the warning filter)
-
-SIZE = PRESETS["tiny"].image_size
 
 
 def load_reference():
@@ -46,30 +38,11 @@ def checksums(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def service_archive(tmp_path_factory):
-    root = tmp_path_factory.mktemp("service") / "archive"
-    synthesize_archive(root, n_cases=4, healthy_fraction=0.5, seed=11, size=SIZE)
-    return root
-
-
-@pytest.fixture(scope="session")
-def service_model(tmp_path_factory):
-    return make_model_dir(tmp_path_factory.mktemp("service-model") / "model", seed=0)
-
-
-@pytest.fixture(scope="session")
-def service_index(tmp_path_factory, service_archive, service_model):
-    index_dir = tmp_path_factory.mktemp("service-index") / "index"
-    build_index(service_archive, service_model, index_dir)
-    return index_dir
-
-
-@pytest.fixture(scope="session")
-def service(service_index, tmp_path_factory):
+def service(built_index, tmp_path_factory):
     from fdn.service import QueryService
 
     scratch = tmp_path_factory.mktemp("service-scratch")
-    return QueryService.open(service_index, scratch_dir=scratch, max_upload_bytes=8 * 1024 * 1024)
+    return QueryService.open(built_index, scratch_dir=scratch, max_upload_bytes=8 * 1024 * 1024)
 
 
 @pytest.fixture(scope="session")

@@ -17,11 +17,11 @@ ref = load_reference()
 
 
 @pytest.fixture(scope="module")
-def brute(service, service_index):
+def brute(service, built_index):
     """(distance function, volumes) computed from the index files, not from the search code."""
     index = service.index
-    cn = np.load(service_index / "codebook_normal.npy")
-    ca = np.load(service_index / "codebook_abnormal.npy")
+    cn = np.load(built_index / "codebook_normal.npy")
+    ca = np.load(built_index / "codebook_abnormal.npy")
     gn, ga = index.codes_normal, index.codes_abnormal
     volumes = np.asarray(index.table["volume"], dtype=np.int64)
 
@@ -191,7 +191,7 @@ def test_cases_are_paged_and_filtered(client, service):
     assert client.get("/api/cases", params={"limit": 0}).status_code == 400
 
 
-def test_slice_png_matches_the_source_volume(client, service, service_archive):
+def test_slice_png_matches_the_source_volume(client, service, tiny_archive):
     """The PNG shows the case's own voxels: its grey levels rank like the source slice's."""
     import nibabel as nib
 
@@ -199,7 +199,7 @@ def test_slice_png_matches_the_source_volume(client, service, service_archive):
     r = client.get(f"/api/cases/{case}/slices/{z}.png", params={"sequence": "t2"})
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     png = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
-    source = np.asarray(nib.load(service_archive / case / f"{case}_t2.nii.gz").dataobj)[:, :, z]
+    source = np.asarray(nib.load(tiny_archive / case / f"{case}_t2.nii.gz").dataobj)[:, :, z]
     assert png.shape == (source.shape[1], source.shape[0], 3)
     grey = png[..., 0].astype(float)[::-1].T  # back to (X, Y)
     assert np.all(png[..., 0] == png[..., 1])  # no overlay asked: grey
@@ -215,7 +215,7 @@ def test_slice_png_matches_the_source_volume(client, service, service_archive):
             )
         ).convert("RGB")
     )
-    seg = np.asarray(nib.load(service_archive / case / f"{case}_seg.nii.gz").dataobj)[:, :, z]
+    seg = np.asarray(nib.load(tiny_archive / case / f"{case}_seg.nii.gz").dataobj)[:, :, z]
     coloured = (with_seg[..., 0] != with_seg[..., 1])[::-1].T
     assert coloured.any() and not coloured[seg == 0].any()  # colour exactly where the lesion is
 

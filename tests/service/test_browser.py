@@ -5,51 +5,21 @@ that every image loaded."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 
 import httpx
 import pytest
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+from benchmarks.chromium import MISSING, available, headless_chromium
 
-pytestmark = pytest.mark.skipif(
-    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-    reason="Debian's chromium and chromium-driver could not be installed here "
-    "(`make system-deps` installs them); the viewer's browser test needs them",
-)
+pytestmark = pytest.mark.skipif(not available(), reason=MISSING)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="fdn-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1400,1000",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
+    with headless_chromium(1400, 1000) as driver:
+        driver.set_page_load_timeout(30)
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def wait_for(driver, condition, what, timeout=15):
@@ -200,14 +170,14 @@ def test_docs_page_renders_the_api(browser, live_server):
     assert "POST /api/query/upload" in browser.find_element("id", "docs").text
 
 
-def test_upload_from_the_page(browser, live_server, service, service_archive):
+def test_upload_from_the_page(browser, live_server, service, tiny_archive):
     """The page's upload form sends the four files and shows the external case's hits."""
     case = next(c for c in service.catalog.values() if c.has_lesion)
     browser.get(f"{live_server.url}/?case={case.case}&mode=abnormal")
     wait_for(browser, lambda d: settled(d, case.case, case.default_slice, "abnormal"), "page")
     browser.find_element("css selector", "#upload-box summary").click()
     for key in ("t1", "t1ce", "t2", "flair", "seg"):
-        path = service_archive / case.case / f"{case.case}_{key}.nii.gz"
+        path = tiny_archive / case.case / f"{case.case}_{key}.nii.gz"
         browser.find_element("css selector", f'#upload-form input[name="{key}"]').send_keys(
             str(path)
         )

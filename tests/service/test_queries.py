@@ -1,4 +1,4 @@
-"""fdn.queries: the one-slice preprocessing of an external case equals the whole-volume path
+"""fdn.archive_index.queries: the one-slice preprocessing of an external case equals the whole-volume path
 (`load_case_files`) bit for bit, and bad cases fail with the archive reader's own message."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from fdn.data.render import default_slice
 
 
 @pytest.mark.parametrize("size", [32, 24])
-def test_one_slice_equals_the_whole_volume_path(service_archive, size):
-    for folder in sorted(p for p in service_archive.iterdir() if p.is_dir()):
+def test_one_slice_equals_the_whole_volume_path(tiny_archive, size):
+    for folder in sorted(p for p in tiny_archive.iterdir() if p.is_dir()):
         case, files = case_files_from_paths([folder])
         files.pop("pseudohealthy", None)
         volume = load_case_files(files, size, case)
@@ -34,8 +34,8 @@ def test_one_slice_equals_the_whole_volume_path(service_archive, size):
             np.testing.assert_array_equal(a, volume.anat[z])
 
 
-def test_bad_cases_fail_with_the_archive_readers_message(service_archive, tmp_path):
-    folder = sorted(p for p in service_archive.iterdir() if p.is_dir())[0]
+def test_bad_cases_fail_with_the_archive_readers_message(tiny_archive, tmp_path):
+    folder = sorted(p for p in tiny_archive.iterdir() if p.is_dir())[0]
     copy = tmp_path / folder.name
     shutil.copytree(folder, copy)
     t2 = copy / f"{folder.name}_t2.nii.gz"

@@ -18,7 +18,8 @@ from fdn.archive_index.build import build_index
 from fdn.archive_index.retrieval import open_index
 from fdn.service import QueryService, create_app
 from fdn.synth import synthesize_archive
-from tests.service.conftest import SIZE, checksums
+from tests.conftest import TINY_SIZE
+from tests.service.conftest import checksums
 
 SECRET = b"TOP-SECRET-OUTSIDE-THE-ARCHIVE"
 
@@ -86,13 +87,13 @@ def test_wrong_host_header_is_refused(live_server):
 
 
 @pytest.fixture(scope="module")
-def symlinked_index(tmp_path_factory, service_model):
+def symlinked_index(tmp_path_factory, model_dir):
     """An archive of 3 cases: one plain, one whose folder is a symlink to a folder outside the
     archive, one whose t1 file is a symlink to a file outside. The index built from it is
     valid (the build follows links); its viewer must still refuse the two linked cases."""
     base = tmp_path_factory.mktemp("symlinks")
     made = base / "made"
-    synthesize_archive(made, n_cases=3, healthy_fraction=0.0, seed=5, size=SIZE)
+    synthesize_archive(made, n_cases=3, healthy_fraction=0.0, seed=5, size=TINY_SIZE)
     archive, outside = base / "archive", base / "outside"
     archive.mkdir()
     outside.mkdir()
@@ -105,7 +106,7 @@ def symlinked_index(tmp_path_factory, service_model):
     shutil.move(t1, outside / t1.name)
     os.symlink(outside / t1.name, t1)
     index_dir = base / "index"
-    build_index(archive, service_model, index_dir)
+    build_index(archive, model_dir, index_dir)
     return index_dir, plain, folder_link, file_link
 
 
@@ -134,10 +135,10 @@ class Tampered:
 @pytest.mark.parametrize(
     "source", ["/etc", "/", "relative/folder", "{root}/..", "{root}/../outside", "{root}"]
 )
-def test_a_tampered_slice_table_reads_nothing_outside(service_index, tmp_path, source):
+def test_a_tampered_slice_table_reads_nothing_outside(built_index, tmp_path, source):
     """Whatever the slice table names as a case's source, nothing outside the archive folders
     recorded in the manifest is read."""
-    index = open_index(service_index)
+    index = open_index(built_index)
     case = index.cases[0]
     root = index.manifest.archive_roots[0]
     bad = source.format(root=root)
@@ -153,8 +154,8 @@ def test_a_tampered_slice_table_reads_nothing_outside(service_index, tmp_path, s
     assert client.get(f"/api/cases/{other}/slices/3.png").status_code == 200
 
 
-def test_an_index_without_archive_roots_serves_no_image(service_index, tmp_path):
-    index = open_index(service_index)
+def test_an_index_without_archive_roots_serves_no_image(built_index, tmp_path):
+    index = open_index(built_index)
     index.manifest.archive_roots = []
     client = make_client(QueryService(index, scratch_dir=tmp_path))
     r = client.get(f"/api/cases/{index.cases[0]}/slices/3.png")
@@ -176,11 +177,11 @@ def case_upload(archive: Path, case: str) -> dict:
 
 
 @pytest.fixture()
-def upload_service(service_index, tmp_path):
+def upload_service(built_index, tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     service = QueryService(
-        open_index(service_index),
+        open_index(built_index),
         scratch_dir=scratch,
         max_upload_bytes=2 * 1024 * 1024,
         max_voxels=100_000,
@@ -188,11 +189,11 @@ def upload_service(service_index, tmp_path):
     return service, scratch
 
 
-def test_uploads_are_capped(upload_service, service_archive):
+def test_uploads_are_capped(upload_service, tiny_archive):
     service, scratch = upload_service
     client = make_client(service)
     files = case_upload(
-        service_archive, sorted(p.name for p in service_archive.iterdir() if p.is_dir())[0]
+        tiny_archive, sorted(p.name for p in tiny_archive.iterdir() if p.is_dir())[0]
     )
     files["seg"] = ("x_seg.nii.gz", os.urandom(3 * 1024 * 1024), "application/gzip")
     r = client.post("/api/query/upload", files=files)
@@ -254,12 +255,12 @@ def nifti_bytes(shape, dtype=np.int16, value=1):
     ],
 )
 def test_bad_uploads_get_a_clear_4xx_and_leave_nothing(
-    upload_service, service_archive, mutate, status, message
+    upload_service, tiny_archive, mutate, status, message
 ):
     service, scratch = upload_service
     client = make_client(service)
-    case = sorted(p.name for p in service_archive.iterdir() if p.is_dir())[0]
-    files = case_upload(service_archive, case)
+    case = sorted(p.name for p in tiny_archive.iterdir() if p.is_dir())[0]
+    files = case_upload(tiny_archive, case)
     mutate(files)
     r = client.post("/api/query/upload", files=files)
     assert r.status_code == status, r.text
@@ -268,11 +269,11 @@ def test_bad_uploads_get_a_clear_4xx_and_leave_nothing(
     assert list(scratch.iterdir()) == []
 
 
-def test_bad_upload_options_and_case_id(upload_service, service_archive):
+def test_bad_upload_options_and_case_id(upload_service, tiny_archive):
     service, scratch = upload_service
     client = make_client(service)
-    case = sorted(p.name for p in service_archive.iterdir() if p.is_dir())[0]
-    files = case_upload(service_archive, case)
+    case = sorted(p.name for p in tiny_archive.iterdir() if p.is_dir())[0]
+    files = case_upload(tiny_archive, case)
     r = client.post("/api/query/upload", files=files, data={"mode": "lesion"})
     assert r.status_code == 400 and r.json()["error"].startswith("mode must be one of")
     r = client.post("/api/query/upload", files=files, data={"case_id": "../../etc"})
@@ -289,11 +290,11 @@ def test_bad_upload_options_and_case_id(upload_service, service_archive):
 
 
 def test_upload_query_unpickles_nothing_and_never_writes_the_index(
-    upload_service, service_index, service_archive, monkeypatch
+    upload_service, built_index, tiny_archive, monkeypatch
 ):
     service, scratch = upload_service
     client = make_client(service)
-    before = checksums(service_index)
+    before = checksums(built_index)
     service.index.model()  # the index's own model, loaded (weights only) at start-up
 
     def refuse(*args, **kwargs):
@@ -305,10 +306,10 @@ def test_upload_query_unpickles_nothing_and_never_writes_the_index(
     import torch
 
     monkeypatch.setattr(torch, "load", refuse)
-    case = sorted(p.name for p in service_archive.iterdir() if p.is_dir())[1]
+    case = sorted(p.name for p in tiny_archive.iterdir() if p.is_dir())[1]
     r = client.post(
         "/api/query/upload",
-        files=case_upload(service_archive, case),
+        files=case_upload(tiny_archive, case),
         data={"mode": "all", "topq": "2"},
     )
     assert r.status_code == 200, r.text
@@ -320,7 +321,7 @@ def test_upload_query_unpickles_nothing_and_never_writes_the_index(
     ):
         assert client.get(path).status_code == 200
     assert list(scratch.iterdir()) == []
-    assert checksums(service_index) == before
+    assert checksums(built_index) == before
 
 
 def test_serve_binds_loopback_by_default():
@@ -351,12 +352,12 @@ def test_png_is_a_png(client, service):
     assert Image.open(io.BytesIO(r.content)).format == "PNG"
 
 
-def test_uploads_in_progress_are_bounded(upload_service, service_archive):
+def test_uploads_in_progress_are_bounded(upload_service, tiny_archive):
     """While max_concurrent_uploads uploads are running, another one gets a 503 at once."""
     service, scratch = upload_service
     client = make_client(service)
-    case = sorted(p.name for p in service_archive.iterdir() if p.is_dir())[0]
-    files = case_upload(service_archive, case)
+    case = sorted(p.name for p in tiny_archive.iterdir() if p.is_dir())[0]
+    files = case_upload(tiny_archive, case)
     held = [
         service.upload_slots.acquire(blocking=False) for _ in range(service.max_concurrent_uploads)
     ]

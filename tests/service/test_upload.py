@@ -25,14 +25,14 @@ def upload_files(archive, case, keys=("t1", "t1ce", "t2", "flair", "seg")):
 
 @pytest.mark.parametrize("mode", ["normal", "abnormal", "sum"])
 def test_upload_hits_equal_brute_force_and_the_cli_path(
-    client, service, service_archive, service_index, mode
+    client, service, tiny_archive, built_index, mode
 ):
     index = service.index
     case = next(c for c in index.cases if service.catalog[c].has_lesion)
     z = service.catalog[case].default_slice
     r = client.post(
         "/api/query/upload",
-        files=upload_files(service_archive, case),
+        files=upload_files(tiny_archive, case),
         data={"case_id": case, "mode": mode, "topq": "3", "distance": "euclidean"},
     )
     assert r.status_code == 200, r.text
@@ -43,8 +43,8 @@ def test_upload_hits_equal_brute_force_and_the_cli_path(
 
     # Independent: numpy brute force from the index's stored codes of the same slice.
     row = index.row_of(case, z)
-    cn = np.load(service_index / "codebook_normal.npy")
-    ca = np.load(service_index / "codebook_abnormal.npy")
+    cn = np.load(built_index / "codebook_normal.npy")
+    ca = np.load(built_index / "codebook_abnormal.npy")
     gn, ga = index.codes_normal, index.codes_abnormal
     dist = reference.all_distances(
         index.hash_index, cn, ca, gn, ga, gn[row], ga[row], mode, "euclidean"
@@ -59,19 +59,19 @@ def test_upload_hits_equal_brute_force_and_the_cli_path(
 
     # The CLI's --input path (a folder on disk) gives the same hits.
     lib = run_external_query(
-        index, [service_archive / case], None, query_options(mode, topq=3, distance="euclidean")
+        index, [tiny_archive / case], None, query_options(mode, topq=3, distance="euclidean")
     ).to_dict()
     assert lib["results"][mode]["hits"] == hits
     assert lib["query"] == body["query"]
 
 
-def test_upload_of_a_new_case_at_a_chosen_slice(client, service, service_archive):
+def test_upload_of_a_new_case_at_a_chosen_slice(client, service, tiny_archive):
     """Under another name the case is not excluded: its own volume comes first, at distance 0."""
     index = service.index
     case = index.cases[0]
     r = client.post(
         "/api/query/upload",
-        files=upload_files(service_archive, case, ("t1", "t1ce", "t2", "flair")),
+        files=upload_files(tiny_archive, case, ("t1", "t1ce", "t2", "flair")),
         data={"case_id": "PATIENT_X", "slice": "7", "mode": "all", "topq": "2"},
     )
     assert r.status_code == 200, r.text

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.quality_dice import LESION_CLASSES, LabelDice, best_volumes
+from benchmarks.quality.dice import LESION_CLASSES, LabelDice, best_volumes
 
 
 def downsample_slices(images: np.ndarray, side: int) -> np.ndarray:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import report as rp
-from benchmarks.quality_labels import BASELINES
+from benchmarks.quality.labels import BASELINES
 
 BARS = (
     ("euclidean", "D_E", "tab:blue"),

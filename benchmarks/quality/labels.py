@@ -19,5 +19,6 @@ ORACLE_OF_MODE = {
     "sum-normalized": "oracle/sum",
 }
 METRICS = ("normal", "lesion", "sum")
-# retrieval baselines scored beside the code distances (`benchmarks.quality_baselines`)
+# retrieval baselines scored beside the code distances (`benchmarks.quality.baselines`)
 BASELINES = ("raw-pixel", "model-seg", "grid-truth", "random", "same-level")
+DRAWN = ("random", "same-level")  # methods scored as the mean over random draws

@@ -158,7 +158,7 @@ def lut_timing(
 ) -> dict:
     """Single-query volume-wise top-Q latency (ms, p50 and mean over queries × repeats).
 
-    index: an `fdn.retrieval.ArchiveIndex`; every query is an index row searched with its own
+    index: an `fdn.archive_index.retrieval.ArchiveIndex`; every query is an index row searched with its own
     volume excluded, on the "lut" engine, after one warm-up call per (mode, distance).
     """
     hi = index.hash_index

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # the config and slices come from the suite's entry point
-    from benchmarks.quality import QualityConfig, TestSlices
+from benchmarks.quality.config import QualityConfig
+from benchmarks.quality.inputs import TestSlices
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +111,12 @@ def model_figures(
     out: Path,
     progress=None,
 ) -> dict:
-    """fdn.evaluate's figures and the classifier leakiness, per model (DM and, if given, no DM).
+    """fdn.training.evaluate's figures and the classifier leakiness, per model (DM and, if given, no DM).
 
     models: {"dm" | "no_dm": (model directory snapshot, its training archive, source
     directory, training step)}.
     """
-    from benchmarks.quality_leakiness import normal_reconstructions, train_and_test
+    from benchmarks.quality.leakiness import normal_reconstructions, train_and_test
     from fdn.training.checkpoint import load_model
     from fdn.training.evaluate import evaluate_model
 
@@ -185,6 +184,3 @@ def model_figures(
         if progress is not None:
             progress.update(1)
     return result
-
-
-# ---------------------------------------------------------------------------- run

@@ -1,7 +1,7 @@
 """One table over several runs of the quality benchmark: the ablation of issue #13.
 
 Run ``python -m benchmarks.quality --model DIR --out benchmarks/results/quality-ablation/NAME``
-once per model (same test archive seed), then ``python -m benchmarks.quality_ablation
+once per model (same test archive seed), then ``python -m benchmarks.quality.ablation
 benchmarks/results/quality-ablation/NAME ... --out quality-ablation``. Each
 row reads one run's results.json and the model's config.json; the columns are the issue's
 targets: S_normal and S_abnormal as shares of the oracle, S_normal's lift over the same-level
@@ -17,7 +17,8 @@ from pathlib import Path
 import click
 
 from benchmarks import report as rp
-from benchmarks.quality_labels import DISTANCE_NAMES
+from benchmarks.options import out_option
+from benchmarks.quality.labels import DISTANCE_NAMES
 
 # The config fields an ablation varies, shown per row when they differ from the first run.
 VARIED = (
@@ -133,7 +134,7 @@ def markdown(rows: list[dict]) -> str:
     base = ", ".join(f"{k}={first['config'][k]}" for k in VARIED)
     lines = [
         "# Ablation of the decomposition (issue #13)\n",
-        "Written by `python -m benchmarks.quality_ablation`; each row is one run of "
+        "Written by `python -m benchmarks.quality.ablation`; each row is one run of "
         "`python -m benchmarks.quality` on the same test archive (never trained on). Ratios "
         "are shares of the Dice oracle, per distance D_E / D_A / D_H; lift is S_normal's gain "
         "over the same-level baseline as a share of that baseline's gap to the oracle; PPV gap "
@@ -170,12 +171,7 @@ def markdown(rows: list[dict]) -> str:
 
 @click.command()
 @click.argument("runs", nargs=-1, required=True)
-@click.option(
-    "--out",
-    default="quality-ablation",
-    show_default=True,
-    help="Output folder, or a bare name for benchmarks/results/NAME.",
-)
+@out_option("quality-ablation")
 def main(runs, out):
     """Tabulate quality runs (folders holding results.json, or bare names under
     benchmarks/results/) into OUT/report.md and OUT/results.json."""
