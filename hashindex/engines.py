@@ -87,6 +87,10 @@ class Engine(ABC):
     takes_nprobe: ClassVar[bool] = False
     # a mask of the grid positions a query compares (the region query); none takes one yet
     supports_position_mask: ClassVar[bool] = False
+    # the distances this engine answers a query that names no engine, where the index can run
+    # it; of several such engines the one of highest default_rank (`IndexSearch.default_engine`)
+    default_for: ClassVar[tuple[str, ...]] = ()
+    default_rank: ClassVar[int] = 0
 
     def __init__(self, index: HashIndex):
         self.index = index
@@ -202,6 +206,7 @@ class LutEngine(TableScanEngine):
 
     name = "lut"
     scan = "lut"
+    default_for = DISTANCES  # exact on every index: the fallback
 
     def row_distances(self, q_reps: dict, q_sq: dict, b: int, query: Query) -> np.ndarray:
         if query.distance != "hamming" or query.mode != "sum" or query.normalized_sum:
@@ -258,6 +263,10 @@ class FastScanEngine(RowCopyEngine):
     can still win (`hashindex.fastscan`); codebooks of at most 256 distinct vectors."""
 
     name = "fastscan"
+    # Not D_A: its bound needs each row's norm, and on the code statistics of a built index it
+    # re-ranked 40-90 % of the rows, about 5x slower than lut (benchmarks/results/scale-from-index)
+    default_for = ("hamming", "euclidean")
+    default_rank = 1
 
     @classmethod
     def available(cls, index: IndexState) -> bool:

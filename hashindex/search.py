@@ -53,6 +53,15 @@ class IndexSearch(IndexState):
         FAISS engines). Loads nothing."""
         return tuple(name for name, engine in REGISTRY.items() if engine.available(self))
 
+    def default_engine(self, distance: str) -> str:
+        """The engine a query of ``distance`` runs on when it names none: of the engines that
+        are a default for that distance (`Engine.default_for`) and that this index can run, the
+        one of highest `Engine.default_rank`. Loads nothing."""
+        if distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+        able = [e for e in REGISTRY.values() if distance in e.default_for and e.available(self)]
+        return max(able, key=lambda engine: engine.default_rank).name
+
     def _rows_copy(self, name: str):
         """The copy of the rows the engine ``name`` searches (made on first use)."""
         engine = self._engine(name)

@@ -47,8 +47,7 @@ from fdn.archive_index.slice_arrays import (
 from fdn.archive_index.slice_table import read_slice_table
 from fdn.errors import IndexDirError
 from fdn.training.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-from hashindex import HashIndex
-from hashindex.index import INDEX_FILES as HASHINDEX_FILES
+from hashindex import HashIndex, index_files
 
 log = logging.getLogger(__name__)
 
@@ -319,7 +318,7 @@ def _swap_in(index_dir: Path, staging: Path, manifest: Manifest) -> None:
                     shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(source, target)
-        for name in (*HASHINDEX_FILES, SLICE_ARRAYS):  # e.g. the IVF files of a previous build
+        for name in (*index_files().names, SLICE_ARRAYS):  # e.g. the IVF files of a previous build
             if name not in staged:
                 (index_dir / name).unlink(missing_ok=True)
         fsync_directory(index_dir)

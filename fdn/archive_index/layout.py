@@ -22,8 +22,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from hashindex.index import INDEX_FILES as HASHINDEX_FILES
-from hashindex.storage import FASTSCAN_FILE
+from hashindex import index_files
 
 FORMAT_NAME = "fdn-index"
 # 2: the manifest lists every file with its size and sha256 ("files").
@@ -48,12 +47,12 @@ STATUS_COMPLETE = "complete"
 REQUIRED_FILES = (
     SLICES,
     *MODEL_FILES,
-    *(n for n in HASHINDEX_FILES if not n.startswith("faiss_") and n != FASTSCAN_FILE),
+    *index_files().required,
     f"{CODES}/zarr.json",
     f"{CODES}/normal/zarr.json",
     f"{CODES}/abnormal/zarr.json",
 )
-_TOP_FILES = frozenset((SLICES, SLICE_ARRAYS, *MODEL_FILES, *HASHINDEX_FILES))
+_TOP_FILES = frozenset((SLICES, SLICE_ARRAYS, *MODEL_FILES, *index_files().names))
 _ZARR_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
 MAX_ZARR_DEPTH = 8
 

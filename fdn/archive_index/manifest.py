@@ -36,7 +36,7 @@ from fdn.archive_index.layout import (
     is_index_file,
 )
 from fdn.errors import IndexDirError
-from hashindex.storage import ARRAY_FILES as HASHINDEX_ARRAYS
+from hashindex import index_files
 
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 
@@ -143,7 +143,7 @@ def parse_manifest(data, path: Path) -> Manifest:
     manifest = Manifest(**values)
     if manifest.status == STATUS_COMPLETE:
         missing = [name for name in REQUIRED_FILES if name not in manifest.files]
-        if missing and set(missing) <= set(HASHINDEX_ARRAYS):
+        if missing and set(missing) <= set(index_files().rows):
             raise IndexDirError(
                 f"{path}: an index written before the hash index stored its rows (it lists no "
                 f"{', '.join(missing)}); this version opens it without reading codes.zarr. "

@@ -170,7 +170,7 @@ def run_slice_query(
     slice_index = check_slice(index, case, slice_index)
     row = index.row_of(case, slice_index)
     exclude = None if options.include_same_volume else index.volume_of(case)
-    options = options.with_default_engine(index.default_engine)
+    options = options.with_default_engine(index)
     normal, abnormal = index.codes_of_row(row)
     results = _search_modes(index, normal, abnormal, exclude, options, lock)
     return QueryResult(
@@ -220,7 +220,7 @@ def run_external_query(
         normal, abnormal = index.encode(image)
     encoded = time.perf_counter()
     exclude = None if options.include_same_volume else index.volume_of(case_id)
-    options = options.with_default_engine(index.default_engine)
+    options = options.with_default_engine(index)
     results = _search_modes(index, normal, abnormal, exclude, options, lock)
     return QueryResult(
         query=f"{case_id} slice {slice_index} (external)",

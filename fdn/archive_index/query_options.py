@@ -31,16 +31,6 @@ class UnknownCaseError(QueryError):
     """The query names a case that is not in the index."""
 
 
-def engine_for_distance(default: str, distance: str) -> str:
-    """The engine a query of ``distance`` runs on when it names none, given the index's default.
-
-    fastscan does not prune D_A (its bound needs each row's norm): on the code statistics of a
-    built index it re-ranked 40-90 % of the rows and ran about 5x slower than lut
-    (benchmarks/results/scale-from-index), so D_A queries default to lut.
-    """
-    return "lut" if default == "fastscan" and distance == "angular" else default
-
-
 @dataclass(frozen=True)
 class QueryOptions:
     """The search options of a query, checked when made; QueryError names a bad one.
@@ -83,12 +73,12 @@ class QueryOptions:
         object.__setattr__(self, "normalized_sum", bool(self.normalized_sum))
         object.__setattr__(self, "include_same_volume", bool(self.include_same_volume))
 
-    def with_default_engine(self, default_engine: str) -> QueryOptions:
-        """These options with the engine decided: the named one, else the index's default
-        (``default_engine``) for the distance (`engine_for_distance`)."""
+    def with_default_engine(self, index) -> QueryOptions:
+        """These options with the engine decided: the named one, else ``index``'s default for
+        the distance (`SearchableIndex.default_engine`)."""
         if self.engine is not None:
             return self
-        return replace(self, engine=engine_for_distance(default_engine, self.distance))
+        return replace(self, engine=index.default_engine(self.distance))
 
 
 def query_options(

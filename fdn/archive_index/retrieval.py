@@ -33,11 +33,8 @@ from fdn.archive_index.query_options import QueryOptions
 from fdn.archive_index.searchable import Hit
 from fdn.archive_index.slice_arrays import load_slice_arrays, read_slice_arrays, slice_arrays_source
 from fdn.archive_index.slice_table import SliceTable, read_slice_table
-from hashindex import HashIndex
+from hashindex import HashIndex, index_files
 from hashindex.errors import HashIndexError
-from hashindex.fastscan import TABLE as FASTSCAN_CODES
-from hashindex.index import INDEX_FILES as HASHINDEX_FILES
-from hashindex.index import META_FILE as HASHINDEX_META
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +65,10 @@ class ArchiveIndex:
     def ntotal(self) -> int:
         return self.hash_index.ntotal
 
-    @property
-    def default_engine(self) -> str:
-        """The engine a query runs on unless it names one: fastscan where both codebooks have
-        at most 256 distinct vectors (one byte per code), else lut. Both are exact."""
-        tables = self.hash_index.tables.values()
-        return "fastscan" if all(t.n_reps <= FASTSCAN_CODES for t in tables) else "lut"
+    def default_engine(self, distance: str) -> str:
+        """The engine a query of ``distance`` runs on unless it names one (the hash index's
+        registry decides: `HashIndex.default_engine`); every default is exact."""
+        return self.hash_index.default_engine(distance)
 
     @property
     def codes_normal(self) -> np.ndarray:
@@ -218,7 +213,7 @@ class ArchiveIndex:
     ) -> list[Hit]:
         """Volume-wise top-Q for one pair of code grids (h, w) uint16 in ``mode``; options that
         name no engine run on the index's default for their distance."""
-        options = options.with_default_engine(self.default_engine)
+        options = options.with_default_engine(self)
         assert options.engine is not None  # decided by with_default_engine
         exclude = None if exclude_volume is None else np.array([exclude_volume], dtype=np.int64)
         result = self.hash_index.search_volumes(
@@ -290,14 +285,14 @@ def open_index(index_dir: str | Path, *, verify: bool = True) -> ArchiveIndex:
                 model_checksum=manifest.model_checksum,
             )
         # hashindex.json, checked here, lists the checksums HashIndex.read checks its files by.
-        meta = read_listed(index_dir, manifest, HASHINDEX_META, verify=verify)
+        meta = read_listed(index_dir, manifest, index_files().meta, verify=verify)
         _check_hashindex_listing(index_dir, manifest, meta)
         try:
             hash_index = HashIndex.read(index_dir, verify=verify)
         except HashIndexError as exc:
             raise IndexDirError(f"{exc} ({fix_for(index_dir)}.)") from None
     mismatch = IndexDirError(
-        f"{index_dir / HASHINDEX_META}: the hash index holds {hash_index.ntotal} rows of grid "
+        f"{index_dir / index_files().meta}: the hash index holds {hash_index.ntotal} rows of grid "
         f"{hash_index.grid}, but the manifest and {SLICES} describe {manifest.n_slices} rows "
         f"of grid {manifest.grid} in other volumes. {fix_for(index_dir)}."
     )
@@ -327,12 +322,13 @@ def _check_hashindex_listing(index_dir: Path, manifest: Manifest, meta: bytes) -
     def checksum(entry):  # hashindex.json also records sum64 of its row arrays
         return None if not isinstance(entry, dict) else (entry.get("size"), entry.get("sha256"))
 
-    for name in HASHINDEX_FILES:
-        if name != HASHINDEX_META and checksum(manifest.files.get(name)) != checksum(
+    files = index_files()
+    for name in files.names:
+        if name != files.meta and checksum(manifest.files.get(name)) != checksum(
             listed.get(name) if isinstance(listed, dict) else None
         ):
             raise IndexDirError(
-                f"{index_dir / HASHINDEX_META}: its checksum of {name} differs from the "
+                f"{index_dir / files.meta}: its checksum of {name} differs from the "
                 f"manifest's. {fix_for(index_dir)}."
             )
 

@@ -61,10 +61,8 @@ class SearchableIndex(Protocol):
     @property
     def table(self) -> SliceColumns: ...
 
-    @property
-    def default_engine(self) -> str:
-        """The engine a query runs on when its options name none (before
-        `QueryOptions.with_default_engine` adapts it to the distance)."""
+    def default_engine(self, distance: str) -> str:
+        """The engine a query of ``distance`` runs on when its options name none."""
         ...
 
     def volume_of(self, case: str) -> int | None: ...

@@ -296,10 +296,9 @@ class ShardedIndex:
         k = int(np.searchsorted(self.offsets, row, side="right") - 1)
         return self._local(k).codes_of_row(row - int(self.offsets[k]))
 
-    @property
-    def default_engine(self) -> str:
+    def default_engine(self, distance: str) -> str:
         """The shards' default engine (they share one model, hence one pair of codebooks)."""
-        return self._first.default_engine
+        return self._first.default_engine(distance)
 
     def encode(self, image: np.ndarray):
         """Codes of an external image with the model every shard shares."""
@@ -316,7 +315,7 @@ class ShardedIndex:
         """Volume-wise top-Q over every shard, merged exactly (see the module docstring)."""
         exclude_case = None if exclude_volume is None else self._cases[exclude_volume]
         # decided here, once, so that every shard (they share the codebooks) runs the same engine
-        options = options.with_default_engine(self.default_engine)
+        options = options.with_default_engine(self)
         args = (normal, abnormal, mode, options, exclude_case)
         if self.client is None:
             jobs = [self._pool.submit(_search_shard, p, *args) for p in self.paths]

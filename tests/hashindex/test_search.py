@@ -304,3 +304,19 @@ def test_available_engines_follow_the_codebooks_and_the_files(small_index, tmp_p
         wide.search_volumes(wn[:1], wa[:1], 3, engine="faiss-flat")
     with pytest.raises(ValueError, match="300 distinct vectors"):
         wide.search_volumes(wn[:1], wa[:1], 3, engine="fastscan")
+
+
+def test_the_default_engine_per_distance_comes_from_the_registry(small_index):
+    """fastscan where the codebooks fit one byte and the distance is one it prunes, else lut."""
+    index = small_index[0]
+    assert [index.default_engine(d) for d in DISTANCES] == ["fastscan", "fastscan", "lut"]
+    rng = np.random.default_rng(5)
+    wide = HashIndex.build(
+        rng.normal(size=(300, 4)).astype(np.float32),
+        rng.normal(size=(12, 3)).astype(np.float32),
+        bit_budget=16,
+        faiss_indexes=False,
+    )
+    assert [wide.default_engine(d) for d in DISTANCES] == ["lut", "lut", "lut"]
+    with pytest.raises(ValueError, match="distance must be one of"):
+        index.default_engine("cosine")

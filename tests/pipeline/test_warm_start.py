@@ -93,7 +93,7 @@ def test_the_default_engine_answers_as_lut(built_index):
     from fdn.archive_index.retrieval import open_index
 
     index = open_index(built_index)
-    assert index.default_engine == "fastscan"
+    assert index.default_engine("hamming") == "fastscan"
     case = index.cases[1]
     default = run_slice_query(index, case, None, query_options("all"))
     lut = run_slice_query(index, case, None, query_options("all", engine="lut"))
