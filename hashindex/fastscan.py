@@ -41,11 +41,10 @@ from __future__ import annotations
 import numpy as np
 
 from hashindex.fastscan_full import FullScan
-from hashindex.fastscan_layout import TABLE
 from hashindex.fastscan_pruned import PrunedScan
 from hashindex.volumes import VolumeHits
 
-__all__ = ["TABLE", "FastScan"]  # TABLE: `fdn` reads the engine's limit of distinct vectors
+__all__ = ["FastScan"]
 
 BATCH = 64  # queries that share one pruned pass over the codes
 

@@ -32,7 +32,6 @@ from hashindex.binarize import check_codebook, hyperplane_bits, round_small_norm
 from hashindex.concordance import concordance
 from hashindex.distances import BOOKS, DISTANCES, MODES, CodebookTables, _positions, finish
 from hashindex.faiss_binary import FaissHamming
-from hashindex.files import INDEX_FILES, META_FILE
 from hashindex.index_meta import FORMAT_VERSION
 from hashindex.optimize import apply_bit_budget, hamming_table, optimize_codebook
 from hashindex.packing import pack_grids
@@ -44,7 +43,7 @@ log = logging.getLogger(__name__)
 
 # Re-exported: the index directory contract of `fdn` names these files (until it calls
 # `hashindex.index_files()`, the public list).
-__all__ = ["FORMAT_VERSION", "INDEX_FILES", "META_FILE", "MODES", "HashIndex"]
+__all__ = ["FORMAT_VERSION", "MODES", "HashIndex"]
 
 SCALE_PAIRS = 2048
 IVF_TRAIN_PER_LIST = 40

@@ -2,8 +2,7 @@
 
 The names of the files are the fixed list of `hashindex.files`; hashindex.json and its checks
 are `hashindex.index_meta`; the checked reads and checksums are `hashindex.checked_files`.
-(`fdn` still imports ARRAY_FILES and FASTSCAN_FILE from here; `hashindex.index_files()` is the
-public list it moves to.)
+Other packages read the list through `hashindex.index_files()`.
 
 `read` needs nothing but the folder: the small files are read and verified (sha256), the row
 arrays memory-mapped and verified with `sum64`, a FAISS file hashed while faiss reads it when
