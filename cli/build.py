@@ -42,6 +42,15 @@ from cli.options import LIBRARY_ERRORS, device_option, index_option, skip_bad_op
 )
 @device_option("the encoder")
 @click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="The encoder's arithmetic: fp32 gives the same codes on a GPU as on a CPU; bf16 "
+    "(CUDA only) is faster but gives other codes, and then queries must be encoded on a GPU. "
+    "Recorded in the index, which never mixes the two.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(1),
     default=None,
@@ -65,6 +74,7 @@ def build(
     bit_budget,
     ivf_nlist,
     device,
+    precision,
     workers,
     scheduler,
     as_json,
@@ -85,6 +95,7 @@ def build(
         bit_budget=bit_budget,
         ivf_nlist=ivf_nlist,
         device=None if device == "auto" else device,
+        precision=precision,
     )
     try:
         n_cases = len(Archive(archive).case_ids)

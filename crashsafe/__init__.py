@@ -16,7 +16,13 @@ from crashsafe.atomic import (
     fsync_directory,
     remove_stale_temporaries,
 )
-from crashsafe.checked_read import CheckedReadError, open_regular, read_checked, sha256_hex
+from crashsafe.checked_read import (
+    CheckedReadError,
+    check_content,
+    open_regular,
+    read_checked,
+    sha256_hex,
+)
 from crashsafe.locks import LockHeldError, exclusive_lock
 
 __all__ = [
@@ -27,6 +33,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_json",
     "atomic_write_text",
+    "check_content",
     "check_write_target",
     "exclusive_lock",
     "fsync_directory",

@@ -8,17 +8,17 @@ is read.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import mmap
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from crashsafe import CheckedReadError, check_content, open_regular
+from crashsafe.checked_read import MISSING, NOT_REGULAR, SIZE, UNREADABLE
 from hashindex.errors import IndexFormatError
 from hashindex.files import META_FILE
 
@@ -84,19 +84,31 @@ def file_entry(data: bytes, *, fast: bool = False) -> dict:
 
 def check_bytes(path: Path, data: bytes, entry: dict, verify: bool, fix: str) -> bytes:
     """``data`` (read from ``path``) if it has the size and sha256 hashindex.json records."""
-    if len(data) != entry["size"]:
-        raise IndexFormatError(
-            f"{path}: {len(data)} bytes, {META_FILE} records {entry['size']}; the file was "
+    try:
+        return check_content(path, data, entry["size"], entry["sha256"] if verify else None)
+    except CheckedReadError as exc:
+        raise _format_error(exc, fix) from None
+
+
+def _format_error(exc: CheckedReadError, fix: str) -> IndexFormatError:
+    """A checked read's fault in hashindex's words: what differs from hashindex.json, and the fix."""
+    path, found, expected = exc.path, exc.found, exc.expected
+    if exc.fault == MISSING:
+        listed = "" if path.name == META_FILE else f" ({META_FILE} lists it)"
+        return IndexFormatError(f"{path}: missing{listed}; {fix}")
+    if exc.fault == UNREADABLE:
+        return IndexFormatError(f"{path}: cannot read it ({found}); {fix}")
+    if exc.fault == NOT_REGULAR:
+        return IndexFormatError(f"{path}: not a regular file; {fix}")
+    if exc.fault == SIZE:
+        return IndexFormatError(
+            f"{path}: {found} bytes, {META_FILE} records {expected}; the file was "
             f"truncated or changed after it was written; {fix}"
         )
-    if verify:
-        found = hashlib.sha256(data).hexdigest()
-        if found != entry["sha256"]:
-            raise IndexFormatError(
-                f"{path}: sha256 {found[:16]}…, {META_FILE} records {entry['sha256'][:16]}…; the "
-                f"file was damaged or changed after it was written; {fix}"
-            )
-    return data
+    return IndexFormatError(
+        f"{path}: sha256 {found[:16]}…, {META_FILE} records {expected[:16]}…; the "
+        f"file was damaged or changed after it was written; {fix}"
+    )
 
 
 def read_faiss_checked(f, path: Path, entry: dict, verify: bool, fix: str):
@@ -133,20 +145,10 @@ def read_faiss_checked(f, path: Path, entry: dict, verify: bool, fix: str):
 
 def open_listed(d: Path, name: str, fix: str):
     """An open binary file of the listed file ``name`` in ``d`` (never through a symlink)."""
-    path = d / name
     try:
-        # O_NONBLOCK: a FIFO put in place of a file must not hang the reader
-        f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb")
-    except FileNotFoundError:
-        listed = "" if name == META_FILE else f" ({META_FILE} lists it)"
-        raise IndexFormatError(f"{path}: missing{listed}; {fix}") from None
-    except OSError as exc:
-        what = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
-        raise IndexFormatError(f"{path}: cannot read it ({what}); {fix}") from None
-    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-        f.close()
-        raise IndexFormatError(f"{path}: not a regular file; {fix}")
-    return f
+        return open_regular(d / name)
+    except CheckedReadError as exc:
+        raise _format_error(exc, fix) from None
 
 
 def map_npy(d: Path, name: str, entry: dict, verify: bool, fix: str) -> np.ndarray:

@@ -70,6 +70,7 @@ def assemble_index(
     archive_roots: list[str],
     bit_budget: int | None,
     ivf_nlist: int | None,
+    precision: str = "fp32",
 ) -> tuple[dict, int]:
     """Write a complete index of `cases` (in this row order) into `target` from the journal
     entries in `journal_dir` (the build's own folder, or another index's for a shard).
@@ -101,6 +102,7 @@ def assemble_index(
             skipped_cases=skipped_cases,
             archive_roots=sorted(archive_roots),
             hashindex={"bit_budget": bit_budget, "ivf_nlist": ivf_nlist},
+            encoding_precision=precision,
             files=file_entries(staging),
             fdn_index_version=__version__,
         )

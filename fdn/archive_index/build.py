@@ -32,6 +32,7 @@ from typing import Any
 from crashsafe import atomic_write_json, remove_stale_temporaries
 from fdn.archive_index.assemble import assemble_index, grid_of
 from fdn.archive_index.distributed import _MODELS, CaseTask, encode_cases
+from fdn.archive_index.encode import encode_arithmetic
 from fdn.archive_index.journal import encoded_is_valid
 from fdn.archive_index.layout import (
     BUILD_LOCK,
@@ -78,7 +79,10 @@ class BuildOptions:
     that fail validation (listed in the report) instead of stopping. batch_size: slices per
     forward pass. bit_budget: bits kept per grid position for the packed FAISS codes (None:
     Algorithm A.1's length). ivf_nlist: also build a FAISS IndexBinaryIVF with this many lists.
-    device: where the encoder runs (None: CUDA when present, else the CPU).
+    device: where the encoder runs (None: CUDA when present, else the CPU). precision: the
+    encoder's arithmetic, "fp32" (IEEE float32: a GPU gives the CPU's codes; see
+    `fdn.archive_index.encode`) or "bf16" (CUDA only, faster, other codes); recorded in the
+    build plan and the manifest, and an index never mixes the two.
     """
 
     add: bool = False
@@ -87,6 +91,7 @@ class BuildOptions:
     bit_budget: int | None = None
     ivf_nlist: int | None = None
     device: str | None = None
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,10 @@ def build_index(
     """
     archive_root, model_dir, index_dir = Path(archive_root), Path(model_dir), Path(index_dir)
     options = options or BuildOptions()
+    import torch  # here: a query that imports this package never needs it
+
     device = resolve_device(options.device)
+    encode_arithmetic(torch.device(device), options.precision)  # refuses bf16 off CUDA, early
     model, config = load_model(model_dir, device=device)
     encoder = _Encoder(model, config, model_checksum(model_dir), model_dir, device)
     archive = Archive(archive_root)
@@ -149,7 +157,15 @@ def _build_locked(
         encoder.device,
     )
     _remove_leftovers(index_dir)
-    plan = _make_plan(index_dir, archive, checksum, config, model_dir, add=options.add)
+    plan = _make_plan(
+        index_dir,
+        archive,
+        checksum,
+        config,
+        model_dir,
+        add=options.add,
+        precision=options.precision,
+    )
     (index_dir / ENCODED_DIR).mkdir(exist_ok=True)
     atomic_write_json(index_dir / PLAN, plan)
 
@@ -187,6 +203,7 @@ def _build_locked(
                 inputs,
                 options.batch_size,
                 device if client is None else None,
+                options.precision,
             )
         )
     # Encode here, or one task per case on a Dask cluster (`fdn.archive_index.distributed`); either way each
@@ -229,6 +246,7 @@ def _build_locked(
         archive_roots=plan["archive_roots"],
         bit_budget=options.bit_budget,
         ivf_nlist=options.ivf_nlist,
+        precision=plan["encoding"]["precision"],
     )
     report.stages["assemble_s"] = time.perf_counter() - assemble_started
     report.n_cases, report.n_slices, report.hashindex = len(cases), n_slices, hash_report
@@ -277,7 +295,14 @@ def _fingerprint(archive: Archive, case: str) -> dict:
 
 
 def _make_plan(
-    index_dir: Path, archive: Archive, checksum: str, config, model_dir: Path, *, add: bool
+    index_dir: Path,
+    archive: Archive,
+    checksum: str,
+    config,
+    model_dir: Path,
+    *,
+    add: bool,
+    precision: str = "fp32",
 ) -> dict:
     """The cases of the index in row order, checked against what `index_dir` already holds."""
     # Absolute paths: montages load the hit slices from any working directory later.
@@ -292,12 +317,24 @@ def _make_plan(
             f"this model is {checksum[:12]}…). An index never mixes models: use a new --index "
             f"directory, or delete this one to rebuild it with this model."
         )
-    encoding = encoding_settings(config)
+    encoding = {**encoding_settings(config), "precision": precision}
     if old_plan is not None:
         # A plan without "encoding" predates gate_to_fixed_point, so it was off; whether that
-        # build gated at all was not recorded, and is taken as unchanged.
-        old_encoding = old_plan.get("encoding", {**encoding, "gate_to_fixed_point": False})
+        # build gated at all was not recorded, and is taken as unchanged. A plan without
+        # "precision" predates the choice: builds then ran in fp32 (GPU builds autocast to bf16,
+        # but no GPU build is known to have been made).
+        old_encoding = {
+            "precision": "fp32",
+            **old_plan.get("encoding", {**encoding, "gate_to_fixed_point": False}),
+        }
         changed = [k for k in encoding if old_encoding.get(k) != encoding[k]]
+        if "precision" in changed:
+            raise IndexDirError(
+                f"{index_dir}: encoded in {old_encoding['precision']}, and this build asks for "
+                f"{precision}; the same weights then give other codes, and an index never mixes "
+                f"them. Build with --precision {old_encoding['precision']}, or use a new --index "
+                "directory."
+            )
         if changed:
             was = ", ".join(f"{k}={old_encoding.get(k)}" for k in changed)
             now = ", ".join(f"{k}={encoding[k]}" for k in changed)

@@ -45,6 +45,7 @@ class CaseTask:
     inputs: dict | None
     batch_size: int
     device: str | None
+    precision: str = "fp32"
 
 
 @dataclass
@@ -97,7 +98,9 @@ def encode_case(task: CaseTask) -> CaseResult:
     except ArchiveError as exc:
         return CaseResult(task.case, str(exc), stages, _worker_name())
     t = time.perf_counter()
-    normal, abnormal = encode_images(model, volume.image, batch_size=task.batch_size, device=device)
+    normal, abnormal = encode_images(
+        model, volume.image, batch_size=task.batch_size, device=device, precision=task.precision
+    )
     stages["encode_s"] = time.perf_counter() - t
     t = time.perf_counter()
     write_encoded(

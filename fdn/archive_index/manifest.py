@@ -57,6 +57,9 @@ class Manifest:
     # montage) stay inside them, whatever the slice table names.
     archive_roots: list[str] = field(default_factory=list)
     hashindex: dict = field(default_factory=dict)
+    # the encoder's arithmetic ("fp32" or "bf16", `fdn.archive_index.encode`): external queries
+    # are encoded the same way; manifests written before it were fp32
+    encoding_precision: str = "fp32"
     # name (relative to the index directory) -> {"sha256": hex digest, "size": bytes}
     files: dict[str, dict] = field(default_factory=dict)
     fdn_index_version: str = ""
@@ -104,6 +107,7 @@ _FIELDS = {
     "skipped_cases": (False, _is_str_list, "a list of case ids"),
     "archive_roots": (False, _is_str_list, "a list of folders"),
     "hashindex": (False, lambda v: isinstance(v, dict), "an object"),
+    "encoding_precision": (False, lambda v: v in ("fp32", "bf16"), "'fp32' or 'bf16'"),
     "files": (True, _valid_files, "an object mapping index file names to {sha256, size}"),
     "fdn_index_version": (False, lambda v: isinstance(v, str), "a string"),
 }

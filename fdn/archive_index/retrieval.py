@@ -136,14 +136,20 @@ class ArchiveIndex:
         """The index's own FDN (loaded once, on first use), its files checked against the
         manifest first: the weights' sha256 is the model checksum the codes were made with."""
         if self._model is None:
+            import torch
+
             from fdn.errors import ModelError
             from fdn.training.checkpoint import load_model
 
+            # fp32 codes are the CPU's; bf16 ones come only from a GPU (`encode`)
+            bf16 = self.manifest.encoding_precision == "bf16" and torch.cuda.is_available()
             with swap_lock(self.index_dir, shared=True):
                 for name in MODEL_FILES:
                     read_listed(self.index_dir, self.manifest, name, verify=self.verify)
                 try:
-                    self._model, _ = load_model(self.index_dir / MODEL_DIR)
+                    self._model, _ = load_model(
+                        self.index_dir / MODEL_DIR, device="cuda" if bf16 else "cpu"
+                    )
                 except ModelError as exc:
                     raise IndexDirError(f"{exc} ({fix_for(self.index_dir)}.)") from None
         return self._model
@@ -176,7 +182,15 @@ class ArchiveIndex:
             raise ValueError(
                 f"query image has shape {image.shape}; this index's model takes (4, {size}, {size})"
             )
-        normal, abnormal = encode_images(self.model(), image[None].astype(np.float32))
+        precision = self.manifest.encoding_precision
+        model = self.model()
+        if precision == "bf16" and next(model.parameters()).device.type != "cuda":
+            raise IndexDirError(
+                f"{self.index_dir}: its codes were encoded in bf16 on a GPU, and a query must be "
+                "encoded the same way, but torch sees no CUDA GPU here. Query on a machine with "
+                "one, or rebuild the index with --precision fp32 (whose codes a CPU reproduces)."
+            )
+        normal, abnormal = encode_images(model, image[None].astype(np.float32), precision=precision)
         return normal[0], abnormal[0]
 
     def _provenance(self, row: int) -> dict:

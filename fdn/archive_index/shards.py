@@ -98,6 +98,7 @@ def split_index(index_dir: str | Path, out_dir: str | Path, n_shards: int, on_sh
             skipped_cases=[],
             archive_roots=plan["archive_roots"] or source.manifest.archive_roots,
             bit_budget=source.manifest.hashindex.get("bit_budget"),
+            precision=source.manifest.encoding_precision,
             ivf_nlist=source.manifest.hashindex.get("ivf_nlist"),
         )
         shards.append({"path": name, "row_offset": offset, "n_slices": n_slices, "cases": group})

@@ -205,7 +205,11 @@ def test_a_changed_encoding_of_the_same_weights_is_refused(
     index = tmp_path / "index"
     build_index(tiny_archive, model, index)
     plan = json.loads((index / "build_plan.json").read_text())
-    assert plan["encoding"] == {"gate_abnormal_codes": True, "gate_to_fixed_point": False}
+    assert plan["encoding"] == {
+        "gate_abnormal_codes": True,
+        "gate_to_fixed_point": False,
+        "precision": "fp32",
+    }
     before = {f: f.read_bytes() for f in sorted(index.rglob("*")) if f.is_file()}
     config["gate_to_fixed_point"] = True
     (model / "config.json").write_text(json.dumps(config))
