@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
-from cli.options import LIBRARY_ERRORS, index_option
 from crashsafe import check_write_target
 from hashindex import DISTANCES, ENGINES, MODES
+
+from .options import LIBRARY_ERRORS, index_option
 
 
 @click.command()

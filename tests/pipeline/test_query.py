@@ -8,10 +8,10 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
-from cli.main import main
 from fdn.archive_index.retrieval import open_index
 from fdn.data import Archive
 from fdn.training.checkpoint import load_model
+from fdn_index_cli.main import main
 
 
 def run(*args):
