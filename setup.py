@@ -6,11 +6,15 @@ site-packages): the command line `cli/` as `fdn_index_cli`, and the shipped mode
 models/ only; the wheel copies them at build time.
 """
 
-from setuptools import Extension, find_packages, setup
+from setuptools import Extension, find_namespace_packages, setup
 
 setup(
     packages=[
-        *find_packages(include=["fdn", "fdn.*", "hashindex", "hashindex.*", "crashsafe*"]),
+        # Namespace packages too: fdn.service.static holds the viewer's page, no __init__.py.
+        *find_namespace_packages(
+            include=["fdn", "fdn.*", "hashindex", "hashindex.*", "crashsafe", "crashsafe.*"],
+            exclude=["*.__pycache__"],
+        ),
         "fdn_index_cli",
         "fdn_index_models",
     ],
