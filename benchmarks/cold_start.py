@@ -221,7 +221,11 @@ def measure_floor(runs: int) -> dict:
 def _cli() -> list[str]:
     """The `fdn-index` command as its console script runs it, on the code of the working
     directory (the installed script could point at another checkout)."""
-    return [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())"]
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from fdn_index_cli.main import main; sys.exit(main())",
+    ]
 
 
 def measure_cli(index_dir: Path, cases: list[str], runs: int) -> dict:

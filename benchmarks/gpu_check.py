@@ -40,7 +40,7 @@ DISTANCES = ("hamming", "euclidean", "angular")
 
 
 def _cli(*args: str, timeout: float) -> str:
-    command = [sys.executable, "-c", "from cli.main import main; main()", *args]
+    command = [sys.executable, "-c", "from fdn_index_cli.main import main; main()", *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0:
         raise RuntimeError(

@@ -53,7 +53,7 @@ class Server:
         command = [
             sys.executable,
             "-c",
-            "from cli.main import main; main()",
+            "from fdn_index_cli.main import main; main()",
             "serve",
             "--index",
             str(index),

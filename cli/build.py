@@ -5,19 +5,18 @@ from dataclasses import asdict
 
 import click
 
-from cli.options import LIBRARY_ERRORS, device_option, index_option, skip_bad_option
+from .options import (
+    LIBRARY_ERRORS,
+    device_option,
+    index_option,
+    model_option,
+    skip_bad_option,
+)
 
 
 @click.command()
 @click.argument("archive", type=click.Path(exists=True, file_okay=False))
-@click.option(
-    "--model",
-    "model_dir",
-    type=click.Path(file_okay=False),
-    default="model",
-    show_default=True,
-    help="Model directory written by `fdn-index train`.",
-)
+@model_option("encodes the archive")
 @index_option("Index directory to write (resumed if a build was interrupted).")
 @click.option("--add", is_flag=True, help="Append the archive's new cases to an existing index.")
 @skip_bad_option

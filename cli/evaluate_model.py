@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import device_option, skip_bad_option
+from .options import ModelDir, device_option, skip_bad_option
 
 
 def _fmt(v, digits: int = 4) -> str:
@@ -13,23 +13,40 @@ def _fmt(v, digits: int = 4) -> str:
 
 
 @click.command("evaluate-model")
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
-@click.argument("archive", type=click.Path(exists=True, file_okay=False))
+@click.argument(
+    "paths", nargs=-1, required=True, metavar="[MODEL] ARCHIVE", type=click.Path(file_okay=False)
+)
 @click.option(
     "--histogram",
     type=click.Path(dir_okay=False, writable=True),
     default=None,
-    help="PNG of the codebook norm histogram [default: MODEL_DIR/codebook_norms.png].",
+    help="PNG of the codebook norm histogram [default: MODEL/codebook_norms.png, or "
+    "./codebook_norms.png for a shipped model].",
 )
 @skip_bad_option
 @device_option("the model")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def evaluate_model(model_dir, archive, histogram, skip_bad, device, as_json):
-    """Evaluate the model in MODEL_DIR on the cases of ARCHIVE (paper 4.4)."""
+def evaluate_model(paths, histogram, skip_bad, device, as_json):
+    """Evaluate MODEL on the cases of ARCHIVE (paper 4.4).
+
+    MODEL is a directory written by `fdn-index train` or the name of a shipped model
+    (`fdn-index models`); without it, the default shipped model.
+    """
+    from fdn.shipped_models import DEFAULT_MODEL, is_shipped
     from fdn.training.checkpoint import load_model
     from fdn.training.evaluate import evaluate_model as run
 
-    hist = Path(histogram) if histogram else Path(model_dir) / "codebook_norms.png"
+    if len(paths) > 2:
+        raise click.UsageError("give at most MODEL and ARCHIVE")
+    *model, archive = paths
+    model_dir = ModelDir().convert(model[0] if model else DEFAULT_MODEL, None, None)
+    archive = click.Path(exists=True, file_okay=False).convert(archive, None, None)
+    if histogram:
+        hist = Path(histogram)
+    elif is_shipped(model_dir):  # never written into the installed package
+        hist = Path("codebook_norms.png")
+    else:
+        hist = Path(model_dir) / "codebook_norms.png"
     model, config = load_model(model_dir, device="cpu")
     r = run(
         model,

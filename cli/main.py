@@ -5,28 +5,31 @@ import logging
 
 import click
 
-from cli.options import LIBRARY_ERRORS
 from fdn import __version__
 
-# Commands, one module each (cli/<command>.py): name -> "module:attribute". A command's module is
-# imported when that command runs (or when --help lists them all), so that `fdn-index query`
-# does not import what `build`, `train` or `import-dicom` need at start-up.
+from .options import LIBRARY_ERRORS
+
+# Commands, one module each (cli/<command>.py): name -> ".module:attribute", relative to this
+# package (the repository's cli/, installed as fdn_index_cli). A command's module is imported
+# when that command runs (or when --help lists them all), so that `fdn-index query` does not
+# import what `build`, `train` or `import-dicom` need at start-up.
 COMMANDS = {
-    "build": "cli.build:build",
-    "evaluate-model": "cli.evaluate_model:evaluate_model",
-    "import-dicom": "cli.import_dicom:import_dicom",
-    "query": "cli.query:query",
-    "serve": "cli.serve:serve",
-    "shard": "cli.shard:shard",
-    "show": "cli.show:show",
-    "synth": "cli.synth:synth",
-    "train": "cli.train:train",
+    "build": ".build:build",
+    "evaluate-model": ".evaluate_model:evaluate_model",
+    "import-dicom": ".import_dicom:import_dicom",
+    "models": ".models:models",
+    "query": ".query:query",
+    "serve": ".serve:serve",
+    "shard": ".shard:shard",
+    "show": ".show:show",
+    "synth": ".synth:synth",
+    "train": ".train:train",
 }
 
 
 class LazyGroup(click.Group):
-    """A click group whose commands (`lazy_commands`, name -> "module:attribute") are imported
-    on first use, and whose commands' library errors become clean command-line errors.
+    """A click group whose commands (`lazy_commands`, name -> ".module:attribute" in this
+    package) are imported on first use, and whose commands' library errors become clean command-line errors.
 
     Commands only parse and call the library: what the library raises on purpose for bad
     input (`LIBRARY_ERRORS`) is reported here, once for all of them, as its message and exit
@@ -43,7 +46,8 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in self.lazy_commands:
             module, attribute = self.lazy_commands[cmd_name].split(":")
-            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+            command = getattr(importlib.import_module(module, __package__), attribute)
+            self.add_command(command, cmd_name)
         return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context):

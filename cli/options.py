@@ -4,6 +4,7 @@ import click
 
 from crashsafe import WriteTargetError
 from fdn.errors import FdnError
+from fdn.shipped_models import DEFAULT_MODEL, resolve_model_dir
 from hashindex.errors import HashIndexError
 
 # What the library raises on purpose for bad input: every command turns these into a clean
@@ -39,4 +40,33 @@ def index_option(help: str):
         default="index",
         show_default=True,
         help=help,
+    )
+
+
+class ModelDir(click.Path):
+    """A model directory, or the name of a shipped model (`fdn-index models`), as its path."""
+
+    name = "model"
+
+    def __init__(self):
+        super().__init__(file_okay=False, path_type=str)
+
+    def convert(self, value, param, ctx):
+        try:
+            return str(resolve_model_dir(value))
+        except FdnError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def model_option(what: str):
+    """`--model MODEL` (default: the shipped model cpu-64-null): a model directory or the name
+    of a shipped model; `what` says what the command does with it."""
+    return click.option(
+        "--model",
+        "model_dir",
+        type=ModelDir(),
+        default=DEFAULT_MODEL,
+        show_default=True,
+        help=f"Model that {what}: a directory written by `fdn-index train`, or the name of a "
+        "shipped model (`fdn-index models` lists them).",
     )

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
-from cli.options import LIBRARY_ERRORS, index_option
 from crashsafe import check_write_target
 from hashindex import DISTANCES, ENGINES, MODES
+
+from .options import LIBRARY_ERRORS, index_option
 
 
 @click.command()
@@ -19,7 +20,11 @@ from hashindex import DISTANCES, ENGINES, MODES
     default=None,
     help="Search the shards on this Dask cluster's workers (with a folder of shards).",
 )
-@click.option("--case", help="Query with a slice of this case, already in the index.")
+@click.option(
+    "--case",
+    help="Query with a slice of this case, already in the index [default, without --input: "
+    "the indexed slice with the largest lesion].",
+)
 @click.option(
     "--input",
     "inputs",
@@ -107,12 +112,19 @@ def query(
     shard in parallel, in threads here or, with --scheduler, on the Dask cluster's workers.
     """
     from fdn.archive_index.distributed import cluster_client
-    from fdn.archive_index.queries import query_options, run_external_query, run_slice_query
+    from fdn.archive_index.queries import (
+        default_query_slice,
+        query_options,
+        run_external_query,
+        run_slice_query,
+    )
     from fdn.archive_index.retrieval import open_index
     from fdn.archive_index.shards import is_sharded, open_sharded
 
-    if bool(case) == bool(inputs):
+    if case and inputs:
         raise click.UsageError("Give the query as either --case ID or --input PATH (not both).")
+    if slice_index is not None and not (case or inputs):
+        raise click.UsageError("--slice is a slice of --case ID or --input PATH: give one.")
     sharded = is_sharded(index_dir)
     if scheduler and not sharded:
         raise click.UsageError(
@@ -134,10 +146,12 @@ def query(
             started = time.perf_counter()
             index = open_sharded(index_dir, client) if sharded else open_index(index_dir)
             opened = time.perf_counter()
-            if case:
-                result = run_slice_query(index, case, slice_index, options)
-            else:
+            if inputs:
                 result = run_external_query(index, list(inputs), slice_index, options)
+            else:
+                if not case:
+                    case, slice_index = default_query_slice(index)
+                result = run_slice_query(index, case, slice_index, options)
             total = time.perf_counter() - started
         if montage:
             from fdn.archive_index.montage import draw_retrieval_montage

@@ -2,7 +2,7 @@
 
 import click
 
-from cli.options import index_option
+from .options import index_option
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 

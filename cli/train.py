@@ -5,8 +5,9 @@ import shlex
 
 import click
 
-from cli.options import device_option, skip_bad_option
 from fdn.model.config import PRESETS, parse_overrides, resolve_config  # no torch
+
+from .options import device_option, skip_bad_option
 
 
 def _command_line(ctx: click.Context) -> str:

@@ -12,8 +12,12 @@ Session fixtures, made once per test session; use them read-only (copy a folder 
   build, resume and query are exact and safe, which needs no trained model.
 * `built_index`: `fdn-index build` of `tiny_archive` with `model_dir`.
 
-Every test under tests/pipeline, tests/service, tests/dicom and tests/benchmarks is marked
-`slow` (it builds indexes, starts servers or runs a benchmark): `pytest -m "not slow"` is the
+The command line (cli/) and the shipped models (models/) are imported as fdn_index_cli and
+fdn_index_models, their installed names, from this checkout (tests/checkout.py).
+
+Every test under tests/pipeline, tests/service, tests/dicom, tests/benchmarks and
+tests/packaging is marked `slow` (it builds indexes, starts servers, runs a benchmark or builds
+the wheel): `pytest -m "not slow"` is the
 fast inner loop, and plain `pytest` runs everything.
 """
 
@@ -26,10 +30,13 @@ import pytest
 import torch
 
 from fdn.model import PRESETS
+from tests.checkout import use_checkout
+
+use_checkout()
 
 SMALL_ARCHIVE = {"n_cases": 3, "healthy_fraction": 1 / 3, "seed": 0, "size": 40}
 TINY_SIZE = PRESETS["tiny"].image_size
-SLOW_FOLDERS = ("pipeline", "service", "dicom", "benchmarks")
+SLOW_FOLDERS = ("pipeline", "service", "dicom", "benchmarks", "packaging")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,8 +1,8 @@
 import click
 from click.testing import CliRunner
 
-from cli.main import COMMANDS, main
 from fdn import __version__
+from fdn_index_cli.main import COMMANDS, main
 
 
 def test_version_matches_package():

@@ -150,6 +150,17 @@ def check_slice(index: SearchableIndex, case: str, slice_index) -> int:
     return slice_index
 
 
+def default_query_slice(index: SearchableIndex) -> tuple[str, int]:
+    """(case, slice) a query runs on when it names none: the indexed slice with the largest
+    lesion (ties: the first row), else the middle slice of the first case."""
+    areas = np.asarray(index.table["lesion_area"], dtype=np.float64)  # NaN for a null
+    if areas.size and np.nanmax(areas, initial=0) > 0:
+        row = int(np.nanargmax(areas))
+        return str(index.table.value("case", row)), int(index.table.value("slice", row))
+    case = index.cases[0]
+    return case, index.default_slice(case)
+
+
 def run_slice_query(
     index: SearchableIndex,
     case: str,

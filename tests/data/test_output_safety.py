@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
 from crashsafe import WriteTargetError
 from fdn.archive_index.montage import SliceLoader, draw_retrieval_montage
 from fdn.archive_index.retrieval import Hit
 from fdn.data.render import render_case
 from fdn.errors import ArchiveError
+from fdn_index_cli.main import main
 
 SIZE = 16
 

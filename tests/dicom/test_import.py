@@ -18,12 +18,12 @@ from click.testing import CliRunner
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLSLossless, generate_uid
 
-from cli.main import main
 from fdn.data import Archive
 from fdn.data.labels import SEQUENCES
 from fdn.dicom.export import rotated_affine
 from fdn.dicom.importer import import_dicom
 from fdn.errors import ArchiveError
+from fdn_index_cli.main import main
 from tests.dicom.conftest import INTERCEPT, ROTATE, SLOPE, case_dirs
 
 # The importer's only losses: rescale quantisation (stored = rint((v - b) / m), so |error| is

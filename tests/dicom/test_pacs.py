@@ -13,11 +13,11 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from cli.main import main
 from fdn.data import Archive
 from fdn.data.labels import SEQUENCES
 from fdn.dicom.pacs import load_credentials, make_client, sync_pacs
 from fdn.errors import DicomImportError
+from fdn_index_cli.main import main
 from tests.conftest import make_model_dir
 from tests.dicom.conftest import case_dirs
 

@@ -6,9 +6,9 @@ import json
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
-from cli.main import main
 from fdn.archive_index.retrieval import open_index
 from fdn.data import Archive
+from fdn_index_cli.main import main
 
 
 def build(archive, model, index):

@@ -16,11 +16,11 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cli.main import main
 from fdn.errors import ModelError
 from fdn.model import PRESETS, FDNConfig
 from fdn.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, load_model, save_checkpoint
 from fdn.training.trainer import Trainer, train_on_slices
+from fdn_index_cli.main import main
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models"
 

@@ -4,7 +4,7 @@ import json
 
 from click.testing import CliRunner
 
-from cli.main import main
+from fdn_index_cli.main import main
 
 
 def test_train_then_evaluate(small_archive, tmp_path):

@@ -14,7 +14,6 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
-from cli.main import main
 from fdn.archive_index.build import BuildOptions, build_index
 from fdn.archive_index.layout import ENCODED_DIR, MANIFEST
 from fdn.archive_index.retrieval import open_index
@@ -22,6 +21,8 @@ from fdn.data import Archive
 from fdn.errors import IndexDirError
 from fdn.model import PRESETS
 from fdn.training.checkpoint import load_model
+from fdn_index_cli.main import main
+from tests.checkout import CHILD_PRELUDE
 
 SIZE = PRESETS["tiny"].image_size
 
@@ -102,7 +103,7 @@ def test_rebuild_of_a_complete_index_changes_nothing(built_index, tiny_archive, 
     assert before[2] == after[2] and before[4] == after[4]
 
 
-BUILD_SCRIPT = "import sys; from cli.main import main; sys.exit(main())"
+BUILD_SCRIPT = CHILD_PRELUDE + "import sys; from fdn_index_cli.main import main; sys.exit(main())"
 
 
 def run_build(archive, model, index, **popen):

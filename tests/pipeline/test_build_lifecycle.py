@@ -11,13 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 import fdn.archive_index.assemble
-from cli.main import main
 from fdn.archive_index.build import BuildOptions, build_index
 from fdn.archive_index.layout import ENCODED_DIR
 from fdn.archive_index.locks import build_lock
 from fdn.archive_index.retrieval import open_index
 from fdn.data import Archive
 from fdn.errors import ArchiveError, IndexDirError
+from fdn_index_cli.main import main
 
 
 def codes_of(index_dir):

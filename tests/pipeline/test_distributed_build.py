@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
 from fdn.archive_index.build import build_index
 from fdn.archive_index.retrieval import open_index
+from fdn_index_cli.main import main
 
 distributed = pytest.importorskip("distributed")
 

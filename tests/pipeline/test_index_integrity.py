@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
 from fdn.archive_index.retrieval import open_index
 from fdn.errors import IndexDirError
+from fdn_index_cli.main import main
 
 
 def run(*args):

@@ -8,10 +8,10 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
-from cli.main import main
 from fdn.archive_index.retrieval import open_index
 from fdn.data import Archive
 from fdn.training.checkpoint import load_model
+from fdn_index_cli.main import main
 
 
 def run(*args):
@@ -143,7 +143,7 @@ def test_library_encode_matches_the_index(built_index, tiny_archive, model_dir):
     [
         (["--case", "NO_SUCH_CASE", "--slice", 0], "no case 'NO_SUCH_CASE'"),
         (["--case", "{case}", "--slice", 999], "out of range"),
-        (["--slice", 0], "either --case"),
+        (["--slice", 0], "--slice is a slice of --case"),
     ],
 )
 def test_bad_queries_fail_clearly_and_write_nothing(built_index, tmp_path, args, message):
@@ -222,3 +222,20 @@ def test_external_case_missing_a_sequence_fails_clearly(built_index, tiny_archiv
     assert result.exit_code != 0
     assert "t2" in result.output
     assert not png.exists()
+
+
+def test_a_query_without_case_runs_on_the_largest_lesion_slice(built_index):
+    """`fdn-index query` alone (README: `fdn-index build archive/ && fdn-index query`) queries
+    the indexed slice with the largest lesion, as if named by --case and --slice."""
+    table = open_index(built_index).table
+    areas = np.nan_to_num(np.asarray(table["lesion_area"], dtype=np.float64), nan=-1)
+    assert areas.max() > 0
+    row = int(np.argmax(areas))
+    case, slice_index = table.value("case", row), table.value("slice", row)
+    named = run("query", "--index", built_index, "--case", case, "--slice", slice_index, "--json")
+    default = run("query", "--index", built_index, "--json")
+    assert named.exit_code == 0 and default.exit_code == 0, named.output + default.output
+    named, default = json.loads(named.output), json.loads(default.output)
+    assert default["query_case"] == case and default["query_slice"] == slice_index
+    hits = {m: r["hits"] for m, r in named["results"].items()}
+    assert {m: r["hits"] for m, r in default["results"].items()} == hits

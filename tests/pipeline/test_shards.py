@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
 from fdn.archive_index.queries import query_options, run_slice_query
 from fdn.archive_index.retrieval import open_index
 from fdn.archive_index.shards import open_sharded, split_index
 from fdn.errors import IndexDirError
+from fdn_index_cli.main import main
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 numba, faiss, zarr and torch cost ~0.1-0.5 s each to import; a query of an indexed slice on
 the fastscan engine needs none of them (docs/architecture.md, "Start-up"). Nor does it import
 pyarrow (it reads slice_arrays.npz, not slices.parquet), numpy.ma, or the modules of the other
-commands (cli/main.py loads a command's module when it runs).
+commands (cli/main.py, installed as fdn_index_cli, loads a command's module when it runs).
 """
 
 import hashlib
@@ -18,30 +18,34 @@ import pytest
 from fdn.archive_index.layout import SLICE_ARRAYS, SLICES
 from fdn.archive_index.manifest import read_listed, read_manifest
 from fdn.archive_index.slice_table import read_slice_table
+from tests.checkout import CHILD_PRELUDE
 
 HEAVY = ("numba", "faiss", "zarr", "torch", "pandas", "nibabel", "pydicom", "dask")
 # Imported by a --case query before they were made lazy.
 LAZY = (
     "pyarrow",
     "numpy.ma",
-    "cli.build",
-    "cli.evaluate_model",
-    "cli.import_dicom",
-    "cli.serve",
-    "cli.shard",
-    "cli.show",
-    "cli.synth",
-    "cli.train",
+    "fdn_index_cli.build",
+    "fdn_index_cli.evaluate_model",
+    "fdn_index_cli.import_dicom",
+    "fdn_index_cli.serve",
+    "fdn_index_cli.shard",
+    "fdn_index_cli.show",
+    "fdn_index_cli.synth",
+    "fdn_index_cli.train",
 )
 
-CLI_CHILD = """
+CLI_CHILD = (
+    CHILD_PRELUDE
+    + """
 import json, sys
-from cli.main import main
+from fdn_index_cli.main import main
 try:
     main(sys.argv[1:], standalone_mode=False)
 finally:
     print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)), file=sys.stderr)
 """
+)
 
 
 def run_child(code: str, *args) -> tuple[str, list[str]]:
@@ -226,7 +230,7 @@ def test_slice_arrays_of_another_parquet_table_are_not_used(copy, built_index):
 def test_changed_slice_arrays_are_refused(copy):
     from click.testing import CliRunner
 
-    from cli.main import main
+    from fdn_index_cli.main import main
 
     data = bytearray((copy / SLICE_ARRAYS).read_bytes())
     data[len(data) // 2] ^= 1

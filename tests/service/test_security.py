@@ -328,7 +328,7 @@ def test_serve_binds_loopback_by_default():
     import click
     from click.testing import CliRunner
 
-    from cli.main import main
+    from fdn_index_cli.main import main
 
     serve = main.get_command(click.Context(main), "serve")  # commands are loaded on use
     assert serve is not None

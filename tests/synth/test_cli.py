@@ -7,7 +7,7 @@ import matplotlib.image
 import numpy as np
 from click.testing import CliRunner
 
-from cli.main import main
+from fdn_index_cli.main import main
 
 
 def test_synth_writes_an_archive_and_reports_it(tmp_path):
