@@ -43,7 +43,9 @@ def import_dicom(paths, pacs, mapping, auth_file, as_json):
     of any layout, or of a PACS (--pacs URL), into ARCHIVE, one case folder per study.
 
     Studies already in ARCHIVE are not imported again. Bad studies and files are listed with
-    the reason and nothing is written for them; the command fails when nothing was imported.
+    the reason and nothing is written for them; the command fails when nothing was imported
+    and something new went wrong (a study or file that failed the same way in the previous
+    run is listed "as in an earlier run" and fails nothing, so a nightly re-run stays quiet).
     """
     from tqdm import tqdm  # here: every command's start-up would pay for it
 
@@ -72,19 +74,18 @@ def import_dicom(paths, pacs, mapping, auth_file, as_json):
     if report.failed:
         raise click.ClickException(
             "no study was imported"
-            + (
-                "; see the reasons above"
-                if report.skipped or report.bad_files
-                else ": no DICOM study found"
-            )
+            + ("; see the reasons above" if report.new_failures else ": no DICOM study found")
         )
 
 
 def _print_report(report) -> None:
+    known = sum(bool(e.get("known")) for e in [*report.skipped, *report.bad_files])
     click.echo(
         f"Archive {report.archive}: {len(report.imported)} studies imported, "
         f"{len(report.already)} already there, {len(report.skipped)} skipped, "
-        f"{len(report.bad_files)} files not read ({report.bytes_read / 1e6:.1f} MB read)."
+        f"{len(report.bad_files)} files not read"
+        + (f" ({known} as in an earlier run)" if known else "")
+        + f" ({report.bytes_read / 1e6:.1f} MB read)."
     )
     for entry in report.imported:
         click.echo(f"  imported {entry['case']}  (study {entry['study_uid']})")
@@ -94,6 +95,15 @@ def _print_report(report) -> None:
             + (f", series {entry['series_uid']}" if entry.get("series_uid") else "")
             + (f", file {entry['file']}" if entry.get("file") else "")
         )
-        click.echo(f"  skipped {where}: {entry['reason']}")
+        click.echo(f"  skipped {where}: {entry['reason']}{_as_before(entry)}")
     for entry in report.bad_files:
-        click.echo(f"  not read {entry['file']}: {entry['reason']}")
+        click.echo(f"  not read {entry['file']}: {entry['reason']}{_as_before(entry)}")
+    for entry in report.duplicates:
+        click.echo(
+            f"  dropped duplicate {entry['file']}: the same image as {entry['same_as']} "
+            f"(study {entry['study_uid']}, series {entry['series_uid']})"
+        )
+
+
+def _as_before(entry: dict) -> str:
+    return " (as in an earlier run)" if entry.get("known") else ""

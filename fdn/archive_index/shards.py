@@ -12,13 +12,17 @@ merge keeps the Q best of their union by (distance, global row). A volume lives 
 so its closest row is its shard's answer, and the result equals the unsharded index's, ties
 included.
 
+`shards.json` records each shard's model, position and a digest of its rows, and each shard
+its own position (`shard.json`); every shard opened, here or on a worker, is checked against
+them (`fdn.archive_index.shard_listing`), so a shard of another model, a shard copied over
+another or an edited offset is refused before any query.
+
 `ShardedIndex` is a `SearchableIndex` (`fdn.archive_index.searchable`), like one index, so
 `fdn-index query`, the service and the library run sharded queries through the one query path.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -30,15 +34,22 @@ from crashsafe import atomic_write_json
 from fdn.archive_index.query_options import QueryOptions
 from fdn.archive_index.retrieval import ArchiveIndex, open_index
 from fdn.archive_index.searchable import Hit
+from fdn.archive_index.shard_listing import (
+    FORMAT,
+    FORMAT_VERSION,
+    SHARD_FILE,
+    SHARDS_FILE,
+    check_shard,
+    identity,
+    own_record,
+    read_listing,
+    rows_digest,
+)
 from fdn.errors import IndexDirError
 
 log = logging.getLogger(__name__)
 
-SHARDS_FILE = "shards.json"
-FORMAT = "fdn-index-shards"
-FORMAT_VERSION = 1
-
-# Indexes opened by this process, for the Dask tasks of a worker: {shard path: ArchiveIndex}
+# Indexes opened by the Dask tasks of a worker process: {shard path: ArchiveIndex}
 _OPEN: dict[str, ArchiveIndex] = {}
 
 
@@ -55,6 +66,7 @@ def split_index(index_dir: str | Path, out_dir: str | Path, n_shards: int, on_sh
     from fdn.archive_index.assemble import assemble_index
     from fdn.archive_index.build import read_plan
     from fdn.archive_index.layout import ENCODED_DIR, MODEL_DIR, PLAN
+    from fdn.archive_index.manifest import read_manifest
     from fdn.training.checkpoint import load_model, model_checksum
 
     index_dir, out_dir = Path(index_dir), Path(out_dir)
@@ -101,7 +113,16 @@ def split_index(index_dir: str | Path, out_dir: str | Path, n_shards: int, on_sh
             precision=source.manifest.encoding_precision,
             ivf_nlist=source.manifest.hashindex.get("ivf_nlist"),
         )
-        shards.append({"path": name, "row_offset": offset, "n_slices": n_slices, "cases": group})
+        shards.append(
+            {
+                "path": name,
+                "row_offset": offset,
+                "n_slices": n_slices,
+                "cases": group,
+                "model_checksum": checksum,
+                "rows_digest": rows_digest(read_manifest(out_dir / name).files),
+            }
+        )
         offset += n_slices
         if on_shard is not None:
             on_shard(name)
@@ -113,36 +134,9 @@ def split_index(index_dir: str | Path, out_dir: str | Path, n_shards: int, on_sh
         "model_checksum": checksum,
         "shards": shards,
     }
+    for k, entry in enumerate(shards):  # each shard's own record of its position
+        atomic_write_json(out_dir / entry["path"] / SHARD_FILE, own_record(listing, k))
     atomic_write_json(out_dir / SHARDS_FILE, listing)  # written last: the set is complete
-    return listing
-
-
-def _read_listing(folder: Path) -> dict:
-    path = folder / SHARDS_FILE
-    try:
-        listing = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise IndexDirError(f"{path}: unreadable ({exc}). Split the index again.") from None
-    ok = (
-        isinstance(listing, dict)
-        and listing.get("format") == FORMAT
-        and listing.get("format_version") == FORMAT_VERSION
-        and isinstance(listing.get("shards"), list)
-        and listing["shards"]
-        and all(
-            isinstance(s, dict)
-            and isinstance(s.get("path"), str)
-            and s["path"].startswith("shard-")
-            and "/" not in s["path"]
-            and isinstance(s.get("row_offset"), int)
-            for s in listing["shards"]
-        )
-    )
-    if not ok:
-        raise IndexDirError(
-            f"{path}: not a shard listing of this fdn-index (format "
-            f"{FORMAT} {FORMAT_VERSION}). Split the index again."
-        )
     return listing
 
 
@@ -152,23 +146,30 @@ def _shard(path: str) -> ArchiveIndex:
     return _OPEN[path]
 
 
-def _open_shard(path: str) -> int:
-    """Open a shard where this runs (a worker keeps it) and return its row count."""
-    return _shard(path).ntotal
+def _open_shard(path: str) -> dict:
+    """Open a shard where this runs (a worker keeps it, opened afresh) and say what it is."""
+    _OPEN[path] = open_index(path)
+    return identity(_OPEN[path], path)
+
+
+def _open_here(path: str) -> tuple[ArchiveIndex, dict]:
+    index = open_index(path)
+    return index, identity(index, path)
+
+
+def _search(
+    index: ArchiveIndex, normal, abnormal, mode: str, options: QueryOptions, exclude_case
+) -> list[Hit]:
+    """One shard's volume-wise top-Q."""
+    exclude = None if exclude_case is None else index.volume_of(exclude_case)
+    return index.search(normal, abnormal, mode, options, exclude)
 
 
 def _search_shard(
     path: str, normal, abnormal, mode: str, options: QueryOptions, exclude_case: str | None
 ) -> list[Hit]:
-    """One shard's volume-wise top-Q (runs here or on the worker that holds the shard)."""
-    index = _shard(path)
-    exclude = None if exclude_case is None else index.volume_of(exclude_case)
-    return index.search(normal, abnormal, mode, options, exclude)
-
-
-def _query_codes(path: str, case: str, slice_index: int):
-    index = _shard(path)
-    return index.codes_of_row(index.row_of(case, slice_index))
+    """One shard's volume-wise top-Q on the worker that holds the shard."""
+    return _search(_shard(path), normal, abnormal, mode, options, exclude_case)
 
 
 class _GlobalCodes:
@@ -205,23 +206,27 @@ class ShardedIndex:
         self.client = client
         self.paths = [str((folder / s["path"]).resolve()) for s in listing["shards"]]
         self.offsets = np.array([s["row_offset"] for s in listing["shards"]], np.int64)
-        # open here (threads) or on the workers (None here)
+        # open here (threads) or on the workers (None here), each checked against the listing
         self.shards: list[ArchiveIndex] | None
         if client is None:
             with ThreadPoolExecutor(len(self.paths)) as pool:
-                self.shards = list(pool.map(_shard, self.paths))
+                opened = list(pool.map(_open_here, self.paths))
+            self.shards = [index for index, _ in opened]
+            found = [what for _, what in opened]
             self._pool = ThreadPoolExecutor(len(self.paths), thread_name_prefix="shard")
         else:
             workers = sorted(client.scheduler_info()["workers"])
             self.workers = [workers[k % len(workers)] for k in range(len(self.paths))]
             # open every shard on its worker now, so the first query pays nothing
-            client.gather(
+            found = client.gather(
                 [
                     client.submit(_open_shard, p, workers=[w], pure=False)
                     for p, w in zip(self.paths, self.workers, strict=True)
                 ]
             )
             self.shards = None
+        for k, what in enumerate(found):
+            check_shard(folder, listing, k, what)
         self._cases = [c for s in listing["shards"] for c in s["cases"]]
         self._shard_of_case = {c: k for k, s in enumerate(listing["shards"]) for c in s["cases"]}
         self._volume = {c: v for v, c in enumerate(self._cases)}
@@ -318,8 +323,8 @@ class ShardedIndex:
         # decided here, once, so that every shard (they share the codebooks) runs the same engine
         options = options.with_default_engine(self)
         args = (normal, abnormal, mode, options, exclude_case)
-        if self.client is None:
-            jobs = [self._pool.submit(_search_shard, p, *args) for p in self.paths]
+        if self.shards is not None:
+            jobs = [self._pool.submit(_search, index, *args) for index in self.shards]
             per_shard = [j.result() for j in jobs]
         else:
             per_shard = self.client.gather(
@@ -344,6 +349,7 @@ class ShardedIndex:
 
 
 def open_sharded(folder: str | Path, client=None) -> ShardedIndex:
-    """Open the shards listed in `folder`/shards.json (on the client's workers, if given)."""
+    """Open the shards listed in `folder`/shards.json (on the client's workers, if given), each
+    checked against the listing (`fdn.archive_index.shard_listing`)."""
     folder = Path(folder)
-    return ShardedIndex(folder, _read_listing(folder), client)
+    return ShardedIndex(folder, read_listing(folder), client)

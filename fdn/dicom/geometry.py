@@ -61,6 +61,26 @@ class Stack(NamedTuple):
     affine_lps: np.ndarray
 
 
+def _numbers(dataset, name: str, count: int) -> np.ndarray:
+    """(count,) float64 values of a multi-valued numeric attribute; GeometryError naming it
+    when it holds another number of values, text that is not a number, NaN or infinity."""
+    value = dataset.get(name)
+    iterable = hasattr(value, "__iter__") and not isinstance(value, (str, bytes))
+    values = list(value) if iterable else [value]
+    try:
+        numbers = np.array([float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise GeometryError(f"{name} {str(value)[:60]!r} is not a list of numbers") from None
+    if numbers.shape != (count,):
+        raise GeometryError(f"{name} needs {count} values, found {len(numbers)}")
+    if not np.isfinite(numbers).all():
+        kind = "NaN" if np.isnan(numbers).any() else "infinite"
+        raise GeometryError(
+            f"{name} is {kind} ({numbers.tolist()}): the slice cannot be placed in space"
+        )
+    return numbers
+
+
 def slice_header(dataset) -> SliceHeader:
     """The geometry of a pydicom Dataset; GeometryError if an attribute is missing or odd."""
     missing = [
@@ -76,13 +96,9 @@ def slice_header(dataset) -> SliceHeader:
     ]
     if missing:
         raise GeometryError(f"missing {', '.join(missing)}: the slice cannot be placed in space")
-    position = np.array([float(v) for v in dataset.ImagePositionPatient], dtype=np.float64)
-    cosines = np.array([float(v) for v in dataset.ImageOrientationPatient], dtype=np.float64)
-    spacing = [float(v) for v in dataset.PixelSpacing]
-    if position.shape != (3,) or cosines.shape != (6,) or len(spacing) != 2:
-        raise GeometryError(
-            "ImagePositionPatient needs 3 values, ImageOrientationPatient 6, PixelSpacing 2"
-        )
+    position = _numbers(dataset, "ImagePositionPatient", 3)
+    cosines = _numbers(dataset, "ImageOrientationPatient", 6)
+    spacing = _numbers(dataset, "PixelSpacing", 2).tolist()
     if min(spacing) <= 0:
         raise GeometryError(f"PixelSpacing {spacing} must be positive")
     row_dir, col_dir = cosines[:3], cosines[3:]
@@ -161,7 +177,8 @@ def stack_slices(headers: list[SliceHeader], thickness: float | None = None) -> 
     if len(headers) > 1:
         slice_step = (positions[-1] - positions[0]) / (len(headers) - 1)
     else:
-        slice_step = normal * (thickness if thickness and thickness > 0 else 1.0)
+        usable = thickness is not None and np.isfinite(thickness) and thickness > 0
+        slice_step = normal * (thickness if usable else 1.0)
     affine = np.eye(4)
     affine[:3, 0] = first.row_dir * dc
     affine[:3, 1] = first.col_dir * dr

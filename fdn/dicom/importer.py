@@ -6,17 +6,22 @@
 2. Plan each study: non-MR series are left out; each MR series is identified as t1, t1ce, t2
    or flair (`fdn.dicom.sequences`). A study needs exactly one series of each; otherwise it
    is listed as skipped with the reason (missing sequence, two series claiming one).
-3. Load the four series: pixel data decoded by pydicom, RescaleSlope/Intercept applied, the
-   slices stacked along their normal with the checks of `fdn.dicom.geometry` (missing,
-   duplicate, mixed orientation). All four must share one FrameOfReferenceUID; t1ce, t2 and
-   flair are resampled (trilinear) onto the **t1 grid** in patient space. There is no
-   registration: a patient who moved between series stays misaligned.
+3. Load the four series (`fdn.dicom.loading`): pixel data decoded by pydicom,
+   RescaleSlope/Intercept applied, the slices stacked along their normal with the checks of
+   `fdn.dicom.geometry` (missing, NaN or infinite values, duplicate position, mixed
+   orientation); a file copied twice (same SOPInstanceUID, same image) is dropped with a note.
+   All four must share one FrameOfReferenceUID; t1ce, t2 and flair are resampled (trilinear)
+   onto the **t1 grid** in patient space. There is no registration: a patient who moved
+   between series stays misaligned.
 4. Write: the four NIfTI files (float32, RAS affine) and ``CASE_dicom.json`` into a temporary
    folder inside ARCHIVE, renamed into place at the end, so a case is whole or absent.
 
 The case id is ``<PatientID>_<first 8 hex digits of sha1(StudyInstanceUID)>`` (characters
 outside ``A-Za-z0-9._-`` become ``-``), stable across runs. A study already in ARCHIVE (same
 StudyInstanceUID in a sidecar) is not imported again, so re-running an import is cheap.
+Headers are read without inflating pixel data (`fdn.dicom.reading`). One study's fault, whatever
+it is, skips that study only. A study or file that failed the same way in the previous run is
+marked ``known`` (`fdn.dicom.failures`), and a run whose only failures are known has not failed.
 """
 
 from __future__ import annotations
@@ -28,28 +33,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
 from fdn import __version__
 from fdn.data.labels import SEQUENCES
 from fdn.dicom.archive_writer import archive_lock, clean_partial, write_case
-from fdn.dicom.geometry import (
-    LPS_TO_RAS,
-    GeometryError,
-    resample,
-    slice_header,
-    stack_slices,
-    volume_from_slices,
-)
+from fdn.dicom.failures import mark_known
+from fdn.dicom.loading import REFERENCE, load_series, load_study, where
 from fdn.dicom.provenance import imported_studies
+from fdn.dicom.reading import DicomReadError, read_header
 from fdn.dicom.sequences import identify
 from fdn.errors import DicomImportError
 
+__all__ = ["ImportReport", "import_dicom", "import_studies", "load_series", "scan"]
+
 log = logging.getLogger(__name__)
 
-REFERENCE = "t1"  # the grid every sequence is resampled onto
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 
 
@@ -88,32 +88,32 @@ class StudyFiles:
 
 
 @dataclass
-class SeriesVolume:
-    """A loaded series: (cols, rows, slices) float32 volume, its RAS affine, and its header."""
-
-    data: np.ndarray
-    affine: np.ndarray
-    header: pydicom.Dataset
-
-
-@dataclass
 class ImportReport:
     """What an import did; every list item is a dict ready for JSON."""
 
     archive: str
     imported: list[dict] = field(default_factory=list)  # case, study_uid, series_uids
     already: list[dict] = field(default_factory=list)  # study_uid, case
-    skipped: list[dict] = field(default_factory=list)  # study_uid, series_uid, file, reason
-    bad_files: list[dict] = field(default_factory=list)  # file, reason
+    # study_uid, series_uid, file, reason, known (and transient: true for a failure that may
+    # pass by itself, a PACS retrieve or an unexpected error)
+    skipped: list[dict] = field(default_factory=list)
+    bad_files: list[dict] = field(default_factory=list)  # file, reason, known
     ignored_series: list[dict] = field(default_factory=list)  # study_uid, series_uid, reason
+    duplicates: list[dict] = field(default_factory=list)  # study_uid, series_uid, file, same_as
     bytes_read: int = 0  # of the imported studies' files (from a PACS: their pixel data)
 
     @property
+    def new_failures(self) -> list[dict]:
+        """Skipped studies and bad files that the previous run did not report the same way."""
+        return [e for e in [*self.skipped, *self.bad_files] if not e.get("known", False)]
+
+    @property
     def failed(self) -> bool:
-        """True when nothing was imported and something was wrong or nothing was found."""
+        """True when nothing was imported and something new was wrong or nothing was found.
+        Failures already reported by the previous run (``known``) do not fail a re-run."""
         if self.imported:
             return False
-        return bool(self.skipped or self.bad_files) or not self.already
+        return bool(self.new_failures) or not (self.already or self.skipped or self.bad_files)
 
 
 def no_progress(iterable, **_):
@@ -131,13 +131,6 @@ def list_files(source: Path) -> list[Path]:
     return sorted(p for p in source.rglob("*") if p.is_file())
 
 
-def where(instance: Path | pydicom.Dataset) -> str:
-    """A file's path, or ``instance SOPInstanceUID`` for a dataset in memory."""
-    if isinstance(instance, pydicom.Dataset):
-        return f"instance {instance.get('SOPInstanceUID', '?')}"
-    return str(instance)
-
-
 def scan(
     files: Iterable[Path | pydicom.Dataset], progress=None
 ) -> tuple[dict[str, StudyFiles], list[dict]]:
@@ -149,13 +142,12 @@ def scan(
     bad = []
     for path in progress(files, desc="scan", unit="file"):
         try:
-            header = (
-                path
-                if isinstance(path, pydicom.Dataset)
-                else pydicom.dcmread(path, stop_before_pixels=True)
-            )
+            header = path if isinstance(path, pydicom.Dataset) else read_header(path)
         except InvalidDicomError:
             bad.append({"file": str(path), "reason": "not a DICOM file (no DICM preamble)"})
+            continue
+        except DicomReadError as error:
+            bad.append({"file": str(path), "reason": str(error)})
             continue
         except Exception as error:  # pydicom raises many types for a damaged header
             bad.append(
@@ -242,124 +234,13 @@ def plan_study(study: StudyFiles, mapping=None) -> tuple[dict[str, SeriesFiles],
     return chosen, ignored
 
 
-def _decoder_fault(dataset) -> str | None:
-    """Why pydicom cannot decode `dataset`'s pixel data, or None if it can."""
-    from pydicom.pixels import get_decoder
-
-    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is None:
-        return None  # no file meta: pydicom assumes a syntax, and decoding says the rest
-    try:
-        decoder = get_decoder(syntax)
-    except NotImplementedError:
-        return f"transfer syntax {syntax.name} ({syntax}) has no pixel data decoder in pydicom"
-    if not decoder.is_available:
-        plugins = "; ".join(getattr(decoder, "missing_dependencies", []))
-        return (
-            f"transfer syntax {syntax.name} ({syntax}) cannot be decoded here: no decoder "
-            f"plugin installed{f' ({plugins})' if plugins else ''}; convert the study to "
-            "an uncompressed transfer syntax, or install one of those plugins"
-        )
-    return None
-
-
-def load_series(
-    files: list[Path | pydicom.Dataset], *, study: str | None = None, series: str | None = None
-) -> SeriesVolume:
-    """Decode, rescale and stack one series' files (or datasets) into a volume with its RAS
-    affine. Raises DicomImportError naming study, series, file and fault.
-    """
-    headers, pixels, first = [], [], None
-    for item in files:
-        path = where(item)
-        try:
-            dataset = item if isinstance(item, pydicom.Dataset) else pydicom.dcmread(item)
-        except Exception as error:
-            raise DicomImportError(
-                f"corrupt file ({type(error).__name__}: {error})",
-                study=study,
-                series=series,
-                file=path,
-            ) from None
-        if "PixelData" not in dataset:
-            raise DicomImportError(
-                "no pixel data (not an image)", study=study, series=series, file=path
-            )
-        if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
-            raise DicomImportError(
-                "multi-frame (enhanced) image: only series of single-frame images are "
-                "supported; convert it to classic single-frame MR",
-                study=study,
-                series=series,
-                file=path,
-            )
-        if int(dataset.get("SamplesPerPixel", 1)) != 1:
-            raise DicomImportError(
-                "colour image: an MR series must be grey-scale",
-                study=study,
-                series=series,
-                file=path,
-            )
-        fault = _decoder_fault(dataset)
-        if fault:
-            raise DicomImportError(fault, study=study, series=series, file=path)
-        try:
-            raw = dataset.pixel_array
-        except Exception as error:
-            raise DicomImportError(
-                f"corrupt pixel data ({type(error).__name__}: {error})",
-                study=study,
-                series=series,
-                file=path,
-            ) from None
-        try:
-            headers.append(slice_header(dataset))
-        except GeometryError as error:
-            raise DicomImportError(str(error), study=study, series=series, file=path) from None
-        slope = float(dataset.get("RescaleSlope", 1) or 1)
-        intercept = float(dataset.get("RescaleIntercept", 0) or 0)
-        pixels.append(raw.astype(np.float64) * slope + intercept)  # (rows, cols)
-        if first is None:
-            first = dataset
-    assert first is not None, "a series has at least one instance"
-    thickness = first.get("SliceThickness")
-    try:
-        stack = stack_slices(headers, float(thickness) if thickness else None)
-    except GeometryError as error:
-        file = None if error.index is None else where(files[error.index])
-        raise DicomImportError(str(error), study=study, series=series, file=file) from None
-    first.PixelData = b""  # keep the header, not the pixels
-    return SeriesVolume(volume_from_slices(pixels, stack), LPS_TO_RAS @ stack.affine_lps, first)
-
-
-def load_study(study: StudyFiles, chosen: dict[str, SeriesFiles]) -> tuple[dict, np.ndarray]:
-    """The four sequences on the reference (t1) grid: ({sequence: volume}, RAS affine)."""
-    loaded = {
-        seq: load_series(chosen[seq].files, study=study.uid, series=chosen[seq].uid)
-        for seq in SEQUENCES
-    }
-    frames = {seq: str(v.header.get("FrameOfReferenceUID", "") or "") for seq, v in loaded.items()}
-    if len({f for f in frames.values() if f}) > 1:
-        raise DicomImportError(
-            "the series lie in different frames of reference "
-            f"({', '.join(f'{s}: {f}' for s, f in frames.items())}); they would need "
-            "registration, which fdn-index does not do",
-            study=study.uid,
-        )
-    reference = loaded[REFERENCE]
-    volumes = {
-        seq: resample(v.data, v.affine, reference.data.shape, reference.affine)
-        for seq, v in loaded.items()
-    }
-    return volumes, reference.affine
-
-
 def import_study(
     study: StudyFiles, archive: Path, mapping=None, source: str = ""
-) -> tuple[str, dict, list[dict]]:
-    """Import one scanned study into `archive`: (case id, its provenance, series left out)."""
+) -> tuple[str, dict, list[dict], list[dict]]:
+    """Import one scanned study into `archive`: (case id, its provenance, series left out,
+    duplicate files dropped)."""
     chosen, ignored = plan_study(study, mapping)
-    volumes, affine = load_study(study, chosen)
+    volumes, affine, loaded = load_study(study, chosen)
     case = case_id_of(study)
     provenance = {
         "study_uid": study.uid,
@@ -371,7 +252,7 @@ def import_study(
                 "uid": chosen[seq].uid,
                 "number": str(chosen[seq].header.get("SeriesNumber", "")),
                 "description": str(chosen[seq].header.get("SeriesDescription", "")),
-                "instances": len(chosen[seq].files),
+                "instances": int(loaded[seq].data.shape[2]),
             }
             for seq in SEQUENCES
         },
@@ -379,7 +260,12 @@ def import_study(
         "fdn_index_version": __version__,
     }
     write_case(archive, case, volumes, affine, provenance)
-    return case, provenance, ignored
+    duplicates = [
+        {"study_uid": study.uid, "series_uid": chosen[seq].uid, **d}
+        for seq in SEQUENCES
+        for d in loaded[seq].duplicates
+    ]
+    return case, provenance, ignored, duplicates
 
 
 def skip_entry(study_uid: str, error: DicomImportError) -> dict:
@@ -409,15 +295,29 @@ def import_studies(
             report.already.append({"study_uid": uid, "case": done[uid]})
             continue
         try:
-            case, provenance, ignored = import_study(study, archive, mapping, source)
+            case, provenance, ignored, duplicates = import_study(study, archive, mapping, source)
         except DicomImportError as error:
             log.warning("skipping %s", error)
             report.skipped.append(skip_entry(uid, error))
+            continue
+        except Exception as error:  # a fault no check foresaw: this study only, named
+            log.warning("skipping study %s: unexpected %r", uid, error, exc_info=True)
+            report.skipped.append(
+                {
+                    "study_uid": uid,
+                    "series_uid": None,
+                    "file": None,
+                    "reason": f"unexpected error ({type(error).__name__}: {str(error)[:300]}); "
+                    "the study is left out, the others are imported",
+                    "transient": True,
+                }
+            )
             continue
         report.imported.append(
             {"case": case, "study_uid": uid, "series_uids": provenance["series_uids"]}
         )
         report.ignored_series.extend(ignored)
+        report.duplicates.extend(duplicates)
         report.bytes_read += study.nbytes
         if on_study is not None:
             on_study(uid)
@@ -430,8 +330,9 @@ def import_dicom(
 
     mapping: rules from `fdn.dicom.sequences.load_mapping`, or None for the default rules.
     progress: a tqdm-like callable (iterable, desc=, unit=) for progress bars, or None.
-    Bad studies and files are listed in the report, never raised; DicomImportError only when
-    `source` itself is missing.
+    Bad studies and files are listed in the report, never raised (each marked ``known`` when
+    the previous run reported it the same way); DicomImportError only when `source` itself is
+    missing.
     """
     source, archive = Path(source), Path(archive)
     files = list_files(source)
@@ -442,4 +343,5 @@ def import_dicom(
         import_studies(
             studies, archive, report, mapping, source=str(source.resolve()), progress=progress
         )
+        mark_known(archive, report)
     return report

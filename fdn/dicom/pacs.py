@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import requests
 
 from fdn.dicom.archive_writer import archive_lock, clean_partial
+from fdn.dicom.failures import mark_known
 from fdn.dicom.importer import ImportReport, import_studies, no_progress, scan
 from fdn.dicom.provenance import imported_studies
 from fdn.errors import DicomImportError
@@ -222,6 +223,7 @@ def _sync(url, client, archive: Path, mapping, progress) -> ImportReport:
                     "reason": f"WADO-RS retrieve failed "
                     f"({type(error).__name__}: "
                     f"{_no_secrets(error)}); run the sync again",
+                    "transient": True,
                 }
             )
             continue
@@ -230,4 +232,5 @@ def _sync(url, client, archive: Path, mapping, progress) -> ImportReport:
         log.debug("fetched study %s: %d instances", uid, len(instances))
         import_studies(studies, archive, report, mapping, source=safe_url(url))
         del instances, studies
+    mark_known(archive, report)
     return report

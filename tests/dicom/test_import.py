@@ -254,9 +254,11 @@ def test_bad_study_is_named_and_nothing_is_written(one_study, fault, tmp_path):
     if fault in (mixed_orientation, corrupt_file, no_decoder, multi_frame):  # one file: named
         assert skipped["file"] and Path(skipped["file"]).parent == one_study.series_dirs[sequence]
     assert case_dirs(archive) == []  # no case, no temporary folder
-    text = run(one_study.folder.parent, archive)
+    text = run(one_study.folder.parent, tmp_path / "archive-2")
     assert text.exit_code != 0 and one_study.study_uid in text.output
     assert "no study was imported" in text.output
+    again = run(one_study.folder.parent, archive)  # the same failure again pages nobody
+    assert again.exit_code == 0 and "as in an earlier run" in again.output, again.output
 
 
 def test_file_that_is_not_dicom_is_listed(one_study, dicom_source, tmp_path):

@@ -143,8 +143,11 @@ def test_non_mr_study_is_listed_and_not_fetched(orthanc, one_study, tmp_path):
     report = sync_pacs(orthanc.dicomweb, tmp_path / "archive", client=client)
     assert client.fetched == [] and report.failed
     assert "modality CT, not MR" in report.skipped[0]["reason"]
-    result = sync(orthanc.dicomweb, tmp_path / "archive")
+    result = sync(orthanc.dicomweb, tmp_path / "archive-2")
     assert result.exit_code != 0 and "no study was imported" in result.output
+    again = sync(orthanc.dicomweb, tmp_path / "archive", "--json")  # a nightly re-run
+    assert again.exit_code == 0, again.output
+    assert [s["known"] for s in json.loads(again.output)["skipped"]] == [True]
 
 
 def test_credentials_from_env_and_file_never_logged(orthanc_with_auth, one_study, tmp_path, caplog):
