@@ -54,7 +54,20 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except LIBRARY_ERRORS as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(str(exc) + self._skip_bad_hint(ctx, exc)) from None
+
+    def _skip_bad_hint(self, ctx: click.Context, exc: Exception) -> str:
+        """For a bad case of an archive, the way around it, where the command has one: the
+        library's message cannot know whether its caller takes --skip-bad (a query does not)."""
+        from fdn.data.case import CaseError
+
+        name = ctx.invoked_subcommand
+        command = self.get_command(ctx, name) if name else None
+        if not isinstance(exc, CaseError) or command is None:
+            return ""
+        if any(param.name == "skip_bad" for param in command.params):
+            return f"; or run `fdn-index {name}` with --skip-bad to leave such cases out"
+        return ""
 
 
 @click.group(

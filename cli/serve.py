@@ -61,6 +61,8 @@ def serve(index_dir, host, port, max_upload_mb, cache_mb, log_level):
     # Against DNS rebinding: a loopback server answers only requests addressed to loopback names.
     allowed = ["127.0.0.1", "localhost"] if host in LOOPBACK else None
     app = create_app(service, allowed_hosts=allowed)
+    sock = _bind(host, port)  # bound here, so that --port 0 can print the port it got
+    port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     click.echo(
         f"Index {index_dir}: {service.index.manifest.n_cases} cases, {service.index.ntotal} slices "
@@ -68,4 +70,20 @@ def serve(index_dir, host, port, max_upload_mb, cache_mb, log_level):
     )
     if host not in LOOPBACK:
         click.echo(f"Warning: bound to {host}; other machines can reach this server.", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
+
+
+def _bind(host: str, port: int):
+    """A listening TCP socket on (host, port); ClickException when the address cannot be had."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    return sock

@@ -48,6 +48,7 @@ from fdn.archive_index.layout import (
 from fdn.archive_index.locks import build_lock
 from fdn.archive_index.manifest import looks_like_archive
 from fdn.data import Archive
+from fdn.data.case import CaseError
 from fdn.device import resolve_device
 from fdn.errors import ArchiveError, IndexDirError
 from fdn.model.config import encoding_settings
@@ -213,7 +214,7 @@ def _build_locked(
     for result in encode_cases(todo, client):
         if result.fault is not None:
             if not options.skip_bad:
-                raise ArchiveError(result.fault)
+                raise CaseError.from_report(result.case, result.fault)
             log.warning("skipping bad case %s: %s", result.case, result.fault)
             inputs = next(t.inputs for t in todo if t.case == result.case)
             skipped[result.case] = {"case": result.case, "fault": result.fault, "inputs": inputs}

@@ -244,13 +244,10 @@ class Archive:
                         broken,
                         f"missing the {key} sequence: the name exists but is not a "
                         "readable regular file (a symlink loop, a dangling link, a "
-                        "folder or a special file); replace it or run with "
-                        "--skip-bad",
+                        "folder or a special file); replace it",
                     )
                 expected = self.root / case_id / f"{case_id}_{key}.nii.gz"
-                raise CaseError(
-                    case_id, expected, f"missing the {key} sequence; add it or run with --skip-bad"
-                )
+                raise CaseError(case_id, expected, f"missing the {key} sequence; add it")
         return files
 
     def load(self, case_id: str, size: int, timings: dict | None = None) -> Volume:

@@ -35,6 +35,13 @@ class CaseError(ArchiveError):
         where = f"case {case!r}" + (f", file {file}" if file is not None else "")
         super().__init__(f"{where}: {fault}")
 
+    @classmethod
+    def from_report(cls, case: str, message: str) -> CaseError:
+        """The CaseError whose message a worker reported (a Dask task returns it as text)."""
+        error = cls(case, None, message)
+        error.args = (message,)
+        return error
+
 
 class Volume(NamedTuple):
     """One preprocessed case.
@@ -92,9 +99,7 @@ def _read(case: str, key: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         return read_nifti(path)
     except NiftiError as error:
-        raise CaseError(
-            case, path, f"unreadable or truncated {key} file: {error.fault}; or run with --skip-bad"
-        ) from None
+        raise CaseError(case, path, f"unreadable or truncated {key} file: {error.fault}") from None
 
 
 def _check_finite(case: str, path: Path, data: np.ndarray) -> None:
@@ -131,8 +136,7 @@ def read_case(files: dict[str, Path], case_id: str) -> RawCase:
             raise CaseError(
                 case_id,
                 None,
-                f"missing the {key} sequence "
-                f"(expected {case_id}_{key}.nii.gz); add it or run with --skip-bad",
+                f"missing the {key} sequence (expected {case_id}_{key}.nii.gz); add it",
             )
 
     channels = []

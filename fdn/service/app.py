@@ -191,9 +191,12 @@ def case(request: Request) -> JSONResponse:
 def slice_png(request: Request) -> Response:
     params = request.query_params
     overlays = [o for value in params.getlist("overlay") for o in value.split(",") if o]
+    slice_text = request.path_params["slice"]
+    if not slice_text.isdecimal():  # the message a bare 404 of an int converter would not give
+        raise QueryError(f"slice must be a whole number from 0; got {slice_text!r}")
     png = _service(request).slice_png(
         request.path_params["case"],
-        request.path_params["slice"],
+        int(slice_text),
         params.get("sequence") or "flair",
         overlays,
     )
@@ -326,7 +329,7 @@ ROUTES = [
     Route("/api/info", info),
     Route("/api/cases", cases),
     Route("/api/cases/{case}", case),
-    Route("/api/cases/{case}/slices/{slice:int}.png", slice_png),
+    Route("/api/cases/{case}/slices/{slice}.png", slice_png),
     Route("/api/query", query),
     Route("/api/query/upload", query_upload, methods=["POST"]),
 ]

@@ -59,10 +59,12 @@ def parse_bool(name: str, value) -> bool:
 def parse_options(params) -> dict:
     """The query options of request parameters (strings) as keyword arguments of
     `fdn.archive_index.queries.query_options`; unknown values are refused there, with the CLI's messages."""
-    mode = params.get("mode") or "sum"
+    mode = params.get("mode")
     nprobe = params.get("nprobe")
     return dict(
-        mode=[m for m in str(mode).split(",") if m] or ["sum"],
+        # absent or empty: sum; anything else is a list whose every entry must be a mode, so
+        # "mode=," is refused rather than read as the default
+        mode=["sum"] if mode in (None, "") else [m.strip() for m in str(mode).split(",")],
         distance=params.get("distance") or "hamming",
         topq=params.get("topq") or 10,
         # "backend" is the name an earlier API used for the engine

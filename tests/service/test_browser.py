@@ -78,6 +78,11 @@ def test_viewer_end_to_end(browser, live_server, service):
     first = next(c for c in catalog.values() if c.has_lesion)
     wait_for(browser, lambda d: settled(d, first.case, first.default_slice, "sum"), "first query")
     assert "cases" in browser.find_element("id", "index-info").text
+    # the viewer leaves the engine to the API, as the command line does: the index's default
+    chosen = Select(browser.find_element("id", "engine")).first_selected_option
+    assert chosen.get_attribute("value") == "" and chosen.get_attribute("textContent") == "default"
+    title = browser.find_element("css selector", '.mode-block[data-mode="sum"] h3').text
+    assert f"(hamming, {service.index.default_engine('hamming')})" in title, title
     assert hit_labels(browser, "sum") == api_labels(
         live_server, first.case, first.default_slice, "sum"
     )

@@ -234,7 +234,9 @@ async function main() {
     `${info.index}: ${info.n_cases} cases, ${info.n_slices} slices · model ${info.preset || "custom"} ` +
     `(${info.input_size}², grid ${info.grid.join("×")})`;
   fillSelect($("distance"), info.distances, "hamming");
-  fillSelect($("engine"), info.engines, "lut");
+  // "" lets the API choose the index's default engine for the distance, as the CLI does
+  fillSelect($("engine"), ["", ...info.engines], "");
+  $("engine").options[0].textContent = "default";
   await loadCases();
 
   $("case-filter").addEventListener("input", () => loadCases().catch((e) => setMessage(e.message, true)));
