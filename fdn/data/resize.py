@@ -3,7 +3,8 @@
 Both are written as separable weight matrices applied along each in-plane axis, so a whole
 volume resizes with two matrix products (two GEMMs over all slices at once, not one per slice).
 The bilinear weights use half-pixel centres (``align_corners=False``) and, when shrinking, widen
-the triangle filter by the scale factor (antialiasing), i.e. the same weights as PIL's and PyTorch's ``bilinear, antialias=True``.
+the triangle filter by the scale factor (antialiasing), i.e. the same weights as PIL's and
+PyTorch's ``bilinear, antialias=True``.
 """
 
 from __future__ import annotations
