@@ -18,7 +18,7 @@ import numpy as np
 
 from fdn.data.labels import OPTIONAL_FILES, SEG_LABELS, SEQUENCES
 from fdn.data.nifti import NiftiError, read_nifti
-from fdn.data.resize import resize_images, resize_labels
+from fdn.data.resize import resize_labels, resize_slices_transposed
 from fdn.errors import ArchiveError
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,8 @@ class RawCase(NamedTuple):
 
     image: (4, H, W, Z) float32; seg, anat: (H, W, Z) uint8 or None;
     pseudohealthy: (4, H, W, Z) float32 or None; affine: (4, 4).
+    image and pseudohealthy are views of (4, Z, W, H) C-contiguous memory: NIfTI stores voxels
+    in Fortran order, so each slice is contiguous and `preprocess` never reorders the volume.
     """
 
     case: str
@@ -182,7 +184,9 @@ def read_case(files: dict[str, Path], case_id: str) -> RawCase:
         anat = _as_labels(case_id, files["anat"], "anat", raw["anat"], tuple(range(7)))
     if "pseudohealthy" in raw:
         pseudo = np.moveaxis(raw["pseudohealthy"], 3, 0)
-    return RawCase(case_id, np.stack(channels), seg, anat, pseudo, reference_affine, files)
+    # (H, W, Z) Fortran-ordered -> .T is (Z, W, H) C-contiguous: stacking is a plain copy.
+    image = np.stack([c.T for c in channels]).transpose(0, 3, 2, 1)  # (4, H, W, Z) view
+    return RawCase(case_id, image, seg, anat, pseudo, reference_affine, files)
 
 
 def zscore(image: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -213,13 +217,22 @@ def preprocess(raw: RawCase, size: int) -> Volume:
             raw.files[flat[0]],
             "the sequence is constant over the brain; it cannot be z-scored",
         )
-    shift = mean.astype(np.float32).reshape(-1, 1, 1, 1)
-    scale = std.astype(np.float32).reshape(-1, 1, 1, 1)
+    shift = mean.astype(np.float32)
+    scale = std.astype(np.float32)
+
+    outside = ~brain.T  # (Z, W, H)
 
     def normalise(x: np.ndarray) -> np.ndarray:
         # (C, H, W, Z) -> (Z, C, size, size); outside the brain = 0 (the brain mean).
-        z = np.where(brain, (x - shift) / scale, np.float32(0))
-        return resize_images(np.transpose(z, (3, 0, 1, 2)), size)
+        # Worked in the (C, Z, W, H) order the voxels are stored in (RawCase), with the same
+        # float32 operations per voxel as np.where(brain, (x - shift) / scale, 0).
+        z = np.empty((x.shape[0], x.shape[3], x.shape[2], x.shape[1]), np.float32)
+        np.subtract(np.transpose(x, (0, 3, 2, 1)), shift.reshape(-1, 1, 1, 1), out=z)
+        np.divide(z, scale.reshape(-1, 1, 1, 1), out=z)
+        np.copyto(z, np.float32(0), where=outside)
+        c, n_z, w, h = z.shape
+        resized = resize_slices_transposed(z.reshape(c * n_z, w, h), size)  # (C·Z, size, size)
+        return np.ascontiguousarray(resized.reshape(c, n_z, size, size).transpose(1, 0, 2, 3))
 
     def labels(y: np.ndarray | None) -> np.ndarray | None:
         return (

@@ -9,6 +9,9 @@ nibabel parses the file, as it should; this module only decides how many bytes n
 * A gzip file is decompressed whole, in bounded steps (never past what the header claims, plus
   a little slack), so zlib checks every member's CRC-32 and length trailer. Reading a volume
   lazily stops before the trailer, and a flipped byte then comes back as wrong voxels.
+* Decompression uses python-isal's `isal_zlib` (Intel ISA-L, about 1.8× zlib's speed on a
+  BraTS case here) when it is installed, else the standard `zlib`; both decode the same
+  deflate stream to the same bytes and check the same trailers. `GZIP_BACKEND` names the one in use.
 * Only regular files are opened (a FIFO would block, a folder or a symlink loop fails).
 
 Every fault raises `NiftiError` (an ArchiveError) naming the file, what was expected and what
@@ -29,6 +32,14 @@ import nibabel as nib
 import numpy as np
 
 from fdn.errors import ArchiveError
+
+try:  # ISA-L inflate: the same bytes as zlib, faster; zlib when python-isal is not installed
+    from isal import isal_zlib as _inflate
+
+    GZIP_BACKEND = "isal"
+except ImportError:  # pragma: no cover - depends on the installation
+    _inflate = zlib  # type: ignore[no-redef]
+    GZIP_BACKEND = "zlib"
 
 MAX_IN_PLANE = 1024  # voxels along each of the first two axes
 MAX_SLICES = 2048  # voxels along the third (axial) axis
@@ -126,14 +137,19 @@ def _header(head: bytes, path: Path, file_bytes: int | None):
     return image_class, end
 
 
-def _gunzip(f, path: Path) -> tuple[bytes, Any, int]:
+def _gunzip(f, path: Path, inflate: Any = None) -> tuple[bytes, Any, int]:
     """Decompress a whole gzip file, checking each member's CRC-32 and length, and stopping as
-    soon as the output passes what the NIfTI header claims. Returns (bytes, image class, end)."""
+    soon as the output passes what the NIfTI header claims. Returns (bytes, image class, end).
+
+    inflate: a module with zlib's `decompressobj` and `error` (`zlib`, `isal.isal_zlib`);
+    None for the fastest installed one.
+    """
+    inflate = _inflate if inflate is None else inflate
     pieces, size = [], 0
     limit = None  # set once the header is parsed
     image_class: Any = None
     end: Any = None
-    d = zlib.decompressobj(wbits=31)
+    d = inflate.decompressobj(wbits=31)
     buf = b""
     try:
         while True:
@@ -145,7 +161,7 @@ def _gunzip(f, path: Path) -> tuple[bytes, Any, int]:
                 buf = buf.lstrip(b"\0")
                 if not buf:
                     continue
-                d = zlib.decompressobj(wbits=31)
+                d = inflate.decompressobj(wbits=31)
             piece = d.decompress(buf, (limit if limit is not None else _PROBE) - size + 1)
             pieces.append(piece)
             size += len(piece)
@@ -161,7 +177,7 @@ def _gunzip(f, path: Path) -> tuple[bytes, Any, int]:
                     f"decompresses to more than {limit:,} bytes, but its "
                     f"header describes {end:,}; the file is damaged",
                 )
-    except zlib.error as error:
+    except (zlib.error, inflate.error) as error:
         raise NiftiError(
             path, f"damaged gzip data ({error}); re-copy or re-export the file"
         ) from None
