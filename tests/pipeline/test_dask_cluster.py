@@ -53,7 +53,7 @@ class Cluster:
         log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
         process = subprocess.Popen(
             [DASK, *args],
-            cwd=ROOT,
+            cwd=self.folder,  # not the build's folder, as on another machine
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -152,16 +152,18 @@ def _client(address):
     return Client(address, timeout="30s")
 
 
-def test_build_against_a_started_scheduler_and_workers(tmp_path, cluster, eight_cases):
+def test_build_against_a_started_scheduler_and_workers(tmp_path, cluster, eight_cases, monkeypatch):
+    """`fdn-index build` with relative paths, run in another folder than the workers'."""
     archive, model, one_process = eight_cases
     for name in ("w1", "w2"):
         cluster.start_worker(name)
     with _client(cluster.address) as client:
         client.wait_for_workers(2, timeout=90)
     index = tmp_path / "index"
+    monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(
         main,
-        ["build", str(archive), "--model", str(model), "--index", str(index)]
+        ["build", os.path.relpath(archive), "--model", os.path.relpath(model), "--index", "index"]
         + ["--scheduler", cluster.address, "--json"],
     )
     assert result.exit_code == 0, result.output + cluster.log()
