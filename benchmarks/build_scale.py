@@ -4,6 +4,11 @@ time for a 65k-volume PACS.
 Run ``python -m benchmarks.build_scale`` (``--help`` for options). Writes
 ``benchmarks/results/build-scale/{results.json,report.md}``.
 
+With ``--scheduler tcp://HOST:PORT`` it builds in this process and on that running cluster
+(started with ``dask scheduler`` and ``dask worker``) instead of on LocalClusters, records the
+cluster's workers as the scheduler reports them and, from ``--started-with``, the commands that
+started them, and writes ``benchmarks/results/build-scale-cluster/``.
+
 It synthesises an archive of BraTS-size cases (240 × 240 × 155 by default) once, then builds
 the same index with the shipped model three ways — in this process, on 1 worker and on 2 —
 into fresh folders, checks that the three indexes are identical (the sha256 of every code
@@ -29,12 +34,16 @@ SLICES_PER_VOLUME = 155
 STAGES = ("read_s", "preprocess_s", "encode_s", "write_s", "model_s")
 
 
-def _build(archive: Path, model: Path, index: Path, workers: int | None) -> dict:
+def _build(
+    archive: Path, model: Path, index: Path, workers: int | None, scheduler: str | None = None
+) -> dict:
     from fdn.archive_index.build import build_index
     from fdn.archive_index.distributed import cluster_client
 
     shutil.rmtree(index, ignore_errors=True)
-    with cluster_client(workers, None) as client:
+    with cluster_client(workers, scheduler) as client:
+        if scheduler:
+            workers = len(client.scheduler_info(n_workers=-1)["workers"])
         t = time.perf_counter()
         report = build_index(archive, model, index, client=client)
         wall = time.perf_counter() - t
@@ -43,6 +52,7 @@ def _build(archive: Path, model: Path, index: Path, workers: int | None) -> dict
     encode_wall = wall - report.stages.get("assemble_s", 0.0)
     return {
         "workers": workers or 0,
+        "scheduler": scheduler,
         "wall_s": wall,
         "slices": report.n_slices,
         "cases": report.n_cases,
@@ -127,7 +137,12 @@ def compare_read_paths(archive: Path, size: int, repeats: int = 2) -> dict:
 def render_markdown(results: dict) -> str:
     rows = []
     for r in results["runs"]:
-        where = "this process" if not r["workers"] else f"LocalCluster, {r['workers']} worker(s)"
+        if r.get("scheduler"):
+            where = f"cluster at {r['scheduler']}, {r['workers']} worker(s)"
+        elif r["workers"]:
+            where = f"LocalCluster, {r['workers']} worker(s)"
+        else:
+            where = "this process"
         st = r["stages"]
         rows.append(
             [
@@ -145,6 +160,24 @@ def render_markdown(results: dict) -> str:
     widest = max(results["runs"], key=lambda r: r["workers"])
     per_worker = widest["encode_slices_per_s"] / widest["workers"]
     total = PACS_VOLUMES * SLICES_PER_VOLUME
+    cluster = results.get("cluster")
+    cluster_md = []
+    if cluster:
+        cluster_md = [
+            "## The cluster\n",
+            f"Scheduler `{cluster['scheduler']}`, started with:\n",
+            "```\n" + (cluster["started_with"] or "(not given: pass --started-with)") + "\n```\n",
+            "Its workers when the build started, as the scheduler reports them (each loads the "
+            "model on its first case, the 'model load' column: a run of a few small cases "
+            "measures that start, not the workers' throughput):\n",
+            rp.markdown_table(
+                ["name", "address", "threads", "memory limit GiB"],
+                [
+                    [w["name"], w["address"], w["nthreads"], w["memory_limit"] / 2**30]
+                    for w in cluster["workers"]
+                ],
+            ),
+        ]
     proj = [[n, total / (per_worker * n) / 3600] for n in (1, 2, 8, 32, 128)]
     compare = results.get("read_paths")
     compare_md = []
@@ -191,7 +224,7 @@ def render_markdown(results: dict) -> str:
             rp.machine_markdown(results["machine"]),
             f"Archive: {results['cases']} synthetic cases of {results['size']}² × "
             f"{results['depth']} voxels (`fdn-index synth --size {results['size']}`), model "
-            f"`{results['model']}`. The three indexes are identical: "
+            f"`{results['model']}`. The {len(results['runs'])} indexes are identical: "
             f"**{'yes' if results['identical'] else 'NO'}** (sha256 of every code chunk and of the "
             "slice table).\n",
             *compare_md,
@@ -221,8 +254,26 @@ def render_markdown(results: dict) -> str:
             "machine, the scheduler and the client beside them), assuming workers scale linearly and "
             "the shared file system keeps up; the assembly (one process) comes on top:\n",
             rp.markdown_table(["workers", "hours"], proj),
+            *cluster_md,
         ]
     )
+
+
+def _cluster_workers(scheduler: str) -> list[dict]:
+    """The workers of the cluster at `scheduler`: name, address, threads, memory limit."""
+    from distributed import Client
+
+    with Client(scheduler, timeout="30s") as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+    return [
+        {
+            "name": str(w.get("name")),
+            "address": address,
+            "nthreads": w.get("nthreads"),
+            "memory_limit": w.get("memory_limit") or 0,
+        }
+        for address, w in sorted(workers.items(), key=lambda kv: str(kv[1].get("name")))
+    ]
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -253,12 +304,24 @@ def render_markdown(results: dict) -> str:
     default=None,
     help="Scratch folder for the archive and indexes [default: under the results].",
 )
-@out_option("build-scale")
-def main(cases, size, model, work, out):
-    """Time a build in one process and on 1 and 2 Dask workers, and project a PACS build."""
+@click.option(
+    "--scheduler",
+    metavar="tcp://HOST:PORT",
+    default=None,
+    help="Build on this running Dask cluster (and in this process) instead of on LocalClusters.",
+)
+@click.option(
+    "--started-with",
+    default="",
+    help="The commands that started the --scheduler cluster, recorded in the report.",
+)
+@out_option(None, "build-scale, or build-scale-cluster with --scheduler")
+def main(cases, size, model, work, out, scheduler, started_with):
+    """Time a build in one process and on 1 and 2 Dask workers (or on a running cluster), and
+    project a PACS build."""
     from fdn.synth import synthesize_archive
 
-    out_dir = rp.results_dir(out)
+    out_dir = rp.results_dir(out or ("build-scale-cluster" if scheduler else "build-scale"))
     work = Path(work) if work else out_dir / "work"
     archive = work / "archive"
     started = time.perf_counter()
@@ -272,7 +335,18 @@ def main(cases, size, model, work, out):
     click.echo(f"[{time.perf_counter() - started:6.0f}s] read paths, old and new", err=True)
     read_paths = compare_read_paths(archive, image_size)
     runs = []
-    for workers in (None, 1, 2):
+    cluster = None
+    if scheduler:
+        cluster = {
+            "scheduler": scheduler,
+            "started_with": started_with,
+            "workers": _cluster_workers(scheduler),
+        }
+        click.echo(f"[{time.perf_counter() - started:6.0f}s] build in this process", err=True)
+        runs.append(_build(archive, Path(model), work / "index-0", None))
+        click.echo(f"[{time.perf_counter() - started:6.0f}s] build on {scheduler}", err=True)
+        runs.append(_build(archive, Path(model), work / "index-cluster", None, scheduler))
+    for workers in () if scheduler else (None, 1, 2):
         click.echo(f"[{time.perf_counter() - started:6.0f}s] build, workers={workers}", err=True)
         runs.append(_build(archive, Path(model), work / f"index-{workers or 0}", workers))
     identical = all(r["data_files"] == runs[0]["data_files"] for r in runs)
@@ -288,6 +362,7 @@ def main(cases, size, model, work, out):
         "read_paths": read_paths,
         "runs": runs,
         "identical": identical,
+        "cluster": cluster,
         "load_average_1m_end": os.getloadavg()[0],
     }
     rp.write_json(out_dir / "results.json", results)

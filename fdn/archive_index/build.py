@@ -171,6 +171,9 @@ def _build_locked(
     atomic_write_json(index_dir / PLAN, plan)
 
     report = BuildReport(index_dir=str(index_dir), n_cases=0, n_slices=0)
+    # A task names its files by absolute path: a worker of a real cluster runs in a folder of
+    # its own, where the paths the command line was given (archive/, model/) mean nothing.
+    model_path, encoded_dir = model_dir.resolve(), (index_dir / ENCODED_DIR).resolve()
     skipped = {entry["case"]: entry for entry in plan.get("skipped", [])}
     todo = []
     for case in plan["cases"]:
@@ -195,11 +198,11 @@ def _build_locked(
             )
         todo.append(
             CaseTask(
-                str(archive.root),
+                str(archive.root.resolve()),
                 case,
-                str(model_dir),
+                str(model_path),
                 checksum,
-                str(encoded_path),
+                str(encoded_dir / encoded_path.name),
                 plan["sources"][case],
                 inputs,
                 options.batch_size,
@@ -210,7 +213,7 @@ def _build_locked(
     # Encode here, or one task per case on a Dask cluster (`fdn.archive_index.distributed`); either way each
     # case ends as a journal entry, and assembly below reads only the journal.
     if client is None:
-        _MODELS[(str(model_dir), checksum, device)] = model  # the model loaded above
+        _MODELS[(str(model_path), checksum, device)] = model  # the model loaded above
     for result in encode_cases(todo, client):
         if result.fault is not None:
             if not options.skip_bad:
