@@ -24,6 +24,7 @@ import io
 import math
 import os
 import stat
+import types
 import zlib
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,13 @@ import numpy as np
 
 from fdn.errors import ArchiveError
 
+_inflate: types.ModuleType
 try:  # ISA-L inflate: the same bytes as zlib, faster; zlib when python-isal is not installed
     from isal import isal_zlib as _inflate
 
     GZIP_BACKEND = "isal"
 except ImportError:  # pragma: no cover - depends on the installation
-    _inflate = zlib  # type: ignore[no-redef]
+    _inflate = zlib
     GZIP_BACKEND = "zlib"
 
 MAX_IN_PLANE = 1024  # voxels along each of the first two axes
