@@ -12,6 +12,7 @@ import hashlib
 import io
 import mmap
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,27 @@ def sum64(buffer) -> str:
         sums = np.append(sums, words[full:].sum(dtype=np.uint64))
     weights = np.arange(1, 2 * sums.size, 2, dtype=np.uint64)
     return f"{int((sums * weights).sum(dtype=np.uint64)):016x}"
+
+
+# numpy parses every .npy header with ast.literal_eval. CPython 3.11 keeps the AST
+# constructor's recursion depth in interpreter-wide state (python/cpython#106905): when a
+# garbage collection inside one parse runs a finaliser and the GIL passes to a thread that
+# parses too, either raises "SystemError: AST constructor recursion depth mismatch", and a
+# sound file was reported corrupt (shards are opened in threads). Parsing one at a time costs
+# microseconds per file.
+NUMPY_HEADER_LOCK = threading.Lock()
+
+
+def load_npy(source) -> np.ndarray:
+    """np.load of one .npy (a path or a file object), safe to call from several threads."""
+    with NUMPY_HEADER_LOCK:
+        return np.load(source, allow_pickle=False)
+
+
+def load_npz(source, names=None) -> dict[str, np.ndarray]:
+    """The arrays of an .npz (all, or `names`), read whole; safe from several threads."""
+    with NUMPY_HEADER_LOCK, np.load(source, allow_pickle=False) as npz:
+        return {name: npz[name] for name in (npz.files if names is None else names)}
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -168,10 +190,11 @@ def map_npy(d: Path, name: str, entry: dict, verify: bool, fix: str) -> np.ndarr
             )
         try:
             version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            with NUMPY_HEADER_LOCK:
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         except Exception as exc:  # numpy raises ValueError and others on a damaged header
             raise IndexFormatError(
                 f"{path}: corrupt .npy header ({type(exc).__name__}: {str(exc)[:80]}); {fix}"

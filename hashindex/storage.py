@@ -24,6 +24,8 @@ from hashindex.binarize import hyperplane_bits
 from hashindex.checked_files import (
     check_bytes,
     file_entry,
+    load_npy,
+    load_npz,
     map_npy,
     npy_bytes,
     npz_bytes,
@@ -216,14 +218,10 @@ class IndexStorage(IndexState):
                     f"{d / name}: corrupt ({type(exc).__name__}: {str(exc)[:80]}); {fix}"
                 ) from None
 
-        def read_bits(buffer):
-            with np.load(buffer, allow_pickle=False) as z:
-                return {name: z[name] for name in TABLE_ARRAYS}
-
         tables = {}
         for book in BOOKS:
             cb_path, bits_path = d / CODEBOOK_FILES[book], d / BITS_FILES[book]
-            vectors = load(CODEBOOK_FILES[book], lambda b: np.load(b, allow_pickle=False))
+            vectors = load(CODEBOOK_FILES[book], load_npy)
             exp = (meta["K"][book], meta["D"][book])
             if vectors.dtype != np.float32 or vectors.shape != tuple(exp):
                 raise IndexFormatError(
@@ -232,7 +230,7 @@ class IndexStorage(IndexState):
                 )
             if not np.all(np.isfinite(vectors)):
                 raise IndexFormatError(f"{cb_path}: holds NaN or infinite values; {fix}")
-            arrays = load(BITS_FILES[book], read_bits)
+            arrays = load(BITS_FILES[book], lambda b: load_npz(b, TABLE_ARRAYS))
             pairs, packed = arrays["pairs"], arrays["packed"]
             E = meta["E_star"][book]
             if (

@@ -48,6 +48,7 @@ from fdn.archive_index.slice_table import read_slice_table
 from fdn.errors import IndexDirError
 from fdn.training.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from hashindex import HashIndex, index_files
+from hashindex.checked_files import NUMPY_HEADER_LOCK
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def _assemble(
             raise IndexDirError(
                 f"{path}: unreadable ({type(exc).__name__}). Run the build again."
             ) from None
-        with data:
+        with NUMPY_HEADER_LOCK, data:
             normal, abnormal = data["normal"], data["abnormal"]
             lesion_area, source = data["lesion_area"], str(data["source"])
             study_uid = str(data["study_uid"]) if "study_uid" in data.files else ""

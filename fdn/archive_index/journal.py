@@ -17,6 +17,7 @@ import numpy as np
 
 from crashsafe import atomic_write
 from fdn.dicom.provenance import read_provenance
+from hashindex.checked_files import NUMPY_HEADER_LOCK
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def journal_fault(path: Path, checksum: str, config, inputs: dict | None) -> str
     if not path.is_file():
         return "not encoded yet"
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with NUMPY_HEADER_LOCK, np.load(path, allow_pickle=False) as data:
             missing = [k for k in JOURNAL_KEYS if k not in data.files]
             if missing:
                 return f"the entry lacks {', '.join(missing)}"

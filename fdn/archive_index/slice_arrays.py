@@ -26,6 +26,7 @@ import numpy as np
 from fdn.archive_index.layout import SLICES, fix_for
 from fdn.archive_index.slice_table import SLICE_COLUMNS, SliceTable
 from fdn.errors import IndexDirError
+from hashindex.checked_files import load_npz
 
 _DERIVED = ("row", "slice", "volume", "lesion_area")
 
@@ -80,8 +81,7 @@ def load_slice_arrays(data: bytes, path: Path) -> dict[str, np.ndarray]:
     import io
 
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
+        return load_npz(io.BytesIO(data))
     except Exception as exc:  # numpy raises ValueError, OSError, zipfile errors, …
         raise IndexDirError(
             f"{path}: unreadable ({type(exc).__name__}: {str(exc)[:80]}). {fix_for(path.parent)}."
