@@ -5,6 +5,8 @@ from dataclasses import asdict
 
 import click
 
+from fdn.archive_index.layout import FAISS_AUTO_LIMIT_GIB, FAISS_POLICIES
+
 from .options import (
     LIBRARY_ERRORS,
     device_option,
@@ -39,6 +41,15 @@ from .options import (
     default=None,
     help="Also build a FAISS IndexBinaryIVF with this many lists (approximate search).",
 )
+@click.option(
+    "--faiss-indexes",
+    type=click.Choice(FAISS_POLICIES),
+    default="auto",
+    show_default=True,
+    help="Write the FAISS copies of the packed bits (engines faiss-flat, faiss-ivf): auto writes "
+    f"them while they take at most {FAISS_AUTO_LIMIT_GIB} GiB (kilobytes per slice with the "
+    "full bit length: not at PACS scale); the default engines never need them.",
+)
 @device_option("the encoder")
 @click.option(
     "--precision",
@@ -72,6 +83,7 @@ def build(
     batch_size,
     bit_budget,
     ivf_nlist,
+    faiss_indexes,
     device,
     precision,
     workers,
@@ -87,12 +99,17 @@ def build(
 
     if workers and scheduler:
         raise click.UsageError("Give --workers (a local cluster) or --scheduler, not both.")
+    if ivf_nlist and faiss_indexes == "never":
+        raise click.UsageError(
+            "--ivf-nlist builds a FAISS index: it needs FAISS files, not --faiss-indexes never."
+        )
     options = BuildOptions(
         add=add,
         skip_bad=skip_bad,
         batch_size=batch_size,
         bit_budget=bit_budget,
         ivf_nlist=ivf_nlist,
+        faiss_indexes=faiss_indexes,
         device=None if device == "auto" else device,
         precision=precision,
     )

@@ -20,6 +20,10 @@ class IndexDirError(FdnError):
     """An index directory is missing, incomplete, corrupt or built by another model/version."""
 
 
+class ClusterError(FdnError):
+    """A Dask cluster cannot be made or reached, or lost a task's workers."""
+
+
 class DicomImportError(ArchiveError):
     """A DICOM study, series or file cannot be imported: `study`, `series` and `file` say where
     (None when unknown), `fault` what is wrong and how to fix it."""

@@ -350,7 +350,11 @@ class FaissEngine(Engine):
 
     def check_index(self, mode: str) -> None:
         if not self.index.faiss_indexes:
-            raise ValueError("this index was built with faiss_indexes=False")
+            raise ValueError(
+                "this index has no FAISS files (built with faiss_indexes=False, or by "
+                "`fdn-index build --faiss-indexes never`, or `auto` above its size limit); use "
+                "engine='lut' or 'fastscan', or rebuild with --faiss-indexes always"
+            )
         self.index._load_faiss([self.files[mode]])
 
     def _knn(self, query: Query):

@@ -161,6 +161,18 @@ class HashIndex(IndexSearch, IndexStorage):
             report[book] = _codebook_report(tables[book], opt, extra["sqdist"])
         return cls(tables, report, ivf_nlist=ivf_nlist, seed=seed, faiss_indexes=faiss_indexes)
 
+    def faiss_bytes(self, n_rows: int, positions: int) -> int:
+        """Bytes the flat FAISS copies of ``n_rows`` grids of ``positions`` positions would take
+        (the packed bits of each mode; S_sum holds both books' bits again)."""
+        per_position = sum(int(self.tables[book].packed.shape[1]) for book in BOOKS)
+        return 2 * per_position * positions * int(n_rows)
+
+    def skip_faiss(self) -> None:
+        """Keep no FAISS copies (as ``faiss_indexes=False`` at `build`); before `add` only."""
+        if self.ntotal:
+            raise ValueError("skip_faiss() must come before the first add()")
+        self.faiss_indexes = False
+
     def _packed_modes(self, codes_n: np.ndarray, codes_a: np.ndarray) -> dict:
         """Packed bit strings of grids (N, h, w) for each mode (S_sum: concatenation)."""
         pn = pack_grids(self.tables["normal"].packed, codes_n)

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from fdn import __version__
 from fdn.archive_index.layout import (
     CODES,
     ENCODED_DIR,
+    FAISS_AUTO_LIMIT_GIB,
     MANIFEST,
     MODEL_DIR,
     SLICE_ARRAYS,
@@ -71,14 +73,18 @@ def assemble_index(
     archive_roots: list[str],
     bit_budget: int | None,
     ivf_nlist: int | None,
+    faiss_indexes: str = "auto",
     precision: str = "fp32",
+    stages: dict[str, float] | None = None,
 ) -> tuple[dict, int]:
     """Write a complete index of `cases` (in this row order) into `target` from the journal
     entries in `journal_dir` (the build's own folder, or another index's for a shard).
 
     The files are staged, then swapped in under the swap lock with the manifest last
-    (`_swap_in`). Returns the hash index's report and the number of slices.
+    (`_swap_in`). Returns the hash index's report and the number of slices. `stages`, when
+    given, receives the seconds each step took (`assemble_<step>_s`).
     """
+    clock = _StageClock(stages)
     staging = Path(tempfile.mkdtemp(dir=target, prefix=".assemble.", suffix=TEMP_SUFFIX))
     try:
         hash_report, n_slices = _assemble(
@@ -90,6 +96,8 @@ def assemble_index(
             checksum,
             bit_budget=bit_budget,
             ivf_nlist=ivf_nlist,
+            faiss_indexes=faiss_indexes,
+            clock=clock,
         )
         _copy_model(model_dir, staging / MODEL_DIR, checksum)
         manifest = Manifest(
@@ -102,12 +110,18 @@ def assemble_index(
             status=STATUS_COMPLETE,
             skipped_cases=skipped_cases,
             archive_roots=sorted(archive_roots),
-            hashindex={"bit_budget": bit_budget, "ivf_nlist": ivf_nlist},
+            hashindex={
+                "bit_budget": bit_budget,
+                "ivf_nlist": ivf_nlist,
+                "faiss_indexes": faiss_indexes,
+            },
             encoding_precision=precision,
             files=file_entries(staging),
             fdn_index_version=__version__,
         )
+        clock.lap("checksums")
         _swap_in(target, staging, manifest)
+        clock.lap("swap")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return hash_report, n_slices
@@ -123,30 +137,18 @@ def _assemble(
     *,
     bit_budget,
     ivf_nlist,
+    faiss_indexes: str,
+    clock: _StageClock,
 ):
     """Write codes.zarr, slices.parquet and the hash indexes into `staging` from the encoded
     cases of `index_dir`."""
-    columns: dict[str, list]
-    normals: list[np.ndarray]
-    abnormals: list[np.ndarray]
-    volume_id_parts: list[np.ndarray]
-    normals, abnormals, volume_id_parts, columns = (
-        [],
-        [],
-        [],
-        {
-            "row": [],
-            "case": [],
-            "slice": [],
-            "volume": [],
-            "source": [],
-            "lesion_area": [],
-            "model_checksum": [],
-            "study_uid": [],
-            "series_uids": [],
-        },
-    )
-    for volume_id, case in enumerate(cases):
+    # Per case, not per slice: a 10M-slice table built from Python lists of every slice's values
+    # took gigabytes and minutes; strings repeated per slice come from one copy per case.
+    normals: list[np.ndarray] = []
+    abnormals: list[np.ndarray] = []
+    areas: list[np.ndarray] = []
+    per_case: dict[str, list[str]] = {"source": [], "study_uid": [], "series_uids": []}
+    for case in cases:
         path = index_dir / ENCODED_DIR / f"{case}.npz"
         try:
             data = np.load(path, allow_pickle=False)
@@ -155,57 +157,88 @@ def _assemble(
                 f"{path}: unreadable ({type(exc).__name__}). Run the build again."
             ) from None
         with NUMPY_HEADER_LOCK, data:
-            normal, abnormal = data["normal"], data["abnormal"]
-            lesion_area, source = data["lesion_area"], str(data["source"])
-            study_uid = str(data["study_uid"]) if "study_uid" in data.files else ""
-            series_uids = str(data["series_uids"]) if "series_uids" in data.files else ""
-        n = normal.shape[0]
-        start = len(columns["row"])
-        normals.append(normal)
-        abnormals.append(abnormal)
-        volume_id_parts.append(np.full(n, volume_id, dtype=np.int64))
-        columns["row"].extend(range(start, start + n))
-        columns["case"].extend([case] * n)
-        columns["slice"].extend(range(n))
-        columns["volume"].extend([volume_id] * n)
-        columns["source"].extend([source] * n)
-        columns["lesion_area"].extend(int(a) if a >= 0 else None for a in lesion_area)
-        columns["model_checksum"].extend([checksum] * n)
-        columns["study_uid"].extend([study_uid or None] * n)
-        columns["series_uids"].extend([series_uids or None] * n)
+            normals.append(data["normal"])
+            abnormals.append(data["abnormal"])
+            areas.append(data["lesion_area"])
+            for key, values in per_case.items():
+                values.append(str(data[key]) if key in data.files else "")
+    sizes = np.array([len(n) for n in normals], dtype=np.int64)
     normal = np.concatenate(normals)
+    del normals
     abnormal = np.concatenate(abnormals)
-    volume_ids = np.concatenate(volume_id_parts)
+    del abnormals
+    volume_ids = np.repeat(np.arange(len(cases), dtype=np.int64), sizes)
+    lesion_area = np.concatenate(areas)
+    n_rows = int(sizes.sum())
+    first_row = np.repeat(np.cumsum(sizes) - sizes, sizes)
+    clock.lap("read")
 
     _write_codes(staging / CODES, normal, abnormal, checksum)
+    clock.lap("codes")
+
+    def repeated(values: list[str], empty_is_null: bool = False) -> pa.Array:
+        """A string column holding values[volume] on each row."""
+        dictionary = pa.array([(v or None) if empty_is_null else v for v in values], pa.string())
+        indices = pa.array(volume_ids.astype(np.int32))
+        return pa.DictionaryArray.from_arrays(indices, dictionary).cast(pa.string())
 
     table = pa.table(
         {
-            "row": pa.array(columns["row"], pa.int64()),
-            "case": pa.array(columns["case"], pa.string()),
-            "slice": pa.array(columns["slice"], pa.int32()),
-            "volume": pa.array(columns["volume"], pa.int64()),
-            "source": pa.array(columns["source"], pa.string()),
-            "lesion_area": pa.array(columns["lesion_area"], pa.int64()),
-            "model_checksum": pa.array(columns["model_checksum"], pa.string()),
-            "study_uid": pa.array(columns["study_uid"], pa.string()),
-            "series_uids": pa.array(columns["series_uids"], pa.string()),
+            "row": pa.array(np.arange(n_rows, dtype=np.int64)),
+            "case": repeated(cases),
+            "slice": pa.array((np.arange(n_rows, dtype=np.int64) - first_row).astype(np.int32)),
+            "volume": pa.array(volume_ids),
+            "source": repeated(per_case["source"]),
+            "lesion_area": pa.array(lesion_area, pa.int64(), mask=lesion_area < 0),
+            "model_checksum": repeated([checksum] * len(cases)),
+            "study_uid": repeated(per_case["study_uid"], empty_is_null=True),
+            "series_uids": repeated(per_case["series_uids"], empty_is_null=True),
         }
     )
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     parquet = sink.getvalue().to_pybytes()
     atomic_write(staging / SLICES, parquet)
-    _write_slice_arrays(staging, parquet, len(columns["row"]), len(cases), checksum)
+    _write_slice_arrays(staging, parquet, n_rows, len(cases), checksum)
+    clock.lap("table")
 
     codebook_normal = model.quantizer_normal.codebook.detach().cpu().numpy().astype(np.float32)
     codebook_abnormal = model.quantizer_abnormal.codebook.detach().cpu().numpy().astype(np.float32)
     hash_index = HashIndex.build(
         codebook_normal, codebook_abnormal, bit_budget=bit_budget, ivf_nlist=ivf_nlist
     )
+    faiss_bytes = hash_index.faiss_bytes(normal.shape[0], normal.shape[1] * normal.shape[2])
+    # an IVF was asked for by name: auto keeps the FAISS files it lives in
+    too_large = ivf_nlist is None and faiss_bytes > FAISS_AUTO_LIMIT_GIB * 2**30
+    if faiss_indexes == "never" or (faiss_indexes == "auto" and too_large):
+        if faiss_indexes == "auto":
+            log.info(
+                "FAISS files left out: they would take %.1f GiB (> %d GiB); engines faiss-flat "
+                "and faiss-ivf need --faiss-indexes always",
+                faiss_bytes / 2**30,
+                FAISS_AUTO_LIMIT_GIB,
+            )
+        hash_index.skip_faiss()
     hash_index.add(normal, abnormal, volume_ids)
+    clock.lap("hash")
     hash_index.write(staging)
+    clock.lap("hash_write")
     return hash_index.report, int(normal.shape[0])
+
+
+class _StageClock:
+    """Seconds per assembly step, added into a build report's stages (`assemble_<step>_s`)."""
+
+    def __init__(self, stages: dict[str, float] | None):
+        self.stages = stages
+        self.last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        if self.stages is not None:
+            key = f"assemble_{step}_s"
+            self.stages[key] = self.stages.get(key, 0.0) + now - self.last
+        self.last = now
 
 
 def _write_slice_arrays(

@@ -80,6 +80,7 @@ class BuildOptions:
     that fail validation (listed in the report) instead of stopping. batch_size: slices per
     forward pass. bit_budget: bits kept per grid position for the packed FAISS codes (None:
     Algorithm A.1's length). ivf_nlist: also build a FAISS IndexBinaryIVF with this many lists.
+    faiss_indexes: "auto", "always" or "never" write the FAISS files (`layout.FAISS_POLICIES`).
     device: where the encoder runs (None: CUDA when present, else the CPU). precision: the
     encoder's arithmetic, "fp32" (IEEE float32: a GPU gives the CPU's codes; see
     `fdn.archive_index.encode`) or "bf16" (CUDA only, faster, other codes); recorded in the
@@ -91,6 +92,7 @@ class BuildOptions:
     batch_size: int = 64
     bit_budget: int | None = None
     ivf_nlist: int | None = None
+    faiss_indexes: str = "auto"
     device: str | None = None
     precision: str = "fp32"
 
@@ -250,7 +252,9 @@ def _build_locked(
         archive_roots=plan["archive_roots"],
         bit_budget=options.bit_budget,
         ivf_nlist=options.ivf_nlist,
+        faiss_indexes=options.faiss_indexes,
         precision=plan["encoding"]["precision"],
+        stages=report.stages,
     )
     report.stages["assemble_s"] = time.perf_counter() - assemble_started
     report.n_cases, report.n_slices, report.hashindex = len(cases), n_slices, hash_report

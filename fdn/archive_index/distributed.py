@@ -21,12 +21,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
+import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+# retries of a case's task after its worker died; a KilledWorker after that
+TASK_RETRIES = 2
+SCHEDULER_TIMEOUT_S = 30
+# a scheduler greets a connection within milliseconds; a silent server is not one
+GREETING_TIMEOUT_S = 10
 
 # Models loaded by this process (a worker keeps its model between tasks): {(dir, checksum): model}
 _MODELS: dict = {}
@@ -129,34 +137,127 @@ def encode_cases(tasks: list[CaseTask], client=None) -> Iterator[CaseResult]:
         for task in tasks:
             yield encode_case(task)
         return
-    from distributed import as_completed
+    from distributed import KilledWorker, as_completed
+
+    from fdn.errors import ClusterError
 
     # pure=False: a rerun after a failure must run again, not reuse a cached result
-    futures = [
+    futures = {
         client.submit(
-            encode_case, task, key=f"encode-{task.case}-{os.getpid()}", pure=False, retries=2
-        )
+            encode_case,
+            task,
+            key=f"encode-{task.case}-{os.getpid()}",
+            pure=False,
+            retries=TASK_RETRIES,
+        ): task
         for task in tasks
-    ]
+    }
+    done = 0
     try:
         for future in as_completed(futures):
-            yield future.result()
+            try:
+                result = future.result()
+            except KilledWorker:
+                case = futures[future].case
+                raise ClusterError(
+                    f"case {case}: the workers encoding it died {TASK_RETRIES + 1} times (out "
+                    f"of memory, or killed). The {done} case(s) finished so far are kept in the "
+                    "build journal: run the build again to resume, with fewer --workers or more "
+                    "memory per worker."
+                ) from None
+            done += 1
+            yield result
     finally:
         for future in futures:
             future.cancel()
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_scheduler(address: str, timeout: float = GREETING_TIMEOUT_S) -> None:
+    """ClusterError unless `address` (tcp://HOST:PORT) answers as a Dask scheduler does.
+
+    A scheduler greets a new connection at once with a framed message: a uint64 byte count and
+    a uint64 frame count. distributed's client instead sends its own greeting and reads what
+    comes back as frame sizes, so an HTTP server there made it allocate "3.01 EiB" and fail
+    with a numpy traceback, and a silent server made it wait past its timeout. Other schemes
+    (tls://, ucx://) go to Dask unchecked.
+    """
+    from urllib.parse import urlsplit
+
+    from fdn.errors import ClusterError
+
+    parts = urlsplit(address)
+    if parts.scheme != "tcp":
+        return
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or not port:
+        raise ClusterError(f"{address}: expected tcp://HOST:PORT, the address of a Dask scheduler")
+    greeting = b""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as conn:
+            deadline = time.monotonic() + timeout
+            while len(greeting) < 16 and time.monotonic() < deadline:
+                conn.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = conn.recv(16 - len(greeting))
+                if not chunk:
+                    break
+                greeting += chunk
+    except TimeoutError:
+        pass
+    except OSError as exc:
+        raise ClusterError(f"{address}: cannot connect ({exc.strerror or exc})") from None
+    if len(greeting) == 16:
+        nbytes, nframes = struct.unpack("<QQ", greeting)
+        if 0 < nbytes < 2**20 and 0 < nframes < 64:
+            return
+    said = f"it sent {greeting[:16]!r}" if greeting else f"it sent nothing in {timeout:.0f} s"
+    raise ClusterError(
+        f"{address}: not a Dask scheduler ({said}). Give the address `dask scheduler` prints "
+        "(tcp://HOST:8786 by default)."
+    )
+
+
+def _quiet_dask_logs() -> None:
+    """Dask logs every connection and worker at INFO (49 lines for a two-worker build): keep
+    its errors only, unless the root logger was made verbose (fdn-index -v)."""
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+
+
 @contextlib.contextmanager
 def cluster_client(workers: int | None = None, scheduler: str | None = None):
     """A `distributed.Client`: to the scheduler at `scheduler` (tcp://host:port), or to a new
-    LocalCluster of `workers` single-threaded worker processes on 127.0.0.1; None for neither."""
+    LocalCluster of `workers` single-threaded worker processes on 127.0.0.1; None for neither.
+
+    ClusterError for more local workers than this machine has cores (each is a process holding
+    a model; more only compete for the cores) or a scheduler that cannot be reached."""
+    from fdn.errors import ClusterError
+
     if not workers and not scheduler:
         yield None
         return
+    if workers and workers > _cores():
+        raise ClusterError(
+            f"--workers {workers}: this machine has {_cores()} core(s), and each worker is a "
+            f"process that encodes on one; use --workers {_cores()} or fewer, or --scheduler "
+            "for a cluster of several machines"
+        )
     from distributed import Client, LocalCluster
 
+    _quiet_dask_logs()
     if scheduler:
-        with Client(scheduler, timeout="30s") as client:
+        check_scheduler(scheduler)
+        try:
+            client = Client(scheduler, timeout=f"{SCHEDULER_TIMEOUT_S}s")
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(f"{scheduler}: cannot reach the Dask scheduler ({exc})") from None
+        with client:
             yield client
         return
     with (
@@ -166,6 +267,7 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None):
             processes=True,
             host="127.0.0.1",
             dashboard_address="127.0.0.1:0",
+            silence_logs=logging.getLogger("distributed").getEffectiveLevel(),
         ) as cluster,
         Client(cluster) as client,
     ):

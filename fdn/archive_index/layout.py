@@ -25,6 +25,13 @@ from pathlib import Path
 from hashindex import index_files
 
 FORMAT_NAME = "fdn-index"
+
+# Whether a build writes the FAISS copies of the packed bits (faiss_*.index). With Algorithm
+# A.1's full bit length they take kilobytes per slice (26 KB with the shipped model: 260 GB at
+# 10M slices), so "auto" writes them only while they fit this limit; the default engines
+# (fastscan, lut) never read them.
+FAISS_POLICIES = ("auto", "always", "never")
+FAISS_AUTO_LIMIT_GIB = 2
 # 2: the manifest lists every file with its size and sha256 ("files").
 FORMAT_VERSION = 2
 

@@ -112,6 +112,8 @@ def split_index(index_dir: str | Path, out_dir: str | Path, n_shards: int, on_sh
             bit_budget=source.manifest.hashindex.get("bit_budget"),
             precision=source.manifest.encoding_precision,
             ivf_nlist=source.manifest.hashindex.get("ivf_nlist"),
+            # every shard as the source: a sharded search needs the same engines in each
+            faiss_indexes="always" if source.hash_index.faiss_indexes else "never",
         )
         shards.append(
             {
