@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.optimization
 	$(PY) -m benchmarks.scale
 	$(PY) -m benchmarks.build_scale
+	$(PY) -m benchmarks.assembly_scale
 	$(FDN) synth $(TRAIN_ARCHIVE) --cases 40 --size 64 --seed 100 --healthy-fraction 0.3
 	$(PY) -m benchmarks.quality --model models/cpu-64 --model-no-dm models/cpu-64-nodm \
 		--train-archive $(TRAIN_ARCHIVE)
