@@ -50,9 +50,9 @@ from .options import LIBRARY_ERRORS, index_option
 @click.option(
     "--distance",
     type=click.Choice(DISTANCES),
-    default="hamming",
-    show_default=True,
-    help="Per-image distance between code grids.",
+    default=None,
+    help="Per-image distance between code grids [default: each mode's best on the quality "
+    "benchmark: euclidean for normal and sum, angular for abnormal].",
 )
 @click.option(
     "--topq",
@@ -183,11 +183,11 @@ def query(
         click.echo(json.dumps(out, indent=2))
         return
     query_name = result.query
-    results = {m: (r.hits, r.search_seconds) for m, r in result.results.items()}
-    for m, (hits, secs) in results.items():
+    for m, mode_result in result.results.items():
+        hits, secs = mode_result.hits, mode_result.search_seconds
         click.echo(
-            f"\nQuery {query_name} — mode {m}, {distance} distance, {result.options.engine}: "
-            f"{len(hits)} volumes in {secs * 1000:.1f} ms"
+            f"\nQuery {query_name} — mode {m}, {mode_result.distance} distance, "
+            f"{mode_result.engine}: {len(hits)} volumes in {secs * 1000:.1f} ms"
         )
         dicom = any(h.study_uid for h in hits)  # imported with import-dicom: show the study
         click.echo(

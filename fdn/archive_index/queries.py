@@ -15,15 +15,21 @@ case, then encoded with the index's own model. Either way the answer is a `Query
 `to_dict()` is the one JSON schema shared by `query --json` and the HTTP API:
 
     {"query": "SYN_003 slice 30", "index": "...", "query_case": "SYN_003", "query_slice": 30,
-     "external": false, "modes": [...], "distance": "hamming", "engine": "fastscan", "topq": 6,
+     "external": false, "modes": [...], "distance": null, "engine": null, "topq": 6,
      "normalized_sum": false, "include_same_volume": false, "nprobe": null,
      "load_seconds": 0.0, "encode_seconds": 0.0, "query_seconds": 0.004,
-     "results": {"normal": {"search_seconds": 0.001, "hits": [{rank, row, case, slice,
-                 distance, source, lesion_area}, ...]}, ...}}
+     "results": {"normal": {"distance": "euclidean", "engine": "fastscan",
+                 "search_seconds": 0.001, "hits": [{rank, row, case, slice, distance, source,
+                 lesion_area}, ...]}, ...}}
+
+The top-level "distance" and "engine" are those the query named (null: each mode's best
+distance, `BEST_DISTANCES`, and the index's default engine for it); each mode's result says
+which it ran with.
 
 The options are a `QueryOptions`, checked when it was made (`fdn.archive_index.query_options`),
-so the CLI and the API refuse the same inputs with the same message (`QueryError`); the engine
-a query names none of is decided here, once, and reported in the result.
+so the CLI and the API refuse the same inputs with the same message (`QueryError`); the
+distance and engine a query names none of are decided per mode (`QueryOptions.for_mode`) and
+reported in the result.
 """
 
 from __future__ import annotations
@@ -64,15 +70,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OPTIONS = QueryOptions()  # mode sum, D_H, top 10, the index's default engine
+DEFAULT_OPTIONS = QueryOptions()  # mode sum, its best distance, top 10, the default engine
 
 
 @dataclass
 class ModeResult:
-    """The hits of one mode and the time the search took."""
+    """The hits of one mode, the distance and engine that found them, and the time it took."""
 
     search_seconds: float
     hits: list[Hit]
+    distance: str
+    engine: str
 
 
 @dataclass
@@ -121,7 +129,12 @@ class QueryResult:
             "encode_seconds": self.encode_seconds,
             "query_seconds": self.query_seconds,
             "results": {
-                m: {"search_seconds": r.search_seconds, "hits": [asdict(h) for h in r.hits]}
+                m: {
+                    "distance": r.distance,
+                    "engine": r.engine,
+                    "search_seconds": r.search_seconds,
+                    "hits": [asdict(h) for h in r.hits],
+                }
                 for m, r in self.results.items()
             },
         }
@@ -181,7 +194,6 @@ def run_slice_query(
     slice_index = check_slice(index, case, slice_index)
     row = index.row_of(case, slice_index)
     exclude = None if options.include_same_volume else index.volume_of(case)
-    options = options.with_default_engine(index)
     normal, abnormal = index.codes_of_row(row)
     results = _search_modes(index, normal, abnormal, exclude, options, lock)
     return QueryResult(
@@ -231,7 +243,6 @@ def run_external_query(
         normal, abnormal = index.encode(image)
     encoded = time.perf_counter()
     exclude = None if options.include_same_volume else index.volume_of(case_id)
-    options = options.with_default_engine(index)
     results = _search_modes(index, normal, abnormal, exclude, options, lock)
     return QueryResult(
         query=f"{case_id} slice {slice_index} (external)",
@@ -259,9 +270,11 @@ def _search_modes(
 ) -> dict[str, ModeResult]:
     results = {}
     for m in options.modes:
+        chosen = options.for_mode(m, index)
+        assert chosen.distance is not None and chosen.engine is not None
         with lock or nullcontext():
             t0 = time.perf_counter()
-            hits = index.search(normal, abnormal, m, options, exclude)
-            results[m] = ModeResult(time.perf_counter() - t0, hits)
+            hits = index.search(normal, abnormal, m, chosen, exclude)
+            results[m] = ModeResult(time.perf_counter() - t0, hits, chosen.distance, chosen.engine)
     log.debug("query: %s", {m: len(r.hits) for m, r in results.items()})
     return results

@@ -226,9 +226,10 @@ class ArchiveIndex:
         exclude_volume: int | None = None,
     ) -> list[Hit]:
         """Volume-wise top-Q for one pair of code grids (h, w) uint16 in ``mode``; options that
-        name no engine run on the index's default for their distance."""
-        options = options.with_default_engine(self)
-        assert options.engine is not None  # decided by with_default_engine
+        name no distance or engine run with the mode's best distance and the index's default
+        engine for it (`QueryOptions.for_mode`)."""
+        options = options.for_mode(mode, self)
+        assert options.distance is not None and options.engine is not None
         exclude = None if exclude_volume is None else np.array([exclude_volume], dtype=np.int64)
         result = self.hash_index.search_volumes(
             np.ascontiguousarray(normal[None], dtype=np.uint16),

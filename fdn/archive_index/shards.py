@@ -323,7 +323,7 @@ class ShardedIndex:
         """Volume-wise top-Q over every shard, merged exactly (see the module docstring)."""
         exclude_case = None if exclude_volume is None else self._cases[exclude_volume]
         # decided here, once, so that every shard (they share the codebooks) runs the same engine
-        options = options.with_default_engine(self)
+        options = options.for_mode(mode, self)
         args = (normal, abnormal, mode, options, exclude_case)
         if self.shards is not None:
             jobs = [self._pool.submit(_search, index, *args) for index in self.shards]

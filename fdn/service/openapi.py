@@ -38,8 +38,9 @@ QUERY_PARAMS = [
     param(
         "distance",
         enum=list(DISTANCES),
-        default="hamming",
-        description="Per-image distance between code grids.",
+        description="Per-image distance between code grids (absent: each mode's best on the "
+        "quality benchmark, euclidean for normal and sum, angular for abnormal; each mode's "
+        "result names the distance and engine it ran with).",
     ),
     param(
         "topq",

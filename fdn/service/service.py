@@ -65,7 +65,7 @@ def parse_options(params) -> dict:
         # absent or empty: sum; anything else is a list whose every entry must be a mode, so
         # "mode=," is refused rather than read as the default
         mode=["sum"] if mode in (None, "") else [m.strip() for m in str(mode).split(",")],
-        distance=params.get("distance") or "hamming",
+        distance=params.get("distance") or None,  # absent or empty: each mode's best
         topq=params.get("topq") or 10,
         # "backend" is the name an earlier API used for the engine
         engine=params.get("engine") or params.get("backend") or None,

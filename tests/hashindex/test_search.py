@@ -300,7 +300,9 @@ def test_available_engines_follow_the_codebooks_and_the_files(small_index, tmp_p
     wa = rng.integers(0, 12, (6, 2, 3)).astype(np.uint16)
     wide.add(wn, wa, np.arange(6, dtype=np.int64))
     assert wide.available_engines() == ("lut", "torch", "numpy")
-    with pytest.raises(ValueError, match="this index was built with faiss_indexes=False"):
+    with pytest.raises(
+        ValueError, match="this index has no FAISS files .built with faiss_indexes=False"
+    ):
         wide.search_volumes(wn[:1], wa[:1], 3, engine="faiss-flat")
     with pytest.raises(ValueError, match="300 distinct vectors"):
         wide.search_volumes(wn[:1], wa[:1], 3, engine="fastscan")

@@ -239,3 +239,54 @@ def test_a_query_without_case_runs_on_the_largest_lesion_slice(built_index):
     assert default["query_case"] == case and default["query_slice"] == slice_index
     hits = {m: r["hits"] for m, r in named["results"].items()}
     assert {m: r["hits"] for m, r in default["results"].items()} == hits
+
+
+def test_each_mode_runs_with_its_best_distance_unless_one_is_named(built_index):
+    """No --distance: D_E for normal and sum, D_A for abnormal (the quality benchmark's best),
+    each named in its result and answering as the same distance named explicitly."""
+    default = run("query", "--index", built_index, "--mode", "all", "--topq", 3, "--json")
+    assert default.exit_code == 0, default.output
+    out = json.loads(default.output)
+    assert out["distance"] is None and out["engine"] is None  # none was named
+    used = {m: r["distance"] for m, r in out["results"].items()}
+    assert used == {"normal": "euclidean", "abnormal": "angular", "sum": "euclidean"}
+    for mode, distance in used.items():
+        named = run(
+            "query",
+            "--index",
+            built_index,
+            "--mode",
+            mode,
+            "--distance",
+            distance,
+            "--topq",
+            3,
+            "--json",
+        )
+        assert named.exit_code == 0, named.output
+        mode_result = json.loads(named.output)["results"][mode]
+        assert [h["row"] for h in mode_result["hits"]] == [
+            h["row"] for h in out["results"][mode]["hits"]
+        ]
+        assert mode_result["engine"] == out["results"][mode]["engine"]
+
+
+def test_an_engine_without_the_best_distance_runs_its_next_best(built_index):
+    """faiss-flat answers Hamming only: the lesion query falls back to it, as it says."""
+    result = run(
+        "query",
+        "--index",
+        built_index,
+        "--mode",
+        "abnormal",
+        "--engine",
+        "faiss-flat",
+        "--topq",
+        2,
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)["results"]["abnormal"]
+    assert (out["distance"], out["engine"]) == ("hamming", "faiss-flat")
+    text = run("query", "--index", built_index, "--mode", "abnormal", "--topq", 2)
+    assert "mode abnormal, angular distance" in text.output

@@ -81,8 +81,11 @@ def test_viewer_end_to_end(browser, live_server, service):
     # the viewer leaves the engine to the API, as the command line does: the index's default
     chosen = Select(browser.find_element("id", "engine")).first_selected_option
     assert chosen.get_attribute("value") == "" and chosen.get_attribute("textContent") == "default"
+    # and the distance to the API too: each mode's best, named in the mode's title
+    chosen = Select(browser.find_element("id", "distance")).first_selected_option
+    assert chosen.get_attribute("value") == "" and "best" in chosen.get_attribute("textContent")
     title = browser.find_element("css selector", '.mode-block[data-mode="sum"] h3').text
-    assert f"(hamming, {service.index.default_engine('hamming')})" in title, title
+    assert f"(euclidean, {service.index.default_engine('euclidean')})" in title, title
     assert hit_labels(browser, "sum") == api_labels(
         live_server, first.case, first.default_slice, "sum"
     )

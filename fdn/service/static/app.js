@@ -157,7 +157,7 @@ function showResult(result, roundTripMs) {
     block.className = "mode-block";
     block.dataset.mode = mode;
     const title = document.createElement("h3");
-    title.textContent = `${MODE_TITLES[mode] || mode} (${result.distance}, ${result.engine})`;
+    title.textContent = `${MODE_TITLES[mode] || mode} (${r.distance}, ${r.engine})`;
     block.appendChild(title);
     const grid = document.createElement("div");
     grid.className = "grid";
@@ -233,7 +233,9 @@ async function main() {
   $("index-info").textContent =
     `${info.index}: ${info.n_cases} cases, ${info.n_slices} slices · model ${info.preset || "custom"} ` +
     `(${info.input_size}², grid ${info.grid.join("×")})`;
-  fillSelect($("distance"), info.distances, "hamming");
+  // "" lets the API choose each mode's best distance, as the CLI does
+  fillSelect($("distance"), ["", ...info.distances], "");
+  $("distance").options[0].textContent = "best per mode";
   // "" lets the API choose the index's default engine for the distance, as the CLI does
   fillSelect($("engine"), ["", ...info.engines], "");
   $("engine").options[0].textContent = "default";
