@@ -102,7 +102,8 @@ def encode_case(task: CaseTask) -> CaseResult:
     stages["model_s"] = time.perf_counter() - t
     archive = Archive(Path(task.archive_root))
     try:
-        volume = archive.load(task.case, model.config.image_size, timings=stages)
+        # the index stores lesion areas (seg), nothing of anat or the pseudo-healthy rendering
+        volume = archive.load(task.case, model.config.image_size, timings=stages, extras=("seg",))
     except ArchiveError as exc:
         return CaseResult(task.case, str(exc), stages, _worker_name())
     t = time.perf_counter()

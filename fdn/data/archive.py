@@ -250,13 +250,25 @@ class Archive:
                 raise CaseError(case_id, expected, f"missing the {key} sequence; add it")
         return files
 
-    def load(self, case_id: str, size: int, timings: dict | None = None) -> Volume:
+    def load(
+        self,
+        case_id: str,
+        size: int,
+        timings: dict | None = None,
+        extras: tuple[str, ...] = ("seg", "anat", "pseudohealthy"),
+    ) -> Volume:
         """Validate and preprocess one case; raises ArchiveError naming case, file and fault.
 
         timings, when given, receives the seconds spent reading ("read_s") and preprocessing
-        ("preprocess_s"), for the build's per-stage figures.
+        ("preprocess_s"), for the build's per-stage figures. extras: the optional files read
+        beside the sequences (a build needs only seg: a synthetic case's 4-channel
+        pseudo-healthy volume alone is as much to inflate and resize as the sequences).
         """
-        files = self._checked_files(case_id)
+        files = {
+            key: path
+            for key, path in self._checked_files(case_id).items()
+            if key in SEQUENCES or key in extras
+        }
         if timings is None:
             return load_case_files(files, size, case_id)
         t0 = time.perf_counter()

@@ -199,3 +199,21 @@ def test_seg_to_classes_by_hand():
     np.testing.assert_array_equal(seg_to_classes(seg.astype(np.float32)), [[0, 1], [2, 3]])
     with pytest.raises(ValueError, match="3"):
         seg_to_classes(np.array([0, 3]))
+
+
+def test_a_load_for_the_index_reads_the_sequences_and_seg_only(small_archive, tmp_path):
+    """extras=("seg",) gives the same image and labels, without anat and the pseudo-healthy
+    volume, and never opens them: a damaged pseudo-healthy file does not stop it."""
+    archive = Archive(small_archive)
+    case = archive.case_ids[0]
+    full = archive.load(case, 32)
+    assert full.pseudohealthy is not None and full.anat is not None
+    root = tmp_path / "archive"
+    shutil.copytree(small_archive, root)
+    for extra in ("pseudohealthy", "anat"):
+        (path,) = (root / case).glob(f"{case}_{extra}.nii*")
+        path.write_bytes(b"not a NIfTI file")
+    lean = Archive(root).load(case, 32, extras=("seg",))
+    np.testing.assert_array_equal(lean.image, full.image)
+    np.testing.assert_array_equal(lean.seg, full.seg)
+    assert lean.pseudohealthy is None and lean.anat is None
