@@ -26,11 +26,10 @@ from pathlib import Path
 
 import click
 
+from benchmarks import build_cpu
 from benchmarks import report as rp
 from benchmarks.options import out_option
 
-PACS_VOLUMES = 65_000
-SLICES_PER_VOLUME = 155
 STAGES = ("read_s", "preprocess_s", "encode_s", "write_s", "model_s")
 
 
@@ -156,10 +155,6 @@ def render_markdown(results: dict) -> str:
             ]
         )
     best = max(r["encode_slices_per_s"] for r in results["runs"])
-    # per worker from the run with the most workers: there every core of the machine encodes
-    widest = max(results["runs"], key=lambda r: r["workers"])
-    per_worker = widest["encode_slices_per_s"] / widest["workers"]
-    total = PACS_VOLUMES * SLICES_PER_VOLUME
     cluster = results.get("cluster")
     cluster_md = []
     if cluster:
@@ -178,7 +173,6 @@ def render_markdown(results: dict) -> str:
                 ],
             ),
         ]
-    proj = [[n, total / (per_worker * n) / 3600] for n in (1, 2, 8, 32, 128)]
     compare = results.get("read_paths")
     compare_md = []
     if compare:
@@ -248,12 +242,7 @@ def render_markdown(results: dict) -> str:
             ),
             f"Best: {best:.1f} slices/s while encoding (wall time less the assembly, which runs "
             "once, in the calling process). The stage columns say where the encode phase goes.\n",
-            "## Projection for a PACS of 65,000 volumes (10.1M slices)\n",
-            f"From the throughput per worker with every core busy ({per_worker:.1f} slices/s: "
-            f"{widest['workers']} single-threaded workers on this {results['machine']['cores']}-core "
-            "machine, the scheduler and the client beside them), assuming workers scale linearly and "
-            "the shared file system keeps up; the assembly (one process) comes on top:\n",
-            rp.markdown_table(["workers", "hours"], proj),
+            *build_cpu.render_markdown(results["cpu"], results["projection"]),
             *cluster_md,
         ]
     )
@@ -294,9 +283,9 @@ def _cluster_workers(scheduler: str) -> list[dict]:
 @click.option(
     "--model",
     type=click.Path(exists=True, file_okay=False),
-    default="models/cpu-64",
+    default="models/cpu-64-null",
     show_default=True,
-    help="Model directory to encode with.",
+    help="Model directory to encode with (the shipped default model).",
 )
 @click.option(
     "--work",
@@ -349,6 +338,10 @@ def main(cases, size, model, work, out, scheduler, started_with):
     for workers in () if scheduler else (None, 1, 2):
         click.echo(f"[{time.perf_counter() - started:6.0f}s] build, workers={workers}", err=True)
         runs.append(_build(archive, Path(model), work / f"index-{workers or 0}", workers))
+    click.echo(f"[{time.perf_counter() - started:6.0f}s] CPU seconds per case", err=True)
+    cpu = build_cpu.cpu_per_case(archive, Path(model))
+    assembly_results = rp.results_dir("assembly-scale") / "results.json"
+    assembly = json.loads(assembly_results.read_text()) if assembly_results.is_file() else None
     identical = all(r["data_files"] == runs[0]["data_files"] for r in runs)
     for r in runs:
         del r["data_files"]
@@ -361,6 +354,8 @@ def main(cases, size, model, work, out, scheduler, started_with):
         "model": model,
         "read_paths": read_paths,
         "runs": runs,
+        "cpu": cpu,
+        "projection": build_cpu.projection(cpu, assembly),
         "identical": identical,
         "cluster": cluster,
         "load_average_1m_end": os.getloadavg()[0],
