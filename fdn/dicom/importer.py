@@ -16,8 +16,9 @@
 4. Write: the four NIfTI files (float32, RAS affine) and ``CASE_dicom.json`` into a temporary
    folder inside ARCHIVE, renamed into place at the end, so a case is whole or absent.
 
-The case id is ``<PatientID>_<first 8 hex digits of sha1(StudyInstanceUID)>`` (characters
-outside ``A-Za-z0-9._-`` become ``-``), stable across runs. A study already in ARCHIVE (same
+The case id is a pseudonym, ``P<10 hex>_<8 hex>``: keyed hashes of the PatientID and the
+StudyInstanceUID under the archive's own key (`fdn.dicom.pseudonyms`), stable across runs; only
+the case's sidecar in the archive maps it back to the PatientID. A study already in ARCHIVE (same
 StudyInstanceUID in a sidecar) is not imported again, so re-running an import is cheap.
 Headers are read without inflating pixel data (`fdn.dicom.reading`). One study's fault, whatever
 it is, skips that study only. A study or file that failed the same way in the previous run is
@@ -26,9 +27,7 @@ marked ``known`` (`fdn.dicom.failures`), and a run whose only failures are known
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from fdn.dicom.archive_writer import archive_lock, clean_partial, write_case
 from fdn.dicom.failures import mark_known
 from fdn.dicom.loading import REFERENCE, load_series, load_study, where
 from fdn.dicom.provenance import imported_studies
+from fdn.dicom.pseudonyms import archive_key, pseudonymous_case_id
 from fdn.dicom.reading import DicomReadError, read_header
 from fdn.dicom.sequences import identify
 from fdn.errors import DicomImportError
@@ -173,12 +173,6 @@ def scan(
     return studies, bad
 
 
-def case_id_of(study: StudyFiles) -> str:
-    """``<PatientID>_<sha1(StudyInstanceUID)[:8]>``, safe as a folder and file name."""
-    patient = re.sub(r"[^A-Za-z0-9._-]+", "-", study.patient_id).strip("-.") or "study"
-    return f"{patient[:48]}_{hashlib.sha1(study.uid.encode()).hexdigest()[:8]}"
-
-
 def plan_study(study: StudyFiles, mapping=None) -> tuple[dict[str, SeriesFiles], list[dict]]:
     """The series of each sequence, and the series left out with reasons.
 
@@ -241,7 +235,7 @@ def import_study(
     duplicate files dropped)."""
     chosen, ignored = plan_study(study, mapping)
     volumes, affine, loaded = load_study(study, chosen)
-    case = case_id_of(study)
+    case = pseudonymous_case_id(archive_key(archive), study.patient_id, study.uid)
     provenance = {
         "study_uid": study.uid,
         "series_uids": {seq: chosen[seq].uid for seq in SEQUENCES},

@@ -55,13 +55,14 @@ def one_study(small_archive, tmp_path):
 
 def case_dirs(archive: Path) -> list[Path]:
     """Every folder in an archive, hidden (temporary) ones included (the only files an import
-    leaves besides the cases are its empty lock file, `.import.lock`, and the record of its
-    failures, `.import-failures.json`)."""
+    leaves besides the cases are its empty lock file, `.import.lock`, the record of its
+    failures, `.import-failures.json`, and the key of its case ids, `.pseudonym-key`)."""
     if not archive.exists():
         return []
     assert {p.name for p in archive.iterdir() if not p.is_dir()} <= {
         ".import.lock",
         ".import-failures.json",
+        ".pseudonym-key",
     }
     return sorted(p for p in archive.iterdir() if p.is_dir())
 

@@ -367,3 +367,40 @@ def test_pydicom_test_files_are_listed_with_reasons(tmp_path):
     assert re.search(r"missing sequence\(s\) t1, t1ce, flair", skipped["reason"])
     assert "is t2" in skipped["reason"]  # identified by EchoTime 240 ms, RepetitionTime 4 s
     assert case_dirs(tmp_path / "archive") == []
+
+
+def test_case_ids_are_keyed_pseudonyms_that_hold_no_patient_id(dicom_source, imported_archive):
+    import hashlib
+    import hmac
+    import re
+    import stat
+
+    archive, report = imported_archive
+    key_file = archive / ".pseudonym-key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = bytes.fromhex(key_file.read_text().strip())
+    assert len(key) == 32
+    for entry in report.imported:
+        case = entry["case"]
+        sidecar = json.loads((archive / case / f"{case}_dicom.json").read_text())
+        patient = sidecar["patient_id"]  # the way back, kept in the archive only
+        assert patient and patient not in case
+        assert re.fullmatch(r"P[0-9a-f]{10}_[0-9a-f]{8}", case), case
+        patient_hash = hmac.new(key, f"patient:{patient}".encode(), hashlib.sha256).hexdigest()
+        study_hash = hmac.new(key, f"study:{entry['study_uid']}".encode(), hashlib.sha256)
+        assert case == f"P{patient_hash[:10]}_{study_hash.hexdigest()[:8]}"
+    # the key file beside the cases is not taken for one
+    assert sorted(Archive(archive).case_ids) == sorted(e["case"] for e in report.imported)
+
+
+def test_another_archive_gives_the_same_studies_other_pseudonyms(
+    dicom_source, imported_archive, tmp_path
+):
+    source, _ = dicom_source
+    archive, report = imported_archive
+    again = run(source, tmp_path / "other", "--json")
+    assert again.exit_code == 0, again.output
+    other = {e["study_uid"]: e["case"] for e in json.loads(again.output)["imported"]}
+    mine = {e["study_uid"]: e["case"] for e in report.imported}
+    assert other.keys() == mine.keys()
+    assert not set(other.values()) & set(mine.values())

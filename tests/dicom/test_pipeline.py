@@ -89,3 +89,27 @@ def test_provenance_reaches_the_table_and_the_answers(imported_archive, model_di
     )
     assert text.exit_code == 0, text.output
     assert "study" in text.output and hits[0]["study_uid"] in text.output
+
+
+def test_no_patient_id_reaches_the_index(imported_archive, model_dir, tmp_path):
+    """The PatientIDs (the source cases' names here) are in the archive's sidecars only: not in
+    a case id, a slice-table value, a query answer or the bytes of any uncompressed index file."""
+    archive, report = imported_archive
+    patients = {
+        json.loads((archive / e["case"] / f"{e['case']}_dicom.json").read_text())["patient_id"]
+        for e in report.imported
+    }
+    assert patients and all(patients)
+    index = build(archive, model_dir, tmp_path / "index")
+    table = pq.read_table(index / "slices.parquet").to_pylist()
+    values = {str(v) for row in table for v in row.values()}
+    assert not [v for v in values for p in patients if p in v]
+    answer = CliRunner().invoke(
+        main, ["query", "--index", str(index), "--mode", "all", "--topq", "3", "--json"]
+    )
+    assert answer.exit_code == 0, answer.output
+    assert not [p for p in patients if p in answer.output]
+    for path in index.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".npy", ".index"):
+            data = path.read_bytes()
+            assert not [p for p in patients if p.encode() in data], path
