@@ -134,6 +134,11 @@ def check_case(index: SearchableIndex, case: str) -> str:
         raise UnknownCaseError(
             f"no case {case!r} in this index ({len(index.cases)} cases, e.g. {shown})"
         )
+    if case in index.removed_cases():
+        raise UnknownCaseError(
+            f"case {case!r} was removed from this index (`fdn-index remove`): it cannot be a "
+            "query, and no query returns it"
+        )
     return case
 
 
@@ -154,11 +159,16 @@ def default_query_slice(index: SearchableIndex) -> tuple[str, int]:
     """(case, slice) a query runs on when it names none: the indexed slice with the largest
     lesion (ties: the first row), else the middle slice of the first case."""
     areas = np.asarray(index.table["lesion_area"], dtype=np.float64)  # NaN for a null
+    removed = index.removed_cases()
+    if removed:  # never a removed case's slice
+        areas = np.where(np.isin(np.asarray(index.table["case"], object), list(removed)), 0, areas)
     if areas.size and np.nanmax(areas, initial=0) > 0:
         row = int(np.nanargmax(areas))
         return str(index.table.value("case", row)), int(index.table.value("slice", row))
-    case = index.cases[0]
-    return case, index.default_slice(case)
+    kept = [c for c in index.cases if c not in removed]
+    if not kept:
+        raise UnknownCaseError("every case of this index was removed (`fdn-index remove`)")
+    return kept[0], index.default_slice(kept[0])
 
 
 def run_slice_query(

@@ -172,6 +172,10 @@ def _search_shard(
     return _search(_shard(path), normal, abnormal, mode, options, exclude_case)
 
 
+def _removed_on_worker(path: str) -> list[str]:
+    return sorted(_shard(path).removed_cases())
+
+
 class _GlobalCodes:
     """codes[row] of a sharded index: fetched from the shard that holds the row."""
 
@@ -286,6 +290,18 @@ class ShardedIndex:
                 f"({len(self._cases)} cases, e.g. {', '.join(self._cases[:3])})."
             )
         return self._shard_of_case[case]
+
+    def removed_cases(self) -> frozenset[str]:
+        """The cases removed from their shards (`fdn-index remove` on this folder)."""
+        if self.shards is None:  # on the workers: each shard honours its own at every query
+            names = self.client.gather(
+                [
+                    self.client.submit(_removed_on_worker, p, workers=[w], pure=False)
+                    for p, w in zip(self.paths, self.workers, strict=True)
+                ]
+            )
+            return frozenset(c for shard in names for c in shard)
+        return frozenset().union(*(s.removed_cases() for s in self.shards))
 
     def default_slice(self, case: str) -> int:
         return self._local(self._owner(case)).default_slice(case)
