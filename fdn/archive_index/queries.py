@@ -95,6 +95,8 @@ class QueryResult:
     encode_seconds: float = 0.0
     query_seconds: float = 0.0
     query_source: str | None = None
+    # rows a filtered query (options.where) could return; None without a filter
+    rows_passing: int | None = None
     query_image: np.ndarray | None = field(default=None, repr=False)
     query_labels: tuple | None = field(default=None, repr=False)
 
@@ -117,6 +119,8 @@ class QueryResult:
             "normalized_sum": o.normalized_sum,
             "include_same_volume": o.include_same_volume,
             "nprobe": o.nprobe,
+            "where": o.where,
+            "rows_passing": self.rows_passing,
             "load_seconds": self.load_seconds,
             "encode_seconds": self.encode_seconds,
             "query_seconds": self.query_seconds,
@@ -192,6 +196,7 @@ def run_slice_query(
     row = index.row_of(case, slice_index)
     exclude = None if options.include_same_volume else index.volume_of(case)
     options = options.with_default_engine(index)
+    passing = None if options.where is None else index.passing_rows(options.where)
     normal, abnormal = index.codes_of_row(row)
     results = _search_modes(index, normal, abnormal, exclude, options, lock)
     return QueryResult(
@@ -204,6 +209,7 @@ def run_slice_query(
         results=results,
         query_seconds=time.perf_counter() - started,
         query_source=str(index.table.value("source", row)),
+        rows_passing=passing,
     )
 
 
@@ -242,6 +248,7 @@ def run_external_query(
     encoded = time.perf_counter()
     exclude = None if options.include_same_volume else index.volume_of(case_id)
     options = options.with_default_engine(index)
+    passing = None if options.where is None else index.passing_rows(options.where)
     results = _search_modes(index, normal, abnormal, exclude, options, lock)
     return QueryResult(
         query=f"{case_id} slice {slice_index} (external)",
@@ -254,6 +261,7 @@ def run_external_query(
         load_seconds=loaded - started,
         encode_seconds=encoded - loaded,
         query_seconds=time.perf_counter() - started,
+        rows_passing=passing,
         query_image=image,
         query_labels=(seg, anat),
     )

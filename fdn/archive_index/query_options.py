@@ -37,6 +37,8 @@ class QueryOptions:
 
     modes: the modes to run (normal, abnormal, sum), each once, in order. engine: one of
     ENGINES, or None for the index's default for the distance (`with_default_engine`).
+    where: a filter on the slice table (`fdn.archive_index.where`), checked for its syntax
+    here and against the index's columns when it runs; hits come only from the rows it keeps.
     """
 
     modes: tuple[str, ...] = ("sum",)
@@ -46,6 +48,7 @@ class QueryOptions:
     nprobe: int | None = None
     normalized_sum: bool = False
     include_same_volume: bool = False
+    where: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.modes, tuple) or not self.modes:
@@ -72,6 +75,10 @@ class QueryOptions:
             object.__setattr__(self, "nprobe", nprobe)
         object.__setattr__(self, "normalized_sum", bool(self.normalized_sum))
         object.__setattr__(self, "include_same_volume", bool(self.include_same_volume))
+        if self.where is not None:
+            from fdn.archive_index.where import parse_where  # it imports QueryError from here
+
+            parse_where(self.where)
 
     def with_default_engine(self, index) -> QueryOptions:
         """These options with the engine decided: the named one, else ``index``'s default for
@@ -91,6 +98,7 @@ def query_options(
     normalized_sum: bool = False,
     include_same_volume: bool = False,
     max_topq: int | None = None,
+    where: str | None = None,
 ) -> QueryOptions:
     """`QueryOptions` from loose values (command-line flags, HTTP parameters).
 
@@ -115,6 +123,7 @@ def query_options(
         nprobe=nprobe,
         normalized_sum=normalized_sum,
         include_same_volume=include_same_volume,
+        where=where,
     )
     if max_topq is not None and options.topq > max_topq:
         raise QueryError(f"topq must be at most {max_topq}; got {options.topq}")

@@ -34,6 +34,7 @@ from fdn.archive_index.searchable import Hit
 from fdn.archive_index.slice_arrays import load_slice_arrays, read_slice_arrays, slice_arrays_source
 from fdn.archive_index.slice_table import SliceTable, read_slice_table
 from fdn.archive_index.tombstones import TombstoneWatch, case_digest
+from fdn.archive_index.where import where_mask
 from hashindex import HashIndex, index_files
 from hashindex.errors import HashIndexError
 
@@ -65,6 +66,7 @@ class ArchiveIndex:
         self._digest_of_case: dict[str, str] | None = None
         # (the digests the mask was made for, the removed cases, the mask or None)
         self._removed: tuple[frozenset, frozenset[str], np.ndarray | None] | None = None
+        self._filters: dict[str, np.ndarray] = {}  # --where text -> (N,) bool, the last few
 
     @property
     def ntotal(self) -> int:
@@ -146,6 +148,29 @@ class ArchiveIndex:
         """(N,) bool: the rows a query may return (every row of a case not removed), or None
         when every row may be returned."""
         return self._removal()[1]
+
+    def where_rows(self, where: str) -> np.ndarray:
+        """(N,) bool: the rows of the slice table that pass the filter ``where``
+        (`fdn.archive_index.where`); WhereError for an unknown column or a type mismatch."""
+        if where not in self._filters:
+            if len(self._filters) >= 8:  # a server sees many filters: keep the last few
+                self._filters.pop(next(iter(self._filters)))
+            self._filters[where] = where_mask(where, self.table, self.ntotal)
+        return self._filters[where]
+
+    def query_rows(self, where: str | None) -> np.ndarray | None:
+        """(N,) bool rows a query with filter ``where`` may return (those of cases not
+        removed that pass it), or None for every row."""
+        allowed = self.allowed_rows()
+        if where is None:
+            return allowed
+        passing = self.where_rows(where)
+        return passing if allowed is None else passing & allowed
+
+    def passing_rows(self, where: str | None) -> int:
+        """How many rows a query with filter ``where`` may return."""
+        rows = self.query_rows(where)
+        return self.ntotal if rows is None else int(np.count_nonzero(rows))
 
     def row_of(self, case: str, slice_index: int) -> int:
         """The row of slice `slice_index` of `case`; IndexDirError naming what exists otherwise
@@ -267,7 +292,7 @@ class ArchiveIndex:
         assert options.engine is not None  # decided by with_default_engine
         exclude = None if exclude_volume is None else np.array([exclude_volume], dtype=np.int64)
         # read at every query: a removal holds from the next query on, in a running server too
-        allowed = self.allowed_rows()
+        allowed = self.query_rows(options.where)
         result = self.hash_index.search_volumes(
             np.ascontiguousarray(normal[None], dtype=np.uint16),
             np.ascontiguousarray(abnormal[None], dtype=np.uint16),

@@ -176,6 +176,10 @@ def _removed_on_worker(path: str) -> list[str]:
     return sorted(_shard(path).removed_cases())
 
 
+def _passing_on_worker(path: str, where: str | None) -> int:
+    return _shard(path).passing_rows(where)
+
+
 class _GlobalCodes:
     """codes[row] of a sharded index: fetched from the shard that holds the row."""
 
@@ -302,6 +306,20 @@ class ShardedIndex:
             )
             return frozenset(c for shard in names for c in shard)
         return frozenset().union(*(s.removed_cases() for s in self.shards))
+
+    def passing_rows(self, where: str | None) -> int:
+        """How many rows of all shards a query with filter ``where`` may return (each shard
+        applies the filter to its own slice table, and the removals to its own rows)."""
+        if self.shards is not None:
+            return sum(s.passing_rows(where) for s in self.shards)
+        return sum(
+            self.client.gather(
+                [
+                    self.client.submit(_passing_on_worker, p, where, workers=[w], pure=False)
+                    for p, w in zip(self.paths, self.workers, strict=True)
+                ]
+            )
+        )
 
     def default_slice(self, case: str) -> int:
         return self._local(self._owner(case)).default_slice(case)
