@@ -8,6 +8,7 @@ file with its sha256, last (docs/architecture.md).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -39,6 +40,7 @@ from fdn.archive_index.manifest import (
     read_manifest,
     write_manifest,
 )
+from fdn.archive_index.metadata import metadata_columns
 from fdn.archive_index.slice_arrays import (
     derive_slice_arrays,
     load_slice_arrays,
@@ -130,6 +132,7 @@ def _assemble(
     normals: list[np.ndarray]
     abnormals: list[np.ndarray]
     volume_id_parts: list[np.ndarray]
+    per_case: list[dict] = []  # each case's metadata (`fdn.archive_index.metadata`)
     normals, abnormals, volume_id_parts, columns = (
         [],
         [],
@@ -159,6 +162,8 @@ def _assemble(
             lesion_area, source = data["lesion_area"], str(data["source"])
             study_uid = str(data["study_uid"]) if "study_uid" in data.files else ""
             series_uids = str(data["series_uids"]) if "series_uids" in data.files else ""
+            meta = json.loads(str(data["metadata"])) if "metadata" in data.files else {}
+        per_case.append(meta if isinstance(meta, dict) else {})
         n = normal.shape[0]
         start = len(columns["row"])
         normals.append(normal)
@@ -190,6 +195,7 @@ def _assemble(
             "model_checksum": pa.array(columns["model_checksum"], pa.string()),
             "study_uid": pa.array(columns["study_uid"], pa.string()),
             "series_uids": pa.array(columns["series_uids"], pa.string()),
+            **_metadata_arrays(per_case, columns["volume"]),
         }
     )
     sink = pa.BufferOutputStream()
@@ -206,6 +212,15 @@ def _assemble(
     hash_index.add(normal, abnormal, volume_ids)
     hash_index.write(staging)
     return hash_index.report, int(normal.shape[0])
+
+
+def _metadata_arrays(per_case: list[dict], volume: list[int]) -> dict:
+    """The slice table's metadata columns: each case's value on every row of its volume."""
+    types = {"number": pa.float64(), "date": pa.date32(), "text": pa.string()}
+    return {
+        name: pa.array([values[v] for v in volume], types[kind])
+        for name, (kind, values) in metadata_columns(per_case).items()
+    }
 
 
 def _write_slice_arrays(

@@ -47,6 +47,7 @@ from fdn.archive_index.layout import (
 )
 from fdn.archive_index.locks import build_lock
 from fdn.archive_index.manifest import looks_like_archive
+from fdn.archive_index.metadata import case_metadata
 from fdn.archive_index.removal import purge_journal
 from fdn.archive_index.tombstones import case_digest, drop_removed, read_tombstones
 from fdn.data import Archive
@@ -299,6 +300,10 @@ def _fingerprint(archive: Archive, case: str) -> dict:
             prints[key] = [path.name, st.st_size, st.st_mtime_ns]
         except OSError as exc:
             prints[key] = [path.name, -1, str(exc.strerror)]
+    # changed metadata (metadata.csv, the DICOM sidecar) make the entry be written again
+    metadata = case_metadata(archive.root / case, case)
+    if metadata:
+        prints["metadata"] = [json.dumps(metadata, sort_keys=True)]
     return prints
 
 

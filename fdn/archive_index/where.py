@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from fdn.archive_index.query_options import QueryError
+from fdn.archive_index.slice_table import typed_column
 
 MAX_LENGTH = 2000  # characters of a filter
 MAX_DEPTH = 40  # nested parentheses and nots: the parser recurses once per level
@@ -247,23 +248,6 @@ def _kind(values: np.ndarray) -> str:
     return "text"
 
 
-def _typed(values: np.ndarray) -> np.ndarray:
-    """A column of Python objects as numpy types where its values are dates or numbers (as
-    pyarrow hands over date and nullable columns), else unchanged."""
-    if values.dtype != object:
-        return values
-    present = [v for v in values.tolist() if v is not None]
-    if present and all(isinstance(v, datetime.date) for v in present):
-        return np.array(
-            [np.datetime64("NaT") if v is None else np.datetime64(v, "D") for v in values],
-            "datetime64[D]",
-        )
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
-    if present and numeric:
-        return np.array([np.nan if v is None else v for v in values], np.float64)
-    return values
-
-
 def _literal_for(column: str, kind: str, value):
     """`value` as the column's kind compares it; WhereError for a mismatch."""
     if kind == "date" and isinstance(value, str):
@@ -296,7 +280,7 @@ def evaluate(node, columns, n: int) -> np.ndarray:
     if node.column not in columns:
         names = ", ".join(sorted(columns))
         raise WhereError(f"filter: no column {node.column!r} in this index (columns: {names})")
-    values = _typed(np.asarray(columns[node.column]))
+    values = typed_column(np.asarray(columns[node.column]))
     kind = _kind(values)
     literals = [_literal_for(node.column, kind, v) for v in node.values]
     if kind == "number":
