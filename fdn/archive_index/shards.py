@@ -87,7 +87,9 @@ def split_index(index_dir: str | Path, out_dir: str | Path, n_shards: int, on_sh
     model_dir = index_dir / MODEL_DIR
     model, config = load_model(model_dir)
     checksum = model_checksum(model_dir)
-    cases = source.cases  # in row order
+    # in row order; removed cases (`fdn-index remove`) are not carried into the shards
+    removed = source.removed_cases()
+    cases = [c for c in source.cases if c not in removed]
     sizes = np.array([np.count_nonzero(source.table["case"] == c) for c in cases])
     # cut where the cumulative slice count crosses k/n of the total: contiguous, whole volumes
     cuts = np.searchsorted(np.cumsum(sizes), np.arange(1, n_shards) * sizes.sum() / n_shards)

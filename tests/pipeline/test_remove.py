@@ -191,3 +191,11 @@ def test_shards_refuse_compaction_and_unknown_cases(index_copy, tmp_path):
         removal.remove_cases(shards, ["NOPE"])
     with pytest.raises(IndexDirError, match="split it again"):
         removal.remove_cases(shards, [], compact=True)
+
+
+def test_shards_split_after_a_removal_leave_the_case_out(index_copy, tmp_path):
+    removed = open_index(index_copy).cases[0]
+    removal.remove_cases(index_copy, [removed])
+    listing = split_index(index_copy, tmp_path / "shards", 2)
+    assert all(removed not in s["cases"] for s in listing["shards"])
+    assert _traces(tmp_path / "shards", removed) == []
