@@ -196,3 +196,37 @@ def test_a_bad_mask_is_refused(masked_index):
         index.search(gn[:1], ga[:1], 3, allowed_rows=np.ones(index.ntotal, np.int64))
     with pytest.raises(ValueError, match=r"\(2000,\)"):
         index.search_volumes(gn[:1], ga[:1], 3, allowed_rows=np.ones(5, bool))
+
+
+@pytest.fixture(scope="module")
+def many_blocks():
+    """20,000 rows: 313 blocks, so that `prune_scan` splits them over threads."""
+    rng = np.random.default_rng(17)
+    cn, ca = make_codebook(rng, 24, 6), make_codebook(rng, 16, 5)
+    N = 20_000
+    gn, ga = make_grids(rng, N, 24, 3, 3), make_grids(rng, N, 16, 3, 3)
+    vol = (np.arange(N) // 40).astype(np.int64)
+    index = HashIndex.build(cn, ca, seed=3, faiss_indexes=False)
+    index.add(gn, ga, vol)
+    return index, gn, ga, vol, cn, ca
+
+
+@pytest.mark.parametrize("distance", ["hamming", "euclidean"])
+def test_fastscan_masks_blocks_split_over_threads(many_blocks, monkeypatch, distance):
+    index, gn, ga, vol, cn, ca = many_blocks
+    monkeypatch.setattr(fastscan_kernels, "_THREADS", 2)
+    rng = np.random.default_rng(8)
+    N = gn.shape[0]
+    blocks = (np.arange(N) // 64) % 5 == 2  # every fifth block: most blocks are skipped
+    for allowed in (rng.random(N) < 0.3, blocks, blocks & (rng.random(N) < 0.5)):
+        queries = [0, 9_999, 19_999]
+        hits = index.search_volumes(
+            gn[queries], ga[queries], TOPQ, distance=distance, engine="fastscan",
+            allowed_rows=allowed,
+        )  # fmt: skip
+        for b, q in enumerate(queries):
+            dist = reference_distances(index, cn, ca, gn, ga, q, "sum", distance)
+            sub = np.flatnonzero(allowed)
+            ref = [(d, int(sub[r]), v) for d, r, v in volume_topq(dist[sub], vol[sub], TOPQ)]
+            got = (hits.distances[b], hits.rows[b], hits.volumes[b])
+            assert_same_hits(got, ref, exact=distance == "hamming")
