@@ -19,6 +19,7 @@ COMMANDS = {
     "import-dicom": ".import_dicom:import_dicom",
     "models": ".models:models",
     "query": ".query:query",
+    "remove": ".remove:remove",
     "serve": ".serve:serve",
     "shard": ".shard:shard",
     "show": ".show:show",

@@ -84,6 +84,15 @@ from .options import LIBRARY_ERRORS, index_option
 )
 @click.option("--include-same-volume", is_flag=True, help="Allow hits from the query's own volume.")
 @click.option(
+    "--where",
+    default=None,
+    metavar="FILTER",
+    help="Return only slices whose slice-table row passes FILTER, e.g. "
+    "'age >= 60 and sex == \"F\"' (==, !=, <, <=, >, >=, in [..], and, or, not, parentheses; "
+    "columns: case, slice, lesion_area and the case metadata). The search is exact over those "
+    "rows.",
+)
+@click.option(
     "--montage",
     type=click.Path(dir_okay=False),
     default=None,
@@ -103,6 +112,7 @@ def query(
     nprobe,
     normalized_sum,
     include_same_volume,
+    where,
     montage,
     as_json,
 ):
@@ -139,6 +149,7 @@ def query(
             nprobe=nprobe,
             normalized_sum=normalized_sum,
             include_same_volume=include_same_volume,
+            where=where,
         )
         if montage:
             check_write_target(montage)  # refuse /dev/null, a folder, a link before any work
@@ -200,6 +211,8 @@ def query(
             click.echo(
                 f"{h.rank:>4}  {h.case:<16} {h.slice:>5}  {h.distance:>12.4f}  {area:>9}" + study
             )
+    if where is not None:
+        click.echo(f"\nFilter {where}: {result.rows_passing} rows pass.")
     click.echo(
         f"\nIndex opened in {(opened - started) * 1000:.0f} ms; total {total * 1000:.0f} ms."
     )

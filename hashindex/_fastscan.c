@@ -178,6 +178,9 @@ typedef struct {
     /* per query and chunk c the largest L0, L1 any row can have after chunks 0..c, (B, n_pos /
      * CHUNK, 2): while the limits admit those, no row can fail and the check is skipped */
     const int32_t *reach;
+    /* per block a word of the rows a query may return (bit r: row 64 * b + r), shared by the
+     * batch; NULL: every row. A row outside it is dead from the start, like a padding row. */
+    const uint64_t *allowed;
 } scan_args;
 
 /* reach (see scan_args) of every query: Σ of each position's largest table entry among the
@@ -252,7 +255,8 @@ static void emit(const scan_args *a, Py_ssize_t q, Py_ssize_t b, uint64_t alive,
 
 static uint64_t valid_rows(const scan_args *a, Py_ssize_t b) {
     Py_ssize_t left = a->n_rows - b * ROWS;
-    return left >= ROWS ? ~0ULL : (left <= 0 ? 0 : (1ULL << left) - 1);
+    uint64_t real = left >= ROWS ? ~0ULL : (left <= 0 ? 0 : (1ULL << left) - 1);
+    return a->allowed ? real & a->allowed[b] : real;
 }
 
 static void scan_block_portable(const scan_args *a, Py_ssize_t q, Py_ssize_t b) {
@@ -444,17 +448,19 @@ static tile_fn pick_tile(const scan_args *a, Py_ssize_t q, Py_ssize_t n_codes, i
 
 /* prune_scan(codes_t, S, n_rows, n_codes, tables, order, chunk_acc, n_queries, n_pos, lim, room,
  *            room_stride, out_rows, out_keys, out_count, capacity, heap, block_start,
- *            block_end, portable); see the comment above. */
+ *            block_end, portable[, allowed]); see the comment above. allowed: (nblocks,) uint64,
+ *            bit r of word b set where row 64 * b + r may be kept (left out: every row). */
 static PyObject *prune_scan(PyObject *self, PyObject *args) {
     Py_buffer codes, tables, order, chunk_acc, lim, room, coarse, out_rows, out_keys, out_count;
+    Py_buffer allowed = {0};  /* optional: obj stays NULL when left out */
     Py_ssize_t S, n_rows, n_queries, n_pos, room_stride, capacity, start, end, n_codes;
     int heap, portable;
-    if (!PyArg_ParseTuple(args, "y*nnny*y*y*nnw*y*ny*w*w*w*npnnp", &codes, &S, &n_rows, &n_codes,
-                          &tables,
+    if (!PyArg_ParseTuple(args, "y*nnny*y*y*nnw*y*ny*w*w*w*npnnp|y*", &codes, &S, &n_rows,
+                          &n_codes, &tables,
                           &order, &chunk_acc, &n_queries, &n_pos, &lim, &room, &room_stride,
                           &coarse,
                           &out_rows, &out_keys, &out_count, &capacity, &heap, &start, &end,
-                          &portable))
+                          &portable, &allowed))
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t nblocks = (S > 0) ? codes.len / (S * ROWS) : 0;
@@ -480,6 +486,8 @@ static PyObject *prune_scan(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "block range outside 0..nblocks");
     } else if (n_codes < 1 || n_codes > TABLE) {
         PyErr_SetString(PyExc_ValueError, "n_codes must be in 1..256");
+    } else if (allowed.obj && allowed.len != nblocks * 8) {
+        PyErr_SetString(PyExc_ValueError, "allowed must hold (nblocks,) uint64 words");
     } else {
         const int32_t *ord = order.buf, *lm = lim.buf;
         const uint8_t *acc = chunk_acc.buf;
@@ -495,7 +503,8 @@ static PyObject *prune_scan(PyObject *self, PyObject *args) {
         } else {
             scan_args a = {codes.buf, S, n_rows, n_pos, tables.buf, acc, ord, room.buf,
                            coarse.buf, lim.buf, room_stride, capacity, out_rows.buf, out_count.buf,
-                           out_keys.buf, heap, NULL};
+                           out_keys.buf, heap, NULL, NULL};
+            a.allowed = allowed.obj ? allowed.buf : NULL;
             int32_t *reach = PyMem_Malloc((B * (n_pos / CHUNK) * 2 + 1) * sizeof(int32_t));
             if (!reach) {
                 PyErr_NoMemory();
@@ -533,6 +542,7 @@ release:
     PyBuffer_Release(&out_rows);
     PyBuffer_Release(&out_keys);
     PyBuffer_Release(&out_count);
+    if (allowed.obj) PyBuffer_Release(&allowed);
     return result;
 }
 
@@ -601,7 +611,8 @@ static PyMethodDef methods[] = {
     {"prune_scan", prune_scan, METH_VARARGS,
      "prune_scan(codes_t, S, n_rows, n_codes, tables, order, chunk_acc, n_queries, n_pos, lim, room, "
      "room_stride, coarse, out_rows, out_keys, out_count, capacity, heap, block_start, "
-     "block_end, portable): the rows of a batch of queries whose 8-bit bounds pass their limits "
+     "block_end, portable[, allowed]): the rows of a batch of queries whose 8-bit bounds pass "
+     "their limits, among the allowed rows "
      "(see the source)."},
     {"exact_sums", exact_sums, METH_VARARGS,
      "exact_sums(codes, P, tables, R, rows, qidx, out): float64 table sums of some rows in "

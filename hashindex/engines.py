@@ -1,7 +1,7 @@
 """Search engines behind one interface, and the one registry that names them.
 
 Each engine is one class: what it supports as class attributes (modes, distances, the
-normalized sum, nprobe, a per-position mask), `Engine.check` for what the index must hold, and
+normalized sum, nprobe, a per-position mask, a row mask), `Engine.check` for what the index must hold, and
 `search` (row-wise top-k) / `search_volumes` (volume-wise top-Q), both with the semantics of
 `hashindex.index`. `REGISTRY` maps a name to its class, in the manner of pynndescent's
 `named_distances`; `ENGINES` is its names, in order. A `HashIndex` looks an engine up by name
@@ -51,7 +51,10 @@ class Query:
     """B queries and how to compare them: what every engine's search receives, checked.
 
     normal, abnormal: (B, h, w) uint16 code grids; mode, distance, normalized_sum: as
-    `HashIndex.search` takes them; nprobe: lists probed (engines with ``takes_nprobe``).
+    `HashIndex.search` takes them; nprobe: lists probed (engines with ``takes_nprobe``);
+    allowed_rows: (ntotal,) bool, True for the rows any query of the batch may return (engines
+    with ``supports_row_mask``), or None for every row. An engine answers as if the other rows
+    were not stored: the exact top-k / top-Q among the allowed rows, never a filtered top-k.
     """
 
     normal: np.ndarray
@@ -60,6 +63,7 @@ class Query:
     distance: str
     normalized_sum: bool
     nprobe: int | None = None
+    allowed_rows: np.ndarray | None = None
 
     @property
     def B(self) -> int:
@@ -87,6 +91,8 @@ class Engine(ABC):
     takes_nprobe: ClassVar[bool] = False
     # a mask of the grid positions a query compares (the region query); none takes one yet
     supports_position_mask: ClassVar[bool] = False
+    # whether it answers a query restricted to some rows (`Query.allowed_rows`) exactly
+    supports_row_mask: ClassVar[bool] = True
     # the distances this engine answers a query that names no engine, where the index can run
     # it; of several such engines the one of highest default_rank (`IndexSearch.default_engine`)
     default_for: ClassVar[tuple[str, ...]] = ()
@@ -101,10 +107,18 @@ class Engine(ABC):
         were built); `check` refuses the engine otherwise. Loads nothing."""
         return True
 
-    def check(self, mode: str, distance: str, normalized_sum: bool, nprobe: int | None) -> None:
+    def check(
+        self,
+        mode: str,
+        distance: str,
+        normalized_sum: bool,
+        nprobe: int | None,
+        row_mask: bool = False,
+    ) -> None:
         """ValueError, naming the fix, unless this engine can answer these options on its index.
 
-        ``mode`` and ``distance`` are valid names (checked by the caller)."""
+        ``mode`` and ``distance`` are valid names (checked by the caller); ``row_mask``: the
+        query is restricted to some rows (`Query.allowed_rows`)."""
         if mode not in self.modes:
             raise ValueError(f"engine {self.name!r} supports only {_either('mode', self.modes)}")
         if distance not in self.distances:
@@ -116,6 +130,12 @@ class Engine(ABC):
             able = [n for n, e in REGISTRY.items() if e.normalized_sum]
             raise ValueError(
                 f"normalized_sum needs {_either('engine', able)} ({self.no_normalized_sum})"
+            )
+        if row_mask and not self.supports_row_mask:
+            able = [n for n, e in REGISTRY.items() if e.supports_row_mask]
+            raise ValueError(
+                f"engine {self.name!r} cannot restrict a search to some rows exactly (a filter "
+                f"or removed cases); use {_either('engine', able)}"
             )
         self.check_index(mode)
         if nprobe is not None:
@@ -149,25 +169,32 @@ class Engine(ABC):
 
 class RowDistanceEngine(Engine):
     """An engine that computes each query's distance to every row; the top rows or volumes are
-    then selected on the host (`hashindex.volumes`)."""
+    then selected on the host (`hashindex.volumes`). Rows outside `Query.allowed_rows` get an
+    infinite distance, which the selection never returns."""
 
     @abstractmethod
     def row_distances(self, q_reps: dict, q_sq: dict, b: int, query: Query) -> np.ndarray:
         """(N,) float64 distances of query b to every row."""
+
+    def _masked_distances(self, q_reps: dict, q_sq: dict, b: int, query: Query) -> np.ndarray:
+        dist = self.row_distances(q_reps, q_sq, b, query)
+        if query.allowed_rows is not None:
+            dist[~query.allowed_rows] = np.inf
+        return dist
 
     def search(self, query: Query, k: int) -> tuple[np.ndarray, np.ndarray]:
         q_reps, q_sq = self._prepare(query)
         D = np.full((query.B, k), np.inf)
         I = np.full((query.B, k), -1, np.int64)
         for b in range(query.B):
-            D[b], I[b] = topk_rows(self.row_distances(q_reps, q_sq, b, query), k)
+            D[b], I[b] = topk_rows(self._masked_distances(q_reps, q_sq, b, query), k)
         return D, I
 
     def search_volumes(self, query: Query, topq: int, exclude: np.ndarray | None) -> VolumeHits:
         q_reps, q_sq = self._prepare(query)
         hits = VolumeHits.padded(query.B, topq)
         for b in range(query.B):
-            dist = self.row_distances(q_reps, q_sq, b, query)
+            dist = self._masked_distances(q_reps, q_sq, b, query)
             ex = None if exclude is None else int(exclude[b])
             hit = topq_volumes(dist, self.index._vol_index, self.index._vol_unique, topq, ex)
             hits.distances[b], hits.rows[b], hits.volumes[b] = hit
@@ -236,8 +263,8 @@ class NumpyEngine(TableScanEngine):
 class RowCopyEngine(Engine):
     """An engine that searches its own copy of the stored rows (a layout, a device copy), made
     on first use and again once `add` has changed the rows. The copy's ``search`` answers the
-    volume-wise top-Q: (q_reps, q_sq, topq, mode, distance, normalized_sum, exclude) ->
-    (B, Q) distances, rows, volume ids, and possibly more."""
+    volume-wise top-Q: (q_reps, q_sq, topq, mode, distance, normalized_sum, exclude,
+    allowed=) -> (B, Q) distances, rows, volume ids, and possibly more."""
 
     _copy: Any = None
 
@@ -253,7 +280,14 @@ class RowCopyEngine(Engine):
     def search_volumes(self, query: Query, topq: int, exclude: np.ndarray | None) -> VolumeHits:
         q_reps, q_sq = self._prepare(query)
         D, R, V = self.copy().search(
-            q_reps, q_sq, topq, query.mode, query.distance, query.normalized_sum, exclude
+            q_reps,
+            q_sq,
+            topq,
+            query.mode,
+            query.distance,
+            query.normalized_sum,
+            exclude,
+            allowed=query.allowed_rows,
         )[:3]
         return VolumeHits(D, R, V)
 
@@ -305,6 +339,7 @@ class FastScanEngine(RowCopyEngine):
             query.normalized_sum,
             None,
             by_volume=False,
+            allowed=query.allowed_rows,
         )
         return D, I
 
@@ -326,7 +361,13 @@ class TorchEngine(RowCopyEngine):
     def search(self, query: Query, k: int) -> tuple[np.ndarray, np.ndarray]:
         q_reps, q_sq = self._prepare(query)
         return self.copy().search_rows(
-            q_reps, q_sq, k, query.mode, query.distance, query.normalized_sum
+            q_reps,
+            q_sq,
+            k,
+            query.mode,
+            query.distance,
+            query.normalized_sum,
+            allowed=query.allowed_rows,
         )
 
 
@@ -362,7 +403,7 @@ class FaissEngine(Engine):
         x = self.index._packed_modes(query.normal, query.abnormal)[query.mode]
 
         def knn(ids, k):
-            D, I = index.search(x[ids], k, nprobe=query.nprobe)
+            D, I = index.search(x[ids], k, nprobe=query.nprobe, allowed=query.allowed_rows)
             return D.astype(np.float64), I.astype(np.int64)
 
         return knn
@@ -378,7 +419,9 @@ class FaissEngine(Engine):
 
 class FaissFlatEngine(FaissEngine):
     """Exact Hamming on packed bits with ``faiss.IndexBinaryFlat`` (on the GPU with
-    ``GpuIndexBinaryFlat`` when faiss sees one; k > 2048 then falls back to the CPU copy)."""
+    ``GpuIndexBinaryFlat`` when faiss sees one; k > 2048 then falls back to the CPU copy). A row
+    mask becomes faiss's ``IDSelectorBitmap`` on the CPU copy: the exact k-NN of the allowed
+    rows."""
 
     name = "faiss-flat"
     files = FLAT_FILES
@@ -389,11 +432,14 @@ class FaissFlatEngine(FaissEngine):
 
 
 class FaissIvfEngine(FaissEngine):
-    """Approximate Hamming with ``faiss.IndexBinaryIVF`` (nlist lists, nprobe probed)."""
+    """Approximate Hamming with ``faiss.IndexBinaryIVF`` (nlist lists, nprobe probed); no row
+    mask (faiss has no ID selector for binary IVF, and a filtered approximate top-k could
+    leave out every allowed row)."""
 
     name = "faiss-ivf"
     exact = False
     takes_nprobe = True
+    supports_row_mask = False
     files = IVF_FILES
 
     @classmethod

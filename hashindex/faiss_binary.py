@@ -66,13 +66,26 @@ class FaissHamming:
             self._gpu = faiss.GpuIndexBinaryFlat(self._gpu_res, self.cpu)
         return self._gpu
 
-    def search(self, x: np.ndarray, k: int, nprobe: int | None = None):
-        """(D (n, k) int32, I (n, k) int64) for packed queries x (n, nbytes) uint8."""
+    def search(
+        self, x: np.ndarray, k: int, nprobe: int | None = None, allowed: np.ndarray | None = None
+    ):
+        """(D (n, k) int32, I (n, k) int64) for packed queries x (n, nbytes) uint8; allowed:
+        (ntotal,) bool, the only rows that may be returned (flat only), or None."""
         import faiss
 
         if self.is_ivf:
+            if allowed is not None:
+                raise ValueError("a row mask needs a flat index (faiss's binary IVF has none)")
             self.cpu.nprobe = int(nprobe) if nprobe is not None else min(8, int(self.nlist or 8))
-        gpu = self._gpu_index()
+        params = None
+        if allowed is not None:
+            # bit i of byte i // 8 (little bit order) is row i: faiss's IDSelectorBitmap; the
+            # bitmap must outlive the search, as must the selector: both stay referenced here
+            bitmap = np.packbits(np.asarray(allowed, bool), bitorder="little")
+            selector = faiss.IDSelectorBitmap(allowed.size, faiss.swig_ptr(bitmap))
+            params = faiss.SearchParameters()
+            params.sel = selector
+        gpu = self._gpu_index() if params is None else None  # the GPU copy takes no selector
         index = gpu if (gpu is not None and k <= GPU_K_LIMIT) else self.cpu
         # hamming_batch_size rows of the database are scanned per block; with long codes the
         # default 65,536 blows the cache for codes of kilobytes, so keep a block near 8 MB.
@@ -80,6 +93,8 @@ class FaissHamming:
         old = cvar.hamming_batch_size
         cvar.hamming_batch_size = int(max(256, min(65536, (8 << 20) // self.nbytes)))
         try:
-            return index.search(np.ascontiguousarray(x), k)
+            if params is None:
+                return index.search(np.ascontiguousarray(x), k)
+            return index.search(np.ascontiguousarray(x), k, params=params)
         finally:
             cvar.hamming_batch_size = old

@@ -64,12 +64,15 @@ class FastScan(PrunedScan, FullScan):
         normalized_sum: bool,
         exclude: np.ndarray | None,
         by_volume: bool = True,
+        allowed: np.ndarray | None = None,
     ):
         """Top-Q of B queries: (B, Q) distances, rows, volume ids (inf / -1 padded), and (B,)
         the number of rows each query evaluated exactly.
 
         q_reps: per codebook (B, P) representative ids; q_sq: per codebook (B,) ‖q‖²;
-        exclude: (B,) volume ids or None; by_volume: volume-wise (4.4.6) or row-wise top-Q.
+        exclude: (B,) volume ids or None; by_volume: volume-wise (4.4.6) or row-wise top-Q;
+        allowed: (n,) bool, the only rows that may be returned (the kernel skips the others), or
+        None for every row.
 
         D_H and D_E: a batch is answered in two pruned passes of `_fastscan.prune_scan`, each
         block of codes loaded once for every query of the batch: one over a sample of the rows
@@ -83,7 +86,7 @@ class FastScan(PrunedScan, FullScan):
             return (*VolumeHits.padded(B, topq), np.zeros(B, np.int64))
         if distance == "angular" or B == 0:
             return self._search_full(
-                q_reps, q_sq, topq, mode, distance, normalized_sum, exclude, by_volume
+                q_reps, q_sq, topq, mode, distance, normalized_sum, exclude, by_volume, allowed
             )
         D, R, V = VolumeHits.padded(B, topq)
         evaluated = np.zeros(B, np.int64)
@@ -98,6 +101,7 @@ class FastScan(PrunedScan, FullScan):
                 normalized,
                 None if exclude is None else exclude[qs],
                 by_volume,
+                allowed,
             )
             D[qs], R[qs], V[qs], evaluated[qs], overflow = out
             if overflow.any():  # too many candidates for the buffers: sum every row's bound
@@ -111,6 +115,7 @@ class FastScan(PrunedScan, FullScan):
                     normalized_sum,
                     None if exclude is None else exclude[redo],
                     by_volume,
+                    allowed,
                 )
                 D[redo], R[redo], V[redo], evaluated[redo] = d, r, v, e
         return D, R, V, evaluated

@@ -36,10 +36,12 @@ class FullScan(FastScanRows):
         normalized_sum: bool,
         exclude: np.ndarray | None,
         by_volume: bool = True,
+        allowed: np.ndarray | None = None,
     ):
         """`search` by the bounds of every row: integer sums of all rows (a chunk of queries
         per pass), then numpy per query. D_A takes this path (its bound needs each row's
-        norm), and so does a query whose candidates overflow the pruned scan's buffers."""
+        norm), and so does a query whose candidates overflow the pruned scan's buffers.
+        allowed: (n,) bool, the only rows θ is seeded from and candidates are taken from."""
         books = self.BOOKS if mode == "sum" else (mode,)
         normalized = normalized_sum and mode == "sum"
         joint = mode == "sum" and not normalized and distance == "hamming"
@@ -96,12 +98,14 @@ class FullScan(FastScanRows):
                 sq = {b: float(q_sq[b][i]) for b in books}
                 ex = None if exclude is None else int(exclude[i])
                 d = self._seed_theta(
-                    proxy, tables[j], sq, books, distance, normalized, topq, ex, by_volume
+                    proxy, tables[j], sq, books, distance, normalized, topq, ex, by_volume, allowed
                 )
                 theta = float(d[-1]) if d.size == topq else np.inf
                 rows = self._candidates(
                     books, bounds[j], L, proxy, sq, distance, normalized, theta, joint
                 )
+                if allowed is not None:
+                    rows = rows[allowed[rows]]
                 dist = self._exact(rows, tables[j], sq, books, distance, normalized)
                 d, r, v = self._top(rows, dist, topq, ex, by_volume)
                 D[i, : d.size], R[i, : r.size], V[i, : v.size] = d, r, v
@@ -109,7 +113,7 @@ class FullScan(FastScanRows):
         return D, R, V, evaluated
 
     def _seed_theta(
-        self, proxy, tables, q_sq, books, distance, normalized, topq, exclude, by_volume
+        self, proxy, tables, q_sq, books, distance, normalized, topq, exclude, by_volume, allowed
     ):
         """Exact distances of the Q best volumes (or rows) among a few promising rows: the last
         one bounds the true Q-th distance from above, whichever rows were taken.
@@ -117,9 +121,11 @@ class FullScan(FastScanRows):
         The rows are those with the smallest integer sums among every SAMPLE_STRIDE-th row (a
         histogram finds the cut without sorting, and neighbouring slices of a volume look
         alike, so the sample still holds a near-best slice of every volume); more rows are
-        taken until Q volumes are found.
+        taken until Q volumes are found. Only ``allowed`` rows (if not None) are sampled.
         """
         sample_rows = np.arange(0, self.n, SAMPLE_STRIDE)
+        if allowed is not None:
+            sample_rows = sample_rows[allowed[sample_rows]]
         sample = proxy[sample_rows]
         cum = np.cumsum(np.bincount(sample, minlength=1))
         want = SEED_ROWS

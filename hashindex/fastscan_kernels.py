@@ -73,12 +73,28 @@ def parallel(run, threads: int) -> None:
             job.result()
 
 
-def prune_scan(codes_t: np.ndarray, n_rows: int, plan: dict, capacity: int):
+def allowed_words(allowed: np.ndarray, nblocks: int) -> np.ndarray:
+    """(nblocks,) uint64 words of a (n,) bool row mask: bit r of word b is row 64·b + r (the
+    kernel's `allowed`); rows past n are left out."""
+    words = np.zeros(nblocks * 8, np.uint8)
+    packed = np.packbits(allowed, bitorder="little")
+    words[: packed.size] = packed
+    return words.view("<u8")
+
+
+def prune_scan(
+    codes_t: np.ndarray,
+    n_rows: int,
+    plan: dict,
+    capacity: int,
+    allowed: np.ndarray | None = None,
+):
     """One `prune_scan` of `codes_t` (n_rows real rows) for the queries of `plan`, blocks
     split over threads: (query, row) of the rows kept, and (B,) bool, the queries whose
     candidates overflowed. With limits in `plan` (filter mode) every row within them is
     kept (up to `capacity` per query and thread), else (heap mode) about `capacity` rows
-    of smallest bound per query: as many per thread as make up `capacity`."""
+    of smallest bound per query: as many per thread as make up `capacity`. ``allowed``:
+    (nblocks,) uint64 words (`allowed_words`) of the only rows that may be kept, or None."""
     filter_mode = "lim" in plan
     B, n_pos = plan["order"].shape
     nblocks, S, _ = codes_t.shape
@@ -97,6 +113,8 @@ def prune_scan(codes_t: np.ndarray, n_rows: int, plan: dict, capacity: int):
     rows = np.empty((threads, B, capacity), np.int64)
     keys = np.empty((threads, B, capacity), np.uint32)
     count = np.zeros((threads, B), np.int64)
+
+    extra = () if allowed is None else (allowed,)
 
     def run(t: int) -> None:
         _fastscan.prune_scan(
@@ -121,6 +139,7 @@ def prune_scan(codes_t: np.ndarray, n_rows: int, plan: dict, capacity: int):
             int(edges[t]),
             int(edges[t + 1]),
             PORTABLE,
+            *extra,
         )
 
     parallel(run, threads)

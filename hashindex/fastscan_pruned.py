@@ -8,7 +8,7 @@ import numpy as np
 
 from hashindex import _fastscan
 from hashindex.distances import image_distance
-from hashindex.fastscan_kernels import CHUNK, COARSE, prune_scan
+from hashindex.fastscan_kernels import CHUNK, COARSE, allowed_words, prune_scan
 from hashindex.fastscan_layout import (
     BLOCK,
     MARGIN,
@@ -40,10 +40,14 @@ def _take(plan: dict, queries: np.ndarray) -> dict:
 class PrunedScan(FastScanRows):
     """`FastScan`'s search by the pruned scan; its state is `FastScanRows`'s and the sample."""
 
-    def _search_pruned(self, q_reps, q_sq, topq, books, distance, normalized, exclude, by_volume):
+    def _search_pruned(
+        self, q_reps, q_sq, topq, books, distance, normalized, exclude, by_volume, allowed=None
+    ):
         """`search` of at most BATCH queries by the pruned scan (D_H, D_E): (B, Q) distances,
         rows, volumes, (B,) rows evaluated and (B,) bool, the queries whose candidates
-        overflowed (their answers are left to the caller)."""
+        overflowed (their answers are left to the caller). allowed: (n,) bool, the only rows
+        the kernel may keep (θ is seeded from them too, else it could rule them all out), or
+        None."""
         B = next(iter(q_reps.values())).shape[0]
         # exact tables (B, P, R) and their 8-bit bounds with one step per query
         tables = {
@@ -67,10 +71,14 @@ class PrunedScan(FastScanRows):
         evaluated = np.zeros(B, np.int64)
         todo = np.arange(B)
         sample_t, sample_rows = self._sample()
+        sample_words = words = None
+        if allowed is not None:
+            sample_words = allowed_words(allowed[sample_rows], sample_t.shape[0])
+            words = allowed_words(allowed, self.codes_t.shape[0])
         keep = SEED_ROWS
         while todo.size:
             part = plan if todo.size == B else _take(plan, todo)
-            qidx, rows, _ = prune_scan(sample_t, sample_rows.size, part, keep)
+            qidx, rows, _ = prune_scan(sample_t, sample_rows.size, part, keep, sample_words)
             qidx, rows = todo[qidx], sample_rows[rows]
             dist = self._exact_batch(rows, qidx, tables, q_sq, books, distance, normalized)
             evaluated += np.bincount(qidx, minlength=B)
@@ -84,7 +92,7 @@ class PrunedScan(FastScanRows):
         lim, room, coarse = self._limits(bounds, books, distance, normalized, theta)
         capacity = int(min(CAPACITY, self.codes_t.shape[0] * BLOCK))
         qidx, rows, overflow = prune_scan(
-            self.codes_t, self.n, dict(plan, lim=lim, room=room, coarse=coarse), capacity
+            self.codes_t, self.n, dict(plan, lim=lim, room=room, coarse=coarse), capacity, words
         )
         dist = self._exact_batch(rows, qidx, tables, q_sq, books, distance, normalized)
         D, R, V = self._top_batch(rows, qidx, dist, B, topq, exclude, by_volume)

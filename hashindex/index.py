@@ -15,6 +15,8 @@ Semantics (all engines):
 - Ties: equal distances → smaller row id first. Volume-wise top-Q keeps each volume's closest
   row (smaller row on ties) and orders volumes by (distance, row); ``exclude_volumes[b]`` drops
   query b's own volume.
+- ``allowed_rows`` ((ntotal,) bool or None): the search runs as if only those rows were stored
+  (docs/engines.md, "The row mask"); every exact engine takes it, "faiss-ivf" refuses it.
 - Exact engines ("lut", "numpy", "faiss-flat") return identical results for Hamming;
   "faiss-flat"/"faiss-ivf" support only Hamming, and S_sum there is the Hamming distance of the
   concatenated bit strings (the plain sum), so ``normalized_sum`` needs "lut" or "numpy".

@@ -77,7 +77,15 @@ class IndexSearch(IndexState):
         return self._rows_copy("torch")
 
     def _check_query(
-        self, q_normal, q_abnormal, mode, distance, engine, normalized_sum, nprobe=None
+        self,
+        q_normal,
+        q_abnormal,
+        mode,
+        distance,
+        engine,
+        normalized_sum,
+        nprobe=None,
+        allowed_rows=None,
     ) -> Engine:
         """The engine that answers this query; ValueError / TypeError for what it cannot."""
         if self.grid is None:
@@ -91,8 +99,26 @@ class IndexSearch(IndexState):
         _check_codes(q_abnormal, "q_abnormal", self.tables["abnormal"].K, self.grid)
         if q_normal.shape[0] != q_abnormal.shape[0]:
             raise ValueError("q_normal and q_abnormal must hold the same number of queries")
-        found.check(mode, distance, normalized_sum, nprobe)
+        if allowed_rows is not None:
+            if not isinstance(allowed_rows, np.ndarray) or allowed_rows.dtype != np.bool_:
+                raise TypeError(
+                    "allowed_rows must be a bool numpy array (True: a row may be found)"
+                )
+            if allowed_rows.shape != (self.ntotal,):
+                raise ValueError(
+                    f"allowed_rows must have shape ({self.ntotal},) (one per stored row), got "
+                    f"{allowed_rows.shape}"
+                )
+        found.check(mode, distance, normalized_sum, nprobe, row_mask=allowed_rows is not None)
         return found
+
+    @staticmethod
+    def _row_mask(allowed_rows: np.ndarray | None) -> tuple[np.ndarray | None, bool]:
+        """(the mask engines get, whether no row is allowed): a mask that allows every row is
+        no mask, so an engine runs its unfiltered path."""
+        if allowed_rows is None or allowed_rows.all():
+            return None, False
+        return np.ascontiguousarray(allowed_rows), not allowed_rows.any()
 
     def _prepare(self, q_normal, q_abnormal):
         q_reps, q_sq = {}, {}
@@ -113,10 +139,14 @@ class IndexSearch(IndexState):
         engine: str = "lut",
         normalized_sum: bool = False,
         nprobe: int | None = None,
+        allowed_rows: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Row-wise top-k: D (B, k) float64, I (B, k) int64 row ids (-1 / inf padded)."""
+        """Row-wise top-k: D (B, k) float64, I (B, k) int64 row ids (-1 / inf padded).
+
+        allowed_rows: (ntotal,) bool, the only rows that may be returned (a filter, removed
+        cases left out), or None: the exact top-k among those rows, padded where fewer."""
         found = self._check_query(
-            q_normal, q_abnormal, mode, distance, engine, normalized_sum, nprobe
+            q_normal, q_abnormal, mode, distance, engine, normalized_sum, nprobe, allowed_rows
         )
         if not is_int(k):
             raise TypeError(f"k must be an integer, got {type(k).__name__}")
@@ -124,7 +154,12 @@ class IndexSearch(IndexState):
             raise ValueError(f"k must be >= 1, got {k}")
         # Never more columns than rows: k is the caller's, the memory is ours.
         k = int(min(k, max(self.ntotal, 1)))
-        return found.search(Query(q_normal, q_abnormal, mode, distance, normalized_sum, nprobe), k)
+        mask, nothing = self._row_mask(allowed_rows)
+        if nothing:
+            B = q_normal.shape[0]
+            return np.full((B, k), np.inf), np.full((B, k), -1, np.int64)
+        query = Query(q_normal, q_abnormal, mode, distance, normalized_sum, nprobe, mask)
+        return found.search(query, k)
 
     def search_volumes(
         self,
@@ -138,14 +173,17 @@ class IndexSearch(IndexState):
         exclude_volumes: np.ndarray | None = None,
         normalized_sum: bool = False,
         nprobe: int | None = None,
+        allowed_rows: np.ndarray | None = None,
     ) -> VolumeHits:
         """Volume-wise top-Q (section 4.4.6): each hit is a different volume's closest row.
 
         The result has min(topq, number of volumes) columns, -1 / inf padded where fewer
-        volumes qualify (the query's own volume excluded, or an approximate engine).
+        volumes qualify (the query's own volume excluded, rows left out by ``allowed_rows``,
+        or an approximate engine). allowed_rows: (ntotal,) bool or None, as in `search`; a
+        volume's closest row is its closest allowed row.
         """
         found = self._check_query(
-            q_normal, q_abnormal, mode, distance, engine, normalized_sum, nprobe
+            q_normal, q_abnormal, mode, distance, engine, normalized_sum, nprobe, allowed_rows
         )
         if not is_int(topq):
             raise TypeError(f"topq must be an integer, got {type(topq).__name__}")
@@ -161,5 +199,8 @@ class IndexSearch(IndexState):
                 raise ValueError(
                     f"exclude_volumes must have shape ({B},), got {exclude_volumes.shape}"
                 )
-        query = Query(q_normal, q_abnormal, mode, distance, normalized_sum, nprobe)
+        mask, nothing = self._row_mask(allowed_rows)
+        if nothing:
+            return VolumeHits.padded(B, topq)
+        query = Query(q_normal, q_abnormal, mode, distance, normalized_sum, nprobe, mask)
         return found.search_volumes(query, topq, exclude_volumes)

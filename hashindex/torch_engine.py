@@ -195,13 +195,13 @@ class TorchScan:
         hi = torch.where(degenerate, fixed, torch.where(lost, 1.0, hi))
         return lo, hi
 
-    def _volume_race(self, books: list, distance: str, excluded):
-        """lo (b, N), with the excluded volume's rows at +inf, and upper (b, V): the smallest
-        hi of each volume's rows."""
+    def _volume_race(self, books: list, distance: str, excluded, allowed=None):
+        """lo (b, N), with the excluded volume's rows (and the rows outside ``allowed``, (N,)
+        bool on the device) at +inf, and upper (b, V): the smallest hi of each volume's rows."""
         torch = _torch()
         b = excluded.shape[0]
         upper = torch.full((b, self.n_volumes), math.inf, device=self.device)
-        if self.kernel == "triton":
+        if self.kernel == "triton" and allowed is None:
             lo = torch.empty(b, self.n, dtype=torch.float32, device=self.device)
             bits = upper.view(torch.int32)
             _triton_kernels().bounds(
@@ -209,8 +209,12 @@ class TorchScan:
                 AFTER_SUM_SLACK, _interpreting(),
             )  # fmt: skip
             return lo, upper
-        lo, hi = self._torch_bounds(books, distance)
+        # with a row mask the Triton kernel's per-volume minimum would count rows outside it,
+        # so its row bounds are masked here before the minimum is taken
+        lo, hi = self._row_race(books, distance)
         out = self.volume_index[None, :] == excluded.long()[:, None]
+        if allowed is not None:
+            out |= ~allowed[None, :]
         lo.masked_fill_(out, math.inf)
         hi.masked_fill_(out, math.inf)
         upper.scatter_reduce_(1, self.volume_index.expand(b, -1), hi, reduce="amin")
@@ -316,11 +320,13 @@ class TorchScan:
         distance: str,
         normalized_sum: bool,
         exclude: np.ndarray | None,
+        allowed: np.ndarray | None = None,
     ):
         """Volume-wise top-Q of B queries: (B, Q) distances, rows, volume ids (inf/-1 padded).
 
         Each volume is represented by its closest row (the smaller row on ties), volumes are
-        ordered by (distance, row), and the volume ``exclude[i]`` is left out for query i."""
+        ordered by (distance, row), and the volume ``exclude[i]`` is left out for query i.
+        allowed: (N,) bool, the only rows that may be returned, or None."""
         torch = _torch()
         B = next(iter(q_reps.values())).shape[0]
         D = np.full((B, topq), np.inf)
@@ -329,11 +335,12 @@ class TorchScan:
         if self.n == 0:
             return D, R, V
         normalized = normalized_sum and mode == "sum"
+        allowed_t = self._on_device(allowed)
         for ids in self._batches(B):
             tables, books = self._inputs(q_reps, q_sq, ids, mode, distance, normalized)
             excluded = self._dense_volumes(None if exclude is None else exclude[ids], ids.size)
             excluded_t = torch.from_numpy(excluded).to(self.device)
-            lo, upper = self._volume_race(books, distance, excluded_t)
+            lo, upper = self._volume_race(books, distance, excluded_t, allowed_t)
             k = min(topq, self.n_volumes)
             theta = torch.topk(upper, k, dim=1, largest=False).values[:, -1:]
             # a finite θ: rows out of the race (lo = +inf) never pass, even when fewer volumes
@@ -353,11 +360,24 @@ class TorchScan:
             V[ids] = np.where(R[ids] >= 0, self.volume_ids[self.volume_index_host[R[ids]]], -1)
         return D, R, V
 
+    def _on_device(self, allowed: np.ndarray | None):
+        """A (N,) bool row mask on the device, or None."""
+        if allowed is None:
+            return None
+        return _torch().from_numpy(np.ascontiguousarray(allowed, bool)).to(self.device)
+
     def search_rows(
-        self, q_reps: dict, q_sq: dict, k: int, mode: str, distance: str, normalized_sum: bool
+        self,
+        q_reps: dict,
+        q_sq: dict,
+        k: int,
+        mode: str,
+        distance: str,
+        normalized_sum: bool,
+        allowed: np.ndarray | None = None,
     ):
         """Row-wise top-k of B queries: (B, k) distances and rows (inf/-1 padded), ordered by
-        (distance, row)."""
+        (distance, row); allowed: (N,) bool, the only rows that may be returned, or None."""
         torch = _torch()
         B = next(iter(q_reps.values())).shape[0]
         D = np.full((B, k), np.inf)
@@ -365,10 +385,16 @@ class TorchScan:
         if self.n == 0:
             return D, R
         normalized = normalized_sum and mode == "sum"
+        allowed_t = self._on_device(allowed)
         for ids in self._batches(B):
             tables, books = self._inputs(q_reps, q_sq, ids, mode, distance, normalized)
             lo, hi = self._row_race(books, distance)
+            if allowed_t is not None:
+                lo.masked_fill_(~allowed_t[None, :], math.inf)
+                hi.masked_fill_(~allowed_t[None, :], math.inf)
             theta = torch.topk(hi, min(k, self.n), dim=1, largest=False).values[:, -1:]
+            # finite, as in `search`: with fewer allowed rows than k, θ is +inf
+            theta = theta.clamp(max=FLOAT32_MAX)
             pairs = torch.nonzero(lo <= theta).T.contiguous()
             pair_query, pair_row, dist = self._exact_distances(
                 books, tables, pairs, q_sq, ids, distance, normalized

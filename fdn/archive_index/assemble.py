@@ -8,6 +8,7 @@ file with its sha256, last (docs/architecture.md).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -41,6 +42,7 @@ from fdn.archive_index.manifest import (
     read_manifest,
     write_manifest,
 )
+from fdn.archive_index.metadata import metadata_columns
 from fdn.archive_index.slice_arrays import (
     derive_slice_arrays,
     load_slice_arrays,
@@ -148,6 +150,7 @@ def _assemble(
     abnormals: list[np.ndarray] = []
     areas: list[np.ndarray] = []
     per_case: dict[str, list[str]] = {"source": [], "study_uid": [], "series_uids": []}
+    metadata: list[dict] = []  # each case's metadata (`fdn.archive_index.metadata`)
     for case in cases:
         path = index_dir / ENCODED_DIR / f"{case}.npz"
         try:
@@ -162,6 +165,8 @@ def _assemble(
             areas.append(data["lesion_area"])
             for key, values in per_case.items():
                 values.append(str(data[key]) if key in data.files else "")
+            meta = json.loads(str(data["metadata"])) if "metadata" in data.files else {}
+        metadata.append(meta if isinstance(meta, dict) else {})
     sizes = np.array([len(n) for n in normals], dtype=np.int64)
     normal = np.concatenate(normals)
     del normals
@@ -193,6 +198,7 @@ def _assemble(
             "model_checksum": repeated([checksum] * len(cases)),
             "study_uid": repeated(per_case["study_uid"], empty_is_null=True),
             "series_uids": repeated(per_case["series_uids"], empty_is_null=True),
+            **_metadata_arrays(metadata, volume_ids),
         }
     )
     sink = pa.BufferOutputStream()
@@ -239,6 +245,16 @@ class _StageClock:
             key = f"assemble_{step}_s"
             self.stages[key] = self.stages.get(key, 0.0) + now - self.last
         self.last = now
+
+
+def _metadata_arrays(per_case: list[dict], volume_ids: np.ndarray) -> dict:
+    """The slice table's metadata columns: each case's value on every row of its volume."""
+    types = {"number": pa.float64(), "date": pa.date32(), "text": pa.string()}
+    rows = pa.array(volume_ids)
+    return {
+        name: pa.array(values, types[kind]).take(rows)
+        for name, (kind, values) in metadata_columns(per_case).items()
+    }
 
 
 def _write_slice_arrays(

@@ -47,6 +47,9 @@ from fdn.archive_index.layout import (
 )
 from fdn.archive_index.locks import build_lock
 from fdn.archive_index.manifest import looks_like_archive
+from fdn.archive_index.metadata import case_metadata
+from fdn.archive_index.removal import purge_journal
+from fdn.archive_index.tombstones import case_digest, drop_removed, read_tombstones
 from fdn.data import Archive
 from fdn.data.case import CaseError
 from fdn.device import resolve_device
@@ -258,6 +261,8 @@ def _build_locked(
     )
     report.stages["assemble_s"] = time.perf_counter() - assemble_started
     report.n_cases, report.n_slices, report.hashindex = len(cases), n_slices, hash_report
+    # the removed cases were left out of the plan: now their journal entries go too
+    purge_journal(index_dir, read_tombstones(index_dir))
     return report
 
 
@@ -299,6 +304,10 @@ def _fingerprint(archive: Archive, case: str) -> dict:
             prints[key] = [path.name, st.st_size, st.st_mtime_ns]
         except OSError as exc:
             prints[key] = [path.name, -1, str(exc.strerror)]
+    # changed metadata (metadata.csv, the DICOM sidecar) make the entry be written again
+    metadata = case_metadata(archive.root / case, case)
+    if metadata:
+        prints["metadata"] = [json.dumps(metadata, sort_keys=True)]
     return prints
 
 
@@ -315,9 +324,13 @@ def _make_plan(
     """The cases of the index in row order, checked against what `index_dir` already holds."""
     # Absolute paths: montages load the hit slices from any working directory later.
     archive_cases = {case: str((archive.root / case).resolve()) for case in archive.case_ids}
+    # cases removed by `fdn-index remove` are never indexed again (the build compacts them)
+    removed = read_tombstones(index_dir)
+    archive_cases = {c: s for c, s in archive_cases.items() if case_digest(c) not in removed}
     old_plan = None
     if (index_dir / PLAN).is_file():
         old_plan = read_plan(index_dir / PLAN)
+        drop_removed(old_plan, removed)
     _check_format_version(index_dir / MANIFEST)
     if old_plan is not None and old_plan.get("model_checksum") != checksum:
         raise IndexDirError(

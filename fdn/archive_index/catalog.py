@@ -29,12 +29,16 @@ class CaseInfo:
 
 
 def case_catalog(index: SearchableIndex) -> dict[str, CaseInfo]:
-    """{case: CaseInfo} for every case of an open index, in index order."""
+    """{case: CaseInfo} for every case of an open index, in index order, but the removed ones
+    (`fdn-index remove`)."""
     rows_of = _case_rows(index)
+    removed = index.removed_cases()
     slices = np.asarray(index.table["slice"]).astype(np.int64)
     areas = _lesion_areas(index.table["lesion_area"])
     catalog = {}
     for volume, case in enumerate(index.cases):  # cases are listed in volume order
+        if case in removed:
+            continue
         rows = rows_of[case]
         known = ~np.isnan(areas[rows])
         case_areas = areas[rows][known]

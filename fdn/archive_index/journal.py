@@ -1,9 +1,10 @@
 """The build journal: one file per encoded case, `encoded/<case>.npz` in the index folder.
 
 An entry holds the case's code grids (uint16), lesion areas, source folder, DICOM provenance,
-the model checksum and the size and mtime of each input file. It is written whole or not at
-all (`crashsafe.atomic_write`), and reused only when every key, shape and dtype checks
-out and the case's files are unchanged (`journal_fault`).
+its metadata (`fdn.archive_index.metadata`, JSON text), the model checksum and the size and
+mtime of each input file. It is written whole or not at all (`crashsafe.atomic_write`), and
+reused only when every key, shape and dtype checks out and the case's files are unchanged
+(`journal_fault`).
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ def write_encoded(
         lesion_area = np.full(n, -1, dtype=np.int64)
     # DICOM provenance of an imported case (CASE_dicom.json), "" for a NIfTI-only case.
     study_uid, series_uids = read_provenance(source, volume.case)
+    from fdn.archive_index.metadata import case_metadata
+
+    metadata = case_metadata(source, volume.case)
     buffer = io.BytesIO()
     np.savez(
         buffer,
@@ -102,6 +106,7 @@ def write_encoded(
         source=np.array(source),
         study_uid=np.array(study_uid or ""),
         series_uids=np.array(series_uids or ""),
+        metadata=np.array(json.dumps(metadata, sort_keys=True)),
         inputs=np.array(json.dumps(inputs, sort_keys=True)),
     )
     atomic_write(path, buffer.getvalue())

@@ -103,6 +103,8 @@ class QueryResult:
     encode_seconds: float = 0.0
     query_seconds: float = 0.0
     query_source: str | None = None
+    # rows a filtered query (options.where) could return; None without a filter
+    rows_passing: int | None = None
     query_image: np.ndarray | None = field(default=None, repr=False)
     query_labels: tuple | None = field(default=None, repr=False)
 
@@ -125,6 +127,8 @@ class QueryResult:
             "normalized_sum": o.normalized_sum,
             "include_same_volume": o.include_same_volume,
             "nprobe": o.nprobe,
+            "where": o.where,
+            "rows_passing": self.rows_passing,
             "load_seconds": self.load_seconds,
             "encode_seconds": self.encode_seconds,
             "query_seconds": self.query_seconds,
@@ -147,6 +151,11 @@ def check_case(index: SearchableIndex, case: str) -> str:
         raise UnknownCaseError(
             f"no case {case!r} in this index ({len(index.cases)} cases, e.g. {shown})"
         )
+    if case in index.removed_cases():
+        raise UnknownCaseError(
+            f"case {case!r} was removed from this index (`fdn-index remove`): it cannot be a "
+            "query, and no query returns it"
+        )
     return case
 
 
@@ -167,11 +176,16 @@ def default_query_slice(index: SearchableIndex) -> tuple[str, int]:
     """(case, slice) a query runs on when it names none: the indexed slice with the largest
     lesion (ties: the first row), else the middle slice of the first case."""
     areas = np.asarray(index.table["lesion_area"], dtype=np.float64)  # NaN for a null
+    removed = index.removed_cases()
+    if removed:  # never a removed case's slice
+        areas = np.where(np.isin(np.asarray(index.table["case"], object), list(removed)), 0, areas)
     if areas.size and np.nanmax(areas, initial=0) > 0:
         row = int(np.nanargmax(areas))
         return str(index.table.value("case", row)), int(index.table.value("slice", row))
-    case = index.cases[0]
-    return case, index.default_slice(case)
+    kept = [c for c in index.cases if c not in removed]
+    if not kept:
+        raise UnknownCaseError("every case of this index was removed (`fdn-index remove`)")
+    return kept[0], index.default_slice(kept[0])
 
 
 def run_slice_query(
@@ -194,6 +208,7 @@ def run_slice_query(
     slice_index = check_slice(index, case, slice_index)
     row = index.row_of(case, slice_index)
     exclude = None if options.include_same_volume else index.volume_of(case)
+    passing = None if options.where is None else index.passing_rows(options.where)
     normal, abnormal = index.codes_of_row(row)
     results = _search_modes(index, normal, abnormal, exclude, options, lock)
     return QueryResult(
@@ -206,6 +221,7 @@ def run_slice_query(
         results=results,
         query_seconds=time.perf_counter() - started,
         query_source=str(index.table.value("source", row)),
+        rows_passing=passing,
     )
 
 
@@ -243,6 +259,7 @@ def run_external_query(
         normal, abnormal = index.encode(image)
     encoded = time.perf_counter()
     exclude = None if options.include_same_volume else index.volume_of(case_id)
+    passing = None if options.where is None else index.passing_rows(options.where)
     results = _search_modes(index, normal, abnormal, exclude, options, lock)
     return QueryResult(
         query=f"{case_id} slice {slice_index} (external)",
@@ -255,6 +272,7 @@ def run_external_query(
         load_seconds=loaded - started,
         encode_seconds=encoded - loaded,
         query_seconds=time.perf_counter() - started,
+        rows_passing=passing,
         query_image=image,
         query_labels=(seg, anat),
     )

@@ -52,6 +52,8 @@ class QueryOptions:
     modes: the modes to run (normal, abnormal, sum), each once, in order. distance: one of
     DISTANCES, or None for each mode's best (`BEST_DISTANCES`). engine: one of ENGINES, or None
     for the index's default for the distance. `for_mode` decides both for one mode.
+    where: a filter on the slice table (`fdn.archive_index.where`), checked for its syntax
+    here and against the index's columns when it runs; hits come only from the rows it keeps.
     """
 
     modes: tuple[str, ...] = ("sum",)
@@ -61,6 +63,7 @@ class QueryOptions:
     nprobe: int | None = None
     normalized_sum: bool = False
     include_same_volume: bool = False
+    where: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.modes, tuple) or not self.modes:
@@ -87,6 +90,10 @@ class QueryOptions:
             object.__setattr__(self, "nprobe", nprobe)
         object.__setattr__(self, "normalized_sum", bool(self.normalized_sum))
         object.__setattr__(self, "include_same_volume", bool(self.include_same_volume))
+        if self.where is not None:
+            from fdn.archive_index.where import parse_where  # it imports QueryError from here
+
+            parse_where(self.where)
 
     def distance_for(self, mode: str) -> str:
         """The distance ``mode`` runs with: the named one, else the mode's best that the named
@@ -114,6 +121,7 @@ def query_options(
     normalized_sum: bool = False,
     include_same_volume: bool = False,
     max_topq: int | None = None,
+    where: str | None = None,
 ) -> QueryOptions:
     """`QueryOptions` from loose values (command-line flags, HTTP parameters).
 
@@ -138,6 +146,7 @@ def query_options(
         nprobe=nprobe,
         normalized_sum=normalized_sum,
         include_same_volume=include_same_volume,
+        where=where,
     )
     if max_topq is not None and options.topq > max_topq:
         raise QueryError(f"topq must be at most {max_topq}; got {options.topq}")

@@ -33,6 +33,8 @@ from fdn.archive_index.query_options import QueryOptions
 from fdn.archive_index.searchable import Hit
 from fdn.archive_index.slice_arrays import load_slice_arrays, read_slice_arrays, slice_arrays_source
 from fdn.archive_index.slice_table import SliceTable, read_slice_table
+from fdn.archive_index.tombstones import TombstoneWatch, case_digest
+from fdn.archive_index.where import where_mask
 from hashindex import HashIndex, index_files
 from hashindex.errors import HashIndexError
 
@@ -60,6 +62,11 @@ class ArchiveIndex:
         self._volume_of_case = {c: v for v, c in enumerate(table.cases)}
         self._model = None
         self._codes: tuple[np.ndarray, np.ndarray] | None = None
+        self._tombstones = TombstoneWatch(self.index_dir)
+        self._digest_of_case: dict[str, str] | None = None
+        # (the digests the mask was made for, the removed cases, the mask or None)
+        self._removed: tuple[frozenset, frozenset[str], np.ndarray | None] | None = None
+        self._filters: dict[str, np.ndarray] = {}  # --where text -> (N,) bool, the last few
 
     @property
     def ntotal(self) -> int:
@@ -117,12 +124,66 @@ class ArchiveIndex:
         self.row_of(case, 0)  # raises the unknown-case error
         return self.table.slice_range(self._volume_of_case[case])
 
+    def _removal(self) -> tuple[frozenset[str], np.ndarray | None]:
+        """(the cases of this index removed by `fdn-index remove`, (N,) bool rows a query may
+        return or None when none is removed), made again whenever removed.json changes."""
+        digests = self._tombstones.digests()
+        if self._removed is None or self._removed[0] is not digests:
+            if self._digest_of_case is None:
+                self._digest_of_case = {c: case_digest(c) for c in self._volume_of_case}
+            gone = frozenset(c for c, d in self._digest_of_case.items() if d in digests)
+            mask = None
+            if gone:
+                volumes = [self._volume_of_case[c] for c in gone]
+                mask = ~np.isin(np.asarray(self.hash_index.volume_ids), volumes)
+            self._removed = (digests, gone, mask)
+        return self._removed[1], self._removed[2]
+
+    def removed_cases(self) -> frozenset[str]:
+        """The cases of this index that `fdn-index remove` removed: no query returns them, and
+        none may be a query until compaction deletes them."""
+        return self._removal()[0]
+
+    def allowed_rows(self) -> np.ndarray | None:
+        """(N,) bool: the rows a query may return (every row of a case not removed), or None
+        when every row may be returned."""
+        return self._removal()[1]
+
+    def where_rows(self, where: str) -> np.ndarray:
+        """(N,) bool: the rows of the slice table that pass the filter ``where``
+        (`fdn.archive_index.where`); WhereError for an unknown column or a type mismatch."""
+        if where not in self._filters:
+            if len(self._filters) >= 8:  # a server sees many filters: keep the last few
+                self._filters.pop(next(iter(self._filters)))
+            self._filters[where] = where_mask(where, self.table, self.ntotal)
+        return self._filters[where]
+
+    def query_rows(self, where: str | None) -> np.ndarray | None:
+        """(N,) bool rows a query with filter ``where`` may return (those of cases not
+        removed that pass it), or None for every row."""
+        allowed = self.allowed_rows()
+        if where is None:
+            return allowed
+        passing = self.where_rows(where)
+        return passing if allowed is None else passing & allowed
+
+    def passing_rows(self, where: str | None) -> int:
+        """How many rows a query with filter ``where`` may return."""
+        rows = self.query_rows(where)
+        return self.ntotal if rows is None else int(np.count_nonzero(rows))
+
     def row_of(self, case: str, slice_index: int) -> int:
-        """The row of slice `slice_index` of `case`; IndexDirError naming what exists otherwise."""
+        """The row of slice `slice_index` of `case`; IndexDirError naming what exists otherwise
+        (and for a removed case)."""
         if case not in self._volume_of_case:
             raise IndexDirError(
                 f"{self.index_dir}: no case {case!r} in this index ({len(self._volume_of_case)} "
                 f"cases, e.g. {', '.join(self.cases[:3])})."
+            )
+        if case in self.removed_cases():
+            raise IndexDirError(
+                f"{self.index_dir}: case {case!r} was removed from this index (`fdn-index "
+                f"remove`); it cannot be a query and no query returns it."
             )
         volume = self._volume_of_case[case]
         n = int(self.table.counts[volume])
@@ -231,6 +292,8 @@ class ArchiveIndex:
         options = options.for_mode(mode, self)
         assert options.distance is not None and options.engine is not None
         exclude = None if exclude_volume is None else np.array([exclude_volume], dtype=np.int64)
+        # read at every query: a removal holds from the next query on, in a running server too
+        allowed = self.query_rows(options.where)
         result = self.hash_index.search_volumes(
             np.ascontiguousarray(normal[None], dtype=np.uint16),
             np.ascontiguousarray(abnormal[None], dtype=np.uint16),
@@ -241,6 +304,7 @@ class ArchiveIndex:
             exclude_volumes=exclude,
             normalized_sum=options.normalized_sum,
             nprobe=options.nprobe,
+            allowed_rows=allowed,
         )
         hits = []
         for rank, (dist, row) in enumerate(zip(result.distances[0], result.rows[0]), start=1):

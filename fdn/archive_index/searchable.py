@@ -67,6 +67,16 @@ class SearchableIndex(Protocol):
 
     def volume_of(self, case: str) -> int | None: ...
 
+    def passing_rows(self, where: str | None) -> int:
+        """How many rows a query with the filter ``where`` may return (removed cases left out);
+        WhereError for a filter this index cannot apply."""
+        ...
+
+    def removed_cases(self) -> frozenset[str]:
+        """The cases `fdn-index remove` removed (and compaction has not yet deleted): no query
+        returns them, and none may be a query."""
+        ...
+
     def default_slice(self, case: str) -> int: ...
 
     def slice_range(self, case: str) -> range: ...

@@ -87,7 +87,9 @@ def split_index(index_dir: str | Path, out_dir: str | Path, n_shards: int, on_sh
     model_dir = index_dir / MODEL_DIR
     model, config = load_model(model_dir)
     checksum = model_checksum(model_dir)
-    cases = source.cases  # in row order
+    # in row order; removed cases (`fdn-index remove`) are not carried into the shards
+    removed = source.removed_cases()
+    cases = [c for c in source.cases if c not in removed]
     sizes = np.array([np.count_nonzero(source.table["case"] == c) for c in cases])
     # cut where the cumulative slice count crosses k/n of the total: contiguous, whole volumes
     cuts = np.searchsorted(np.cumsum(sizes), np.arange(1, n_shards) * sizes.sum() / n_shards)
@@ -172,6 +174,14 @@ def _search_shard(
 ) -> list[Hit]:
     """One shard's volume-wise top-Q on the worker that holds the shard."""
     return _search(_shard(path), normal, abnormal, mode, options, exclude_case)
+
+
+def _removed_on_worker(path: str) -> list[str]:
+    return sorted(_shard(path).removed_cases())
+
+
+def _passing_on_worker(path: str, where: str | None) -> int:
+    return _shard(path).passing_rows(where)
 
 
 class _GlobalCodes:
@@ -288,6 +298,32 @@ class ShardedIndex:
                 f"({len(self._cases)} cases, e.g. {', '.join(self._cases[:3])})."
             )
         return self._shard_of_case[case]
+
+    def removed_cases(self) -> frozenset[str]:
+        """The cases removed from their shards (`fdn-index remove` on this folder)."""
+        if self.shards is None:  # on the workers: each shard honours its own at every query
+            names = self.client.gather(
+                [
+                    self.client.submit(_removed_on_worker, p, workers=[w], pure=False)
+                    for p, w in zip(self.paths, self.workers, strict=True)
+                ]
+            )
+            return frozenset(c for shard in names for c in shard)
+        return frozenset().union(*(s.removed_cases() for s in self.shards))
+
+    def passing_rows(self, where: str | None) -> int:
+        """How many rows of all shards a query with filter ``where`` may return (each shard
+        applies the filter to its own slice table, and the removals to its own rows)."""
+        if self.shards is not None:
+            return sum(s.passing_rows(where) for s in self.shards)
+        return sum(
+            self.client.gather(
+                [
+                    self.client.submit(_passing_on_worker, p, where, workers=[w], pure=False)
+                    for p, w in zip(self.paths, self.workers, strict=True)
+                ]
+            )
+        )
 
     def default_slice(self, case: str) -> int:
         return self._local(self._owner(case)).default_slice(case)

@@ -11,6 +11,8 @@ index built before it, or a slice table changed since). Its members:
     values__NAME, codes__NAME   for each text column NAME (case, source, model_checksum, …):
                             its distinct values (K,) str and, per volume, (V,) int32 indices
                             into them (-1 for a null); every row of a volume holds one value
+    numbers__NAME, dates__NAME  for each metadata column of numbers or dates: per volume, (V,)
+                            float64 (NaN for a null) or datetime64[D] (NaT)
 
 row, slice and volume are not stored: rows are 0..N-1, volumes contiguous and slices count
 0, 1, … within each volume (`read_slice_table` checks all three), and the hash index holds
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from fdn.archive_index.layout import SLICES, fix_for
-from fdn.archive_index.slice_table import SLICE_COLUMNS, SliceTable
+from fdn.archive_index.slice_table import SLICE_COLUMNS, SliceTable, typed_column
 from fdn.errors import IndexDirError
 from hashindex.checked_files import load_npz
 
@@ -54,6 +56,16 @@ def derive_slice_arrays(table: SliceTable, parquet_sha256: str) -> bytes | None:
         if name in _DERIVED:
             continue
         column = table[name]
+        typed = typed_column(column)
+        if typed.dtype.kind in "fM":  # metadata: a number or a date per case
+            per_volume = typed[table.starts]
+            if n and not np.array_equal(typed, per_volume[volume], equal_nan=True):
+                return None
+            kind = "numbers" if typed.dtype.kind == "f" else "dates"
+            members[f"{kind}__{name}"] = per_volume.astype(
+                np.float64 if kind == "numbers" else "datetime64[D]"
+            )
+            continue
         per_volume = column[table.starts]
         if column.dtype != object or not all(
             v is None or isinstance(v, str) for v in per_volume.tolist()
@@ -141,9 +153,17 @@ def read_slice_arrays(
             f"the hash index's volumes (volume_ids.npy, {n} rows) differ from the "
             f"{n_cases} volumes of {sum(counts.tolist())} rows recorded here"
         )
-    text = {}
+    text: dict[str, list | np.ndarray] = {}
     for name in names.tolist():
         if name in _DERIVED:
+            continue
+        numbers, dates = members.get(f"numbers__{name}"), members.get(f"dates__{name}")
+        stored = numbers if numbers is not None else dates
+        if stored is not None:
+            want = np.dtype(np.float64) if numbers is not None else np.dtype("datetime64[D]")
+            if stored.dtype != want or stored.shape != (n_cases,):
+                raise bad(f"column {name!r} should be ({n_cases},) {want}")
+            text[name] = stored
             continue
         values, codes = members.get(f"values__{name}"), members.get(f"codes__{name}")
         if (
@@ -162,9 +182,9 @@ def read_slice_arrays(
         listed = values.tolist() + [None]  # code -1: a null
         text[name] = [listed[c] for c in codes.tolist()]
     for name in ("case", "source", "model_checksum"):
-        if None in text[name]:
-            raise bad(f"column {name!r} has nulls")
-    cases = text["case"]
+        if not isinstance(text[name], list) or None in text[name]:
+            raise bad(f"column {name!r} should be text without nulls")
+    cases = list(text["case"])
     if len(set(cases)) != len(cases):
         raise bad("a case appears as more than one volume")
     if n and set(text["model_checksum"]) != {model_checksum}:

@@ -7,6 +7,7 @@ slice_arrays.npz (`fdn.archive_index.slice_arrays`) never imports it.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -99,6 +100,23 @@ def column_to_numpy(column: pa.ChunkedArray) -> np.ndarray:
     return np.array(array.to_pylist(), dtype=object)
 
 
+def typed_column(values: np.ndarray) -> np.ndarray:
+    """A column of Python objects as numpy types where its values are dates or numbers (as
+    pyarrow hands over date and nullable columns), else unchanged."""
+    if values.dtype != object:
+        return values
+    present = [v for v in values.tolist() if v is not None]
+    if present and all(isinstance(v, datetime.date) for v in present):
+        return np.array(
+            [np.datetime64("NaT") if v is None else np.datetime64(v, "D") for v in values],
+            "datetime64[D]",
+        )
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
+    if present and numeric:
+        return np.array([np.nan if v is None else v for v in values], np.float64)
+    return values
+
+
 class SliceTable(Mapping):
     """The checked slice table: column name -> (N,) numpy array, converted on first access.
 
@@ -117,7 +135,7 @@ class SliceTable(Mapping):
         *,
         arrow: pa.Table | None = None,
         names: list[str] | None = None,
-        text: dict[str, list] | None = None,
+        text: dict[str, list | np.ndarray] | None = None,
         lesion_area: np.ndarray | None = None,
     ):
         self.arrow = arrow
@@ -125,7 +143,9 @@ class SliceTable(Mapping):
         self.starts = starts  # (V,) int64 first row of each volume
         self.counts = np.diff(np.append(starts, len(volume))).astype(np.int64)
         self.cases = cases  # (V,) case id of each volume
-        self._text = text or {}  # name -> (V,) values, None for a null
+        # name -> (V,) values: a list of text (None for a null), or an array of float64 (NaN)
+        # or datetime64[D] (NaT) for a metadata column of numbers or dates
+        self._text = text or {}
         self._lesion_area = lesion_area  # (N,) int32, -1 for a null
         self._columns: dict[str, np.ndarray] = {"volume": volume}
 
@@ -151,7 +171,10 @@ class SliceTable(Mapping):
             if np.any(area < 0):
                 return np.where(area < 0, np.nan, area.astype(np.float64))
             return area.astype(np.int64)
-        return np.array(self._text[name], dtype=object)[volume]
+        per_volume = self._text[name]
+        if isinstance(per_volume, np.ndarray):  # a metadata column of numbers or dates
+            return per_volume[volume]
+        return np.array(per_volume, dtype=object)[volume]
 
     def __iter__(self):
         return iter(self.names)

@@ -38,6 +38,7 @@ from pydicom.errors import InvalidDicomError
 from fdn import __version__
 from fdn.data.labels import SEQUENCES
 from fdn.dicom.archive_writer import archive_lock, clean_partial, write_case
+from fdn.dicom.case_metadata import study_metadata
 from fdn.dicom.failures import mark_known
 from fdn.dicom.loading import REFERENCE, load_series, load_study, where
 from fdn.dicom.provenance import imported_studies
@@ -252,6 +253,8 @@ def import_study(
         },
         "source": source,
         "fdn_index_version": __version__,
+        # sex, age, study date, scanner: what `--where` filters on (no direct identifiers)
+        "metadata": study_metadata(chosen[REFERENCE].header),
     }
     write_case(archive, case, volumes, affine, provenance)
     duplicates = [

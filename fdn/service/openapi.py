@@ -69,6 +69,13 @@ QUERY_PARAMS = [
         default=False,
         description="Allow hits from the query's own volume.",
     ),
+    param(
+        "where",
+        description="Return only slices whose slice-table row passes this filter, e.g. "
+        '`age >= 60 and sex == "F"` (==, !=, <, <=, >, >=, in [..], and, or, not, '
+        "parentheses; strings quoted, dates YYYY-MM-DD). An unknown column or a type "
+        "mismatch is a 400 naming the column.",
+    ),
 ]
 ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -143,6 +150,8 @@ def openapi_schema(routes) -> dict:
             "normalized_sum": {"type": "boolean"},
             "include_same_volume": {"type": "boolean"},
             "nprobe": {"type": ["integer", "null"]},
+            "where": {"type": ["string", "null"]},
+            "rows_passing": {"type": ["integer", "null"]},
             "load_seconds": {"type": "number"},
             "encode_seconds": {"type": "number"},
             "query_seconds": {"type": "number"},

@@ -74,6 +74,8 @@ def parse_options(params) -> dict:
         include_same_volume=parse_bool(
             "include_same_volume", params.get("include_same_volume", "")
         ),
+        # a filter on the slice table (`fdn.archive_index.where`); absent or empty: none
+        where=params.get("where") or None,
     )
 
 
@@ -157,7 +159,12 @@ class QueryService:
         has_lesion = params.get("has_lesion")
         offset = _bounded_int("offset", params.get("offset", 0), 0, None)
         limit = _bounded_int("limit", params.get("limit", 50), 1, MAX_PAGE)
-        selected = [c for c in self.catalog.values() if q.lower() in c.case.lower()]
+        removed = self.index.removed_cases()  # removed since start-up: no longer listed
+        selected = [
+            c
+            for c in self.catalog.values()
+            if q.lower() in c.case.lower() and c.case not in removed
+        ]
         if has_lesion not in (None, ""):
             wanted = parse_bool("has_lesion", has_lesion)
             selected = [c for c in selected if bool(c.has_lesion) == wanted]

@@ -122,6 +122,8 @@ function queryParams() {
     engine: $("engine").value,
   });
   if ($("normalized-sum").checked) p.set("normalized_sum", "true");
+  const where = $("where").value.trim();
+  if (where) p.set("where", where);
   return p;
 }
 
@@ -252,7 +254,7 @@ async function main() {
     clearTimeout(sliderTimer);
     sliderTimer = setTimeout(() => navigate({ slice }, false), 60);
   });
-  for (const id of ["sequence", "overlay-seg", "overlay-anat", "distance", "topq", "engine", "normalized-sum"]) {
+  for (const id of ["sequence", "overlay-seg", "overlay-anat", "distance", "topq", "engine", "normalized-sum", "where"]) {
     $(id).addEventListener("change", () => render());
   }
   for (const tab of document.querySelectorAll("#mode-tabs button")) {
