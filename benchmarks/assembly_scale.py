@@ -47,6 +47,7 @@ def write_journal(folder: Path, n_cases: int, model_dir: Path, seed: int = 0) ->
 
     class _Volume:  # what write_encoded reads of a loaded case
         seg = None
+        brain = np.ones((SLICES_PER_CASE, 1, 1), bool)
 
     for case in cases:
         shape = (SLICES_PER_CASE, side, side)

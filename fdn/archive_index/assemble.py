@@ -24,7 +24,10 @@ from zarr.codecs import BloscCodec
 
 from crashsafe import TEMP_SUFFIX, atomic_write, fsync_directory, sha256_hex
 from fdn import __version__
+from fdn.archive_index.brain_area import JOURNAL_KEY as BRAIN_KEY
+from fdn.archive_index.brain_area import MIN_BRAIN_PERCENT, brain_file_bytes
 from fdn.archive_index.layout import (
+    BRAIN_PERCENT,
     CODES,
     ENCODED_DIR,
     FAISS_AUTO_LIMIT_GIB,
@@ -118,6 +121,7 @@ def assemble_index(
                 "faiss_indexes": faiss_indexes,
             },
             encoding_precision=precision,
+            min_brain_percent=MIN_BRAIN_PERCENT if (staging / BRAIN_PERCENT).is_file() else None,
             files=file_entries(staging),
             fdn_index_version=__version__,
         )
@@ -151,6 +155,7 @@ def _assemble(
     areas: list[np.ndarray] = []
     per_case: dict[str, list[str]] = {"source": [], "study_uid": [], "series_uids": []}
     metadata: list[dict] = []  # each case's metadata (`fdn.archive_index.metadata`)
+    brains: list[np.ndarray | None] = []  # each case's brain percent per slice, if recorded
     for case in cases:
         path = index_dir / ENCODED_DIR / f"{case}.npz"
         try:
@@ -166,6 +171,7 @@ def _assemble(
             for key, values in per_case.items():
                 values.append(str(data[key]) if key in data.files else "")
             meta = json.loads(str(data["metadata"])) if "metadata" in data.files else {}
+            brains.append(data[BRAIN_KEY] if BRAIN_KEY in data.files else None)
         metadata.append(meta if isinstance(meta, dict) else {})
     sizes = np.array([len(n) for n in normals], dtype=np.int64)
     normal = np.concatenate(normals)
@@ -206,6 +212,9 @@ def _assemble(
     parquet = sink.getvalue().to_pybytes()
     atomic_write(staging / SLICES, parquet)
     _write_slice_arrays(staging, parquet, n_rows, len(cases), checksum)
+    known = [b for b in brains if b is not None]
+    if len(known) == len(brains):  # journals written before it lack some
+        atomic_write(staging / BRAIN_PERCENT, brain_file_bytes(np.concatenate(known)))
     clock.lap("table")
 
     codebook_normal = model.quantizer_normal.codebook.detach().cpu().numpy().astype(np.float32)

@@ -13,10 +13,12 @@ import io
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from crashsafe import atomic_write
+from fdn.archive_index.brain_area import JOURNAL_KEY, brain_percent
 from fdn.dicom.provenance import read_provenance
 from hashindex.checked_files import NUMPY_HEADER_LOCK
 
@@ -59,6 +61,14 @@ def journal_fault(path: Path, checksum: str, config, inputs: dict | None) -> str
                 return (
                     f"lesion_area is {area.dtype} {area.shape}, expected int64 ({normal.shape[0]},)"
                 )
+            if JOURNAL_KEY in data.files:  # entries written before it have none
+                brain = data[JOURNAL_KEY]
+                if (
+                    brain.dtype != np.uint8
+                    or brain.shape != (normal.shape[0],)
+                    or (brain.size and int(brain.max()) > 100)
+                ):
+                    return f"{JOURNAL_KEY} is {brain.dtype} {brain.shape}, expected uint8 percent"
             K = int(config.codebook_size)
             if int(normal.max()) >= K or int(abnormal.max()) >= K:
                 return f"codes outside 0..{K - 1}"
@@ -91,6 +101,9 @@ def write_encoded(
         lesion_area = (volume.seg > 0).reshape(n, -1).sum(axis=1).astype(np.int64)
     else:
         lesion_area = np.full(n, -1, dtype=np.int64)
+    extra: dict[str, Any] = (
+        {} if volume.brain is None else {JOURNAL_KEY: brain_percent(volume.brain)}
+    )
     # DICOM provenance of an imported case (CASE_dicom.json), "" for a NIfTI-only case.
     study_uid, series_uids = read_provenance(source, volume.case)
     from fdn.archive_index.metadata import case_metadata
@@ -108,5 +121,6 @@ def write_encoded(
         series_uids=np.array(series_uids or ""),
         metadata=np.array(json.dumps(metadata, sort_keys=True)),
         inputs=np.array(json.dumps(inputs, sort_keys=True)),
+        **extra,
     )
     atomic_write(path, buffer.getvalue())

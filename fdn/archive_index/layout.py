@@ -9,6 +9,8 @@ An index directory (the output of `fdn-index build`) holds, by the names docs/ar
     slices.parquet          row i describes row i of the code arrays
     slice_arrays.npz        the columns of slices.parquet a query reads, derived from it at
                             build time (see "slice arrays" below), so a query reads no Parquet
+    brain_percent.npy       (N,) uint8: each slice's share of brain pixels, in percent; lesion
+                            queries leave out the slices below the manifest's min_brain_percent
     codebook_*.npy, bits_*.npz, codes_*.npy, row_sqnorm_*.npy, volume_*.npy,
     fastscan_codes_t.npy, hashindex.json, faiss_*.index   written by `hashindex`: a query
                             reads these (memory-mapped), never codes.zarr
@@ -41,6 +43,8 @@ PLAN = "build_plan.json"
 CODES = "codes.zarr"
 SLICES = "slices.parquet"
 SLICE_ARRAYS = "slice_arrays.npz"
+# per row: the percentage of the slice in the brain (`fdn.archive_index.brain_area`)
+BRAIN_PERCENT = "brain_percent.npy"
 MODEL_DIR = "model"
 MODEL_FILES = (f"{MODEL_DIR}/config.json", f"{MODEL_DIR}/weights.pt")
 ENCODED_DIR = "encoded"
@@ -60,7 +64,7 @@ REQUIRED_FILES = (
     f"{CODES}/normal/zarr.json",
     f"{CODES}/abnormal/zarr.json",
 )
-_TOP_FILES = frozenset((SLICES, SLICE_ARRAYS, *MODEL_FILES, *index_files().names))
+_TOP_FILES = frozenset((SLICES, SLICE_ARRAYS, BRAIN_PERCENT, *MODEL_FILES, *index_files().names))
 _ZARR_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
 MAX_ZARR_DEPTH = 8
 

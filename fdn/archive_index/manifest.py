@@ -60,6 +60,9 @@ class Manifest:
     # the encoder's arithmetic ("fp32" or "bf16", `fdn.archive_index.encode`): external queries
     # are encoded the same way; manifests written before it were fp32
     encoding_precision: str = "fp32"
+    # lesion queries leave out slices with less brain than this, in percent (brain_percent.npy);
+    # None: the index has no such file (built before it) and leaves nothing out
+    min_brain_percent: int | None = None
     # name (relative to the index directory) -> {"sha256": hex digest, "size": bytes}
     files: dict[str, dict] = field(default_factory=dict)
     fdn_index_version: str = ""
@@ -108,6 +111,11 @@ _FIELDS = {
     "archive_roots": (False, _is_str_list, "a list of folders"),
     "hashindex": (False, lambda v: isinstance(v, dict), "an object"),
     "encoding_precision": (False, lambda v: v in ("fp32", "bf16"), "'fp32' or 'bf16'"),
+    "min_brain_percent": (
+        False,
+        lambda v: v is None or (_is_int(v) and 0 <= v <= 100),
+        "null or a percentage 0..100",
+    ),
     "files": (True, _valid_files, "an object mapping index file names to {sha256, size}"),
     "fdn_index_version": (False, lambda v: isinstance(v, str), "a string"),
 }

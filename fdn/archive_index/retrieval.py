@@ -26,6 +26,7 @@ from fdn.errors import IndexDirError
 
 if TYPE_CHECKING:  # the model loads torch, which a slice query never needs
     from fdn.model import FDN
+from fdn.archive_index.brain_area import LESION_MODES, read_lesion_rows
 from fdn.archive_index.layout import CODES, MODEL_DIR, MODEL_FILES, SLICE_ARRAYS, SLICES, fix_for
 from fdn.archive_index.locks import swap_lock
 from fdn.archive_index.manifest import Manifest, read_listed, read_manifest
@@ -52,6 +53,7 @@ class ArchiveIndex:
         hash_index: HashIndex,
         *,
         verify: bool = True,
+        lesion_rows: np.ndarray | None = None,
     ):
         self.index_dir = Path(index_dir)
         self.manifest = manifest
@@ -67,6 +69,9 @@ class ArchiveIndex:
         # (the digests the mask was made for, the removed cases, the mask or None)
         self._removed: tuple[frozenset, frozenset[str], np.ndarray | None] | None = None
         self._filters: dict[str, np.ndarray] = {}  # --where text -> (N,) bool, the last few
+        # (N,) bool rows with enough brain to be a lesion query's hit (`brain_area`), read with
+        # the other files at open; None for an index that records no brain share
+        self.lesion_rows = lesion_rows
 
     @property
     def ntotal(self) -> int:
@@ -294,6 +299,9 @@ class ArchiveIndex:
         exclude = None if exclude_volume is None else np.array([exclude_volume], dtype=np.int64)
         # read at every query: a removal holds from the next query on, in a running server too
         allowed = self.query_rows(options.where)
+        if mode in LESION_MODES:  # no slice almost without brain as a lesion look-alike
+            if self.lesion_rows is not None:
+                allowed = self.lesion_rows if allowed is None else allowed & self.lesion_rows
         result = self.hash_index.search_volumes(
             np.ascontiguousarray(normal[None], dtype=np.uint16),
             np.ascontiguousarray(abnormal[None], dtype=np.uint16),
@@ -370,6 +378,7 @@ def open_index(index_dir: str | Path, *, verify: bool = True) -> ArchiveIndex:
             hash_index = HashIndex.read(index_dir, verify=verify)
         except HashIndexError as exc:
             raise IndexDirError(f"{exc} ({fix_for(index_dir)}.)") from None
+        lesion_rows = read_lesion_rows(index_dir, manifest, manifest.n_slices, verify)
     mismatch = IndexDirError(
         f"{index_dir / index_files().meta}: the hash index holds {hash_index.ntotal} rows of grid "
         f"{hash_index.grid}, but the manifest and {SLICES} describe {manifest.n_slices} rows "
@@ -388,7 +397,9 @@ def open_index(index_dir: str | Path, *, verify: bool = True) -> ArchiveIndex:
     assert table is not None
     if arrays is None and not np.array_equal(hash_index.volume_ids, table["volume"]):
         raise mismatch
-    return ArchiveIndex(index_dir, manifest, table, hash_index, verify=verify)
+    return ArchiveIndex(
+        index_dir, manifest, table, hash_index, verify=verify, lesion_rows=lesion_rows
+    )
 
 
 def _check_hashindex_listing(index_dir: Path, manifest: Manifest, meta: bytes) -> None:

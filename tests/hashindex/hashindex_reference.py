@@ -1,5 +1,7 @@
 """Independent brute-force references (plain numpy, explicit loops) for the hashindex tests."""
 
+from pathlib import Path
+
 import numpy as np
 
 
@@ -104,3 +106,11 @@ def make_grids(rng, N, K, h, w, zero_codes=None):
         mask = rng.random((N, h, w)) < 0.4
         g[mask] = rng.choice(zero_codes, mask.sum()).astype(np.uint16)
     return g
+
+
+def lesion_candidates(index_dir, mode, n_rows, min_percent=5):
+    """(N,) bool rows a query of ``mode`` may return: S_abnormal and S_sum leave out slices
+    with under ``min_percent`` % brain (the index's brain_percent.npy, read with numpy)."""
+    if mode not in ("abnormal", "sum"):
+        return np.ones(n_rows, dtype=bool)
+    return np.load(Path(index_dir) / "brain_percent.npy") >= min_percent

@@ -89,8 +89,8 @@ def test_an_index_opened_before_an_add_keeps_answering_from_its_own_files(
     build_index(
         extra_archive, model_dir, index, BuildOptions(add=True)
     )  # renames new files over the old
-    hits = old.query_slice(case, 0, topq=10, engine="faiss-flat", mode="sum")
-    expect = old.query_slice(case, 0, topq=10, engine="lut", mode="sum")
+    hits = old.query_slice(case, 0, topq=10, engine="faiss-flat", mode="sum", distance="hamming")
+    expect = old.query_slice(case, 0, topq=10, engine="lut", mode="sum", distance="hamming")
     assert [(h.row, h.distance) for h in hits] == [(h.row, h.distance) for h in expect]
     assert max(h.row for h in hits) < old.ntotal
 

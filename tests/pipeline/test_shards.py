@@ -66,22 +66,24 @@ def test_sharded_hits_equal_the_unsharded_index_and_the_brute_force(
             b = run_slice_query(sharded, case, slice_index, query_options(mode, **kw)).hits(mode)
             assert _key(a) == _key(b)
             row = full.row_of(case, slice_index)
-            brute = ref.volume_topq(
-                ref.all_distances(
-                    full.hash_index,
-                    cn,
-                    ca,
-                    full.codes_normal,
-                    full.codes_abnormal,
-                    full.codes_normal[row],
-                    full.codes_abnormal[row],
-                    mode,
-                    distance,
-                ),
-                volumes,
-                3,
-                exclude=int(volumes[row]),
+            keep = np.flatnonzero(ref.lesion_candidates(built_index, mode, full.ntotal))
+            dist = ref.all_distances(
+                full.hash_index,
+                cn,
+                ca,
+                full.codes_normal,
+                full.codes_abnormal,
+                full.codes_normal[row],
+                full.codes_abnormal[row],
+                mode,
+                distance,
             )
+            brute = [
+                (d, int(keep[r]), v)
+                for d, r, v in ref.volume_topq(
+                    dist[keep], volumes[keep], 3, exclude=int(volumes[row])
+                )
+            ]
             np.testing.assert_allclose(
                 [h.distance for h in b], [d for d, _, _ in brute], rtol=1e-9, atol=1e-7
             )

@@ -146,14 +146,17 @@ def _brute(index, row, mode, distance, passing, exclude, topq):
 )
 def test_filtered_search_is_exact_sharded_and_unsharded(indexes, where):
     full, sharded = indexes
+    import tests.hashindex.hashindex_reference as ref
+
     passing = full.where_rows(where)
     volumes = np.asarray(full.table["volume"], np.int64)
     for mode in ("sum", "abnormal"):
+        candidates = passing & ref.lesion_candidates(full.index_dir, mode, full.ntotal)
         for distance in ("hamming", "euclidean"):
             for case in full.cases[:2]:
                 slice_index = full.default_slice(case)
                 row = full.row_of(case, slice_index)
-                brute = _brute(full, row, mode, distance, passing, int(volumes[row]), 3)
+                brute = _brute(full, row, mode, distance, candidates, int(volumes[row]), 3)
                 for index in (full, sharded):
                     options = query_options(mode, distance=distance, topq=3, where=where)
                     result = run_slice_query(index, case, slice_index, options)
