@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from hashindex.distances import BOOKS, DISTANCES, MODES, image_distance
+from hashindex.distances import BOOKS, DISTANCES, MODES, image_distance, region_scale
 from hashindex.faiss_binary import FaissHamming, gpu_available
 from hashindex.fastscan import FastScan
 from hashindex.fastscan_layout import TABLE
@@ -55,6 +55,9 @@ class Query:
     allowed_rows: (ntotal,) bool, True for the rows any query of the batch may return (engines
     with ``supports_row_mask``), or None for every row. An engine answers as if the other rows
     were not stored: the exact top-k / top-Q among the allowed rows, never a filtered top-k.
+    positions: per codebook the (C,) int64 increasing flat grid positions the image distance
+    sums over (a region query; engines with ``supports_position_mask``), or None for all; the
+    distance is then that of the grids restricted to those positions (`hashindex.distances`).
     """
 
     normal: np.ndarray
@@ -64,6 +67,7 @@ class Query:
     normalized_sum: bool
     nprobe: int | None = None
     allowed_rows: np.ndarray | None = None
+    positions: dict[str, np.ndarray] | None = None
 
     @property
     def B(self) -> int:
@@ -89,7 +93,8 @@ class Engine(ABC):
     # why normalized_sum is refused, where it is (part of the message)
     no_normalized_sum: ClassVar[str] = ""
     takes_nprobe: ClassVar[bool] = False
-    # a mask of the grid positions a query compares (the region query); none takes one yet
+    # whether it answers a query restricted to some grid positions (`Query.positions`, the
+    # region query) exactly
     supports_position_mask: ClassVar[bool] = False
     # whether it answers a query restricted to some rows (`Query.allowed_rows`) exactly
     supports_row_mask: ClassVar[bool] = True
@@ -114,11 +119,13 @@ class Engine(ABC):
         normalized_sum: bool,
         nprobe: int | None,
         row_mask: bool = False,
+        position_mask: bool = False,
     ) -> None:
         """ValueError, naming the fix, unless this engine can answer these options on its index.
 
         ``mode`` and ``distance`` are valid names (checked by the caller); ``row_mask``: the
-        query is restricted to some rows (`Query.allowed_rows`)."""
+        query is restricted to some rows (`Query.allowed_rows`); ``position_mask``: to some
+        grid positions (`Query.positions`)."""
         if mode not in self.modes:
             raise ValueError(f"engine {self.name!r} supports only {_either('mode', self.modes)}")
         if distance not in self.distances:
@@ -136,6 +143,12 @@ class Engine(ABC):
             raise ValueError(
                 f"engine {self.name!r} cannot restrict a search to some rows exactly (a filter "
                 f"or removed cases); use {_either('engine', able)}"
+            )
+        if position_mask and not self.supports_position_mask:
+            able = [n for n, e in REGISTRY.items() if e.supports_position_mask]
+            raise ValueError(
+                f"engine {self.name!r} cannot restrict the distance to a region's grid positions; "
+                f"use {_either('engine', able)} (or name no engine)"
             )
         self.check_index(mode)
         if nprobe is not None:
@@ -203,28 +216,48 @@ class RowDistanceEngine(Engine):
 
 class TableScanEngine(RowDistanceEngine):
     """Sums of per-position table entries over the (N, P) representative ids (`scan`), turned
-    into distances by `hashindex.distances.image_distance`."""
+    into distances by `hashindex.distances.image_distance`. A region query (`Query.positions`)
+    sums its positions only: the table's rows of those positions, and for D_A the squared
+    norms of the grids restricted to them."""
 
     scan: ClassVar[str]  # the name of its kernel in `hashindex.scans.SCANS`
+    supports_position_mask = True
 
     def row_distances(self, q_reps: dict, q_sq: dict, b: int, query: Query) -> np.ndarray:
         idx, distance = self.index, query.distance
         books = BOOKS if query.mode == "sum" else (query.mode,)
         scan = SCANS[self.scan]
-        sums = {
-            book: scan(idx.codes[book], idx.tables[book].query_table(q_reps[book][b], distance))
-            for book in books
-        }
+        sums, q_norms, r_norms = {}, {}, {}
+        for book in books:
+            tables, q = idx.tables[book], q_reps[book][b]
+            cols = None if query.positions is None else query.positions[book]
+            table = tables.query_table(q if cols is None else q[cols], distance)
+            sums[book] = scan(idx.codes[book], table, cols)
+            q_norms[book], r_norms[book] = q_sq[book][b], idx.row_sqnorm[book]
+            if distance == "angular" and cols is not None:
+                # the norms of the grids restricted to the region, in position order
+                q_norms[book] = float(tables.sqnorm[q[cols]].sum())
+                norms = np.ascontiguousarray(np.broadcast_to(tables.sqnorm, table.shape))
+                r_norms[book] = scan(idx.codes[book], norms, cols)
         scales = None
         if query.normalized_sum and query.mode == "sum":
-            scales = {book: idx.scales[f"{book}/{distance}"] for book in books}
-        return image_distance(
-            distance,
-            sums,
-            {book: q_sq[book][b] for book in books},
-            {book: idx.row_sqnorm[book] for book in books},
-            scales,
-        )
+            scales = region_scales(idx, distance, books, query.positions)
+        return image_distance(distance, sums, q_norms, r_norms, scales)
+
+
+def region_scales(
+    index: IndexState, distance: str, books, positions: dict[str, np.ndarray] | None
+) -> dict[str, float]:
+    """The normalized sum's scale of each codebook, for the region's share of its positions
+    (`hashindex.distances.region_scale`)."""
+    scales = {}
+    for book in books:
+        scale = index.scales[f"{book}/{distance}"]
+        if positions is not None:
+            share = positions[book].size / index.codes[book].shape[1]
+            scale = region_scale(distance, scale, share)
+        scales[book] = scale
+    return scales
 
 
 class LutEngine(TableScanEngine):
@@ -243,13 +276,21 @@ class LutEngine(TableScanEngine):
 
         idx = self.index
         out = np.empty(idx.ntotal)
-        KERNELS["lut_scan_int_pair"](
-            idx.codes["normal"],
-            idx.tables["normal"].query_table(q_reps["normal"][b], "hamming"),
-            idx.codes["abnormal"],
-            idx.tables["abnormal"].query_table(q_reps["abnormal"][b], "hamming"),
-            out,
-        )
+        if query.positions is None:
+            KERNELS["lut_scan_int_pair"](
+                idx.codes["normal"],
+                idx.tables["normal"].query_table(q_reps["normal"][b], "hamming"),
+                idx.codes["abnormal"],
+                idx.tables["abnormal"].query_table(q_reps["abnormal"][b], "hamming"),
+                out,
+            )
+            return out
+        args = []
+        for book in BOOKS:
+            cols = query.positions[book]
+            table = idx.tables[book].query_table(q_reps[book][b][cols], "hamming")
+            args += [idx.codes[book], cols, table]
+        KERNELS["lut_scan_cols_int_pair"](*args, out)
         return out
 
 

@@ -124,6 +124,57 @@ def lut_scan_int_pair(codes_a, table_a, codes_b, table_b, out):
         out[n] = acc
 
 
+@njit(cache=True, nogil=True, parallel=True)
+def lut_scan_cols(codes, cols, table, out):
+    """`lut_scan` over some positions only (a region query): the other columns are not read.
+
+    Parameters
+    ----------
+    codes : (N, P) uint8 or uint16
+        Database code indices.
+    cols : (C,) int64
+        The positions summed, increasing (so sums keep the numpy engine's order), C >= 1.
+    table : (C, R) float64
+        ``table[i, c]``: the query's table row of position ``cols[i]``.
+    out : (N,) float64
+        ``out[n] = sum_i table[i, codes[n, cols[i]]]``.
+    """
+    N = codes.shape[0]
+    C = cols.shape[0]
+    for n in prange(N):
+        acc = table[0, codes[n, cols[0]]]
+        for i in range(1, C):
+            acc += table[i, codes[n, cols[i]]]
+        out[n] = acc
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def lut_scan_cols_int(codes, cols, table, out):
+    """`lut_scan_cols` for int32 tables, accumulating in int64."""
+    N = codes.shape[0]
+    C = cols.shape[0]
+    for n in prange(N):
+        acc = 0
+        for i in range(C):
+            acc += table[i, codes[n, cols[i]]]
+        out[n] = acc
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def lut_scan_cols_int_pair(codes_a, cols_a, table_a, codes_b, cols_b, table_b, out):
+    """Fused S_sum for Hamming over some positions of each grid (`lut_scan_int_pair` with the
+    columns of `lut_scan_cols`): ``out[n]`` (float64) = Σ_i table_a[i, codes_a[n, cols_a[i]]]
+    + Σ_i table_b[i, codes_b[n, cols_b[i]]]."""
+    N = codes_a.shape[0]
+    for n in prange(N):
+        acc = 0
+        for i in range(cols_a.shape[0]):
+            acc += table_a[i, codes_a[n, cols_a[i]]]
+        for i in range(cols_b.shape[0]):
+            acc += table_b[i, codes_b[n, cols_b[i]]]
+        out[n] = acc
+
+
 @njit(cache=True, nogil=True)
 def volume_best(dist, volume_index, n_volumes, best_dist, best_row):
     """Closest row of every volume (smaller row id first on equal distances).
@@ -293,5 +344,8 @@ KERNELS: dict[str, Callable[..., Any]] = {
     "lut_scan": lut_scan,
     "lut_scan_int": lut_scan_int,
     "lut_scan_int_pair": lut_scan_int_pair,
+    "lut_scan_cols": lut_scan_cols,
+    "lut_scan_cols_int": lut_scan_cols_int,
+    "lut_scan_cols_int_pair": lut_scan_cols_int_pair,
     "volume_best": volume_best,
 }
