@@ -29,7 +29,7 @@ from hashindex.fastscan import FastScan
 from hashindex.fastscan_layout import TABLE
 from hashindex.files import FLAT_FILES, IVF_FILES
 from hashindex.index_meta import is_int
-from hashindex.scans import SCANS
+from hashindex.scans import SCANS, SCANS_TWO
 from hashindex.volumes import (
     VolumeHits,
     rows_from_knn,
@@ -232,13 +232,16 @@ class TableScanEngine(RowDistanceEngine):
             tables, q = idx.tables[book], q_reps[book][b]
             cols = None if query.positions is None else query.positions[book]
             table = tables.query_table(q if cols is None else q[cols], distance)
-            sums[book] = scan(idx.codes[book], table, cols)
             q_norms[book], r_norms[book] = q_sq[book][b], idx.row_sqnorm[book]
             if distance == "angular" and cols is not None:
-                # the norms of the grids restricted to the region, in position order
+                # with the norms of the grids restricted to the region, in position order
                 q_norms[book] = float(tables.sqnorm[q[cols]].sum())
                 norms = np.ascontiguousarray(np.broadcast_to(tables.sqnorm, table.shape))
-                r_norms[book] = scan(idx.codes[book], norms, cols)
+                sums[book], r_norms[book] = SCANS_TWO[self.scan](
+                    idx.codes[book], table, norms, cols
+                )
+            else:
+                sums[book] = scan(idx.codes[book], table, cols)
         scales = None
         if query.normalized_sum and query.mode == "sum":
             scales = region_scales(idx, distance, books, query.positions)

@@ -149,6 +149,24 @@ def lut_scan_cols(codes, cols, table, out):
 
 
 @njit(cache=True, nogil=True, parallel=True)
+def lut_scan_cols_two(codes, cols, table_a, table_b, out_a, out_b):
+    """`lut_scan_cols` of two tables over the same codes in one pass (D_A of a region: the dot
+    products and the rows' squared norms over the region), each summed in position order."""
+    N = codes.shape[0]
+    C = cols.shape[0]
+    for n in prange(N):
+        c = codes[n, cols[0]]
+        acc_a = table_a[0, c]
+        acc_b = table_b[0, c]
+        for i in range(1, C):
+            c = codes[n, cols[i]]
+            acc_a += table_a[i, c]
+            acc_b += table_b[i, c]
+        out_a[n] = acc_a
+        out_b[n] = acc_b
+
+
+@njit(cache=True, nogil=True, parallel=True)
 def lut_scan_cols_int(codes, cols, table, out):
     """`lut_scan_cols` for int32 tables, accumulating in int64."""
     N = codes.shape[0]
@@ -346,6 +364,7 @@ KERNELS: dict[str, Callable[..., Any]] = {
     "lut_scan_int_pair": lut_scan_int_pair,
     "lut_scan_cols": lut_scan_cols,
     "lut_scan_cols_int": lut_scan_cols_int,
+    "lut_scan_cols_two": lut_scan_cols_two,
     "lut_scan_cols_int_pair": lut_scan_cols_int_pair,
     "volume_best": volume_best,
 }

@@ -42,4 +42,25 @@ def scan_numpy(
     return acc
 
 
+def scan_lut_two(
+    rep_codes: np.ndarray, table_a: np.ndarray, table_b: np.ndarray, cols: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`scan_lut` of two float64 tables over the same positions in one pass over the codes."""
+    from hashindex.kernels import KERNELS
+
+    out_a = np.empty(rep_codes.shape[0])
+    out_b = np.empty(rep_codes.shape[0])
+    KERNELS["lut_scan_cols_two"](rep_codes, cols, table_a, table_b, out_a, out_b)
+    return out_a, out_b
+
+
+def scan_numpy_two(
+    rep_codes: np.ndarray, table_a: np.ndarray, table_b: np.ndarray, cols: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`scan_numpy` of two tables over the same positions (the same sums as `scan_lut_two`)."""
+    return scan_numpy(rep_codes, table_a, cols), scan_numpy(rep_codes, table_b, cols)
+
+
 SCANS = {"lut": scan_lut, "numpy": scan_numpy}
+# two tables over one region's positions at once (D_A: dot products and squared norms)
+SCANS_TWO = {"lut": scan_lut_two, "numpy": scan_numpy_two}
