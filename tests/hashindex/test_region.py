@@ -256,3 +256,36 @@ def test_angular_contributions_follow_the_normalized_grids(small_index):
     np.testing.assert_allclose(
         got.books["abnormal"].contributions, ang * u / u.sum(), rtol=1e-7, atol=1e-12
     )
+
+
+@pytest.mark.parametrize("n_rows", [1, 2, 3, 5, 6, 7])
+def test_rows_past_the_last_group_of_four_are_summed_too(small_index, n_rows):
+    """The compiled scans sum four rows side by side: the rows left over (N mod 4) take
+    another loop, which must give the numpy engine's sums as well."""
+    from hashindex import HashIndex
+
+    index, gn, ga, vol, cn, ca = small_index
+    small = HashIndex.build(cn, ca, faiss_indexes=False, seed=1)
+    small.add(gn[:n_rows], ga[:n_rows], vol[:n_rows])
+    for region in (None, masks()["scattered"], masks()["per-book"]):
+        for mode in MODES:
+            for distance in DISTANCES:
+                a = small.search(
+                    gn[:3],
+                    ga[:3],
+                    n_rows,
+                    mode=mode,
+                    distance=distance,
+                    engine="lut",
+                    positions=region,
+                )
+                b = small.search(
+                    gn[:3],
+                    ga[:3],
+                    n_rows,
+                    mode=mode,
+                    distance=distance,
+                    engine="numpy",
+                    positions=region,
+                )
+                assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
