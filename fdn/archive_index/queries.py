@@ -68,6 +68,7 @@ __all__ = [
     "UnknownCaseError",
     "check_case",
     "check_slice",
+    "explain_hit",
     "load_query_slice",
     "query_options",
     "run_external_query",
@@ -220,13 +221,7 @@ def run_slice_query(
     exclude = None if options.include_same_volume else index.volume_of(case)
     passing = None if options.where is None else index.passing_rows(options.where)
     normal, abnormal = index.codes_of_row(row)
-    region = None
-    if options.region is not None:
-        from fdn.data.archive import case_files_inside
-
-        source = str(index.table.value("source", row))
-        files = case_files_inside(source, case, index.manifest.archive_roots)
-        region = _resolve(index, options, query_slice_shape(files), slice_index)
+    region = _indexed_region(index, options, case, row, slice_index)
     results = _search_modes(index, normal, abnormal, exclude, options, lock, region)
     return QueryResult(
         query=f"{case} slice {slice_index}",
@@ -243,11 +238,50 @@ def run_slice_query(
     )
 
 
+def _indexed_region(
+    index: SearchableIndex, options: QueryOptions, case: str, row: int, slice_index: int
+) -> Region | None:
+    """The query's region on slice ``slice_index`` (row ``row``) of ``case``, a case of the
+    index, whose voxel shape is read from its source file's header; None without a region."""
+    if options.region is None:
+        return None
+    from fdn.data.archive import case_files_inside
+
+    source = str(index.table.value("source", row))
+    files = case_files_inside(source, case, index.manifest.archive_roots)
+    return _resolve(index, options, query_slice_shape(files), slice_index)
+
+
 def _resolve(index: SearchableIndex, options: QueryOptions, shape, slice_index: int) -> Region:
     assert options.region is not None
     h, w = index.manifest.grid
     grid = (int(h), int(w))
     return resolve_region(options.region, shape, {"normal": grid, "abnormal": grid}, slice_index)
+
+
+def explain_hit(
+    index: SearchableIndex,
+    case: str,
+    slice_index: int,
+    hit_case: str,
+    hit_slice: int,
+    mode: str,
+    options: QueryOptions = DEFAULT_OPTIONS,
+) -> tuple[dict, Region | None]:
+    """Why slice ``hit_slice`` of ``hit_case`` is at its distance from the query slice
+    (``case``, ``slice_index``) in ``mode`` under ``options`` (distance, normalized sum,
+    region): (the explanation's JSON, the region resolved on the query slice or None). The
+    route behind the viewer's heat maps; the numbers are those `explain=True` gives a hit."""
+    if mode not in options.modes:
+        raise QueryError(f"mode {mode!r} is not among the query's modes {list(options.modes)}")
+    slice_index = check_slice(index, case, slice_index)
+    hit_slice = check_slice(index, hit_case, hit_slice)
+    row = index.row_of(case, slice_index)
+    region = _indexed_region(index, options, case, row, slice_index)
+    normal, abnormal = index.codes_of_row(row)
+    positions = None if region is None else region.positions
+    hit_row = index.row_of(hit_case, hit_slice)
+    return index.explain_row(normal, abnormal, hit_row, mode, options, positions), region
 
 
 def run_external_query(

@@ -336,17 +336,29 @@ class ArchiveIndex:
                     if area is None or (isinstance(area, float) and np.isnan(area))
                     else int(area),
                     **self._provenance(row),
-                    explanation=self._explain(normal, abnormal, row, mode, options, positions),
+                    explanation=self.explain_row(normal, abnormal, row, mode, options, positions)
+                    if options.explain
+                    else None,
                 )
             )
         return hits
 
-    def _explain(self, normal, abnormal, row, mode, options, positions) -> dict | None:
-        """The per-position contributions to a hit's distance (`hashindex.explain`), as JSON,
-        when the options ask for them."""
-        if not options.explain:
-            return None
+    def explain_row(
+        self,
+        normal: np.ndarray,
+        abnormal: np.ndarray,
+        row: int,
+        mode: str,
+        options: QueryOptions,
+        positions: dict[str, np.ndarray] | None = None,
+    ) -> dict:
+        """Why row ``row`` is at its distance from the query grids (h, w): the per-position
+        contributions of `hashindex.explain`, as JSON; options name the distance (`for_mode`
+        decides it when they do not)."""
         from hashindex.explain import explain
+
+        options = options.for_mode(mode, self)
+        assert options.distance is not None
 
         return explain(
             self.hash_index,

@@ -90,6 +90,19 @@ class SearchableIndex(Protocol):
 
     def encode(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def explain_row(
+        self,
+        normal: np.ndarray,
+        abnormal: np.ndarray,
+        row: int,
+        mode: str,
+        options: QueryOptions,
+        positions: dict[str, np.ndarray] | None = None,
+    ) -> dict:
+        """The per-position contributions to the distance of row ``row`` from the query grids
+        (`hashindex.explain.Explanation.to_dict`)."""
+        ...
+
     def search(
         self,
         normal: np.ndarray,

@@ -356,6 +356,12 @@ class ShardedIndex:
         """The shards' default engine (they share one model, hence one pair of codebooks)."""
         return self._first.default_engine(distance, position_mask)
 
+    def explain_row(self, normal, abnormal, row: int, mode: str, options, positions=None) -> dict:
+        """The explanation of a global row, made by the shard that holds it."""
+        k = int(np.searchsorted(self.offsets, row, side="right") - 1)
+        local = row - int(self.offsets[k])
+        return self._local(k).explain_row(normal, abnormal, local, mode, options, positions)
+
     def encode(self, image: np.ndarray):
         """Codes of an external image with the model every shard shares."""
         return self._first.encode(image)
