@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from hashindex.distances import BOOKS, DISTANCES, MODES, image_distance, region_scale
+from hashindex.distances import BOOKS, DISTANCES, MODES, image_distance
 from hashindex.faiss_binary import FaissHamming, gpu_available
 from hashindex.fastscan import FastScan
 from hashindex.fastscan_layout import TABLE
 from hashindex.files import FLAT_FILES, IVF_FILES
 from hashindex.index_meta import is_int
+from hashindex.region_scan import BlockedRegionScan, region_scales
 from hashindex.scans import SCANS, SCANS_TWO
 from hashindex.volumes import (
     VolumeHits,
@@ -233,37 +234,29 @@ class TableScanEngine(RowDistanceEngine):
             cols = None if query.positions is None else query.positions[book]
             table = tables.query_table(q if cols is None else q[cols], distance)
             q_norms[book], r_norms[book] = q_sq[book][b], idx.row_sqnorm[book]
-            if distance == "angular" and cols is not None:
+            if cols is None:
+                sums[book] = scan(idx.codes[book], table)
+            elif distance == "angular":
                 # with the norms of the grids restricted to the region, in position order
                 q_norms[book] = float(tables.sqnorm[q[cols]].sum())
                 norms = np.ascontiguousarray(np.broadcast_to(tables.sqnorm, table.shape))
-                sums[book], r_norms[book] = SCANS_TWO[self.scan](
-                    idx.codes[book], table, norms, cols
-                )
+                sums[book], r_norms[book] = self.region_sums(book, cols, [table, norms])
             else:
-                sums[book] = scan(idx.codes[book], table, cols)
+                (sums[book],) = self.region_sums(book, cols, [table])
         scales = None
         if query.normalized_sum and query.mode == "sum":
             scales = region_scales(idx, distance, books, query.positions)
         return image_distance(distance, sums, q_norms, r_norms, scales)
 
-
-def region_scales(
-    index: IndexState, distance: str, books, positions: dict[str, np.ndarray] | None
-) -> dict[str, float]:
-    """The normalized sum's scale of each codebook, for the region's share of its positions
-    (`hashindex.distances.region_scale`)."""
-    scales = {}
-    for book in books:
-        scale = index.scales[f"{book}/{distance}"]
-        if positions is not None:
-            share = positions[book].size / index.codes[book].shape[1]
-            scale = region_scale(distance, scale, share)
-        scales[book] = scale
-    return scales
+    def region_sums(self, book: str, cols: np.ndarray, tables: list) -> list[np.ndarray]:
+        """Per table (C, R), the (N,) sums over the region's positions ``cols`` of ``book``."""
+        codes = self.index.codes[book]
+        if len(tables) == 2:
+            return list(SCANS_TWO[self.scan](codes, tables[0], tables[1], cols))
+        return [SCANS[self.scan](codes, tables[0], cols)]
 
 
-class LutEngine(TableScanEngine):
+class LutEngine(BlockedRegionScan, TableScanEngine):
     """Exact, compiled (Numba) scan of the (N, P) representative-id grids summing per-position
     table entries; cost independent of E*. The plain reference scan."""
 
@@ -275,25 +268,15 @@ class LutEngine(TableScanEngine):
         if query.distance != "hamming" or query.mode != "sum" or query.normalized_sum:
             return super().row_distances(q_reps, q_sq, b, query)
         # fused single pass; integer sums, so identical to adding the two distances
+        if query.positions is not None:
+            return self.region_hamming_sum(q_reps, b, query.positions)
         from hashindex.kernels import KERNELS  # numba: imported on first use
 
-        idx = self.index
-        out = np.empty(idx.ntotal)
-        if query.positions is None:
-            KERNELS["lut_scan_int_pair"](
-                idx.codes["normal"],
-                idx.tables["normal"].query_table(q_reps["normal"][b], "hamming"),
-                idx.codes["abnormal"],
-                idx.tables["abnormal"].query_table(q_reps["abnormal"][b], "hamming"),
-                out,
-            )
-            return out
-        args = []
-        for book in BOOKS:
-            cols = query.positions[book]
-            table = idx.tables[book].query_table(q_reps[book][b][cols], "hamming")
-            args += [idx.codes[book], cols, table]
-        KERNELS["lut_scan_cols_int_pair"](*args, out)
+        idx, out = self.index, np.empty(self.index.ntotal)
+        tables = [idx.tables[book].query_table(q_reps[book][b], "hamming") for book in BOOKS]
+        KERNELS["lut_scan_int_pair"](
+            idx.codes["normal"], tables[0], idx.codes["abnormal"], tables[1], out
+        )
         return out
 
 

@@ -289,3 +289,49 @@ def test_rows_past_the_last_group_of_four_are_summed_too(small_index, n_rows):
                     positions=region,
                 )
                 assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+@pytest.fixture(scope="module")
+def wide_index():
+    """(index, gn, ga, vol, cn, ca): a normal codebook of 300 distinct vectors, so its codes
+    are uint16 and a region scan reads the row-major codes (no block-transposed layout)."""
+    from hashindex import HashIndex
+    from tests.hashindex.hashindex_reference import make_codebook, make_grids
+
+    rng = np.random.default_rng(5)
+    cn, ca = make_codebook(rng, 300, 3), make_codebook(rng, 12, 3)
+    gn, ga = make_grids(rng, 41, 300, 3, 2), make_grids(rng, 41, 12, 3, 2)
+    vol = np.repeat(np.arange(7), [6, 6, 6, 6, 6, 6, 5]).astype(np.int64)
+    index = HashIndex.build(cn, ca, faiss_indexes=False, seed=3)
+    index.add(gn, ga, vol)
+    assert index.codes["normal"].dtype == np.uint16
+    return index, gn, ga, vol, cn, ca
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_a_region_on_wide_codes_equals_the_brute_force(wide_index, mode, distance):
+    index, gn, ga, vol, cn, ca = wide_index
+    for name in ("scattered", "per-book"):
+        region = masks()[name]
+        ref = restricted_reference(index, cn, ca, gn, ga, 2, mode, distance, region)
+        for engine in REGION_ENGINES:
+            D, I = index.search(
+                gn[2:3], ga[2:3], 8, mode=mode, distance=distance, engine=engine, positions=region
+            )
+            order = np.lexsort((np.arange(ref.size), ref))[:8]
+            np.testing.assert_allclose(D[0], ref[order], rtol=1e-9, atol=1e-7)
+
+
+def test_a_region_reads_the_stored_layout_of_a_written_index(small_index, tmp_path):
+    from hashindex import HashIndex
+
+    index, gn, ga, *_ = small_index
+    index.write(tmp_path / "idx")
+    read = HashIndex.read(tmp_path / "idx")
+    assert read._codes_t is not None  # the mapped layout the region scan reads
+    for region in masks().values():
+        for distance in DISTANCES:
+            a = read.search(gn[:2], ga[:2], 9, distance=distance, engine="lut", positions=region)
+            b = index.search(gn[:2], ga[:2], 9, distance=distance, engine="numpy", positions=region)
+            assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
