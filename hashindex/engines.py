@@ -29,7 +29,7 @@ from hashindex.fastscan import FastScan
 from hashindex.fastscan_layout import TABLE
 from hashindex.files import FLAT_FILES, IVF_FILES
 from hashindex.index_meta import is_int
-from hashindex.region_scan import BlockedRegionScan, region_scales
+from hashindex.region_scan import region_hamming_sum, region_scales
 from hashindex.scans import SCANS, SCANS_TWO
 from hashindex.volumes import (
     VolumeHits,
@@ -256,7 +256,7 @@ class TableScanEngine(RowDistanceEngine):
         return [SCANS[self.scan](codes, tables[0], cols)]
 
 
-class LutEngine(BlockedRegionScan, TableScanEngine):
+class LutEngine(TableScanEngine):
     """Exact, compiled (Numba) scan of the (N, P) representative-id grids summing per-position
     table entries; cost independent of E*. The plain reference scan."""
 
@@ -269,7 +269,7 @@ class LutEngine(BlockedRegionScan, TableScanEngine):
             return super().row_distances(q_reps, q_sq, b, query)
         # fused single pass; integer sums, so identical to adding the two distances
         if query.positions is not None:
-            return self.region_hamming_sum(q_reps, b, query.positions)
+            return region_hamming_sum(self.index, q_reps, b, query.positions)
         from hashindex.kernels import KERNELS  # numba: imported on first use
 
         idx, out = self.index, np.empty(self.index.ntotal)

@@ -6,9 +6,8 @@ into distances, so the two agree bit for bit.
 
 A region query (`hashindex.search`, ``positions``) sums only its positions: ``cols`` names them
 (sorted flat position indices) and ``table`` then holds one row per named position. The
-compiled kernels gather only those positions' table entries; over the block-transposed layout
-(`scan_blocked`, codes of one position for 64 rows in one cache line) they also read only
-those positions' bytes, so the cost falls with the region's size.
+compiled kernels gather only those positions' table entries (`hashindex.region_kernels`), so
+the cost falls with the region's size.
 """
 
 from __future__ import annotations
@@ -60,29 +59,6 @@ def scan_numpy_two(
 ) -> tuple[np.ndarray, np.ndarray]:
     """`scan_numpy` of two tables over the same positions (the same sums as `scan_lut_two`)."""
     return scan_numpy(rep_codes, table_a, cols), scan_numpy(rep_codes, table_b, cols)
-
-
-def scan_blocked(
-    layout: np.ndarray, n: int, cols: np.ndarray, tables: list[np.ndarray]
-) -> list[np.ndarray]:
-    """Per table (C, R), the (n,) sums over the columns ``cols`` (C,) of a block-transposed
-    layout (nblocks, Q, 64) uint8 (`lut_scan_blocked`): int64 for one int32 table, float64
-    otherwise; two float tables share one pass (`lut_scan_blocked_two`)."""
-    from hashindex.kernels import KERNELS
-
-    rows = layout.shape[0] * layout.shape[2]
-    if len(tables) == 2:
-        out_a, out_b = np.empty(rows), np.empty(rows)
-        KERNELS["lut_scan_blocked_two"](layout, cols, tables[0], tables[1], out_a, out_b)
-        return [out_a[:n], out_b[:n]]
-    (table,) = tables
-    if table.dtype == np.int32:
-        out = np.empty(rows, np.int64)
-        KERNELS["lut_scan_blocked_int"](layout, cols, table, out)
-    else:
-        out = np.empty(rows)
-        KERNELS["lut_scan_blocked"](layout, cols, table, out)
-    return [out[:n]]
 
 
 SCANS = {"lut": scan_lut, "numpy": scan_numpy}
