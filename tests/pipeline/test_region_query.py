@@ -215,3 +215,20 @@ def test_cli_montage_draws_the_heat_maps_over_the_hits(built_index, tmp_path):
     third = pa.shape[1] // 3
     assert np.array_equal(pa[:, :third], pb[:, :third])
     assert not np.array_equal(pa[:, third:], pb[:, third:])
+
+
+def test_an_external_case_takes_the_same_region_as_its_indexed_copy(built_index, tiny_archive):
+    """An external query reads its slice shape from its own files: the same case given as
+    --input resolves the box to the same positions and finds the same hits (its own volume
+    excluded by case id)."""
+    case = open_index(built_index).cases[2]
+    common = ["--slice", "9", "--mode", "normal", "--region", "4,4,19,27", "--json"]
+    a = _query(built_index, "--case", case, *common)
+    b = _query(built_index, "--input", str(tiny_archive / case), *common)
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    ja, jb = json.loads(a.output), json.loads(b.output)
+    assert jb["external"] and jb["region"] == ja["region"]
+    rows = lambda j: [(h["row"], h["distance"]) for h in j["results"]["normal"]["hits"]]  # noqa: E731
+    got, want = rows(jb), rows(ja)
+    assert [r for r, _ in got] == [r for r, _ in want]
+    np.testing.assert_allclose([d for _, d in got], [d for _, d in want], rtol=0, atol=1e-12)
