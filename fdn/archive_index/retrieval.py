@@ -343,32 +343,18 @@ class ArchiveIndex:
             )
         return hits
 
-    def explain_row(
-        self,
-        normal: np.ndarray,
-        abnormal: np.ndarray,
-        row: int,
-        mode: str,
-        options: QueryOptions,
-        positions: dict[str, np.ndarray] | None = None,
-    ) -> dict:
-        """Why row ``row`` is at its distance from the query grids (h, w): the per-position
-        contributions of `hashindex.explain`, as JSON; options name the distance (`for_mode`
-        decides it when they do not)."""
+    def explain_row(self, normal, abnormal, row: int, mode: str, options, positions=None) -> dict:
+        """Why row ``row`` is at its distance from the query grids (h, w) in ``mode`` under
+        ``options``: the per-position contributions of `hashindex.explain`, as JSON."""
         from hashindex.explain import explain
 
-        options = options.for_mode(mode, self)
-        assert options.distance is not None
-
-        return explain(
-            self.hash_index,
-            (normal, abnormal),
-            self.hash_index.reconstruct(int(row)),
-            mode=mode,
-            distance=options.distance,
-            normalized_sum=options.normalized_sum,
-            positions=positions,
-        ).to_dict()
+        hit = self.hash_index.reconstruct(int(row))
+        distance, summed = options.distance_for(mode), options.normalized_sum
+        explained = explain(
+            self.hash_index, (normal, abnormal), hit, mode=mode, distance=distance,
+            normalized_sum=summed, positions=positions,
+        )  # fmt: skip
+        return explained.to_dict()
 
 
 def open_index(index_dir: str | Path, *, verify: bool = True) -> ArchiveIndex:
