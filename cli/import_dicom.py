@@ -33,12 +33,21 @@ import click
     "[default: FDN_PACS_USERNAME/FDN_PACS_PASSWORD or FDN_PACS_TOKEN].",
 )
 @click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --pacs: the longest the study listing, and each study's fetch, may take; a "
+    "server still sending when it is up is cut off.",
+)
+@click.option(
     "--json",
     "as_json",
     is_flag=True,
     help="Print the report (imported and skipped studies, with reasons) as JSON.",
 )
-def import_dicom(paths, pacs, mapping, auth_file, as_json):
+def import_dicom(paths, pacs, mapping, auth_file, timeout, as_json):
     """Import the complete MR studies (T1, T1Gd, T2, FLAIR) of SOURCE, a folder of DICOM files
     of any layout, or of a PACS (--pacs URL), into ARCHIVE, one case folder per study.
 
@@ -63,7 +72,12 @@ def import_dicom(paths, pacs, mapping, auth_file, as_json):
     rules = load_mapping(mapping) if mapping else None
     if pacs is not None:
         report = sync_pacs(
-            pacs, paths[0], mapping=rules, auth=load_credentials(auth_file), progress=progress
+            pacs,
+            paths[0],
+            mapping=rules,
+            auth=load_credentials(auth_file),
+            timeout=timeout,
+            progress=progress,
         )
     else:
         report = run_import(paths[0], paths[1], mapping=rules, progress=progress)
