@@ -158,7 +158,7 @@ def _print_report(report) -> None:
         click.echo(f"  imported {entry['case']}  (study {entry['study_uid']})")
     for entry in report.skipped:
         where = (
-            f"study {entry['study_uid']}"
+            (f"study {entry['study_uid']}" if entry["study_uid"] else "a listed study")
             + (f", series {entry['series_uid']}" if entry.get("series_uid") else "")
             + (f", file {entry['file']}" if entry.get("file") else "")
         )

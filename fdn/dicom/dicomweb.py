@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 120.0
 CONNECT_TIMEOUT_S = 10.0  # a connection attempt is not cut by the timer: bound it on its own
 MAX_PAGE_BYTES = 64 << 20  # one QIDO-RS page; thousands of studies take a few MB
+MAX_LISTING_BYTES = 256 << 20  # every page: about a million studies of three fields
 RETRY_STATUSES = frozenset({408, 429, 503, 504})
 STUDY_FIELDS = ("PatientID", "ModalitiesInStudy")  # StudyInstanceUID comes with every study
 
@@ -221,13 +222,20 @@ class DicomWebServer:
         studies_url = f"{self.url}/studies"
         records: list = []
         seen: set[str] = set()
-        pages = 0
+        pages = total_bytes = 0
         try:
             with Deadline(self.timeout, self.auth, f"listing the studies of {self}") as deadline:
+                offset = 0
                 while True:
-                    params = {"includefield": list(STUDY_FIELDS), "offset": len(records)}
-                    page = self._get_page(deadline, studies_url, params)
-                    pages += 1
+                    params = {"includefield": list(STUDY_FIELDS), "offset": offset}
+                    page, nbytes = self._get_page(deadline, studies_url, params)
+                    pages, offset, total_bytes = pages + 1, offset + len(page), total_bytes + nbytes
+                    if total_bytes > MAX_LISTING_BYTES:
+                        raise DicomImportError(
+                            f"cannot list the studies of {self}: over {MAX_LISTING_BYTES:,} bytes "
+                            f"of study records in {pages} pages, more than any PACS lists; is "
+                            "it a DICOMweb QIDO-RS endpoint?"
+                        )
                     keys = [json.dumps(r, sort_keys=True) for r in page]
                     fresh = [r for r, k in zip(page, keys, strict=True) if k not in seen]
                     if not fresh:  # empty, or the server ignored the offset
@@ -255,8 +263,8 @@ class DicomWebServer:
         log.info("%s: %d study records in %d pages", self, len(records), pages)
         return records
 
-    def _get_page(self, deadline: Deadline, url: str, params: dict) -> list:
-        """One QIDO-RS page: a JSON list holding at least one object, or empty."""
+    def _get_page(self, deadline: Deadline, url: str, params: dict) -> tuple[list, int]:
+        """One QIDO-RS page: (a JSON list holding at least one object, or empty; its bytes)."""
         response = self._get(deadline, url, params)
         with response:
             body = bytearray()
@@ -271,7 +279,7 @@ class DicomWebServer:
         if deadline.expired:  # the body may be cut short
             raise DeadlineExceeded
         if response.status_code == 204 or not body.strip():
-            return []
+            return [], len(body)
         try:
             page = json.loads(bytes(body))
         except (ValueError, RecursionError):
@@ -286,7 +294,7 @@ class DicomWebServer:
                 f"({response.headers.get('Content-Type', 'no Content-Type')}); the --pacs URL "
                 "must be the DICOMweb root, e.g. http://pacs:8042/dicom-web"
             )
-        return page
+        return page, len(body)
 
     def _get(self, deadline: Deadline, url: str, params: dict) -> requests.Response:
         """GET with retries inside the deadline; the response is streamed (read it)."""

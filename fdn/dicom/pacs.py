@@ -102,10 +102,11 @@ def study_records(records: list) -> tuple[list[dict], list[dict]]:
     """QIDO-RS records → (studies as {"study_uid", "patient_id", "modalities"}, skipped
     records with reasons). A record must be a JSON object whose StudyInstanceUID is a DICOM UID
     (digits and dots, at most 64 characters): anything else is named and left out, never
-    fetched. A study listed twice is kept once."""
+    fetched. A study listed twice is kept once. A reason names the record by its content, not
+    its place in the list, so that the next run finds it "known" (`fdn.dicom.failures`)."""
     studies: dict[str, dict] = {}
     rejected = []
-    for number, record in enumerate(records, 1):
+    for record in records:
         fault = _record_fault(record)
         if fault is not None:
             rejected.append(
@@ -113,7 +114,7 @@ def study_records(records: list) -> tuple[list[dict], list[dict]]:
                     "study_uid": None,
                     "series_uid": None,
                     "file": None,
-                    "reason": f"QIDO-RS record {number} {fault}; not fetched",
+                    "reason": f"QIDO-RS record {fault}; not fetched",
                 }
             )
             continue

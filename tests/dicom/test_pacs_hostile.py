@@ -156,6 +156,37 @@ def test_paging_goes_on_until_an_empty_page(serve):
     assert len(server.studies_requests()) == 3
 
 
+def endless(handler):
+    """A server that lists 100 new studies on every page, for ever."""
+    offset = int(handler.path.split("offset=")[1].split("&")[0])
+    send_json(handler, [record(f"1.2.{offset + n}") for n in range(100)])
+
+
+def test_a_listing_that_never_ends_is_cut_off_at_the_timeout(serve, tmp_path):
+    server = serve(endless)
+    archive = tmp_path / "archive"
+    started = time.monotonic()
+    result = sync(server.dicomweb, archive, "--timeout", str(TIMEOUT_S))
+    assert time.monotonic() - started < CUT_OFF_S
+    assert result.exit_code != 0
+    assert f"within the timeout of {TIMEOUT_S:g} s" in result.output
+    assert_lock_free_and_nothing_written(archive)
+
+
+def test_a_listing_larger_than_any_pacs_is_refused(serve, monkeypatch):
+    from fdn.dicom import dicomweb
+
+    monkeypatch.setattr(dicomweb, "MAX_LISTING_BYTES", 100_000)  # 256 MB takes too long here
+    server = serve(endless)
+    with pytest.raises(DicomImportError, match="over 100,000 bytes of study records"):
+        DicomWebServer(server.dicomweb).list_studies()
+    total, expected_pages = 0, 0  # the pages read until their bytes first pass the cap
+    while total <= 100_000:
+        page = [record(f"1.2.{expected_pages * 100 + n}") for n in range(100)]
+        total, expected_pages = total + len(json.dumps(page)), expected_pages + 1
+    assert len(server.studies_requests()) == expected_pages
+
+
 @pytest.mark.parametrize(
     "body,content_type,found",
     [
@@ -273,12 +304,15 @@ def test_bad_records_are_skipped_with_reasons_and_never_fetched(serve, tmp_path)
     report = json.loads(result.output.split("\nError:")[0])
     reasons = [s["reason"] for s in report["skipped"]]
     assert len(reasons) == len(HOSTILE) + 1
-    for number, ((_, expected), reason) in enumerate(zip(HOSTILE, reasons, strict=False), 1):
-        assert reason.startswith(f"QIDO-RS record {number} "), reason
+    for (_, expected), reason in zip(HOSTILE, reasons, strict=False):
+        assert reason.startswith("QIDO-RS record "), reason
         assert expected in reason, reason
     assert "modality CT, not MR" in reasons[-1]
     assert server.paths == server.studies_requests()  # nothing was fetched
     assert_lock_free_and_nothing_written(archive)
+    text = sync(server.dicomweb, tmp_path / "archive-text")
+    assert "skipped a listed study: QIDO-RS record is not a JSON object but str" in text.output
+    assert "Traceback" not in text.output
     # a nightly re-run that meets the same records pages nobody
     again = sync(server.dicomweb, archive, "--json")
     assert again.exit_code == 0, again.output
