@@ -224,10 +224,10 @@ def drip_headers(handler):
         time.sleep(DRIP_S)
 
 
-def drip_body(handler):
+def drip_body(handler, content_type="application/dicom+json"):
     body = json.dumps([record("1.2.3")] * 50).encode()
     handler.send_response(200)
-    handler.send_header("Content-Type", "application/dicom+json")
+    handler.send_header("Content-Type", content_type)
     handler.send_header("Content-Length", str(len(body)))
     handler.end_headers()
     for byte in body:
@@ -255,8 +255,8 @@ def test_a_slow_drip_study_is_skipped_at_the_timeout(serve, tmp_path):
         if handler.path.split("?")[0].endswith("/studies"):
             offset = int(handler.path.split("offset=")[1].split("&")[0])
             send_json(handler, [record("1.2.3")] if offset == 0 else [])
-        else:
-            drip_body(handler)
+        else:  # a WADO-RS answer that never ends
+            drip_body(handler, 'multipart/related; type="application/dicom"; boundary=b')
 
     server = serve(answer)
     archive = tmp_path / "archive"
