@@ -249,10 +249,11 @@ class DicomWebServer:
                         break
                     seen.update(keys)
                     records.extend(fresh)
-        except DeadlineExceeded as error:
+        except DeadlineExceeded:
             raise DicomImportError(
-                f"cannot list the studies of {self}: {error} ({pages} pages, {len(records)} "
-                "records read); raise --timeout if the server is only slow"
+                f"cannot list the studies of {self}: not finished within the timeout of "
+                f"{self.timeout:g} s ({pages} pages, {len(records)} records read); raise "
+                "--timeout if the server is only slow"
             ) from None
         except requests.RequestException as error:
             raise DicomImportError(
