@@ -35,11 +35,10 @@ import click
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
-    default=120.0,
-    show_default=True,
+    default=None,
     metavar="SECONDS",
     help="With --pacs: the longest the study listing, and each study's fetch, may take; a "
-    "server still sending when it is up is cut off.",
+    "server still sending when it is up is cut off  [default: 120].",
 )
 @click.option(
     "--remove",
@@ -79,12 +78,22 @@ def import_dicom(paths, pacs, mapping, auth_file, timeout, remove, indexes, as_j
     """
     from tqdm import tqdm  # here: every command's start-up would pay for it
 
+    from fdn.dicom.dicomweb import DEFAULT_TIMEOUT_S
     from fdn.dicom.importer import import_dicom as run_import
     from fdn.dicom.pacs import load_credentials, sync_pacs
     from fdn.dicom.sequences import load_mapping
 
     if remove:
-        _remove(paths, remove, indexes, as_json, pacs=pacs, mapping=mapping, auth_file=auth_file)
+        _remove(
+            paths,
+            remove,
+            indexes,
+            as_json,
+            pacs=pacs,
+            mapping=mapping,
+            auth_file=auth_file,
+            timeout=timeout,
+        )
         return
     if indexes:
         raise click.UsageError("--index is for --remove")
@@ -94,6 +103,8 @@ def import_dicom(paths, pacs, mapping, auth_file, timeout, remove, indexes, as_j
         raise click.UsageError("give SOURCE and ARCHIVE (or --pacs URL ARCHIVE)")
     if auth_file and pacs is None:
         raise click.UsageError("--auth-file is for --pacs")
+    if timeout is not None and pacs is None:
+        raise click.UsageError("--timeout is for --pacs")
     progress = partial(tqdm, disable=as_json, leave=False)
     rules = load_mapping(mapping) if mapping else None
     if pacs is not None:
@@ -102,7 +113,7 @@ def import_dicom(paths, pacs, mapping, auth_file, timeout, remove, indexes, as_j
             paths[0],
             mapping=rules,
             auth=load_credentials(auth_file),
-            timeout=timeout,
+            timeout=DEFAULT_TIMEOUT_S if timeout is None else timeout,
             progress=progress,
         )
     else:

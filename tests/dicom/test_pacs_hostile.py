@@ -3,6 +3,9 @@
 Orthanc plays the PACS whose DICOMweb root was left out of the URL."""
 
 import json
+import shutil
+import ssl
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,7 +45,7 @@ class LocalServer:
     """An HTTP server on 127.0.0.1 whose every GET is answered by `answer(handler)`; it
     records the raw request paths."""
 
-    def __init__(self, answer):
+    def __init__(self, answer, tls=None):
         self.paths: list[str] = []
         outer = self
 
@@ -60,7 +63,13 @@ class LocalServer:
                 pass
 
         self.httpd = QuietServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        scheme = "http"
+        if tls is not None:  # (certificate, key) files
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.httpd.server_port}"
         self.dicomweb = f"{self.url}/dicom-web"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -86,8 +95,8 @@ def send_json(handler, data, status=200, content_type="application/dicom+json"):
 def serve():
     servers = []
 
-    def start(answer):
-        servers.append(LocalServer(answer))
+    def start(answer, tls=None):
+        servers.append(LocalServer(answer, tls))
         return servers[-1]
 
     yield start
@@ -250,6 +259,28 @@ def test_a_slow_drip_listing_is_cut_off_at_the_timeout(serve, tmp_path, drip):
     assert_lock_free_and_nothing_written(archive)
 
 
+def test_a_slow_drip_over_tls_is_cut_off_at_the_timeout(serve, tmp_path, monkeypatch):
+    """The deadline shuts the connection down under TLS too (the TLS socket wraps a copy)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a self-signed certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))  # requests trusts it, as a hospital CA
+    server = serve(drip_body, tls=(cert, key))
+    assert server.dicomweb.startswith("https://")
+    started = time.monotonic()
+    with pytest.raises(DicomImportError, match=f"within the timeout of {TIMEOUT_S:g} s"):
+        DicomWebServer(server.dicomweb, timeout=TIMEOUT_S).list_studies()
+    assert time.monotonic() - started < CUT_OFF_S
+    assert len(server.studies_requests()) == 1  # the handshake and request went through
+
+
 def test_a_slow_drip_study_is_skipped_at_the_timeout(serve, tmp_path):
     def answer(handler):
         if handler.path.split("?")[0].endswith("/studies"):
@@ -275,6 +306,10 @@ def test_a_slow_drip_study_is_skipped_at_the_timeout(serve, tmp_path):
 def test_timeout_must_be_positive(tmp_path):
     result = sync("http://127.0.0.1:9/dicom-web", tmp_path / "archive", "--timeout", "0")
     assert result.exit_code == 2 and "--timeout" in result.output
+    files = CliRunner().invoke(
+        main, ["import-dicom", str(tmp_path), str(tmp_path / "archive"), "--timeout", "5"]
+    )
+    assert files.exit_code == 2 and "--timeout is for --pacs" in files.output
 
 
 # ------------------------------------------------------------------- 10: hostile records
