@@ -268,7 +268,7 @@ def query(request: Request) -> JSONResponse:
         },
         "responses": {
             "200": json_content("The result", {"$ref": "#/components/schemas/QueryResult"}),
-            **error_responses(400, 413, 503),
+            **error_responses(400, 403, 408, 413, 503),
         },
     }
 )
