@@ -30,7 +30,10 @@ def brute(service, built_index):
         dist = ref.all_distances(
             index.hash_index, cn, ca, gn, ga, gn[row], ga[row], mode, distance, scales
         )
-        return ref.volume_topq(dist, volumes, q, exclude=exclude)
+        # S_abnormal and S_sum leave out slices almost without brain (brain_percent.npy)
+        keep = ref.lesion_candidates(built_index, mode, dist.size)
+        hits = ref.volume_topq(np.where(keep, dist, np.inf), volumes, len(volumes), exclude)
+        return [h for h in hits if np.isfinite(h[0])][:q]
 
     return topq
 
