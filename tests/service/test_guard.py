@@ -157,3 +157,53 @@ def test_serve_off_loopback_with_a_token(built_index, tmp_path):
         ):
             r = httpx.get(health, headers={**bearer, "host": host}, timeout=30)
             assert r.status_code == status, (host, r.text)
+
+
+@pytest.mark.parametrize(
+    "bind, header, allowed",
+    [
+        ("127.0.0.1", "127.0.0.1:8000", True),
+        ("127.0.0.1", "localhost:8000", True),
+        ("127.0.0.1", "127.9.8.7", True),  # all of 127.0.0.0/8 is loopback
+        ("127.0.0.1", "[::1]:8000", True),
+        ("127.0.0.1", "evil.example", False),
+        ("127.0.0.1", "127.0.0.1.evil.example", False),  # a name, not an address
+        ("127.0.0.1", "localhost.evil.example", False),
+        ("127.0.0.1", "10.0.0.5:8000", False),  # an address of no loopback bind
+        ("127.0.0.1", "", False),
+        ("127.0.0.1", "[::1", False),
+        ("10.0.0.5", "10.0.0.5:8000", True),
+        ("10.0.0.5", "10.0.0.6:8000", False),
+        ("0.0.0.0", "10.0.0.6:8000", True),  # a wildcard bind: any address
+        ("0.0.0.0", "[2001:db8::1]:8000", True),
+        ("0.0.0.0", "evil.example", False),
+        ("0.0.0.0", "CBIR.Example.org.:443", True),  # --allowed-host, any case, trailing dot
+    ],
+)
+def test_host_policy(bind, header, allowed):
+    from fdn.service.guard import HostPolicy
+
+    policy = HostPolicy.for_bind(bind, ["cbir.example.org"] if bind == "0.0.0.0" else [])
+    assert policy.allows(header) is allowed
+
+
+@pytest.mark.parametrize(
+    "headers, refused",
+    [
+        ({"host": "127.0.0.1:8000", "origin": "http://127.0.0.1:8000"}, False),
+        ({"host": "cbir.example.org", "origin": "https://cbir.example.org:443"}, False),
+        ({"host": "127.0.0.1", "origin": "http://127.0.0.1:80"}, False),
+        ({"host": "127.0.0.1:8000", "origin": "http://127.0.0.1:8001"}, True),
+        ({"host": "127.0.0.1:8000", "referer": "http://127.0.0.1:8000/?case=A"}, False),
+        ({"host": "127.0.0.1:8000", "referer": "https://evil.example/"}, True),
+        ({"host": "127.0.0.1:8000", "sec-fetch-site": "same-origin"}, False),
+        ({"host": "127.0.0.1:8000", "sec-fetch-site": "same-site"}, True),
+        ({"host": "127.0.0.1:8000"}, False),  # no browser header: a script, not a forged post
+    ],
+)
+def test_cross_origin(headers, refused):
+    from starlette.datastructures import Headers
+
+    from fdn.service.guard import cross_origin
+
+    assert (cross_origin(Headers(headers)) is not None) is refused
