@@ -9,12 +9,18 @@ library answers, which needs no trained model. Everything is written inside pyte
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 import warnings
 from pathlib import Path
 
 import pytest
+
+from tests.checkout import CHILD_PRELUDE
 
 with warnings.catch_warnings():  # on import, starlette says it prefers httpx2 to the pinned httpx
     warnings.simplefilter("ignore")
@@ -91,9 +97,7 @@ def live_server(service):
         yield server
 
 
-SERVE = "import tests.checkout; tests.checkout.use_checkout()\n" + (
-    "import sys; from fdn_index_cli.main import main; sys.exit(main())"
-)
+SERVE = CHILD_PRELUDE + "import sys; from fdn_index_cli.main import main; sys.exit(main())"
 
 
 def proc_status_bytes(pid: int, field: str) -> int:
@@ -109,37 +113,27 @@ class ServeProcess:
     prints once its socket is bound. The child is killed on exit."""
 
     def __init__(self, *args: str, env: dict | None = None):
-        import os
-        import subprocess
-        import sys
-
         self.args = [sys.executable, "-c", SERVE, "serve", "--port", "0", *args]
         self.env = {**os.environ, **(env or {})}
-        self.subprocess = subprocess
 
     def __enter__(self):
-        import re
-
-        self.process = self.subprocess.Popen(
+        self.process = subprocess.Popen(
             self.args,
-            stdout=self.subprocess.PIPE,
-            stderr=self.subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             env=self.env,
         )
         self.banner = self.process.stdout.readline()
         match = re.search(r"Viewer: (http://\S+?:(\d+))/ ", self.banner)
-        if match is None:
+        if match is None:  # it exited (a refused option) or printed something else
+            self.process.kill()
+            errors = self.process.stderr.read()
             self.__exit__()
-            raise RuntimeError(f"serve did not start: {self.banner!r} {self.stderr()!r}")
+            raise RuntimeError(f"serve did not start: {self.banner!r} {errors!r}")
         self.url, self.port = match.group(1), int(match.group(2))
         self.pid = self.process.pid
         return self
-
-    def stderr(self) -> str:
-        if self.process.poll() is None:
-            return ""
-        return self.process.stderr.read()
 
     def __exit__(self, *exc):
         self.process.kill()
