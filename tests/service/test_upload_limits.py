@@ -191,3 +191,29 @@ def test_slow_uploads_are_dropped_and_free_their_slots(upload_service_live, tiny
     r = httpx.post(f"{url}/api/query/upload", files=files, timeout=60)
     assert r.status_code == 200, r.text
     assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+@pytest.mark.parametrize("piece", [1, 7, 65536])
+def test_the_header_probe_reads_the_claim_from_the_first_bytes(compressed, piece):
+    """Fed in pieces of any size, the probe finds the shape written into the header, and of a
+    gzip bomb it decompresses only the header's bytes."""
+    from fdn.service.uploads import HEADER_BYTES, HeaderProbe, claimed_shape
+
+    shape = (300, 200, 100)
+    if compressed:
+        data = zero_volume_gz(shape)
+    else:
+        header = nib.Nifti1Header()
+        header.set_data_shape(shape)
+        header.set_data_dtype(np.uint8)
+        header.set_data_offset(352)
+        data = header.binaryblock + bytes(4 + 4096)  # a .nii cut short: the header is enough
+    probe = HeaderProbe()
+    fed = 0
+    while not probe.finished and fed < len(data):
+        probe.feed(data[fed : fed + piece])
+        fed += piece
+    assert probe.finished and len(probe.head) == HEADER_BYTES
+    assert claimed_shape(probe.head) == shape
+    assert claimed_shape(b"\0" * HEADER_BYTES) is None  # no header: left to the reader
