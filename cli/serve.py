@@ -124,7 +124,9 @@ def serve(
             "put a TLS reverse proxy in front (docs/serve.md).",
             err=True,
         )
-    uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
+    # no "server: uvicorn" header: what runs here is nobody else's business
+    config = uvicorn.Config(app, log_level=log_level, server_header=False)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 def _bind(host: str, port: int):

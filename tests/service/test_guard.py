@@ -112,7 +112,9 @@ def test_serve_refuses_to_leave_loopback_without_a_token(built_index, tmp_path):
 def test_serve_on_another_loopback_address_checks_the_host(built_index):
     with ServeProcess("--index", str(built_index), "--host", "127.0.0.2") as server:
         assert server.url.startswith("http://127.0.0.2:"), server.banner
-        assert httpx.get(f"{server.url}/api/health", timeout=30).status_code == 200
+        health = httpx.get(f"{server.url}/api/health", timeout=30)
+        assert health.status_code == 200
+        assert "server" not in health.headers  # no software name and version
         r = httpx.get(f"{server.url}/api/health", headers={"host": "evil.example"}, timeout=30)
         assert r.status_code == 400 and "does not answer to the host" in r.json()["error"]
         server.process.kill()
