@@ -33,14 +33,43 @@ import click
     "[default: FDN_PACS_USERNAME/FDN_PACS_PASSWORD or FDN_PACS_TOKEN].",
 )
 @click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="With --pacs: the longest the study listing, and each study's fetch, may take; a "
+    "server still sending when it is up is cut off  [default: 120].",
+)
+@click.option(
+    "--remove",
+    "remove",
+    multiple=True,
+    metavar="CASE",
+    help="Delete this imported study (its case id, or its StudyInstanceUID) from ARCHIVE "
+    "instead of importing; repeat for more.",
+)
+@click.option(
+    "--index",
+    "indexes",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="With --remove: first remove the cases from this index directory (or folder of "
+    "shards) built from ARCHIVE, as `fdn-index remove` does; repeat for more.",
+)
+@click.option(
     "--json",
     "as_json",
     is_flag=True,
     help="Print the report (imported and skipped studies, with reasons) as JSON.",
 )
-def import_dicom(paths, pacs, mapping, auth_file, as_json):
+def import_dicom(paths, pacs, mapping, auth_file, timeout, remove, indexes, as_json):
     """Import the complete MR studies (T1, T1Gd, T2, FLAIR) of SOURCE, a folder of DICOM files
     of any layout, or of a PACS (--pacs URL), into ARCHIVE, one case folder per study.
+
+    With --remove CASE ARCHIVE, delete imported studies from ARCHIVE instead (withdrawn
+    consent): each case folder is renamed away and deleted under the archive's lock, with its
+    provenance. Indexes built from ARCHIVE keep the case until `fdn-index remove --index DIR
+    CASE`, which --index DIR runs first.
 
     Studies already in ARCHIVE are not imported again. Bad studies and files are listed with
     the reason and nothing is written for them; the command fails when nothing was imported
@@ -49,21 +78,43 @@ def import_dicom(paths, pacs, mapping, auth_file, as_json):
     """
     from tqdm import tqdm  # here: every command's start-up would pay for it
 
+    from fdn.dicom.dicomweb import DEFAULT_TIMEOUT_S
     from fdn.dicom.importer import import_dicom as run_import
     from fdn.dicom.pacs import load_credentials, sync_pacs
     from fdn.dicom.sequences import load_mapping
 
+    if remove:
+        _remove(
+            paths,
+            remove,
+            indexes,
+            as_json,
+            pacs=pacs,
+            mapping=mapping,
+            auth_file=auth_file,
+            timeout=timeout,
+        )
+        return
+    if indexes:
+        raise click.UsageError("--index is for --remove")
     if pacs is not None and len(paths) != 1:
         raise click.UsageError("with --pacs URL give only ARCHIVE")
     if pacs is None and len(paths) != 2:
         raise click.UsageError("give SOURCE and ARCHIVE (or --pacs URL ARCHIVE)")
     if auth_file and pacs is None:
         raise click.UsageError("--auth-file is for --pacs")
+    if timeout is not None and pacs is None:
+        raise click.UsageError("--timeout is for --pacs")
     progress = partial(tqdm, disable=as_json, leave=False)
     rules = load_mapping(mapping) if mapping else None
     if pacs is not None:
         report = sync_pacs(
-            pacs, paths[0], mapping=rules, auth=load_credentials(auth_file), progress=progress
+            pacs,
+            paths[0],
+            mapping=rules,
+            auth=load_credentials(auth_file),
+            timeout=DEFAULT_TIMEOUT_S if timeout is None else timeout,
+            progress=progress,
         )
     else:
         report = run_import(paths[0], paths[1], mapping=rules, progress=progress)
@@ -75,6 +126,33 @@ def import_dicom(paths, pacs, mapping, auth_file, as_json):
         raise click.ClickException(
             "no study was imported"
             + ("; see the reasons above" if report.new_failures else ": no DICOM study found")
+        )
+
+
+def _remove(paths, cases, indexes, as_json, **others) -> None:
+    from fdn.dicom.archive_removal import remove_studies
+
+    used = [f"--{name.replace('_', '-')}" for name, value in others.items() if value]
+    if used:
+        raise click.UsageError(f"--remove takes only ARCHIVE and --index, not {', '.join(used)}")
+    if len(paths) != 1:
+        raise click.UsageError("with --remove CASE give only ARCHIVE")
+    report = remove_studies(paths[0], list(cases), indexes=list(indexes))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for entry in report["removed"]:
+        click.echo(f"{report['archive']}: removed {entry['case']} (study {entry['study_uid']})")
+    for part in (p for index in report["indexes"] for p in index["indexes"]):
+        for case in part["removed"] + part["removed_before"]:
+            click.echo(
+                f"{part['index']}: {case} removed; `fdn-index remove --compact` deletes its data"
+            )
+    if not indexes:
+        names = " ".join(e["case"] for e in report["removed"])
+        click.echo(
+            f"Indexes built from {report['archive']} still hold these cases: run "
+            f"`fdn-index remove --index DIR {names}` on each (add --compact to delete their data)."
         )
 
 
@@ -91,7 +169,7 @@ def _print_report(report) -> None:
         click.echo(f"  imported {entry['case']}  (study {entry['study_uid']})")
     for entry in report.skipped:
         where = (
-            f"study {entry['study_uid']}"
+            (f"study {entry['study_uid']}" if entry["study_uid"] else "a listed study")
             + (f", series {entry['series_uid']}" if entry.get("series_uid") else "")
             + (f", file {entry['file']}" if entry.get("file") else "")
         )

@@ -22,10 +22,10 @@ def remove(index_dir, cases, compact, as_json):
     query.
 
     The removal is recorded at once (removed.json, written atomically; it names no case, only
-    a digest of each id) and honoured by every query, a running server's included. The data
-    stays in the folder until --compact (or the next `fdn-index build`, which also leaves the
-    cases out for good). On a folder of shards each case is removed from the shard that
-    holds it. An unknown case is an error, and then nothing is removed.
+    a digest of each id keyed with the folder's own .removal-key) and honoured by every query,
+    a running server's included. The data stays in the folder until --compact (or the next
+    `fdn-index build`, which also leaves the cases out for good). On a folder of shards each
+    case is removed from the shard that holds it. An unknown case is an error, and then nothing is removed.
     """
     if not cases and not compact:
         raise click.UsageError("name at least one CASE to remove, or pass --compact")

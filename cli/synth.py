@@ -42,16 +42,32 @@ import click
     help="Replace OUT if it already exists (by default an existing OUT is refused "
     "unless it is this very archive).",
 )
+@click.option(
+    "--lesion-family",
+    "lesion_families",
+    default="glioma",
+    show_default=True,
+    metavar="NAME[,NAME...]",
+    help="Lesion families the diseased cases draw from, uniformly per case: "
+    "glioma (what the shipped models were trained on), non-enhancing, multifocal, small, "
+    "large, cortical, deep, no-mass-effect, irregular; or 'all'. See docs/synth.md.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
-def synth(out, n_cases, healthy_fraction, seed, size, overwrite, as_json):
+def synth(out, n_cases, healthy_fraction, seed, size, overwrite, lesion_families, as_json):
     """Generate OUT, an archive of synthetic cases built from the MNI152 anatomy.
 
     Each case gets the four sequences (t1, t1ce, t2, flair), its lesion labels (_seg, empty
     for healthy cases), normal-anatomy labels (_anat) and a lesion-free rendering
     (_pseudohealthy).
     """
-    from fdn.synth import healthy_cases, synthesize_archive
+    from fdn.synth import FAMILIES, healthy_cases, parse_families, synthesize_archive
 
+    try:
+        families = (
+            tuple(FAMILIES) if lesion_families.strip() == "all" else parse_families(lesion_families)
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--lesion-family") from None
     try:
         ids = synthesize_archive(
             out,
@@ -61,6 +77,7 @@ def synth(out, n_cases, healthy_fraction, seed, size, overwrite, as_json):
             size=size,
             progress=not as_json,
             overwrite=overwrite,
+            families=families,
         )
     except FileExistsError as exc:
         raise click.ClickException(str(exc)) from None
@@ -72,6 +89,7 @@ def synth(out, n_cases, healthy_fraction, seed, size, overwrite, as_json):
         "healthy": healthy_ids,
         "seed": seed,
         "size": size,
+        "lesion_families": list(families),
     }
     if as_json:
         click.echo(json.dumps(summary))

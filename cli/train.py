@@ -2,6 +2,8 @@
 
 import json
 import shlex
+from dataclasses import replace
+from pathlib import Path
 
 import click
 
@@ -91,6 +93,15 @@ def _command_line(ctx: click.Context) -> str:
     "win over --preset/--batch-size/--lr (only --epochs may change).",
 )
 @click.option(
+    "--init-from",
+    "init_from",
+    default=None,
+    metavar="MODEL",
+    help="Fine-tune: start from this model's weights (a model directory or a shipped model's "
+    "name, see `fdn-index models`) with its config, fresh optimizers and critic; "
+    "--epochs/--lr/--batch-size/--set apply over its config, --preset is not used.",
+)
+@click.option(
     "--no-dm", is_flag=True, help="Switch off distribution matching (no critic, no L_reg)."
 )
 @click.option(
@@ -124,6 +135,7 @@ def train(
     max_steps,
     checkpoint_minutes,
     resume,
+    init_from,
     no_dm,
     overrides,
     seed,
@@ -140,11 +152,17 @@ def train(
     import torch
 
     from fdn.device import resolve_device, training_threads
+    from fdn.training.checkpoint import read_config
     from fdn.training.trainer import train as run_training
 
+    source_dir, base = None, None
+    if init_from is not None:
+        source_dir, preset = _fine_tuning_source(click.get_current_context(), init_from, resume)
+        base = read_config(source_dir)  # the source's own config, not its preset's today
     resolved = resolve_device(device)
-    # chosen by the preset's input size (a --set image_size does not change it)
-    threads = training_threads(resolved, PRESETS[preset].image_size, threads)
+    # chosen by the input size of the preset (or the source model), not by --set image_size
+    image_size = base.image_size if base is not None else PRESETS[preset].image_size
+    threads = training_threads(resolved, image_size, threads)
     if threads is not None:
         torch.set_num_threads(threads)
     changes = {
@@ -155,8 +173,9 @@ def train(
     if no_dm:
         changes["distribution_matching"] = False
     try:
-        config = resolve_config(preset, {**changes, **parse_overrides(overrides)})
-    except ValueError as exc:
+        fields = {**changes, **parse_overrides(overrides)}
+        config = resolve_config(preset, fields) if base is None else replace(base, **fields)
+    except (ValueError, TypeError) as exc:
         raise click.BadParameter(str(exc), param_hint="--set") from None
     command = _command_line(click.get_current_context())
     result = run_training(
@@ -173,6 +192,7 @@ def train(
         checkpoint_minutes=checkpoint_minutes,
         skip_bad=skip_bad,
         command=command,
+        init_from=source_dir,
     )
     summary = {
         "model_dir": str(result.model_dir),
@@ -196,3 +216,22 @@ def train(
             f"last epoch: L_rec {m['rec']:.4f}  L_seg {m['seg']:.4f}  "
             f"L_lat {m['lat']:.4f}  lesion Dice {dice if dice is None else round(dice, 3)}"
         )
+
+
+def _fine_tuning_source(
+    ctx: click.Context, init_from: str, resume: bool
+) -> tuple[Path, str | None]:
+    """The model directory --init-from names and the preset it was trained with; usage
+    errors for --resume or an explicit --preset beside it."""
+    from fdn.shipped_models import resolve_model_dir
+    from fdn.training.checkpoint import read_config, read_config_json
+
+    if resume:
+        raise click.UsageError("--init-from starts a new run; it cannot be used with --resume")
+    if ctx.get_parameter_source("preset") is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError(
+            "--init-from trains the model's own config; drop --preset (use --set to change a field)"
+        )
+    source = resolve_model_dir(init_from)
+    read_config(source)  # a usable config, or the ModelError that says what is wrong
+    return source, read_config_json(source).get("preset")

@@ -16,7 +16,9 @@ An index directory (the output of `fdn-index build`) holds, by the names docs/ar
                             reads these (memory-mapped), never codes.zarr
     encoded/<case>.npz      the build journal: one file per encoded case (see `fdn.archive_index.build`)
     build_plan.json         the cases of this index in row order, and the model they are encoded with
-    removed.json            digests of the cases `fdn-index remove` removed (`fdn.archive_index.tombstones`)
+    removed.json            keyed digests of the cases `fdn-index remove` removed
+                            (`fdn.archive_index.tombstones`)
+    .removal-key            the key of those digests (0600); never copied into shards
     .build.lock, .swap.lock the lock files (see below)
 """
 

@@ -28,6 +28,7 @@ from crashsafe import atomic_write_json, fsync_directory
 from fdn.archive_index.layout import ENCODED_DIR, MODEL_DIR, PLAN
 from fdn.archive_index.locks import build_lock
 from fdn.archive_index.tombstones import (
+    RemovedCases,
     case_digest,
     drop_removed,
     read_tombstones,
@@ -93,9 +94,9 @@ def _remove_in_index(index_dir: Path, cases: list[str], compact: bool) -> dict:
                     f"{index_dir}: no case {case!r} in this index ({len(known)} cases); "
                     "nothing was removed."
                 )
+        if removed or digests.unkeyed:  # a version-1 file is keyed by any run
+            digests = write_tombstones(index_dir, digests, [case_digest(c) for c in removed])
         if removed:
-            digests = digests | {case_digest(c) for c in removed}
-            write_tombstones(index_dir, digests)
             log.info("%s: removed %s", index_dir, ", ".join(removed))
         deleted = _compact_locked(index_dir, digests) if compact else None
     return {
@@ -107,7 +108,7 @@ def _remove_in_index(index_dir: Path, cases: list[str], compact: bool) -> dict:
     }
 
 
-def _compact_locked(index_dir: Path, digests: frozenset[str]) -> int:
+def _compact_locked(index_dir: Path, digests: RemovedCases) -> int:
     """Assemble the index again without the removed cases and delete their journal entries
     (the caller holds the build lock). Returns the number of journal entries deleted."""
     from fdn.archive_index.assemble import assemble_index
@@ -160,7 +161,7 @@ def _compact_locked(index_dir: Path, digests: frozenset[str]) -> int:
     return purge_journal(index_dir, digests)
 
 
-def purge_journal(index_dir: Path, digests: frozenset[str]) -> int:
+def purge_journal(index_dir: Path, digests: RemovedCases) -> int:
     """Delete the build-journal entries (encoded/<case>.npz) of removed cases; their count."""
     journal = Path(index_dir) / ENCODED_DIR
     deleted = 0

@@ -1,8 +1,13 @@
 """Sync MR studies from a PACS over DICOMweb (`fdn-index import-dicom --pacs URL ARCHIVE`).
 
-QIDO-RS lists the studies (``GET URL/studies``), WADO-RS fetches each one
-(``GET URL/studies/UID``), both through dicomweb-client. A study goes through the same plan,
-checks and atomic write as a file import (`fdn.dicom.importer`):
+QIDO-RS lists the studies (``GET URL/studies``, page by page), WADO-RS fetches each one
+(``GET URL/studies/UID``, through dicomweb-client), both under a deadline (`--timeout`) that a
+slow or endless answer cannot outlast (`fdn.dicom.dicomweb`). A study goes through the same
+plan, checks and atomic write as a file import (`fdn.dicom.importer`):
+
+* **Records are checked.** A listed record that is not a JSON object with a StudyInstanceUID of
+  DICOM UID grammar is skipped with the reason (and the UID is percent-quoted in the fetch URL
+  all the same), so no answer of the server can point a request elsewhere on it.
 
 * **Incremental.** Studies whose StudyInstanceUID is already in ARCHIVE (its
   ``CASE_dicom.json``) are not fetched again; studies that QIDO-RS says hold no MR series
@@ -23,13 +28,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import requests
 
 from fdn.dicom.archive_writer import archive_lock, clean_partial
+from fdn.dicom.dicomweb import DEFAULT_TIMEOUT_S, DeadlineExceeded, DicomWebServer, no_secrets
 from fdn.dicom.failures import mark_known
 from fdn.dicom.importer import ImportReport, import_studies, no_progress, scan
 from fdn.dicom.provenance import imported_studies
@@ -39,6 +45,8 @@ log = logging.getLogger(__name__)
 
 ENV_USERNAME, ENV_PASSWORD, ENV_TOKEN = "FDN_PACS_USERNAME", "FDN_PACS_PASSWORD", "FDN_PACS_TOKEN"
 STUDY_UID, MODALITIES, PATIENT_ID = "0020000D", "00080061", "00100020"
+UID_GRAMMAR = re.compile(r"[0-9]+(\.[0-9]+)*")
+MAX_UID_CHARS = 64
 
 
 class BearerAuth(requests.auth.AuthBase):
@@ -90,112 +98,96 @@ def load_credentials(
     return None
 
 
-def make_client(
-    url: str, auth: requests.auth.AuthBase | None = None, *, timeout: float = 60, attempts: int = 3
-):
-    """A dicomweb-client for `url` with `auth` on its session.
-
-    A failed request (connection error, HTTP 408/429/503/504) is tried `attempts` times in
-    all, with exponential back-off from 1 s.
-    """
-    from dicomweb_client import DICOMwebClient
-
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise DicomImportError(
-            f"--pacs {safe_url(url)} is not an http(s) DICOMweb URL, e.g. "
-            "http://pacs.example.org/dicom-web"
+def study_records(records: list) -> tuple[list[dict], list[dict]]:
+    """QIDO-RS records → (studies as {"study_uid", "patient_id", "modalities"}, skipped
+    records with reasons). A record must be a JSON object whose StudyInstanceUID is a DICOM UID
+    (digits and dots, at most 64 characters): anything else is named and left out, never
+    fetched. A study listed twice is kept once. A reason names the record by its content, not
+    its place in the list, so that the next run finds it "known" (`fdn.dicom.failures`)."""
+    studies: dict[str, dict] = {}
+    rejected = []
+    for record in records:
+        fault = _record_fault(record)
+        if fault is not None:
+            rejected.append(
+                {
+                    "study_uid": None,
+                    "series_uid": None,
+                    "file": None,
+                    "reason": f"QIDO-RS record {fault}; not fetched",
+                }
+            )
+            continue
+        uid = _value(record, STUDY_UID)[0]
+        patient = _value(record, PATIENT_ID)
+        studies.setdefault(
+            uid,
+            {
+                "study_uid": uid,
+                "patient_id": str(patient[0]) if patient else "",
+                "modalities": [str(m) for m in _value(record, MODALITIES)],
+            },
         )
-    if parts.username or parts.password:
-        raise DicomImportError(
-            f"--pacs {safe_url(url)}: put credentials in --auth-file or the "
-            f"environment ({ENV_USERNAME}/{ENV_PASSWORD}, {ENV_TOKEN}), not "
-            "in the URL"
-        )
-    session = requests.Session()
-    session.auth = auth
-    client = DICOMwebClient(url.rstrip("/"), session=session, timeout=timeout)
-    client.set_http_retry_params(
-        retry=attempts > 1, max_attempts=max(attempts, 1), wait_exponential_multiplier=500
-    )
-    return client
-
-
-def safe_url(url: str) -> str:
-    """`url` without any user or password in it."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+    return list(studies.values()), rejected
 
 
 def _value(record: dict, tag: str) -> list:
-    return list((record.get(tag) or {}).get("Value") or [])
+    element = record.get(tag)
+    value = element.get("Value") if isinstance(element, dict) else None
+    return list(value) if isinstance(value, list) else []
 
 
-def list_studies(client, url: str) -> list[dict]:
-    """QIDO-RS: every study as {"study_uid", "patient_id", "modalities"}."""
-    try:
-        records = client.search_for_studies(
-            fields=["StudyInstanceUID", "PatientID", "ModalitiesInStudy"], get_remaining=True
+def _record_fault(record) -> str | None:
+    """Why a QIDO-RS record cannot be fetched, or None."""
+    if not isinstance(record, dict):
+        return f"is not a JSON object but {type(record).__name__} {_shown(record)}"
+    uids = _value(record, STUDY_UID)
+    if not uids:
+        return "has no StudyInstanceUID (0020000D)"
+    uid = uids[0]
+    if not isinstance(uid, str) or not UID_GRAMMAR.fullmatch(uid) or len(uid) > MAX_UID_CHARS:
+        return (
+            f"has StudyInstanceUID {_shown(uid)}, not a DICOM UID (digits and dots, at most "
+            f"{MAX_UID_CHARS} characters)"
         )
-    except requests.RequestException as error:
-        raise DicomImportError(
-            f"cannot list the studies of {safe_url(url)} "
-            f"({type(error).__name__}: {_no_secrets(error)}); check the "
-            "URL (it ends in the DICOMweb root, e.g. /dicom-web) and the "
-            "credentials"
-        ) from None
-    studies = []
-    for record in records:
-        uid = _value(record, STUDY_UID)
-        if uid:
-            patient = _value(record, PATIENT_ID)
-            studies.append(
-                {
-                    "study_uid": str(uid[0]),
-                    "patient_id": str(patient[0]) if patient else "",
-                    "modalities": [str(m) for m in _value(record, MODALITIES)],
-                }
-            )
-    return studies
+    return None
 
 
-def _no_secrets(error: Exception) -> str:
-    """An HTTP error's text, with the status only (never request headers)."""
-    response = getattr(error, "response", None)
-    if response is not None:
-        return f"HTTP {response.status_code} {response.reason}"
-    return str(error).split("\n")[0][:200]
-
-
-def fetch_study(client, study_uid: str) -> list:
-    """WADO-RS: every instance of a study, as pydicom Datasets in memory."""
-    return list(client.iter_study(study_uid))
+def _shown(value) -> str:
+    """A value from the server, printable and short."""
+    text = ascii(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def sync_pacs(
-    url: str, archive: str | Path, *, mapping=None, auth=None, progress=None, client=None
+    url: str,
+    archive: str | Path,
+    *,
+    mapping=None,
+    auth=None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    progress=None,
+    server: DicomWebServer | None = None,
 ) -> ImportReport:
     """Import every MR study of the DICOMweb server at `url` not yet in `archive`.
 
+    timeout: seconds for the listing, and for each study's fetch (`DicomWebServer`).
     Returns the report (imported, already there, skipped with reasons). Raises
-    DicomImportError when the server cannot be listed.
+    DicomImportError when the server cannot be listed; nothing is written then.
     """
     archive = Path(archive)
-    client = client or make_client(url, auth)
+    server = server or DicomWebServer(url, auth, timeout=timeout)
     with archive_lock(archive):
         clean_partial(archive)
-        return _sync(url, client, archive, mapping, progress or no_progress)
+        return _sync(server, archive, mapping, progress or no_progress)
 
 
-def _sync(url, client, archive: Path, mapping, progress) -> ImportReport:
+def _sync(server: DicomWebServer, archive: Path, mapping, progress) -> ImportReport:
     report = ImportReport(archive=str(archive))
     done = imported_studies(archive)
+    listed, report.skipped = study_records(server.list_studies())
     new = []
-    for study in list_studies(client, url):
+    for study in listed:
         uid = study["study_uid"]
         if uid in done:
             report.already.append({"study_uid": uid, "case": done[uid]})
@@ -210,19 +202,19 @@ def _sync(url, client, archive: Path, mapping, progress) -> ImportReport:
             )
         else:
             new.append(uid)
-    log.info("%s: %d studies, %d new", safe_url(url), len(report.already) + len(new), len(new))
+    log.info("%s: %d studies, %d new", server, len(report.already) + len(new), len(new))
     for uid in progress(new, desc="sync", unit="study"):
         try:
-            instances = fetch_study(client, uid)
-        except Exception as error:  # requests' errors, or a part pydicom cannot parse
+            instances = server.fetch_study(uid)
+        except Exception as error:  # the deadline, requests' errors, a part pydicom cannot parse
             report.skipped.append(
                 {
                     "study_uid": uid,
                     "series_uid": None,
                     "file": None,
                     "reason": f"WADO-RS retrieve failed "
-                    f"({type(error).__name__}: "
-                    f"{_no_secrets(error)}); run the sync again",
+                    f"({type(error).__name__}: {no_secrets(error)}); run the sync again"
+                    + (" or raise --timeout" if isinstance(error, DeadlineExceeded) else ""),
                     "transient": True,
                 }
             )
@@ -230,7 +222,7 @@ def _sync(url, client, archive: Path, mapping, progress) -> ImportReport:
         studies, bad = scan(instances)
         report.bad_files.extend(bad)
         log.debug("fetched study %s: %d instances", uid, len(instances))
-        import_studies(studies, archive, report, mapping, source=safe_url(url))
+        import_studies(studies, archive, report, mapping, source=str(server))
         del instances, studies
     mark_known(archive, report)
     return report

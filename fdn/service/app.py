@@ -7,8 +7,11 @@ the viewer page.
 Each route is a small function that turns a request into one `QueryService` call and its answer
 (or its error) into a response. Errors are JSON, `{"error": message, "status": code}`: 400 for
 invalid input (the library's message, the same the CLI prints), 403 for a source file outside
-the index's archive folders, 404 for an unknown case or path, 413 for an upload over the cap,
-503 when more uploads than `max_concurrent_uploads` are in progress.
+the index's archive folders or a cross-origin POST, 404 for an unknown case or path, 408 for an
+upload that arrives too slowly, 413 for an upload over the cap or a volume over the voxel limit,
+503 when more uploads than `max_concurrent_uploads` are in progress; 400 for a Host the server
+does not answer to and 401 without the token when one is set (`fdn.service.guard`). Paths in
+answers and messages are relative to the archive folders (`fdn.service.public_paths`).
 The page's assets ship inside the package (`fdn/service/static/`) and are read once, through
 `importlib.resources`; no path from a request ever reaches the file system.
 """
@@ -21,17 +24,17 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fdn.archive_index.query_options import QueryError, UnknownCaseError
 from fdn.errors import ArchiveError, FdnError
+from fdn.service.guard import Guard, HostPolicy, TokenCheck
 from fdn.service.images import ImageAccessError
+from fdn.service.login import login, login_page, logout
 from fdn.service.openapi import (
     QUERY_PARAMS,
     error_responses,
@@ -40,7 +43,9 @@ from fdn.service.openapi import (
     openapi_schema,
     param,
 )
-from fdn.service.service import UPLOAD_KEYS, QueryService
+from fdn.service.public_paths import PublicPaths
+from fdn.service.service import QueryService
+from fdn.service.uploads import UPLOAD_KEYS, UploadRefused, receive_upload
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,7 @@ STATIC = {  # name -> media type: the only files the app serves
 }
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),  # our own pages' requests carry a Referer to check
     (b"x-frame-options", b"DENY"),
     (
         b"content-security-policy",
@@ -61,7 +66,6 @@ SECURITY_HEADERS = [
         b"frame-ancestors 'none'; base-uri 'none'",
     ),
 ]
-LOOPBACK_HOSTS = ["127.0.0.1", "localhost"]
 
 
 # --- routes ------------------------------------------------------------------------------------
@@ -230,7 +234,7 @@ def query(request: Request) -> JSONResponse:
     if not params.get("case"):
         raise QueryError("case is required: /api/query?case=ID[&slice=Z]")
     result = _service(request).query(params["case"], params.get("slice"), params)
-    return JSONResponse(result.to_dict())
+    return JSONResponse(request.app.state.paths.result(result.to_dict()))
 
 
 EXPLAIN_PARAMS = [
@@ -318,7 +322,7 @@ def explain_png(request: Request) -> Response:
         },
         "responses": {
             "200": json_content("The result", {"$ref": "#/components/schemas/QueryResult"}),
-            **error_responses(400, 413, 503),
+            **error_responses(400, 403, 408, 413, 503),
         },
     }
 )
@@ -329,49 +333,19 @@ async def query_upload(request: Request) -> Response:
             503, f"{service.max_concurrent_uploads} uploads are being processed; retry shortly"
         )
     try:
-        return await _query_upload(request, service)
+        with service.upload_folder() as folder:
+            try:
+                received = await receive_upload(
+                    request.receive, request.headers, service.upload_limits, folder
+                )
+            except UploadRefused as exc:  # the body may be unread: end the connection too
+                response = _error(exc.status, exc.message)
+                response.headers["connection"] = "close"
+                return response
+            result = await run_in_threadpool(service.query_upload, received.files, received.fields)
     finally:
         service.upload_slots.release()
-
-
-async def _query_upload(request: Request, service: QueryService) -> Response:
-    limit = service.max_upload_bytes
-    too_large = (
-        f"the upload exceeds the limit of {limit:,} bytes; send smaller files (gzip them) or "
-        "start the server with a larger --max-upload-mb"
-    )
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        return _error(413, too_large)
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        return _error(400, "send the files as multipart/form-data (fields t1, t1ce, t2, flair)")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return _error(413, too_large)
-    messages = [{"type": "http.request", "body": bytes(body), "more_body": False}]
-    body.clear()
-
-    async def replay():  # the body again, for the multipart parser
-        return messages.pop() if messages else {"type": "http.disconnect"}
-
-    uploads, fields = {}, {}
-    try:
-        async with Request(request.scope, replay).form(
-            max_files=len(UPLOAD_KEYS), max_fields=32, max_part_size=64 * 1024
-        ) as form:
-            for key, value in form.multi_items():
-                if isinstance(value, UploadFile):
-                    if key in uploads:
-                        raise QueryError(f"two {key} files sent; send one")
-                    uploads[key] = await value.read()
-                else:
-                    fields[key] = value
-    except HTTPException as exc:  # the multipart parser's own limits and errors
-        return _error(400, f"malformed multipart body: {exc.detail}")
-    result = await run_in_threadpool(service.query_upload, uploads, fields)
-    return JSONResponse(result.to_dict())
+    return JSONResponse(request.app.state.paths.result(result.to_dict()))
 
 
 ROUTES = [
@@ -388,6 +362,9 @@ ROUTES = [
     Route("/api/explain", explain),
     Route("/api/explain.png", explain_png),
     Route("/api/query/upload", query_upload, methods=["POST"]),
+    Route("/login", login_page, methods=["GET"]),
+    Route("/login", login, methods=["POST"]),
+    Route("/logout", logout, methods=["POST"]),
 ]
 
 
@@ -398,23 +375,27 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "status": status}, status_code=status)
 
 
+def _public(request: Request, exc: Exception) -> str:
+    return request.app.state.paths.message(str(exc))
+
+
 async def _on_query_error(request, exc):
-    return _error(404 if isinstance(exc, UnknownCaseError) else 400, str(exc))
+    return _error(404 if isinstance(exc, UnknownCaseError) else 400, _public(request, exc))
 
 
 async def _on_access_error(request, exc):
     log.warning("refused: %s", exc)
-    return _error(403, str(exc))
+    return _error(403, _public(request, exc))
 
 
 async def _on_fdn_error(request, exc):
     log.error("%s: %s", request.url.path, exc)
     status = 400 if isinstance(exc, ArchiveError) else 500
-    return _error(status, str(exc))
+    return _error(status, _public(request, exc))
 
 
 async def _on_value_error(request, exc):
-    return _error(400, str(exc))
+    return _error(400, _public(request, exc))
 
 
 async def _on_http_error(request, exc):
@@ -448,12 +429,15 @@ def load_assets() -> dict[str, bytes]:
 def create_app(
     service_or_index: QueryService | str | Path,
     *,
-    allowed_hosts: list[str] | None = None,
+    allowed_hosts: HostPolicy | list[str] | None = None,
+    token: str | None = None,
     **settings,
 ) -> Starlette:
     """The Starlette app over one `QueryService` (or an index directory, opened now).
 
-    allowed_hosts: Host header values accepted (against DNS rebinding); None accepts any.
+    allowed_hosts: the Host values answered (against DNS rebinding): a `HostPolicy`, or names
+    and addresses (loopback ones are always accepted); None accepts any. token: required of
+    every request when given (`fdn.service.guard`); at least 16 characters.
     settings: those of `QueryService` when an index directory is given.
     """
     service = (
@@ -461,9 +445,13 @@ def create_app(
         if isinstance(service_or_index, QueryService)
         else QueryService.open(service_or_index, **settings)
     )
-    middleware = [Middleware(SecurityHeaders)]
-    if allowed_hosts:
-        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
+    if isinstance(allowed_hosts, list):
+        allowed_hosts = HostPolicy(frozenset(allowed_hosts))
+    checker = None if token is None else TokenCheck(token)
+    middleware = [
+        Middleware(SecurityHeaders),
+        Middleware(Guard, hosts=allowed_hosts, token=checker),
+    ]
     app = Starlette(
         routes=ROUTES,
         middleware=middleware,
@@ -476,6 +464,8 @@ def create_app(
         },
     )
     app.state.service = service
+    app.state.token = checker
+    app.state.paths = PublicPaths(service.index)
     app.state.assets = load_assets()
     app.state.openapi = openapi_schema(ROUTES)
     return app

@@ -101,9 +101,11 @@ def json_content(description, schema):
 def error_responses(*codes):
     text = {
         400: "Invalid input",
-        403: "Refused: outside the archive",
+        401: "The server requires its token (Authorization: Bearer, or sign in at /login)",
+        403: "Refused: outside the archive, or a request from another site's page",
         404: "Unknown case",
-        413: "Upload too large",
+        408: "Upload too slow: dropped to free its slot",
+        413: "Upload too large, or a volume over the voxel limit",
         503: "Too many uploads at once",
     }
     return {str(c): json_content(text[c], ERROR) for c in codes}
@@ -144,7 +146,10 @@ def openapi_schema(routes) -> dict:
             "case": {"type": "string"},
             "slice": {"type": "integer"},
             "distance": {"type": "number"},
-            "source": {"type": "string"},
+            "source": {
+                "type": "string",
+                "description": "The case's folder, relative to the archive folder that holds it",
+            },
             "lesion_area": {"type": ["integer", "null"]},
         },
     }

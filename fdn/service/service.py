@@ -2,10 +2,12 @@
 
     service = QueryService.open("demo/index")
     service.query("SYN_010", 22, {"mode": "all", "topq": "6"})      # -> fdn.archive_index.queries.QueryResult
-    service.query_upload({"t1": b"...", ...}, {"slice": "40"})      # external case, in a tmp dir
+    with service.upload_folder() as folder:                         # a private temporary folder
+        service.query_upload({"t1": folder / "part-t1", ...}, {"slice": "40"})  # files in it
 
 Routes only translate HTTP to these calls and back (`fdn.service.app`). The index is never
-written; uploads live in a private temporary folder removed before the call returns.
+written; uploads live in a private temporary folder, removed before the answer is sent
+(`fdn.service.uploads` streams them there within `upload_limits`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +37,16 @@ from fdn.archive_index.query_options import as_int
 from fdn.data.labels import SEQUENCES
 from fdn.errors import FdnError
 from fdn.service.images import OVERLAYS, SliceImages
+from fdn.service.uploads import GZIP_MAGIC, UPLOAD_KEYS, UploadLimits
 from hashindex import DISTANCES, ENGINES, MODES
 
 log = logging.getLogger(__name__)
 
-UPLOAD_KEYS = (*SEQUENCES, "seg", "anat")
 CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_MAX_UPLOAD_BYTES = 256 * 1024 * 1024
-DEFAULT_MAX_VOXELS = 512 * 512 * 512
+# Per volume. Reading a case costs about 40 bytes per voxel of one volume at its peak, so 256³
+# (a 1 mm brain; BraTS volumes have 8.9 M) bounds one upload's memory near 0.7 GB.
+DEFAULT_MAX_VOXELS = 256 * 256 * 256
 MAX_TOPQ = 100
 MAX_PAGE = 500
 TRUE = ("1", "true", "yes", "on")
@@ -98,13 +104,22 @@ class QueryService:
         cache_bytes: int = 512 * 2**20,
         max_concurrent_uploads: int = 2,
         scratch_dir: str | Path | None = None,
+        upload_idle_seconds: float = 10.0,
+        upload_min_bytes_per_second: float = 32 * 1024,
     ):
         self.index = index
         self.catalog = case_catalog(index)
         self.images = SliceImages(index, max_bytes=cache_bytes)
         self.max_upload_bytes = int(max_upload_bytes)
         self.max_voxels = int(max_voxels)
-        # Each upload holds its body in memory about twice: bound how many run at once.
+        self.upload_limits = UploadLimits(
+            max_bytes=self.max_upload_bytes,
+            max_voxels=self.max_voxels,
+            idle_seconds=float(upload_idle_seconds),
+            min_bytes_per_second=float(upload_min_bytes_per_second),
+        )
+        # Each upload being read costs up to max_voxels worth of memory: bound how many run at
+        # once (a slot is held from the first byte received to the answer).
         self.max_concurrent_uploads = max(1, int(max_concurrent_uploads))
         self.upload_slots = threading.BoundedSemaphore(self.max_concurrent_uploads)
         self.scratch_dir = None if scratch_dir is None else Path(scratch_dir)
@@ -245,10 +260,16 @@ class QueryService:
         hit = (check_case(self.index, params["hit_case"]), as_int("hit_slice", params["hit_slice"]))
         return query, hit, options.modes[0], options
 
-    def query_upload(self, uploads: dict[str, bytes], params):
-        """A query by an uploaded case: {key: NIfTI bytes} for t1, t1ce, t2, flair (seg, anat
-        optional). Written to a private temporary folder, read like any external case, and
-        removed before returning, whatever happens."""
+    @contextmanager
+    def upload_folder(self) -> Iterator[Path]:
+        """A private temporary folder (mode 700) for one upload, removed on exit whatever happens."""
+        with tempfile.TemporaryDirectory(prefix="fdn-upload-", dir=self.scratch_dir) as tmp:
+            yield Path(tmp)
+
+    def query_upload(self, uploads: dict[str, Path], params):
+        """A query by an uploaded case: {key: NIfTI file} for t1, t1ce, t2, flair (seg, anat
+        optional), each file inside one `upload_folder()`; they are renamed into a case folder
+        there and read like any external case."""
         options = query_options(**parse_options(params), max_topq=MAX_TOPQ)
         unknown = sorted(set(uploads) - set(UPLOAD_KEYS))
         if unknown:
@@ -261,7 +282,7 @@ class QueryService:
                 f"missing the {', '.join(missing)} sequence(s): send the four files "
                 f"{', '.join(SEQUENCES)} (NIfTI, .nii or .nii.gz), seg and anat optional"
             )
-        empty = [k for k, data in uploads.items() if not data]
+        empty = [k for k, path in uploads.items() if path.stat().st_size == 0]
         if empty:
             raise QueryError(f"the {', '.join(empty)} upload(s) are empty; send NIfTI files")
         case_id = str(params.get("case_id") or "upload")
@@ -272,26 +293,26 @@ class QueryService:
             )
         slice_index = params.get("slice")
         slice_index = None if slice_index in (None, "") else slice_index
-        with tempfile.TemporaryDirectory(prefix="fdn-upload-", dir=self.scratch_dir) as tmp:
-            folder = Path(tmp) / case_id
-            folder.mkdir()
-            for key, data in uploads.items():
-                extension = ".nii.gz" if data[:2] == b"\x1f\x8b" else ".nii"
-                (folder / f"{case_id}_{key}{extension}").write_bytes(data)
-            try:
-                return run_external_query(
-                    self.index,
-                    [folder],
-                    slice_index,
-                    options,
-                    max_voxels=self.max_voxels,
-                    lock=self.search_lock,
-                    encode_lock=self.encode_lock,
-                )
-            except FdnError as exc:
-                # The same message as the CLI's, less the private folder's name.
-                message = str(exc).replace(f"{folder}/", "").replace(str(folder), case_id)
-                raise QueryError(message) from None
+        folder = next(iter(uploads.values())).parent / "case" / case_id
+        folder.mkdir(parents=True)
+        for key, path in uploads.items():
+            with open(path, "rb") as f:
+                extension = ".nii.gz" if f.read(2) == GZIP_MAGIC else ".nii"
+            path.rename(folder / f"{case_id}_{key}{extension}")
+        try:
+            return run_external_query(
+                self.index,
+                [folder],
+                slice_index,
+                options,
+                max_voxels=self.max_voxels,
+                lock=self.search_lock,
+                encode_lock=self.encode_lock,
+            )
+        except FdnError as exc:
+            # The same message as the CLI's, less the private folder's name.
+            message = str(exc).replace(f"{folder}/", "").replace(str(folder), case_id)
+            raise QueryError(message) from None
 
 
 def _bounded_int(name: str, value, low: int, high: int | None) -> int:

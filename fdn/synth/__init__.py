@@ -1,5 +1,6 @@
 """Semi-synthetic archive generator (real MNI152 anatomy, synthetic contrasts and lesions)."""
 
+from fdn.synth.families import FAMILIES, LesionFamily, parse_families
 from fdn.synth.generator import (
     SynthCase,
     SynthConfig,
@@ -10,6 +11,9 @@ from fdn.synth.generator import (
 )
 
 __all__ = [
+    "FAMILIES",
+    "LesionFamily",
+    "parse_families",
     "SynthCase",
     "SynthConfig",
     "case_id",

@@ -43,11 +43,19 @@ from scipy import ndimage
 
 from fdn.data.labels import ANAT_LABELS, SEQUENCES
 from fdn.synth.anatomy import load_template
+from fdn.synth.families import (
+    DEFAULT_FAMILIES,
+    FAMILIES,
+    LesionFamily,
+    case_family,
+    parse_families,
+)
 from fdn.synth.fields import rotation_matrix, smooth_field, upsample
 from fdn.synth.lesion import (
     choose_lesion,
     lesion_labels,
     mass_effect,
+    merge_labels,
     padded_box,
     render_lesion,
 )
@@ -120,14 +128,21 @@ class SynthCase(NamedTuple):
     anat: np.ndarray  # uint8 in 0..6
     affine: np.ndarray  # (4, 4)
     healthy: bool
-    lesion_centre_mm: tuple[float, float, float] | None
+    lesion_centre_mm: tuple[float, float, float] | None  # the first lesion's
+    family: str | None = None  # the lesion family (`fdn.synth.families`); None when healthy
 
 
 def synthesize_case(
-    seed: int, case_index: int, healthy: bool, config: SynthConfig | None = None
+    seed: int,
+    case_index: int,
+    healthy: bool,
+    config: SynthConfig | None = None,
+    family: LesionFamily | None = None,
 ) -> SynthCase:
-    """Render one case; the same (seed, case_index, healthy, config) gives identical arrays."""
+    """Render one case; the same (seed, case_index, healthy, config, family) gives identical
+    arrays. ``family`` defaults to `glioma`, the generator's lesion before families existed."""
     config = config or SynthConfig()
+    family = family or FAMILIES[DEFAULT_FAMILIES[0]]
     template = load_template()
     rng = np.random.default_rng([seed, case_index])
     shape = config.shape
@@ -152,10 +167,20 @@ def synthesize_case(
         * config.deformation_mm
     )
 
-    lesion = None
+    lesions = []
+    lesion_config = family.config(config)
     if not healthy:
-        lesion = choose_lesion(rng, config, template, to_template, to_template_offset)
-        points = mass_effect(points, lesion)
+        low, high = family.count
+        # one lesion draws nothing here, so a glioma case is the case it was before families
+        count = low if low == high else int(rng.integers(low, high + 1))
+        for _ in range(count):
+            lesions.append(
+                choose_lesion(
+                    rng, lesion_config, template, to_template, to_template_offset, family.placement
+                )
+            )
+        for lesion in lesions:  # each pushes the tissue the previous ones left
+            points = mass_effect(points, lesion)
     source = (
         np.tensordot(to_template, points, axes=1)
         + to_template_offset.reshape(3, 1, 1, 1)
@@ -183,8 +208,11 @@ def synthesize_case(
     tissue = np.stack([wm, gm, csf]) * brain
 
     seg = np.zeros(shape, np.uint8)
-    if lesion is not None:
-        seg = lesion_labels(lesion, config, brain, tissue_ok=(wm + gm) > 0.5)
+    for lesion in lesions:
+        labels = lesion_labels(lesion, lesion_config, brain, tissue_ok=(wm + gm) > 0.5)
+        if not family.enhancing:  # one non-enhancing compartment: BraTS's label 1 (NET)
+            labels[labels == 4] = 1
+        seg = merge_labels(seg, labels)
 
     lesion_box = padded_box(seg > 0, pad=3)
     lesion_texture = None
@@ -211,7 +239,12 @@ def synthesize_case(
         bias = np.exp(log_bias).astype(np.float32)
         noise = rng.standard_normal(shape, dtype=np.float32) * np.float32(config.noise_std)
         healthy_image = np.tensordot(means[:3].astype(np.float32), tissue, axes=1)
-        diseased = render_lesion(healthy_image, lesion_masks, means[3:], lesion_box, lesion_texture)
+        lesion_means = means[3:].copy()
+        if not family.enhancing:  # solid tumour, not necrosis: brighter than edema on T2/FLAIR
+            lesion_means[0] = means[5] * 1.15
+        diseased = render_lesion(
+            healthy_image, lesion_masks, lesion_means, lesion_box, lesion_texture
+        )
         for out, clean in ((pseudo, healthy_image), (images, diseased)):
             value = (clean * bias + noise * means[0]) * gain
             value = np.where(brain, np.clip(value, 1, 32767), 0)
@@ -225,8 +258,13 @@ def synthesize_case(
         affine=affine,
         healthy=healthy,
         lesion_centre_mm=None
-        if lesion is None
-        else (float(lesion.centre[0]), float(lesion.centre[1]), float(lesion.centre[2])),
+        if not lesions
+        else (
+            float(lesions[0].centre[0]),
+            float(lesions[0].centre[1]),
+            float(lesions[0].centre[2]),
+        ),
+        family=None if healthy else family.name,
     )
 
 
@@ -259,14 +297,30 @@ def _write_case(case_dir: Path, cid: str, case: SynthCase) -> None:
     save(case.pseudohealthy, "pseudohealthy")
 
 
-def _manifest(n_cases: int, healthy_fraction: float, seed: int, size: int) -> dict:
+def _manifest(
+    n_cases: int, healthy_fraction: float, seed: int, size: int, families: tuple[str, ...]
+) -> dict:
     return {
         "generator_version": GENERATOR_VERSION,
         "cases": n_cases,
         "healthy_fraction": healthy_fraction,
         "seed": seed,
         "size": size,
+        "lesion_families": list(families),
     }
+
+
+def _same_archive(listing: Path, manifest: dict) -> bool:
+    """Whether the synth.json at ``listing`` describes the archive ``manifest`` would make
+    (one written before lesion families holds the default family)."""
+    try:
+        previous = json.loads(listing.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if not isinstance(previous, dict):
+        return False
+    previous.setdefault("lesion_families", list(DEFAULT_FAMILIES))
+    return {k: v for k, v in previous.items() if k in manifest} == manifest
 
 
 def synthesize_archive(
@@ -277,8 +331,12 @@ def synthesize_archive(
     size: int = 240,
     progress: bool = False,
     overwrite: bool = False,
+    families: tuple[str, ...] = DEFAULT_FAMILIES,
 ) -> list[str]:
     """Write a BraTS-layout archive of `n_cases` synthetic cases; return the case ids.
+
+    Each diseased case's lesion comes from one of ``families`` (`fdn.synth.families`), drawn
+    uniformly per case; synth.json lists the families and each case's.
 
     The archive is built in a temporary sibling folder and moved into place at the end, so an
     interrupted run leaves nothing half-written at `out_dir`. If `out_dir` already holds an
@@ -298,21 +356,16 @@ def synthesize_archive(
         raise ValueError(f"healthy_fraction must lie in [0, 1], got {healthy_fraction!r}")
     if not isinstance(size, int | np.integer) or size < 8:
         raise ValueError(f"size must be an integer >= 8, got {size!r}")
+    families = parse_families(families)
     out = Path(out_dir)
-    manifest = _manifest(int(n_cases), float(healthy_fraction), int(seed), int(size))
+    manifest = _manifest(int(n_cases), float(healthy_fraction), int(seed), int(size), families)
     ids = [case_id(i) for i in range(n_cases)]
     if out.exists():
         if not out.is_dir():
             raise FileExistsError(f"{out} exists and is not a folder; choose another output path")
         previous = out / SYNTH_LISTING
         if previous.is_file() and not overwrite:
-            try:
-                same = {
-                    k: v for k, v in json.loads(previous.read_text()).items() if k in manifest
-                } == manifest
-            except (OSError, json.JSONDecodeError):
-                same = False
-            if same and all((out / cid).is_dir() for cid in ids):
+            if _same_archive(previous, manifest) and all((out / cid).is_dir() for cid in ids):
                 log.info("%s already holds this archive; nothing to do", out)
                 return ids
         if any(out.iterdir()) and not overwrite:
@@ -333,7 +386,8 @@ def synthesize_archive(
             iterator = tqdm(iterator, desc="synth", unit="case")
         cases = []
         for index in iterator:
-            case = synthesize_case(seed, index, bool(healthy[index]), config)
+            family = case_family(seed, index, families)
+            case = synthesize_case(seed, index, bool(healthy[index]), config, family)
             _write_case(staging / ids[index], ids[index], case)
             cases.append(
                 {
@@ -341,6 +395,7 @@ def synthesize_archive(
                     "healthy": case.healthy,
                     "lesion_centre_mm": case.lesion_centre_mm,
                     "lesion_voxels": int((case.seg > 0).sum()),
+                    "family": case.family,
                 }
             )
         manifest["shape"] = list(config.shape)

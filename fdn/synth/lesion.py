@@ -30,17 +30,29 @@ def choose_lesion(
     template: Template,
     to_template: np.ndarray,
     to_template_offset: np.ndarray,
+    placement: str = "white-matter",
 ) -> Lesion:
-    """Pick a lesion in the cerebrum of a random hemisphere, deep enough to stay in the brain."""
+    """Pick a lesion in the cerebrum of a random hemisphere.
+
+    ``placement`` (`fdn.synth.families.PLACEMENTS`): "white-matter" keeps the whole lesion in
+    the brain, centred in white matter; "cortical" centres it in grey matter within 8 mm of the
+    brain's surface (the brain mask then cuts it); "deep" centres it at least 25 mm deep.
+    """
     radius = rng.uniform(*config.lesion_radius_mm)
     hemisphere = rng.integers(1, 3)  # anat 1 = left, 2 = right cerebrum
-    candidates = np.flatnonzero(
-        (template.anat.ravel() == hemisphere)
-        & (template.depth.ravel() >= radius + 4.0)
-        & (template.wm.ravel() > 0.3)
-    )
+    side = template.anat.ravel() == hemisphere
+    depth = template.depth.ravel()
+    if placement == "cortical":
+        where = side & (template.gm.ravel() > 0.4) & (depth >= 2.0) & (depth <= 8.0)
+    elif placement == "deep":
+        where = side & (depth >= max(radius + 4.0, 25.0)) & (template.wm.ravel() > 0.3)
+    elif placement == "white-matter":
+        where = side & (depth >= radius + 4.0) & (template.wm.ravel() > 0.3)
+    else:
+        raise ValueError(f"unknown lesion placement {placement!r}")
+    candidates = np.flatnonzero(where)
     if candidates.size == 0:  # very large radius: fall back to the deepest cerebrum voxels
-        candidates = np.flatnonzero(template.anat.ravel() == hemisphere)
+        candidates = np.flatnonzero(side & (depth >= np.percentile(depth[side], 90)))
     voxel = np.array(np.unravel_index(rng.choice(candidates), template.anat.shape), float)
     centre_template = template.affine[:3, :3] @ voxel + template.affine[:3, 3]
     # Template -> output space through the inverse affine (the smooth warp is a few mm and
@@ -111,6 +123,13 @@ def lesion_labels(
     labels[~brain[box]] = 0
     seg[box] = labels
     return seg
+
+
+def merge_labels(seg: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """The labels of two lesions together: where they overlap, a tumour label (1, 4) wins
+    over edema (2), and the first lesion's tumour over the second's."""
+    take = (new > 0) & ((seg == 0) | ((seg == 2) & (new != 2)))
+    return np.where(take, new, seg)
 
 
 def padded_box(mask: np.ndarray, pad: int) -> tuple[slice, ...] | None:

@@ -112,6 +112,12 @@ def save_checkpoint(model_dir: str | Path, state: dict[str, Any]) -> None:
 
 def read_config(model_dir: str | Path) -> FDNConfig:
     """The FDNConfig in model_dir/config.json. Raises ModelError."""
+    return config_from_dict(read_config_json(model_dir), str(Path(model_dir) / CONFIG_FILE))
+
+
+def read_config_json(model_dir: str | Path) -> Any:
+    """model_dir/config.json as written (the config's fields, "preset", "fdn_version").
+    Raises ModelError."""
     path = Path(model_dir) / CONFIG_FILE
     if not path.is_file():
         raise ModelError(
@@ -122,7 +128,7 @@ def read_config(model_dir: str | Path) -> FDNConfig:
         cfg_dict = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelError(f"{path}: not valid JSON ({e}); restore or retrain") from e
-    return config_from_dict(cfg_dict, str(path))
+    return cfg_dict
 
 
 def load_checkpoint(model_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:

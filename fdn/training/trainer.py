@@ -36,6 +36,7 @@ from fdn.training.checkpoint import (
     WEIGHTS_FILE,
     config_from_dict,
     load_checkpoint,
+    load_model,
     make_dir,
     read_config,
     save_checkpoint,
@@ -288,10 +289,14 @@ def train_on_slices(
     checkpoint_minutes: float = 10.0,
     samples: bool = True,
     command: str | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Run Algorithm 1 for config.epochs epochs (or until max_minutes / max_steps).
 
     resume: continue the checkpoint in model_dir (its config wins, except `epochs`).
+    init_from: a model directory whose weights the model starts from (fine-tuning: the
+    optimizers, the critic and the step count start fresh); its architecture must be
+    `config`'s. Not with ``resume``.
     max_minutes: a wall-time budget for this call; training stops cleanly after the step that
     exceeds it, with a final checkpoint. checkpoint_minutes: interval between checkpoints.
     command: the command line, written with versions to TRAIN_COMMAND.txt.
@@ -312,7 +317,11 @@ def train_on_slices(
         raise ValueError(
             f"slices are {slices.images.shape[-1]}² but the model expects {config.image_size}²"
         )
+    if resume and init_from is not None:
+        raise ValueError("init_from starts a new run; it cannot be combined with resume")
     trainer = Trainer(config, slices, preset, seed, dev)
+    if init_from is not None:
+        start_from_weights(trainer.model, init_from)
     if resume:
         try:
             trainer.load_state(state)
@@ -407,6 +416,21 @@ def train_on_slices(
         save_samples(trainer.model, slices, model_dir / SAMPLES_DIR / "latest.png", dev)
     checkpoint()
     return TrainResult(model_dir, trainer.step, trainer.epoch, stopped, last, trainer.elapsed_s)
+
+
+def start_from_weights(model: FDN, source_dir: str | Path) -> None:
+    """Load the weights of the model in ``source_dir`` into ``model``; ModelError when the two
+    architectures differ (the fields that shape the network)."""
+    source, source_config = load_model(source_dir, device="cpu")
+    try:
+        model.load_state_dict(source.state_dict())
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1:2] or [str(exc)]
+        raise ModelError(
+            f"{source_dir}: its weights do not fit the model being trained (the architecture "
+            f"differs: {first[0].strip()}); start from a model of the same preset and --set "
+            "fields that shape the network"
+        ) from None
 
 
 def _write_command(model_dir: Path, command: str, resume: bool) -> None:

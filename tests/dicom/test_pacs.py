@@ -10,12 +10,12 @@ import logging
 import nibabel as nib
 import numpy as np
 import pytest
-import requests
 from click.testing import CliRunner
 
 from fdn.data import Archive
 from fdn.data.labels import SEQUENCES
-from fdn.dicom.pacs import load_credentials, make_client, sync_pacs
+from fdn.dicom.dicomweb import DicomWebServer
+from fdn.dicom.pacs import load_credentials, sync_pacs
 from fdn.errors import DicomImportError
 from fdn_index_cli.main import main
 from tests.conftest import make_model_dir
@@ -28,24 +28,20 @@ def sync(url, archive, *options, env=None):
     )
 
 
-class CountingClient:
-    """A dicomweb-client that records which studies were fetched; `stop_after` simulates an
-    interruption (Ctrl-C) while the next study is being fetched."""
+class CountingServer(DicomWebServer):
+    """A DICOMweb server whose fetched studies are recorded; `stop_after` simulates an
+    interruption (Ctrl-C) while the next study is being received."""
 
-    def __init__(self, client, stop_after=None):
-        self.client, self.fetched, self.stop_after = client, [], stop_after
+    def __init__(self, url, stop_after=None):
+        super().__init__(url, attempts=1)
+        self.fetched, self.stop_after = [], stop_after
 
-    def search_for_studies(self, **kwargs):
-        return self.client.search_for_studies(**kwargs)
-
-    def iter_study(self, uid):
+    def fetch_study(self, study_uid):
         if self.stop_after is not None and len(self.fetched) == self.stop_after:
-            for n, dataset in enumerate(self.client.iter_study(uid)):
-                if n == 30:
-                    raise KeyboardInterrupt
-                yield dataset
-        self.fetched.append(uid)
-        yield from self.client.iter_study(uid)
+            raise KeyboardInterrupt
+        instances = super().fetch_study(study_uid)
+        self.fetched.append(study_uid)
+        return instances
 
 
 def test_sync_build_query_then_only_new_studies(orthanc, dicom_source, small_archive, tmp_path):
@@ -74,8 +70,8 @@ def test_sync_build_query_then_only_new_studies(orthanc, dicom_source, small_arc
 
     for name in rest:
         orthanc.upload(source / name)
-    client = CountingClient(make_client(orthanc.dicomweb))
-    second = sync_pacs(orthanc.dicomweb, archive, client=client)
+    client = CountingServer(orthanc.dicomweb)
+    second = sync_pacs(orthanc.dicomweb, archive, server=client)
     new = sorted(studies[name].study_uid for name in rest)
     assert sorted(client.fetched) == new  # the first study is not fetched again
     assert sorted(e["study_uid"] for e in second.imported) == new
@@ -115,15 +111,15 @@ def test_interrupted_sync_resumes_and_leaves_whole_cases(orthanc, dicom_source, 
     source, studies = dicom_source
     orthanc.upload(source)
     archive = tmp_path / "archive"
-    client = CountingClient(make_client(orthanc.dicomweb), stop_after=1)
+    client = CountingServer(orthanc.dicomweb, stop_after=1)
     with pytest.raises(KeyboardInterrupt):
-        sync_pacs(orthanc.dicomweb, archive, client=client)
+        sync_pacs(orthanc.dicomweb, archive, server=client)
     (done,) = case_dirs(archive)  # one whole case; the half-fetched study left nothing
     assert sorted(p.name for p in done.iterdir()) == sorted(
         [f"{done.name}_{s}.nii.gz" for s in SEQUENCES] + [f"{done.name}_dicom.json"]
     )
-    client = CountingClient(make_client(orthanc.dicomweb))
-    resumed = sync_pacs(orthanc.dicomweb, archive, client=client)
+    client = CountingServer(orthanc.dicomweb)
+    resumed = sync_pacs(orthanc.dicomweb, archive, server=client)
     assert len(client.fetched) == len(studies) - 1
     assert len(resumed.imported) == len(studies) - 1 and len(resumed.already) == 1
     assert len(case_dirs(archive)) == len(studies)
@@ -139,8 +135,8 @@ def test_non_mr_study_is_listed_and_not_fetched(orthanc, one_study, tmp_path):
             ds.Modality = "CT"
             ds.save_as(path, enforce_file_format=True)
     orthanc.upload(one_study.folder)
-    client = CountingClient(make_client(orthanc.dicomweb))
-    report = sync_pacs(orthanc.dicomweb, tmp_path / "archive", client=client)
+    client = CountingServer(orthanc.dicomweb)
+    report = sync_pacs(orthanc.dicomweb, tmp_path / "archive", server=client)
     assert client.fetched == [] and report.failed
     assert "modality CT, not MR" in report.skipped[0]["reason"]
     result = sync(orthanc.dicomweb, tmp_path / "archive-2")
@@ -200,27 +196,5 @@ def test_unreachable_pacs_is_a_clear_error(tmp_path):
 
     url = f"http://127.0.0.1:{free_port()}/dicom-web"
     with pytest.raises(DicomImportError, match="cannot list the studies of") as caught:
-        sync_pacs(url, tmp_path / "archive", client=make_client(url, attempts=1))
+        sync_pacs(url, tmp_path / "archive", server=DicomWebServer(url, attempts=1))
     assert "ConnectionError" in str(caught.value)
-
-
-class BrokenClient:
-    """A PACS that lists one study and fails to send it."""
-
-    def search_for_studies(self, **_):
-        return [
-            {
-                "0020000D": {"vr": "UI", "Value": ["1.2.3"]},
-                "00080061": {"vr": "CS", "Value": ["MR"]},
-            }
-        ]
-
-    def iter_study(self, uid):
-        raise requests.ConnectionError("connection reset by peer")
-
-
-def test_failed_retrieve_is_listed_and_retried_next_time(tmp_path):
-    report = sync_pacs("http://pacs.invalid/dicom-web", tmp_path / "archive", client=BrokenClient())
-    assert report.failed and report.skipped[0]["study_uid"] == "1.2.3"
-    assert "WADO-RS retrieve failed (ConnectionError" in report.skipped[0]["reason"]
-    assert case_dirs(tmp_path / "archive") == []

@@ -1,8 +1,11 @@
 """`fdn-index remove`: a removed case never comes back (1,000 random queries, sharded and
 unsharded), is refused as a query, and compaction (or a later build) leaves no trace of it."""
 
+import hashlib
+import hmac
 import json
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -199,3 +202,63 @@ def test_shards_split_after_a_removal_leave_the_case_out(index_copy, tmp_path):
     listing = split_index(index_copy, tmp_path / "shards", 2)
     assert all(removed not in s["cases"] for s in listing["shards"])
     assert _traces(tmp_path / "shards", removed) == []
+
+
+# ------------------------------------------------- removal digests keyed (issue 25)
+
+
+def _unkeyed(case: str) -> str:
+    """The version-1 digest: sha256 over a fixed prefix and the id, computable by anyone."""
+    return hashlib.sha256(b"fdn-index removed case\0" + case.encode()).hexdigest()
+
+
+def test_removed_json_holds_only_keyed_digests(index_copy, tmp_path):
+    case = open_index(index_copy).cases[2]
+    assert removal.remove_cases(index_copy, [case])["indexes"][0]["removed"] == [case]
+    data = json.loads((index_copy / TOMBSTONES).read_text())
+    key_file = index_copy / ".removal-key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = bytes.fromhex(key_file.read_text().strip())
+    assert len(key) == 32
+    # nobody without the key can test a guessed id: no plain digest of it is in the file
+    text = (index_copy / TOMBSTONES).read_text()
+    for plain in (_unkeyed(case), hashlib.sha256(case.encode()).hexdigest()):
+        assert plain not in text
+    keyed = hmac.new(key, _unkeyed(case).encode(), hashlib.sha256).hexdigest()
+    assert data["removed"] == [keyed] and data["format_version"] == 2
+    assert open_index(index_copy).removed_cases() == frozenset({case})
+    # the key stays in the folder it was made in: shards split from it and their listing
+    # carry neither the key nor the removed case
+    shards = tmp_path / "shards"
+    split_index(index_copy, shards, 2)
+    assert not list(shards.rglob(".removal-key"))
+    assert key.hex() not in (shards / "shards.json").read_text()
+    assert case not in open_sharded(shards).cases
+
+
+def test_a_version_1_file_is_honoured_then_rewritten_keyed(index_copy):
+    index = open_index(index_copy)
+    old, new = index.cases[1], index.cases[3]
+    (index_copy / TOMBSTONES).write_text(
+        json.dumps({"format": "fdn-index-removed", "format_version": 1, "removed": [_unkeyed(old)]})
+    )
+    assert open_index(index_copy).removed_cases() == frozenset({old})
+    removal.remove_cases(index_copy, [new])
+    text = (index_copy / TOMBSTONES).read_text()
+    assert _unkeyed(old) not in text and _unkeyed(new) not in text
+    assert len(json.loads(text)["removed"]) == 2
+    assert open_index(index_copy).removed_cases() == frozenset({old, new})
+    again = removal.remove_cases(index_copy, [old])["indexes"][0]
+    assert again["removed_before"] == [old]
+
+
+def test_a_keyed_file_without_its_key_refuses_every_query(index_copy):
+    index = open_index(index_copy)
+    removal.remove_cases(index_copy, [index.cases[1]])
+    (index_copy / ".removal-key").unlink()
+    with pytest.raises(IndexDirError, match=r"\.removal-key, which is missing"):
+        open_index(index_copy).removed_cases()
+    result = CliRunner().invoke(
+        main, ["query", "--index", str(index_copy), "--case", index.cases[0], "--json"]
+    )
+    assert result.exit_code != 0 and ".removal-key" in result.output

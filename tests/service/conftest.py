@@ -9,12 +9,18 @@ library answers, which needs no trained model. Everything is written inside pyte
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 import warnings
 from pathlib import Path
 
 import pytest
+
+from tests.checkout import CHILD_PRELUDE
 
 with warnings.catch_warnings():  # on import, starlette says it prefers httpx2 to the pinned httpx
     warnings.simplefilter("ignore")
@@ -89,3 +95,48 @@ def live_server(service):
     service.warm_up()
     with LiveServer(create_app(service, allowed_hosts=["127.0.0.1", "localhost"])) as server:
         yield server
+
+
+SERVE = CHILD_PRELUDE + "import sys; from fdn_index_cli.main import main; sys.exit(main())"
+
+
+def proc_status_bytes(pid: int, field: str) -> int:
+    """VmRSS, VmHWM, … of a process from /proc/PID/status, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+class ServeProcess:
+    """`fdn-index serve ARGS` in a child process (port 0, so a free one); `url` from the banner it
+    prints once its socket is bound. The child is killed on exit."""
+
+    def __init__(self, *args: str, env: dict | None = None):
+        self.args = [sys.executable, "-c", SERVE, "serve", "--port", "0", *args]
+        self.env = {**os.environ, **(env or {})}
+
+    def __enter__(self):
+        self.process = subprocess.Popen(
+            self.args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+        self.banner = self.process.stdout.readline()
+        match = re.search(r"Viewer: (http://\S+?:(\d+))/ ", self.banner)
+        if match is None:  # it exited (a refused option) or printed something else
+            self.process.kill()
+            errors = self.process.stderr.read()
+            self.__exit__()
+            raise RuntimeError(f"serve did not start: {self.banner!r} {errors!r}")
+        self.url, self.port = match.group(1), int(match.group(2))
+        self.pid = self.process.pid
+        return self
+
+    def __exit__(self, *exc):
+        self.process.kill()
+        self.process.wait(timeout=30)
+        self.process.stdout.close()
+        self.process.stderr.close()

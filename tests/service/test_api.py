@@ -4,6 +4,7 @@ arrays and codebooks; cases, images, errors and the OpenAPI description."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +30,10 @@ def brute(service, built_index):
         dist = ref.all_distances(
             index.hash_index, cn, ca, gn, ga, gn[row], ga[row], mode, distance, scales
         )
-        return ref.volume_topq(dist, volumes, q, exclude=exclude)
+        # S_abnormal and S_sum leave out slices almost without brain (brain_percent.npy)
+        keep = ref.lesion_candidates(built_index, mode, dist.size)
+        hits = ref.volume_topq(np.where(keep, dist, np.inf), volumes, len(volumes), exclude)
+        return [h for h in hits if np.isfinite(h[0])][:q]
 
     return topq
 
@@ -100,16 +104,23 @@ def test_normalized_sum_and_same_volume_equal_brute_force(client, service, brute
     assert hits[0]["distance"] == pytest.approx(0.0, abs=1e-9)  # the query's own slice
 
 
-def test_api_result_is_the_library_result(client, service):
-    """One schema: the API's JSON is `run_slice_query(...).to_dict()`, timings aside."""
+def test_api_result_is_the_library_result(client, service, tiny_archive, built_index):
+    """One schema: the API's JSON is `run_slice_query(...).to_dict()`, timings aside, and paths
+    relative: the index by its folder's name, each source by its folder inside the archive."""
     case = service.index.cases[1]
     body = client.get("/api/query", params={"case": case, "mode": "abnormal", "topq": 2}).json()
     lib = run_slice_query(service.index, case, None, query_options("abnormal", topq=2)).to_dict()
     timing = {"query_seconds", "load_seconds", "encode_seconds"}
     for key in lib:
-        if key not in timing and key != "results":
+        if key not in timing and key not in ("results", "index"):
             assert body[key] == lib[key], key
-    assert body["results"]["abnormal"]["hits"] == lib["results"]["abnormal"]["hits"]
+    assert body["index"] == built_index.name
+    hits, lib_hits = body["results"]["abnormal"]["hits"], lib["results"]["abnormal"]["hits"]
+    assert [{**h, "source": None} for h in hits] == [{**h, "source": None} for h in lib_hits]
+    assert [h["source"] for h in hits] == [
+        str(Path(h["source"]).relative_to(tiny_archive.resolve())) for h in lib_hits
+    ]
+    assert all(h["source"] == h["case"] for h in hits)  # the archive's case folders
     assert body["query_slice"] == service.index.default_slice(case)
 
 

@@ -196,3 +196,42 @@ def test_upload_from_the_page(browser, live_server, service, tiny_archive):
     # Under the name "upload" the case is not excluded: its own slice comes first.
     assert labels[0] == f"#1 {case.case} : {case.default_slice}", labels
     assert browser.find_element("id", "query-caption").text.endswith("(external)")
+
+
+def test_signing_in_to_a_token_server(browser, built_index, tmp_path):
+    """A server with a token: the viewer sends the browser to /login; the token typed there
+    opens the viewer, whose queries and images then carry the session cookie."""
+    from fdn.archive_index.retrieval import open_index
+    from fdn.service import QueryService, create_app
+    from tests.service.conftest import LiveServer
+
+    token = "a-token-for-the-browser-test"
+    service = QueryService(open_index(built_index), scratch_dir=tmp_path)
+    app = create_app(service, allowed_hosts=["127.0.0.1"], token=token)
+    case = next(c for c in service.catalog.values() if c.has_lesion)
+    with LiveServer(app) as server:
+        browser.delete_all_cookies()
+        browser.get(f"{server.url}/?case={case.case}&mode=abnormal")
+        wait_for(browser, lambda d: d.current_url == f"{server.url}/login", "the sign-in page")
+        field = browser.find_element("css selector", 'input[name="token"]')
+        field.send_keys("wrong-token-typed-here")
+        field.submit()
+        wait_for(browser, lambda d: "Wrong token" in d.page_source, "the refusal")
+        field = browser.find_element("css selector", 'input[name="token"]')
+        field.send_keys(token)
+        field.submit()
+        # the viewer, whose script may already have put its state into the URL (/?case=…)
+        wait_for(
+            browser,
+            lambda d: (
+                d.current_url.startswith(f"{server.url}/")
+                and not d.current_url.startswith(f"{server.url}/login")
+            ),
+            "the viewer",
+        )
+        browser.get(f"{server.url}/?case={case.case}&mode=abnormal")
+        wait_for(browser, lambda d: settled(d, case.case, case.default_slice, "abnormal"), "page")
+        cookies = browser.get_cookies()
+        assert [c["name"] for c in cookies] == ["fdn_session"]
+        assert cookies[0]["httpOnly"] and cookies[0]["sameSite"] == "Strict"
+    browser.delete_all_cookies()

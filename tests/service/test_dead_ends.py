@@ -4,16 +4,12 @@ takes it."""
 
 import re
 import shutil
-import subprocess
-import sys
 import urllib.request
 
 from click.testing import CliRunner
 
 from cli.main import main
-from tests.checkout import CHILD_PRELUDE
-
-SERVE = CHILD_PRELUDE + "import sys; from fdn_index_cli.main import main; sys.exit(main())"
+from tests.service.conftest import ServeProcess
 
 
 def test_a_mode_list_without_a_mode_is_refused_not_read_as_sum(client, service):
@@ -35,21 +31,12 @@ def test_a_slice_that_is_not_a_whole_number_gets_a_message(client, service):
 
 
 def test_serve_on_port_0_prints_the_port_it_got(built_index):
-    process = subprocess.Popen(
-        [sys.executable, "-c", SERVE, "serve", "--index", str(built_index), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        line = process.stdout.readline()  # the banner, printed once the socket is bound
-        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/ ", line).group(1))
-        assert port != 0, line
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=30) as r:
+    with ServeProcess("--index", str(built_index)) as server:  # ServeProcess passes --port 0
+        assert "--port" in server.args and server.args[server.args.index("--port") + 1] == "0"
+        assert re.search(r"http://127\.0\.0\.1:(\d+)/ ", server.banner), server.banner
+        assert server.port != 0, server.banner
+        with urllib.request.urlopen(f"{server.url}/api/health", timeout=30) as r:
             assert r.status == 200
-    finally:
-        process.kill()
-        process.wait(timeout=30)
 
 
 def test_skip_bad_is_suggested_only_by_commands_that_take_it(tmp_path, tiny_archive, model_dir):

@@ -238,8 +238,8 @@ def nifti_bytes(shape, dtype=np.int16, value=1):
         ),
         (
             lambda f: f.update(t1=("t1.nii.gz", nifti_bytes((600, 600, 1)), "x")),
-            400,
-            "at most 100,000 voxels",
+            413,
+            "at most 100,000 voxels per volume",
         ),
         (
             lambda f: f.update(t1ce=("c.nii.gz", nifti_bytes((2, 2, 2)), "x")),

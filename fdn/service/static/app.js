@@ -31,6 +31,9 @@ function setMessage(text, isError) {
 
 async function getJSON(url, options) {
   const response = await fetch(url, options);
+  if (response.status === 401) {  // a server with a token: the session ended, sign in again
+    window.location.assign("/login");
+  }
   const body = await response.json().catch(() => ({ error: response.statusText }));
   if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
   return body;
