@@ -232,3 +232,31 @@ def test_an_external_case_takes_the_same_region_as_its_indexed_copy(built_index,
     got, want = rows(jb), rows(ja)
     assert [r for r, _ in got] == [r for r, _ in want]
     np.testing.assert_allclose([d for _, d in got], [d for _, d in want], rtol=0, atol=1e-12)
+
+
+def test_region_and_explanations_on_dask_workers(built_index, shards):
+    """The positions and the explain option travel to the workers that hold the shards; the
+    hits and their explanations equal the unsharded index's."""
+    from distributed import Client, LocalCluster
+
+    full = open_index(built_index)
+    options = query_options("abnormal", topq=3, region="8,0,23,15", explain=True)
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        sharded = open_sharded(shards, client)
+        for case in full.cases[:2]:
+            a = run_slice_query(full, case, 12, options)
+            b = run_slice_query(sharded, case, 12, options)
+            assert _key(a.hits("abnormal")) == _key(b.hits("abnormal"))
+            assert [h.explanation for h in a.hits("abnormal")] == [
+                h.explanation for h in b.hits("abnormal")
+            ]
+            assert a.to_dict()["region"] == b.to_dict()["region"]
