@@ -33,6 +33,7 @@ def test_api_region_query_is_the_library_region_query(client, service):
     lib = run_slice_query(service.index, case, 12, options).to_dict()
     assert body["region"] == lib["region"]
     assert body["region"]["positions"]["normal"] == [[0, 0], [0, 1], [1, 0], [1, 1]]
+
     def strip(hits):  # the API names a hit's source relative to the archive, the library not
         return [{k: v for k, v in h.items() if k != "source"} for h in hits]
 
