@@ -93,6 +93,28 @@ from .options import LIBRARY_ERRORS, index_option
     "rows.",
 )
 @click.option(
+    "--region",
+    default=None,
+    metavar="X0,Y0,X1,Y1",
+    help="Compare only this box of the query slice: voxels X0..X1 along the NIfTI's first axis "
+    "and Y0..Y1 along its second, ends included. It becomes the grid cells it covers by at least "
+    "half (docs/region-queries.md); hits are compared at the same cells. Runs on an exact engine "
+    "that takes a region (lut by default, or numpy).",
+)
+@click.option(
+    "--region-mask",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Compare only the nonzero voxels of this NIfTI mask on the query slice: a volume of "
+    "the query case's shape, or one slice of it (instead of --region).",
+)
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="For each hit, the per-position contributions to its distance (they add up to it): "
+    "in --json, in the text output (where most of it lies) and as heat maps in --montage.",
+)
+@click.option(
     "--montage",
     type=click.Path(dir_okay=False),
     default=None,
@@ -113,6 +135,9 @@ def query(
     normalized_sum,
     include_same_volume,
     where,
+    region,
+    region_mask,
+    explain,
     montage,
     as_json,
 ):
@@ -150,6 +175,9 @@ def query(
             normalized_sum=normalized_sum,
             include_same_volume=include_same_volume,
             where=where,
+            region=region,
+            region_mask=region_mask,
+            explain=explain,
         )
         if montage:
             check_write_target(montage)  # refuse /dev/null, a folder, a link before any work
@@ -177,6 +205,7 @@ def query(
                 query_source=result.query_source,
                 query_image=result.query_image,
                 query_labels=result.query_labels,
+                region=result.region,
             )
     except OSError as exc:  # a scheduler that cannot be reached
         if isinstance(exc, LIBRARY_ERRORS):  # WriteTargetError: the group reports it as is
@@ -211,6 +240,18 @@ def query(
             click.echo(
                 f"{h.rank:>4}  {h.case:<16} {h.slice:>5}  {h.distance:>12.4f}  {area:>9}" + study
             )
+            if h.explanation is not None:
+                click.echo(f"      most of its distance at {_top_cells(h.explanation)}")
+    if result.region is not None:
+        echoed = result.region.to_dict()
+        given = region if region is not None else f"mask {region_mask}"
+        for book in ("normal", "abnormal"):
+            cells = echoed["positions"][book]
+            h, w = echoed["grid"][book]
+            click.echo(
+                f"\nRegion {given}: {len(cells)} of {h * w} grid positions ({book} grid {h}x{w}): "
+                + " ".join(f"({i},{j})" for i, j in cells)
+            )
     if where is not None:
         click.echo(f"\nFilter {where}: {result.rows_passing} rows pass.")
     click.echo(
@@ -218,3 +259,19 @@ def query(
     )
     if montage:
         click.echo(f"Montage: {montage}")
+
+
+def _top_cells(explanation: dict, n: int = 3) -> str:
+    """The n grid cells holding the largest shares of a hit's distance, as text."""
+    import numpy as np
+
+    maps = [np.asarray(b["contributions"]) for b in explanation["books"].values()]
+    total = np.sum(maps, axis=0)
+    distance = explanation["distance"]
+    order = np.argsort(-total, axis=None, kind="stable")[:n]
+    cells = []
+    for flat in order:
+        i, j = np.unravel_index(flat, total.shape)
+        share = total[i, j] / distance if distance > 0 else 0.0
+        cells.append(f"({i},{j}) {share:.0%}")
+    return ", ".join(cells)

@@ -153,6 +153,18 @@ def finish(
     return out
 
 
+def region_scale(distance: str, scale: float, share: float) -> float:
+    """The normalized sum's scale of a codebook (the mean distance between random whole grids)
+    for grids restricted to a share (0, 1] of their positions: D_H and squared D_E are sums over
+    positions, so their mean falls in proportion (D_E with its square root); D_A compares
+    directions, which do not shrink with the number of positions."""
+    if distance == "hamming":
+        return scale * share
+    if distance == "euclidean":
+        return scale * float(np.sqrt(share))
+    return scale
+
+
 def image_distance(
     distance: str,
     sums: dict[str, np.ndarray],

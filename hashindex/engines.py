@@ -29,7 +29,8 @@ from hashindex.fastscan import FastScan
 from hashindex.fastscan_layout import TABLE
 from hashindex.files import FLAT_FILES, IVF_FILES
 from hashindex.index_meta import is_int
-from hashindex.scans import SCANS
+from hashindex.region_scan import region_hamming_sum, region_scales
+from hashindex.scans import SCANS, SCANS_TWO
 from hashindex.volumes import (
     VolumeHits,
     rows_from_knn,
@@ -55,6 +56,9 @@ class Query:
     allowed_rows: (ntotal,) bool, True for the rows any query of the batch may return (engines
     with ``supports_row_mask``), or None for every row. An engine answers as if the other rows
     were not stored: the exact top-k / top-Q among the allowed rows, never a filtered top-k.
+    positions: per codebook the (C,) int64 increasing flat grid positions the image distance
+    sums over (a region query; engines with ``supports_position_mask``), or None for all; the
+    distance is then that of the grids restricted to those positions (`hashindex.distances`).
     """
 
     normal: np.ndarray
@@ -64,6 +68,7 @@ class Query:
     normalized_sum: bool
     nprobe: int | None = None
     allowed_rows: np.ndarray | None = None
+    positions: dict[str, np.ndarray] | None = None
 
     @property
     def B(self) -> int:
@@ -89,7 +94,8 @@ class Engine(ABC):
     # why normalized_sum is refused, where it is (part of the message)
     no_normalized_sum: ClassVar[str] = ""
     takes_nprobe: ClassVar[bool] = False
-    # a mask of the grid positions a query compares (the region query); none takes one yet
+    # whether it answers a query restricted to some grid positions (`Query.positions`, the
+    # region query) exactly
     supports_position_mask: ClassVar[bool] = False
     # whether it answers a query restricted to some rows (`Query.allowed_rows`) exactly
     supports_row_mask: ClassVar[bool] = True
@@ -114,11 +120,13 @@ class Engine(ABC):
         normalized_sum: bool,
         nprobe: int | None,
         row_mask: bool = False,
+        position_mask: bool = False,
     ) -> None:
         """ValueError, naming the fix, unless this engine can answer these options on its index.
 
         ``mode`` and ``distance`` are valid names (checked by the caller); ``row_mask``: the
-        query is restricted to some rows (`Query.allowed_rows`)."""
+        query is restricted to some rows (`Query.allowed_rows`); ``position_mask``: to some
+        grid positions (`Query.positions`)."""
         if mode not in self.modes:
             raise ValueError(f"engine {self.name!r} supports only {_either('mode', self.modes)}")
         if distance not in self.distances:
@@ -136,6 +144,12 @@ class Engine(ABC):
             raise ValueError(
                 f"engine {self.name!r} cannot restrict a search to some rows exactly (a filter "
                 f"or removed cases); use {_either('engine', able)}"
+            )
+        if position_mask and not self.supports_position_mask:
+            able = [n for n, e in REGISTRY.items() if e.supports_position_mask]
+            raise ValueError(
+                f"engine {self.name!r} cannot restrict the distance to a region's grid positions; "
+                f"use {_either('engine', able)} (or name no engine)"
             )
         self.check_index(mode)
         if nprobe is not None:
@@ -203,28 +217,43 @@ class RowDistanceEngine(Engine):
 
 class TableScanEngine(RowDistanceEngine):
     """Sums of per-position table entries over the (N, P) representative ids (`scan`), turned
-    into distances by `hashindex.distances.image_distance`."""
+    into distances by `hashindex.distances.image_distance`. A region query (`Query.positions`)
+    sums its positions only: the table's rows of those positions, and for D_A the squared
+    norms of the grids restricted to them."""
 
     scan: ClassVar[str]  # the name of its kernel in `hashindex.scans.SCANS`
+    supports_position_mask = True
 
     def row_distances(self, q_reps: dict, q_sq: dict, b: int, query: Query) -> np.ndarray:
         idx, distance = self.index, query.distance
         books = BOOKS if query.mode == "sum" else (query.mode,)
         scan = SCANS[self.scan]
-        sums = {
-            book: scan(idx.codes[book], idx.tables[book].query_table(q_reps[book][b], distance))
-            for book in books
-        }
+        sums, q_norms, r_norms = {}, {}, {}
+        for book in books:
+            tables, q = idx.tables[book], q_reps[book][b]
+            cols = None if query.positions is None else query.positions[book]
+            table = tables.query_table(q if cols is None else q[cols], distance)
+            q_norms[book], r_norms[book] = q_sq[book][b], idx.row_sqnorm[book]
+            if cols is None:
+                sums[book] = scan(idx.codes[book], table)
+            elif distance == "angular":
+                # with the norms of the grids restricted to the region, in position order
+                q_norms[book] = float(tables.sqnorm[q[cols]].sum())
+                norms = np.ascontiguousarray(np.broadcast_to(tables.sqnorm, table.shape))
+                sums[book], r_norms[book] = self.region_sums(book, cols, [table, norms])
+            else:
+                (sums[book],) = self.region_sums(book, cols, [table])
         scales = None
         if query.normalized_sum and query.mode == "sum":
-            scales = {book: idx.scales[f"{book}/{distance}"] for book in books}
-        return image_distance(
-            distance,
-            sums,
-            {book: q_sq[book][b] for book in books},
-            {book: idx.row_sqnorm[book] for book in books},
-            scales,
-        )
+            scales = region_scales(idx, distance, books, query.positions)
+        return image_distance(distance, sums, q_norms, r_norms, scales)
+
+    def region_sums(self, book: str, cols: np.ndarray, tables: list) -> list[np.ndarray]:
+        """Per table (C, R), the (N,) sums over the region's positions ``cols`` of ``book``."""
+        codes = self.index.codes[book]
+        if len(tables) == 2:
+            return list(SCANS_TWO[self.scan](codes, tables[0], tables[1], cols))
+        return [SCANS[self.scan](codes, tables[0], cols)]
 
 
 class LutEngine(TableScanEngine):
@@ -239,16 +268,14 @@ class LutEngine(TableScanEngine):
         if query.distance != "hamming" or query.mode != "sum" or query.normalized_sum:
             return super().row_distances(q_reps, q_sq, b, query)
         # fused single pass; integer sums, so identical to adding the two distances
+        if query.positions is not None:
+            return region_hamming_sum(self.index, q_reps, b, query.positions)
         from hashindex.kernels import KERNELS  # numba: imported on first use
 
-        idx = self.index
-        out = np.empty(idx.ntotal)
+        idx, out = self.index, np.empty(self.index.ntotal)
+        tables = [idx.tables[book].query_table(q_reps[book][b], "hamming") for book in BOOKS]
         KERNELS["lut_scan_int_pair"](
-            idx.codes["normal"],
-            idx.tables["normal"].query_table(q_reps["normal"][b], "hamming"),
-            idx.codes["abnormal"],
-            idx.tables["abnormal"].query_table(q_reps["abnormal"][b], "hamming"),
-            out,
+            idx.codes["normal"], tables[0], idx.codes["abnormal"], tables[1], out
         )
         return out
 

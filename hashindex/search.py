@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from hashindex.distances import DISTANCES, MODES
+from hashindex.distances import BOOKS, DISTANCES, MODES
 from hashindex.engines import ENGINES, REGISTRY, Engine, Query, RowCopyEngine
 from hashindex.fastscan import FastScan
 from hashindex.index_meta import is_int
@@ -53,13 +53,20 @@ class IndexSearch(IndexState):
         FAISS engines). Loads nothing."""
         return tuple(name for name, engine in REGISTRY.items() if engine.available(self))
 
-    def default_engine(self, distance: str) -> str:
+    def default_engine(self, distance: str, position_mask: bool = False) -> str:
         """The engine a query of ``distance`` runs on when it names none: of the engines that
-        are a default for that distance (`Engine.default_for`) and that this index can run, the
-        one of highest `Engine.default_rank`. Loads nothing."""
+        are a default for that distance (`Engine.default_for`) and that this index can run
+        (with ``position_mask``: that answer a region query exactly), the one of highest
+        `Engine.default_rank`. Loads nothing."""
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-        able = [e for e in REGISTRY.values() if distance in e.default_for and e.available(self)]
+        able = [
+            e
+            for e in REGISTRY.values()
+            if distance in e.default_for
+            and e.available(self)
+            and (e.supports_position_mask or not position_mask)
+        ]
         return max(able, key=lambda engine: engine.default_rank).name
 
     def _rows_copy(self, name: str):
@@ -86,6 +93,7 @@ class IndexSearch(IndexState):
         normalized_sum,
         nprobe=None,
         allowed_rows=None,
+        positions=None,
     ) -> Engine:
         """The engine that answers this query; ValueError / TypeError for what it cannot."""
         if self.grid is None:
@@ -109,8 +117,42 @@ class IndexSearch(IndexState):
                     f"allowed_rows must have shape ({self.ntotal},) (one per stored row), got "
                     f"{allowed_rows.shape}"
                 )
-        found.check(mode, distance, normalized_sum, nprobe, row_mask=allowed_rows is not None)
+        found.check(
+            mode,
+            distance,
+            normalized_sum,
+            nprobe,
+            row_mask=allowed_rows is not None,
+            position_mask=positions is not None,
+        )
         return found
+
+    def _positions(self, positions) -> dict[str, np.ndarray] | None:
+        """A region's positions as engines take them (`Query.positions`): per codebook the
+        increasing flat indices of the True cells, or None when the region is the whole grid.
+
+        positions: None, one (h, w) bool mask for both grids, or {"normal": mask, "abnormal":
+        mask}; every mask has the index's grid shape and at least one True cell."""
+        if positions is None:
+            return None
+        masks = positions if isinstance(positions, dict) else dict.fromkeys(BOOKS, positions)
+        if set(masks) != set(BOOKS):
+            raise ValueError(f"positions must name both codebooks {BOOKS}, got {sorted(masks)}")
+        cols = {}
+        for book in BOOKS:
+            mask = masks[book]
+            if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
+                raise TypeError(f"positions ({book}) must be a bool numpy array of the grid")
+            if mask.shape != self.grid:
+                raise ValueError(
+                    f"positions ({book}) must have the grid's shape {self.grid}, got {mask.shape}"
+                )
+            if not mask.any():
+                raise ValueError(f"positions ({book}) selects no grid position")
+            cols[book] = np.flatnonzero(mask).astype(np.int64)
+        if all(mask.all() for mask in masks.values()):
+            return None  # the whole grid: the unrestricted path, the same sums
+        return cols
 
     @staticmethod
     def _row_mask(allowed_rows: np.ndarray | None) -> tuple[np.ndarray | None, bool]:
@@ -140,13 +182,27 @@ class IndexSearch(IndexState):
         normalized_sum: bool = False,
         nprobe: int | None = None,
         allowed_rows: np.ndarray | None = None,
+        positions: np.ndarray | dict[str, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Row-wise top-k: D (B, k) float64, I (B, k) int64 row ids (-1 / inf padded).
 
         allowed_rows: (ntotal,) bool, the only rows that may be returned (a filter, removed
-        cases left out), or None: the exact top-k among those rows, padded where fewer."""
+        cases left out), or None: the exact top-k among those rows, padded where fewer.
+        positions: a region query, the (h, w) bool grid positions the distance compares (one
+        mask for both grids, or one per codebook in a dict), or None for every position; the
+        distances are those of the grids restricted to them (engines with
+        ``supports_position_mask``: lut, numpy)."""
+        cols = self._positions(positions) if self.grid is not None else None
         found = self._check_query(
-            q_normal, q_abnormal, mode, distance, engine, normalized_sum, nprobe, allowed_rows
+            q_normal,
+            q_abnormal,
+            mode,
+            distance,
+            engine,
+            normalized_sum,
+            nprobe,
+            allowed_rows,
+            cols,
         )
         if not is_int(k):
             raise TypeError(f"k must be an integer, got {type(k).__name__}")
@@ -158,7 +214,7 @@ class IndexSearch(IndexState):
         if nothing:
             B = q_normal.shape[0]
             return np.full((B, k), np.inf), np.full((B, k), -1, np.int64)
-        query = Query(q_normal, q_abnormal, mode, distance, normalized_sum, nprobe, mask)
+        query = Query(q_normal, q_abnormal, mode, distance, normalized_sum, nprobe, mask, cols)
         return found.search(query, k)
 
     def search_volumes(
@@ -174,16 +230,26 @@ class IndexSearch(IndexState):
         normalized_sum: bool = False,
         nprobe: int | None = None,
         allowed_rows: np.ndarray | None = None,
+        positions: np.ndarray | dict[str, np.ndarray] | None = None,
     ) -> VolumeHits:
         """Volume-wise top-Q (section 4.4.6): each hit is a different volume's closest row.
 
         The result has min(topq, number of volumes) columns, -1 / inf padded where fewer
         volumes qualify (the query's own volume excluded, rows left out by ``allowed_rows``,
         or an approximate engine). allowed_rows: (ntotal,) bool or None, as in `search`; a
-        volume's closest row is its closest allowed row.
+        volume's closest row is its closest allowed row. positions: a region, as in `search`.
         """
+        cols = self._positions(positions) if self.grid is not None else None
         found = self._check_query(
-            q_normal, q_abnormal, mode, distance, engine, normalized_sum, nprobe, allowed_rows
+            q_normal,
+            q_abnormal,
+            mode,
+            distance,
+            engine,
+            normalized_sum,
+            nprobe,
+            allowed_rows,
+            cols,
         )
         if not is_int(topq):
             raise TypeError(f"topq must be an integer, got {type(topq).__name__}")
@@ -202,5 +268,5 @@ class IndexSearch(IndexState):
         mask, nothing = self._row_mask(allowed_rows)
         if nothing:
             return VolumeHits.padded(B, topq)
-        query = Query(q_normal, q_abnormal, mode, distance, normalized_sum, nprobe, mask)
+        query = Query(q_normal, q_abnormal, mode, distance, normalized_sum, nprobe, mask, cols)
         return found.search_volumes(query, topq, exclude_volumes)

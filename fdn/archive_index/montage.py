@@ -3,6 +3,10 @@
 Each cell shows FLAIR with the six normal-anatomy labels faintly tinted and the lesion labels
 strongly (NET red, ED green, ET yellow), so one can see at a glance whether S_normal hits share
 the query's anatomy and S_abnormal hits share its lesion.
+
+With a region query the query cell outlines the grid cells compared; with explanations
+(`QueryOptions.explain`) each hit cell carries a heat map of the per-position contributions
+to its distance (brighter: more of the distance), drawn over the hit's grid cells.
 """
 
 from __future__ import annotations
@@ -33,6 +37,38 @@ MODE_TITLES = {
     "abnormal": "S_abnormal (lesion)",
     "sum": "S_sum (both)",
 }
+
+
+def draw_grid_map(ax, values: np.ndarray, size: int, alpha: float = 0.55) -> None:
+    """Draw (h, w) per-cell values over a slice shown by `draw_labelled_slice` (size × size
+    pixels, transposed, origin lower): cell (i, j) covers pixels [i·size/h, (i+1)·size/h) ×
+    [j·size/w, (j+1)·size/w). Zero cells stay transparent."""
+    peak = float(values.max()) if values.size else 0.0
+    shown = np.ma.masked_less_equal(values.T, 0.0)
+    extent = (-0.5, size - 0.5, -0.5, size - 0.5)
+    ax.imshow(
+        shown,
+        cmap="inferno",
+        vmin=0.0,
+        vmax=peak if peak > 0 else 1.0,
+        alpha=alpha,
+        origin="lower",
+        extent=extent,
+        interpolation="nearest",
+    )
+
+
+def draw_region_outline(ax, positions: np.ndarray, size: int) -> None:
+    """Outline the (h, w) True cells of a region over a slice drawn by `draw_labelled_slice`."""
+    h, w = positions.shape
+    for i, j in zip(*np.nonzero(positions), strict=True):
+        x0, y0 = i * size / h - 0.5, j * size / w - 0.5
+        ax.add_patch(plt.Rectangle((x0, y0), size / h, size / w, fill=False, ec="cyan", lw=0.8))
+
+
+def hit_contributions(explanation: dict) -> np.ndarray:
+    """(h, w) float64: a hit's contributions of every codebook added per position."""
+    return np.sum([np.asarray(b["contributions"]) for b in explanation["books"].values()], axis=0)
 
 
 def draw_labelled_slice(
@@ -94,8 +130,12 @@ def draw_retrieval_montage(
     query_source: str | None,
     query_image: np.ndarray | None = None,
     query_labels: tuple | None = None,
+    region=None,
 ) -> Path:
     """Write a PNG: one row per mode in `results` ({mode: [Hit, ...]}), query first in each row.
+
+    region: the `fdn.archive_index.region.Region` of a region query (outlined on the query),
+    or None. Hits with an explanation get its heat map.
 
     Raises WriteTargetError (before any image is read) when `out_path` is a symlink, a special
     file or a folder, or cannot be written; FdnError when a hit's source cannot be read.
@@ -114,6 +154,10 @@ def draw_retrieval_montage(
     )
     for r, (mode, hits) in enumerate(results.items()):
         draw_labelled_slice(axes[r, 0], query_image, seg, anat, f"query\n{query_name}")
+        size = query_image.shape[-1]
+        if region is not None:
+            book = "abnormal" if mode == "abnormal" else "normal"
+            draw_region_outline(axes[r, 0], region.positions[book], size)
         axes[r, 0].set_ylabel(MODE_TITLES.get(mode, mode), fontsize=8)
         for c in range(1, n_cols):
             ax = axes[r, c]
@@ -129,5 +173,7 @@ def draw_retrieval_montage(
                 hit_anat,
                 f"#{hit.rank} {hit.case}:{hit.slice}\nd={hit.distance:.3g}",
             )
+            if hit.explanation is not None:
+                draw_grid_map(ax, hit_contributions(hit.explanation), image.shape[-1])
     fig.tight_layout()
     return save_figure(fig, Path(out_path), dpi=130)

@@ -22,6 +22,11 @@ case, then encoded with the index's own model. Either way the answer is a `Query
                  "search_seconds": 0.001, "hits": [{rank, row, case, slice, distance, source,
                  lesion_area}, ...]}, ...}}
 
+A region query (`QueryOptions.region`) adds "region": the box or mask as given, the query
+slice's voxel shape and the grid positions used (`Region.to_dict`); with `explain` each hit
+carries "explanation": its distance and, per codebook, the (h, w) contributions that add up
+to it (`hashindex.explain`).
+
 The top-level "distance" and "engine" are those the query named (null: each mode's best
 distance, `BEST_DISTANCES`, and the index's default engine for it); each mode's result says
 which it ran with.
@@ -51,6 +56,7 @@ from fdn.archive_index.query_options import (
     as_int,
     query_options,
 )
+from fdn.archive_index.region import Region, query_slice_shape, resolve_region
 from fdn.archive_index.searchable import Hit, SearchableIndex
 
 # The names callers of a query use, importable from here with the functions that take them.
@@ -62,6 +68,7 @@ __all__ = [
     "UnknownCaseError",
     "check_case",
     "check_slice",
+    "explain_hit",
     "load_query_slice",
     "query_options",
     "run_external_query",
@@ -105,6 +112,8 @@ class QueryResult:
     query_source: str | None = None
     # rows a filtered query (options.where) could return; None without a filter
     rows_passing: int | None = None
+    # the region a region query compared (options.region resolved on the query slice)
+    region: Region | None = None
     query_image: np.ndarray | None = field(default=None, repr=False)
     query_labels: tuple | None = field(default=None, repr=False)
 
@@ -129,6 +138,8 @@ class QueryResult:
             "nprobe": o.nprobe,
             "where": o.where,
             "rows_passing": self.rows_passing,
+            "region": None if self.region is None else self.region.to_dict(),
+            "explain": o.explain,
             "load_seconds": self.load_seconds,
             "encode_seconds": self.encode_seconds,
             "query_seconds": self.query_seconds,
@@ -210,7 +221,8 @@ def run_slice_query(
     exclude = None if options.include_same_volume else index.volume_of(case)
     passing = None if options.where is None else index.passing_rows(options.where)
     normal, abnormal = index.codes_of_row(row)
-    results = _search_modes(index, normal, abnormal, exclude, options, lock)
+    region = _indexed_region(index, options, case, row, slice_index)
+    results = _search_modes(index, normal, abnormal, exclude, options, lock, region)
     return QueryResult(
         query=f"{case} slice {slice_index}",
         index=str(index.index_dir),
@@ -222,7 +234,54 @@ def run_slice_query(
         query_seconds=time.perf_counter() - started,
         query_source=str(index.table.value("source", row)),
         rows_passing=passing,
+        region=region,
     )
+
+
+def _indexed_region(
+    index: SearchableIndex, options: QueryOptions, case: str, row: int, slice_index: int
+) -> Region | None:
+    """The query's region on slice ``slice_index`` (row ``row``) of ``case``, a case of the
+    index, whose voxel shape is read from its source file's header; None without a region."""
+    if options.region is None:
+        return None
+    from fdn.data.archive import case_files_inside
+
+    source = str(index.table.value("source", row))
+    files = case_files_inside(source, case, index.manifest.archive_roots)
+    return _resolve(index, options, query_slice_shape(files), slice_index)
+
+
+def _resolve(index: SearchableIndex, options: QueryOptions, shape, slice_index: int) -> Region:
+    assert options.region is not None
+    h, w = index.manifest.grid
+    grid = (int(h), int(w))
+    return resolve_region(options.region, shape, {"normal": grid, "abnormal": grid}, slice_index)
+
+
+def explain_hit(
+    index: SearchableIndex,
+    case: str,
+    slice_index: int,
+    hit_case: str,
+    hit_slice: int,
+    mode: str,
+    options: QueryOptions = DEFAULT_OPTIONS,
+) -> tuple[dict, Region | None]:
+    """Why slice ``hit_slice`` of ``hit_case`` is at its distance from the query slice
+    (``case``, ``slice_index``) in ``mode`` under ``options`` (distance, normalized sum,
+    region): (the explanation's JSON, the region resolved on the query slice or None). The
+    route behind the viewer's heat maps; the numbers are those `explain=True` gives a hit."""
+    if mode not in options.modes:
+        raise QueryError(f"mode {mode!r} is not among the query's modes {list(options.modes)}")
+    slice_index = check_slice(index, case, slice_index)
+    hit_slice = check_slice(index, hit_case, hit_slice)
+    row = index.row_of(case, slice_index)
+    region = _indexed_region(index, options, case, row, slice_index)
+    normal, abnormal = index.codes_of_row(row)
+    positions = None if region is None else region.positions
+    hit_row = index.row_of(hit_case, hit_slice)
+    return index.explain_row(normal, abnormal, hit_row, mode, options, positions), region
 
 
 def run_external_query(
@@ -260,7 +319,10 @@ def run_external_query(
     encoded = time.perf_counter()
     exclude = None if options.include_same_volume else index.volume_of(case_id)
     passing = None if options.where is None else index.passing_rows(options.where)
-    results = _search_modes(index, normal, abnormal, exclude, options, lock)
+    region = None
+    if options.region is not None:
+        region = _resolve(index, options, query_slice_shape(files), slice_index)
+    results = _search_modes(index, normal, abnormal, exclude, options, lock, region)
     return QueryResult(
         query=f"{case_id} slice {slice_index} (external)",
         index=str(index.index_dir),
@@ -273,6 +335,7 @@ def run_external_query(
         encode_seconds=encoded - loaded,
         query_seconds=time.perf_counter() - started,
         rows_passing=passing,
+        region=region,
         query_image=image,
         query_labels=(seg, anat),
     )
@@ -285,14 +348,16 @@ def _search_modes(
     exclude: int | None,
     options: QueryOptions,
     lock: threading.Lock | None,
+    region: Region | None = None,
 ) -> dict[str, ModeResult]:
+    positions = None if region is None else region.positions
     results = {}
     for m in options.modes:
         chosen = options.for_mode(m, index)
         assert chosen.distance is not None and chosen.engine is not None
         with lock or nullcontext():
             t0 = time.perf_counter()
-            hits = index.search(normal, abnormal, m, chosen, exclude)
+            hits = index.search(normal, abnormal, m, chosen, exclude, positions)
             results[m] = ModeResult(time.perf_counter() - t0, hits, chosen.distance, chosen.engine)
     log.debug("query: %s", {m: len(r.hits) for m, r in results.items()})
     return results

@@ -14,10 +14,14 @@ the CLI flag, the HTTP parameter (`fdn.service.service.parse_options`) and the J
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from fdn.errors import FdnError
 from hashindex import DISTANCES, ENGINES, MODES
 from hashindex.engines import REGISTRY
+
+if TYPE_CHECKING:
+    from fdn.archive_index.region import RegionSpec
 
 ALL_MODES = "all"
 MODE_CHOICES = (*MODES, ALL_MODES)
@@ -54,6 +58,11 @@ class QueryOptions:
     for the index's default for the distance. `for_mode` decides both for one mode.
     where: a filter on the slice table (`fdn.archive_index.where`), checked for its syntax
     here and against the index's columns when it runs; hits come only from the rows it keeps.
+    region: a `RegionSpec` (a box or a mask file on the query slice), resolved to grid
+    positions when the query's slice is known (`fdn.archive_index.region`); only those
+    positions count in the distance, and only engines that take a position mask run it.
+    explain: each hit carries the per-position contributions to its distance
+    (`hashindex.explain`).
     """
 
     modes: tuple[str, ...] = ("sum",)
@@ -64,6 +73,8 @@ class QueryOptions:
     normalized_sum: bool = False
     include_same_volume: bool = False
     where: str | None = None
+    region: RegionSpec | None = None
+    explain: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.modes, tuple) or not self.modes:
@@ -90,6 +101,14 @@ class QueryOptions:
             object.__setattr__(self, "nprobe", nprobe)
         object.__setattr__(self, "normalized_sum", bool(self.normalized_sum))
         object.__setattr__(self, "include_same_volume", bool(self.include_same_volume))
+        object.__setattr__(self, "explain", bool(self.explain))
+        if self.region is not None and self.engine is not None:
+            if not REGISTRY[self.engine].supports_position_mask:
+                able = [n for n, e in REGISTRY.items() if e.supports_position_mask]
+                raise QueryError(
+                    f"engine {self.engine} cannot restrict the distance to a region; use "
+                    f"{' or '.join(able)}, or name no engine"
+                )
         if self.where is not None:
             from fdn.archive_index.where import parse_where  # it imports QueryError from here
 
@@ -107,7 +126,9 @@ class QueryOptions:
         """These options for ``mode`` alone, its distance and engine decided: the named
         engine, else ``index``'s default for the distance (`SearchableIndex.default_engine`)."""
         distance = self.distance_for(mode)
-        engine = self.engine if self.engine is not None else index.default_engine(distance)
+        engine = self.engine
+        if engine is None:
+            engine = index.default_engine(distance, position_mask=self.region is not None)
         return replace(self, modes=(mode,), distance=distance, engine=engine)
 
 
@@ -122,11 +143,16 @@ def query_options(
     include_same_volume: bool = False,
     max_topq: int | None = None,
     where: str | None = None,
+    region: str | None = None,
+    region_mask: str | None = None,
+    explain: bool = False,
 ) -> QueryOptions:
     """`QueryOptions` from loose values (command-line flags, HTTP parameters).
 
     mode: one of normal, abnormal, sum, all (all three), or a list of modes (repeats dropped).
     max_topq: an upper bound on topq (the service sets one), None for none.
+    region: a box "x0,y0,x1,y1" in voxels of the query slice; region_mask: a mask file's path
+    (at most one of the two).
     """
     modes = [mode] if isinstance(mode, str) else list(mode)
     if not modes:
@@ -147,10 +173,22 @@ def query_options(
         normalized_sum=normalized_sum,
         include_same_volume=include_same_volume,
         where=where,
+        region=_region_spec(region, region_mask),
+        explain=explain,
     )
     if max_topq is not None and options.topq > max_topq:
         raise QueryError(f"topq must be at most {max_topq}; got {options.topq}")
     return options
+
+
+def _region_spec(box: str | None, mask: str | None) -> RegionSpec | None:
+    from fdn.archive_index.region import RegionSpec, parse_box  # they import QueryError here
+
+    if box is None and mask is None:
+        return None
+    if box is not None and mask is not None:
+        raise QueryError("give the region as a box or as a mask file, not both")
+    return RegionSpec(box=None if box is None else parse_box(box), mask=mask)
 
 
 def as_int(name: str, value) -> int:

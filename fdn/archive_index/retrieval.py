@@ -77,10 +77,11 @@ class ArchiveIndex:
     def ntotal(self) -> int:
         return self.hash_index.ntotal
 
-    def default_engine(self, distance: str) -> str:
+    def default_engine(self, distance: str, position_mask: bool = False) -> str:
         """The engine a query of ``distance`` runs on unless it names one (the hash index's
-        registry decides: `HashIndex.default_engine`); every default is exact."""
-        return self.hash_index.default_engine(distance)
+        registry decides: `HashIndex.default_engine`; ``position_mask``: a region query); every
+        default is exact."""
+        return self.hash_index.default_engine(distance, position_mask)
 
     @property
     def codes_normal(self) -> np.ndarray:
@@ -290,10 +291,13 @@ class ArchiveIndex:
         mode: str,
         options: QueryOptions,
         exclude_volume: int | None = None,
+        positions: dict[str, np.ndarray] | None = None,
     ) -> list[Hit]:
         """Volume-wise top-Q for one pair of code grids (h, w) uint16 in ``mode``; options that
         name no distance or engine run with the mode's best distance and the index's default
-        engine for it (`QueryOptions.for_mode`)."""
+        engine for it (`QueryOptions.for_mode`). positions: a region query's (h, w) bool grid
+        positions per codebook (`fdn.archive_index.region`), or None for the whole grid; with
+        ``options.explain`` each hit carries its per-position contributions."""
         options = options.for_mode(mode, self)
         assert options.distance is not None and options.engine is not None
         exclude = None if exclude_volume is None else np.array([exclude_volume], dtype=np.int64)
@@ -313,6 +317,7 @@ class ArchiveIndex:
             normalized_sum=options.normalized_sum,
             nprobe=options.nprobe,
             allowed_rows=allowed,
+            positions=positions,
         )
         hits = []
         for rank, (dist, row) in enumerate(zip(result.distances[0], result.rows[0]), start=1):
@@ -331,9 +336,25 @@ class ArchiveIndex:
                     if area is None or (isinstance(area, float) and np.isnan(area))
                     else int(area),
                     **self._provenance(row),
+                    explanation=self.explain_row(normal, abnormal, row, mode, options, positions)
+                    if options.explain
+                    else None,
                 )
             )
         return hits
+
+    def explain_row(self, normal, abnormal, row: int, mode: str, options, positions=None) -> dict:
+        """Why row ``row`` is at its distance from the query grids (h, w) in ``mode`` under
+        ``options``: the per-position contributions of `hashindex.explain`, as JSON."""
+        from hashindex.explain import explain
+
+        hit = self.hash_index.reconstruct(int(row))
+        distance, summed = options.distance_for(mode), options.normalized_sum
+        explained = explain(
+            self.hash_index, (normal, abnormal), hit, mode=mode, distance=distance,
+            normalized_sum=summed, positions=positions,
+        )  # fmt: skip
+        return explained.to_dict()
 
 
 def open_index(index_dir: str | Path, *, verify: bool = True) -> ArchiveIndex:

@@ -32,6 +32,8 @@ class Hit:
     # DICOM provenance of an imported case (None otherwise), so a viewer can open the study.
     study_uid: str | None = None
     series_uids: dict[str, str] | None = None
+    # with QueryOptions.explain: `hashindex.explain.Explanation.to_dict()` of this hit
+    explanation: dict | None = None
 
 
 class SliceColumns(Protocol):
@@ -61,8 +63,9 @@ class SearchableIndex(Protocol):
     @property
     def table(self) -> SliceColumns: ...
 
-    def default_engine(self, distance: str) -> str:
-        """The engine a query of ``distance`` runs on when its options name none."""
+    def default_engine(self, distance: str, position_mask: bool = False) -> str:
+        """The engine a query of ``distance`` runs on when its options name none (one that
+        takes a position mask for a region query)."""
         ...
 
     def volume_of(self, case: str) -> int | None: ...
@@ -87,6 +90,19 @@ class SearchableIndex(Protocol):
 
     def encode(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def explain_row(
+        self,
+        normal: np.ndarray,
+        abnormal: np.ndarray,
+        row: int,
+        mode: str,
+        options: QueryOptions,
+        positions: dict[str, np.ndarray] | None = None,
+    ) -> dict:
+        """The per-position contributions to the distance of row ``row`` from the query grids
+        (`hashindex.explain.Explanation.to_dict`)."""
+        ...
+
     def search(
         self,
         normal: np.ndarray,
@@ -94,7 +110,9 @@ class SearchableIndex(Protocol):
         mode: str,
         options: QueryOptions,
         exclude_volume: int | None = None,
+        positions: dict[str, np.ndarray] | None = None,
     ) -> list[Hit]:
         """Volume-wise top-``options.topq`` for one pair of code grids (h, w) uint16 in
-        ``mode`` (one of ``options.modes``), ``exclude_volume`` left out."""
+        ``mode`` (one of ``options.modes``), ``exclude_volume`` left out; positions: a region
+        query's (h, w) bool positions per codebook, or None for the whole grid."""
         ...

@@ -162,18 +162,30 @@ def _open_here(path: str) -> tuple[ArchiveIndex, dict]:
 
 
 def _search(
-    index: ArchiveIndex, normal, abnormal, mode: str, options: QueryOptions, exclude_case
+    index: ArchiveIndex,
+    normal,
+    abnormal,
+    mode: str,
+    options: QueryOptions,
+    exclude_case,
+    positions=None,
 ) -> list[Hit]:
-    """One shard's volume-wise top-Q."""
+    """One shard's volume-wise top-Q (its hits' explanations made there, where the rows are)."""
     exclude = None if exclude_case is None else index.volume_of(exclude_case)
-    return index.search(normal, abnormal, mode, options, exclude)
+    return index.search(normal, abnormal, mode, options, exclude, positions)
 
 
 def _search_shard(
-    path: str, normal, abnormal, mode: str, options: QueryOptions, exclude_case: str | None
+    path: str,
+    normal,
+    abnormal,
+    mode: str,
+    options: QueryOptions,
+    exclude_case: str | None,
+    positions=None,
 ) -> list[Hit]:
     """One shard's volume-wise top-Q on the worker that holds the shard."""
-    return _search(_shard(path), normal, abnormal, mode, options, exclude_case)
+    return _search(_shard(path), normal, abnormal, mode, options, exclude_case, positions)
 
 
 def _removed_on_worker(path: str) -> list[str]:
@@ -340,9 +352,15 @@ class ShardedIndex:
         k = int(np.searchsorted(self.offsets, row, side="right") - 1)
         return self._local(k).codes_of_row(row - int(self.offsets[k]))
 
-    def default_engine(self, distance: str) -> str:
+    def default_engine(self, distance: str, position_mask: bool = False) -> str:
         """The shards' default engine (they share one model, hence one pair of codebooks)."""
-        return self._first.default_engine(distance)
+        return self._first.default_engine(distance, position_mask)
+
+    def explain_row(self, normal, abnormal, row: int, mode: str, options, positions=None) -> dict:
+        """The explanation of a global row, made by the shard that holds it."""
+        k = int(np.searchsorted(self.offsets, row, side="right") - 1)
+        local = row - int(self.offsets[k])
+        return self._local(k).explain_row(normal, abnormal, local, mode, options, positions)
 
     def encode(self, image: np.ndarray):
         """Codes of an external image with the model every shard shares."""
@@ -355,12 +373,14 @@ class ShardedIndex:
         mode: str,
         options: QueryOptions,
         exclude_volume: int | None = None,
+        positions: dict[str, np.ndarray] | None = None,
     ) -> list[Hit]:
-        """Volume-wise top-Q over every shard, merged exactly (see the module docstring)."""
+        """Volume-wise top-Q over every shard, merged exactly (see the module docstring);
+        positions: a region query's grid positions, the same in every shard."""
         exclude_case = None if exclude_volume is None else self._cases[exclude_volume]
         # decided here, once, so that every shard (they share the codebooks) runs the same engine
         options = options.for_mode(mode, self)
-        args = (normal, abnormal, mode, options, exclude_case)
+        args = (normal, abnormal, mode, options, exclude_case, positions)
         if self.shards is not None:
             jobs = [self._pool.submit(_search, index, *args) for index in self.shards]
             per_shard = [j.result() for j in jobs]

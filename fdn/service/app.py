@@ -237,6 +237,60 @@ def query(request: Request) -> JSONResponse:
     return JSONResponse(request.app.state.paths.result(result.to_dict()))
 
 
+EXPLAIN_PARAMS = [
+    param("case", required=True, description="The query's case (a case of the index)."),
+    param("slice", kind="integer", minimum=0, required=True, description="The query's slice."),
+    param("hit_case", required=True, description="The hit's case."),
+    param("hit_slice", kind="integer", minimum=0, required=True, description="The hit's slice."),
+    *[p for p in QUERY_PARAMS if p["name"] not in ("topq", "explain")],
+]
+
+
+@openapi(
+    {
+        "summary": "Why a hit is at its distance: per-position contributions",
+        "tags": ["query"],
+        "description": "For one (query slice, hit slice) pair in one mode: the distance and, per "
+        "codebook, the (h, w) contributions that add up to it (docs/region-queries.md), under "
+        "the same options as /api/query (distance, normalized_sum, region). /api/query with "
+        "explain=true gives every hit the same numbers.",
+        "parameters": EXPLAIN_PARAMS,
+        "responses": {
+            "200": json_content("The explanation", {"type": "object"}),
+            **error_responses(400, 403, 404),
+        },
+    }
+)
+def explain(request: Request) -> JSONResponse:
+    return JSONResponse(_service(request).explain(request.query_params))
+
+
+@openapi(
+    {
+        "summary": "Why a hit is at its distance, as a heat map over a slice (PNG)",
+        "tags": ["query"],
+        "description": "The contributions of /api/explain (both codebooks added) drawn over the "
+        "hit slice (side=hit) or the query slice (side=query, the region's cells outlined): "
+        "brighter, more of the distance; cells contributing nothing are left clear.",
+        "parameters": [
+            *EXPLAIN_PARAMS,
+            param("side", enum=["hit", "query"], default="hit"),
+            param("sequence", enum=["t1", "t1ce", "t2", "flair"], default="flair"),
+            param("overlay", description="Comma-separated label overlays among seg, anat."),
+        ],
+        "responses": {
+            "200": {"description": "PNG", "content": {"image/png": {}}},
+            **error_responses(400, 403, 404),
+        },
+    }
+)
+def explain_png(request: Request) -> Response:
+    params = request.query_params
+    overlays = [o for value in params.getlist("overlay") for o in value.split(",") if o]
+    png = _service(request).explain_png(params, overlays)
+    return Response(png, media_type="image/png", headers={"cache-control": "no-cache"})
+
+
 @openapi(
     {
         "summary": "Query by an uploaded external case",
@@ -305,6 +359,8 @@ ROUTES = [
     Route("/api/cases/{case}", case),
     Route("/api/cases/{case}/slices/{slice}.png", slice_png),
     Route("/api/query", query),
+    Route("/api/explain", explain),
+    Route("/api/explain.png", explain_png),
     Route("/api/query/upload", query_upload, methods=["POST"]),
     Route("/login", login_page, methods=["GET"]),
     Route("/login", login, methods=["POST"]),

@@ -145,6 +145,24 @@ class SliceImages:
 
         Orientation as in `fdn-index show`: the first axis to the right, the second up.
         """
+        return encode_png(self.rgb(case, slice_index, sequence, overlays))
+
+    def heat_png(
+        self,
+        case: str,
+        slice_index: int,
+        values: np.ndarray,
+        sequence: str = "flair",
+        overlays=(),
+        outline: np.ndarray | None = None,
+    ) -> bytes:
+        """PNG of one slice with per-cell values (h, w) as a heat map (`heat_overlay`) and the
+        cells of ``outline`` (h, w) bool, a region, outlined."""
+        rgb = self.rgb(case, slice_index, sequence, overlays)
+        return encode_png(heat_overlay(rgb, values, outline))
+
+    def rgb(self, case: str, slice_index: int, sequence: str = "flair", overlays=()) -> np.ndarray:
+        """(W, H, 3) uint8 image of one axial slice, as `png` draws it."""
         if sequence not in SEQUENCES:
             raise ValueError(f"sequence must be one of {', '.join(SEQUENCES)}; got {sequence!r}")
         for overlay in overlays:
@@ -171,7 +189,47 @@ class SliceImages:
                 mask = labels == label
                 if mask.any():
                     rgb[mask] = (1 - alpha) * rgb[mask] + alpha * 255 * np.asarray(colour)
-        return encode_png(np.clip(rgb, 0, 255).astype(np.uint8))
+        return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+HEAT_LOW = np.array([90.0, 0.0, 140.0])  # the colour of the smallest contribution
+HEAT_HIGH = np.array([255.0, 230.0, 0.0])  # and of the largest
+OUTLINE = np.array([0.0, 230.0, 255.0])
+
+
+def cell_of_voxel(n_voxels: int, n_cells: int) -> np.ndarray:
+    """(n_voxels,) int: the grid cell whose extent holds each voxel's centre (the grid tiles the
+    slice evenly: `fdn.archive_index.region`)."""
+    return np.minimum(((np.arange(n_voxels) + 0.5) * n_cells / n_voxels).astype(int), n_cells - 1)
+
+
+def heat_overlay(rgb: np.ndarray, values: np.ndarray, outline: np.ndarray | None = None):
+    """Blend per-cell values (h, w) over a slice image drawn as `SliceImages.rgb` draws it (rows:
+    the second axis, upwards; columns: the first axis): dark purple for the least, yellow for
+    the most, more opaque where larger; cells of value 0 are left clear. ``outline``: (h, w)
+    bool cells whose borders are drawn in cyan."""
+    W, H = rgb.shape[:2]
+    # the cell of every pixel: columns are x (the first axis), rows are y from the top down
+    cx = np.broadcast_to(cell_of_voxel(H, values.shape[0])[None, :], (W, H))
+    cy = np.broadcast_to(cell_of_voxel(W, values.shape[1])[::-1][:, None], (W, H))
+    per_voxel = values[cx, cy]
+    peak = float(values.max()) if values.size else 0.0
+    out = rgb.astype(np.float32)
+    if peak > 0:
+        t = (per_voxel / peak)[..., None]
+        colour = (1 - t) * HEAT_LOW + t * HEAT_HIGH
+        alpha = np.where(per_voxel > 0, 0.25 + 0.45 * per_voxel / peak, 0.0)[..., None]
+        out = (1 - alpha) * out + alpha * colour
+    if outline is not None:
+        border = np.zeros((W, H), bool)  # pixels on a cell's edge
+        border[:, :-1] |= cx[:, :-1] != cx[:, 1:]
+        border[:, 1:] |= cx[:, 1:] != cx[:, :-1]
+        border[:-1, :] |= cy[:-1, :] != cy[1:, :]
+        border[1:, :] |= cy[1:, :] != cy[:-1, :]
+        border[[0, -1], :] = True
+        border[:, [0, -1]] = True
+        out[border & outline[cx, cy]] = OUTLINE
+    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def encode_png(rgb: np.ndarray) -> bytes:

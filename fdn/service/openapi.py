@@ -70,6 +70,20 @@ QUERY_PARAMS = [
         description="Allow hits from the query's own volume.",
     ),
     param(
+        "region",
+        description="Compare only this box of the query slice, x0,y0,x1,y1 in its voxels (ends "
+        "included): the grid cells it covers by at least half, else those it covers most; "
+        "the result echoes the region and the positions used (docs/region-queries.md). Runs on "
+        "an exact engine that takes a region (lut, numpy).",
+    ),
+    param(
+        "explain",
+        kind="boolean",
+        default=False,
+        description="Give each hit its per-position contributions to its distance "
+        "(they add up to it).",
+    ),
+    param(
         "where",
         description="Return only slices whose slice-table row passes this filter, e.g. "
         '`age >= 60 and sex == "F"` (==, !=, <, <=, >, >=, in [..], and, or, not, '

@@ -26,11 +26,14 @@ import numpy as np
 from fdn.archive_index.catalog import case_catalog
 from fdn.archive_index.queries import (
     QueryError,
+    QueryOptions,
     check_case,
+    explain_hit,
     query_options,
     run_external_query,
     run_slice_query,
 )
+from fdn.archive_index.query_options import as_int
 from fdn.data.labels import SEQUENCES
 from fdn.errors import FdnError
 from fdn.service.images import OVERLAYS, SliceImages
@@ -82,6 +85,10 @@ def parse_options(params) -> dict:
         ),
         # a filter on the slice table (`fdn.archive_index.where`); absent or empty: none
         where=params.get("where") or None,
+        # a box x0,y0,x1,y1 on the query slice (`fdn.archive_index.region`); never a mask
+        # file: no path from a request reaches the file system
+        region=params.get("region") or None,
+        explain=parse_bool("explain", params.get("explain", "")),
     )
 
 
@@ -201,6 +208,57 @@ class QueryService:
         options = query_options(**parse_options(params), max_topq=MAX_TOPQ)
         slice_index = None if slice_index in (None, "") else slice_index
         return run_slice_query(self.index, case, slice_index, options, lock=self.search_lock)
+
+    def explain(self, params) -> dict:
+        """Why a hit is at its distance from a query slice: case, slice (the query), hit_case,
+        hit_slice, mode (one of normal, abnormal, sum) and the query options (distance,
+        normalized_sum, region). The JSON of `explain_hit`, with the region echoed."""
+        query, hit, mode, options = self._pair(params)
+        with self.search_lock:
+            explanation, region = explain_hit(
+                self.index, query[0], query[1], hit[0], hit[1], mode, options
+            )
+        return {
+            "query": {"case": query[0], "slice": query[1]},
+            "hit": {"case": hit[0], "slice": hit[1]},
+            "mode": mode,
+            "region": None if region is None else region.to_dict(),
+            "explanation": explanation,
+        }
+
+    def explain_png(self, params, overlays) -> bytes:
+        """The explanation's contributions (both codebooks added) as a heat map over the query
+        slice (side=query, the region's cells outlined) or the hit slice (side=hit)."""
+        side = params.get("side") or "hit"
+        if side not in ("query", "hit"):
+            raise QueryError(f"side must be query or hit; got {side!r}")
+        query, hit, mode, options = self._pair(params)
+        with self.search_lock:
+            explanation, region = explain_hit(
+                self.index, query[0], query[1], hit[0], hit[1], mode, options
+            )
+        values = np.sum(
+            [np.asarray(b["contributions"]) for b in explanation["books"].values()], axis=0
+        )
+        book = "abnormal" if mode == "abnormal" else "normal"
+        outline = None if region is None or side == "hit" else region.positions[book]
+        case, slice_index = query if side == "query" else hit
+        sequence = params.get("sequence") or "flair"
+        return self.images.heat_png(case, slice_index, values, sequence, overlays, outline)
+
+    def _pair(self, params) -> tuple[tuple[str, int], tuple[str, int], str, QueryOptions]:
+        """((case, slice), (hit_case, hit_slice), mode, options) of an explain request."""
+        for name in ("case", "slice", "hit_case", "hit_slice"):
+            if params.get(name) in (None, ""):
+                raise QueryError(
+                    f"{name} is required: ?case=ID&slice=Z&hit_case=ID&hit_slice=Z&mode=M"
+                )
+        options = query_options(**parse_options(params), max_topq=MAX_TOPQ)
+        if len(options.modes) != 1:
+            raise QueryError(f"mode must be one of normal, abnormal, sum; got {params['mode']!r}")
+        query = (check_case(self.index, params["case"]), as_int("slice", params["slice"]))
+        hit = (check_case(self.index, params["hit_case"]), as_int("hit_slice", params["hit_slice"]))
+        return query, hit, options.modes[0], options
 
     @contextmanager
     def upload_folder(self) -> Iterator[Path]:

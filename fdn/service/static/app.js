@@ -3,7 +3,7 @@
 
 const MODE_TITLES = { normal: "S_normal — anatomy", abnormal: "S_abnormal — lesion", sum: "S_sum — both" };
 const $ = (id) => document.getElementById(id);
-const state = { case: null, slice: null, mode: "sum" };
+const state = { case: null, slice: null, mode: "sum", region: null };  // region: "x0,y0,x1,y1"
 let info = null;
 let cases = {};          // case id -> metadata from /api/cases
 let querySeq = 0;        // answers to older requests are dropped
@@ -125,6 +125,8 @@ function queryParams() {
     engine: $("engine").value,
   });
   if ($("normalized-sum").checked) p.set("normalized_sum", "true");
+  if (state.region) p.set("region", state.region);
+  if ($("explain-maps").checked) p.set("explain", "true");
   const where = $("where").value.trim();
   if (where) p.set("where", where);
   return p;
@@ -155,6 +157,8 @@ function showResult(result, roundTripMs) {
     `search ${(search * 1000).toFixed(1)} ms · server ${(result.query_seconds * 1000).toFixed(1)} ms` +
     ` · round trip ${roundTripMs.toFixed(0)} ms`;
   setMessage(`· query ${result.query}`);
+  showRegion(result.region);
+  $("compare").hidden = true;
   const container = $("hits");
   container.innerHTML = "";
   for (const [mode, r] of Object.entries(result.results)) {
@@ -166,14 +170,50 @@ function showResult(result, roundTripMs) {
     block.appendChild(title);
     const grid = document.createElement("div");
     grid.className = "grid";
-    for (const hit of r.hits) grid.appendChild(hitCard(hit));
+    for (const hit of r.hits) grid.appendChild(hitCard(hit, mode, r.distance));
     if (!r.hits.length) grid.textContent = "no hits";
     block.appendChild(grid);
     container.appendChild(block);
   }
 }
 
-function hitCard(hit) {
+function explainUrl(hit, mode, distance, side) {
+  const p = new URLSearchParams({
+    case: state.case, slice: state.slice, hit_case: hit.case, hit_slice: hit.slice,
+    mode, distance, side, sequence: $("sequence").value,
+  });
+  if ($("normalized-sum").checked) p.set("normalized_sum", "true");
+  if (state.region) p.set("region", state.region);
+  const o = overlays();
+  if (o) p.set("overlay", o);
+  return `/api/explain.png?${p}`;
+}
+
+function topCells(explanation) {
+  // the three grid cells holding most of the distance, as text
+  const books = Object.values(explanation.books);
+  const cells = [];
+  books[0].contributions.forEach((row, i) => row.forEach((_, j) => {
+    const v = books.reduce((a, b) => a + b.contributions[i][j], 0);
+    cells.push([v, i, j]);
+  }));
+  cells.sort((a, b) => b[0] - a[0]);
+  const d = explanation.distance;
+  return cells.slice(0, 3).map(([v, i, j]) => `(${i},${j}) ${d > 0 ? Math.round((100 * v) / d) : 0}%`).join(", ");
+}
+
+function openCompare(hit, mode, distance) {
+  $("compare").hidden = false;
+  $("compare-title").textContent = `why ${hit.case} : ${hit.slice} (${MODE_TITLES[mode] || mode}, ${distance})`;
+  $("compare-query").src = explainUrl(hit, mode, distance, "query");
+  $("compare-hit").src = explainUrl(hit, mode, distance, "hit");
+  $("compare-hit-caption").textContent = `#${hit.rank} ${hit.case} : ${hit.slice}`;
+  $("compare-text").textContent = hit.explanation
+    ? `d = ${Number(hit.distance.toPrecision(5))}; most of it at ${topCells(hit.explanation)}`
+    : `d = ${Number(hit.distance.toPrecision(5))}`;
+}
+
+function hitCard(hit, mode, distance) {
   const card = document.createElement("button");
   card.className = "hit";
   card.type = "button";
@@ -181,7 +221,9 @@ function hitCard(hit) {
   card.dataset.case = hit.case;
   card.dataset.slice = hit.slice;
   const img = document.createElement("img");
-  img.src = sliceUrl(hit.case, hit.slice);
+  img.src = $("explain-maps").checked
+    ? explainUrl(hit, mode, distance, "hit")
+    : sliceUrl(hit.case, hit.slice);
   img.alt = `${hit.case} slice ${hit.slice}`;
   const label = document.createElement("span");
   label.className = "label";
@@ -190,9 +232,104 @@ function hitCard(hit) {
   dist.className = "distance";
   const lesion = hit.lesion_area === null ? "" : ` · lesion ${hit.lesion_area} px`;
   dist.textContent = `d = ${Number(hit.distance.toPrecision(5))}${lesion}`;
-  card.append(img, label, dist);
+  const why = document.createElement("span");
+  why.className = "why";
+  why.setAttribute("role", "button");
+  why.tabIndex = 0;
+  why.textContent = "why?";
+  why.title = "the query and this hit side by side, with where the distance comes from";
+  why.addEventListener("click", (event) => {
+    event.stopPropagation();
+    openCompare(hit, mode, distance);
+  });
+  card.append(img, label, dist, why);
   card.addEventListener("click", () => navigate({ case: hit.case, slice: hit.slice }, true));
   return card;
+}
+
+// ---- the region drawn on the query slice ----------------------------------------------------
+function imageRect() {
+  // where the slice's pixels lie in the stage (object-fit: contain letterboxes it)
+  const img = $("query-image");
+  const w = img.clientWidth, h = img.clientHeight;
+  const scale = Math.min(w / img.naturalWidth, h / img.naturalHeight);
+  return {
+    scale, x: (w - img.naturalWidth * scale) / 2, y: (h - img.naturalHeight * scale) / 2,
+    nx: img.naturalWidth, ny: img.naturalHeight,
+  };
+}
+
+function toVoxel(px, py) {
+  // the image's columns are the first axis (x), its rows the second (y) from the top down
+  const r = imageRect();
+  const x = Math.min(r.nx - 1, Math.max(0, Math.floor((px - r.x) / r.scale)));
+  const row = Math.min(r.ny - 1, Math.max(0, Math.floor((py - r.y) / r.scale)));
+  return [x, r.ny - 1 - row];
+}
+
+let lastRegion = null;  // the region the last answer echoed
+
+function showRegion(echoed) {
+  lastRegion = echoed;
+  const box = $("region-box");
+  $("region-clear").disabled = !state.region;
+  if (!state.region || !$("query-image").naturalWidth) {
+    box.hidden = true;
+    $("region-text").textContent = "";
+    return;
+  }
+  const [x0, y0, x1, y1] = state.region.split(",").map(Number);
+  const r = imageRect();
+  box.hidden = false;
+  box.style.left = `${r.x + x0 * r.scale}px`;
+  box.style.top = `${r.y + (r.ny - 1 - y1) * r.scale}px`;
+  box.style.width = `${(x1 - x0 + 1) * r.scale}px`;
+  box.style.height = `${(y1 - y0 + 1) * r.scale}px`;
+  let text = `region ${state.region}`;
+  if (echoed) {
+    const [h, w] = echoed.grid.normal;
+    text += ` · ${echoed.positions.normal.length} of ${h * w} grid cells`;
+  }
+  $("region-text").textContent = text;
+}
+
+function wireRegionDrawing() {
+  const stage = $("query-stage");
+  let start = null;
+  const point = (e) => {
+    const rect = stage.getBoundingClientRect();
+    return [e.clientX - rect.left, e.clientY - rect.top];
+  };
+  $("region-draw").addEventListener("change", (e) => stage.classList.toggle("drawing", e.target.checked));
+  stage.addEventListener("mousedown", (e) => {
+    if (!$("region-draw").checked || !$("query-image").naturalWidth) return;
+    e.preventDefault();
+    start = point(e);
+  });
+  stage.addEventListener("mousemove", (e) => {
+    if (!start) return;
+    const [px, py] = point(e);
+    const box = $("region-box");
+    box.hidden = false;
+    box.style.left = `${Math.min(start[0], px)}px`;
+    box.style.top = `${Math.min(start[1], py)}px`;
+    box.style.width = `${Math.abs(px - start[0])}px`;
+    box.style.height = `${Math.abs(py - start[1])}px`;
+  });
+  window.addEventListener("mouseup", (e) => {
+    if (!start) return;
+    const [ax, ay] = toVoxel(...start);
+    const [bx, by] = toVoxel(...point(e));
+    start = null;
+    state.region = `${Math.min(ax, bx)},${Math.min(ay, by)},${Math.max(ax, bx)},${Math.max(ay, by)}`;
+    render();
+  });
+  $("region-clear").addEventListener("click", () => {
+    state.region = null;
+    render();
+  });
+  $("compare-close").addEventListener("click", () => { $("compare").hidden = true; });
+  $("query-image").addEventListener("load", () => showRegion(lastRegion));
 }
 
 // ---- external case ------------------------------------------------------------------------
@@ -257,7 +394,8 @@ async function main() {
     clearTimeout(sliderTimer);
     sliderTimer = setTimeout(() => navigate({ slice }, false), 60);
   });
-  for (const id of ["sequence", "overlay-seg", "overlay-anat", "distance", "topq", "engine", "normalized-sum", "where"]) {
+  wireRegionDrawing();
+  for (const id of ["sequence", "overlay-seg", "overlay-anat", "distance", "topq", "engine", "normalized-sum", "where", "explain-maps"]) {
     $(id).addEventListener("change", () => render());
   }
   for (const tab of document.querySelectorAll("#mode-tabs button")) {
