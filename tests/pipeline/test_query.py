@@ -12,21 +12,27 @@ from fdn.archive_index.retrieval import open_index
 from fdn.data import Archive
 from fdn.training.checkpoint import load_model
 from fdn_index_cli.main import main
+from tests.hashindex.hashindex_reference import lesion_candidates
 
 
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def brute_force_volume_topq(codebook, codes, volumes, query_codes, exclude_volume, topq):
-    """Euclidean distance between quantized grids, closest slice per volume, ties by row."""
+def brute_force_volume_topq(
+    codebook, codes, volumes, query_codes, exclude_volume, topq, candidates=None
+):
+    """Euclidean distance between quantized grids, closest slice per volume, ties by row;
+    only the rows where ``candidates`` (N,) bool is true, when given."""
     quantized = codebook[codes.astype(np.int64)].reshape(len(codes), -1)
     query = codebook[query_codes.astype(np.int64)].reshape(-1)
     distances = np.sqrt(((quantized - query) ** 2).sum(axis=1))
+    if candidates is not None:
+        distances = np.where(candidates, distances, np.inf)
     best = {}
     for row in np.lexsort((np.arange(len(codes)), distances)):
         volume = int(volumes[row])
-        if volume != exclude_volume and volume not in best:
+        if np.isfinite(distances[row]) and volume != exclude_volume and volume not in best:
             best[volume] = int(row)
     return list(best.values())[:topq]
 
@@ -70,6 +76,7 @@ def test_cli_hits_equal_a_numpy_brute_force(built_index, mode):
         codes[row],
         exclude_volume=int(index.table["volume"][row]),
         topq=2,
+        candidates=lesion_candidates(built_index, mode, index.ntotal),
     )
     assert [h["row"] for h in hits] == expected
     assert case not in {h["case"] for h in hits}
