@@ -16,6 +16,7 @@ from fdn.archive_index.where import WhereError
 from fdn.dicom.case_metadata import study_metadata
 from fdn.errors import ArchiveError
 from fdn_index_cli.main import main
+from tests.hashindex.hashindex_reference import lesion_candidates
 
 METADATA = [  # case order of the archive: sex, age, study date, scanner
     ("F", "64", "2020-01-31", "GE"),
@@ -94,7 +95,8 @@ def test_a_metadata_filter_is_exact_sharded_and_unsharded(metadata_index, where,
             ("normal", "euclidean"),
             ("abnormal", "angular"),
         ):
-            brute = _brute(full, row, mode, distance, passing, None, 4)
+            candidates = passing & lesion_candidates(index_dir, mode, full.ntotal)
+            brute = _brute(full, row, mode, distance, candidates, None, 4)
             for index in (full, sharded):
                 options = query_options(
                     mode, distance=distance, topq=4, where=where, include_same_volume=True
