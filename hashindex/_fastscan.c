@@ -70,18 +70,104 @@ static void block_vbmi(const uint8_t *codes, const uint8_t *table, Py_ssize_t P,
 
 typedef void (*block_fn)(const uint8_t *, const uint8_t *, Py_ssize_t, uint16_t *, int);
 
+/* The kernels, by the number callers pass (0: the best this CPU runs). */
+enum { KERNEL_AUTO = 0, KERNEL_PORTABLE = 1, KERNEL_AVX2 = 2, KERNEL_VBMI = 3 };
+static const char *const KERNEL_NAMES[] = {"auto", "portable", "avx2", "vbmi"};
+
 static int have_vbmi(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vbmi");
 }
 
-static block_fn pick(int force_portable) {
-    return (!force_portable && have_vbmi()) ? block_vbmi : block_portable;
+static int have_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
+}
+
+static int cpu_runs(int kernel) {
+    return kernel == KERNEL_PORTABLE || (kernel == KERNEL_AVX2 && have_avx2()) ||
+           (kernel == KERNEL_VBMI && have_vbmi());
+}
+
+/* The kernel to run for a caller's choice, or -1 with ValueError set: a kernel this CPU lacks
+ * is refused, never replaced by another one silently. */
+static int resolve_kernel(int kernel) {
+    if (kernel == KERNEL_AUTO)
+        return have_vbmi() ? KERNEL_VBMI : have_avx2() ? KERNEL_AVX2 : KERNEL_PORTABLE;
+    if (kernel < KERNEL_PORTABLE || kernel > KERNEL_VBMI) {
+        PyErr_Format(PyExc_ValueError, "kernel must be 0..3 (auto, portable, avx2, vbmi), got %d",
+                     kernel);
+        return -1;
+    }
+    if (!cpu_runs(kernel)) {
+        PyErr_Format(PyExc_ValueError, "this CPU cannot run the %s kernel", KERNEL_NAMES[kernel]);
+        return -1;
+    }
+    return kernel;
+}
+
+#define AVX2 __attribute__((target("avx2,bmi2")))
+
+/* a <= m in every unsigned 16-bit lane (AVX2 has no unsigned compare) */
+AVX2 static inline __attribute__((always_inline)) __m256i le_epu16(__m256i a, __m256i m) {
+    return _mm256_cmpeq_epi16(_mm256_min_epu16(a, m), a);
+}
+
+/* 64 rows' sums (lane i of acc[0]: row 2i, acc[1]: row 2i + 1, acc[2]: row 32 + 2i, acc[3]:
+ * row 33 + 2i) to and from row order */
+static void rows_from_lanes(const uint16_t E[4][16], uint16_t *out) {
+    for (int v = 0; v < 4; v++)
+        for (int l = 0; l < 16; l++) out[(v >= 2 ? 32 : 0) + 2 * l + (v & 1)] = E[v][l];
+}
+
+/* With AVX2 a 256-entry lookup is 16 `pshufb` of 16 entries each, one per value of the code's
+ * high nibble, each kept where the nibble matches: exact, about four times the work of the
+ * VBMI lookup (the pruned scan below avoids it with 4-bit group codes). */
+AVX2 static void block_avx2(const uint8_t *codes, const uint8_t *table, Py_ssize_t P,
+                            uint16_t *out, int accumulate) {
+    __m256i acc[4];
+    if (accumulate) {
+        uint16_t E[4][16];
+        for (int v = 0; v < 4; v++)
+            for (int l = 0; l < 16; l++) E[v][l] = out[(v >= 2 ? 32 : 0) + 2 * l + (v & 1)];
+        for (int v = 0; v < 4; v++) acc[v] = _mm256_loadu_si256((const __m256i *)E[v]);
+    } else {
+        for (int v = 0; v < 4; v++) acc[v] = _mm256_setzero_si256();
+    }
+    const __m256i nib = _mm256_set1_epi8(0x0F), low = _mm256_set1_epi16(0x00FF);
+    for (Py_ssize_t p = 0; p < P; p++) {
+        const uint8_t *t = table + p * TABLE;
+        __m256i x[2], lo[2], hi[2], v[2];
+        for (int h = 0; h < 2; h++) {
+            x[h] = _mm256_loadu_si256((const __m256i *)(codes + p * ROWS + 32 * h));
+            lo[h] = _mm256_and_si256(x[h], nib);
+            hi[h] = _mm256_and_si256(_mm256_srli_epi16(x[h], 4), nib);
+            v[h] = _mm256_setzero_si256();
+        }
+        for (int g = 0; g < 16; g++) {
+            __m256i T = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(t + 16 * g)));
+            __m256i sel = _mm256_set1_epi8((char)g);
+            for (int h = 0; h < 2; h++)
+                v[h] = _mm256_or_si256(v[h], _mm256_and_si256(_mm256_shuffle_epi8(T, lo[h]),
+                                                              _mm256_cmpeq_epi8(hi[h], sel)));
+        }
+        for (int h = 0; h < 2; h++) {
+            acc[2 * h] = _mm256_add_epi16(acc[2 * h], _mm256_and_si256(v[h], low));
+            acc[2 * h + 1] = _mm256_add_epi16(acc[2 * h + 1], _mm256_srli_epi16(v[h], 8));
+        }
+    }
+    uint16_t E[4][16];
+    for (int v = 0; v < 4; v++) _mm256_storeu_si256((__m256i *)E[v], acc[v]);
+    rows_from_lanes((const uint16_t(*)[16])E, out);
+}
+
+static block_fn pick(int kernel) {
+    return kernel == KERNEL_VBMI ? block_vbmi : kernel == KERNEL_AVX2 ? block_avx2 : block_portable;
 }
 
 /* lower_bounds(codes_t, tables, out, n_queries, S, s0, P, block_start, block_end, accumulate,
- *              portable)
+ *              kernel)
  *
  * tables: uint8 (n_queries, P, 256) for positions s0 .. s0+P-1 of the S in codes_t;
  * out: uint16 (n_queries, nblocks * 64). Each block of codes is read once and scored against
@@ -90,9 +176,9 @@ static block_fn pick(int force_portable) {
 static PyObject *lower_bounds(PyObject *self, PyObject *args) {
     Py_buffer codes, tables, out;
     Py_ssize_t n_queries, S, s0, P, start, end;
-    int accumulate, portable;
-    if (!PyArg_ParseTuple(args, "y*y*w*nnnnnnpp", &codes, &tables, &out, &n_queries, &S, &s0, &P,
-                          &start, &end, &accumulate, &portable))
+    int accumulate, kernel;
+    if (!PyArg_ParseTuple(args, "y*y*w*nnnnnnpi", &codes, &tables, &out, &n_queries, &S, &s0, &P,
+                          &start, &end, &accumulate, &kernel))
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t nblocks = (S > 0) ? codes.len / (S * ROWS) : 0;
@@ -106,8 +192,8 @@ static PyObject *lower_bounds(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "out must hold (n_queries, nblocks * 64) uint16");
     } else if (start < 0 || end > nblocks || start > end) {
         PyErr_SetString(PyExc_ValueError, "block range outside 0..nblocks");
-    } else {
-        block_fn fn = pick(portable);
+    } else if ((kernel = resolve_kernel(kernel)) >= 0) {
+        block_fn fn = pick(kernel);
         const uint8_t *c = codes.buf, *t = tables.buf;
         uint16_t *o = out.buf;
         Py_BEGIN_ALLOW_THREADS
@@ -181,6 +267,10 @@ typedef struct {
     /* per block a word of the rows a query may return (bit r: row 64 * b + r), shared by the
      * batch; NULL: every row. A row outside it is dead from the start, like a padding row. */
     const uint64_t *allowed;
+    /* the AVX2 kernel's 4-bit layout and tables (NULL for the others): codes4 (nblocks, S, 32),
+     * byte i of position s holding the groups of rows i (low nibble) and 32 + i (high nibble);
+     * ctables (B, n_pos, 16), entry g the smallest 8-bit entry among the codes of group g */
+    const uint8_t *codes4, *ctables;
 } scan_args;
 
 /* reach (see scan_args) of every query: Σ of each position's largest table entry among the
@@ -433,11 +523,172 @@ TILE_FN(scan_tile_vbmi2s, 2, 1)
 TILE_FN(scan_tile_vbmi3s, 3, 1)
 TILE_FN(scan_tile_vbmi4s, 4, 1)
 
+/* ------------------------------------------------------------------ AVX2: 4-bit groups
+ *
+ * Without VBMI a 256-entry lookup costs 16 `pshufb`. The AVX2 kernel instead scans a second
+ * layout of the rows, 4 bits per code: the code's group (the caller puts similar codes in one of
+ * 16 groups per position). A group's table entry is the smallest 8-bit entry of its codes, so a
+ * group sum never exceeds the 8-bit sum L of the same row, and each of the filter's conditions
+ * (all of the form "sum <= limit") that L meets, the group sums meet too: a row ruled out by its
+ * group sums is ruled out by L. A lookup of 64 rows is then two `pshufb` of one 16-byte table,
+ * as in FAISS's fast-scan. The rows that survive every chunk get their exact 8-bit sums from
+ * codes_t (`exact_emit`) and go through the same `emit` as the other kernels, so the rows kept
+ * are the same. The staircase (L1 <= coarse[min(L0 >> shift, 63)]) is looked up with gathers. */
+
+/* The 8-bit sums L0, L1 of the rows of `alive` in block b, added as the portable kernel adds
+ * them (WIDEN positions saturated to 255, then widened), then `emit`. */
+static void exact_emit(const scan_args *a, Py_ssize_t q, Py_ssize_t b, uint64_t alive) {
+    const uint8_t *codes = a->codes + b * a->S * ROWS;
+    const uint8_t *tab = a->tables + q * a->n_pos * TABLE;
+    const int32_t *order = a->order + q * a->n_pos;
+    const uint8_t *acc_of = a->chunk_acc + q * (a->n_pos / CHUNK);
+    uint16_t L[2][ROWS];
+    int rows[ROWS], n = 0;
+    memset(L, 0, sizeof L);
+    for (uint64_t m = alive; m; m &= m - 1) rows[n++] = __builtin_ctzll(m);
+    for (Py_ssize_t k0 = 0; k0 < a->n_pos; k0 += WIDEN) {
+        uint16_t *acc = L[acc_of[k0 / CHUNK]];
+        for (int i = 0; i < n; i++) {
+            int r = rows[i], sum8 = 0;
+            for (Py_ssize_t k = k0; k < k0 + WIDEN; k++)
+                sum8 += tab[k * TABLE + codes[(Py_ssize_t)order[k] * ROWS + r]];
+            acc[r] = (uint16_t)(acc[r] + (sum8 > 255 ? 255 : sum8));
+        }
+    }
+    emit(a, q, b, alive, L[0], L[1]);
+}
+
+/* Query q over blocks b0 .. b1-1 (at most TILE) by group sums, in the manner of the VBMI tile:
+ * the 16-byte tables of WIDEN positions sit in registers while every live block of the tile
+ * adds them; lanes as in `rows_from_lanes`. */
+AVX2 static void scan_tile_avx2(const scan_args *a, Py_ssize_t q, Py_ssize_t b0,
+                                Py_ssize_t b1) {
+    const uint8_t *ctab = a->ctables + q * a->n_pos * 16;
+    const int32_t *order = a->order + q * a->n_pos;
+    const uint8_t *acc_of = a->chunk_acc + q * (a->n_pos / CHUNK);
+    const int32_t *lim = a->lim + LIMS * q;
+    if (lim[0] < 0 || lim[1] < 0 || lim[2] < 0) return;
+    __m256i acc[TILE][2][4], keep[TILE][4];
+    int alive[TILE], n_alive = 0;
+    for (Py_ssize_t b = b0; b < b1; b++) {
+        uint64_t valid = valid_rows(a, b);
+        if (!valid) continue;
+        int i = (int)(b - b0);
+        uint16_t K[4][16];
+        for (int v = 0; v < 4; v++)
+            for (int l = 0; l < 16; l++)
+                K[v][l] = (valid >> ((v >= 2 ? 32 : 0) + 2 * l + (v & 1))) & 1 ? 0xFFFF : 0;
+        for (int v = 0; v < 4; v++) {
+            acc[i][0][v] = acc[i][1][v] = _mm256_setzero_si256();
+            keep[i][v] = _mm256_loadu_si256((const __m256i *)K[v]);
+        }
+        alive[n_alive++] = i;
+    }
+    const __m256i nib = _mm256_set1_epi8(0x0F), low = _mm256_set1_epi16(0x00FF);
+    const __m256i m0 = _mm256_set1_epi16((short)(lim[0] > 65535 ? 65535 : lim[0]));
+    const __m256i m1 = _mm256_set1_epi16((short)(lim[1] > 65535 ? 65535 : lim[1]));
+    const __m256i m2 = _mm256_set1_epi16((short)(lim[2] > 65535 ? 65535 : lim[2]));
+    const Py_ssize_t stride = a->S * 32;
+    const int32_t *reach = a->reach + q * (a->n_pos / CHUNK) * 2;
+    const uint16_t *coarse = a->coarse + q * COARSE;
+    /* single: every chunk adds to L0, L1 stays 0 and the staircase holds (coarse >= 0) */
+    int single = 1, stairs[COARSE];
+    for (Py_ssize_t c = 0; c < a->n_pos / CHUNK; c++) single &= acc_of[c] == 0;
+    for (int k = 0; k < COARSE; k++) stairs[k] = coarse[k];
+    const __m256i top = _mm256_set1_epi32(COARSE - 1);
+    const __m128i shift = _mm_cvtsi32_si128(lim[3]);
+    for (Py_ssize_t c = 0; c * CHUNK < a->n_pos && n_alive; c++) {
+        const int w = acc_of[c];
+        for (int h = 0; h < CHUNK; h += WIDEN) {
+            __m256i t[WIDEN];
+            Py_ssize_t off[WIDEN];
+            for (int j = 0; j < WIDEN; j++) {
+                Py_ssize_t k = c * CHUNK + h + j;
+                t[j] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(ctab + k * 16)));
+                off[j] = (Py_ssize_t)order[k] * 32;
+            }
+            for (int n = 0; n < n_alive; n++) {
+                int i = alive[n];
+                const uint8_t *blk = a->codes4 + (b0 + i) * stride;
+                __m256i s_lo = _mm256_setzero_si256(), s_hi = _mm256_setzero_si256();
+                for (int j = 0; j < WIDEN; j++) {
+                    __m256i x = _mm256_loadu_si256((const __m256i *)(blk + off[j]));
+                    s_lo = _mm256_adds_epu8(s_lo, _mm256_shuffle_epi8(t[j], _mm256_and_si256(x, nib)));
+                    s_hi = _mm256_adds_epu8(
+                        s_hi, _mm256_shuffle_epi8(t[j], _mm256_and_si256(_mm256_srli_epi16(x, 4), nib)));
+                }
+                __m256i *A = acc[i][w];
+                A[0] = _mm256_add_epi16(A[0], _mm256_and_si256(s_lo, low));
+                A[1] = _mm256_add_epi16(A[1], _mm256_srli_epi16(s_lo, 8));
+                A[2] = _mm256_add_epi16(A[2], _mm256_and_si256(s_hi, low));
+                A[3] = _mm256_add_epi16(A[3], _mm256_srli_epi16(s_hi, 8));
+            }
+        }
+        const int32_t r0 = reach[2 * c], r1 = reach[2 * c + 1];
+        if (r0 <= lim[0] && r1 <= lim[1] && r0 + r1 <= lim[2] &&
+            r1 <= coarse[stair(r0 > 65535 ? 65535 : r0, lim[3])])
+            continue; /* every row still passes */
+        int kept = 0;
+        for (int n = 0; n < n_alive; n++) {
+            int i = alive[n];
+            __m256i any = _mm256_setzero_si256();
+            for (int v = 0; v < 4; v++) {
+                __m256i e0 = acc[i][0][v], e1 = acc[i][1][v];
+                __m256i ok = _mm256_and_si256(le_epu16(e0, m0), le_epu16(e1, m1));
+                ok = _mm256_and_si256(ok, le_epu16(_mm256_add_epi16(e0, e1), m2));
+                if (!single) {
+                    __m256i over[2];
+                    for (int half = 0; half < 2; half++) {
+                        __m128i l0 = half ? _mm256_extracti128_si256(e0, 1) : _mm256_castsi256_si128(e0);
+                        __m128i l1 = half ? _mm256_extracti128_si256(e1, 1) : _mm256_castsi256_si128(e1);
+                        __m256i k = _mm256_min_epi32(_mm256_srl_epi32(_mm256_cvtepu16_epi32(l0), shift), top);
+                        over[half] = _mm256_cmpgt_epi32(_mm256_cvtepu16_epi32(l1),
+                                                        _mm256_i32gather_epi32(stairs, k, 4));
+                    }
+                    /* packs interleaves the 128-bit halves: lanes 0-3, 8-11, 4-7, 12-15 */
+                    __m256i fail = _mm256_permute4x64_epi64(_mm256_packs_epi32(over[0], over[1]), 0xD8);
+                    ok = _mm256_andnot_si256(fail, ok);
+                }
+                keep[i][v] = _mm256_and_si256(keep[i][v], ok);
+                any = _mm256_or_si256(any, keep[i][v]);
+            }
+            if (!_mm256_testz_si256(any, any)) alive[kept++] = i;
+        }
+        n_alive = kept;
+    }
+    for (int n = 0; n < n_alive; n++) {
+        int i = alive[n];
+        uint16_t K[4][16];
+        for (int v = 0; v < 4; v++) _mm256_storeu_si256((__m256i *)K[v], keep[i][v]);
+        uint64_t rows = 0;
+        for (int v = 0; v < 4; v++)
+            for (int l = 0; l < 16; l++)
+                if (K[v][l]) rows |= 1ULL << ((v >= 2 ? 32 : 0) + 2 * l + (v & 1));
+        exact_emit(a, q, b0 + i, rows);
+    }
+}
+
+/* The AVX2 kernel's tables of every query: (B, n_pos, 16), the smallest entry per group among
+ * the first n_codes codes (groups: (S, 256), the group of each code at each position). */
+static void group_tables(const scan_args *a, Py_ssize_t B, Py_ssize_t n_codes,
+                         const uint8_t *groups, uint8_t *ctables) {
+    memset(ctables, 255, B * a->n_pos * 16);
+    for (Py_ssize_t q = 0; q < B; q++)
+        for (Py_ssize_t k = 0; k < a->n_pos; k++) {
+            const uint8_t *t = a->tables + (q * a->n_pos + k) * TABLE;
+            const uint8_t *g = groups + (Py_ssize_t)a->order[q * a->n_pos + k] * TABLE;
+            uint8_t *ct = ctables + (q * a->n_pos + k) * 16;
+            for (Py_ssize_t j = 0; j < n_codes; j++)
+                if (t[j] < ct[g[j]]) ct[g[j]] = t[j];
+        }
+}
+
 typedef void (*tile_fn)(const scan_args *, Py_ssize_t, Py_ssize_t, Py_ssize_t);
 
 /* Query q's tile kernel: its table width, and whether all its chunks add to L0. */
-static tile_fn pick_tile(const scan_args *a, Py_ssize_t q, Py_ssize_t n_codes, int portable) {
-    if (portable || !have_vbmi()) return scan_tile_portable;
+static tile_fn pick_tile(const scan_args *a, Py_ssize_t q, Py_ssize_t n_codes, int kernel) {
+    if (kernel == KERNEL_PORTABLE) return scan_tile_portable;
+    if (kernel == KERNEL_AVX2) return scan_tile_avx2;
     int single = 1;
     for (Py_ssize_t c = 0; c < a->n_pos / CHUNK; c++)
         single &= a->chunk_acc[q * (a->n_pos / CHUNK) + c] == 0;
@@ -448,19 +699,24 @@ static tile_fn pick_tile(const scan_args *a, Py_ssize_t q, Py_ssize_t n_codes, i
 
 /* prune_scan(codes_t, S, n_rows, n_codes, tables, order, chunk_acc, n_queries, n_pos, lim, room,
  *            room_stride, out_rows, out_keys, out_count, capacity, heap, block_start,
- *            block_end, portable[, allowed]); see the comment above. allowed: (nblocks,) uint64,
- *            bit r of word b set where row 64 * b + r may be kept (left out: every row). */
+ *            block_end, kernel[, allowed[, codes4, groups]]); see the comment above.
+ *   kernel: 0 the best this CPU runs, 1 portable, 2 avx2, 3 vbmi (one the CPU lacks: ValueError);
+ *   allowed: (nblocks,) uint64 or None, bit r of word b set where row 64 * b + r may be kept
+ *            (None or left out: every row);
+ *   codes4 (nblocks, S, 32) uint8 and groups (S, 256) uint8: the AVX2 kernel's 4-bit layout of
+ *            the same rows and the group (0..15) of each code at each position (see above). */
 static PyObject *prune_scan(PyObject *self, PyObject *args) {
     Py_buffer codes, tables, order, chunk_acc, lim, room, coarse, out_rows, out_keys, out_count;
-    Py_buffer allowed = {0};  /* optional: obj stays NULL when left out */
+    /* optional: buf stays NULL when left out or None */
+    Py_buffer allowed = {0}, codes4 = {0}, groups = {0};
     Py_ssize_t S, n_rows, n_queries, n_pos, room_stride, capacity, start, end, n_codes;
-    int heap, portable;
-    if (!PyArg_ParseTuple(args, "y*nnny*y*y*nnw*y*ny*w*w*w*npnnp|y*", &codes, &S, &n_rows,
+    int heap, kernel;
+    if (!PyArg_ParseTuple(args, "y*nnny*y*y*nnw*y*ny*w*w*w*npnni|z*z*z*", &codes, &S, &n_rows,
                           &n_codes, &tables,
                           &order, &chunk_acc, &n_queries, &n_pos, &lim, &room, &room_stride,
                           &coarse,
                           &out_rows, &out_keys, &out_count, &capacity, &heap, &start, &end,
-                          &portable, &allowed))
+                          &kernel, &allowed, &codes4, &groups))
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t nblocks = (S > 0) ? codes.len / (S * ROWS) : 0;
@@ -486,48 +742,69 @@ static PyObject *prune_scan(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "block range outside 0..nblocks");
     } else if (n_codes < 1 || n_codes > TABLE) {
         PyErr_SetString(PyExc_ValueError, "n_codes must be in 1..256");
-    } else if (allowed.obj && allowed.len != nblocks * 8) {
+    } else if (allowed.buf && allowed.len != nblocks * 8) {
         PyErr_SetString(PyExc_ValueError, "allowed must hold (nblocks,) uint64 words");
+    } else if ((kernel = resolve_kernel(kernel)) < 0) {
+        /* the error is set */
+    } else if (kernel == KERNEL_AVX2 &&
+               (!codes4.buf || !groups.buf || codes4.len != nblocks * S * 32 ||
+                groups.len != S * TABLE)) {
+        PyErr_SetString(PyExc_ValueError, "the avx2 kernel needs codes4 (nblocks, S, 32) uint8 "
+                                          "and groups (S, 256) uint8");
     } else {
         const int32_t *ord = order.buf, *lm = lim.buf;
         const uint8_t *acc = chunk_acc.buf;
         int bad = 0;
         for (Py_ssize_t i = 0; i < B * n_pos; i++) bad |= ord[i] < 0 || ord[i] >= S;
         for (Py_ssize_t i = 0; i < B * (n_pos / CHUNK); i++) bad |= acc[i] > 1;
+        if (kernel == KERNEL_AVX2)
+            for (Py_ssize_t i = 0; i < S * TABLE; i++) bad |= ((const uint8_t *)groups.buf)[i] > 15;
         for (Py_ssize_t q = 0; q < B; q++)
             bad |= (!heap && lm[LIMS * q] >= room_stride) || lm[LIMS * q + 3] < 0 ||
                    lm[LIMS * q + 3] > 16;
         if (bad) {
             PyErr_SetString(PyExc_ValueError, "order outside 0..S-1, chunk_acc not 0/1, "
-                                              "lim[0] >= room_stride or a shift outside 0..16");
+                                              "lim[0] >= room_stride, a shift outside 0..16 "
+                                              "or a group above 15");
         } else {
             scan_args a = {codes.buf, S, n_rows, n_pos, tables.buf, acc, ord, room.buf,
                            coarse.buf, lim.buf, room_stride, capacity, out_rows.buf, out_count.buf,
-                           out_keys.buf, heap, NULL, NULL};
-            a.allowed = allowed.obj ? allowed.buf : NULL;
+                           out_keys.buf, heap, NULL, NULL, NULL, NULL};
+            a.allowed = allowed.buf;
             int32_t *reach = PyMem_Malloc((B * (n_pos / CHUNK) * 2 + 1) * sizeof(int32_t));
-            if (!reach) {
+            uint8_t *ctables = kernel == KERNEL_AVX2 ? PyMem_Malloc(B * n_pos * 16) : NULL;
+            if (!reach || (kernel == KERNEL_AVX2 && !ctables)) {
+                PyMem_Free(reach);
+                PyMem_Free(ctables);
                 PyErr_NoMemory();
                 goto release;
             }
             max_reach(&a, B, n_codes, reach);
             a.reach = reach;
+            if (kernel == KERNEL_AVX2) {
+                a.codes4 = codes4.buf;
+                group_tables(&a, B, n_codes, groups.buf, ctables);
+                a.ctables = ctables;
+            }
             /* Before the queries of a tile, the next tile is fetched: the first lines of each
              * block in scan order when there is one query (the rest is read less often), every
              * line for a batch (which reads most of them, and from L2 after the first query). */
             Py_ssize_t lines = B == 1 ? (n_pos < PREFETCH_LINES ? n_pos : PREFETCH_LINES) : S;
-            const uint8_t *cb = codes.buf;
+            /* the AVX2 kernel reads the 4-bit layout, half a line per position */
+            const uint8_t *cb = kernel == KERNEL_AVX2 ? codes4.buf : codes.buf;
+            const Py_ssize_t width = kernel == KERNEL_AVX2 ? 32 : ROWS;
             Py_BEGIN_ALLOW_THREADS
             for (Py_ssize_t tile = start; tile < end; tile += TILE) {
                 Py_ssize_t stop = tile + TILE < end ? tile + TILE : end;
                 for (Py_ssize_t b = stop; b < stop + TILE && b < end; b++)
                     for (Py_ssize_t k = 0; k < lines; k++)
-                        __builtin_prefetch(cb + (b * S + (B == 1 ? ord[k] : k)) * ROWS, 0, 3);
+                        __builtin_prefetch(cb + (b * S + (B == 1 ? ord[k] : k)) * width, 0, 3);
                 for (Py_ssize_t q = 0; q < B; q++)  /* picking costs n_pos / 8 reads */
-                    pick_tile(&a, q, n_codes, portable)(&a, q, tile, stop);
+                    pick_tile(&a, q, n_codes, kernel)(&a, q, tile, stop);
             }
             Py_END_ALLOW_THREADS
             PyMem_Free(reach);
+            PyMem_Free(ctables);
             result = Py_NewRef(Py_None);
         }
     }
@@ -543,6 +820,8 @@ release:
     PyBuffer_Release(&out_keys);
     PyBuffer_Release(&out_count);
     if (allowed.obj) PyBuffer_Release(&allowed);
+    if (codes4.obj) PyBuffer_Release(&codes4);
+    if (groups.obj) PyBuffer_Release(&groups);
     return result;
 }
 
@@ -599,25 +878,34 @@ static PyObject *exact_sums(PyObject *self, PyObject *args) {
     return result;
 }
 
-static PyObject *simd_name(PyObject *self, PyObject *noargs) {
-    return PyUnicode_FromString(have_vbmi() ? "avx512-vbmi" : "portable");
+/* kernels(): the names of the kernels this CPU runs, best first (the one kernel 0 picks). */
+static PyObject *kernels(PyObject *self, PyObject *noargs) {
+    PyObject *names = PyList_New(0);
+    for (int k = KERNEL_VBMI; names && k >= KERNEL_PORTABLE; k--)
+        if (cpu_runs(k)) {
+            PyObject *name = PyUnicode_FromString(KERNEL_NAMES[k]);
+            if (!name || PyList_Append(names, name) < 0) Py_CLEAR(names);
+            Py_XDECREF(name);
+        }
+    return names;
 }
 
 static PyMethodDef methods[] = {
     {"lower_bounds", lower_bounds, METH_VARARGS,
      "lower_bounds(codes_t, tables, out, n_queries, S, s0, P, block_start, block_end, "
-     "accumulate, portable): sum 8-bit table entries of 64-row blocks into uint16 "
+     "accumulate, kernel): sum 8-bit table entries of 64-row blocks into uint16 "
      "(see module doc)."},
     {"prune_scan", prune_scan, METH_VARARGS,
      "prune_scan(codes_t, S, n_rows, n_codes, tables, order, chunk_acc, n_queries, n_pos, lim, room, "
      "room_stride, coarse, out_rows, out_keys, out_count, capacity, heap, block_start, "
-     "block_end, portable[, allowed]): the rows of a batch of queries whose 8-bit bounds pass "
+     "block_end, kernel[, allowed[, codes4, groups]]): the rows of a batch of queries whose 8-bit bounds pass "
      "their limits, among the allowed rows "
      "(see the source)."},
     {"exact_sums", exact_sums, METH_VARARGS,
      "exact_sums(codes, P, tables, R, rows, qidx, out): float64 table sums of some rows in "
      "position order."},
-    {"simd_name", simd_name, METH_NOARGS, "The kernel this CPU runs: avx512-vbmi or portable."},
+    {"kernels", kernels, METH_NOARGS,
+     "The kernels this CPU runs, best first: 'vbmi', 'avx2', 'portable' (kernel 3, 2, 1)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastscan",

@@ -24,9 +24,14 @@ comparisons carry a margin far above rounding error, so rounding can only add ro
 rows step 4 evaluates depends on the data: grids of similar slices have tight bounds, uniformly
 random codes (the worst case) do not; a query whose rows overflow the kernel's buffers, and
 every D_A query (its bound needs each row's norm), sum the bounds of all rows instead
-(`_search_full`). FDN_FASTSCAN_PORTABLE=1 forces the portable C loops (tests of that path);
-they give the same answers but are slow: at 1M a single S_sum query took 88 ms on them against
-67 ms for ``lut`` and 15 ms for VBMI (load 3.4), a batch of 64 ran at 23 queries/s (lut 15).
+(`_search_full`).
+
+Kernels (`hashindex.fastscan_kernels.kernel`): AVX-512 VBMI where the CPU has it, else AVX2 (a
+4-bit copy of the rows, each code replaced by one of 16 groups per position, scanned with
+16-entry `pshufb` tables whose entries are the smallest of their group's; the rows that survive
+get their exact 8-bit sums), else the portable C loops. FDN_FASTSCAN_KERNEL=vbmi|avx2|portable
+forces one (a kernel the CPU lacks is refused); all give the same answers. At 1M a single S_sum
+query took 88 ms on the portable loops against 67 ms for ``lut`` and 15 ms for VBMI (load 3.4).
 
 Limits: at most 256 distinct code vectors per codebook (one byte per code; trained EMA codebooks
 have far fewer live codes). Otherwise use ``lut``.

@@ -78,7 +78,14 @@ class PrunedScan(FastScanRows):
         keep = SEED_ROWS
         while todo.size:
             part = plan if todo.size == B else _take(plan, todo)
-            qidx, rows, _ = prune_scan(sample_t, sample_rows.size, part, keep, sample_words)
+            qidx, rows, _ = prune_scan(
+                sample_t,
+                sample_rows.size,
+                part,
+                keep,
+                sample_words,
+                lambda: self.nibbles(sample_t, distance),
+            )
             qidx, rows = todo[qidx], sample_rows[rows]
             dist = self._exact_batch(rows, qidx, tables, q_sq, books, distance, normalized)
             evaluated += np.bincount(qidx, minlength=B)
@@ -92,7 +99,12 @@ class PrunedScan(FastScanRows):
         lim, room, coarse = self._limits(bounds, books, distance, normalized, theta)
         capacity = int(min(CAPACITY, self.codes_t.shape[0] * BLOCK))
         qidx, rows, overflow = prune_scan(
-            self.codes_t, self.n, dict(plan, lim=lim, room=room, coarse=coarse), capacity, words
+            self.codes_t,
+            self.n,
+            dict(plan, lim=lim, room=room, coarse=coarse),
+            capacity,
+            words,
+            lambda: self.nibbles(self.codes_t, distance),
         )
         dist = self._exact_batch(rows, qidx, tables, q_sq, books, distance, normalized)
         D, R, V = self._top_batch(rows, qidx, dist, B, topq, exclude, by_volume)
