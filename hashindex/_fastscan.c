@@ -270,7 +270,7 @@ typedef struct {
     /* the AVX2 kernel's 4-bit layout and tables (NULL for the others): codes4 (nblocks, S, 32),
      * byte i of position s holding the groups of rows i (low nibble) and 32 + i (high nibble);
      * ctables (B, n_pos, 16), entry g the smallest 8-bit entry among the codes of group g */
-    const uint8_t *codes4, *ctables;
+    const uint8_t *codes4, *ctables, *groups;
 } scan_args;
 
 /* reach (see scan_args) of every query: Σ of each position's largest table entry among the
@@ -535,25 +535,61 @@ TILE_FN(scan_tile_vbmi4s, 4, 1)
  * codes_t (`exact_emit`) and go through the same `emit` as the other kernels, so the rows kept
  * are the same. The staircase (L1 <= coarse[min(L0 >> shift, 63)]) is looked up with gathers. */
 
-/* The 8-bit sums L0, L1 of the rows of `alive` in block b, added as the portable kernel adds
- * them (WIDEN positions saturated to 255, then widened), then `emit`. */
-static void exact_emit(const scan_args *a, Py_ssize_t q, Py_ssize_t b, uint64_t alive) {
+/* The rows of `alive` in block b that pass with their exact 8-bit sums L0, L1 (added as the
+ * portable kernel adds them: WIDEN positions saturated to 255, then widened), then `emit`.
+ * G: their group sums over all positions. Chunk by chunk, in scan order, each WIDEN positions'
+ * group share of G is replaced by their exact share, so M = G − group share + exact share is a
+ * bound between G and L that ends at L; a row leaves as soon as M fails the filter, before its
+ * codes at the remaining positions (a cache line each) are read. */
+static void exact_emit(const scan_args *a, Py_ssize_t q, Py_ssize_t b, uint64_t alive,
+                       uint16_t G[2][ROWS]) {
     const uint8_t *codes = a->codes + b * a->S * ROWS;
     const uint8_t *tab = a->tables + q * a->n_pos * TABLE;
+    const uint8_t *ctab = a->ctables + q * a->n_pos * 16;
     const int32_t *order = a->order + q * a->n_pos;
     const uint8_t *acc_of = a->chunk_acc + q * (a->n_pos / CHUNK);
-    uint16_t L[2][ROWS];
+    const int32_t *lim = a->lim + LIMS * q;
+    const uint16_t *coarse = a->coarse + q * COARSE;
+    int32_t M[2][ROWS];
     int rows[ROWS], n = 0;
-    memset(L, 0, sizeof L);
-    for (uint64_t m = alive; m; m &= m - 1) rows[n++] = __builtin_ctzll(m);
-    for (Py_ssize_t k0 = 0; k0 < a->n_pos; k0 += WIDEN) {
-        uint16_t *acc = L[acc_of[k0 / CHUNK]];
+    for (uint64_t m = alive; m; m &= m - 1) {
+        int r = __builtin_ctzll(m);
+        rows[n++] = r;
+        M[0][r] = G[0][r];
+        M[1][r] = G[1][r];
+    }
+    for (Py_ssize_t c = 0; c * CHUNK < a->n_pos && n; c++) {
+        int32_t *acc = M[acc_of[c]];
+        /* the chunk after next: its lines arrive while this one is added */
+        for (Py_ssize_t k = (c + 2) * CHUNK; k < (c + 3) * CHUNK && k < a->n_pos; k++)
+            __builtin_prefetch(codes + (Py_ssize_t)order[k] * ROWS, 0, 3);
+        for (Py_ssize_t k0 = c * CHUNK; k0 < (c + 1) * CHUNK; k0 += WIDEN)
+            for (int i = 0; i < n; i++) {
+                int r = rows[i], exact = 0, group = 0;
+                for (Py_ssize_t k = k0; k < k0 + WIDEN; k++) {
+                    Py_ssize_t s = order[k];
+                    int code = codes[s * ROWS + r];
+                    exact += tab[k * TABLE + code];
+                    group += ctab[k * 16 + a->groups[s * TABLE + code]];
+                }
+                acc[r] += (exact > 255 ? 255 : exact) - (group > 255 ? 255 : group);
+            }
+        int kept = 0;
         for (int i = 0; i < n; i++) {
-            int r = rows[i], sum8 = 0;
-            for (Py_ssize_t k = k0; k < k0 + WIDEN; k++)
-                sum8 += tab[k * TABLE + codes[(Py_ssize_t)order[k] * ROWS + r]];
-            acc[r] = (uint16_t)(acc[r] + (sum8 > 255 ? 255 : sum8));
+            int r = rows[i], m0 = M[0][r], m1 = M[1][r];
+            if (m0 <= lim[0] && m1 <= lim[1] && m0 + m1 <= lim[2] &&
+                m1 <= coarse[stair(m0 > 65535 ? 65535 : m0, lim[3])])
+                rows[kept++] = r;
+            else
+                alive &= ~(1ULL << r);
         }
+        n = kept;
+    }
+    if (!alive) return;
+    uint16_t L[2][ROWS];
+    for (int i = 0; i < n; i++) {
+        L[0][rows[i]] = (uint16_t)M[0][rows[i]];
+        L[1][rows[i]] = (uint16_t)M[1][rows[i]];
     }
     emit(a, q, b, alive, L[0], L[1]);
 }
@@ -656,15 +692,29 @@ AVX2 static void scan_tile_avx2(const scan_args *a, Py_ssize_t q, Py_ssize_t b0,
         }
         n_alive = kept;
     }
+    /* the survivors' first two chunks of codes_t are fetched for all blocks at once, so that
+     * their misses overlap */
+    uint64_t rows[TILE];
     for (int n = 0; n < n_alive; n++) {
         int i = alive[n];
         uint16_t K[4][16];
         for (int v = 0; v < 4; v++) _mm256_storeu_si256((__m256i *)K[v], keep[i][v]);
-        uint64_t rows = 0;
+        rows[n] = 0;
         for (int v = 0; v < 4; v++)
             for (int l = 0; l < 16; l++)
-                if (K[v][l]) rows |= 1ULL << ((v >= 2 ? 32 : 0) + 2 * l + (v & 1));
-        exact_emit(a, q, b0 + i, rows);
+                if (K[v][l]) rows[n] |= 1ULL << ((v >= 2 ? 32 : 0) + 2 * l + (v & 1));
+        const uint8_t *blk = a->codes + (b0 + i) * a->S * ROWS;
+        for (Py_ssize_t k = 0; k < 2 * CHUNK && k < a->n_pos; k++)
+            __builtin_prefetch(blk + (Py_ssize_t)order[k] * ROWS, 0, 3);
+    }
+    for (int n = 0; n < n_alive; n++) {
+        int i = alive[n];
+        uint16_t E[4][16], G[2][ROWS];
+        for (int w = 0; w < 2; w++) {
+            for (int v = 0; v < 4; v++) _mm256_storeu_si256((__m256i *)E[v], acc[i][w][v]);
+            rows_from_lanes((const uint16_t(*)[16])E, G[w]);
+        }
+        exact_emit(a, q, b0 + i, rows[n], G);
     }
 }
 
@@ -769,7 +819,7 @@ static PyObject *prune_scan(PyObject *self, PyObject *args) {
         } else {
             scan_args a = {codes.buf, S, n_rows, n_pos, tables.buf, acc, ord, room.buf,
                            coarse.buf, lim.buf, room_stride, capacity, out_rows.buf, out_count.buf,
-                           out_keys.buf, heap, NULL, NULL, NULL, NULL};
+                           out_keys.buf, heap, NULL, NULL, NULL, NULL, NULL};
             a.allowed = allowed.buf;
             int32_t *reach = PyMem_Malloc((B * (n_pos / CHUNK) * 2 + 1) * sizeof(int32_t));
             uint8_t *ctables = kernel == KERNEL_AVX2 ? PyMem_Malloc(B * n_pos * 16) : NULL;
@@ -783,6 +833,7 @@ static PyObject *prune_scan(PyObject *self, PyObject *args) {
             a.reach = reach;
             if (kernel == KERNEL_AVX2) {
                 a.codes4 = codes4.buf;
+                a.groups = groups.buf;
                 group_tables(&a, B, n_codes, groups.buf, ctables);
                 a.ctables = ctables;
             }
