@@ -22,6 +22,16 @@ CHUNK = 8  # positions scanned between two checks whether a block can be left
 COARSE = 64  # steps of the staircase the kernel checks the two sums against
 KERNEL_ENV = "FDN_FASTSCAN_KERNEL"
 KERNEL_IDS = {"portable": 1, "avx2": 2, "vbmi": 3}  # the C extension's numbers
+# The distances for which each kernel answered faster than lut, single query, 1M rows, S_sum
+# (benchmarks/results/kernels/report.md, lut / kernel: vbmi 4.7x D_H, 5.2x D_E; avx2 3.5x, 3.6x;
+# portable 0.98x, 0.82x): where fastscan may be the default engine. D_A is left to lut: its
+# full scan of every row's bound re-ranked 40-90 % of the rows of a built index's codes
+# (benchmarks/results/scale-from-index), though it beat lut on the synthetic workload.
+FASTER_THAN_LUT: dict[str, tuple[str, ...]] = {
+    "vbmi": ("hamming", "euclidean"),
+    "avx2": ("hamming", "euclidean"),
+    "portable": (),
+}
 
 _THREADS = max(1, min(os.cpu_count() or 1, 8))
 _pool: ThreadPoolExecutor | None = None

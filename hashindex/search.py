@@ -55,11 +55,11 @@ class IndexSearch(IndexState):
 
     def default_engine(self, distance: str) -> str:
         """The engine a query of ``distance`` runs on when it names none: of the engines that
-        are a default for that distance (`Engine.default_for`) and that this index can run, the
-        one of highest `Engine.default_rank`. Loads nothing."""
+        may answer it by default on this index and CPU (`Engine.is_default_for`), the one of
+        highest `Engine.default_rank`. Loads nothing."""
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-        able = [e for e in REGISTRY.values() if distance in e.default_for and e.available(self)]
+        able = [e for e in REGISTRY.values() if e.is_default_for(distance, self)]
         return max(able, key=lambda engine: engine.default_rank).name
 
     def _rows_copy(self, name: str):
