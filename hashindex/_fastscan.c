@@ -24,29 +24,17 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <immintrin.h>
 #include <stdint.h>
 #include <string.h>
 
-#define ROWS 64
-#define TABLE 256
-/* Blocks scored against one query before the next query: 32 blocks of 2 × 64 positions are
- * 256 KiB of codes, which stay in L2 while each query's tables (32 KiB) stay in L1. */
-#define TILE 32
+#include "fastscan_scan.h"
 
-static void block_portable(const uint8_t *codes, const uint8_t *table, Py_ssize_t P,
-                           uint16_t *out, int accumulate) {
-    uint16_t acc[ROWS];
-    if (accumulate) memcpy(acc, out, sizeof acc);
-    else memset(acc, 0, sizeof acc);
-    for (Py_ssize_t p = 0; p < P; p++) {
-        const uint8_t *c = codes + p * ROWS;
-        const uint8_t *t = table + p * TABLE;
-        for (int r = 0; r < ROWS; r++) acc[r] = (uint16_t)(acc[r] + t[c[r]]);
-    }
-    memcpy(out, acc, sizeof acc);
-}
+#if defined(__x86_64__) || defined(__i386__)
+#define FASTSCAN_X86 1
+#include <immintrin.h>
+#endif
 
+#ifdef FASTSCAN_X86
 __attribute__((target("avx512f,avx512bw,avx512vbmi")))
 static void block_vbmi(const uint8_t *codes, const uint8_t *table, Py_ssize_t P, uint16_t *out,
                        int accumulate) {
@@ -68,36 +56,61 @@ static void block_vbmi(const uint8_t *codes, const uint8_t *table, Py_ssize_t P,
     _mm512_storeu_si512((void *)(out + 32), acc_hi);
 }
 
+#endif /* FASTSCAN_X86 */
+
 typedef void (*block_fn)(const uint8_t *, const uint8_t *, Py_ssize_t, uint16_t *, int);
 
 /* The kernels, by the number callers pass (0: the best this CPU runs). */
-enum { KERNEL_AUTO = 0, KERNEL_PORTABLE = 1, KERNEL_AVX2 = 2, KERNEL_VBMI = 3 };
-static const char *const KERNEL_NAMES[] = {"auto", "portable", "avx2", "vbmi"};
+enum { KERNEL_AUTO = 0, KERNEL_PORTABLE = 1, KERNEL_AVX2 = 2, KERNEL_VBMI = 3, KERNEL_NEON = 4 };
+static const char *const KERNEL_NAMES[] = {"auto", "portable", "avx2", "vbmi", "neon"};
+#define KERNEL_LAST KERNEL_NEON
 
 static int have_vbmi(void) {
+#ifdef FASTSCAN_X86
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vbmi");
+#else
+    return 0;
+#endif
 }
 
 static int have_avx2(void) {
+#ifdef FASTSCAN_X86
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
+#else
+    return 0;
+#endif
+}
+
+static int have_neon(void) {
+#ifdef FASTSCAN_NEON
+    return 1; /* part of every AArch64 CPU */
+#else
+    return 0;
+#endif
 }
 
 static int cpu_runs(int kernel) {
     return kernel == KERNEL_PORTABLE || (kernel == KERNEL_AVX2 && have_avx2()) ||
-           (kernel == KERNEL_VBMI && have_vbmi());
+           (kernel == KERNEL_VBMI && have_vbmi()) || (kernel == KERNEL_NEON && have_neon());
 }
+
+/* the kernels that scan the 4-bit group layout (codes4, groups) */
+static int uses_groups(int kernel) { return kernel == KERNEL_AVX2 || kernel == KERNEL_NEON; }
 
 /* The kernel to run for a caller's choice, or -1 with ValueError set: a kernel this CPU lacks
  * is refused, never replaced by another one silently. */
 static int resolve_kernel(int kernel) {
     if (kernel == KERNEL_AUTO)
-        return have_vbmi() ? KERNEL_VBMI : have_avx2() ? KERNEL_AVX2 : KERNEL_PORTABLE;
-    if (kernel < KERNEL_PORTABLE || kernel > KERNEL_VBMI) {
-        PyErr_Format(PyExc_ValueError, "kernel must be 0..3 (auto, portable, avx2, vbmi), got %d",
-                     kernel);
+        return have_vbmi()   ? KERNEL_VBMI
+               : have_avx2() ? KERNEL_AVX2
+               : have_neon() ? KERNEL_NEON
+                             : KERNEL_PORTABLE;
+    if (kernel < KERNEL_PORTABLE || kernel > KERNEL_LAST) {
+        PyErr_Format(PyExc_ValueError,
+                     "kernel must be 0..4 (auto, portable, avx2, vbmi, neon), got %d", kernel);
         return -1;
     }
     if (!cpu_runs(kernel)) {
@@ -107,18 +120,12 @@ static int resolve_kernel(int kernel) {
     return kernel;
 }
 
+#ifdef FASTSCAN_X86
 #define AVX2 __attribute__((target("avx2,bmi2")))
 
 /* a <= m in every unsigned 16-bit lane (AVX2 has no unsigned compare) */
 AVX2 static inline __attribute__((always_inline)) __m256i le_epu16(__m256i a, __m256i m) {
     return _mm256_cmpeq_epi16(_mm256_min_epu16(a, m), a);
-}
-
-/* 64 rows' sums (lane i of acc[0]: row 2i, acc[1]: row 2i + 1, acc[2]: row 32 + 2i, acc[3]:
- * row 33 + 2i) to and from row order */
-static void rows_from_lanes(const uint16_t E[4][16], uint16_t *out) {
-    for (int v = 0; v < 4; v++)
-        for (int l = 0; l < 16; l++) out[(v >= 2 ? 32 : 0) + 2 * l + (v & 1)] = E[v][l];
 }
 
 /* With AVX2 a 256-entry lookup is 16 `pshufb` of 16 entries each, one per value of the code's
@@ -162,8 +169,17 @@ AVX2 static void block_avx2(const uint8_t *codes, const uint8_t *table, Py_ssize
     rows_from_lanes((const uint16_t(*)[16])E, out);
 }
 
+#endif /* FASTSCAN_X86 */
+
 static block_fn pick(int kernel) {
-    return kernel == KERNEL_VBMI ? block_vbmi : kernel == KERNEL_AVX2 ? block_avx2 : block_portable;
+#ifdef FASTSCAN_X86
+    if (kernel == KERNEL_VBMI) return block_vbmi;
+    if (kernel == KERNEL_AVX2) return block_avx2;
+#endif
+#ifdef FASTSCAN_NEON
+    if (kernel == KERNEL_NEON) return block_neon;
+#endif
+    return block_portable;
 }
 
 /* lower_bounds(codes_t, tables, out, n_queries, S, s0, P, block_start, block_end, accumulate,
@@ -213,178 +229,7 @@ static PyObject *lower_bounds(PyObject *self, PyObject *args) {
     return result;
 }
 
-/* ------------------------------------------------------------------ pruned scan
- *
- * prune_scan walks the blocks of codes_t once for a batch of queries and keeps, per query, only
- * the rows whose bound can still matter. Each query lists its positions in the order to visit
- * them (`order`, most informative first, padded with zero tables to a multiple of CHUNK) and,
- * per chunk of CHUNK positions, which of two accumulators it adds to (0: the first codebook,
- * 1: the second; S_normal and S_abnormal use only accumulator 0). With L0, L1 the sums:
- *
- *   filter mode: a row is kept when L0 <= lim[0], L1 <= lim[1], L0 + L1 <= lim[2] and
- *                L1 <= room[L0] (room non-increasing, lim[0] < room_stride); kept rows are
- *                written to out_rows in increasing order, out_count counts them all (a count
- *                above `capacity` means the buffer overflowed and the caller must rescan);
- *   heap mode:   the `capacity` rows with the smallest L0 + L1 are kept in a max-heap
- *                (out_keys, out_rows, out_count), and lim[2] follows the heap's top.
- *
- * All sums only grow, so a block is abandoned for a query as soon as none of its 64 rows meets
- * the first three conditions: most blocks are left after a few chunks, without reading the
- * rest of their positions.
- */
-#define CHUNK 8
-/* Positions added in 8 bits (saturating: a sum that saturates only gets a weaker bound) before
- * they are widened to 16 bits; tables of at most 255 / WIDEN levels never saturate. */
-#define WIDEN 4
-#define PREFETCH 2         /* blocks ahead */
-/* Positions of a block prefetched a tile ahead for a single query: the first two chunks, which
- * every block reads. Fetching more (80 lines, the first ten chunks) fetched lines that most
- * blocks never read, since they are left after about six chunks, and cost memory bandwidth:
- * 1M S_sum D_H went from 8.4 to 7.6 ms a query with 16 (2 threads, side by side, load 2.4). */
-#define PREFETCH_LINES 16
-#define LIMS 4     /* per query: L0 max, L1 max, L0 + L1 max, staircase shift */
-#define COARSE 64  /* staircase steps: coarse[k] >= room[L0] for every L0 >> shift == k */
-
-static inline int stair(int l0, int shift) {
-    int k = l0 >> shift;
-    return k < COARSE - 1 ? k : COARSE - 1;
-}
-
-typedef struct {
-    const uint8_t *codes;
-    Py_ssize_t S, n_rows, n_pos;
-    const uint8_t *tables, *chunk_acc;
-    const int32_t *order, *room;
-    const uint16_t *coarse;
-    int32_t *lim;
-    Py_ssize_t room_stride, capacity;
-    int64_t *out_rows, *out_count;
-    uint32_t *out_keys;
-    int heap;
-    /* per query and chunk c the largest L0, L1 any row can have after chunks 0..c, (B, n_pos /
-     * CHUNK, 2): while the limits admit those, no row can fail and the check is skipped */
-    const int32_t *reach;
-    /* per block a word of the rows a query may return (bit r: row 64 * b + r), shared by the
-     * batch; NULL: every row. A row outside it is dead from the start, like a padding row. */
-    const uint64_t *allowed;
-    /* the AVX2 kernel's 4-bit layout and tables (NULL for the others): codes4 (nblocks, S, 32),
-     * byte i of position s holding the groups of rows i (low nibble) and 32 + i (high nibble);
-     * ctables (B, n_pos, 16), entry g the smallest 8-bit entry among the codes of group g */
-    const uint8_t *codes4, *ctables, *groups;
-} scan_args;
-
-/* reach (see scan_args) of every query: Σ of each position's largest table entry among the
- * first n_codes, in scan order (an upper bound: the kernel's 8-bit sums only saturate lower). */
-static void max_reach(scan_args *a, Py_ssize_t B, Py_ssize_t n_codes, int32_t *reach) {
-    Py_ssize_t chunks = a->n_pos / CHUNK;
-    for (Py_ssize_t q = 0; q < B; q++) {
-        int32_t sum[2] = {0, 0};
-        for (Py_ssize_t c = 0; c < chunks; c++) {
-            for (Py_ssize_t k = c * CHUNK; k < (c + 1) * CHUNK; k++) {
-                const uint8_t *t = a->tables + (q * a->n_pos + k) * TABLE;
-                int m = 0;
-                for (Py_ssize_t j = 0; j < n_codes; j++) m = t[j] > m ? t[j] : m;
-                sum[a->chunk_acc[q * chunks + c]] += m;
-            }
-            reach[(q * chunks + c) * 2] = sum[0];
-            reach[(q * chunks + c) * 2 + 1] = sum[1];
-        }
-    }
-}
-
-static void heap_push(uint32_t *keys, int64_t *rows, int64_t *count, Py_ssize_t cap,
-                      uint32_t key, int64_t row, int32_t *lim2) {
-    Py_ssize_t n = *count, i;
-    if (n < cap) {  /* sift up */
-        for (i = n; i > 0 && keys[(i - 1) / 2] < key; i = (i - 1) / 2) {
-            keys[i] = keys[(i - 1) / 2];
-            rows[i] = rows[(i - 1) / 2];
-        }
-        keys[i] = key;
-        rows[i] = row;
-        *count = ++n;
-    } else if (key < keys[0]) {  /* replace the top, sift down */
-        i = 0;
-        for (;;) {
-            Py_ssize_t c = 2 * i + 1;
-            if (c >= n) break;
-            if (c + 1 < n && keys[c + 1] > keys[c]) c++;
-            if (keys[c] <= key) break;
-            keys[i] = keys[c];
-            rows[i] = rows[c];
-            i = c;
-        }
-        keys[i] = key;
-        rows[i] = row;
-    }
-    if (n >= cap) *lim2 = (int32_t)keys[0];
-}
-
-/* Keep the rows of `alive` (bit r: row 64 * b + r) that pass every condition. */
-static void emit(const scan_args *a, Py_ssize_t q, Py_ssize_t b, uint64_t alive,
-                 const uint16_t *L0, const uint16_t *L1) {
-    int32_t *lim = a->lim + LIMS * q;
-    int64_t *count = a->out_count + q;
-    int64_t *rows = a->out_rows + q * a->capacity;
-    const int32_t *room = a->room + q * a->room_stride;
-    while (alive) {
-        int r = __builtin_ctzll(alive);
-        alive &= alive - 1;
-        int32_t l0 = L0[r], l1 = L1[r];
-        if (l0 > lim[0] || l1 > lim[1] || l0 + l1 > lim[2]) continue;
-        int64_t row = b * ROWS + r;
-        if (a->heap) {
-            heap_push(a->out_keys + q * a->capacity, rows, count, a->capacity,
-                      (uint32_t)(l0 + l1), row, lim + 2);
-        } else if (l1 <= room[l0]) {
-            if (*count < a->capacity) rows[*count] = row;
-            (*count)++;
-        }
-    }
-}
-
-static uint64_t valid_rows(const scan_args *a, Py_ssize_t b) {
-    Py_ssize_t left = a->n_rows - b * ROWS;
-    uint64_t real = left >= ROWS ? ~0ULL : (left <= 0 ? 0 : (1ULL << left) - 1);
-    return a->allowed ? real & a->allowed[b] : real;
-}
-
-static void scan_block_portable(const scan_args *a, Py_ssize_t q, Py_ssize_t b) {
-    const uint8_t *codes = a->codes + b * a->S * ROWS;
-    const uint8_t *tab = a->tables + q * a->n_pos * TABLE;
-    const int32_t *order = a->order + q * a->n_pos;
-    const uint8_t *acc_of = a->chunk_acc + q * (a->n_pos / CHUNK);
-    const int32_t *lim = a->lim + LIMS * q;
-    const uint16_t *coarse = a->coarse + q * COARSE;
-    uint16_t L[2][ROWS];
-    memset(L, 0, sizeof L);
-    uint64_t alive = valid_rows(a, b);
-    for (Py_ssize_t c = 0; c * CHUNK < a->n_pos && alive; c++) {
-        uint16_t *acc = L[acc_of[c]];
-        for (int h = 0; h < CHUNK; h += WIDEN) {
-            uint16_t sum8[ROWS] = {0};
-            for (int j = h; j < h + WIDEN; j++) {
-                Py_ssize_t k = c * CHUNK + j;
-                const uint8_t *t = tab + k * TABLE, *code = codes + (Py_ssize_t)order[k] * ROWS;
-                for (int r = 0; r < ROWS; r++) sum8[r] = (uint16_t)(sum8[r] + t[code[r]]);
-            }
-            for (int r = 0; r < ROWS; r++)
-                acc[r] = (uint16_t)(acc[r] + (sum8[r] > 255 ? 255 : sum8[r]));
-        }
-        uint64_t keep = 0;
-        for (int r = 0; r < ROWS; r++)
-            keep |= (uint64_t)(L[0][r] <= lim[0] && L[1][r] <= lim[1] &&
-                               L[0][r] + L[1][r] <= lim[2] &&
-                               L[1][r] <= coarse[stair(L[0][r], lim[3])]) << r;
-        alive &= keep;
-    }
-    if (alive) emit(a, q, b, alive, L[0], L[1]);
-}
-
-static void scan_tile_portable(const scan_args *a, Py_ssize_t q, Py_ssize_t b0, Py_ssize_t b1) {
-    for (Py_ssize_t b = b0; b < b1; b++) scan_block_portable(a, q, b);
-}
-
+#ifdef FASTSCAN_X86
 #define VBMI __attribute__((target("avx512f,avx512bw,avx512vbmi,bmi2")))
 
 /* One lookup of 64 codes in a table of `width` registers: 2 for codes < 128, 3 for < 192, 4. */
@@ -523,77 +368,6 @@ TILE_FN(scan_tile_vbmi2s, 2, 1)
 TILE_FN(scan_tile_vbmi3s, 3, 1)
 TILE_FN(scan_tile_vbmi4s, 4, 1)
 
-/* ------------------------------------------------------------------ AVX2: 4-bit groups
- *
- * Without VBMI a 256-entry lookup costs 16 `pshufb`. The AVX2 kernel instead scans a second
- * layout of the rows, 4 bits per code: the code's group (the caller puts similar codes in one of
- * 16 groups per position). A group's table entry is the smallest 8-bit entry of its codes, so a
- * group sum never exceeds the 8-bit sum L of the same row, and each of the filter's conditions
- * (all of the form "sum <= limit") that L meets, the group sums meet too: a row ruled out by its
- * group sums is ruled out by L. A lookup of 64 rows is then two `pshufb` of one 16-byte table,
- * as in FAISS's fast-scan. The rows that survive every chunk get their exact 8-bit sums from
- * codes_t (`exact_emit`) and go through the same `emit` as the other kernels, so the rows kept
- * are the same. The staircase (L1 <= coarse[min(L0 >> shift, 63)]) is looked up with gathers. */
-
-/* The rows of `alive` in block b that pass with their exact 8-bit sums L0, L1 (added as the
- * portable kernel adds them: WIDEN positions saturated to 255, then widened), then `emit`.
- * G: their group sums over all positions. Chunk by chunk, in scan order, each WIDEN positions'
- * group share of G is replaced by their exact share, so M = G − group share + exact share is a
- * bound between G and L that ends at L; a row leaves as soon as M fails the filter, before its
- * codes at the remaining positions (a cache line each) are read. */
-static void exact_emit(const scan_args *a, Py_ssize_t q, Py_ssize_t b, uint64_t alive,
-                       uint16_t G[2][ROWS]) {
-    const uint8_t *codes = a->codes + b * a->S * ROWS;
-    const uint8_t *tab = a->tables + q * a->n_pos * TABLE;
-    const uint8_t *ctab = a->ctables + q * a->n_pos * 16;
-    const int32_t *order = a->order + q * a->n_pos;
-    const uint8_t *acc_of = a->chunk_acc + q * (a->n_pos / CHUNK);
-    const int32_t *lim = a->lim + LIMS * q;
-    const uint16_t *coarse = a->coarse + q * COARSE;
-    int32_t M[2][ROWS];
-    int rows[ROWS], n = 0;
-    for (uint64_t m = alive; m; m &= m - 1) {
-        int r = __builtin_ctzll(m);
-        rows[n++] = r;
-        M[0][r] = G[0][r];
-        M[1][r] = G[1][r];
-    }
-    for (Py_ssize_t c = 0; c * CHUNK < a->n_pos && n; c++) {
-        int32_t *acc = M[acc_of[c]];
-        /* the chunk after next: its lines arrive while this one is added */
-        for (Py_ssize_t k = (c + 2) * CHUNK; k < (c + 3) * CHUNK && k < a->n_pos; k++)
-            __builtin_prefetch(codes + (Py_ssize_t)order[k] * ROWS, 0, 3);
-        for (Py_ssize_t k0 = c * CHUNK; k0 < (c + 1) * CHUNK; k0 += WIDEN)
-            for (int i = 0; i < n; i++) {
-                int r = rows[i], exact = 0, group = 0;
-                for (Py_ssize_t k = k0; k < k0 + WIDEN; k++) {
-                    Py_ssize_t s = order[k];
-                    int code = codes[s * ROWS + r];
-                    exact += tab[k * TABLE + code];
-                    group += ctab[k * 16 + a->groups[s * TABLE + code]];
-                }
-                acc[r] += (exact > 255 ? 255 : exact) - (group > 255 ? 255 : group);
-            }
-        int kept = 0;
-        for (int i = 0; i < n; i++) {
-            int r = rows[i], m0 = M[0][r], m1 = M[1][r];
-            if (m0 <= lim[0] && m1 <= lim[1] && m0 + m1 <= lim[2] &&
-                m1 <= coarse[stair(m0 > 65535 ? 65535 : m0, lim[3])])
-                rows[kept++] = r;
-            else
-                alive &= ~(1ULL << r);
-        }
-        n = kept;
-    }
-    if (!alive) return;
-    uint16_t L[2][ROWS];
-    for (int i = 0; i < n; i++) {
-        L[0][rows[i]] = (uint16_t)M[0][rows[i]];
-        L[1][rows[i]] = (uint16_t)M[1][rows[i]];
-    }
-    emit(a, q, b, alive, L[0], L[1]);
-}
-
 /* Query q over blocks b0 .. b1-1 (at most TILE) by group sums, in the manner of the VBMI tile:
  * the 16-byte tables of WIDEN positions sit in registers while every live block of the tile
  * adds them; lanes as in `rows_from_lanes`. */
@@ -718,33 +492,27 @@ AVX2 static void scan_tile_avx2(const scan_args *a, Py_ssize_t q, Py_ssize_t b0,
     }
 }
 
-/* The AVX2 kernel's tables of every query: (B, n_pos, 16), the smallest entry per group among
- * the first n_codes codes (groups: (S, 256), the group of each code at each position). */
-static void group_tables(const scan_args *a, Py_ssize_t B, Py_ssize_t n_codes,
-                         const uint8_t *groups, uint8_t *ctables) {
-    memset(ctables, 255, B * a->n_pos * 16);
-    for (Py_ssize_t q = 0; q < B; q++)
-        for (Py_ssize_t k = 0; k < a->n_pos; k++) {
-            const uint8_t *t = a->tables + (q * a->n_pos + k) * TABLE;
-            const uint8_t *g = groups + (Py_ssize_t)a->order[q * a->n_pos + k] * TABLE;
-            uint8_t *ct = ctables + (q * a->n_pos + k) * 16;
-            for (Py_ssize_t j = 0; j < n_codes; j++)
-                if (t[j] < ct[g[j]]) ct[g[j]] = t[j];
-        }
-}
+#endif /* FASTSCAN_X86 */
 
 typedef void (*tile_fn)(const scan_args *, Py_ssize_t, Py_ssize_t, Py_ssize_t);
 
 /* Query q's tile kernel: its table width, and whether all its chunks add to L0. */
 static tile_fn pick_tile(const scan_args *a, Py_ssize_t q, Py_ssize_t n_codes, int kernel) {
-    if (kernel == KERNEL_PORTABLE) return scan_tile_portable;
+#ifdef FASTSCAN_NEON
+    if (kernel == KERNEL_NEON) return scan_tile_neon;
+#endif
+#ifdef FASTSCAN_X86
     if (kernel == KERNEL_AVX2) return scan_tile_avx2;
-    int single = 1;
-    for (Py_ssize_t c = 0; c < a->n_pos / CHUNK; c++)
-        single &= a->chunk_acc[q * (a->n_pos / CHUNK) + c] == 0;
-    if (n_codes <= 128) return single ? scan_tile_vbmi2s : scan_tile_vbmi2;
-    if (n_codes <= 192) return single ? scan_tile_vbmi3s : scan_tile_vbmi3;
-    return single ? scan_tile_vbmi4s : scan_tile_vbmi4;
+    if (kernel == KERNEL_VBMI) {
+        int single = 1;
+        for (Py_ssize_t c = 0; c < a->n_pos / CHUNK; c++)
+            single &= a->chunk_acc[q * (a->n_pos / CHUNK) + c] == 0;
+        if (n_codes <= 128) return single ? scan_tile_vbmi2s : scan_tile_vbmi2;
+        if (n_codes <= 192) return single ? scan_tile_vbmi3s : scan_tile_vbmi3;
+        return single ? scan_tile_vbmi4s : scan_tile_vbmi4;
+    }
+#endif
+    return scan_tile_portable;
 }
 
 /* prune_scan(codes_t, S, n_rows, n_codes, tables, order, chunk_acc, n_queries, n_pos, lim, room,
@@ -796,10 +564,11 @@ static PyObject *prune_scan(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "allowed must hold (nblocks,) uint64 words");
     } else if ((kernel = resolve_kernel(kernel)) < 0) {
         /* the error is set */
-    } else if (kernel == KERNEL_AVX2 &&
+    } else if (uses_groups(kernel) &&
                (!codes4.buf || !groups.buf || codes4.len != nblocks * S * 32 ||
                 groups.len != S * TABLE)) {
-        PyErr_SetString(PyExc_ValueError, "the avx2 kernel needs codes4 (nblocks, S, 32) uint8 "
+        PyErr_SetString(PyExc_ValueError, "the avx2 and neon kernels need codes4 (nblocks, S, "
+                                          "32) uint8 "
                                           "and groups (S, 256) uint8");
     } else {
         const int32_t *ord = order.buf, *lm = lim.buf;
@@ -807,7 +576,7 @@ static PyObject *prune_scan(PyObject *self, PyObject *args) {
         int bad = 0;
         for (Py_ssize_t i = 0; i < B * n_pos; i++) bad |= ord[i] < 0 || ord[i] >= S;
         for (Py_ssize_t i = 0; i < B * (n_pos / CHUNK); i++) bad |= acc[i] > 1;
-        if (kernel == KERNEL_AVX2)
+        if (uses_groups(kernel))
             for (Py_ssize_t i = 0; i < S * TABLE; i++) bad |= ((const uint8_t *)groups.buf)[i] > 15;
         for (Py_ssize_t q = 0; q < B; q++)
             bad |= (!heap && lm[LIMS * q] >= room_stride) || lm[LIMS * q + 3] < 0 ||
@@ -822,8 +591,8 @@ static PyObject *prune_scan(PyObject *self, PyObject *args) {
                            out_keys.buf, heap, NULL, NULL, NULL, NULL, NULL};
             a.allowed = allowed.buf;
             int32_t *reach = PyMem_Malloc((B * (n_pos / CHUNK) * 2 + 1) * sizeof(int32_t));
-            uint8_t *ctables = kernel == KERNEL_AVX2 ? PyMem_Malloc(B * n_pos * 16) : NULL;
-            if (!reach || (kernel == KERNEL_AVX2 && !ctables)) {
+            uint8_t *ctables = uses_groups(kernel) ? PyMem_Malloc(B * n_pos * 16) : NULL;
+            if (!reach || (uses_groups(kernel) && !ctables)) {
                 PyMem_Free(reach);
                 PyMem_Free(ctables);
                 PyErr_NoMemory();
@@ -831,7 +600,7 @@ static PyObject *prune_scan(PyObject *self, PyObject *args) {
             }
             max_reach(&a, B, n_codes, reach);
             a.reach = reach;
-            if (kernel == KERNEL_AVX2) {
+            if (uses_groups(kernel)) {
                 a.codes4 = codes4.buf;
                 a.groups = groups.buf;
                 group_tables(&a, B, n_codes, groups.buf, ctables);
@@ -841,9 +610,9 @@ static PyObject *prune_scan(PyObject *self, PyObject *args) {
              * block in scan order when there is one query (the rest is read less often), every
              * line for a batch (which reads most of them, and from L2 after the first query). */
             Py_ssize_t lines = B == 1 ? (n_pos < PREFETCH_LINES ? n_pos : PREFETCH_LINES) : S;
-            /* the AVX2 kernel reads the 4-bit layout, half a line per position */
-            const uint8_t *cb = kernel == KERNEL_AVX2 ? codes4.buf : codes.buf;
-            const Py_ssize_t width = kernel == KERNEL_AVX2 ? 32 : ROWS;
+            /* the group kernels read the 4-bit layout, half a line per position */
+            const uint8_t *cb = uses_groups(kernel) ? codes4.buf : codes.buf;
+            const Py_ssize_t width = uses_groups(kernel) ? 32 : ROWS;
             Py_BEGIN_ALLOW_THREADS
             for (Py_ssize_t tile = start; tile < end; tile += TILE) {
                 Py_ssize_t stop = tile + TILE < end ? tile + TILE : end;
@@ -931,10 +700,11 @@ static PyObject *exact_sums(PyObject *self, PyObject *args) {
 
 /* kernels(): the names of the kernels this CPU runs, best first (the one kernel 0 picks). */
 static PyObject *kernels(PyObject *self, PyObject *noargs) {
+    static const int best_first[] = {KERNEL_VBMI, KERNEL_AVX2, KERNEL_NEON, KERNEL_PORTABLE};
     PyObject *names = PyList_New(0);
-    for (int k = KERNEL_VBMI; names && k >= KERNEL_PORTABLE; k--)
-        if (cpu_runs(k)) {
-            PyObject *name = PyUnicode_FromString(KERNEL_NAMES[k]);
+    for (int i = 0; names && i < 4; i++)
+        if (cpu_runs(best_first[i])) {
+            PyObject *name = PyUnicode_FromString(KERNEL_NAMES[best_first[i]]);
             if (!name || PyList_Append(names, name) < 0) Py_CLEAR(names);
             Py_XDECREF(name);
         }
@@ -956,7 +726,8 @@ static PyMethodDef methods[] = {
      "exact_sums(codes, P, tables, R, rows, qidx, out): float64 table sums of some rows in "
      "position order."},
     {"kernels", kernels, METH_NOARGS,
-     "The kernels this CPU runs, best first: 'vbmi', 'avx2', 'portable' (kernel 3, 2, 1)."},
+     "The kernels this CPU runs, best first: 'vbmi', 'avx2', 'neon', 'portable' (kernel 3, 2, "
+     "4, 1)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastscan",

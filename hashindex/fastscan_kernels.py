@@ -2,9 +2,9 @@
 
 `integer_sums` adds quantized tables over every row of a layout; `prune_scan` keeps, per query,
 the rows whose integer sums stay within limits (or the rows of smallest sums). Both run the
-best kernel the CPU has — AVX-512 VBMI, else AVX2, else the portable C loops — unless the
-environment variable FDN_FASTSCAN_KERNEL names one (`kernel()`); every kernel gives the same
-answers, so forcing one only changes the speed (tests run each one the CPU supports).
+best kernel the CPU has — AVX-512 VBMI, else AVX2, else ARM NEON, else the portable C loops —
+unless the environment variable FDN_FASTSCAN_KERNEL names one (`kernel()`); every kernel gives
+the same answers, so forcing one only changes the speed (tests run each one the CPU supports).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from hashindex.fastscan_layout import BLOCK, MAX_SUM, Bounds
 CHUNK = 8  # positions scanned between two checks whether a block can be left
 COARSE = 64  # steps of the staircase the kernel checks the two sums against
 KERNEL_ENV = "FDN_FASTSCAN_KERNEL"
-KERNEL_IDS = {"portable": 1, "avx2": 2, "vbmi": 3}  # the C extension's numbers
+KERNEL_IDS = {"portable": 1, "avx2": 2, "vbmi": 3, "neon": 4}  # the C extension's numbers
+GROUP_KERNELS = ("avx2", "neon")  # those that scan the 4-bit group layout (nibble_layout)
 # The distances for which each kernel answered faster than lut, single query, 1M rows, S_sum
 # (benchmarks/results/kernels/report.md, lut / kernel: vbmi 4.7x D_H, 5.2x D_E; avx2 3.5x, 3.6x;
 # portable 0.98x, 0.82x): where fastscan may be the default engine. D_A is left to lut: its
@@ -30,6 +31,8 @@ KERNEL_IDS = {"portable": 1, "avx2": 2, "vbmi": 3}  # the C extension's numbers
 FASTER_THAN_LUT: dict[str, tuple[str, ...]] = {
     "vbmi": ("hamming", "euclidean"),
     "avx2": ("hamming", "euclidean"),
+    # not measured on an ARM machine yet (only checked under qemu): lut stays the default there
+    "neon": (),
     "portable": (),
 }
 
@@ -132,8 +135,8 @@ def prune_scan(
     kept (up to `capacity` per query and thread), else (heap mode) about `capacity` rows
     of smallest bound per query: as many per thread as make up `capacity`. ``allowed``:
     (nblocks,) uint64 words (`allowed_words`) of the only rows that may be kept, or None.
-    ``nibbles``: a callable returning the AVX2 kernel's (codes4, groups) of these rows
-    (`fastscan_layout.nibble_layout`), called only when that kernel runs."""
+    ``nibbles``: a callable returning the (codes4, groups) of these rows that the AVX2 and NEON
+    kernels scan (`fastscan_layout.nibble_layout`), called only when one of them runs."""
     filter_mode = "lim" in plan
     B, n_pos = plan["order"].shape
     nblocks, S, _ = codes_t.shape
@@ -155,9 +158,9 @@ def prune_scan(
 
     name = kernel()
     extra: tuple = (allowed,)
-    if name == "avx2":
+    if name in GROUP_KERNELS:
         if nibbles is None:
-            raise ValueError("the avx2 kernel needs the rows' 4-bit layout (nibbles)")
+            raise ValueError(f"the {name} kernel needs the rows' 4-bit layout (nibbles)")
         extra = (allowed, *nibbles())
     kid = KERNEL_IDS[name]
 
