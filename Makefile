@@ -15,7 +15,7 @@ DEMO_CASE = $$($(PY) -c "import json; cases = json.load(open('$(DEMO)/archive/sy
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt setup.py hashindex/_fastscan.c hashindex/fastscan_scan.h \
+$(STAMP): pyproject.toml constraints.txt setup.py hashindex/_fastscan.c hashindex/fastscan_scan.h hashindex/fastscan_x86.h \
 	hashindex/fastscan_neon.h
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'

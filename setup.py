@@ -26,7 +26,11 @@ setup(
         Extension(
             "hashindex._fastscan",
             sources=["hashindex/_fastscan.c"],
-            depends=["hashindex/fastscan_scan.h", "hashindex/fastscan_neon.h"],
+            depends=[
+                "hashindex/fastscan_scan.h",
+                "hashindex/fastscan_x86.h",
+                "hashindex/fastscan_neon.h",
+            ],
             extra_compile_args=["-O3"],
         ),
     ],
