@@ -304,8 +304,9 @@ class FastScanEngine(RowCopyEngine):
     can still win (`hashindex.fastscan`); codebooks of at most 256 distinct vectors."""
 
     name = "fastscan"
-    # Not D_A: its bound needs each row's norm, and on the code statistics of a built index it
-    # re-ranked 40-90 % of the rows, about 5x slower than lut (benchmarks/results/scale-from-index)
+    # Not D_A: its bound needs each row's norm. Summed over every row it re-ranked 40-90 % of the
+    # rows of a built index's codes, about 5x slower than lut (benchmarks/results/scale-from-index);
+    # it is pruned now with the codebook's range of row norms, but not yet measured on those codes
     default_for = ("hamming", "euclidean")
     default_rank = 1
 

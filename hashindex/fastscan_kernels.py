@@ -24,10 +24,11 @@ KERNEL_ENV = "FDN_FASTSCAN_KERNEL"
 KERNEL_IDS = {"portable": 1, "avx2": 2, "vbmi": 3, "neon": 4}  # the C extension's numbers
 GROUP_KERNELS = ("avx2", "neon")  # those that scan the 4-bit group layout (nibble_layout)
 # The distances for which each kernel answered faster than lut, single query, 1M rows, S_sum
-# (benchmarks/results/kernels/report.md, lut / kernel: vbmi 4.7x D_H, 5.2x D_E; avx2 3.5x, 3.6x;
-# portable 0.98x, 0.82x): where fastscan may be the default engine. D_A is left to lut: its
-# full scan of every row's bound re-ranked 40-90 % of the rows of a built index's codes
-# (benchmarks/results/scale-from-index), though it beat lut on the synthetic workload.
+# (benchmarks/results/kernels/report.md, lut / kernel for D_H, D_E: vbmi 4.8x, 4.5x; avx2 4.0x,
+# 2.9x; portable 1.2x, 0.91x): where fastscan may be the default engine. The portable loops are
+# left out (slower for D_E, barely faster for D_H). D_A (pruned since, 4.4x on vbmi there) stays
+# with lut until measured on a built index's codes (benchmarks/results/scale-from-index: the
+# unpruned D_A re-ranked 40-90 % of the rows there).
 FASTER_THAN_LUT: dict[str, tuple[str, ...]] = {
     "vbmi": ("hamming", "euclidean"),
     "avx2": ("hamming", "euclidean"),

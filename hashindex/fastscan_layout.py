@@ -213,6 +213,7 @@ class FastScanRows:
         # the AVX2 kernel's groups (S, 256) and 4-bit layouts, per distance, made on first use
         self._groups: dict[str, np.ndarray] = {}
         self._nibbles: dict[tuple[str, int], np.ndarray] = {}
+        self._norms: dict[str, tuple[float, float, bool]] = {}  # `_norm_range`
 
     def groups(self, distance: str) -> np.ndarray:
         """(2P, 256) uint8: the group of each code at each position of codes_t under `distance`:
@@ -263,9 +264,44 @@ class FastScanRows:
         lb[(q_sq == 0) & (r_sq == 0)] = 0.0
         return lb
 
-    def _bound_table(self, book: str, b: Bounds, distance: str, normalized: bool) -> np.ndarray:
+    def _bound_table(
+        self, book: str, b: Bounds, distance: str, normalized: bool, q_sq: float = 0.0
+    ) -> np.ndarray:
         """The lower bound of a codebook's (scaled) distance for every possible integer sum L:
-        (P·levels + 1,) float64, non-decreasing (D_H and D_E only)."""
+        (P·levels + 1,) float64, non-decreasing; for D_A one that holds for every row whatever
+        its norm (`_angle_bound`), q_sq: the query's ‖q‖² in this codebook."""
         top = int(b.tables[0].max(axis=1).astype(np.int64).sum())
-        g = self._bound_to_distance(book, b, np.arange(top + 1), 0.0, distance)
+        L = np.arange(top + 1)
+        if distance == "angular":
+            g = self._angle_bound(book, b, L, q_sq)
+        else:
+            g = self._bound_to_distance(book, b, L, 0.0, distance)
         return g / self.scales[f"{book}/{distance}"] if normalized else g
+
+    def _angle_bound(self, book: str, b: Bounds, L: np.ndarray, q_sq: float) -> np.ndarray:
+        """A lower bound of the angle D_A of every row with integer sum L, from the codebook's
+        range of non-zero row norms [r_min, r_max]: Σ⟨q_p, r_p⟩ ≤ U = offset − Δ·L, so
+        cos ≤ U / (‖q‖ r_min) where U ≥ 0 and ≤ U / (‖q‖ r_max) where U < 0, for any row of non-zero
+        norm; a row of norm zero has the angle `finish` gives it exactly (0.5, or 0 beside a
+        zero query), so the bound is at most that where the index holds such rows. The cosine
+        bound gets 1e-9 of slack: arccos is steep near ±1, and rounding must only lower it."""
+        r_min, r_max, zeros = self._norm_range(book)
+        if q_sq == 0:  # every non-zero row is at 0.5, zero rows at 0
+            g = np.full(L.size, 0.5 if r_max > 0 else np.inf)
+            return np.minimum(g, 0.0) if zeros else g
+        g = np.full(L.size, np.inf)
+        if r_max > 0:
+            U = float(b.offset[0]) - float(b.step[0]) * L.astype(np.float64)
+            cos_ub = U / (np.sqrt(q_sq) * np.where(U >= 0, r_min, r_max)) + 1e-9
+            g = np.arccos(np.clip(cos_ub, -1.0, 1.0)) / np.pi
+        return np.minimum(g, 0.5) if zeros else g
+
+    def _norm_range(self, book: str) -> tuple[float, float, bool]:
+        """(smallest, largest) non-zero row norm ‖r‖ of a codebook (0, 0 when none) and whether
+        some row has norm zero; computed once."""
+        if book not in self._norms:
+            norms = np.sqrt(np.asarray(self.row_sqnorm[book], np.float64))
+            live = norms[norms > 0]
+            lo, hi = (float(live.min()), float(live.max())) if live.size else (0.0, 0.0)
+            self._norms[book] = (lo, hi, bool(live.size < norms.size))
+        return self._norms[book]

@@ -106,6 +106,39 @@ def test_batch_mixing_ties_an_excluded_best_volume_and_q_beyond_the_volumes(
         assert (every.volumes[0] >= 0).sum() == 59 and (every.volumes[1] >= 0).sum() == 60
 
 
+def test_angular_is_pruned_and_exact_with_zero_norm_rows_and_a_zero_query(books, kernel):
+    """D_A by the pruned scan: rows of a few prototypes with noise (so bounds are tight), a
+    quarter of them with an all-zero abnormal grid (norm 0: angle exactly 0.5), a query whose
+    abnormal grid is zero too (every angle 0.5 or 0). The answers equal the brute force's and
+    lut's, and far fewer rows than the index holds are evaluated exactly."""
+    cn, ca = books  # the last 10 / 8 codes of each book are zero vectors
+    rng = np.random.default_rng(12)
+    n = 3000
+    proto_n, proto_a = make_grids(rng, 6, 30, 4, 4), make_grids(rng, 6, 16, 4, 4)
+    pick = rng.integers(0, 6, n)
+    gn, ga = proto_n[pick].copy(), proto_a[pick].copy()
+    noise = rng.random(gn.shape) < 0.15
+    gn[noise] = rng.integers(0, 30, noise.sum())
+    ga[rng.random(n) < 0.25] = 16  # a zero code everywhere: norm 0
+    vol = np.repeat(np.arange(n // 10), 10).astype(np.int64)
+    index = _index(cn, ca, gn, ga, vol)
+    queries = np.array([1, 7, 500, 2999])
+    qa = ga[queries].copy()
+    qa[3] = 17  # a zero query in the abnormal book
+    excl = np.array([vol[1], NOWHERE, vol[500], NOWHERE], np.int64)
+    fs = index._fastscan()
+    for mode in MODES:
+        kw = dict(mode=mode, distance="angular", exclude_volumes=excl)
+        hits = _both(index, gn[queries], qa, 10, **kw)
+        for b, (i, ex) in enumerate(zip(queries, excl, strict=True)):
+            dist = all_distances(index, cn, ca, gn, ga, gn[i], qa[b], mode, "angular")
+            ref = volume_topq(dist, vol, 10, exclude=int(ex))
+            assert_same_hits((hits.distances[b], hits.rows[b], hits.volumes[b]), ref, exact=False)
+        q_reps, q_sq = index._prepare(gn[queries[:3]], qa[:3])
+        evaluated = fs.search(q_reps, q_sq, 10, mode, "angular", False, excl[:3])[3]
+        assert (evaluated < n // 2).all(), (mode, evaluated)
+
+
 @pytest.mark.parametrize("distance", DISTANCES)
 def test_batch_all_rows_identical_and_a_single_volume(books, kernel, distance):
     cn, ca = books
