@@ -69,6 +69,7 @@ def main(n, K, queries, max_seconds, modes, distances, seed, out):
     idx = HashIndex.build(w.codebook_normal, w.codebook_abnormal, faiss_indexes=False, seed=seed)
     idx.add(w.codes_normal, w.codes_abnormal, w.volume_ids)
     qn, qa = w.query_normal, w.query_abnormal
+    machine = rp.machine_info()  # at the start, with no kernel forced: it names the default
     rows = []
     try:
         for mode in modes.split(","):
@@ -106,7 +107,6 @@ def main(n, K, queries, max_seconds, modes, distances, seed, out):
     finally:
         if saved is not None:
             os.environ[KERNEL_ENV] = saved
-    machine = rp.machine_info()
     results = {
         "machine": machine,
         "simd_flags": simd_flags(),
