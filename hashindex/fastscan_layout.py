@@ -84,6 +84,11 @@ def code_groups(
     return out
 
 
+def _group_kind(distance: str) -> str:
+    """The distance between codes that groups them: Hamming for D_H, Euclidean for the others."""
+    return "hamming" if distance == "hamming" else "euclidean"
+
+
 def nibble_layout(codes_t: np.ndarray, groups: np.ndarray, blocks_per_step: int = 2048):
     """The AVX2 kernel's 4-bit copy of a layout: (nblocks, S, 32) uint8 whose byte i at position
     s holds the group of row i's code (low nibble) and of row 32 + i's (high nibble).
@@ -217,23 +222,25 @@ class FastScanRows:
 
     def groups(self, distance: str) -> np.ndarray:
         """(2P, 256) uint8: the group of each code at each position of codes_t under `distance`:
-        `code_groups` of the codebook's distances between its codes, weighted by how often each
-        code occurs at the position in the sample (`PrunedScan._sample` counts them)."""
-        if distance not in self._groups:
+        `code_groups` of the codebook's distances between its codes (Hamming for D_H, Euclidean
+        for D_E and D_A, which share one layout), weighted by how often each code occurs at the
+        position in the sample (`PrunedScan._sample` counts them)."""
+        kind = _group_kind(distance)
+        if kind not in self._groups:
             per_position = []
             for book in self.BOOKS:
                 t = self.tables[book]
-                d = t.hamming if distance == "hamming" else np.sqrt(np.maximum(t.sqeuclid, 0))
+                d = t.hamming if kind == "hamming" else np.sqrt(np.maximum(t.sqeuclid, 0))
                 first = self.first[book]
                 for p in range(self.P):
                     per_position.append(code_groups(d, self._freq[first + p, : t.n_reps]))
-            self._groups[distance] = np.stack(per_position)
-        return self._groups[distance]
+            self._groups[kind] = np.stack(per_position)
+        return self._groups[kind]
 
     def nibbles(self, layout: np.ndarray, distance: str) -> tuple[np.ndarray, np.ndarray]:
         """The AVX2 kernel's (codes4, groups) of `layout` (codes_t or the sample's copy),
         made on first use and kept."""
-        key = (distance, id(layout))
+        key = (_group_kind(distance), id(layout))
         if key not in self._nibbles:
             self._nibbles[key] = nibble_layout(layout, self.groups(distance))
         return self._nibbles[key], self.groups(distance)
