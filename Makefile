@@ -15,7 +15,8 @@ DEMO_CASE = $$($(PY) -c "import json; cases = json.load(open('$(DEMO)/archive/sy
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt setup.py hashindex/_fastscan.c
+$(STAMP): pyproject.toml constraints.txt setup.py hashindex/_fastscan.c hashindex/fastscan_scan.h hashindex/fastscan_x86.h \
+	hashindex/fastscan_neon.h
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
@@ -35,7 +36,9 @@ SYSTEM_PACKAGES := orthanc:/usr/sbin/Orthanc \
 	orthanc-dicomweb:/usr/share/orthanc/plugins/libOrthancDicomWeb.so \
 	dcm2niix:/usr/bin/dcm2niix \
 	chromium:/usr/bin/chromium \
-	chromium-driver:/usr/bin/chromedriver
+	chromium-driver:/usr/bin/chromedriver \
+	gcc-aarch64-linux-gnu:/usr/bin/aarch64-linux-gnu-gcc \
+	qemu-user:/usr/bin/qemu-aarch64
 system-deps:
 	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
 		test -e "$${entry#*:}" || missing="$$missing $${entry%%:*}"; done; \

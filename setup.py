@@ -20,10 +20,18 @@ setup(
     ],
     package_dir={"fdn_index_cli": "cli", "fdn_index_models": "models"},
     ext_modules=[
-        # 8-bit look-up-table lower bounds (AVX-512 VBMI with a portable fallback chosen at run
-        # time), compiled at install so that nothing compiles at query time.
+        # 8-bit look-up-table lower bounds (AVX-512 VBMI, AVX2 or ARM NEON, with a portable
+        # fallback, chosen at run time), compiled at install so that nothing compiles at query
+        # time. The headers hold the Python-free core (tests/hashindex/native builds it alone).
         Extension(
-            "hashindex._fastscan", sources=["hashindex/_fastscan.c"], extra_compile_args=["-O3"]
+            "hashindex._fastscan",
+            sources=["hashindex/_fastscan.c"],
+            depends=[
+                "hashindex/fastscan_scan.h",
+                "hashindex/fastscan_x86.h",
+                "hashindex/fastscan_neon.h",
+            ],
+            extra_compile_args=["-O3"],
         ),
     ],
 )

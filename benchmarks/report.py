@@ -87,7 +87,7 @@ def _cpu_flags() -> list[str]:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
-                wanted = ("avx2", "avx512f", "avx512_vpopcntdq", "avx512bw", "popcnt")
+                wanted = ("avx2", "avx512f", "avx512_vpopcntdq", "avx512bw", "avx512vbmi", "popcnt")
                 return [f for f in wanted if f in flags]
     except OSError:
         pass
@@ -103,6 +103,8 @@ def machine_info() -> dict:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count()
+    from hashindex.fastscan_kernels import available_kernels, kernel
+
     n_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
     return {
         "cpu": _cpu_model(),
@@ -117,6 +119,9 @@ def machine_info() -> dict:
         "numba": numba.__version__,
         "numba_threads": numba.get_num_threads(),
         "faiss_gpus": int(n_gpus),
+        # the kernel fastscan runs in this process (FDN_FASTSCAN_KERNEL or the CPU's best)
+        "fastscan_kernel": kernel(),
+        "fastscan_kernels_available": available_kernels(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: active)"),
         "load_average_1m": os.getloadavg()[0],
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
@@ -132,7 +137,8 @@ def machine_markdown(info: dict) -> str:
         f"({', '.join(info['cpu_flags']) or 'no AVX flags read'}), RAM {ram_s}, {gpu}\n"
         f"- Python {info['python']}, numpy {info['numpy']}, faiss {info['faiss']} "
         f"({info['faiss_compile_options']}), numba {info['numba']} "
-        f"({info['numba_threads']} threads)\n"
+        f"({info['numba_threads']} threads); fastscan kernel "
+        f"{info.get('fastscan_kernel', 'not recorded')}\n"
         f"- {info['os']}, run at {info['date_utc']} UTC; OMP_WAIT_POLICY "
         f"{info['omp_wait_policy']}; 1-minute load average at the start "
         f"{info['load_average_1m']:.1f} (the machine is shared)\n"

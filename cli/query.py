@@ -225,9 +225,10 @@ def query(
     query_name = result.query
     for m, mode_result in result.results.items():
         hits, secs = mode_result.hits, mode_result.search_seconds
+        engine = mode_result.engine + (f" ({mode_result.kernel})" if mode_result.kernel else "")
         click.echo(
             f"\nQuery {query_name} — mode {m}, {mode_result.distance} distance, "
-            f"{mode_result.engine}: {len(hits)} volumes in {secs * 1000:.1f} ms"
+            f"{engine}: {len(hits)} volumes in {secs * 1000:.1f} ms"
         )
         dicom = any(h.study_uid for h in hits)  # imported with import-dicom: show the study
         click.echo(

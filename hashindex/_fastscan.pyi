@@ -15,10 +15,10 @@ def lower_bounds(
     block_start: int,
     block_end: int,
     accumulate: bool,
-    portable: bool,
+    kernel: int,
     /,
 ) -> None: ...
-def simd_name() -> str: ...
+def kernels() -> list[str]: ...
 def prune_scan(
     codes_t: Buffer,
     S: int,
@@ -40,7 +40,10 @@ def prune_scan(
     heap: bool,
     block_start: int,
     block_end: int,
-    portable: bool,
+    kernel: int,
+    allowed: Buffer | None = None,
+    codes4: Buffer | None = None,
+    groups: Buffer | None = None,
     /,
 ) -> None: ...
 def exact_sums(

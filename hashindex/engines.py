@@ -26,6 +26,7 @@ import numpy as np
 from hashindex.distances import BOOKS, DISTANCES, MODES, image_distance
 from hashindex.faiss_binary import FaissHamming, gpu_available
 from hashindex.fastscan import FastScan
+from hashindex.fastscan_kernels import FASTER_THAN_LUT, kernel
 from hashindex.fastscan_layout import TABLE
 from hashindex.files import FLAT_FILES, IVF_FILES
 from hashindex.index_meta import is_int
@@ -112,6 +113,12 @@ class Engine(ABC):
         """Whether ``index`` holds what this engine searches (its codebooks fit, its files
         were built); `check` refuses the engine otherwise. Loads nothing."""
         return True
+
+    @classmethod
+    def is_default_for(cls, distance: str, index: IndexState) -> bool:
+        """Whether a query of ``distance`` that names no engine may run on this one here (the
+        highest `default_rank` of those that may wins). Loads nothing."""
+        return distance in cls.default_for and cls.available(index)
 
     def check(
         self,
@@ -324,14 +331,22 @@ class FastScanEngine(RowCopyEngine):
     can still win (`hashindex.fastscan`); codebooks of at most 256 distinct vectors."""
 
     name = "fastscan"
-    # Not D_A: its bound needs each row's norm, and on the code statistics of a built index it
-    # re-ranked 40-90 % of the rows, about 5x slower than lut (benchmarks/results/scale-from-index)
+    # Not D_A: its bound needs each row's norm. Summed over every row it re-ranked 40-90 % of the
+    # rows of a built index's codes, about 5x slower than lut (benchmarks/results/scale-from-index);
+    # it is pruned now with the codebook's range of row norms, but not yet measured on those codes
     default_for = ("hamming", "euclidean")
     default_rank = 1
 
     @classmethod
     def available(cls, index: IndexState) -> bool:
         return all(index.tables[b].n_reps <= TABLE for b in BOOKS)
+
+    @classmethod
+    def is_default_for(cls, distance: str, index: IndexState) -> bool:
+        """Only where the kernel this CPU runs (or FDN_FASTSCAN_KERNEL forces) was measured
+        faster than lut for the distance (`fastscan_kernels.FASTER_THAN_LUT`): the portable
+        C loops are not, so on a CPU with neither VBMI nor AVX2 lut answers by default."""
+        return super().is_default_for(distance, index) and distance in FASTER_THAN_LUT[kernel()]
 
     def check_index(self, mode: str) -> None:
         wide = [b for b in BOOKS if self.index.tables[b].n_reps > TABLE]

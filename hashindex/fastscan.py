@@ -22,11 +22,18 @@ A row left out has a distance above θ, so it can be neither a hit nor the best 
 volume: the answer equals the brute force's, ties included (distance, then row id). The float
 comparisons carry a margin far above rounding error, so rounding can only add rows. How many
 rows step 4 evaluates depends on the data: grids of similar slices have tight bounds, uniformly
-random codes (the worst case) do not; a query whose rows overflow the kernel's buffers, and
-every D_A query (its bound needs each row's norm), sum the bounds of all rows instead
-(`_search_full`). FDN_FASTSCAN_PORTABLE=1 forces the portable C loops (tests of that path);
-they give the same answers but are slow: at 1M a single S_sum query took 88 ms on them against
-67 ms for ``lut`` and 15 ms for VBMI (load 3.4), a batch of 64 ran at 23 queries/s (lut 15).
+random codes (the worst case) do not; a query whose rows overflow the kernel's buffers sums the
+bounds of all rows instead (`_search_full`). D_A's bound of the angle needs each row's norm: the
+limits use the codebook's range of non-zero row norms (the smallest where the dot-product bound
+is positive, the largest where it is negative) and the exact angle of zero-norm rows, so they
+hold for every row and prune as much as the norms are alike (`FastScanRows._angle_bound`).
+
+Kernels (`hashindex.fastscan_kernels.kernel`): AVX-512 VBMI where the CPU has it, else AVX2 (a
+4-bit copy of the rows, each code replaced by one of 16 groups per position, scanned with
+16-entry `pshufb` tables whose entries are the smallest of their group's; the rows that survive
+get their exact 8-bit sums), else the portable C loops. FDN_FASTSCAN_KERNEL=vbmi|avx2|portable
+forces one (a kernel the CPU lacks is refused); all give the same answers. At 1M a single S_sum
+query took 88 ms on the portable loops against 67 ms for ``lut`` and 15 ms for VBMI (load 3.4).
 
 Limits: at most 256 distinct code vectors per codebook (one byte per code; trained EMA codebooks
 have far fewer live codes). Otherwise use ``lut``.
@@ -84,7 +91,7 @@ class FastScan(PrunedScan, FullScan):
         B = next(iter(q_reps.values())).shape[0]
         if self.n == 0:  # nothing to find: every slot padded
             return (*VolumeHits.padded(B, topq), np.zeros(B, np.int64))
-        if distance == "angular" or B == 0:
+        if B == 0:
             return self._search_full(
                 q_reps, q_sq, topq, mode, distance, normalized_sum, exclude, by_volume, allowed
             )

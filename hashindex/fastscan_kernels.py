@@ -2,7 +2,9 @@
 
 `integer_sums` adds quantized tables over every row of a layout; `prune_scan` keeps, per query,
 the rows whose integer sums stay within limits (or the rows of smallest sums). Both run the
-AVX-512 VBMI kernels where the CPU has them, else the portable C loops.
+best kernel the CPU has — AVX-512 VBMI, else AVX2, else ARM NEON, else the portable C loops —
+unless the environment variable FDN_FASTSCAN_KERNEL names one (`kernel()`); every kernel gives
+the same answers, so forcing one only changes the speed (tests run each one the CPU supports).
 """
 
 from __future__ import annotations
@@ -13,20 +15,59 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from hashindex import _fastscan
+from hashindex.errors import HashIndexError
 from hashindex.fastscan_layout import BLOCK, MAX_SUM, Bounds
 
 CHUNK = 8  # positions scanned between two checks whether a block can be left
 COARSE = 64  # steps of the staircase the kernel checks the two sums against
-# FDN_FASTSCAN_PORTABLE=1 runs the portable C loops instead of AVX-512 VBMI (for tests)
-PORTABLE = os.environ.get("FDN_FASTSCAN_PORTABLE", "") not in ("", "0")
+KERNEL_ENV = "FDN_FASTSCAN_KERNEL"
+KERNEL_IDS = {"portable": 1, "avx2": 2, "vbmi": 3, "neon": 4}  # the C extension's numbers
+GROUP_KERNELS = ("avx2", "neon")  # those that scan the 4-bit group layout (nibble_layout)
+# The distances for which each kernel answered faster than lut, single query, 1M rows, S_sum
+# (benchmarks/results/kernels/report.md, lut / kernel for D_H, D_E: vbmi 4.8x, 4.5x; avx2 4.0x,
+# 2.9x; portable 1.2x, 0.91x): where fastscan may be the default engine. The portable loops are
+# left out (slower for D_E, barely faster for D_H). D_A (pruned since, 4.4x on vbmi there) stays
+# with lut until measured on a built index's codes (benchmarks/results/scale-from-index: the
+# unpruned D_A re-ranked 40-90 % of the rows there).
+FASTER_THAN_LUT: dict[str, tuple[str, ...]] = {
+    "vbmi": ("hamming", "euclidean"),
+    "avx2": ("hamming", "euclidean"),
+    # not measured on an ARM machine yet (only checked under qemu): lut stays the default there
+    "neon": (),
+    "portable": (),
+}
 
 _THREADS = max(1, min(os.cpu_count() or 1, 8))
 _pool: ThreadPoolExecutor | None = None
 
 
-def simd() -> str:
-    """The kernel this CPU runs: "avx512-vbmi" or "portable"."""
-    return "portable" if PORTABLE else _fastscan.simd_name()
+class KernelError(HashIndexError):
+    """FDN_FASTSCAN_KERNEL names a kernel that does not exist or that this CPU cannot run."""
+
+
+def available_kernels() -> list[str]:
+    """The kernels this CPU runs, best first: some of "vbmi", "avx2", "portable"."""
+    return list(_fastscan.kernels())
+
+
+def kernel() -> str:
+    """The kernel the fastscan engine runs: FDN_FASTSCAN_KERNEL when set (read at each call,
+    so a test or a benchmark can switch), else the best this CPU has."""
+    chosen = os.environ.get(KERNEL_ENV, "").strip().lower()
+    have = available_kernels()
+    if not chosen:
+        return have[0]
+    if chosen not in KERNEL_IDS:
+        raise KernelError(
+            f"{KERNEL_ENV}={chosen!r} is not a fastscan kernel; use one of "
+            f"{', '.join(KERNEL_IDS)} (or leave it unset for the best this CPU has)"
+        )
+    if chosen not in have:
+        raise KernelError(
+            f"{KERNEL_ENV}={chosen!r}: this CPU cannot run the {chosen} kernel (it runs "
+            f"{', '.join(have)}); unset {KERNEL_ENV} or choose one of those"
+        )
+    return chosen
 
 
 def integer_sums(
@@ -48,11 +89,10 @@ def integer_sums(
     )
     acc = accumulate_into is not None
     tables = np.ascontiguousarray(bounds.tables)
+    kid = KERNEL_IDS[kernel()]
 
     def run(start: int, end: int) -> None:
-        _fastscan.lower_bounds(
-            codes_t, tables, out, B, S, first_position, P, start, end, acc, PORTABLE
-        )
+        _fastscan.lower_bounds(codes_t, tables, out, B, S, first_position, P, start, end, acc, kid)
 
     threads = 1 if nblocks < 256 else _THREADS
     edges = np.linspace(0, nblocks, threads + 1).astype(int)
@@ -88,13 +128,16 @@ def prune_scan(
     plan: dict,
     capacity: int,
     allowed: np.ndarray | None = None,
+    nibbles=None,
 ):
     """One `prune_scan` of `codes_t` (n_rows real rows) for the queries of `plan`, blocks
     split over threads: (query, row) of the rows kept, and (B,) bool, the queries whose
     candidates overflowed. With limits in `plan` (filter mode) every row within them is
     kept (up to `capacity` per query and thread), else (heap mode) about `capacity` rows
     of smallest bound per query: as many per thread as make up `capacity`. ``allowed``:
-    (nblocks,) uint64 words (`allowed_words`) of the only rows that may be kept, or None."""
+    (nblocks,) uint64 words (`allowed_words`) of the only rows that may be kept, or None.
+    ``nibbles``: a callable returning the (codes4, groups) of these rows that the AVX2 and NEON
+    kernels scan (`fastscan_layout.nibble_layout`), called only when one of them runs."""
     filter_mode = "lim" in plan
     B, n_pos = plan["order"].shape
     nblocks, S, _ = codes_t.shape
@@ -114,7 +157,13 @@ def prune_scan(
     keys = np.empty((threads, B, capacity), np.uint32)
     count = np.zeros((threads, B), np.int64)
 
-    extra = () if allowed is None else (allowed,)
+    name = kernel()
+    extra: tuple = (allowed,)
+    if name in GROUP_KERNELS:
+        if nibbles is None:
+            raise ValueError(f"the {name} kernel needs the rows' 4-bit layout (nibbles)")
+        extra = (allowed, *nibbles())
+    kid = KERNEL_IDS[name]
 
     def run(t: int) -> None:
         _fastscan.prune_scan(
@@ -138,7 +187,7 @@ def prune_scan(
             not filter_mode,
             int(edges[t]),
             int(edges[t + 1]),
-            PORTABLE,
+            kid,
             *extra,
         )
 

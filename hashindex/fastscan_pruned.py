@@ -1,4 +1,4 @@
-"""The fastscan engine's pruned search (D_H, D_E): a batch of queries in two passes of the
+"""The fastscan engine's pruned search (D_H, D_E, D_A): a batch of queries in two passes of the
 `prune_scan` kernel, the first over a sample of the rows to seed the threshold θ, the second
 over all rows to keep those whose bound is ≤ θ; the rows kept are re-ranked exactly."""
 
@@ -43,7 +43,7 @@ class PrunedScan(FastScanRows):
     def _search_pruned(
         self, q_reps, q_sq, topq, books, distance, normalized, exclude, by_volume, allowed=None
     ):
-        """`search` of at most BATCH queries by the pruned scan (D_H, D_E): (B, Q) distances,
+        """`search` of at most BATCH queries by the pruned scan: (B, Q) distances,
         rows, volumes, (B,) rows evaluated and (B,) bool, the queries whose candidates
         overflowed (their answers are left to the caller). allowed: (n,) bool, the only rows
         the kernel may keep (θ is seeded from them too, else it could rule them all out), or
@@ -57,7 +57,7 @@ class PrunedScan(FastScanRows):
         bounds = dict(
             zip(
                 books,
-                quantize([tables[b] for b in books], PRUNE_LEVELS),
+                quantize([tables[b] for b in books], PRUNE_LEVELS, negate=distance == "angular"),
                 strict=True,
             )
         )
@@ -78,7 +78,14 @@ class PrunedScan(FastScanRows):
         keep = SEED_ROWS
         while todo.size:
             part = plan if todo.size == B else _take(plan, todo)
-            qidx, rows, _ = prune_scan(sample_t, sample_rows.size, part, keep, sample_words)
+            qidx, rows, _ = prune_scan(
+                sample_t,
+                sample_rows.size,
+                part,
+                keep,
+                sample_words,
+                lambda: self.nibbles(sample_t, distance),
+            )
             qidx, rows = todo[qidx], sample_rows[rows]
             dist = self._exact_batch(rows, qidx, tables, q_sq, books, distance, normalized)
             evaluated += np.bincount(qidx, minlength=B)
@@ -89,10 +96,15 @@ class PrunedScan(FastScanRows):
                 break  # the whole sample holds fewer than Q volumes: θ stays infinite
             todo = todo[~full]
             keep *= 8
-        lim, room, coarse = self._limits(bounds, books, distance, normalized, theta)
+        lim, room, coarse = self._limits(bounds, books, distance, normalized, theta, q_sq)
         capacity = int(min(CAPACITY, self.codes_t.shape[0] * BLOCK))
         qidx, rows, overflow = prune_scan(
-            self.codes_t, self.n, dict(plan, lim=lim, room=room, coarse=coarse), capacity, words
+            self.codes_t,
+            self.n,
+            dict(plan, lim=lim, room=room, coarse=coarse),
+            capacity,
+            words,
+            lambda: self.nibbles(self.codes_t, distance),
         )
         dist = self._exact_batch(rows, qidx, tables, q_sq, books, distance, normalized)
         D, R, V = self._top_batch(rows, qidx, dist, B, topq, exclude, by_volume)
@@ -166,10 +178,11 @@ class PrunedScan(FastScanRows):
             "acc": np.ascontiguousarray(ac[each, chunks]),
         }
 
-    def _limits(self, bounds, books, distance, normalized, theta):
+    def _limits(self, bounds, books, distance, normalized, theta, q_sq):
         """Per query the integer limits of the filter pass for threshold θ: lim (B, 3) int32
         (L0 max, L1 max, L0 + L1 max) and room (B, L0 max + 1) int32, the largest L1 each L0
-        admits. Every row whose float bound is ≤ θ passes (rounding only lets more through)."""
+        admits. Every row whose float bound is ≤ θ passes (rounding only lets more through).
+        q_sq: per codebook (B,) ‖q‖² (the D_A bound needs it)."""
         B = theta.size
         lim = np.full((B, 4), -1, np.int32)
         rooms = []
@@ -183,7 +196,10 @@ class PrunedScan(FastScanRows):
                 rooms.append(T - np.arange(max(T, -1) + 1))
                 continue
             limit = th + MARGIN * (abs(th) + 1.0) if np.isfinite(th) else np.inf
-            g = [self._bound_table(b, row_of(bounds[b], i), distance, normalized) for b in books]
+            g = [
+                self._bound_table(b, row_of(bounds[b], i), distance, normalized, float(q_sq[b][i]))
+                for b in books
+            ]
             if len(books) == 1:
                 top = int(np.searchsorted(g[0], limit, side="right")) - 1
                 lim[i, :3] = (top, 0, top)

@@ -55,17 +55,15 @@ class IndexSearch(IndexState):
 
     def default_engine(self, distance: str, position_mask: bool = False) -> str:
         """The engine a query of ``distance`` runs on when it names none: of the engines that
-        are a default for that distance (`Engine.default_for`) and that this index can run
-        (with ``position_mask``: that answer a region query exactly), the one of highest
+        may answer it by default on this index and CPU (`Engine.is_default_for`) and (with
+        ``position_mask``) answer a region query exactly, the one of highest
         `Engine.default_rank`. Loads nothing."""
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
         able = [
             e
             for e in REGISTRY.values()
-            if distance in e.default_for
-            and e.available(self)
-            and (e.supports_position_mask or not position_mask)
+            if e.is_default_for(distance, self) and (e.supports_position_mask or not position_mask)
         ]
         return max(able, key=lambda engine: engine.default_rank).name
 

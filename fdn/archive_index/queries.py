@@ -18,7 +18,7 @@ case, then encoded with the index's own model. Either way the answer is a `Query
      "external": false, "modes": [...], "distance": null, "engine": null, "topq": 6,
      "normalized_sum": false, "include_same_volume": false, "nprobe": null,
      "load_seconds": 0.0, "encode_seconds": 0.0, "query_seconds": 0.004,
-     "results": {"normal": {"distance": "euclidean", "engine": "fastscan",
+     "results": {"normal": {"distance": "euclidean", "engine": "fastscan", "kernel": "avx2",
                  "search_seconds": 0.001, "hits": [{rank, row, case, slice, distance, source,
                  lesion_area}, ...]}, ...}}
 
@@ -29,7 +29,8 @@ to it (`hashindex.explain`).
 
 The top-level "distance" and "engine" are those the query named (null: each mode's best
 distance, `BEST_DISTANCES`, and the index's default engine for it); each mode's result says
-which it ran with.
+which it ran with, and "kernel" the fastscan kernel that ran (vbmi, avx2 or portable; null for
+the other engines).
 
 The options are a `QueryOptions`, checked when it was made (`fdn.archive_index.query_options`),
 so the CLI and the API refuse the same inputs with the same message (`QueryError`); the
@@ -58,6 +59,7 @@ from fdn.archive_index.query_options import (
 )
 from fdn.archive_index.region import Region, query_slice_shape, resolve_region
 from fdn.archive_index.searchable import Hit, SearchableIndex
+from hashindex import fastscan_kernel
 
 # The names callers of a query use, importable from here with the functions that take them.
 __all__ = [
@@ -82,12 +84,14 @@ DEFAULT_OPTIONS = QueryOptions()  # mode sum, its best distance, top 10, the def
 
 @dataclass
 class ModeResult:
-    """The hits of one mode, the distance and engine that found them, and the time it took."""
+    """The hits of one mode, the distance and engine that found them (and the engine's kernel,
+    fastscan's only), and the time it took."""
 
     search_seconds: float
     hits: list[Hit]
     distance: str
     engine: str
+    kernel: str | None = None
 
 
 @dataclass
@@ -147,6 +151,7 @@ class QueryResult:
                 m: {
                     "distance": r.distance,
                     "engine": r.engine,
+                    "kernel": r.kernel,
                     "search_seconds": r.search_seconds,
                     "hits": [asdict(h) for h in r.hits],
                 }
@@ -358,6 +363,9 @@ def _search_modes(
         with lock or nullcontext():
             t0 = time.perf_counter()
             hits = index.search(normal, abnormal, m, chosen, exclude, positions)
-            results[m] = ModeResult(time.perf_counter() - t0, hits, chosen.distance, chosen.engine)
+            kernel = fastscan_kernel() if chosen.engine == "fastscan" else None
+            results[m] = ModeResult(
+                time.perf_counter() - t0, hits, chosen.distance, chosen.engine, kernel
+            )
     log.debug("query: %s", {m: len(r.hits) for m, r in results.items()})
     return results

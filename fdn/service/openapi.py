@@ -180,6 +180,13 @@ def openapi_schema(routes) -> dict:
                     "type": "object",
                     "properties": {
                         "search_seconds": {"type": "number"},
+                        "distance": {"type": "string"},
+                        "engine": {"type": "string"},
+                        "kernel": {
+                            "type": ["string", "null"],
+                            "description": "the fastscan kernel that ran (vbmi, avx2, neon or "
+                            "portable); null for the other engines",
+                        },
                         "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
                     },
                 },

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from hashindex import HashIndex
+from hashindex.fastscan_kernels import KERNEL_ENV, KERNEL_IDS, available_kernels
 from tests.hashindex.hashindex_reference import make_codebook, make_grids
 
 
@@ -31,3 +32,15 @@ def small_index(request):
     index.add(gn[:25], ga[:25], vol[:25])
     index.add(gn[25:], ga[25:], vol[25:])  # two adds: row ids continue
     return index, gn, ga, vol, cn, ca
+
+
+@pytest.fixture(params=list(KERNEL_IDS))
+def fastscan_kernel(request, monkeypatch):
+    """Each fastscan kernel in turn, forced through FDN_FASTSCAN_KERNEL (one this CPU lacks is
+    skipped, and says so)."""
+    if request.param not in available_kernels():
+        pytest.skip(
+            f"this CPU cannot run the {request.param} kernel (it runs {available_kernels()})"
+        )
+    monkeypatch.setenv(KERNEL_ENV, request.param)
+    return request.param

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from hashindex import HashIndex, _fastscan
+from hashindex.fastscan_kernels import KERNEL_IDS
 from hashindex.fastscan_layout import BLOCK, block_transpose, levels_for, quantize
 from tests.hashindex.hashindex_reference import (
     all_distances,
@@ -51,8 +52,8 @@ def test_quantized_tables_bound_every_sum_from_below_and_negated_from_above():
                 assert np.all(np.abs(exact - bound) <= P * b.step[0] * (1 + 1e-9))
 
 
-@pytest.mark.parametrize("portable", [False, True])
-def test_kernel_sums_match_numpy_for_every_block_and_position_range(portable):
+def test_kernel_sums_match_numpy_for_every_block_and_position_range(fastscan_kernel):
+    kid = KERNEL_IDS[fastscan_kernel]
     rng = np.random.default_rng(4)
     n, S = 3 * BLOCK + 17, 12  # a partial last block
     codes = rng.integers(0, 256, (n, S)).astype(np.uint8)
@@ -60,16 +61,14 @@ def test_kernel_sums_match_numpy_for_every_block_and_position_range(portable):
     for s0, P in ((0, S), (0, 5), (5, 7)):
         tables = rng.integers(0, 256, (2, P, 256)).astype(np.uint8)
         out = np.full((2, codes_t.shape[0] * BLOCK), 7, np.uint16)
-        _fastscan.lower_bounds(
-            codes_t, tables, out, 2, S, s0, P, 0, codes_t.shape[0], True, portable
-        )
+        _fastscan.lower_bounds(codes_t, tables, out, 2, S, s0, P, 0, codes_t.shape[0], True, kid)
         for q in range(2):
             expected = 7 + tables[q][np.arange(P), codes[:, s0 : s0 + P]].astype(np.int64).sum(1)
             np.testing.assert_array_equal(out[q, :n], expected)
     with pytest.raises(ValueError, match="positions"):
-        _fastscan.lower_bounds(codes_t, tables, out, 2, S, 8, 7, 0, 1, False, portable)
+        _fastscan.lower_bounds(codes_t, tables, out, 2, S, 8, 7, 0, 1, False, kid)
     with pytest.raises(ValueError, match="tables"):
-        _fastscan.lower_bounds(codes_t, tables[:1], out, 2, S, 0, P, 0, 1, False, portable)
+        _fastscan.lower_bounds(codes_t, tables[:1], out, 2, S, 0, P, 0, 1, False, kid)
 
 
 def test_block_transpose_refuses_wide_codes():

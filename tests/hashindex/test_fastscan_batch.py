@@ -1,15 +1,15 @@
 """The fastscan engine's batch path (one pruned pass over the codes for many queries): every
 query of a batch equals the numpy brute force and the `lut` scan, on the cases built to break
-pruning, on the AVX-512 VBMI kernel and on the portable C loops, and through the fallback taken
-when candidates overflow. Also the pruned-scan and exact-sum kernels against numpy."""
+pruning, on each kernel the CPU runs (AVX-512 VBMI, AVX2, the portable C loops), and through the
+fallback taken when candidates overflow. Also the pruned-scan and exact-sum kernels against numpy."""
 
 import numpy as np
 import pytest
 
 from hashindex import HashIndex, _fastscan, fastscan_kernels, fastscan_pruned
 from hashindex.fastscan import FastScan
-from hashindex.fastscan_kernels import CHUNK, COARSE
-from hashindex.fastscan_layout import BLOCK, block_transpose
+from hashindex.fastscan_kernels import CHUNK, COARSE, KERNEL_IDS, available_kernels
+from hashindex.fastscan_layout import BLOCK, block_transpose, code_groups, nibble_layout
 from tests.hashindex.hashindex_reference import (
     all_distances,
     assert_same_hits,
@@ -23,11 +23,10 @@ DISTANCES = ("hamming", "euclidean", "angular")
 NOWHERE = -12345  # a volume id no index holds: "exclude nothing" inside a batch
 
 
-@pytest.fixture(params=["vbmi", "portable"])
-def kernel(request, monkeypatch):
-    """Run each test on the CPU's kernel and again on the portable C loops."""
-    monkeypatch.setattr(fastscan_kernels, "PORTABLE", request.param == "portable")
-    return request.param
+@pytest.fixture
+def kernel(fastscan_kernel):
+    """Run each test on every kernel the CPU supports (VBMI, AVX2, the portable C loops)."""
+    return fastscan_kernel
 
 
 def _both(index, qn, qa, topq, **kw):
@@ -105,6 +104,39 @@ def test_batch_mixing_ties_an_excluded_best_volume_and_q_beyond_the_volumes(
         _check_reference(index, hits, cn, ca, gn, ga, vol, queries, excl, 12, mode, distance)
         every = _both(index, gn[queries], ga[queries], 60, **kw)  # Q = every volume
         assert (every.volumes[0] >= 0).sum() == 59 and (every.volumes[1] >= 0).sum() == 60
+
+
+def test_angular_is_pruned_and_exact_with_zero_norm_rows_and_a_zero_query(books, kernel):
+    """D_A by the pruned scan: rows of a few prototypes with noise (so bounds are tight), a
+    quarter of them with an all-zero abnormal grid (norm 0: angle exactly 0.5), a query whose
+    abnormal grid is zero too (every angle 0.5 or 0). The answers equal the brute force's and
+    lut's, and far fewer rows than the index holds are evaluated exactly."""
+    cn, ca = books  # the last 10 / 8 codes of each book are zero vectors
+    rng = np.random.default_rng(12)
+    n = 3000
+    proto_n, proto_a = make_grids(rng, 6, 30, 4, 4), make_grids(rng, 6, 16, 4, 4)
+    pick = rng.integers(0, 6, n)
+    gn, ga = proto_n[pick].copy(), proto_a[pick].copy()
+    noise = rng.random(gn.shape) < 0.15
+    gn[noise] = rng.integers(0, 30, noise.sum())
+    ga[rng.random(n) < 0.25] = 16  # a zero code everywhere: norm 0
+    vol = np.repeat(np.arange(n // 10), 10).astype(np.int64)
+    index = _index(cn, ca, gn, ga, vol)
+    queries = np.array([1, 7, 500, 2999])
+    qa = ga[queries].copy()
+    qa[3] = 17  # a zero query in the abnormal book
+    excl = np.array([vol[1], NOWHERE, vol[500], NOWHERE], np.int64)
+    fs = index._fastscan()
+    for mode in MODES:
+        kw = dict(mode=mode, distance="angular", exclude_volumes=excl)
+        hits = _both(index, gn[queries], qa, 10, **kw)
+        for b, (i, ex) in enumerate(zip(queries, excl, strict=True)):
+            dist = all_distances(index, cn, ca, gn, ga, gn[i], qa[b], mode, "angular")
+            ref = volume_topq(dist, vol, 10, exclude=int(ex))
+            assert_same_hits((hits.distances[b], hits.rows[b], hits.volumes[b]), ref, exact=False)
+        q_reps, q_sq = index._prepare(gn[queries[:3]], qa[:3])
+        evaluated = fs.search(q_reps, q_sq, 10, mode, "angular", False, excl[:3])[3]
+        assert (evaluated < n // 2).all(), (mode, evaluated)
 
 
 @pytest.mark.parametrize("distance", DISTANCES)
@@ -205,8 +237,17 @@ def _sums(codes, tables, order, acc):
     return out
 
 
-@pytest.mark.parametrize("portable", [False, True])
-def test_prune_scan_keeps_exactly_the_rows_within_the_limits(portable):
+def _nibble_args(kernel, codes_t, rng):
+    """The avx2 kernel's extra arguments for a layout: its 4-bit copy under a random grouping
+    of the codes (any grouping gives valid bounds), else none."""
+    if kernel != "avx2":
+        return ()
+    groups = np.broadcast_to(rng.integers(0, 16, 256).astype(np.uint8), (codes_t.shape[1], 256))
+    return (None, nibble_layout(codes_t, groups), np.ascontiguousarray(groups))
+
+
+def test_prune_scan_keeps_exactly_the_rows_within_the_limits(fastscan_kernel):
+    kid = KERNEL_IDS[fastscan_kernel]
     rng = np.random.default_rng(8)
     n, S, B, n_pos = 7 * BLOCK + 23, 10, 3, 16
     codes = rng.integers(0, 200, (n, S)).astype(np.uint8)
@@ -228,9 +269,10 @@ def test_prune_scan_keeps_exactly_the_rows_within_the_limits(portable):
     rows = np.zeros((B, cap), np.int64)
     keys = np.zeros((B, cap), np.uint32)
     count = np.zeros(B, np.int64)
+    extra = _nibble_args(fastscan_kernel, codes_t, rng)
     _fastscan.prune_scan(
         codes_t, S, n, 200, tables, order, acc, B, n_pos, lim, room, stride, coarse,
-        rows, keys, count, cap, False, 0, codes_t.shape[0], portable,
+        rows, keys, count, cap, False, 0, codes_t.shape[0], kid, *extra,
     )  # fmt: skip
     for q in range(B):
         l0, l1 = L[q]
@@ -246,7 +288,7 @@ def test_prune_scan_keeps_exactly_the_rows_within_the_limits(portable):
     _fastscan.prune_scan(
         codes_t, S, n, 200, tables, order, acc, B, n_pos, lim, room[:, :0].copy(), 0,
         np.full((B, COARSE), 65535, np.uint16), rows[:, :small].copy(), keys[:, :small].copy(),
-        count, small, True, 0, codes_t.shape[0], portable,
+        count, small, True, 0, codes_t.shape[0], kid, *extra,
     )  # fmt: skip
     assert (count == small).all()
     for q in range(B):
@@ -267,7 +309,8 @@ def test_prune_scan_rejects_bad_arguments():
         args.update(kw)
         _fastscan.prune_scan(
             codes_t, 4, args["n_rows"], 10, tables, args["order"], acc, 1, args["n_pos"],
-            args["lim"], room, 1, coarse, *out, 4, False, 0, 2, False,
+            args["lim"], room, 1, coarse, *out, 4, False, 0, 2, args.get("kernel", 1),
+            *args.get("extra", ()),
         )  # fmt: skip
 
     call()
@@ -279,6 +322,55 @@ def test_prune_scan_rejects_bad_arguments():
         call(n_pos=6)
     with pytest.raises(ValueError, match="room_stride"):
         call(lim=np.array([[1, 0, 0, 0]], np.int32))
+    with pytest.raises(ValueError, match="kernel must be"):
+        call(kernel=7)
+    if "avx2" in available_kernels():
+        with pytest.raises(ValueError, match="need codes4"):
+            call(kernel=2)
+        groups = np.zeros((4, 256), np.uint8)
+        codes4 = nibble_layout(codes_t, groups)
+        call(kernel=2, extra=(None, codes4, groups))
+        with pytest.raises(ValueError, match="group above 15"):
+            call(kernel=2, extra=(None, codes4, groups + 16))
+    for name in set(KERNEL_IDS) - set(available_kernels()):
+        with pytest.raises(ValueError, match=f"cannot run the {name} kernel"):
+            call(kernel=KERNEL_IDS[name])
+
+
+def test_the_kernel_switch_refuses_unknown_names(monkeypatch):
+    monkeypatch.setenv(fastscan_kernels.KERNEL_ENV, "sse9")
+    with pytest.raises(fastscan_kernels.KernelError, match="FDN_FASTSCAN_KERNEL='sse9'"):
+        fastscan_kernels.kernel()
+    monkeypatch.delenv(fastscan_kernels.KERNEL_ENV)
+    assert fastscan_kernels.kernel() == available_kernels()[0]
+    assert available_kernels()[-1] == "portable"
+
+
+def test_code_groups_recover_separated_clusters_and_keep_small_codebooks_exact():
+    rng = np.random.default_rng(5)
+    truth = rng.permutation(np.arange(48) % 16)  # 16 tight clusters, 3 codes each, far apart
+    x = rng.normal(size=(16, 3))[truth] * 100 + rng.normal(size=(48, 3)) * 0.01
+    d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    g = code_groups(d)[:48]
+    # the same partition as the clusters, whatever the labels
+    for k in range(16):
+        assert np.unique(g[truth == k]).size == 1
+    assert np.unique(g).size == 16
+    np.testing.assert_array_equal(code_groups(d[:9, :9])[:9], np.arange(9))
+    assert (code_groups(np.zeros((30, 30)))[:30] == 0).all()  # coincident codes: one group
+
+
+def test_nibble_layout_packs_two_rows_per_byte():
+    rng = np.random.default_rng(6)
+    codes = rng.integers(0, 50, (3 * BLOCK + 5, 7)).astype(np.uint8)
+    groups = rng.integers(0, 16, (7, 256)).astype(np.uint8)
+    out = nibble_layout(block_transpose(codes), groups, blocks_per_step=2)
+    g = groups[np.arange(7)[None, :], codes]  # (n, S) the group of each row's code
+    n = codes.shape[0]
+    for r in range(n):
+        b, i = divmod(r, BLOCK)
+        nib = out[b, :, i % 32] & 15 if i < 32 else out[b, :, i % 32] >> 4
+        np.testing.assert_array_equal(nib, g[r])
 
 
 def test_exact_sums_add_in_position_order_like_numpy():

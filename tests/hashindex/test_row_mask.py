@@ -135,8 +135,7 @@ def test_each_exact_engine_searches_only_the_allowed_rows(masked_index, engine, 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("distance", ["hamming", "euclidean"])
-def test_the_portable_prune_kernel_honours_the_mask(masked_index, monkeypatch, mode, distance):
-    monkeypatch.setattr(fastscan_kernels, "PORTABLE", True)
+def test_every_prune_kernel_honours_the_mask(masked_index, fastscan_kernel, mode, distance):
     check(*masked_index, "fastscan", mode, distance)
 
 

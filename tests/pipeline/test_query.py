@@ -297,3 +297,33 @@ def test_an_engine_without_the_best_distance_runs_its_next_best(built_index):
     assert (out["distance"], out["engine"]) == ("hamming", "faiss-flat")
     text = run("query", "--index", built_index, "--mode", "abnormal", "--topq", 2)
     assert "mode abnormal, angular distance" in text.output
+
+
+def test_json_names_the_fastscan_kernel_that_answered(built_index, monkeypatch):
+    """fastscan results say which kernel ran (the one FDN_FASTSCAN_KERNEL forces, else the
+    CPU's best), other engines' say null; every kernel gives the same hits."""
+    from hashindex import available_kernels
+
+    hits = {}
+    for kernel in available_kernels():
+        monkeypatch.setenv("FDN_FASTSCAN_KERNEL", kernel)
+        result = run(
+            "query", "--index", built_index, "--mode", "sum", "--engine", "fastscan",
+            "--distance", "hamming", "--topq", 3, "--json",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        out = json.loads(result.output)["results"]["sum"]
+        assert (out["engine"], out["kernel"]) == ("fastscan", kernel)
+        hits[kernel] = out["hits"]
+    assert all(h == hits["portable"] for h in hits.values())
+    monkeypatch.delenv("FDN_FASTSCAN_KERNEL")
+    lut = run("query", "--index", built_index, "--mode", "sum", "--engine", "lut", "--json")
+    assert lut.exit_code == 0, lut.output
+    assert json.loads(lut.output)["results"]["sum"]["kernel"] is None
+
+
+def test_a_kernel_the_cpu_lacks_is_refused_by_name(built_index, monkeypatch):
+    monkeypatch.setenv("FDN_FASTSCAN_KERNEL", "sse9")
+    result = run("query", "--index", built_index, "--mode", "sum", "--engine", "fastscan")
+    assert result.exit_code != 0
+    assert "FDN_FASTSCAN_KERNEL='sse9'" in result.output

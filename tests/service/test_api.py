@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from fdn.archive_index.queries import QueryError, query_options, run_slice_query
-from hashindex import DISTANCES, ENGINES
+from hashindex import DISTANCES, ENGINES, fastscan_kernel
 from tests.service.conftest import load_reference
 
 ref = load_reference()
@@ -69,6 +69,9 @@ def test_query_hits_equal_numpy_brute_force(client, service, brute, distance, en
     for mode in ("normal", "abnormal", "sum"):
         expected = brute(row, mode, distance, 3, exclude=int(index.table["volume"][row]))
         hits = body["results"][mode]["hits"]
+        # the API names the fastscan kernel that answered (the CPU's best here), else null
+        kernel = fastscan_kernel() if engine == "fastscan" else None
+        assert body["results"][mode]["kernel"] == kernel, mode
         assert [h["row"] for h in hits] == [r_ for _, r_, _ in expected], mode
         np.testing.assert_allclose(
             [h["distance"] for h in hits], [d for d, _, _ in expected], rtol=1e-9, atol=1e-7
