@@ -23,8 +23,11 @@ def _command_line(ctx: click.Context) -> str:
             flag = max(param.opts, key=len)
             for item in value or ():
                 parts += [flag, str(item)]
-        elif param.name == "preset" or (
-            value is not None and value is not False and value != param.default
+        elif (param.name == "preset" and ctx.params.get("init_from") is None) or (
+            param.name != "preset"
+            and value is not None
+            and value is not False
+            and value != param.default
         ):
             flag = max(param.opts, key=len)
             parts += [flag] if value is True else [flag, str(value)]

@@ -53,7 +53,9 @@ def test_fine_tuning_starts_from_the_source_weights(small_archive, model_dir, tm
         k: v for k, v in source_config.items() if k not in changed
     }
     assert config["lr"] == lr and config["batch_size"] == 8  # the options apply over it
-    assert "--init-from" in (tuned / "TRAIN_COMMAND.txt").read_text()
+    command = (tuned / "TRAIN_COMMAND.txt").read_text().splitlines()[0]
+    # the command as recorded runs again: --init-from, and no --preset beside it
+    assert "--init-from" in command and "--preset" not in command
 
 
 def test_what_cannot_be_fine_tuned_is_refused_before_anything_is_written(
