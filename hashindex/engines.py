@@ -8,7 +8,9 @@ normalized sum, nprobe, a per-position mask, a row mask), `Engine.check` for wha
 once and keeps the instance, so that copies of the rows an engine makes (the fastscan layout,
 the torch device copy) are made on first use only.
 
-Adding an engine means one class below and one entry in `REGISTRY` (docs/engines.md).
+Adding an engine means one class (here, or in a module of its own such as
+`hashindex.faiss_engines`) and one entry in `REGISTRY` (docs/engines.md). The interface they
+share, `Query` and `Engine`, is `hashindex.engine_base`.
 
 The two table scans return raw per-row sums; `hashindex.distances.finish` turns them into
 distances for every engine, so lut and numpy agree bit for bit. faiss, torch and the Numba
@@ -17,175 +19,31 @@ kernels are imported on first use, so a process that queries with ``fastscan`` n
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from abc import abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from hashindex.distances import BOOKS, DISTANCES, MODES, image_distance
-from hashindex.faiss_binary import FaissHamming, gpu_available
+from hashindex.distances import BOOKS, DISTANCES, image_distance
+from hashindex.engine_base import Engine, Query
+from hashindex.faiss_binary import gpu_available
+from hashindex.faiss_engines import FaissFlatEngine, FaissIvfEngine
 from hashindex.fastscan import FastScan
 from hashindex.fastscan_kernels import FASTER_THAN_LUT, kernel
 from hashindex.fastscan_layout import TABLE
-from hashindex.files import FLAT_FILES, IVF_FILES
-from hashindex.index_meta import is_int
 from hashindex.region_scan import region_hamming_sum, region_scales
 from hashindex.scans import SCANS, SCANS_TWO
 from hashindex.volumes import (
     VolumeHits,
-    rows_from_knn,
     topk_rows,
     topq_volumes,
-    volumes_from_knn,
 )
 
 if TYPE_CHECKING:
-    from hashindex.index import HashIndex
     from hashindex.state import IndexState
 
 # gpu_available and SCANS: benchmarks import them from here
 __all__ = ["ENGINES", "REGISTRY", "SCANS", "Engine", "Query", "gpu_available"]
-
-
-@dataclass(frozen=True)
-class Query:
-    """B queries and how to compare them: what every engine's search receives, checked.
-
-    normal, abnormal: (B, h, w) uint16 code grids; mode, distance, normalized_sum: as
-    `HashIndex.search` takes them; nprobe: lists probed (engines with ``takes_nprobe``);
-    allowed_rows: (ntotal,) bool, True for the rows any query of the batch may return (engines
-    with ``supports_row_mask``), or None for every row. An engine answers as if the other rows
-    were not stored: the exact top-k / top-Q among the allowed rows, never a filtered top-k.
-    positions: per codebook the (C,) int64 increasing flat grid positions the image distance
-    sums over (a region query; engines with ``supports_position_mask``), or None for all; the
-    distance is then that of the grids restricted to those positions (`hashindex.distances`).
-    """
-
-    normal: np.ndarray
-    abnormal: np.ndarray
-    mode: str
-    distance: str
-    normalized_sum: bool
-    nprobe: int | None = None
-    allowed_rows: np.ndarray | None = None
-    positions: dict[str, np.ndarray] | None = None
-
-    @property
-    def B(self) -> int:
-        return int(self.normal.shape[0])
-
-
-def _either(name: str, values) -> str:
-    return " or ".join(f"{name}={v!r}" for v in values)
-
-
-class Engine(ABC):
-    """One search engine over one index's stored rows (an instance per index, made on first use).
-
-    Class attributes say what it supports; `check` refuses what it does not, naming the fix;
-    `search` and `search_volumes` answer queries that passed `check`.
-    """
-
-    name: ClassVar[str]
-    exact: ClassVar[bool] = True  # the same answers as the numpy brute force
-    modes: ClassVar[tuple[str, ...]] = MODES
-    distances: ClassVar[tuple[str, ...]] = DISTANCES
-    normalized_sum: ClassVar[bool] = True
-    # why normalized_sum is refused, where it is (part of the message)
-    no_normalized_sum: ClassVar[str] = ""
-    takes_nprobe: ClassVar[bool] = False
-    # whether it answers a query restricted to some grid positions (`Query.positions`, the
-    # region query) exactly
-    supports_position_mask: ClassVar[bool] = False
-    # whether it answers a query restricted to some rows (`Query.allowed_rows`) exactly
-    supports_row_mask: ClassVar[bool] = True
-    # the distances this engine answers a query that names no engine, where the index can run
-    # it; of several such engines the one of highest default_rank (`IndexSearch.default_engine`)
-    default_for: ClassVar[tuple[str, ...]] = ()
-    default_rank: ClassVar[int] = 0
-
-    def __init__(self, index: HashIndex):
-        self.index = index
-
-    @classmethod
-    def available(cls, index: IndexState) -> bool:
-        """Whether ``index`` holds what this engine searches (its codebooks fit, its files
-        were built); `check` refuses the engine otherwise. Loads nothing."""
-        return True
-
-    @classmethod
-    def is_default_for(cls, distance: str, index: IndexState) -> bool:
-        """Whether a query of ``distance`` that names no engine may run on this one here (the
-        highest `default_rank` of those that may wins). Loads nothing."""
-        return distance in cls.default_for and cls.available(index)
-
-    def check(
-        self,
-        mode: str,
-        distance: str,
-        normalized_sum: bool,
-        nprobe: int | None,
-        row_mask: bool = False,
-        position_mask: bool = False,
-    ) -> None:
-        """ValueError, naming the fix, unless this engine can answer these options on its index.
-
-        ``mode`` and ``distance`` are valid names (checked by the caller); ``row_mask``: the
-        query is restricted to some rows (`Query.allowed_rows`); ``position_mask``: to some
-        grid positions (`Query.positions`)."""
-        if mode not in self.modes:
-            raise ValueError(f"engine {self.name!r} supports only {_either('mode', self.modes)}")
-        if distance not in self.distances:
-            raise ValueError(
-                f"engine {self.name!r} supports only {_either('distance', self.distances)}; use "
-                f"engine='lut' for {distance!r}"
-            )
-        if normalized_sum and mode == "sum" and not self.normalized_sum:
-            able = [n for n, e in REGISTRY.items() if e.normalized_sum]
-            raise ValueError(
-                f"normalized_sum needs {_either('engine', able)} ({self.no_normalized_sum})"
-            )
-        if row_mask and not self.supports_row_mask:
-            able = [n for n, e in REGISTRY.items() if e.supports_row_mask]
-            raise ValueError(
-                f"engine {self.name!r} cannot restrict a search to some rows exactly (a filter "
-                f"or removed cases); use {_either('engine', able)}"
-            )
-        if position_mask and not self.supports_position_mask:
-            able = [n for n, e in REGISTRY.items() if e.supports_position_mask]
-            raise ValueError(
-                f"engine {self.name!r} cannot restrict the distance to a region's grid positions; "
-                f"use {_either('engine', able)} (or name no engine)"
-            )
-        self.check_index(mode)
-        if nprobe is not None:
-            self.check_nprobe(nprobe)
-
-    def check_index(self, mode: str) -> None:  # noqa: B027 (a hook: most engines need nothing)
-        """ValueError unless the index holds what a search in ``mode`` needs."""
-
-    def check_nprobe(self, nprobe: Any) -> None:
-        """ValueError unless ``nprobe`` suits this engine (by default it takes none)."""
-        takes = [n for n, e in REGISTRY.items() if e.takes_nprobe]
-        raise ValueError(
-            f"nprobe (lists probed) applies only to {_either('engine', takes)}; engine "
-            f"{self.name!r} scans every row, so leave nprobe out"
-        )
-
-    @abstractmethod
-    def search(self, query: Query, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Row-wise top-k: D (B, k) float64, I (B, k) int64 rows (-1 / inf padded);
-        1 <= k <= max(ntotal, 1)."""
-
-    @abstractmethod
-    def search_volumes(self, query: Query, topq: int, exclude: np.ndarray | None) -> VolumeHits:
-        """Volume-wise top-Q: (B, Q) hits; 1 <= topq <= number of volumes; exclude: (B,) int64
-        volume ids or None."""
-
-    def _prepare(self, query: Query) -> tuple[dict, dict]:
-        """Per codebook the queries' (B, P) representative ids and (B,) squared norms."""
-        return self.index._prepare(query.normal, query.abnormal)
 
 
 class RowDistanceEngine(Engine):
@@ -411,92 +269,6 @@ class TorchEngine(RowCopyEngine):
             query.normalized_sum,
             allowed=query.allowed_rows,
         )
-
-
-class FaissEngine(Engine):
-    """Hamming distances of the packed bits with a FAISS binary index per mode (S_sum: of the
-    concatenated bits); k is grown until the volume-wise answer is certain."""
-
-    distances = ("hamming",)
-    normalized_sum = False
-    no_normalized_sum = "FAISS adds the plain Hamming distances of the concatenated bits"
-    files: ClassVar[dict[str, str]]  # per mode, the index file (`hashindex.files`)
-
-    @classmethod
-    @abstractmethod
-    def indexes(cls, index: IndexState) -> dict[str, FaissHamming]:
-        """The index's FAISS indexes this engine searches, per mode (those loaded)."""
-
-    @classmethod
-    def available(cls, index: IndexState) -> bool:
-        return bool(cls.indexes(index)) or any(n in index._pending for n in cls.files.values())
-
-    def check_index(self, mode: str) -> None:
-        if not self.index.faiss_indexes:
-            raise ValueError(
-                "this index has no FAISS files (built with faiss_indexes=False, or by "
-                "`fdn-index build --faiss-indexes never`, or `auto` above its size limit); use "
-                "engine='lut' or 'fastscan', or rebuild with --faiss-indexes always"
-            )
-        self.index._load_faiss([self.files[mode]])
-
-    def _knn(self, query: Query):
-        index = self.indexes(self.index)[query.mode]
-        x = self.index._packed_modes(query.normal, query.abnormal)[query.mode]
-
-        def knn(ids, k):
-            D, I = index.search(x[ids], k, nprobe=query.nprobe, allowed=query.allowed_rows)
-            return D.astype(np.float64), I.astype(np.int64)
-
-        return knn
-
-    def search(self, query: Query, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return rows_from_knn(self._knn(query), query.B, self.index.ntotal, k)
-
-    def search_volumes(self, query: Query, topq: int, exclude: np.ndarray | None) -> VolumeHits:
-        return volumes_from_knn(
-            self._knn(query), query.B, self.index.ntotal, topq, self.index.volume_ids, exclude
-        )
-
-
-class FaissFlatEngine(FaissEngine):
-    """Exact Hamming on packed bits with ``faiss.IndexBinaryFlat`` (on the GPU with
-    ``GpuIndexBinaryFlat`` when faiss sees one; k > 2048 then falls back to the CPU copy). A row
-    mask becomes faiss's ``IDSelectorBitmap`` on the CPU copy: the exact k-NN of the allowed
-    rows."""
-
-    name = "faiss-flat"
-    files = FLAT_FILES
-
-    @classmethod
-    def indexes(cls, index: IndexState) -> dict[str, FaissHamming]:
-        return index.flat
-
-
-class FaissIvfEngine(FaissEngine):
-    """Approximate Hamming with ``faiss.IndexBinaryIVF`` (nlist lists, nprobe probed); no row
-    mask (faiss has no ID selector for binary IVF, and a filtered approximate top-k could
-    leave out every allowed row)."""
-
-    name = "faiss-ivf"
-    exact = False
-    takes_nprobe = True
-    supports_row_mask = False
-    files = IVF_FILES
-
-    @classmethod
-    def indexes(cls, index: IndexState) -> dict[str, FaissHamming]:
-        return index.ivf
-
-    def check_index(self, mode: str) -> None:
-        super().check_index(mode)
-        if not self.index.ivf:
-            raise ValueError("no IVF index: build with ivf_nlist=... or call train_ivf()")
-
-    def check_nprobe(self, nprobe: Any) -> None:
-        nlist = self.index.ivf_nlist
-        if not is_int(nprobe) or not 1 <= nprobe <= (nlist or 0):
-            raise ValueError(f"nprobe must be an integer from 1 to nlist={nlist}, got {nprobe!r}")
 
 
 # The engines by name, in the order users see them. Adding an engine: its class, and a line here.
