@@ -24,6 +24,15 @@ class ClusterError(FdnError):
     """A Dask cluster cannot be made or reached, or lost a task's workers."""
 
 
+class QueryError(FdnError, ValueError):
+    """A query's inputs are invalid: an unknown option value, case or slice, or an unusable
+    external case. The message says what was given, what is allowed, and how to fix it."""
+
+
+class UnknownCaseError(QueryError):
+    """The query names a case that is not in the index."""
+
+
 class DicomImportError(ArchiveError):
     """A DICOM study, series or file cannot be imported: `study`, `series` and `file` say where
     (None when unknown), `fault` what is wrong and how to fix it."""

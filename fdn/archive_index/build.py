@@ -31,6 +31,7 @@ from typing import Any
 
 from crashsafe import atomic_write_json, remove_stale_temporaries
 from fdn.archive_index.assemble import assemble_index, grid_of
+from fdn.archive_index.build_plan import read_plan
 from fdn.archive_index.distributed import _MODELS, CaseTask, encode_cases
 from fdn.archive_index.encode import encode_arithmetic
 from fdn.archive_index.journal import encoded_is_valid
@@ -395,33 +396,6 @@ def _make_plan(
         )
     plan["skipped"] = old_plan.get("skipped", [])
     plan["archive_roots"] = sorted(set(old_plan["archive_roots"]) | set(plan["archive_roots"]))
-    return plan
-
-
-def read_plan(path: Path) -> dict:
-    """build_plan.json, checked enough that the build can rely on it."""
-    fix = f"Delete {path.parent} and build again (or use a new --index)."
-    try:
-        plan = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError) as exc:
-        raise IndexDirError(f"{path}: corrupt ({str(exc)[:80]}). {fix}") from None
-    skipped = plan.get("skipped", []) if isinstance(plan, dict) else None
-    ok = (
-        isinstance(plan, dict)
-        and isinstance(plan.get("cases"), list)
-        and all(isinstance(c, str) for c in plan["cases"])
-        and isinstance(plan.get("sources"), dict)
-        and all(c in plan["sources"] for c in plan["cases"])
-        and isinstance(skipped, list)
-        and all(isinstance(e, dict) and isinstance(e.get("case"), str) for e in skipped)
-        and isinstance(plan.get("model_checksum"), str)
-        and isinstance(plan.get("encoding", {}), dict)
-    )
-    if not ok:
-        raise IndexDirError(f"{path}: not a build plan of this fdn-index. {fix}")
-    roots = plan.get("archive_roots")
-    if not (isinstance(roots, list) and all(isinstance(r, str) for r in roots)):
-        plan["archive_roots"] = []
     return plan
 
 

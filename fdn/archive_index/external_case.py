@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from fdn.archive_index.query_options import QueryError, as_int
+from fdn.archive_index.query_options import as_int
+from fdn.errors import QueryError
 
 
 def load_query_slice(files: dict[str, Path], size: int, case_id: str, slice_index: int | None):

@@ -50,15 +50,10 @@ from pathlib import Path
 import numpy as np
 
 from fdn.archive_index.external_case import check_nifti_sizes, load_query_slice
-from fdn.archive_index.query_options import (
-    QueryError,
-    QueryOptions,
-    UnknownCaseError,
-    as_int,
-    query_options,
-)
+from fdn.archive_index.query_options import QueryOptions, as_int, query_options
 from fdn.archive_index.region import Region, query_slice_shape, resolve_region
 from fdn.archive_index.searchable import Hit, SearchableIndex
+from fdn.errors import QueryError, UnknownCaseError
 from hashindex import fastscan_kernel
 
 # The names callers of a query use, importable from here with the functions that take them.

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from fdn.errors import FdnError
+from fdn.errors import QueryError
 from hashindex import DISTANCES, ENGINES, MODES
 from hashindex.engines import REGISTRY
 
@@ -38,15 +38,6 @@ BEST_DISTANCES = {
     "abnormal": ("angular", "euclidean", "hamming"),
     "sum": ("euclidean", "hamming", "angular"),
 }
-
-
-class QueryError(FdnError, ValueError):
-    """A query's inputs are invalid: an unknown option value, case or slice, or an unusable
-    external case. The message says what was given, what is allowed, and how to fix it."""
-
-
-class UnknownCaseError(QueryError):
-    """The query names a case that is not in the index."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +101,7 @@ class QueryOptions:
                     f"{' or '.join(able)}, or name no engine"
                 )
         if self.where is not None:
-            from fdn.archive_index.where import parse_where  # it imports QueryError from here
+            from fdn.archive_index.where import parse_where  # the slice table: not at CLI start
 
             parse_where(self.where)
 
@@ -182,7 +173,7 @@ def query_options(
 
 
 def _region_spec(box: str | None, mask: str | None) -> RegionSpec | None:
-    from fdn.archive_index.region import RegionSpec, parse_box  # they import QueryError here
+    from fdn.archive_index.region import RegionSpec, parse_box  # only a region query needs it
 
     if box is None and mask is None:
         return None

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fdn.archive_index.query_options import QueryError
+from fdn.errors import QueryError
 
 MIN_COVER = 0.5  # share of a cell the region must cover for the cell to count
 BOOKS = ("normal", "abnormal")

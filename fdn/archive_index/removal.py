@@ -112,7 +112,7 @@ def _compact_locked(index_dir: Path, digests: RemovedCases) -> int:
     """Assemble the index again without the removed cases and delete their journal entries
     (the caller holds the build lock). Returns the number of journal entries deleted."""
     from fdn.archive_index.assemble import assemble_index
-    from fdn.archive_index.build import read_plan
+    from fdn.archive_index.build_plan import read_plan
     from fdn.archive_index.manifest import read_manifest
     from fdn.archive_index.retrieval import open_index
     from fdn.training.checkpoint import load_model, model_checksum

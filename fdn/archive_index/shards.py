@@ -64,7 +64,7 @@ def split_index(index_dir: str | Path, out_dir: str | Path, n_shards: int, on_sh
     index's build journal (encoded/) and model copy. Returns the contents of shards.json.
     """
     from fdn.archive_index.assemble import assemble_index
-    from fdn.archive_index.build import read_plan
+    from fdn.archive_index.build_plan import read_plan
     from fdn.archive_index.layout import ENCODED_DIR, MODEL_DIR, PLAN
     from fdn.archive_index.manifest import read_manifest
     from fdn.training.checkpoint import load_model, model_checksum

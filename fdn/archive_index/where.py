@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from fdn.archive_index.query_options import QueryError
 from fdn.archive_index.slice_table import typed_column
+from fdn.errors import QueryError
 
 MAX_LENGTH = 2000  # characters of a filter
 MAX_DEPTH = 40  # nested parentheses and nots: the parser recurses once per level

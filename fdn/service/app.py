@@ -30,8 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from fdn.archive_index.query_options import QueryError, UnknownCaseError
-from fdn.errors import ArchiveError, FdnError
+from fdn.errors import ArchiveError, FdnError, QueryError, UnknownCaseError
 from fdn.service.guard import Guard, HostPolicy, TokenCheck
 from fdn.service.images import ImageAccessError
 from fdn.service.login import login, login_page, logout

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from fdn.synth.generator import SynthConfig
+    from fdn.synth.config import SynthConfig
 
 # where a lesion's centre may lie (`fdn.synth.lesion.choose_lesion`)
 PLACEMENTS = ("white-matter", "cortical", "deep")

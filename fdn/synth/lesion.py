@@ -12,7 +12,7 @@ from fdn.synth.fields import smooth_field
 
 if TYPE_CHECKING:  # the generator imports this module
     from fdn.synth.anatomy import Template
-    from fdn.synth.generator import SynthConfig
+    from fdn.synth.config import SynthConfig
 
 
 class Lesion(NamedTuple):
