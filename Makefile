@@ -61,6 +61,11 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.quality --model $(MODEL) --train-archive $(TRAIN_ARCHIVE) \
 		--out benchmarks/results/quality-ablation/null-origin-fixed-point
 	$(PY) -m benchmarks.gate_cost --model $(MODEL)
+	$(PY) -m benchmarks.kernels --n 1000000
+	$(PY) -m benchmarks.filtered
+	$(PY) -m benchmarks.region --n 1000000
+	$(PY) -m benchmarks.quality_region
+	$(PY) -m benchmarks.quality.generalisation --model $(MODEL) --families all --cases 30
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fdn hashindex cli crashsafe benchmarks tests
