@@ -92,10 +92,12 @@ class IndexSearch(IndexState):
         nprobe=None,
         allowed_rows=None,
         positions=None,
-    ) -> Engine:
-        """The engine that answers this query; ValueError / TypeError for what it cannot."""
+    ) -> tuple[Engine, dict[str, np.ndarray] | None]:
+        """The engine that answers this query and the region's positions as engines take them
+        (`_positions`); ValueError / TypeError for what it cannot."""
         if self.grid is None:
             raise ValueError("the index is empty: add rows before searching")
+        cols = self._positions(positions)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if distance not in DISTANCES:
@@ -121,9 +123,9 @@ class IndexSearch(IndexState):
             normalized_sum,
             nprobe,
             row_mask=allowed_rows is not None,
-            position_mask=positions is not None,
+            position_mask=cols is not None,
         )
-        return found
+        return found, cols
 
     def _positions(self, positions) -> dict[str, np.ndarray] | None:
         """A region's positions as engines take them (`Query.positions`): per codebook the
@@ -190,8 +192,7 @@ class IndexSearch(IndexState):
         mask for both grids, or one per codebook in a dict), or None for every position; the
         distances are those of the grids restricted to them (engines with
         ``supports_position_mask``: lut, numpy)."""
-        cols = self._positions(positions) if self.grid is not None else None
-        found = self._check_query(
+        found, cols = self._check_query(
             q_normal,
             q_abnormal,
             mode,
@@ -200,7 +201,7 @@ class IndexSearch(IndexState):
             normalized_sum,
             nprobe,
             allowed_rows,
-            cols,
+            positions,
         )
         if not is_int(k):
             raise TypeError(f"k must be an integer, got {type(k).__name__}")
@@ -237,8 +238,7 @@ class IndexSearch(IndexState):
         or an approximate engine). allowed_rows: (ntotal,) bool or None, as in `search`; a
         volume's closest row is its closest allowed row. positions: a region, as in `search`.
         """
-        cols = self._positions(positions) if self.grid is not None else None
-        found = self._check_query(
+        found, cols = self._check_query(
             q_normal,
             q_abnormal,
             mode,
@@ -247,7 +247,7 @@ class IndexSearch(IndexState):
             normalized_sum,
             nprobe,
             allowed_rows,
-            cols,
+            positions,
         )
         if not is_int(topq):
             raise TypeError(f"topq must be an integer, got {type(topq).__name__}")
