@@ -47,13 +47,11 @@ def make_mask(name: str, volume_ids: np.ndarray, rng: np.random.Generator) -> np
 @out_option("filtered")
 def main(n, K, queries, max_seconds, seed, out):
     """Time filtered against unfiltered exact search (lut, fastscan)."""
-    from hashindex import HashIndex
 
     say = lambda msg: click.echo(msg, err=True)  # noqa: E731
     say(f"generating {n:,} slices (K={K})")
     w = wl.synthetic(n, queries, seed=seed, K=K)
-    idx = HashIndex.build(w.codebook_normal, w.codebook_abnormal, faiss_indexes=False, seed=seed)
-    idx.add(w.codes_normal, w.codes_abnormal, w.volume_ids)
+    idx = w.hash_index(seed)
     idx._fastscan()
     rng = np.random.default_rng(seed)
     qn, qa = w.query_normal, w.query_abnormal

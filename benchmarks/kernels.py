@@ -58,7 +58,6 @@ def simd_flags() -> list[str]:
 @out_option("kernels")
 def main(n, K, queries, max_seconds, modes, distances, seed, out):
     """Time lut against fastscan with each kernel this CPU runs."""
-    from hashindex import HashIndex
     from hashindex.fastscan_kernels import KERNEL_ENV, available_kernels
 
     say = lambda msg: click.echo(msg, err=True)  # noqa: E731
@@ -66,8 +65,7 @@ def main(n, K, queries, max_seconds, modes, distances, seed, out):
     saved = os.environ.pop(KERNEL_ENV, None)
     say(f"generating {n:,} slices (K={K}); kernels here: {', '.join(kernels)}")
     w = wl.synthetic(n, queries, seed=seed, K=K)
-    idx = HashIndex.build(w.codebook_normal, w.codebook_abnormal, faiss_indexes=False, seed=seed)
-    idx.add(w.codes_normal, w.codes_abnormal, w.volume_ids)
+    idx = w.hash_index(seed)
     qn, qa = w.query_normal, w.query_abnormal
     machine = rp.machine_info()  # at the start, with no kernel forced: it names the default
     rows = []

@@ -83,16 +83,13 @@ def same_as_numpy(small, qn, qa, mode, distance, mask) -> bool:
 @out_option("region")
 def main(n, K, queries, max_seconds, seed, out):
     """Time region queries against whole-slice queries (lut; fastscan for reference)."""
-    from hashindex import HashIndex
 
     say = lambda msg: click.echo(msg, err=True)  # noqa: E731
     say(f"generating {n:,} slices (K={K})")
     w = wl.synthetic(n, queries, seed=seed, K=K)
-    idx = HashIndex.build(w.codebook_normal, w.codebook_abnormal, faiss_indexes=False, seed=seed)
-    idx.add(w.codes_normal, w.codes_abnormal, w.volume_ids)
+    idx = w.hash_index(seed)
     # the numpy engine checks lut's region answers on the first 20,000 rows (same codebooks)
-    small = HashIndex.build(w.codebook_normal, w.codebook_abnormal, faiss_indexes=False, seed=seed)
-    small.add(w.codes_normal[:20_000], w.codes_abnormal[:20_000], w.volume_ids[:20_000])
+    small = w.head(min(20_000, w.n)).hash_index(seed)
     grid = idx.grid
     qn, qa = w.query_normal, w.query_abnormal
     rows = []

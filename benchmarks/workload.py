@@ -75,6 +75,16 @@ class Workload:
             self.source,
         )
 
+    def hash_index(self, seed: int):
+        """A `hashindex.HashIndex` (no FAISS files) holding every row of the archive."""
+        from hashindex import HashIndex
+
+        index = HashIndex.build(
+            self.codebook_normal, self.codebook_abnormal, faiss_indexes=False, seed=seed
+        )
+        index.add(self.codes_normal, self.codes_abnormal, self.volume_ids)
+        return index
+
 
 def decode(codebook: np.ndarray, codes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Quantized latent grids as flat float vectors: (n, h, w) codes → (n, h·w·D) float32.
