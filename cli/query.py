@@ -242,7 +242,7 @@ def query(
                 f"{h.rank:>4}  {h.case:<16} {h.slice:>5}  {h.distance:>12.4f}  {area:>9}" + study
             )
             if h.explanation is not None:
-                click.echo(f"      most of its distance at {_top_cells(h.explanation)}")
+                click.echo(f"      {_top_cells(h.explanation)}")
     if result.region is not None:
         echoed = result.region.to_dict()
         given = region if region is not None else f"mask {region_mask}"
@@ -263,16 +263,19 @@ def query(
 
 
 def _top_cells(explanation: dict, n: int = 3) -> str:
-    """The n grid cells holding the largest shares of a hit's distance, as text."""
+    """Where a hit's distance lies, as text: the n grid cells holding its largest shares (only
+    cells that hold some); a hit at distance 0 matches at every position compared."""
     import numpy as np
 
     maps = [np.asarray(b["contributions"]) for b in explanation["books"].values()]
     total = np.sum(maps, axis=0)
     distance = explanation["distance"]
+    if not distance > 0:
+        return "equal to the query at every position compared"
     order = np.argsort(-total, axis=None, kind="stable")[:n]
     cells = []
     for flat in order:
         i, j = np.unravel_index(flat, total.shape)
-        share = total[i, j] / distance if distance > 0 else 0.0
-        cells.append(f"({i},{j}) {share:.0%}")
-    return ", ".join(cells)
+        if total[i, j] > 0:
+            cells.append(f"({i},{j}) {total[i, j] / distance:.0%}")
+    return "most of its distance at " + ", ".join(cells)
