@@ -209,8 +209,8 @@ function openCompare(hit, mode, distance) {
   $("compare-hit").src = explainUrl(hit, mode, distance, "hit");
   $("compare-hit-caption").textContent = `#${hit.rank} ${hit.case} : ${hit.slice}`;
   $("compare-text").textContent = hit.explanation
-    ? `d = ${Number(hit.distance.toPrecision(5))}; most of it at ${topCells(hit.explanation)}`
-    : `d = ${Number(hit.distance.toPrecision(5))}`;
+    ? `d = ${Number(hit.distance.toPrecision(4))}; most of it at ${topCells(hit.explanation)}`
+    : `d = ${Number(hit.distance.toPrecision(4))}`;
 }
 
 function hitCard(hit, mode, distance) {
@@ -231,7 +231,7 @@ function hitCard(hit, mode, distance) {
   const dist = document.createElement("span");
   dist.className = "distance";
   const lesion = hit.lesion_area === null ? "" : ` · lesion ${hit.lesion_area} px`;
-  dist.textContent = `d = ${Number(hit.distance.toPrecision(5))}${lesion}`;
+  dist.textContent = `d = ${Number(hit.distance.toPrecision(4))}${lesion}`;
   const why = document.createElement("span");
   why.className = "why";
   why.setAttribute("role", "button");
