@@ -18,6 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fdn.archive_index.layout import BRAIN_PERCENT, fix_for
+from fdn.archive_index.manifest import read_listed
+from fdn.errors import IndexDirError
+from hashindex.checked_files import load_npy
+
 JOURNAL_KEY = "brain_percent"
 # below this share of its pixels in the brain a slice is no lesion look-alike: the top and
 # bottom of the head (the synthetic cases' first and last few slices)
@@ -46,11 +51,6 @@ def lesion_query_rows(percent: np.ndarray, min_percent: int) -> np.ndarray:
 def read_lesion_rows(index_dir: Path, manifest, n_rows: int, verify: bool) -> np.ndarray | None:
     """(N,) bool rows a lesion query may return, from the index's listed brain_percent.npy;
     None where the manifest records no threshold (an index built before it)."""
-    from fdn.archive_index.layout import BRAIN_PERCENT, fix_for
-    from fdn.archive_index.manifest import read_listed
-    from fdn.errors import IndexDirError
-    from hashindex.checked_files import load_npy
-
     if manifest.min_brain_percent is None:
         return None
     path = index_dir / BRAIN_PERCENT

@@ -122,7 +122,7 @@ def parse_families(names: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """The family names of ``names`` (a comma-separated text or a sequence), checked, in order,
     without repeats; ValueError naming an unknown one and the known ones."""
     if isinstance(names, str):
-        names = [n for n in names.split(",")]
+        names = names.split(",")
     out: list[str] = []
     for raw in names:
         name = raw.strip()
