@@ -23,11 +23,17 @@ def browser():
 
 
 def wait_for(driver, condition, what, timeout=15):
+    """Poll ``condition`` until it holds; an element the page re-rendered between two WebDriver
+    calls (stale) only means: look again."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(
-        lambda d: condition(d), message=f"timed out waiting for {what}"
-    )
+    return WebDriverWait(
+        driver,
+        timeout,
+        poll_frequency=0.05,
+        ignored_exceptions=(StaleElementReferenceException,),
+    ).until(lambda d: condition(d), message=f"timed out waiting for {what}")
 
 
 def caption(driver):
@@ -35,8 +41,12 @@ def caption(driver):
 
 
 def hit_labels(driver, mode):
-    cards = driver.find_elements("css selector", f'.mode-block[data-mode="{mode}"] .hit .label')
-    return [c.text for c in cards]
+    """The labels of the hits shown for ``mode``, read in one script (a re-render between two
+    WebDriver calls would leave the elements stale)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(e => e.innerText.trim());",
+        f'.mode-block[data-mode="{mode}"] .hit .label',
+    )
 
 
 def api_labels(server, case, z, mode, topq=6):

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from benchmarks.chromium import MISSING, available, headless_chromium
+from tests.service.test_browser import hit_labels as shown
 from tests.service.test_browser import images_loaded, wait_for
 
 pytestmark = pytest.mark.skipif(not available(), reason=MISSING)
@@ -22,11 +23,6 @@ def browser():
     with headless_chromium(1400, 1000) as driver:
         driver.set_page_load_timeout(30)
         yield driver
-
-
-def shown(driver, mode):
-    cards = driver.find_elements("css selector", f'.mode-block[data-mode="{mode}"] .hit .label')
-    return [c.text for c in cards]
 
 
 def api(server, params, mode):
