@@ -19,12 +19,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from hashindex.binarize import ZERO_NORM  # noqa: E402
 from hashindex.distances import DISTANCES  # noqa: E402
-from hashindex.engines import ENGINES  # noqa: E402
 from hashindex.errors import HashIndexError, IndexFormatError  # noqa: E402
 from hashindex.fastscan_kernels import available_kernels  # noqa: E402
 from hashindex.fastscan_kernels import kernel as fastscan_kernel
 from hashindex.files import IndexFiles, index_files  # noqa: E402
 from hashindex.index import FORMAT_VERSION, MODES, HashIndex  # noqa: E402
+from hashindex.registry import ENGINES  # noqa: E402
 from hashindex.volumes import VolumeHits  # noqa: E402
 
 __all__ = [

@@ -1,6 +1,8 @@
 """The interface every search engine implements: the query it receives (`Query`) and the
-`Engine` base class (what an engine supports, its checks, `search` and `search_volumes`).
-The engines themselves and the registry that names them are in `hashindex.engines`."""
+`Engine` base class (what an engine supports, the hooks that check its index, `search` and
+`search_volumes`). The engines themselves are in `hashindex.engines` and
+`hashindex.faiss_engines`; the registry that names them, and applies what they support, is
+`hashindex.registry`."""
 
 from __future__ import annotations
 
@@ -14,16 +16,7 @@ from hashindex.distances import DISTANCES, MODES
 from hashindex.volumes import VolumeHits
 
 if TYPE_CHECKING:
-    from hashindex.index import HashIndex
     from hashindex.state import IndexState
-
-
-def _registry() -> dict[str, type[Engine]]:
-    """The engines by name (`hashindex.engines.REGISTRY`), for a refusal that names the engines
-    able to answer; imported here when needed, since the registry imports this module."""
-    from hashindex.engines import REGISTRY
-
-    return REGISTRY
 
 
 @dataclass(frozen=True)
@@ -54,15 +47,11 @@ class Query:
         return int(self.normal.shape[0])
 
 
-def _either(name: str, values) -> str:
-    return " or ".join(f"{name}={v!r}" for v in values)
-
-
 class Engine(ABC):
     """One search engine over one index's stored rows (an instance per index, made on first use).
 
-    Class attributes say what it supports; `check` refuses what it does not, naming the fix;
-    `search` and `search_volumes` answer queries that passed `check`.
+    Class attributes say what it supports; `hashindex.registry.check_engine` refuses what it
+    does not, naming the fix; `search` and `search_volumes` answer queries that passed it.
     """
 
     name: ClassVar[str]
@@ -79,11 +68,11 @@ class Engine(ABC):
     # whether it answers a query restricted to some rows (`Query.allowed_rows`) exactly
     supports_row_mask: ClassVar[bool] = True
     # the distances this engine answers a query that names no engine, where the index can run
-    # it; of several such engines the one of highest default_rank (`IndexSearch.default_engine`)
+    # it; of several such engines the one of highest default_rank (`registry.default_engine`)
     default_for: ClassVar[tuple[str, ...]] = ()
     default_rank: ClassVar[int] = 0
 
-    def __init__(self, index: HashIndex):
+    def __init__(self, index: IndexState):
         self.index = index
 
     @classmethod
@@ -98,58 +87,11 @@ class Engine(ABC):
         highest `default_rank` of those that may wins). Loads nothing."""
         return distance in cls.default_for and cls.available(index)
 
-    def check(
-        self,
-        mode: str,
-        distance: str,
-        normalized_sum: bool,
-        nprobe: int | None,
-        row_mask: bool = False,
-        position_mask: bool = False,
-    ) -> None:
-        """ValueError, naming the fix, unless this engine can answer these options on its index.
-
-        ``mode`` and ``distance`` are valid names (checked by the caller); ``row_mask``: the
-        query is restricted to some rows (`Query.allowed_rows`); ``position_mask``: to some
-        grid positions (`Query.positions`)."""
-        if mode not in self.modes:
-            raise ValueError(f"engine {self.name!r} supports only {_either('mode', self.modes)}")
-        if distance not in self.distances:
-            raise ValueError(
-                f"engine {self.name!r} supports only {_either('distance', self.distances)}; use "
-                f"engine='lut' for {distance!r}"
-            )
-        if normalized_sum and mode == "sum" and not self.normalized_sum:
-            able = [n for n, e in _registry().items() if e.normalized_sum]
-            raise ValueError(
-                f"normalized_sum needs {_either('engine', able)} ({self.no_normalized_sum})"
-            )
-        if row_mask and not self.supports_row_mask:
-            able = [n for n, e in _registry().items() if e.supports_row_mask]
-            raise ValueError(
-                f"engine {self.name!r} cannot restrict a search to some rows exactly (a filter "
-                f"or removed cases); use {_either('engine', able)}"
-            )
-        if position_mask and not self.supports_position_mask:
-            able = [n for n, e in _registry().items() if e.supports_position_mask]
-            raise ValueError(
-                f"engine {self.name!r} cannot restrict the distance to a region's grid positions; "
-                f"use {_either('engine', able)} (or name no engine)"
-            )
-        self.check_index(mode)
-        if nprobe is not None:
-            self.check_nprobe(nprobe)
-
     def check_index(self, mode: str) -> None:  # noqa: B027 (a hook: most engines need nothing)
         """ValueError unless the index holds what a search in ``mode`` needs."""
 
-    def check_nprobe(self, nprobe: Any) -> None:
-        """ValueError unless ``nprobe`` suits this engine (by default it takes none)."""
-        takes = [n for n, e in _registry().items() if e.takes_nprobe]
-        raise ValueError(
-            f"nprobe (lists probed) applies only to {_either('engine', takes)}; engine "
-            f"{self.name!r} scans every row, so leave nprobe out"
-        )
+    def check_nprobe(self, nprobe: Any) -> None:  # noqa: B027 (a hook for engines with nprobe)
+        """ValueError unless ``nprobe`` suits this engine (called where ``takes_nprobe``)."""
 
     @abstractmethod
     def search(self, query: Query, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,16 +1,15 @@
-"""Search engines behind one interface, and the one registry that names them.
+"""The search engines behind one interface (`hashindex.engine_base`): lut, numpy, fastscan, torch.
 
 Each engine is one class: what it supports as class attributes (modes, distances, the
-normalized sum, nprobe, a per-position mask, a row mask), `Engine.check` for what the index must hold, and
+normalized sum, nprobe, a per-position mask, a row mask), `Engine.check_index` for what the
+index must hold, and
 `search` (row-wise top-k) / `search_volumes` (volume-wise top-Q), both with the semantics of
-`hashindex.index`. `REGISTRY` maps a name to its class, in the manner of pynndescent's
-`named_distances`; `ENGINES` is its names, in order. A `HashIndex` looks an engine up by name
+`hashindex.index`. `hashindex.registry` names them; a `HashIndex` looks an engine up by name
 once and keeps the instance, so that copies of the rows an engine makes (the fastscan layout,
 the torch device copy) are made on first use only.
 
 Adding an engine means one class (here, or in a module of its own such as
-`hashindex.faiss_engines`) and one entry in `REGISTRY` (docs/engines.md). The interface they
-share, `Query` and `Engine`, is `hashindex.engine_base`.
+`hashindex.faiss_engines`) and one entry in `hashindex.registry.REGISTRY` (docs/engines.md).
 
 The two table scans return raw per-row sums; `hashindex.distances.finish` turns them into
 distances for every engine, so lut and numpy agree bit for bit. faiss, torch and the Numba
@@ -27,7 +26,6 @@ import numpy as np
 from hashindex.distances import BOOKS, DISTANCES, image_distance
 from hashindex.engine_base import Engine, Query
 from hashindex.faiss_binary import gpu_available
-from hashindex.faiss_engines import FaissFlatEngine, FaissIvfEngine
 from hashindex.fastscan import FastScan
 from hashindex.fastscan_kernels import FASTER_THAN_LUT, kernel
 from hashindex.fastscan_layout import TABLE
@@ -43,7 +41,7 @@ if TYPE_CHECKING:
     from hashindex.state import IndexState
 
 # gpu_available and SCANS: benchmarks import them from here
-__all__ = ["ENGINES", "REGISTRY", "SCANS", "Engine", "Query", "gpu_available"]
+__all__ = ["SCANS", "Engine", "Query", "gpu_available"]
 
 
 class RowDistanceEngine(Engine):
@@ -269,18 +267,3 @@ class TorchEngine(RowCopyEngine):
             query.normalized_sum,
             allowed=query.allowed_rows,
         )
-
-
-# The engines by name, in the order users see them. Adding an engine: its class, and a line here.
-REGISTRY: dict[str, type[Engine]] = {
-    engine.name: engine
-    for engine in (
-        LutEngine,
-        FastScanEngine,
-        TorchEngine,
-        FaissFlatEngine,
-        FaissIvfEngine,
-        NumpyEngine,
-    )
-}
-ENGINES = tuple(REGISTRY)

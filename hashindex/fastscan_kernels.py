@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from hashindex import _fastscan
+import hashindex._fastscan as _fastscan
 from hashindex.errors import HashIndexError
 from hashindex.fastscan_layout import BLOCK, MAX_SUM, Bounds
 

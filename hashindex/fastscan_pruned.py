@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hashindex import _fastscan
+import hashindex._fastscan as _fastscan
 from hashindex.distances import image_distance
 from hashindex.fastscan_kernels import CHUNK, COARSE, allowed_words, prune_scan
 from hashindex.fastscan_layout import (

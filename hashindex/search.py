@@ -6,19 +6,18 @@ The engines are `hashindex.engines`; the semantics every engine shares are in th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import Any
 
 import numpy as np
 
 from hashindex.distances import BOOKS, DISTANCES, MODES
-from hashindex.engines import ENGINES, REGISTRY, Engine, Query, RowCopyEngine
+from hashindex.engine_base import Engine, Query
+from hashindex.engines import RowCopyEngine
 from hashindex.fastscan import FastScan
 from hashindex.index_meta import is_int
+from hashindex.registry import available_engines, check_engine, default_engine, engine_class
 from hashindex.state import IndexState
 from hashindex.volumes import VolumeHits
-
-if TYPE_CHECKING:
-    from hashindex.index import HashIndex
 
 
 def _check_codes(codes, name: str, K: int, shape=None) -> None:
@@ -37,35 +36,30 @@ def _check_codes(codes, name: str, K: int, shape=None) -> None:
 class IndexSearch(IndexState):
     """`HashIndex.search` and `HashIndex.search_volumes` over the rows `HashIndex.add` stored."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # the engines this index has searched with, by name; fastscan and torch hold copies of
+        # the rows made by their first query
+        self._engines: dict[str, Engine] = {}
+
     def _engine(self, name) -> Engine:
         """The engine called ``name``, looked up in the registry on first use, then kept."""
         engine = self._engines.get(name) if isinstance(name, str) else None
         if engine is None:
-            found = REGISTRY.get(name) if isinstance(name, str) else None
-            if found is None:
-                raise ValueError(f"engine must be one of {ENGINES}, got {name!r}")
-            engine = self._engines[name] = found(cast("HashIndex", self))
+            engine = self._engines[name] = engine_class(name)(self)
         return engine
 
     def available_engines(self) -> tuple[str, ...]:
         """The names of the engines this index can search with: those whose codebooks fit
         (fastscan: at most 256 distinct vectors per codebook) and whose files it holds (the
         FAISS engines). Loads nothing."""
-        return tuple(name for name, engine in REGISTRY.items() if engine.available(self))
+        return available_engines(self)
 
     def default_engine(self, distance: str, position_mask: bool = False) -> str:
-        """The engine a query of ``distance`` runs on when it names none: of the engines that
-        may answer it by default on this index and CPU (`Engine.is_default_for`) and (with
-        ``position_mask``) answer a region query exactly, the one of highest
-        `Engine.default_rank`. Loads nothing."""
-        if distance not in DISTANCES:
-            raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-        able = [
-            e
-            for e in REGISTRY.values()
-            if e.is_default_for(distance, self) and (e.supports_position_mask or not position_mask)
-        ]
-        return max(able, key=lambda engine: engine.default_rank).name
+        """The engine a query of ``distance`` runs on when it names none
+        (`hashindex.registry.default_engine`; ``position_mask``: a region query). Loads
+        nothing."""
+        return default_engine(distance, self, position_mask)
 
     def _rows_copy(self, name: str):
         """The copy of the rows the engine ``name`` searches (made on first use)."""
@@ -117,7 +111,8 @@ class IndexSearch(IndexState):
                     f"allowed_rows must have shape ({self.ntotal},) (one per stored row), got "
                     f"{allowed_rows.shape}"
                 )
-        found.check(
+        check_engine(
+            found,
             mode,
             distance,
             normalized_sum,

@@ -14,13 +14,12 @@ import numpy as np
 from hashindex.distances import BOOKS, CodebookTables
 
 if TYPE_CHECKING:
-    from hashindex.engines import Engine
     from hashindex.faiss_binary import FaissHamming
     from hashindex.fastscan import FastScan
 
 
 class IndexState:
-    """Codebook tables, stored rows and the engines that search them.
+    """Codebook tables and stored rows: what the engines search.
 
     tables: per codebook its `CodebookTables`; grid: (h, w) of the stored grids, None while
     empty; codes: per codebook (N, P) representative ids; row_sqnorm: per codebook (N,) ‖r‖²;
@@ -45,9 +44,6 @@ class IndexState:
         self.row_sqnorm = {b: None for b in BOOKS}  # (N,) float64
         self.volume_ids = np.zeros(0, np.int64)
         self.scales: dict[str, float] = {}
-        # the engines this index has searched with, by name (`hashindex.engines.REGISTRY`);
-        # fastscan and torch hold copies of the rows made by their first query
-        self._engines: dict[str, Engine] = {}
         # the fastscan layout of the stored rows as `read` mapped it (None: made on first use)
         self._codes_t: np.ndarray | None = None
         self.flat: dict[str, FaissHamming] = {}
@@ -74,4 +70,17 @@ class IndexState:
 
     def _fastscan(self) -> FastScan:
         """The fastscan engine over the stored rows (defined by `hashindex.search`)."""
+        raise NotImplementedError
+
+    def _prepare(self, q_normal, q_abnormal) -> tuple[dict, dict]:
+        """Per codebook the queries' representative ids and squared norms (defined by
+        `hashindex.search`)."""
+        raise NotImplementedError
+
+    def _packed_modes(self, codes_n: np.ndarray, codes_a: np.ndarray) -> dict:
+        """Per mode the packed bits of code grids (defined by `hashindex.index.HashIndex`)."""
+        raise NotImplementedError
+
+    def _load_faiss(self, names=None) -> None:
+        """Load FAISS files `read` left pending (defined by `hashindex.storage`)."""
         raise NotImplementedError

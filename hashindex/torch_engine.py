@@ -68,7 +68,7 @@ def _interpreting() -> bool:
 def _triton_kernels():
     """`hashindex.torch_kernels`, or None where Triton is not installed."""
     try:
-        from hashindex import torch_kernels
+        import hashindex.torch_kernels as torch_kernels
     except ImportError:
         return None
     return torch_kernels

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from fdn.errors import QueryError
 from hashindex import DISTANCES, ENGINES, MODES
-from hashindex.engines import REGISTRY
+from hashindex.registry import REGISTRY, able
 
 if TYPE_CHECKING:
     from fdn.archive_index.region import RegionSpec
@@ -95,10 +95,9 @@ class QueryOptions:
         object.__setattr__(self, "explain", bool(self.explain))
         if self.region is not None and self.engine is not None:
             if not REGISTRY[self.engine].supports_position_mask:
-                able = [n for n, e in REGISTRY.items() if e.supports_position_mask]
                 raise QueryError(
                     f"engine {self.engine} cannot restrict the distance to a region; use "
-                    f"{' or '.join(able)}, or name no engine"
+                    f"{' or '.join(able('supports_position_mask'))}, or name no engine"
                 )
         if self.where is not None:
             from fdn.archive_index.where import parse_where  # the slice table: not at CLI start

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from hashindex.distances import DISTANCES, MODES
-from hashindex.engines import REGISTRY
 from hashindex.explain import explain
+from hashindex.registry import REGISTRY
 from tests.hashindex.hashindex_reference import (
     all_distances,
     assert_same_hits,

@@ -7,7 +7,7 @@ import pytest
 
 from hashindex import HashIndex, fastscan_kernels
 from hashindex.distances import DISTANCES, MODES
-from hashindex.engines import REGISTRY
+from hashindex.registry import REGISTRY
 from tests.hashindex.hashindex_reference import (
     assert_same_hits,
     code_bits,

@@ -7,9 +7,10 @@ import pytest
 
 import hashindex
 from hashindex import DISTANCES, MODES, HashIndex
-from hashindex.engines import ENGINES, REGISTRY, NumpyEngine
+from hashindex.engines import NumpyEngine
 from hashindex.faiss_binary import gpu_available
 from hashindex.packing import pack_grids
+from hashindex.registry import ENGINES, REGISTRY
 from tests.hashindex.hashindex_reference import (
     all_distances,
     assert_same_hits,
