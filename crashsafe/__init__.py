@@ -3,7 +3,7 @@
 atomic.py         atomic_write (temporary file, fsync, rename, fsync of the folder), the
                   write-target check, and the removal of a killed writer's temporaries
 checked_read.py   a listed file opened safely and checked against its size and sha256
-locks.py          the exclusive (flock) lock of a folder's single writer
+locks.py          flock locks: a folder's single writer, and readers beside a writer
 """
 
 from crashsafe.atomic import (
@@ -23,7 +23,7 @@ from crashsafe.checked_read import (
     read_checked,
     sha256_hex,
 )
-from crashsafe.locks import LockHeldError, exclusive_lock
+from crashsafe.locks import LockHeldError, exclusive_lock, shared_or_exclusive_lock
 
 __all__ = [
     "TEMP_SUFFIX",
@@ -41,4 +41,5 @@ __all__ = [
     "read_checked",
     "remove_stale_temporaries",
     "sha256_hex",
+    "shared_or_exclusive_lock",
 ]

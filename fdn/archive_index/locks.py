@@ -1,7 +1,7 @@
 """The locks of an index directory: one build at a time, and no reader sees a swap.
 
-Locks (fcntl.flock on two empty files). A build holds `.build.lock` exclusively for its whole
-run, so a second build of the same directory fails at once. It assembles the new files in a
+Locks (`crashsafe`'s flock locks on two empty files). A build holds `.build.lock` exclusively
+for its whole run, so a second build of the same directory fails at once. It assembles the new files in a
 staging folder, then takes `.swap.lock` exclusively for the short swap: the manifest says
 "building", the new files are renamed into place, the new manifest is written last. Readers
 take `.swap.lock` shared while they read the manifest and open the files, so they see the last
@@ -11,12 +11,10 @@ complete index, never a mix; what they opened stays theirs after a later swap.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from crashsafe import exclusive_lock
+from crashsafe import exclusive_lock, shared_or_exclusive_lock
 from fdn.archive_index.layout import BUILD_LOCK, SWAP_LOCK
 from fdn.errors import IndexDirError
 
@@ -42,19 +40,5 @@ def swap_lock(index_dir: Path, *, shared: bool) -> Iterator[None]:
     A reader in a directory without a lock file (or one it may not open) reads unlocked:
     no build ever ran there, or the directory is read-only.
     """
-    path = Path(index_dir) / SWAP_LOCK
-    try:
-        if shared:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        else:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError:
-        if not shared:
-            raise
+    with shared_or_exclusive_lock(Path(index_dir) / SWAP_LOCK, shared=shared):
         yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)

@@ -58,9 +58,9 @@ _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 def row_files() -> tuple[str, ...]:
     """The files whose listed checksums make a shard's rows digest."""
     from fdn.archive_index.layout import SLICES
-    from hashindex.storage import ARRAY_FILES
+    from hashindex import index_files
 
-    return (SLICES, *ARRAY_FILES)
+    return (SLICES, *index_files().rows)
 
 
 def rows_digest(files: dict[str, dict]) -> str:
