@@ -8,10 +8,10 @@ import click
 from fdn.archive_index.layout import FAISS_AUTO_LIMIT_GIB, FAISS_POLICIES
 
 from .options import (
-    LIBRARY_ERRORS,
     device_option,
     index_option,
     model_option,
+    scheduler_errors,
     skip_bad_option,
 )
 
@@ -113,7 +113,7 @@ def build(
         device=None if device == "auto" else device,
         precision=precision,
     )
-    try:
+    with scheduler_errors(scheduler):
         n_cases = len(Archive(archive).case_ids)
         with (
             cluster_client(workers, scheduler) as client,
@@ -127,10 +127,6 @@ def build(
                 on_case=lambda case: bar.update(1),
                 client=client,
             )
-    except OSError as exc:  # a scheduler that cannot be reached, from dask.distributed
-        if isinstance(exc, LIBRARY_ERRORS):  # WriteTargetError: the group reports it as is
-            raise
-        raise click.ClickException(f"--scheduler {scheduler}: {exc}") from None
     if as_json:
         click.echo(json.dumps(asdict(report), indent=2, default=str))
         return

@@ -1,5 +1,8 @@
 """Options that several commands share, declared once so they read and behave the same."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import click
 
 from crashsafe import WriteTargetError
@@ -13,6 +16,21 @@ from hashindex.errors import HashIndexError
 LIBRARY_ERRORS = (FdnError, HashIndexError, WriteTargetError, ValueError)
 
 DEVICES = ("auto", "cpu", "cuda")
+
+
+@contextmanager
+def scheduler_errors(scheduler: str | None) -> Iterator[None]:
+    """An OSError of a command that may reach a Dask scheduler, as a command-line error: it
+    names ``--scheduler`` where one was given (dask.distributed raises OSError for a
+    scheduler it cannot reach), else the file the error names. The library's own errors
+    (WriteTargetError is an OSError) pass to the command group as they are."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, LIBRARY_ERRORS):
+            raise
+        where = f"--scheduler {scheduler}: " if scheduler else ""
+        raise click.ClickException(f"{where}{exc}") from None
 
 
 def device_option(what: str):

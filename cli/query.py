@@ -9,7 +9,7 @@ import click
 from crashsafe import check_write_target
 from hashindex import DISTANCES, ENGINES, MODES
 
-from .options import LIBRARY_ERRORS, index_option
+from .options import index_option, scheduler_errors
 
 
 @click.command()
@@ -165,7 +165,7 @@ def query(
         raise click.UsageError(
             f"--scheduler needs a folder of shards (fdn-index shard); {index_dir} is one index."
         )
-    try:
+    with scheduler_errors(scheduler):
         options = query_options(
             mode,
             distance=distance,
@@ -207,10 +207,6 @@ def query(
                 query_labels=result.query_labels,
                 region=result.region,
             )
-    except OSError as exc:  # a scheduler that cannot be reached
-        if isinstance(exc, LIBRARY_ERRORS):  # WriteTargetError: the group reports it as is
-            raise
-        raise click.ClickException(f"--scheduler {scheduler}: {exc}") from None
 
     if as_json:
         out = result.to_dict()
