@@ -86,9 +86,11 @@ class IndexSearch(IndexState):
         nprobe=None,
         allowed_rows=None,
         positions=None,
-    ) -> tuple[Engine, dict[str, np.ndarray] | None]:
-        """The engine that answers this query and the region's positions as engines take them
-        (`_positions`); ValueError / TypeError for what it cannot."""
+    ) -> tuple[Engine, Query | None]:
+        """The engine that answers this query and the checked `Query` it receives (the
+        region's positions as engines take them, `_positions`; the row mask, `_row_mask`), or
+        None for the query when the mask allows no row; ValueError / TypeError for what it
+        cannot answer."""
         if self.grid is None:
             raise ValueError("the index is empty: add rows before searching")
         cols = self._positions(positions)
@@ -120,7 +122,22 @@ class IndexSearch(IndexState):
             row_mask=allowed_rows is not None,
             position_mask=cols is not None,
         )
-        return found, cols
+        mask, nothing = self._row_mask(allowed_rows)
+        if nothing:
+            return found, None
+        return found, Query(
+            q_normal, q_abnormal, mode, distance, normalized_sum, nprobe, mask, cols
+        )
+
+    @staticmethod
+    def _count(name: str, value, most: int) -> int:
+        """``value`` (k or topq) checked to be an integer >= 1, capped at ``most``: the count is
+        the caller's, the memory of the (B, count) answer ours."""
+        if not is_int(value):
+            raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+        return int(min(value, most))
 
     def _positions(self, positions) -> dict[str, np.ndarray] | None:
         """A region's positions as engines take them (`Query.positions`): per codebook the
@@ -187,7 +204,7 @@ class IndexSearch(IndexState):
         mask for both grids, or one per codebook in a dict), or None for every position; the
         distances are those of the grids restricted to them (engines with
         ``supports_position_mask``: lut, numpy)."""
-        found, cols = self._check_query(
+        found, query = self._check_query(
             q_normal,
             q_abnormal,
             mode,
@@ -198,17 +215,10 @@ class IndexSearch(IndexState):
             allowed_rows,
             positions,
         )
-        if not is_int(k):
-            raise TypeError(f"k must be an integer, got {type(k).__name__}")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        # Never more columns than rows: k is the caller's, the memory is ours.
-        k = int(min(k, max(self.ntotal, 1)))
-        mask, nothing = self._row_mask(allowed_rows)
-        if nothing:
+        k = self._count("k", k, max(self.ntotal, 1))  # never more columns than rows
+        if query is None:
             B = q_normal.shape[0]
             return np.full((B, k), np.inf), np.full((B, k), -1, np.int64)
-        query = Query(q_normal, q_abnormal, mode, distance, normalized_sum, nprobe, mask, cols)
         return found.search(query, k)
 
     def search_volumes(
@@ -233,7 +243,7 @@ class IndexSearch(IndexState):
         or an approximate engine). allowed_rows: (ntotal,) bool or None, as in `search`; a
         volume's closest row is its closest allowed row. positions: a region, as in `search`.
         """
-        found, cols = self._check_query(
+        found, query = self._check_query(
             q_normal,
             q_abnormal,
             mode,
@@ -244,12 +254,7 @@ class IndexSearch(IndexState):
             allowed_rows,
             positions,
         )
-        if not is_int(topq):
-            raise TypeError(f"topq must be an integer, got {type(topq).__name__}")
-        if topq < 1:
-            raise ValueError(f"topq must be >= 1, got {topq}")
-        # Q can never exceed the number of volumes: cap it before allocating (B, Q) arrays.
-        topq = int(min(topq, self._vol_unique.size))
+        topq = self._count("topq", topq, self._vol_unique.size)  # never more than the volumes
         B = q_normal.shape[0]
         if exclude_volumes is not None:
             if not isinstance(exclude_volumes, np.ndarray) or exclude_volumes.dtype != np.int64:
@@ -258,8 +263,6 @@ class IndexSearch(IndexState):
                 raise ValueError(
                     f"exclude_volumes must have shape ({B},), got {exclude_volumes.shape}"
                 )
-        mask, nothing = self._row_mask(allowed_rows)
-        if nothing:
+        if query is None:
             return VolumeHits.padded(B, topq)
-        query = Query(q_normal, q_abnormal, mode, distance, normalized_sum, nprobe, mask, cols)
         return found.search_volumes(query, topq, exclude_volumes)
