@@ -130,14 +130,14 @@ def import_dicom(paths, pacs, mapping, auth_file, timeout, remove, indexes, as_j
 
 
 def _remove(paths, cases, indexes, as_json, **others) -> None:
-    from fdn.dicom.archive_removal import remove_studies
+    from fdn.archive_index.removal import remove_studies_and_cases
 
     used = [f"--{name.replace('_', '-')}" for name, value in others.items() if value]
     if used:
         raise click.UsageError(f"--remove takes only ARCHIVE and --index, not {', '.join(used)}")
     if len(paths) != 1:
         raise click.UsageError("with --remove CASE give only ARCHIVE")
-    report = remove_studies(paths[0], list(cases), indexes=list(indexes))
+    report = remove_studies_and_cases(paths[0], list(cases), list(indexes))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

@@ -22,6 +22,7 @@ shards writes tombstones only; compact the source index and split it again to de
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from crashsafe import atomic_write_json, fsync_directory
@@ -74,6 +75,20 @@ def remove_cases(folder: str | Path, cases: list[str], *, compact: bool = False)
             _remove_in_index(folder / path, group, False) for path, group in groups.items()
         ],
     }
+
+
+def remove_studies_and_cases(
+    archive: str | Path, names: list[str], indexes: Sequence[str | Path]
+) -> dict:
+    """`import-dicom --remove NAME… --index DIR…`: delete the imported studies ``names`` (case
+    ids or StudyInstanceUIDs) from ``archive``, after removing their cases from each index
+    directory (or folder of shards) in ``indexes``, all under the archive's import lock
+    (`fdn.dicom.archive_removal.removing_studies`). Returns its `removal_report`."""
+    from fdn.dicom.archive_removal import removal_report, removing_studies
+
+    with removing_studies(archive, names) as cases:
+        reports = [remove_cases(index, list(cases)) for index in indexes]
+    return removal_report(archive, cases, reports)
 
 
 def _remove_in_index(index_dir: Path, cases: list[str], compact: bool) -> dict:

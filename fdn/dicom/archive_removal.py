@@ -13,8 +13,9 @@ archive names the study (the record of past failures, `fdn.dicom.failures`, hold
 last run's studies that could not be imported).
 
 An index built from the archive keeps the case until `fdn-index remove` (or
-`fdn.archive_index.removal.remove_cases`) removes it there; `remove_studies(..., indexes=[…])`
-does that first, so that queries stop returning the case before its images are deleted.
+`fdn.archive_index.removal.remove_cases`) removes it there;
+`fdn.archive_index.removal.remove_studies_and_cases` does that first, inside
+`removing_studies`, so that queries stop returning the case before its images are deleted.
 Importing the same study again later gives it the same case id (`fdn.dicom.pseudonyms`), which
 the indexes that removed it keep leaving out.
 """
@@ -25,7 +26,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from crashsafe import fsync_directory
@@ -36,31 +38,43 @@ from fdn.errors import DicomImportError
 log = logging.getLogger(__name__)
 
 
-def remove_studies(
-    archive: str | Path, names: list[str], *, indexes: Sequence[str | Path] = ()
-) -> dict:
-    """Delete the imported studies `names` (case ids or StudyInstanceUIDs) from `archive`,
-    after removing their cases from each index directory in `indexes`. Every name is checked
-    before anything is removed: one the archive does not hold raises DicomImportError naming
-    it. Returns a report: the cases removed (case, study_uid) and each index's removal."""
+@contextmanager
+def removing_studies(archive: str | Path, names: list[str]) -> Iterator[dict[str, str]]:
+    """Under `archive`'s import lock, the imported studies `names` (case ids or
+    StudyInstanceUIDs) as {case id: StudyInstanceUID}, yielded before anything is deleted; they
+    are deleted when the block ends without an error, and an error deletes none. Every name
+    is checked first: one the archive does not hold raises DicomImportError naming it.
+
+    The block is where a caller removes the cases elsewhere first, so that queries stop
+    returning a case before its images are deleted
+    (`fdn.archive_index.removal.remove_studies_and_cases`: from index directories)."""
     archive = Path(archive)
     if not archive.is_dir():
         raise DicomImportError(f"{archive} does not exist; pass the archive import-dicom wrote")
     with archive_lock(archive):
         clean_partial(archive)
         cases = _resolve(archive, names)
-        index_reports = []
-        if indexes:
-            from fdn.archive_index.removal import remove_cases
-
-            index_reports = [remove_cases(index, list(cases)) for index in indexes]
+        yield cases
         for case in cases:
             _delete_case(archive, case)
             log.info("%s: removed case %s (study %s)", archive, case, cases[case])
+
+
+def remove_studies(archive: str | Path, names: list[str]) -> dict:
+    """Delete the imported studies `names` from `archive` (`removing_studies`); returns
+    `removal_report`, with no index."""
+    with removing_studies(archive, names) as cases:
+        pass
+    return removal_report(archive, cases)
+
+
+def removal_report(archive: str | Path, cases: dict[str, str], indexes: Sequence = ()) -> dict:
+    """What a removal did: the archive, the cases removed (case, study_uid) and each index
+    directory's removal (`fdn.archive_index.removal.remove_cases`), in the order given."""
     return {
         "archive": str(archive),
         "removed": [{"case": case, "study_uid": study} for case, study in cases.items()],
-        "indexes": index_reports,
+        "indexes": list(indexes),
     }
 
 

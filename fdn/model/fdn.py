@@ -23,9 +23,8 @@ from fdn.model.blocks import init_he
 from fdn.model.config import FDNConfig
 from fdn.model.decoders import ImageDecoder, SegmentationDecoder, stage_widths
 from fdn.model.encoder import Encoder
-from fdn.model.quantizer import NULL_CODE, VectorQuantizer
+from fdn.model.quantizer import NULL_CODE, VectorQuantizer, latent_loss, null_code_loss
 from fdn.precision import at_least_fp32
-from fdn.training.losses import latent_loss, null_code_loss
 
 
 class FDNOutput(NamedTuple):

@@ -1,4 +1,4 @@
-"""Vector quantizer with an exponential-moving-average codebook (eq. 1-4).
+"""Vector quantizer with an exponential-moving-average codebook (eq. 1-4), and its losses.
 
 The codebook is not a parameter: it follows the encoder outputs assigned to each code by EMA
 with Laplace smoothing of the cluster sizes (Kaiser et al. 2018), in small named steps under
@@ -147,3 +147,25 @@ class VectorQuantizer(nn.Module):
                 self.ema_update(flat, codes.reshape(-1))
             z_q = z_e32 + (z_q_raw - z_e32).detach()  # straight-through estimator
         return Quantized(z_q=z_q, codes=codes, z_q_raw=z_q_raw)
+
+
+def latent_loss(z_e: torch.Tensor, e: torch.Tensor, beta: float) -> torch.Tensor:
+    """L_lat = ‖sg[z_e] - e‖²₂ + β ‖z_e - sg[e]‖²₂ (eq. 3).
+
+    z_e: (B, D, h, w) encoder output; e: (B, D, h, w) the selected code vectors e_k.
+    With an EMA codebook `e` carries no gradient, so the first term only reports its value.
+    """
+    return F.mse_loss(e, z_e.detach()) + beta * F.mse_loss(z_e, e.detach())
+
+
+def null_code_loss(
+    z_e: torch.Tensor, null_vector: torch.Tensor, cells: torch.Tensor
+) -> torch.Tensor:
+    """Pull of the abnormal features of lesion-free cells to the null code (our addition).
+
+    ‖z_e - sg[e_0]‖²₂ averaged over the D features of the cells where ``cells`` is True, 0
+    without such cells. z_e: (B, D, h, w); null_vector e_0: (D,); cells: (B, h, w) bool.
+    """
+    diff = (z_e - null_vector.detach()[None, :, None, None]).pow(2).mean(1)  # (B, h, w)
+    n = cells.sum()
+    return (diff * cells).sum() / n.clamp_min(1)

@@ -2,7 +2,7 @@
 
     trainer.py      Trainer, train, train_on_slices: Algorithm 1
     data.py         the training slices of an archive, sampling and augmentation
-    losses.py       the losses (eq. 3-12)
+    losses.py       the training losses (eq. 5-12; eq. 3 is the quantizer's)
     checkpoint.py   model directories: config.json, weights.pt, checkpoint.pt, load_model
     evaluate.py     a trained model's figures on an archive
 

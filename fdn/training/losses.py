@@ -1,4 +1,7 @@
-"""The losses of the feature decomposing network, eq. 3-12 of the paper.
+"""The training losses of the feature decomposing network, eq. 5-12 of the paper.
+
+The latent loss (eq. 3) and the null-code pull are the quantizer's: the model's forward
+computes them, so they live in `fdn.model.quantizer`.
 
 Conventions (the paper writes norms; we average so the λ's do not depend on image size):
 ‖a - b‖²₂ is the mean of squared differences over all elements; SSIM is the mean over the
@@ -11,31 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from fdn.precision import at_least_fp32
-
-# --- eq. 3: latent loss ---------------------------------------------------------------------
-
-
-def latent_loss(z_e: torch.Tensor, e: torch.Tensor, beta: float) -> torch.Tensor:
-    """L_lat = ‖sg[z_e] - e‖²₂ + β ‖z_e - sg[e]‖²₂ (eq. 3).
-
-    z_e: (B, D, h, w) encoder output; e: (B, D, h, w) the selected code vectors e_k.
-    With an EMA codebook `e` carries no gradient, so the first term only reports its value.
-    """
-    return F.mse_loss(e, z_e.detach()) + beta * F.mse_loss(z_e, e.detach())
-
-
-def null_code_loss(
-    z_e: torch.Tensor, null_vector: torch.Tensor, cells: torch.Tensor
-) -> torch.Tensor:
-    """Pull of the abnormal features of lesion-free cells to the null code (our addition).
-
-    ‖z_e - sg[e_0]‖²₂ averaged over the D features of the cells where ``cells`` is True, 0
-    without such cells. z_e: (B, D, h, w); null_vector e_0: (D,); cells: (B, h, w) bool.
-    """
-    diff = (z_e - null_vector.detach()[None, :, None, None]).pow(2).mean(1)  # (B, h, w)
-    n = cells.sum()
-    return (diff * cells).sum() / n.clamp_min(1)
-
 
 # --- eq. 5-7: segmentation loss -------------------------------------------------------------
 
@@ -190,9 +168,7 @@ __all__ = [
     "focal_loss",
     "generalized_dice_loss",
     "l2_ssim_loss",
-    "latent_loss",
     "lesion_mask_from_target",
-    "null_code_loss",
     "reconstruction_loss",
     "regularization_loss",
     "segmentation_loss",

@@ -5,11 +5,11 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
+from fdn.model.quantizer import latent_loss
 from fdn.training.losses import (
     critic_loss,
     focal_loss,
     generalized_dice_loss,
-    latent_loss,
     reconstruction_loss,
     regularization_loss,
     ssim,

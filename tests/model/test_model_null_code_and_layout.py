@@ -15,9 +15,8 @@ import torch
 
 from fdn.model import FDN, PRESETS
 from fdn.model.config import LEGACY_VALUES, parse_overrides
-from fdn.model.quantizer import VectorQuantizer
+from fdn.model.quantizer import VectorQuantizer, null_code_loss
 from fdn.training.checkpoint import config_from_dict, load_model
-from fdn.training.losses import null_code_loss
 from fdn.training.trainer import Trainer
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models"
