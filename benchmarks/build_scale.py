@@ -19,7 +19,6 @@ decompressing the NIfTI files, preprocessing, encoding, writing the journal, ass
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -358,10 +357,8 @@ def main(cases, size, model, work, out, scheduler, started_with):
         "projection": build_cpu.projection(cpu, assembly),
         "identical": identical,
         "cluster": cluster,
-        "load_average_1m_end": os.getloadavg()[0],
     }
-    rp.write_json(out_dir / "results.json", results)
-    rp.write_text(out_dir / "report.md", render_markdown(results))
+    rp.write_report(out_dir, results, render_markdown(results))
     click.echo((out_dir / "report.md").read_text())
 
 

@@ -13,7 +13,6 @@ synthesises a 12-case archive (seed 1000, never trained on) into a temporary fol
 
 from __future__ import annotations
 
-import json
 import platform
 import tempfile
 import time
@@ -152,9 +151,7 @@ def main(
             synthesize_archive(archive, n_cases=12, size=size, seed=1000, healthy_fraction=0.25)
         with torch.no_grad():
             results = measure(model_dir, brain_slices(archive, size), rounds, batch)
-    out = rp.results_dir(out)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "report.md").write_text(markdown(results))
+    rp.write_report(out, results, markdown(results))
     click.echo(markdown(results))
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import click
 import numpy as np
@@ -113,11 +112,7 @@ def main(n, K, queries, max_seconds, modes, distances, seed, out):
         "workload": w.source,
         "n": n,
         "rows": rows,
-        "load_average_1m_end": os.getloadavg()[0],
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    out_dir = rp.results_dir(out)
-    rp.write_json(out_dir / "results.json", results)
     lut = {(r["mode"], r["distance"]): r["p50_ms"] for r in rows if r["engine"] == "lut"}
     lines = [
         "# fastscan kernels against lut\n",
@@ -137,7 +132,7 @@ def main(n, K, queries, max_seconds, modes, distances, seed, out):
             f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {speedup:.2f}x | "
             f"{'yes' if r['identical_to_lut'] else 'NO'} |"
         )
-    rp.write_text(out_dir / "report.md", "\n".join(lines) + "\n")
+    rp.write_report(out, results, lines)
     click.echo(json.dumps(rp.jsonable(rows), indent=1))
 
 

@@ -15,7 +15,6 @@ of the query's lesion labels on its slice (voxels, ends included), as a user wou
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -102,9 +101,7 @@ def main(model, test_cases, test_seed, healthy_fraction, out):
         "mean_region_positions": float(np.mean([r["positions"] for r in rows])),
         "queries": rows,
         "seconds": time.monotonic() - started,
-        "load_average_1m_end": os.getloadavg()[0],
     }
-    rp.write_json(out_dir / "results.json", results)
     grid = int(np.prod(index.manifest.grid))
     lines = [
         "# S_abnormal with a region: the query's lesion bounding box against the whole slice\n",
@@ -122,7 +119,7 @@ def main(model, test_cases, test_seed, healthy_fraction, out):
     for d in DISTANCES:
         w, r = summary[f"whole/{d}"], summary[f"region/{d}"]
         lines.append(f"| {d} | {w:.3f} | {w / oracle:.0%} | {r:.3f} | {r / oracle:.0%} |")
-    rp.write_text(out_dir / "report.md", "\n".join(lines) + "\n")
+    rp.write_report(out_dir, results, lines)
     click.echo(json.dumps(rp.jsonable(results["share_of_oracle"]), indent=1))
 
 

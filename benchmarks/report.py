@@ -54,6 +54,19 @@ def write_text(path: Path, text: str) -> None:
     crashsafe.atomic_write_text(path, text)
 
 
+def write_report(out: str | Path, results: dict, report: str | list[str]) -> Path:
+    """End a suite: ``results`` as results.json and ``report`` (markdown, or its lines) as
+    report.md in `results_dir(out)`, which is returned. results gains the 1-minute load
+    average at the end and the time finished, which say how noisy the run was."""
+    results.setdefault("load_average_1m_end", os.getloadavg()[0])
+    results.setdefault("finished", time.strftime("%Y-%m-%d %H:%M:%S"))
+    out_dir = results_dir(out)
+    write_json(out_dir / "results.json", results)
+    text = report if isinstance(report, str) else "\n".join(report)
+    write_text(out_dir / "report.md", text.rstrip("\n") + "\n")
+    return out_dir
+
+
 def save_figure(fig, path: Path) -> None:
     """Save a matplotlib figure as PNG (the reports' resolution and margins) and close it."""
     figures.save_figure(fig, path, dpi=120, bbox_inches="tight")
