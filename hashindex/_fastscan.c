@@ -39,6 +39,8 @@
 #if defined(__x86_64__) || defined(__i386__)
 #define FASTSCAN_X86 1
 #include "fastscan_x86.h"
+#elif defined(__aarch64__)
+#include "fastscan_neon.h"
 #endif
 
 typedef void (*block_fn)(const uint8_t *, const uint8_t *, Py_ssize_t, uint16_t *, int);

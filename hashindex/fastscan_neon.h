@@ -1,5 +1,5 @@
 /* ARM NEON kernels of fastscan (AArch64, where NEON is always present), included by
- * fastscan_scan.h. They mirror the AVX2 ones (`_fastscan.c`):
+ * `_fastscan.c` there, as fastscan_x86.h is on x86. They mirror the AVX2 ones:
  *
  *   block_neon      exact 8-bit table sums of 64 rows for `lower_bounds`: one 256-entry lookup
  *                   of 16 codes is a `tbl` over the first 64 entries and three `tbx` over the
@@ -14,6 +14,8 @@
 #define FASTSCAN_NEON_H
 
 #include <arm_neon.h>
+
+#include "fastscan_scan.h"
 
 #define FASTSCAN_NEON 1
 

@@ -1,8 +1,9 @@
 /* The Python-free core of the fastscan kernels (`_fastscan.c` binds them to Python): the
  * layout's constants, the pruned scan's arguments and bookkeeping (limits, heap, emit), the
- * portable C loops every CPU runs, the 4-bit group scan's exact re-check, and the ARM NEON
- * kernels. tests/hashindex/neon_harness.c includes it alone, compiled for aarch64 and run under
- * qemu, to check the NEON kernels against the portable ones. */
+ * portable C loops every CPU runs and the 4-bit group scan's exact re-check. The SIMD kernels
+ * build on it: fastscan_x86.h (AVX2, VBMI) and fastscan_neon.h (NEON), each included by
+ * `_fastscan.c` on its architecture; tests/hashindex/native/neon_harness.c includes the NEON
+ * one alone, compiled for aarch64 and run under qemu, to check it against the portable loops. */
 #ifndef FASTSCAN_SCAN_H
 #define FASTSCAN_SCAN_H
 
@@ -293,10 +294,5 @@ static void group_tables(const scan_args *a, ptrdiff_t B, ptrdiff_t n_codes,
                 if (t[j] < ct[g[j]]) ct[g[j]] = t[j];
         }
 }
-
-
-#if defined(__aarch64__)
-#include "fastscan_neon.h"
-#endif
 
 #endif /* FASTSCAN_SCAN_H */

@@ -10,7 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "fastscan_scan.h"
+#include "fastscan_neon.h"
 
 #ifndef FASTSCAN_NEON
 #error "build for aarch64: the NEON kernels are compiled only there"
