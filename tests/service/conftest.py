@@ -1,6 +1,6 @@
 """Fixtures of the query-service tests: the service over the shared `built_index` (of
 `tiny_archive` by `model_dir`, tests/conftest.py), an in-process client, and a real uvicorn
-server on 127.0.0.1 and a free port.
+server on 127.0.0.1 and a free port; headless Chromium for the browser tests.
 
 The model has seeded random weights: the tests check that the service answers exactly what the
 library answers, which needs no trained model. Everything is written inside pytest's tmp folders.
@@ -25,6 +25,17 @@ from tests.checkout import CHILD_PRELUDE
 with warnings.catch_warnings():  # on import, starlette says it prefers httpx2 to the pinned httpx
     warnings.simplefilter("ignore")
     import starlette.testclient  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium under Selenium, one per test module (the browser tests skip
+    first where it is missing: benchmarks.chromium.available)."""
+    from benchmarks.chromium import headless_chromium
+
+    with headless_chromium(1400, 1000) as driver:
+        driver.set_page_load_timeout(30)
+        yield driver
 
 
 def load_reference():

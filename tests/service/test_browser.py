@@ -10,43 +10,14 @@ import re
 import httpx
 import pytest
 
-from benchmarks.chromium import MISSING, available, headless_chromium
+from benchmarks.chromium import MISSING, available
+from tests.service.browser_pages import hit_labels, images_loaded, wait_for
 
 pytestmark = pytest.mark.skipif(not available(), reason=MISSING)
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with headless_chromium(1400, 1000) as driver:
-        driver.set_page_load_timeout(30)
-        yield driver
-
-
-def wait_for(driver, condition, what, timeout=15):
-    """Poll ``condition`` until it holds; an element the page re-rendered between two WebDriver
-    calls (stale) only means: look again."""
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(
-        driver,
-        timeout,
-        poll_frequency=0.05,
-        ignored_exceptions=(StaleElementReferenceException,),
-    ).until(lambda d: condition(d), message=f"timed out waiting for {what}")
-
-
 def caption(driver):
     return driver.find_element("id", "query-caption").text
-
-
-def hit_labels(driver, mode):
-    """The labels of the hits shown for ``mode``, read in one script (a re-render between two
-    WebDriver calls would leave the elements stale)."""
-    return driver.execute_script(
-        "return [...document.querySelectorAll(arguments[0])].map(e => e.innerText.trim());",
-        f'.mode-block[data-mode="{mode}"] .hit .label',
-    )
 
 
 def api_labels(server, case, z, mode, topq=6):
@@ -54,19 +25,6 @@ def api_labels(server, case, z, mode, topq=6):
         f"{server.url}/api/query", params={"case": case, "slice": z, "mode": mode, "topq": topq}
     ).json()
     return [f"#{h['rank']} {h['case']} : {h['slice']}" for h in body["results"][mode]["hits"]]
-
-
-def images_loaded(driver):
-    """True when every <img> with a src finished loading with pixels; raises on a broken one."""
-    states = driver.execute_script(
-        "return [...document.images].filter(i => i.getAttribute('src'))"
-        ".map(i => [i.complete, i.naturalWidth, i.src]);"
-    )
-    if not all(complete for complete, _, _ in states):
-        return False
-    broken = [src for _, width, src in states if width == 0]
-    assert not broken, f"images that did not load: {broken}"
-    return len(states) > 1
 
 
 def settled(driver, case, z, mode):

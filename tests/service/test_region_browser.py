@@ -11,18 +11,11 @@ import re
 import httpx
 import pytest
 
-from benchmarks.chromium import MISSING, available, headless_chromium
-from tests.service.test_browser import hit_labels as shown
-from tests.service.test_browser import images_loaded, wait_for
+from benchmarks.chromium import MISSING, available
+from tests.service.browser_pages import hit_labels as shown
+from tests.service.browser_pages import images_loaded, wait_for
 
 pytestmark = pytest.mark.skipif(not available(), reason=MISSING)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with headless_chromium(1400, 1000) as driver:
-        driver.set_page_load_timeout(30)
-        yield driver
 
 
 def api(server, params, mode):
