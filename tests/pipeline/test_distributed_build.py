@@ -12,24 +12,14 @@ from click.testing import CliRunner
 from fdn.archive_index.build import build_index
 from fdn.archive_index.retrieval import open_index
 from fdn_index_cli.main import main
+from tests.pipeline.conftest import loopback_cluster
 
 distributed = pytest.importorskip("distributed")
 
 
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        ) as cluster,
-        Client(cluster) as c,
-    ):
+    with loopback_cluster() as c:
         yield c
 
 

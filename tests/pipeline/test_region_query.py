@@ -17,6 +17,7 @@ from fdn.archive_index.shards import open_sharded, split_index
 from fdn_index_cli.main import main
 from tests.conftest import TINY_SIZE
 from tests.hashindex.hashindex_reference import all_distances, lesion_candidates, volume_topq
+from tests.pipeline.conftest import loopback_cluster
 
 GRID = (4, 4)  # the tiny preset's grid on its 32 x 32 slices: 8 x 8 voxels per cell
 
@@ -237,20 +238,9 @@ def test_an_external_case_takes_the_same_region_as_its_indexed_copy(built_index,
 def test_region_and_explanations_on_dask_workers(built_index, shards):
     """The positions and the explain option travel to the workers that hold the shards; the
     hits and their explanations equal the unsharded index's."""
-    from distributed import Client, LocalCluster
-
     full = open_index(built_index)
     options = query_options("abnormal", topq=3, region="8,0,23,15", explain=True)
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with loopback_cluster() as client:
         sharded = open_sharded(shards, client)
         for case in full.cases[:2]:
             a = run_slice_query(full, case, 12, options)

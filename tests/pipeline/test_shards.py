@@ -14,6 +14,7 @@ from fdn.archive_index.retrieval import open_index
 from fdn.archive_index.shards import open_sharded, split_index
 from fdn.errors import IndexDirError
 from fdn_index_cli.main import main
+from tests.pipeline.conftest import loopback_cluster
 
 
 @pytest.fixture(scope="module")
@@ -92,20 +93,9 @@ def test_sharded_hits_equal_the_unsharded_index_and_the_brute_force(
 
 
 def test_sharded_query_on_a_dask_cluster(three_shards, built_index):
-    from distributed import Client, LocalCluster
-
     out, _ = three_shards
     full = open_index(built_index)
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with loopback_cluster() as client:
         sharded = open_sharded(out, client)
         assert len(set(sharded.workers)) == 2  # the shards are spread over both workers
         for case in full.cases:
@@ -216,21 +206,10 @@ def test_a_shard_replaced_by_a_copy_of_another_is_refused(shards_copy):
 
 
 def test_a_copied_shard_is_refused_on_dask_workers_too(shards_copy):
-    from distributed import Client, LocalCluster
-
     out, _ = shards_copy
     shutil.rmtree(out / "shard-001")
     shutil.copytree(out / "shard-000", out / "shard-001")
-    with (
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with loopback_cluster(1) as client:
         with pytest.raises(IndexDirError, match="shard-001: its shard.json says it is shard-000"):
             open_sharded(out, client)
 
