@@ -1,11 +1,11 @@
 """The locks of an index directory: one build at a time, and no reader sees a swap.
 
 Locks (`crashsafe`'s flock locks on two empty files). A build holds `.build.lock` exclusively
-for its whole run, so a second build of the same directory fails at once. It assembles the new files in a
-staging folder, then takes `.swap.lock` exclusively for the short swap: the manifest says
-"building", the new files are renamed into place, the new manifest is written last. Readers
-take `.swap.lock` shared while they read the manifest and open the files, so they see the last
-complete index, never a mix; what they opened stays theirs after a later swap.
+for its whole run, so a second build of the same directory fails at once. It assembles the new
+files in a staging folder, then takes `.swap.lock` exclusively for the short swap: the manifest
+says "building", the new files are renamed into place, the new manifest is written last.
+Readers take `.swap.lock` shared while they read the manifest and open the files, so they see
+the last complete index, never a mix; what they opened stays theirs after a later swap.
 """
 
 from __future__ import annotations
